@@ -1,0 +1,1 @@
+"""Input plugins: each turns one protocol into readings (see base.Connector)."""
