@@ -83,38 +83,205 @@ class MqttBroker(Section):
 class MqttInputConfig(Section):
     enabled: bool = True
     broker: MqttBroker = MqttBroker()
-    client_id: str = "appliance-ingest"
+    client_id: str = Field("appliance-ingest", min_length=1, max_length=128,
+                           description="fixed: the broker keeps the persistent session under this id")
     qos: Literal[0, 1] = 1
-    topics: tuple[MqttTopic, ...] = (
+    topics: tuple[MqttTopic, ...] = Field((
         MqttTopic(pattern="plant/{asset}/{sensor}"),
         MqttTopic(pattern="plant/{asset}/telemetry"),
-    )
-    status_topic: str = "appliance/status"
+    ), min_length=1)
+    status_topic: str = Field("appliance/status", min_length=1)
     max_future_skew_s: float = Field(300.0, ge=0)
     min_timestamp: float = Field(946684800.0, description="2000-01-01; older is absurd")
+    max_payload_bytes: int = Field(262144, ge=64, description="larger messages are dead-lettered")
+
+
+_NODEID_RE = re.compile(r"^(ns=\d+;|nsu=[^;]+;)?[isgb]=.+$")
+_BROWSE_SEGMENT_RE = re.compile(r"^\d+:[^/]+$")
+
+
+def _check_node_ref(v: str, what: str = "node") -> str:
+    """A NodeId string (``ns=2;s=Pump1.Current``) or a browse path (``0:Objects/2:Pump1/2:Current``)."""
+    v = v.strip()
+    if _NODEID_RE.match(v):
+        return v
+    segments = v.strip("/").split("/")
+    if len(segments) > 1 and all(_BROWSE_SEGMENT_RE.match(s) for s in segments):
+        return v
+    raise ValueError(f"{what} {v!r} is neither a NodeId (ns=2;s=Pump1.Current) nor a browse path "
+                     "(0:Objects/2:PumpLine/2:Pump1/2:Current)")
 
 
 class OpcuaNode(Section):
+    """One monitored item: a PLC variable mapped to one sensor of one asset."""
+
     node: str = Field(description="NodeId string (ns=2;s=...) or browse path (0:Objects/2:Pump/2:Current)")
-    asset: str
-    sensor: str
-    deadband: float = Field(0.0, ge=0)
+    asset: str = Field(min_length=1)
+    sensor: str = Field(min_length=1)
+    deadband: float = Field(0.0, ge=0, description="0 = every change; absolute units or percent of EURange")
+    deadband_type: Literal["absolute", "percent"] = "absolute"
+    sampling_interval_ms: float | None = Field(None, ge=0, description="default: the connector's")
+
+    @field_validator("node")
+    @classmethod
+    def _node_ok(cls, v: str) -> str:
+        return _check_node_ref(v)
 
 
-class OpcuaInputConfig(Section):
-    enabled: bool = False
+class OpcuaEndpointConfig(Section):
+    """How to reach and authenticate to one OPC-UA server (the PLC).
+
+    Relative paths (``client_cert_dir``, ``trusted_server_certs``) are resolved
+    against ``data_dir``.
+    """
+
     endpoint: str = "opc.tcp://127.0.0.1:4840/appliance/plc"
     username: str | None = None
     password: str | None = None
     security_policy: Literal["None", "Basic256Sha256"] = "None"
     security_mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
-    client_cert_dir: str = "pki/client"
-    trusted_server_certs: tuple[str, ...] = ()
-    sampling_interval_ms: float = Field(1000.0, gt=0)
+    client_cert_dir: str = Field("pki/client", description="client key+certificate, generated once")
+    application_uri: str = "urn:edge-anomaly-appliance:opcua-client"
+    trusted_server_certs: tuple[str, ...] = Field(
+        (), description="server (or CA) certificates, files or directories of .der/.pem")
+    request_timeout_s: float = Field(4.0, gt=0)
+    session_timeout_s: float = Field(
+        60.0, ge=5, le=3600, description="the server frees a session abandoned this long")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_ok(cls, v: str) -> str:
+        if not re.match(r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$", v):
+            raise ValueError(f"{v!r} is not an opc.tcp://host[:port][/path] URL")
+        return v
+
+    @model_validator(mode="after")
+    def _security_consistent(self):
+        if (self.security_policy == "None") != (self.security_mode == "None"):
+            raise ValueError("security_policy and security_mode must both be 'None' or both set "
+                             "(Basic256Sha256 with Sign or SignAndEncrypt)")
+        if self.security_policy != "None" and not self.trusted_server_certs:
+            raise ValueError("trusted_server_certs must list the PLC's certificate (or its CA) when "
+                             "security is on; an unknown server certificate is always refused")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password must be given together")
+        return self
+
+
+class OpcuaInputConfig(OpcuaEndpointConfig):
+    enabled: bool = False
+    sampling_interval_ms: float = Field(1000.0, ge=0)
     publishing_interval_ms: float = Field(1000.0, gt=0)
-    watchdog_s: float = Field(10.0, gt=0)
+    queue_size: int = Field(10, ge=1, le=10000, description="samples the server buffers between publishes")
+    timestamp: Literal["source", "server", "receive"] = Field(
+        "source", description="which clock stamps readings (falls back to the next one when absent)")
+    watchdog_s: float = Field(10.0, gt=0, description="no data for this long forces a full reconnect")
     reconnect: BackoffConfig = BackoffConfig()
     nodes: tuple[OpcuaNode, ...] = ()
+
+    @model_validator(mode="after")
+    def _nodes_ok(self):
+        seen: dict[tuple[str, str], str] = {}
+        for n in self.nodes:
+            key = (n.asset, n.sensor)
+            if key in seen:
+                raise ValueError(f"nodes: {n.asset}/{n.sensor} is mapped twice ({seen[key]!r} and {n.node!r})")
+            seen[key] = n.node
+        if self.watchdog_s * 1000 <= self.publishing_interval_ms:
+            raise ValueError("watchdog_s must be longer than publishing_interval_ms")
+        return self
+
+
+class MitigationTarget(Section):
+    """A PLC node the appliance may write (the allow-list), with the limits every write obeys."""
+
+    node: str
+    min: float
+    max: float
+    max_step: float | None = Field(None, gt=0, description="largest change in one write")
+    max_rate_per_min: float | None = Field(
+        None, gt=0, description="largest total change written within any 60 s")
+    cooldown_s: float = Field(60.0, ge=0, description="minimum time between two writes to this node")
+    tolerance: float = Field(1e-6, ge=0, description="read-back must equal the written value within this")
+
+    @field_validator("node")
+    @classmethod
+    def _node_ok(cls, v: str) -> str:
+        return _check_node_ref(v)
+
+    @model_validator(mode="after")
+    def _range_ok(self):
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+
+class MitigationInterlock(Section):
+    """A condition read from the PLC just before a write; the write is refused unless it holds."""
+
+    name: str = Field(min_length=1)
+    node: str
+    op: Literal["==", "!=", "<", "<=", ">", ">="] = "=="
+    value: bool | float
+
+    @field_validator("node")
+    @classmethod
+    def _node_ok(cls, v: str) -> str:
+        return _check_node_ref(v)
+
+
+class MitigationRule(Section):
+    """When an alarm on ``asset`` reaches ``min_level`` with one of ``sensors`` among its top
+    contributors, write ``node``: either ``set_value`` or current value ``+ change_by``."""
+
+    name: str = Field(min_length=1)
+    asset: str = Field("*", description="asset name or fnmatch pattern")
+    min_level: Literal["anomaly", "critical"] = "anomaly"
+    sensors: tuple[str, ...] = Field((), description="any of these among the top sensors; empty = any")
+    top_n: int = Field(3, ge=1, description="how many top contributing sensors are considered")
+    node: str
+    set_value: float | None = None
+    change_by: float | None = None
+    interlocks: tuple[MitigationInterlock, ...] = Field((), description="in addition to the global ones")
+    require_approval: bool | None = Field(None, description="default: mitigation.require_approval")
+    revert_after_s: float | None = Field(None, gt=0, description="restore the previous value after this")
+    revert_on_clear: bool = Field(False, description="restore the previous value when the alarm clears")
+
+    @field_validator("node")
+    @classmethod
+    def _node_ok(cls, v: str) -> str:
+        return _check_node_ref(v)
+
+    @model_validator(mode="after")
+    def _one_action(self):
+        if (self.set_value is None) == (self.change_by is None):
+            raise ValueError("exactly one of set_value or change_by must be given")
+        return self
+
+
+class MitigationConfig(Section):
+    """Guarded writes to the PLC. Advise-only (proposals audited, nothing written) until armed."""
+
+    enabled: bool = False
+    armed: bool = False
+    plc: OpcuaEndpointConfig | None = Field(None, description="default: the OPC-UA input's connection")
+    audit_db: str = Field("mitigation_audit.db", description="append-only audit log (SQLite), in data_dir")
+    actor: str = Field("appliance", min_length=1, description="who the audit log names for automatic writes")
+    require_approval: bool = False
+    approval_timeout_s: float = Field(900.0, gt=0)
+    targets: tuple[MitigationTarget, ...] = ()
+    interlocks: tuple[MitigationInterlock, ...] = Field((), description="checked before every write")
+    rules: tuple[MitigationRule, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self):
+        for what, names in (("rules", [r.name for r in self.rules]),
+                            ("targets", [t.node for t in self.targets]),
+                            ("interlocks", [i.name for i in self.interlocks])):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{what}: duplicate {', '.join(dup)}")
+        return self
 
 
 class InputsConfig(Section):
@@ -123,7 +290,7 @@ class InputsConfig(Section):
 
 
 class WindowConfig(Section):
-    period_s: float = Field(1.0, gt=0, description="alignment grid of every asset")
+    period_s: float | None = Field(None, gt=0, description="alignment grid; default from the model bundle")
     staleness_s: float = Field(5.0, gt=0, description="a held value older than this is missing")
     lateness_s: float = Field(2.0, ge=0, description="how long a grid row waits for late readings")
     stride: int | None = Field(None, ge=1, description="rows between windows; default from the model bundle")
@@ -190,6 +357,7 @@ class Config(Section):
     store: StoreConfig = StoreConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
     web: WebConfig = WebConfig()
+    mitigation: MitigationConfig = MitigationConfig()
 
     def path(self, p: str) -> Path:
         """Resolve a configured path relative to ``data_dir``."""

@@ -1,86 +1,16 @@
-"""A real Mosquitto broker on a free loopback port, for tests.
-
-Persistence is on, so a ``restart()`` keeps persistent sessions and queued QoS 1
-messages exactly as a broker restart in a factory would.
-"""
+"""Real-broker fixture: a private Mosquitto on a free loopback port per test."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
-from pathlib import Path
-
 import pytest
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
-
-
-class Mosquitto:
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = ""):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.proc: subprocess.Popen | None = None
-        self.conf = self.workdir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {self.workdir}/\n"
-            "autosave_interval 1\n"
-            "max_queued_messages 0\n"
-            "max_inflight_messages 100\n"
-            "log_dest stderr\n"
-            "log_type error\n"
-            "log_type warning\n" + extra_conf
-        )
-
-    def start(self) -> "Mosquitto":
-        if not Path(MOSQUITTO).exists():
-            pytest.fail("mosquitto is not installed (apt-get install -y mosquitto)")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL,
-                                     stderr=open(self.workdir / "mosquitto.log", "ab"))
-        wait_port(self.port)
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-    def restart(self, down_s: float = 0.5) -> None:
-        self.stop()
-        time.sleep(down_s)
-        self.start()
+from appliance.broker import Mosquitto, find_mosquitto, free_port, wait_port  # noqa: F401
 
 
 @pytest.fixture
 def mosquitto(tmp_path):
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed (apt-get install -y mosquitto)")
     broker = Mosquitto(tmp_path / "mosquitto").start()
     yield broker
     broker.stop()

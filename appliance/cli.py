@@ -1,0 +1,148 @@
+"""The ``appliance`` command: run, demo, train, eval, config check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from appliance.config import ConfigError, load_config
+
+log = logging.getLogger("appliance")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+    for noisy in ("asyncua", "paho", "werkzeug", "urllib3", "apscheduler", "influxdb_client"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load(path: str | None):
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        raise SystemExit(2)
+
+
+def cmd_config_check(args) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(f"{args.file}: OK (site={cfg.site}, data_dir={cfg.data_dir})")
+    if args.show:
+        print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from appliance.detector.train import train_from_csv
+
+    opts = {k: v for k, v in (("window", args.window), ("stride", args.stride),
+                              ("period_s", args.period)) if v is not None}
+    out = train_from_csv(args.data, args.out, **opts)
+    print(f"bundle written: {out}")
+    return 0
+
+
+async def _run_async(cfg) -> int:
+    from appliance.runtime import build
+
+    app = build(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    web = None
+    await app.start()
+    try:
+        if cfg.web.enabled:
+            from web import create_app, serve
+            web = serve(create_app(app, app.store.path), cfg.web.host, cfg.web.port)
+            log.info("dashboard on http://%s:%s/", cfg.web.host, web.port)
+        await stop.wait()
+    finally:
+        if web is not None:
+            web.stop()
+        await app.shutdown()
+    return 0
+
+
+def cmd_run(args) -> int:
+    cfg = _load(args.config)
+    setup_logging(cfg.log_level)
+    try:
+        return asyncio.run(_run_async(cfg))
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_demo(args) -> int:
+    from appliance.demo import run_demo
+
+    cfg = _load(args.config)
+    setup_logging("WARNING" if args.seconds else cfg.log_level)
+    return run_demo(cfg, seconds=args.seconds, fault_at=args.fault_at, fault=args.fault)
+
+
+def cmd_eval(args) -> int:
+    from appliance.eval.skab import run_skab_eval
+
+    run_skab_eval(args.data, mode=args.mode, predictions_out=args.predictions_out,
+                  json_out=args.json_out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="appliance", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run the appliance")
+    r.add_argument("--config", "-c", help="TOML config file (default: embedded defaults)")
+    r.set_defaults(fn=cmd_run)
+
+    d = sub.add_parser("demo", help="broker + simulator + appliance; inject a fault and show the alarm")
+    d.add_argument("--config", "-c")
+    d.add_argument("--seconds", type=float, default=None, help="run headless for N seconds, then summarise")
+    d.add_argument("--fault-at", type=float, default=None, help="seconds after start to inject the fault")
+    d.add_argument("--fault", default="bearing_wear")
+    d.set_defaults(fn=cmd_demo)
+
+    t = sub.add_parser("train", help="train a model bundle on normal data")
+    t.add_argument("--data", nargs="+", required=True, help="CSV files of normal operation")
+    t.add_argument("--out", required=True, help="bundle directory to write")
+    t.add_argument("--window", type=int)
+    t.add_argument("--stride", type=int)
+    t.add_argument("--period", type=float, help="sampling period of the data in seconds")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate the detector")
+    esub = e.add_subparsers(dest="bench", required=True)
+    sk = esub.add_parser("skab", help="SKAB benchmark (published protocol)")
+    sk.add_argument("--data", default="../shared/datasets/skab")
+    sk.add_argument("--mode", choices=("protocol", "stream"), default="protocol")
+    sk.add_argument("--predictions-out")
+    sk.add_argument("--json-out")
+    sk.set_defaults(fn=cmd_eval)
+
+    c = sub.add_parser("config", help="configuration tools")
+    csub = c.add_subparsers(dest="sub", required=True)
+    ck = csub.add_parser("check", help="validate a config file")
+    ck.add_argument("file")
+    ck.add_argument("--show", action="store_true", help="print the effective config")
+    ck.set_defaults(fn=cmd_config_check)
+
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

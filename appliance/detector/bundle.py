@@ -1,0 +1,269 @@
+"""The model bundle: one directory with everything the detector needs to score.
+
+::
+
+    BUNDLE/
+      model.int8.onnx   static-INT8 autoencoder (what the gateway runs)
+      model.fp32.onnx   the same model in FP32 (reference, fallback)
+      bundle.json       metadata below
+
+``bundle.json`` keys: ``format_version``, ``model_version`` (UTC time + content
+hash), ``created_at``, ``sensors`` (ordered), ``window`` (rows), ``stride``,
+``period_s``, ``scaler`` (robust per-sensor ``center``/``scale``),
+``threshold`` (INT8) with ``thresholds`` per precision and ``threshold_calibration``
+(how), ``training`` (data sha256, row count, window counts, model settings),
+``int8_check`` (INT8-vs-FP32 results), ``files`` (sha256 of each ONNX file).
+
+:func:`load_bundle` validates all of it and fails with :class:`BundleError`
+naming the file and the problem, so a half-copied or hand-edited bundle is
+refused at start rather than producing silent nonsense.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from appliance.detector.autoencoder import ONNX_INPUT, ONNX_OUTPUT
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META_FILE = "bundle.json"
+MODEL_FILES = {"int8": "model.int8.onnx", "fp32": "model.fp32.onnx"}
+
+
+class BundleError(ValueError):
+    """A model bundle is missing, incomplete or inconsistent."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_sha256(sensors, rows: np.ndarray) -> str:
+    """Fingerprint of training data: sensor names plus the float64 row matrix.
+
+    >>> data_sha256(["a"], np.zeros((2, 1))) == data_sha256(["a"], np.zeros((2, 1), dtype=np.float32))
+    True
+    """
+    h = hashlib.sha256()
+    h.update("\x1f".join(sensors).encode())
+    h.update(np.ascontiguousarray(rows, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Robust per-sensor scaling: ``(x - center) / scale``."""
+
+    center: np.ndarray
+    scale: np.ndarray
+    kind: str = "robust"
+
+    @classmethod
+    def fit(cls, rows: np.ndarray, min_scale: float = 1e-6) -> "Scaler":
+        """Median and IQR/1.349 (the normal-consistent IQR); sensors with a flat IQR
+        fall back to the standard deviation, and a constant sensor to 1.
+
+        >>> s = Scaler.fit(np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0], [4.0, 5.0]]))
+        >>> s.center.tolist(), np.round(s.scale, 4).tolist()
+        ([2.5, 5.0], [1.1119, 1.0])
+        """
+        rows = np.asarray(rows, dtype=np.float64)
+        center = np.median(rows, axis=0)
+        q75, q25 = np.percentile(rows, [75, 25], axis=0)
+        scale = (q75 - q25) / 1.349
+        std = rows.std(axis=0)
+        scale = np.where(scale > min_scale, scale, std)
+        # Relative floor: a sensor whose spread is below its own resolution is treated as constant.
+        floor = np.maximum(min_scale, 1e-9 * np.abs(center))
+        scale = np.where(scale > floor, scale, 1.0)
+        return cls(center=center, scale=scale)
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return ((np.asarray(values, dtype=np.float64) - self.center) / self.scale).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "center": [float(v) for v in self.center],
+                "scale": [float(v) for v in self.scale]}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated model bundle (see the module docstring for the layout)."""
+
+    path: Path
+    meta: dict
+    sensors: tuple[str, ...]
+    window: int
+    stride: int
+    period_s: float
+    scaler: Scaler
+    thresholds: dict[str, float]
+    model_version: str
+    models: dict[str, Path] = field(default_factory=dict)
+
+    def threshold(self, precision: str = "int8") -> float:
+        return self.thresholds[precision]
+
+
+def _require(meta: dict, key: str, kind: type | tuple, where: str, check: Callable[[Any], bool] | None = None,
+             why: str = "") -> Any:
+    if key not in meta:
+        raise BundleError(f"{where}: missing key {key!r}")
+    v = meta[key]
+    if not isinstance(v, kind) or isinstance(v, bool) and kind is not bool:
+        raise BundleError(f"{where}: key {key!r} must be {getattr(kind, '__name__', kind)}, got {v!r}")
+    if check is not None and not check(v):
+        raise BundleError(f"{where}: key {key!r}={v!r} is invalid ({why})")
+    return v
+
+
+def _finite_positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
+    """Load and validate a bundle directory; raise :class:`BundleError` on any problem."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"{root}: model bundle directory not found")
+    meta_path = root / META_FILE
+    if not meta_path.is_file():
+        raise BundleError(f"{meta_path}: missing (not a model bundle?)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{meta_path}: unreadable: {e}") from None
+    where = str(meta_path)
+    if not isinstance(meta, dict):
+        raise BundleError(f"{where}: must hold a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{where}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+    sensors = _require(meta, "sensors", list, where, lambda v: len(v) > 0 and all(
+        isinstance(s, str) and s for s in v) and len(set(v)) == len(v), "non-empty unique names")
+    window = _require(meta, "window", int, where, lambda v: v >= 2, "at least 2 rows")
+    stride = _require(meta, "stride", int, where, lambda v: v >= 1, "at least 1")
+    period_s = _require(meta, "period_s", (int, float), where, _finite_positive, "finite and > 0")
+    model_version = _require(meta, "model_version", str, where, bool, "non-empty")
+    sc = _require(meta, "scaler", dict, where)
+    try:
+        center = np.asarray(sc["center"], dtype=np.float64)
+        scale = np.asarray(sc["scale"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{where}: scaler must have numeric 'center' and 'scale' lists ({e})") from None
+    if center.shape != (len(sensors),) or scale.shape != (len(sensors),):
+        raise BundleError(f"{where}: scaler has {center.size}/{scale.size} entries for {len(sensors)} sensors")
+    if not (np.isfinite(center).all() and np.isfinite(scale).all() and (scale > 0).all()):
+        raise BundleError(f"{where}: scaler values must be finite with scale > 0")
+    th = _require(meta, "thresholds", dict, where)
+    thresholds = {}
+    for precision in MODEL_FILES:
+        v = th.get(precision)
+        if not _finite_positive(v):
+            raise BundleError(f"{where}: thresholds.{precision} must be finite and > 0, got {v!r}")
+        thresholds[precision] = float(v)
+    files = _require(meta, "files", dict, where)
+    models = {}
+    for precision, name in MODEL_FILES.items():
+        p = root / name
+        if not p.is_file():
+            raise BundleError(f"{p}: missing model file")
+        if verify_hashes:
+            expected = files.get(name)
+            if expected != sha256_file(p):
+                raise BundleError(f"{p}: sha256 does not match bundle.json (corrupt or replaced file)")
+        _check_model_shape(p, window, len(sensors))
+        models[precision] = p
+    return Bundle(path=root, meta=meta, sensors=tuple(sensors), window=window, stride=stride,
+                  period_s=float(period_s), scaler=Scaler(center, scale, str(sc.get("kind", "robust"))),
+                  thresholds=thresholds, model_version=model_version, models=models)
+
+
+def _check_model_shape(path: Path, window: int, n_sensors: int) -> None:
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises several unrelated types for a damaged file
+        raise BundleError(f"{path}: not a readable ONNX model ({e})") from None
+    for kind, vis, name in (("input", model.graph.input, ONNX_INPUT), ("output", model.graph.output, ONNX_OUTPUT)):
+        match = [v for v in vis if v.name == name]
+        if not match:
+            raise BundleError(f"{path}: no {kind} named {name!r}")
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in match[0].type.tensor_type.shape.dim]
+        if len(dims) != 3 or dims[1:] != [window, n_sensors]:
+            raise BundleError(f"{path}: {kind} {name!r} has shape {dims}, bundle.json says "
+                              f"[N, {window}, {n_sensors}]")
+
+
+def write_bundle(out_dir: str | Path, meta: dict, model_files: dict[str, Path]) -> Path:
+    """Write a bundle atomically: build it in a temp dir beside ``out_dir``, then rename.
+
+    An existing bundle at ``out_dir`` is moved aside first and removed only after
+    the new one is in place, so a crash leaves either the old or the new bundle
+    (plus a ``.old`` directory to clean), never a half-written one under the name.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        meta = dict(meta)
+        meta["files"] = {}
+        for precision, name in MODEL_FILES.items():
+            src = model_files[precision]
+            shutil.copyfile(src, tmp / name)
+            meta["files"][name] = sha256_file(tmp / name)
+        data = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+        with open(tmp / META_FILE, "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        for name in MODEL_FILES.values():
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        load_bundle(tmp)  # never publish a bundle the loader would refuse
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(out, old)
+        os.rename(tmp, out)
+        _fsync_dir(out.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("bundle written path=%s model_version=%s", out, meta.get("model_version"))
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,225 @@
+"""Static INT8 quantization of the autoencoder, and its check against FP32.
+
+Quantization is static (activation ranges calibrated on training windows, no
+runtime range computation) in QDQ format with per-channel weight scales: one
+scale per output unit of every Gemm, which keeps small-magnitude units from
+being crushed by a large neighbour. ONNX Runtime fuses the QDQ pairs into
+integer Gemm kernels on x86 (VNNI/AVX2) and aarch64 (NEON/dot-product) alike.
+
+The reconstruction error is computed outside the graph, against the unquantized
+input: an input clipped by the input quantizer therefore still shows its full
+error instead of hiding it.
+
+The check (:func:`verify_int8`) compares INT8 with FP32 on held-back normal
+windows and on probe windows (the same windows with one sensor pushed off its
+normal range, which exercises the anomalous range of every layer). A model
+that disagrees is refused before any bundle is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                      QuantType, quantize_static)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from appliance.detector.autoencoder import ONNX_INPUT, ONNX_OUTPUT
+
+logger = logging.getLogger(__name__)
+
+
+class QuantizationCheckError(RuntimeError):
+    """The INT8 model does not agree with the FP32 model closely enough to be deployed."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+class WindowCalibrationReader(CalibrationDataReader):
+    """Feeds scaled training windows to the calibrator in batches."""
+
+    def __init__(self, windows: np.ndarray, batch: int = 256):
+        self._windows = np.ascontiguousarray(windows, dtype=np.float32)
+        self._batch = batch
+        self._pos = 0
+
+    def get_next(self):
+        if self._pos >= len(self._windows):
+            return None
+        chunk = self._windows[self._pos:self._pos + self._batch]
+        self._pos += self._batch
+        return {ONNX_INPUT: chunk}
+
+    def rewind(self) -> None:
+        self._pos = 0
+
+
+def make_session(model: str | Path | bytes, threads: int = 1) -> ort.InferenceSession:
+    """A CPU session for the gateway: fixed thread count, sequential, no spinning.
+
+    Spinning threads would burn the second core of a 2-core gateway that the
+    ingest and the broker need.
+    """
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def run_reconstruction(session: ort.InferenceSession, windows: np.ndarray,
+                       batch: int = 4096) -> np.ndarray:
+    out = np.empty_like(windows, dtype=np.float32)
+    for i in range(0, len(windows), batch):
+        out[i:i + batch] = session.run([ONNX_OUTPUT], {ONNX_INPUT: windows[i:i + batch]})[0]
+    return out
+
+
+def sensor_errors(session: ort.InferenceSession, windows: np.ndarray) -> np.ndarray:
+    """Per-window, per-sensor mean squared error of scaled windows."""
+    windows = np.ascontiguousarray(windows, dtype=np.float32)
+    return ((windows - run_reconstruction(session, windows)) ** 2).mean(axis=1)
+
+
+def gemm_nodes(model: onnx.ModelProto) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type == "Gemm"]
+
+
+def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray,
+                   per_channel: bool = True, nodes_to_exclude: Sequence[str] = (),
+                   calibrate_method: str = "minmax") -> None:
+    """Write a static-INT8 copy of ``fp32_path`` calibrated on ``calibration`` windows.
+
+    ``nodes_to_exclude`` keeps the named nodes in FP32 (e.g. the output layer,
+    whose error feeds the score directly).
+    """
+    calibration = np.asarray(calibration, dtype=np.float32)
+    if calibration.ndim != 3 or len(calibration) == 0:
+        raise ValueError(f"calibration windows must be a non-empty (n, window, sensors) array, "
+                         f"got shape {calibration.shape}")
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if calibrate_method not in methods:
+        raise ValueError(f"calibrate_method must be one of {sorted(methods)}, got {calibrate_method!r}")
+    extra: dict = {"WeightSymmetric": True}
+    if calibrate_method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    # Signed INT8 activations and weights (S8S8): the fast integer path on aarch64
+    # dot-product units and on x86 VNNI alike.
+    with tempfile.TemporaryDirectory(prefix="appliance-quant-") as tmp:
+        # The recommended pre-processing (shape inference, constant folding) on a copy:
+        # the bundle keeps the exported FP32 model unchanged.
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre), str(int8_path), WindowCalibrationReader(calibration),
+            quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Gemm", "Relu", "Reshape"],
+            nodes_to_exclude=list(nodes_to_exclude) or None,
+            calibrate_method=methods[calibrate_method], extra_options=extra)
+    logger.info("quantized int8=%s per_channel=%s excluded=%s calibration_windows=%d",
+                int8_path, per_channel, list(nodes_to_exclude), len(calibration))
+
+
+@dataclass(frozen=True)
+class CheckLimits:
+    """Acceptance limits for INT8 against FP32.
+
+    Decision agreement must hold on normal and probe windows. The error
+    correlation is Pearson on normal windows (fidelity where the threshold
+    lives) and Spearman on probes (ranking of anomalies; absolute probe errors
+    differ because the input quantizer clips far-off values, which changes
+    nothing about the decision).
+    """
+
+    min_agreement: float = 0.98
+    min_holdout_correlation: float = 0.90
+    min_probe_rank_correlation: float = 0.85
+
+
+def probe_windows(windows: np.ndarray, max_shift: float = 4.0, min_shift: float = 0.3,
+                  seed: int = 0) -> np.ndarray:
+    """Copies of ``windows`` with one random sensor shifted by a random amount.
+
+    Shifts are uniform in ``[min_shift, max_shift]`` scale units with random sign,
+    so the probes cover the range around the threshold, not just far outliers.
+
+    >>> w = np.zeros((50, 3, 2), dtype=np.float32)
+    >>> p = probe_windows(w, max_shift=4.0)
+    >>> bool(((np.abs(p) > 0).sum(axis=(1, 2)) == 3).all()), float(np.abs(p).max()) <= 4.0
+    (True, True)
+    """
+    rng = np.random.default_rng(seed)
+    probes = np.array(windows, dtype=np.float32, copy=True)
+    cols = rng.integers(0, probes.shape[2], size=len(probes))
+    shifts = rng.uniform(min_shift, max_shift, size=len(probes)) * rng.choice([-1.0, 1.0], size=len(probes))
+    probes[np.arange(len(probes)), :, cols] += shifts.astype(np.float32)[:, None]
+    return probes
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if a.std() == 0 or b.std() == 0:
+        return 1.0 if np.allclose(a, b) else 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra = np.argsort(np.argsort(a)).astype(np.float64)
+    rb = np.argsort(np.argsort(b)).astype(np.float64)
+    return _pearson(ra, rb)
+
+
+def verify_int8(fp32: ort.InferenceSession, int8: ort.InferenceSession, holdout: np.ndarray,
+                threshold_fp32: float, threshold_int8: float,
+                limits: CheckLimits = CheckLimits(), seed: int = 0) -> dict:
+    """Compare INT8 with FP32; return the report or raise :class:`QuantizationCheckError`.
+
+    Agreement is the share of windows both models put on the same side of their
+    own thresholds, over held-back normal windows and over probe windows
+    (without probes nearly every normal window is trivially "agreed" below
+    threshold).
+    """
+    holdout = np.ascontiguousarray(holdout, dtype=np.float32)
+    probes = probe_windows(holdout, seed=seed)
+    report: dict = {"limits": asdict(limits), "windows": int(len(holdout))}
+    failures = []
+    for name, data in (("holdout", holdout), ("probe", probes)):
+        e32 = sensor_errors(fp32, data).mean(axis=1)
+        e8 = sensor_errors(int8, data).mean(axis=1)
+        agree = float(np.mean((e32 > threshold_fp32) == (e8 > threshold_int8)))
+        corr = _pearson(e32, e8) if name == "holdout" else _spearman(e32, e8)
+        rel = float(np.median(np.abs(e8 - e32) / np.maximum(e32, 1e-12)))
+        report[name] = {"agreement": round(agree, 6),
+                        ("error_correlation" if name == "holdout" else "error_rank_correlation"): round(corr, 6),
+                        "median_rel_error_diff": round(rel, 6),
+                        "fp32_mean_error": float(e32.mean()), "int8_mean_error": float(e8.mean()),
+                        "fp32_over_threshold": float(np.mean(e32 > threshold_fp32)),
+                        "int8_over_threshold": float(np.mean(e8 > threshold_int8))}
+        if agree < limits.min_agreement:
+            failures.append(f"{name} decision agreement {agree:.4f} < {limits.min_agreement}")
+        min_corr = limits.min_holdout_correlation if name == "holdout" else limits.min_probe_rank_correlation
+        if corr < min_corr:
+            failures.append(f"{name} error correlation {corr:.4f} < {min_corr}")
+    report["passed"] = not failures
+    logger.info("int8 check passed=%s holdout_corr=%.4f probe_rank_corr=%.4f probe_agree=%.4f",
+                report["passed"], report["holdout"]["error_correlation"],
+                report["probe"]["error_rank_correlation"], report["probe"]["agreement"])
+    if failures:
+        raise QuantizationCheckError("INT8 model refused: " + "; ".join(failures), report)
+    return report

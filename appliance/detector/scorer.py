@@ -1,0 +1,119 @@
+"""The runtime detector: a model bundle in an ONNX Runtime session.
+
+``Detector.load(path)`` validates the bundle and opens one CPU session
+(``intra_op_num_threads=threads``, sequential execution). ``score_one`` turns a
+complete :class:`~appliance.core.Window` into a :class:`~appliance.core.Score`
+whose ``value`` is the mean squared reconstruction error of the scaled window
+and whose ``contributions`` are each sensor's share of that error (summing to 1).
+The session is safe to share between threads (ONNX Runtime's ``run`` is).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from appliance.core import Score, Window
+from appliance.detector.autoencoder import ONNX_INPUT, ONNX_OUTPUT
+from appliance.detector.bundle import Bundle, load_bundle
+from appliance.detector.quantize import make_session
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("int8", "fp32")
+
+
+def contributions_from(sensor_err: np.ndarray) -> np.ndarray:
+    """Each sensor's share of a window's error; equal shares for a perfect reconstruction.
+
+    >>> contributions_from(np.array([[3.0, 1.0], [0.0, 0.0]])).tolist()
+    [[0.75, 0.25], [0.5, 0.5]]
+    """
+    total = sensor_err.sum(axis=1, keepdims=True)
+    n = sensor_err.shape[1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = np.where(total > 0, sensor_err / np.where(total > 0, total, 1.0), 1.0 / n)
+    return shares
+
+
+class Detector:
+    """Scores windows with a bundle's model. Build it with :meth:`load`."""
+
+    def __init__(self, bundle: Bundle, precision: str = "int8", threads: int = 1):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.bundle = bundle
+        self.precision = precision
+        self.threads = threads
+        self.sensors: tuple[str, ...] = bundle.sensors
+        self.window: int = bundle.window
+        self.stride: int = bundle.stride
+        self.period_s: float = bundle.period_s
+        self.threshold: float = bundle.threshold(precision)
+        self.version: str = bundle.model_version
+        self._center = bundle.scaler.center.astype(np.float32)
+        self._inv_scale = (1.0 / bundle.scaler.scale).astype(np.float32)
+        self._session = make_session(bundle.models[precision], threads=threads)
+        self._index = {s: i for i, s in enumerate(self.sensors)}
+        logger.info("detector loaded bundle=%s version=%s precision=%s threads=%d sensors=%d window=%d",
+                    bundle.path, self.version, precision, threads, len(self.sensors), self.window)
+
+    @classmethod
+    def load(cls, path: str | Path, precision: str = "int8", threads: int = 1) -> "Detector":
+        return cls(load_bundle(path), precision=precision, threads=threads)
+
+    def _columns(self, sensors: tuple[str, ...]) -> np.ndarray | None:
+        """Column order mapping ``sensors`` onto the bundle's order (None if already equal)."""
+        if tuple(sensors) == self.sensors:
+            return None
+        pos = {s: i for i, s in enumerate(sensors)}
+        missing = [s for s in self.sensors if s not in pos]
+        if missing:
+            raise ValueError(f"window lacks sensors the model needs: {missing}")
+        return np.array([pos[s] for s in self.sensors])
+
+    def score_one(self, window: Window) -> Score:
+        """Score one complete window; extra sensors are ignored, order is by name."""
+        values = np.asarray(window.values)
+        if values.shape != (self.window, len(window.sensors)):
+            raise ValueError(f"window of asset {window.asset!r} has shape {values.shape}, expected "
+                             f"({self.window}, {len(window.sensors)}) for its sensors")
+        cols = self._columns(window.sensors)
+        mask = np.asarray(window.mask)
+        if mask.shape != values.shape:
+            raise ValueError(f"window mask shape {mask.shape} differs from values shape {values.shape}")
+        used_mask = mask if cols is None else mask[:, cols]
+        if not used_mask.all():
+            raise ValueError(f"window of asset {window.asset!r} is incomplete (missing: "
+                             f"{list(window.missing_sensors)}); masked cells are never scored")
+        if cols is not None:
+            values = values[:, cols]
+        errors, contrib = self.score_batch(values[None])
+        return Score(asset=window.asset, t_end=window.t_end, value=float(errors[0]),
+                     threshold=self.threshold,
+                     contributions={s: float(c) for s, c in zip(self.sensors, contrib[0])},
+                     model_version=self.version, historical=window.historical)
+
+    def scale(self, values: np.ndarray) -> np.ndarray:
+        return ((values - self._center) * self._inv_scale).astype(np.float32, copy=False)
+
+    def score_batch(self, values: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """Errors ``[n]`` and contributions ``[n, n_sensors]`` of raw (unscaled) windows."""
+        values = np.asarray(values)
+        if values.ndim != 3 or values.shape[1:] != (self.window, len(self.sensors)):
+            raise ValueError(f"values must have shape (n, {self.window}, {len(self.sensors)}), "
+                             f"got {values.shape}")
+        if not np.issubdtype(values.dtype, np.number):
+            raise ValueError(f"values must be numeric, got dtype {values.dtype}")
+        x = self.scale(values.astype(np.float32, copy=False))
+        if not np.isfinite(x).all():
+            raise ValueError("values contain NaN or infinite cells")
+        sensor_err = np.empty((len(x), len(self.sensors)), dtype=np.float32)
+        for i in range(0, len(x), batch):
+            chunk = np.ascontiguousarray(x[i:i + batch])
+            recon = self._session.run([ONNX_OUTPUT], {ONNX_INPUT: chunk})[0]
+            sensor_err[i:i + batch] = ((chunk - recon) ** 2).mean(axis=1)
+        errors = sensor_err.mean(axis=1)
+        return errors.astype(np.float64), contributions_from(sensor_err.astype(np.float64))

@@ -1,0 +1,394 @@
+"""Train a model bundle from normal-operation rows, on the gateway itself.
+
+Steps of :func:`train_bundle` (each deterministic for a given ``seed``):
+
+1. Fit the robust scaler (median, IQR) on the training part of the rows.
+2. Split rows in time: the last ``holdout`` share is held back. Windows never
+   straddle the split or a gap in the timestamps, so held-back windows share no
+   row with training windows and are an honest sample of unseen normal data.
+3. Fit the dense window autoencoder on training windows (stride ``train_stride``).
+4. Export FP32 ONNX; quantize to static INT8 calibrated on training windows.
+5. Calibrate one threshold per precision on held-back errors (see
+   :func:`calibrate_threshold`).
+6. Check INT8 against FP32 on held-back and probe windows; refuse on failure.
+7. Write the bundle atomically (temp dir + rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import math
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+from scipy import stats
+
+from appliance.detector.autoencoder import WindowAutoencoder
+from appliance.detector.bundle import FORMAT_VERSION, Scaler, data_sha256, write_bundle
+from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, gemm_nodes, make_session,
+                                         quantize_model, sensor_errors, verify_int8)
+
+logger = logging.getLogger(__name__)
+
+LABEL_COLUMNS = frozenset({"anomaly", "changepoint"})
+TIME_COLUMNS = ("datetime", "ts", "timestamp", "time")
+
+
+# ---------------------------------------------------------------- CSV input
+
+def _parse_time(text: str, where: str) -> float:
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{where}: cannot parse time {text!r} (UNIX seconds or ISO 8601 expected)") from None
+    if dt.tzinfo is None:
+        # Naive timestamps (SKAB) are taken as UTC: the gateway never guesses a local zone.
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def read_csv(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """One CSV file: ``(sensors, ts, rows, labels)``; ``labels`` holds the dropped label columns.
+
+    The delimiter is ``;`` (SKAB) or ``,``; the time column is ``datetime``,
+    ``ts``, ``timestamp`` or ``time`` (UNIX seconds or ISO 8601, naive = UTC).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ValueError(f"{p}: cannot read ({e.strerror or e})") from None
+    lines = text.splitlines()
+    if not lines:
+        raise ValueError(f"{p}: empty file")
+    delimiter = ";" if lines[0].count(";") > lines[0].count(",") else ","
+    reader = csv.reader(lines, delimiter=delimiter)
+    header = [h.strip() for h in next(reader)]
+    lower = [h.lower() for h in header]
+    time_idx = next((lower.index(c) for c in TIME_COLUMNS if c in lower), None)
+    if time_idx is None:
+        raise ValueError(f"{p}: no time column (one of {', '.join(TIME_COLUMNS)}) in header {header}")
+    label_idx = [i for i, h in enumerate(lower) if h in LABEL_COLUMNS]
+    sensor_idx = [i for i in range(len(header)) if i != time_idx and i not in label_idx]
+    sensors = [header[i] for i in sensor_idx]
+    if not sensors:
+        raise ValueError(f"{p}: no sensor columns")
+    if len(set(sensors)) != len(sensors) or any(not s for s in sensors):
+        raise ValueError(f"{p}: sensor column names must be non-empty and unique, got {sensors}")
+    ts, rows, labels = [], [], {header[i].lower(): [] for i in label_idx}
+    for lineno, rec in enumerate(reader, start=2):
+        if not rec or all(not c.strip() for c in rec):
+            continue
+        where = f"{p}:{lineno}"
+        if len(rec) != len(header):
+            raise ValueError(f"{where}: {len(rec)} fields, header has {len(header)}")
+        ts.append(_parse_time(rec[time_idx], where))
+        try:
+            rows.append([float(rec[i]) for i in sensor_idx])
+            for i in label_idx:
+                labels[header[i].lower()].append(float(rec[i]) if rec[i].strip() else 0.0)
+        except ValueError:
+            bad = next(header[i] for i in sensor_idx + label_idx if not _is_float(rec[i]))
+            raise ValueError(f"{where}: column {bad!r} is not a number") from None
+    if not rows:
+        raise ValueError(f"{p}: no data rows")
+    return (sensors, np.asarray(ts, dtype=np.float64), np.asarray(rows, dtype=np.float64),
+            {k: np.asarray(v) for k, v in labels.items()})
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def read_csv_rows(paths: str | Path | Iterable[str | Path]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Read one or more CSV files into ``(sensors, ts[n], rows[n, n_sensors])``.
+
+    Files are concatenated in the order given; every file must carry the same
+    sensors (columns are reordered by name to the first file's order).
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    paths = list(paths)
+    if not paths:
+        raise ValueError("no CSV files given")
+    sensors: list[str] | None = None
+    all_ts, all_rows = [], []
+    for p in paths:
+        s, ts, rows, _ = read_csv(p)
+        if sensors is None:
+            sensors = s
+        elif set(s) != set(sensors):
+            raise ValueError(f"{p}: sensors {s} differ from the first file's {sensors}")
+        else:
+            rows = rows[:, [s.index(name) for name in sensors]]
+        all_ts.append(ts)
+        all_rows.append(rows)
+    return sensors, np.concatenate(all_ts), np.concatenate(all_rows)
+
+
+# ---------------------------------------------------------------- windows
+
+def segments(n: int, ts: np.ndarray | None, period_s: float, max_gap: float = 1.5) -> list[tuple[int, int]]:
+    """``[start, end)`` runs of rows without a time gap (> ``max_gap`` periods) or a step back.
+
+    >>> segments(6, np.array([0., 1, 2, 10, 11, 12]), 1.0)
+    [(0, 3), (3, 6)]
+    """
+    if ts is None:
+        return [(0, n)]
+    d = np.diff(ts)
+    breaks = np.flatnonzero((d > max_gap * period_s) | (d <= 0)) + 1
+    bounds = [0, *breaks.tolist(), n]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def sliding_windows(rows: np.ndarray, window: int, step: int = 1) -> np.ndarray:
+    """``(n_windows, window, n_sensors)`` views of consecutive rows (a copy is made).
+
+    >>> sliding_windows(np.arange(10.).reshape(5, 2), 3, 2).shape
+    (2, 3, 2)
+    """
+    if len(rows) < window:
+        return np.empty((0, window, rows.shape[1]), dtype=rows.dtype)
+    v = np.lib.stride_tricks.sliding_window_view(rows, window, axis=0)  # (n-w+1, s, w)
+    return np.ascontiguousarray(v[::step].transpose(0, 2, 1))
+
+
+def windows_in(rows: np.ndarray, spans: list[tuple[int, int]], window: int, step: int) -> np.ndarray:
+    parts = [sliding_windows(rows[a:b], window, step) for a, b in spans]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return np.empty((0, window, rows.shape[1]), dtype=np.float32)
+    return np.concatenate(parts).astype(np.float32)
+
+
+# ---------------------------------------------------------------- threshold
+
+def calibrate_threshold(errors: np.ndarray, method: str = "pot", risk: float = 1e-3,
+                        init_quantile: float = 0.98, margin: float = 1.1,
+                        min_peaks: int = 10) -> tuple[float, dict]:
+    """Threshold on held-back normal errors and a record of how it was found.
+
+    ``pot`` (peaks over threshold, Siffer et al. 2017): fit a generalized Pareto
+    distribution to the errors above their ``init_quantile`` and take the level
+    exceeded with probability ``risk``. It extrapolates the tail instead of
+    trusting the single largest held-back error. With fewer than ``min_peaks``
+    peaks the fit is not trustworthy and ``quantile`` is used instead: the
+    ``1 - risk`` quantile (at most the maximum) times ``margin``.
+
+    >>> e = np.random.default_rng(0).exponential(1.0, 5000)
+    >>> t, info = calibrate_threshold(e, risk=1e-3)
+    >>> info["method"], 5.5 < t < 8.5
+    ('pot', True)
+    >>> calibrate_threshold(np.array([1.0, 2.0, 3.0]))[1]["method"]
+    'quantile'
+    """
+    e = np.asarray(errors, dtype=np.float64)
+    if e.ndim != 1 or len(e) == 0 or not np.isfinite(e).all():
+        raise ValueError("threshold calibration needs a non-empty 1-D array of finite errors")
+    if method not in ("pot", "quantile"):
+        raise ValueError(f"threshold method must be 'pot' or 'quantile', got {method!r}")
+    if not 0 < risk < 1:
+        raise ValueError(f"risk must be in (0, 1), got {risk!r}")
+    info: dict = {"n_errors": int(len(e)), "risk": risk, "holdout_max": float(e.max()),
+                  "holdout_p99": float(np.quantile(e, 0.99))}
+    if method == "pot":
+        t0 = float(np.quantile(e, init_quantile))
+        peaks = e[e > t0] - t0
+        if len(peaks) >= min_peaks and peaks.std() > 0:
+            c, _, sigma = stats.genpareto.fit(peaks, floc=0.0)
+            r = risk * len(e) / len(peaks)
+            z = t0 - sigma * math.log(r) if abs(c) < 1e-9 else t0 + sigma / c * (r ** (-c) - 1.0)
+            if math.isfinite(z) and z > 0:
+                info.update(method="pot", init_quantile=init_quantile, init_threshold=t0,
+                            n_peaks=int(len(peaks)), gpd_shape=float(c), gpd_scale=float(sigma))
+                return float(z), info
+        logger.info("pot fit not usable (peaks=%d); falling back to quantile", len(peaks))
+    q = float(min(np.quantile(e, 1.0 - risk), e.max()))
+    info.update(method="quantile", quantile=1.0 - risk, margin=margin)
+    threshold = q * margin
+    if threshold <= 0:
+        raise ValueError("held-back errors are all zero; the model cannot separate anything")
+    return threshold, info
+
+
+# ---------------------------------------------------------------- training
+
+def _split(n: int, ts: np.ndarray | None, period_s: float, holdout: float, window: int):
+    spans = segments(n, ts, period_s)
+    cut = int(round(n * (1.0 - holdout)))
+    train, held = [], []
+    for a, b in spans:
+        if b <= cut:
+            train.append((a, b))
+        elif a >= cut:
+            held.append((a, b))
+        else:
+            train.append((a, cut))
+            held.append((cut, b))
+    return train, held
+
+
+def _check_int(name: str, v, lo: int) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    return int(v)
+
+
+def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: int = 30, stride: int = 1,
+                 period_s: float = 1.0, ts: np.ndarray | None = None, holdout: float = 0.2,
+                 train_stride: int = 1, hidden: Sequence[int] = (64, 16), alpha: float = 1e-4,
+                 noise: float = 0.0, max_iter: int = 200, batch_size: int = 128,
+                 learning_rate_init: float = 1e-3, threshold_method: str = "pot", risk: float = 1e-3,
+                 init_quantile: float = 0.98, margin: float = 1.1, per_channel: bool = True,
+                 int8_exclude: str | Sequence[str] = "auto", calibrate_method: str = "minmax",
+                 check_limits: CheckLimits = CheckLimits(), max_calibration_windows: int = 2000,
+                 seed: int = 0) -> Path:
+    """Fit, export, quantize, check and write a bundle; return its path.
+
+    ``rows`` is ``(n, n_sensors)`` normal-operation data sampled every ``period_s``
+    (``ts`` optional: gaps and steps back split the rows into separate runs).
+    ``int8_exclude``: ``"auto"`` quantizes everything and, only if the INT8 check
+    fails, retries with the output layer kept in FP32; a list names the nodes to
+    keep in FP32; ``()`` never keeps any.
+    """
+    started = time.monotonic()
+    rows = np.asarray(rows, dtype=np.float64)
+    sensors = [str(s) for s in sensors]
+    if rows.ndim != 2 or rows.shape[1] != len(sensors):
+        raise ValueError(f"rows must be (n, {len(sensors)}) for sensors {sensors}, got shape {rows.shape}")
+    if len(set(sensors)) != len(sensors) or not all(sensors):
+        raise ValueError(f"sensor names must be non-empty and unique, got {sensors}")
+    if not np.isfinite(rows).all():
+        bad = sorted({sensors[j] for j in np.argwhere(~np.isfinite(rows))[:, 1]})
+        raise ValueError(f"rows contain NaN or infinite values in sensors {bad}")
+    window = _check_int("window", window, 2)
+    stride = _check_int("stride", stride, 1)
+    train_stride = _check_int("train_stride", train_stride, 1)
+    _check_int("seed", seed, 0)
+    if not (isinstance(period_s, (int, float)) and math.isfinite(period_s) and period_s > 0):
+        raise ValueError(f"period_s must be finite and > 0, got {period_s!r}")
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout must be in (0, 1), got {holdout!r}")
+    if ts is not None:
+        ts = np.asarray(ts, dtype=np.float64)
+        if ts.shape != (len(rows),):
+            raise ValueError(f"ts has shape {ts.shape}, expected ({len(rows)},)")
+    if int8_exclude != "auto" and isinstance(int8_exclude, str):
+        raise ValueError(f"int8_exclude must be 'auto' or a list of node names, got {int8_exclude!r}")
+    ae = WindowAutoencoder(hidden=hidden, alpha=alpha, noise=noise, max_iter=max_iter,
+                           batch_size=batch_size, learning_rate_init=learning_rate_init,
+                           random_state=seed)
+    ae._validate_params()  # fail on bad model settings before any work is done
+
+    train_spans, held_spans = _split(len(rows), ts, period_s, holdout, window)
+    train_rows = np.concatenate([rows[a:b] for a, b in train_spans]) if train_spans else rows[:0]
+    if len(train_rows) < 2:
+        raise ValueError(f"not enough training rows ({len(rows)} given)")
+    scaler = Scaler.fit(train_rows)
+    scaled = scaler.transform(rows)
+    X_train = windows_in(scaled, train_spans, window, train_stride)
+    X_held = windows_in(scaled, held_spans, window, 1)
+    need = f"(window={window}, holdout={holdout}, rows={len(rows)})"
+    if len(X_train) < 10:
+        raise ValueError(f"only {len(X_train)} training windows; need >= 10 {need}")
+    if len(X_held) < 5:
+        raise ValueError(f"only {len(X_held)} held-back windows; need >= 5 {need}")
+
+    ae.fit(X_train)
+    fit_s = time.monotonic() - started
+    calib = X_train[np.linspace(0, len(X_train) - 1, min(len(X_train), max_calibration_windows)).astype(int)]
+
+    with tempfile.TemporaryDirectory(prefix="appliance-train-") as tmpdir:
+        tmp = Path(tmpdir)
+        fp32_path, int8_path = tmp / "model.fp32.onnx", tmp / "model.int8.onnx"
+        model = ae.to_onnx()
+        onnx.save(model, str(fp32_path))
+        s32 = make_session(fp32_path)
+        e32 = sensor_errors(s32, X_held).mean(axis=1)
+        th32, info32 = calibrate_threshold(e32, threshold_method, risk, init_quantile, margin)
+
+        if int8_exclude == "auto":
+            attempts = [(), (gemm_nodes(model)[-1],)]
+        else:
+            attempts = [tuple(int8_exclude)]
+        failure: QuantizationCheckError | None = None
+        for exclude in attempts:
+            quantize_model(fp32_path, int8_path, calib, per_channel=per_channel,
+                           nodes_to_exclude=exclude, calibrate_method=calibrate_method)
+            s8 = make_session(int8_path)
+            e8 = sensor_errors(s8, X_held).mean(axis=1)
+            th8, info8 = calibrate_threshold(e8, threshold_method, risk, init_quantile, margin)
+            try:
+                check = verify_int8(s32, s8, X_held, th32, th8, check_limits, seed=seed)
+            except QuantizationCheckError as e:
+                logger.warning("int8 check failed excluded=%s: %s", list(exclude), e)
+                failure = e
+                continue
+            check["fp32_nodes"] = list(exclude)
+            failure = None
+            break
+        if failure is not None:
+            raise failure
+
+        digest = hashlib.sha256(fp32_path.read_bytes() + int8_path.read_bytes()).hexdigest()
+        created = datetime.now(timezone.utc)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "model_version": f"{created:%Y%m%dT%H%M%SZ}-{digest[:12]}",
+            "created_at": created.isoformat(timespec="seconds"),
+            "sensors": sensors,
+            "window": window,
+            "stride": stride,
+            "period_s": float(period_s),
+            "scaler": scaler.to_dict(),
+            "threshold": th8,
+            "thresholds": {"int8": th8, "fp32": th32},
+            "threshold_calibration": {"int8": info8, "fp32": info32},
+            "score": "mean squared reconstruction error of the scaled window",
+            "training": {
+                "data_sha256": data_sha256(sensors, rows),
+                "rows": int(len(rows)),
+                "train_rows": int(len(train_rows)),
+                "train_windows": int(len(X_train)),
+                "holdout_windows": int(len(X_held)),
+                "holdout": holdout,
+                "train_stride": train_stride,
+                "seed": seed,
+                "model": {"type": "dense_autoencoder", "hidden": [int(h) for h in hidden],
+                          "alpha": alpha, "noise": noise, "max_iter": max_iter, "epochs": ae.n_iter_,
+                          "batch_size": batch_size, "learning_rate_init": learning_rate_init},
+                "quantization": {"format": "QDQ", "activations": "int8", "weights": "int8",
+                                 "per_channel": per_channel, "calibrate_method": calibrate_method,
+                                 "calibration_windows": int(len(calib))},
+                "fit_seconds": round(fit_s, 3),
+            },
+            "int8_check": check,
+        }
+        out = write_bundle(out_dir, meta, {"fp32": fp32_path, "int8": int8_path})
+    logger.info("trained bundle=%s rows=%d windows=%d threshold_int8=%.5g seconds=%.1f",
+                out, len(rows), len(X_train), th8, time.monotonic() - started)
+    return out
+
+
+def train_from_csv(paths: str | Path | Iterable[str | Path], out_dir: str | Path, **opts) -> Path:
+    """``read_csv_rows`` then ``train_bundle`` (timestamps used to split runs at gaps)."""
+    sensors, ts, rows = read_csv_rows(paths)
+    return train_bundle(rows, sensors, out_dir, ts=ts, **opts)

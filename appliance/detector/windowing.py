@@ -1,0 +1,188 @@
+"""Per-asset alignment of per-sensor readings onto a fixed grid, and sliding windows.
+
+Sensors report at their own times. Each asset gets a grid of rows ``k * period``;
+the value of a sensor in row ``t`` is its last good reading with ``ts <= t``
+(last value held) if that reading is at most ``staleness_s`` old, otherwise the
+cell is *missing* (``mask`` False, value NaN). Nothing is ever zero-filled.
+
+When a row is final (the deliberate rule for late and out-of-order data):
+
+* as soon as every sensor of the asset has reported a reading with ``ts >= t``
+  (the normal case: the decision follows the reading at once), or
+* when the asset's newest timestamp passes ``t + lateness_s`` (a sensor is slow
+  or silent; the row then holds what arrived, stale cells masked).
+
+Readings out of order but for a row not yet final are placed where they belong.
+A reading for a row already final is *late*: it is stored by the caller but
+does not rewrite windows already scored; it is counted in ``late``.
+
+Every ``stride`` rows, once ``window`` rows exist, a :class:`Window` is emitted.
+A gap longer than the window (asset silent, appliance off) restarts the window
+instead of producing a run of empty rows.
+
+>>> wb = WindowBuilder(("a", "b"), period_s=1.0, window=3, stride=1, staleness_s=2.5, lateness_s=2.0)
+>>> out = []
+>>> for t in range(100, 105):
+...     out += wb.add(Reading("pump", "a", t, float(t)))
+...     out += wb.add(Reading("pump", "b", t, -float(t)))
+>>> [(w.t_end, w.values[:, 0].tolist()) for w in out]
+[(102.0, [100.0, 101.0, 102.0]), (103.0, [101.0, 102.0, 103.0]), (104.0, [102.0, 103.0, 104.0])]
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from appliance.core import Quality, Reading, Window
+
+
+@dataclass(slots=True)
+class _SensorTrack:
+    held_ts: float = -math.inf
+    held_value: float = math.nan
+    held_good: bool = False
+    newest_ts: float = -math.inf
+    pending: list = field(default_factory=list)  # sorted (ts, value, good) with ts > last final row
+
+
+class _AssetAligner:
+    def __init__(self, builder: "WindowBuilder", asset: str):
+        self.b = builder
+        self.asset = asset
+        self.tracks = {s: _SensorTrack() for s in builder.sensors}
+        self.next_row: float | None = None
+        self.last_final = -math.inf
+        self.newest_ts = -math.inf
+        self.rows_values: deque[np.ndarray] = deque(maxlen=builder.window)
+        self.rows_mask: deque[np.ndarray] = deque(maxlen=builder.window)
+        self.rows_historical: deque[bool] = deque(maxlen=builder.window)
+        self.since_emit = 0
+        self.historical = False
+
+    def add(self, r: Reading) -> list[Window]:
+        b = self.b
+        track = self.tracks.get(r.sensor)
+        if track is None:
+            b.unknown_sensor += 1
+            return []
+        if self.next_row is None:
+            self.next_row = math.ceil(r.ts / b.period_s) * b.period_s
+        if r.ts <= self.last_final:
+            # Rows up to last_final are already scored and are not rewritten; the
+            # value still counts as the held value for the rows to come if newer.
+            b.late += 1
+            if r.ts <= track.held_ts:
+                return []
+        good = r.quality == Quality.GOOD and math.isfinite(r.value)
+        bisect.insort(track.pending, (r.ts, r.value, good))
+        track.newest_ts = max(track.newest_ts, r.ts)
+        self.newest_ts = max(self.newest_ts, r.ts)
+        self.historical = r.historical
+        return self._finalize_ready()
+
+    def _ready(self, t: float) -> bool:
+        if self.newest_ts >= t + self.b.lateness_s:
+            return True
+        return all(tr.newest_ts >= t - self.b._eps for tr in self.tracks.values())
+
+    def _finalize_ready(self) -> list[Window]:
+        b = self.b
+        out: list[Window] = []
+        horizon = b.window * b.period_s + b.staleness_s
+        while self.next_row is not None and self._ready(self.next_row):
+            if self.newest_ts - b.lateness_s - self.next_row > horizon:
+                # Long gap: rows in it would all be stale; restart the window after it.
+                skip_to = math.floor((self.newest_ts - b.lateness_s - b.window * b.period_s) / b.period_s) * b.period_s
+                self._advance_tracks(skip_to - b.period_s)
+                self.rows_values.clear()
+                self.rows_mask.clear()
+                self.rows_historical.clear()
+                self.since_emit = 0
+                b.gaps += 1
+                self.last_final = skip_to - b.period_s
+                self.next_row = skip_to
+                continue
+            window = self._finalize_row(self.next_row)
+            if window is not None:
+                out.append(window)
+            self.next_row = round((self.next_row + b.period_s) / b.period_s) * b.period_s
+        return out
+
+    def _advance_tracks(self, t: float) -> None:
+        for tr in self.tracks.values():
+            cut = bisect.bisect_right(tr.pending, (t + self.b._eps, math.inf, True))
+            if cut:
+                tr.held_ts, tr.held_value, tr.held_good = tr.pending[cut - 1]
+                del tr.pending[:cut]
+
+    def _finalize_row(self, t: float) -> Window | None:
+        b = self.b
+        self._advance_tracks(t)
+        self.last_final = t
+        values = np.empty(len(b.sensors), dtype=np.float32)
+        mask = np.empty(len(b.sensors), dtype=bool)
+        for j, s in enumerate(b.sensors):
+            tr = self.tracks[s]
+            fresh = tr.held_good and (t - tr.held_ts) <= b.staleness_s + b._eps
+            mask[j] = fresh
+            values[j] = tr.held_value if fresh else np.nan
+        self.rows_values.append(values)
+        self.rows_mask.append(mask)
+        self.rows_historical.append(self.historical)
+        b.rows += 1
+        self.since_emit += 1
+        if len(self.rows_values) < b.window or self.since_emit < b.stride:
+            return None
+        self.since_emit = 0
+        b.windows += 1
+        return Window(asset=self.asset, t_end=float(t), period=b.period_s, sensors=b.sensors,
+                      values=np.stack(self.rows_values), mask=np.stack(self.rows_mask),
+                      historical=any(self.rows_historical))
+
+
+class WindowBuilder:
+    """Aligns readings of any number of assets and emits their sliding windows."""
+
+    def __init__(self, sensors, period_s: float, window: int, stride: int = 1,
+                 staleness_s: float = 5.0, lateness_s: float = 2.0):
+        sensors = tuple(sensors)
+        if not sensors or len(set(sensors)) != len(sensors):
+            raise ValueError("sensors must be a non-empty list of distinct names")
+        if not (period_s > 0 and math.isfinite(period_s)):
+            raise ValueError(f"period_s must be > 0, got {period_s!r}")
+        if int(window) < 1 or int(stride) < 1:
+            raise ValueError(f"window and stride must be >= 1, got {window!r}, {stride!r}")
+        if staleness_s <= 0 or lateness_s < 0:
+            raise ValueError("staleness_s must be > 0 and lateness_s >= 0")
+        self.sensors = sensors
+        self.period_s = float(period_s)
+        self.window = int(window)
+        self.stride = int(stride)
+        self.staleness_s = float(staleness_s)
+        self.lateness_s = float(lateness_s)
+        self._eps = self.period_s * 1e-6
+        self._assets: dict[str, _AssetAligner] = {}
+        self.late = 0
+        self.unknown_sensor = 0
+        self.gaps = 0
+        self.rows = 0
+        self.windows = 0
+
+    def add(self, reading: Reading) -> list[Window]:
+        """Take one reading; return the windows it completed (often none)."""
+        aligner = self._assets.get(reading.asset)
+        if aligner is None:
+            aligner = self._assets[reading.asset] = _AssetAligner(self, reading.asset)
+        return aligner.add(reading)
+
+    def assets(self) -> list[str]:
+        return sorted(self._assets)
+
+    def status(self) -> dict:
+        return {"rows": self.rows, "windows": self.windows, "late_readings": self.late,
+                "unknown_sensor": self.unknown_sensor, "gaps": self.gaps}

@@ -1,0 +1,1 @@
+"""Detector evaluation on public benchmarks (SKAB)."""

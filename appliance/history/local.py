@@ -1,0 +1,317 @@
+"""Local history for the dashboard: recent raw data plus one-minute rollups.
+
+Its own SQLite file (WAL), so history views never depend on the network and
+never contend with the outbox's fsyncs. Raw readings and scores are kept for
+``raw_retention_s`` (a day by default), the one-minute aggregates for
+``rollup_retention_s`` (a month).
+
+A rollup bucket is recomputed from the raw rows it covers every time new raw
+rows land in it, rather than incremented: a reading delivered twice (MQTT QoS 1
+redelivery after a crash) is one raw row (the primary key is series + time), so
+the aggregate stays right. Readings older than the raw retention on arrival are
+not kept locally, because their bucket could no longer be recomputed completely.
+
+Only live data is kept: historical replays go to InfluxDB tagged
+``historical=true`` but never mix into the dashboard's view of the plant now.
+Local history is a convenience copy: ``synchronous=NORMAL``, so a power cut may
+lose its last second or so, never the outbox.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+from appliance.core import Quality, Reading, Score
+
+log = logging.getLogger(__name__)
+
+ROLLUP_S = 60
+MAX_QUERY_ROWS = 100_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS series(
+    id INTEGER PRIMARY KEY,
+    asset TEXT NOT NULL,
+    sensor TEXT NOT NULL,
+    UNIQUE(asset, sensor)
+);
+CREATE TABLE IF NOT EXISTS raw(
+    series INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    value REAL,
+    quality INTEGER NOT NULL,
+    PRIMARY KEY(series, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup(
+    series INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    sum REAL,
+    min REAL,
+    max REAL,
+    bad INTEGER NOT NULL,
+    PRIMARY KEY(series, bucket)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS assets(
+    id INTEGER PRIMARY KEY,
+    asset TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS scores(
+    asset INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    value REAL,
+    threshold REAL,
+    contributions TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    PRIMARY KEY(asset, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS score_rollup(
+    asset INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    sum REAL,
+    max REAL,
+    max_ratio REAL,
+    over INTEGER NOT NULL,
+    PRIMARY KEY(asset, bucket)
+) WITHOUT ROWID;
+"""
+
+
+def _finite(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _check_range(since: float, until: float) -> tuple[float, float]:
+    for name, v in (("since", since), ("until", until)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite UNIX time in seconds, got {v!r}")
+    if until < since:
+        raise ValueError(f"until ({until}) is before since ({since})")
+    return float(since), float(until)
+
+
+def _check_resolution(resolution: str) -> None:
+    if resolution not in ("raw", "1m"):
+        raise ValueError(f"resolution must be 'raw' or '1m', got {resolution!r}")
+
+
+def _check_limit(limit: int) -> int:
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_QUERY_ROWS:
+        raise ValueError(f"limit must be an integer in 1..{MAX_QUERY_ROWS}, got {limit!r}")
+    return limit
+
+
+class LocalHistory:
+    def __init__(self, path: str | Path, raw_retention_s: float, rollup_retention_s: float):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.raw_retention_s = raw_retention_s
+        self.rollup_retention_s = rollup_retention_s
+        # One connection for the writer thread, one shared by readers (dashboard
+        # threads come and go per request, so no connection per thread).
+        self._w = self._connect()
+        self._w.executescript(SCHEMA)
+        self._r = self._connect()
+        self._rlock = threading.Lock()
+        self._series: dict[tuple[str, str], int] = {
+            (a, s): i for i, a, s in self._w.execute("SELECT id, asset, sensor FROM series")}
+        self._assets: dict[str, int] = {a: i for i, a in self._w.execute("SELECT id, asset FROM assets")}
+        self.skipped_old = 0
+        self._counts: dict[str, int] = {}
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    # -- writer thread -----------------------------------------------------------------
+
+    def insert(self, readings: Sequence[Reading], scores: Sequence[Score], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        oldest_ok = now - self.raw_retention_s + ROLLUP_S
+        rrows, touched = [], set()
+        for r in readings:
+            if r.historical:
+                continue
+            if r.ts < oldest_ok:
+                self.skipped_old += 1
+                continue
+            sid = self._series_id(r.asset, r.sensor)
+            rrows.append((sid, float(r.ts), _finite(r.value), int(r.quality)))
+            touched.add((sid, int(r.ts // ROLLUP_S) * ROLLUP_S))
+        srows, stouched = [], set()
+        for s in scores:
+            if s.historical:
+                continue
+            if s.t_end < oldest_ok:
+                self.skipped_old += 1
+                continue
+            aid = self._asset_id(s.asset)
+            contrib = json.dumps({k: _finite(v) for k, v in s.contributions.items()}, sort_keys=True)
+            srows.append((aid, float(s.t_end), _finite(s.value), _finite(s.threshold), contrib,
+                          s.model_version))
+            stouched.add((aid, int(s.t_end // ROLLUP_S) * ROLLUP_S))
+        if not rrows and not srows:
+            return
+        db = self._w
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT OR REPLACE INTO raw(series, ts, value, quality) VALUES (?, ?, ?, ?)", rrows)
+            db.executemany(
+                "INSERT OR REPLACE INTO rollup(series, bucket, n, sum, min, max, bad) "
+                "SELECT ?1, ?2, count(value) FILTER (WHERE quality = 0), "
+                "       sum(value) FILTER (WHERE quality = 0), min(value) FILTER (WHERE quality = 0), "
+                "       max(value) FILTER (WHERE quality = 0), count(*) FILTER (WHERE quality != 0) "
+                "FROM raw WHERE series = ?1 AND ts >= ?2 AND ts < ?2 + ?3",
+                [(sid, b, ROLLUP_S) for sid, b in touched])
+            db.executemany(
+                "INSERT OR REPLACE INTO scores(asset, ts, value, threshold, contributions, model_version) "
+                "VALUES (?, ?, ?, ?, ?, ?)", srows)
+            db.executemany(
+                "INSERT OR REPLACE INTO score_rollup(asset, bucket, n, sum, max, max_ratio, over) "
+                "SELECT ?1, ?2, count(value), sum(value), max(value), "
+                "       max(CASE WHEN threshold > 0 THEN value / threshold END), "
+                "       count(*) FILTER (WHERE threshold > 0 AND value > threshold) "
+                "FROM scores WHERE asset = ?1 AND ts >= ?2 AND ts < ?2 + ?3",
+                [(aid, b, ROLLUP_S) for aid, b in stouched])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def purge(self, now: float | None = None) -> int:
+        """Apply retention; returns the number of rows deleted."""
+        now = time.time() if now is None else now
+        raw_cut = now - self.raw_retention_s
+        roll_cut = now - self.rollup_retention_s
+        n = 0
+        db = self._w
+        db.execute("BEGIN")
+        try:
+            # Per series/asset, so every delete is a primary-key range scan.
+            for sid in self._series.values():
+                n += db.execute("DELETE FROM raw WHERE series = ? AND ts < ?", (sid, raw_cut)).rowcount
+                n += db.execute("DELETE FROM rollup WHERE series = ? AND bucket < ?",
+                                (sid, roll_cut)).rowcount
+            for aid in self._assets.values():
+                n += db.execute("DELETE FROM scores WHERE asset = ? AND ts < ?", (aid, raw_cut)).rowcount
+                n += db.execute("DELETE FROM score_rollup WHERE asset = ? AND bucket < ?",
+                                (aid, roll_cut)).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._counts = {
+            "raw_readings": db.execute("SELECT count(*) FROM raw").fetchone()[0],
+            "rollup_rows": db.execute("SELECT count(*) FROM rollup").fetchone()[0],
+            "raw_scores": db.execute("SELECT count(*) FROM scores").fetchone()[0],
+        }
+        return n
+
+    def _series_id(self, asset: str, sensor: str) -> int:
+        key = (asset, sensor)
+        sid = self._series.get(key)
+        if sid is None:
+            self._w.execute("INSERT OR IGNORE INTO series(asset, sensor) VALUES (?, ?)", key)
+            sid = self._w.execute("SELECT id FROM series WHERE asset = ? AND sensor = ?", key).fetchone()[0]
+            self._series[key] = sid
+        return sid
+
+    def _asset_id(self, asset: str) -> int:
+        aid = self._assets.get(asset)
+        if aid is None:
+            self._w.execute("INSERT OR IGNORE INTO assets(asset) VALUES (?)", (asset,))
+            aid = self._w.execute("SELECT id FROM assets WHERE asset = ?", (asset,)).fetchone()[0]
+            self._assets[asset] = aid
+        return aid
+
+    # -- readers (any thread) ----------------------------------------------------------
+
+    def query_readings(self, asset: str, sensor: str, since: float, until: float,
+                       resolution: Literal["raw", "1m"] = "raw", limit: int = 10_000) -> list[dict]:
+        """Readings of one sensor in ``[since, until]``, oldest first, at most ``limit``.
+
+        ``raw``: ``{ts, value, quality}`` (value None where it was not a finite
+        number); ``1m``: ``{ts, count, mean, min, max, bad}`` per minute bucket
+        overlapping the range, over good-quality values only (``bad`` counts the rest).
+        """
+        since, until = _check_range(since, until)
+        limit = _check_limit(limit)
+        _check_resolution(resolution)
+        with self._rlock:
+            row = self._r.execute("SELECT id FROM series WHERE asset = ? AND sensor = ?",
+                                  (asset, sensor)).fetchone()
+            if row is None:
+                return []
+            if resolution == "raw":
+                return [{"ts": ts, "value": v, "quality": Quality(q).name.lower()}
+                        for ts, v, q in self._r.execute(
+                            "SELECT ts, value, quality FROM raw WHERE series = ? AND ts >= ? AND ts <= ? "
+                            "ORDER BY ts LIMIT ?", (row[0], since, until, limit))]
+            if resolution == "1m":
+                first = math.floor(since / ROLLUP_S) * ROLLUP_S
+                return [{"ts": b, "count": n, "mean": (s / n) if n else None, "min": lo, "max": hi,
+                         "bad": bad}
+                        for b, n, s, lo, hi, bad in self._r.execute(
+                            "SELECT bucket, n, sum, min, max, bad FROM rollup "
+                            "WHERE series = ? AND bucket >= ? AND bucket <= ? ORDER BY bucket LIMIT ?",
+                            (row[0], first, until, limit))]
+        raise AssertionError("unreachable")
+
+    def query_scores(self, asset: str, since: float, until: float,
+                     resolution: Literal["raw", "1m"] = "raw", limit: int = 10_000) -> list[dict]:
+        """Scores of one asset in ``[since, until]``, oldest first, at most ``limit``.
+
+        ``raw``: ``{ts, value, threshold, ratio, contributions, model_version}``;
+        ``1m``: ``{ts, count, mean, max, max_ratio, over}`` (``over``: windows above threshold).
+        """
+        since, until = _check_range(since, until)
+        limit = _check_limit(limit)
+        _check_resolution(resolution)
+        with self._rlock:
+            row = self._r.execute("SELECT id FROM assets WHERE asset = ?", (asset,)).fetchone()
+            if row is None:
+                return []
+            if resolution == "raw":
+                out = []
+                for ts, v, th, c, mv in self._r.execute(
+                        "SELECT ts, value, threshold, contributions, model_version FROM scores "
+                        "WHERE asset = ? AND ts >= ? AND ts <= ? ORDER BY ts LIMIT ?",
+                        (row[0], since, until, limit)):
+                    ratio = v / th if v is not None and th else None
+                    out.append({"ts": ts, "value": v, "threshold": th, "ratio": ratio,
+                                "contributions": json.loads(c), "model_version": mv})
+                return out
+            if resolution == "1m":
+                first = math.floor(since / ROLLUP_S) * ROLLUP_S
+                return [{"ts": b, "count": n, "mean": (s / n) if n else None, "max": mx,
+                         "max_ratio": mr, "over": over}
+                        for b, n, s, mx, mr, over in self._r.execute(
+                            "SELECT bucket, n, sum, max, max_ratio, over FROM score_rollup "
+                            "WHERE asset = ? AND bucket >= ? AND bucket <= ? ORDER BY bucket LIMIT ?",
+                            (row[0], first, until, limit))]
+        raise AssertionError("unreachable")
+
+    def stats(self) -> dict:
+        # Row counts are refreshed by purge() (once a minute): counting a day of
+        # raw rows on every status call would cost more than the call is worth.
+        return {"series": len(self._series), "assets": len(self._assets),
+                "skipped_old": self.skipped_old, **self._counts}
+
+    def close(self) -> None:
+        with self._rlock:
+            self._r.close()
+        self._w.close()

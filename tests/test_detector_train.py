@@ -1,0 +1,171 @@
+"""Bundle training and scoring on small synthetic pump-like data, through real ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from appliance.core import Score, Window
+from appliance.detector.bundle import load_bundle, sha256_file
+from appliance.detector.quantize import CheckLimits, QuantizationCheckError
+from appliance.detector.scorer import Detector
+from appliance.detector.train import sliding_windows, train_bundle
+
+SENSORS = ["Current", "Pressure", "Temperature", "Flow"]
+WINDOW = 16
+
+
+def normal_rows(n: int, seed: int) -> np.ndarray:
+    """Correlated sensors: flow and pressure follow the current, temperature lags it."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    load = 1.0 + 0.3 * np.sin(t / 40.0) + 0.1 * np.sin(t / 7.0)
+    current = load + 0.02 * rng.standard_normal(n)
+    pressure = 2.0 * load + 0.03 * rng.standard_normal(n)
+    temperature = 60.0 + 5.0 * np.convolve(load, np.ones(20) / 20, mode="same") + 0.05 * rng.standard_normal(n)
+    flow = 30.0 * load + 0.2 * rng.standard_normal(n)
+    return np.stack([current, pressure, temperature, flow], axis=1)
+
+
+OPTS = dict(window=WINDOW, stride=2, hidden=(32, 8), max_iter=80, seed=3)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    return train_bundle(normal_rows(3000, 0), SENSORS, tmp_path_factory.mktemp("b") / "bundle", **OPTS)
+
+
+@pytest.fixture(scope="module")
+def detectors(bundle_dir):
+    return {p: Detector.load(bundle_dir, precision=p) for p in ("int8", "fp32")}
+
+
+def test_bundle_contents_round_trip(bundle_dir):
+    assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "model.fp32.onnx", "model.int8.onnx"]
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    b = load_bundle(bundle_dir)
+    assert b.sensors == tuple(SENSORS) and b.window == WINDOW and b.stride == 2 and b.period_s == 1.0
+    assert meta["training"]["rows"] == 3000 and len(meta["training"]["data_sha256"]) == 64
+    assert meta["int8_check"]["passed"] is True
+    assert meta["threshold"] == b.thresholds["int8"] > 0
+    assert meta["threshold_calibration"]["int8"]["method"] in ("pot", "quantile")
+    assert meta["files"]["model.int8.onnx"] == sha256_file(bundle_dir / "model.int8.onnx")
+    # INT8 weights are a quarter of FP32's; the file must be clearly smaller.
+    assert (bundle_dir / "model.int8.onnx").stat().st_size < 0.5 * (bundle_dir / "model.fp32.onnx").stat().st_size
+
+
+def test_detector_attributes(detectors, bundle_dir):
+    d = detectors["int8"]
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    assert d.sensors == tuple(SENSORS) and d.window == WINDOW and d.stride == 2 and d.period_s == 1.0
+    assert d.version == meta["model_version"]
+    assert d.threshold == meta["thresholds"]["int8"]
+    assert detectors["fp32"].threshold == meta["thresholds"]["fp32"]
+
+
+def test_unseen_normal_data_stays_below_threshold(detectors):
+    X = sliding_windows(normal_rows(1500, 99), WINDOW, 4)
+    for d in detectors.values():
+        errors, contrib = d.score_batch(X)
+        assert errors.shape == (len(X),) and contrib.shape == (len(X), len(SENSORS))
+        assert np.mean(errors > d.threshold) < 0.02
+        np.testing.assert_allclose(contrib.sum(axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("faulty", range(len(SENSORS)))
+def test_injected_fault_scores_above_threshold_and_points_at_sensor(detectors, faulty):
+    rows = normal_rows(400, 7)
+    spread = rows[:, faulty].std()
+    X = sliding_windows(rows, WINDOW, 8)
+    X[:, WINDOW // 2:, faulty] += 3.0 * spread  # a step fault in the second half of every window
+    for d in detectors.values():
+        errors, contrib = d.score_batch(X)
+        assert np.mean(errors > d.threshold) > 0.95
+        assert np.mean(contrib.argmax(axis=1) == faulty) > 0.9
+
+
+def test_int8_agrees_with_fp32(detectors):
+    rows = normal_rows(1200, 11)
+    X = sliding_windows(rows, WINDOW, 3)
+    X[len(X) // 2:, :, 1] += np.linspace(0.0, 4.0, len(X) - len(X) // 2)[:, None] * rows[:, 1].std()
+    e8, _ = detectors["int8"].score_batch(X)
+    e32, _ = detectors["fp32"].score_batch(X)
+    agree = np.mean((e8 > detectors["int8"].threshold) == (e32 > detectors["fp32"].threshold))
+    assert agree > 0.97
+    assert np.corrcoef(e8, e32)[0, 1] > 0.95
+
+
+def make_window(values, sensors, mask=None):
+    mask = np.ones(values.shape, dtype=bool) if mask is None else mask
+    return Window(asset="pump1", t_end=1234.0, period=1.0, sensors=tuple(sensors), values=values, mask=mask)
+
+
+def test_score_one_reorders_columns_by_name(detectors):
+    d = detectors["int8"]
+    values = normal_rows(WINDOW, 5)
+    s = d.score_one(make_window(values, SENSORS))
+    assert isinstance(s, Score) and s.asset == "pump1" and s.t_end == 1234.0
+    assert s.threshold == d.threshold and s.model_version == d.version
+    assert set(s.contributions) == set(SENSORS) and abs(sum(s.contributions.values()) - 1) < 1e-9
+    order = [3, 1, 0, 2]
+    shuffled = d.score_one(make_window(values[:, order], [SENSORS[i] for i in order]))
+    assert shuffled.value == pytest.approx(s.value, rel=1e-6)
+    assert shuffled.contributions == pytest.approx(s.contributions, rel=1e-6)
+    errors, _ = d.score_batch(values[None])
+    assert s.value == pytest.approx(errors[0], rel=1e-6)
+
+
+def test_score_one_ignores_extra_sensor_but_needs_all_model_sensors(detectors):
+    d = detectors["int8"]
+    values = normal_rows(WINDOW, 5)
+    extra = np.hstack([values, np.zeros((WINDOW, 1))])
+    base = d.score_one(make_window(values, SENSORS)).value
+    assert d.score_one(make_window(extra, SENSORS + ["Vibration"])).value == pytest.approx(base, rel=1e-6)
+    with pytest.raises(ValueError, match="lacks sensors"):
+        d.score_one(make_window(values[:, :3], SENSORS[:3]))
+
+
+def test_score_one_refuses_incomplete_or_misshaped_windows(detectors):
+    d = detectors["int8"]
+    values = normal_rows(WINDOW, 5)
+    mask = np.ones(values.shape, dtype=bool)
+    mask[3, 2] = False
+    with pytest.raises(ValueError, match="incomplete"):
+        d.score_one(make_window(values, SENSORS, mask))
+    with pytest.raises(ValueError, match="shape"):
+        d.score_one(make_window(values[:-1], SENSORS))
+    with pytest.raises(ValueError, match="shape"):
+        d.score_batch(values)
+    bad = values.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        d.score_batch(bad[None])
+
+
+def test_training_is_deterministic(tmp_path, bundle_dir):
+    again = train_bundle(normal_rows(3000, 0), SENSORS, tmp_path / "again", **OPTS)
+    for name in ("model.fp32.onnx", "model.int8.onnx"):
+        assert sha256_file(again / name) == sha256_file(bundle_dir / name)
+    a = json.loads((again / "bundle.json").read_text())
+    b = json.loads((bundle_dir / "bundle.json").read_text())
+    assert a["thresholds"] == b["thresholds"] and a["training"]["data_sha256"] == b["training"]["data_sha256"]
+
+
+def test_retraining_replaces_existing_bundle_atomically(tmp_path):
+    out = tmp_path / "model"
+    first = train_bundle(normal_rows(1200, 1), SENSORS, out, **OPTS)
+    v1 = load_bundle(first).model_version
+    second = train_bundle(normal_rows(1200, 2), SENSORS, out, **OPTS)
+    assert second == out and load_bundle(out).model_version != v1
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp or .old directory left
+
+
+def test_failed_int8_check_writes_no_bundle(tmp_path):
+    out = tmp_path / "refused"
+    impossible = CheckLimits(min_agreement=1.01)
+    with pytest.raises(QuantizationCheckError, match="agreement") as e:
+        train_bundle(normal_rows(1200, 1), SENSORS, out, check_limits=impossible, **OPTS)
+    assert e.value.report["holdout"]["agreement"] <= 1.0
+    assert not out.exists() and list(tmp_path.iterdir()) == []
