@@ -280,11 +280,14 @@ def parse_payload(
     if route.sensor is not None and not route.sensor:
         return [], [dead(f"bad_topic: empty sensor level in pattern {route.pattern!r}")]
     try:
-        doc = json.loads(payload)
-    except RecursionError:
-        return [], [dead("bad_json: nested too deeply")]
+        # RFC 8259: JSON between systems is UTF-8 (a BOM is tolerated).
+        text = bytes(payload).decode("utf-8-sig")
     except UnicodeDecodeError as e:
         return [], [dead(f"bad_json: not UTF-8 text ({e.reason} at byte {e.start})")]
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        return [], [dead("bad_json: nested too deeply")]
     except ValueError as e:
         return [], [dead(f"bad_json: {e}")]
     if not isinstance(doc, dict):

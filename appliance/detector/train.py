@@ -183,7 +183,7 @@ def windows_in(rows: np.ndarray, spans: list[tuple[int, int]], window: int, step
 
 def calibrate_threshold(errors: np.ndarray, method: str = "pot", risk: float = 1e-3,
                         init_quantile: float = 0.98, margin: float = 1.1,
-                        min_peaks: int = 10) -> tuple[float, dict]:
+                        min_peaks: int = 20, max_shape: float = 0.5) -> tuple[float, dict]:
     """Threshold on held-back normal errors and a record of how it was found.
 
     ``pot`` (peaks over threshold, Siffer et al. 2017): fit a generalized Pareto
@@ -216,11 +216,11 @@ def calibrate_threshold(errors: np.ndarray, method: str = "pot", risk: float = 1
             c, _, sigma = stats.genpareto.fit(peaks, floc=0.0)
             r = risk * len(e) / len(peaks)
             z = t0 - sigma * math.log(r) if abs(c) < 1e-9 else t0 + sigma / c * (r ** (-c) - 1.0)
-            if math.isfinite(z) and z > 0:
+            if math.isfinite(z) and z > 0 and c <= max_shape:
                 info.update(method="pot", init_quantile=init_quantile, init_threshold=t0,
                             n_peaks=int(len(peaks)), gpd_shape=float(c), gpd_scale=float(sigma))
                 return float(z), info
-        logger.info("pot fit not usable (peaks=%d); falling back to quantile", len(peaks))
+        logger.info("pot fit not usable peaks=%d; falling back to quantile", len(peaks))
     q = float(min(np.quantile(e, 1.0 - risk), e.max()))
     info.update(method="quantile", quantile=1.0 - risk, margin=margin)
     threshold = q * margin
@@ -291,6 +291,10 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
         ts = np.asarray(ts, dtype=np.float64)
         if ts.shape != (len(rows),):
             raise ValueError(f"ts has shape {ts.shape}, expected ({len(rows)},)")
+    if threshold_method not in ("pot", "quantile"):
+        raise ValueError(f"threshold_method must be 'pot' or 'quantile', got {threshold_method!r}")
+    if not 0 < risk < 1:
+        raise ValueError(f"risk must be in (0, 1), got {risk!r}")
     if int8_exclude != "auto" and isinstance(int8_exclude, str):
         raise ValueError(f"int8_exclude must be 'auto' or a list of node names, got {int8_exclude!r}")
     ae = WindowAutoencoder(hidden=hidden, alpha=alpha, noise=noise, max_iter=max_iter,

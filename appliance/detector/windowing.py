@@ -97,7 +97,9 @@ class _AssetAligner:
         while self.next_row is not None and self._ready(self.next_row):
             if self.newest_ts - b.lateness_s - self.next_row > horizon:
                 # Long gap: rows in it would all be stale; restart the window after it.
-                skip_to = math.floor((self.newest_ts - b.lateness_s - b.window * b.period_s) / b.period_s) * b.period_s
+                first_new = min(tr.pending[0][0] for tr in self.tracks.values() if tr.pending)
+                skip_to = max(math.floor((self.newest_ts - b.lateness_s - b.window * b.period_s) / b.period_s),
+                              math.ceil(first_new / b.period_s - 1e-9)) * b.period_s
                 self._advance_tracks(skip_to - b.period_s)
                 self.rows_values.clear()
                 self.rows_mask.clear()

@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal, Sequence
 
 from appliance.history.lineproto import DROPPABLE, Kind
 
@@ -93,13 +93,11 @@ class Outbox:
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync == 'commit' else 'NORMAL'}")
         self._db.executescript(SCHEMA)
         self._inflight_hi = 0
-        self._points = {k: 0 for k in Kind}
-        self._bytes = {k: 0 for k in Kind}
-        for kind, n, b in self._db.execute(
-                "SELECT kind, count(*), coalesce(sum(length(line)), 0) FROM outbox GROUP BY kind"):
-            self._points[Kind(kind)] = n
-            self._bytes[Kind(kind)] = b + n * ROW_OVERHEAD
-        self._oldest_at = self._head_time()
+        self._points: dict[Kind, int] = {}
+        self._bytes: dict[Kind, int] = {}
+        self._drops: dict[tuple[Kind, str], int] = {}
+        self._oldest_at: float | None = None
+        self._reload_totals()
         self._over_bound_logged = False
 
     # -- writer side -------------------------------------------------------------------
@@ -232,9 +230,9 @@ class Outbox:
             return dict(self._points), dict(self._bytes), self._oldest_at
 
     def drop_counts(self) -> dict[tuple[Kind, str], int]:
+        """Every point ever dropped from this outbox, by kind and reason (survives restarts)."""
         with self._lock:
-            return {(Kind(k), reason): n for k, reason, n in
-                    self._db.execute("SELECT kind, reason, count FROM drops")}
+            return dict(self._drops)
 
     def rejected_rows(self, limit: int = 100) -> list[dict]:
         with self._lock:
@@ -310,11 +308,18 @@ class Outbox:
                 return total
 
     def _count_drops(self, counts: dict[tuple[Kind, str], int]) -> None:
+        # In the caller's transaction; a rollback reloads self._drops from disk.
         if counts:
             self._db.executemany(
                 "INSERT INTO drops(kind, reason, count) VALUES (?, ?, ?) "
                 "ON CONFLICT(kind, reason) DO UPDATE SET count = count + excluded.count",
                 [(int(k), reason, n) for (k, reason), n in counts.items() if n])
+            for key, n in counts.items():
+                self._drops[key] = self._drops.get(key, 0) + n
+
+    def _load_drops(self) -> dict[tuple[Kind, str], int]:
+        return {(Kind(k), reason): n for k, reason, n in
+                self._db.execute("SELECT kind, reason, count FROM drops")}
 
     def _head_time(self) -> float | None:
         row = self._db.execute("SELECT accepted_at FROM outbox ORDER BY id LIMIT 1").fetchone()
@@ -328,6 +333,7 @@ class Outbox:
         self._reload_totals()
 
     def _reload_totals(self) -> None:
+        """Re-read the totals from disk (at open, and after a rolled-back transaction)."""
         self._points = {k: 0 for k in Kind}
         self._bytes = {k: 0 for k in Kind}
         for kind, n, b in self._db.execute(
@@ -335,3 +341,4 @@ class Outbox:
             self._points[Kind(kind)] = n
             self._bytes[Kind(kind)] = b + n * ROW_OVERHEAD
         self._oldest_at = self._head_time()
+        self._drops = self._load_drops()

@@ -1,0 +1,157 @@
+"""A damaged, incomplete or inconsistent bundle is refused with a clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from appliance.detector.bundle import BundleError, load_bundle, sha256_file
+from appliance.detector.scorer import Detector
+from appliance.detector.train import train_bundle
+
+SENSORS = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    t = np.arange(1500)
+    base = np.sin(t / 15.0)
+    rows = np.stack([base, 2 * base + 0.05 * rng.standard_normal(len(t)), np.cos(t / 15.0)], axis=1)
+    return train_bundle(rows, SENSORS, tmp_path_factory.mktemp("g") / "bundle", window=8, hidden=(16, 4),
+                        max_iter=40, seed=1)
+
+
+@pytest.fixture
+def copy(good, tmp_path):
+    dst = tmp_path / "bundle"
+    shutil.copytree(good, dst)
+    return dst
+
+
+def edit_meta(path, fn):
+    meta = json.loads((path / "bundle.json").read_text())
+    fn(meta)
+    (path / "bundle.json").write_text(json.dumps(meta))
+
+
+def test_good_bundle_loads(good):
+    b = load_bundle(good)
+    assert b.sensors == tuple(SENSORS) and b.window == 8 and set(b.models) == {"int8", "fp32"}
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(BundleError, match="directory not found"):
+        load_bundle(tmp_path / "nope")
+    with pytest.raises(BundleError, match="directory not found"):
+        Detector.load(tmp_path / "nope")
+
+
+def test_missing_meta(copy):
+    (copy / "bundle.json").unlink()
+    with pytest.raises(BundleError, match="bundle.json: missing"):
+        load_bundle(copy)
+
+
+def test_unparseable_meta(copy):
+    (copy / "bundle.json").write_text("{not json")
+    with pytest.raises(BundleError, match="unreadable"):
+        load_bundle(copy)
+
+
+def test_missing_model_file(copy):
+    (copy / "model.int8.onnx").unlink()
+    with pytest.raises(BundleError, match="model.int8.onnx: missing model file"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize("version", [2, None, "1"])
+def test_wrong_format_version(copy, version):
+    edit_meta(copy, lambda m: m.update(format_version=version))
+    with pytest.raises(BundleError, match="format_version .* not supported"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize("key", ["sensors", "window", "stride", "period_s", "scaler", "thresholds",
+                                 "model_version", "files"])
+def test_missing_key(copy, key):
+    edit_meta(copy, lambda m: m.pop(key))
+    with pytest.raises(BundleError, match=f"missing key '{key}'"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("window", 0, "window"), ("window", 8.5, "window"), ("window", True, "window"),
+    ("stride", 0, "stride"), ("period_s", -1.0, "period_s"),
+    ("sensors", ["a", "a", "c"], "sensors"), ("sensors", [], "sensors"),
+    ("thresholds", {"int8": 0.1}, "thresholds.fp32"), ("thresholds", {"int8": -1, "fp32": 1}, "thresholds.int8"),
+])
+def test_invalid_values(copy, key, value, message):
+    edit_meta(copy, lambda m: m.update({key: value}))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(copy)
+
+
+def test_scaler_length_mismatch(copy):
+    edit_meta(copy, lambda m: m["scaler"].update(center=[0.0, 1.0]))
+    with pytest.raises(BundleError, match="scaler has 2/3 entries for 3 sensors"):
+        load_bundle(copy)
+
+
+def test_zero_scale_refused(copy):
+    edit_meta(copy, lambda m: m["scaler"].update(scale=[1.0, 0.0, 1.0]))
+    with pytest.raises(BundleError, match="scale > 0"):
+        load_bundle(copy)
+
+
+def test_window_disagreeing_with_model_shape(copy):
+    edit_meta(copy, lambda m: m.update(window=9))
+    with pytest.raises(BundleError, match=r"shape \[None, 8, 3\], bundle.json says \[N, 9, 3\]"):
+        load_bundle(copy)
+
+
+def test_sensor_count_disagreeing_with_model_shape(copy):
+    def drop(m):
+        m["sensors"] = m["sensors"][:2]
+        m["scaler"]["center"] = m["scaler"]["center"][:2]
+        m["scaler"]["scale"] = m["scaler"]["scale"][:2]
+    edit_meta(copy, drop)
+    with pytest.raises(BundleError, match="bundle.json says"):
+        load_bundle(copy)
+
+
+def test_corrupted_model_detected_by_hash(copy):
+    data = bytearray((copy / "model.fp32.onnx").read_bytes())
+    data[-5] ^= 0xFF
+    (copy / "model.fp32.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256 does not match"):
+        load_bundle(copy)
+
+
+def test_garbage_model_with_matching_hash(copy):
+    (copy / "model.fp32.onnx").write_bytes(b"definitely not onnx")
+    edit_meta(copy, lambda m: m["files"].update({"model.fp32.onnx": sha256_file(copy / "model.fp32.onnx")}))
+    with pytest.raises(BundleError, match="not a readable ONNX model"):
+        load_bundle(copy)
+
+
+def test_model_with_other_input_name(copy):
+    model = onnx.load(str(copy / "model.fp32.onnx"))
+    model.graph.input[0].name = "input"
+    for node in model.graph.node:
+        node.input[:] = ["input" if i == "x" else i for i in node.input]
+    onnx.save(model, str(copy / "model.fp32.onnx"))
+    edit_meta(copy, lambda m: m["files"].update({"model.fp32.onnx": sha256_file(copy / "model.fp32.onnx")}))
+    with pytest.raises(BundleError, match="no input named 'x'"):
+        load_bundle(copy)
+
+
+def test_detector_rejects_bad_precision_and_threads(good):
+    with pytest.raises(ValueError, match="precision"):
+        Detector.load(good, precision="fp16")
+    with pytest.raises(ValueError, match="threads"):
+        Detector.load(good, threads=0)

@@ -1,0 +1,572 @@
+"""MQTT input connector against a real Mosquitto broker on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from appliance.config import BackoffConfig, MqttBroker, MqttInputConfig, MqttTopic, TlsConfig
+from appliance.connectors import mqtt as mqtt_module
+from appliance.connectors.mqtt import MqttConnector
+from appliance.connectors.payload import reason_code
+from tests.support.mosquitto import Mosquitto, free_port, mosquitto  # noqa: F401 - fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+SKAB = ("Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature",
+        "Thermocouple", "Voltage", "Volume Flow RateRMS")
+
+
+def wait_for(pred, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class MemorySink:
+    """Thread-safe in-memory sink; acknowledges at once unless told to hold acks."""
+
+    def __init__(self, ack: bool = True):
+        self.lock = threading.Lock()
+        self.readings = []
+        self.dead = []
+        self.batches = 0
+        self.ack = ack
+        self.held = []
+
+    def submit(self, readings, dead_letters=(), on_stored=None):
+        with self.lock:
+            self.readings.extend(readings)
+            self.dead.extend(dead_letters)
+            self.batches += 1
+            if on_stored is not None and not self.ack:
+                self.held.append(on_stored)
+        if on_stored is not None and self.ack:
+            on_stored()
+
+    def values(self, sensor="Current"):
+        with self.lock:
+            return [r.value for r in self.readings if r.sensor == sensor]
+
+
+class Publisher:
+    """Test-side device: QoS 1 publishes, counts PUBACKs, rides out broker restarts."""
+
+    def __init__(self, port: int, client_id: str = "test-device"):
+        self.acked = 0
+        self._lock = threading.Lock()
+        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.reconnect_delay_set(0.05, 0.5)
+        self.client.on_publish = self._on_publish
+        self.connected = threading.Event()
+        self.client.on_connect = lambda *a: self.connected.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.connected.wait(10), "test publisher could not connect"
+        self.sent = 0
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        with self._lock:
+            self.acked += 1
+
+    def publish(self, topic, payload, retain=False):
+        if not isinstance(payload, (bytes, str)):
+            payload = json.dumps(payload)
+        self.client.publish(topic, payload, qos=1, retain=retain)
+        self.sent += 1
+
+    def flush(self, timeout=30.0):
+        wait_for(lambda: self.acked >= self.sent, timeout, f"PUBACKs ({self.acked}/{self.sent})")
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def make_cfg(port: int, client_id: str = "test-ingest", **kw) -> MqttInputConfig:
+    broker = kw.pop("broker", None) or MqttBroker(
+        host="127.0.0.1", port=port, keepalive_s=5, reconnect=BackoffConfig(initial_s=0.05, max_s=0.5))
+    return MqttInputConfig(broker=broker, client_id=client_id, **kw)
+
+
+def start(conn, sink, wait_connected=True):
+    asyncio.run(conn.start(sink))
+    if wait_connected:
+        wait_for(lambda: conn.status()["connected"], 15, "connector to connect")
+        # Subscriptions are sent right after CONNACK; a retained probe proves they are active.
+    return conn
+
+
+def stop(conn):
+    asyncio.run(conn.stop())
+
+
+def subscribed(conn, pub: Publisher, sink: MemorySink):
+    """Block until the broker routes to the connector's subscriptions."""
+    n = len(sink.dead)
+    pub.publish("plant/probe/telemetry", b"probe")
+    wait_for(lambda: len(sink.dead) > n, 10, "subscription to become active")
+
+
+@pytest.fixture
+def pub(mosquitto):
+    p = Publisher(mosquitto.port)
+    yield p
+    p.close()
+
+
+def test_single_and_multi_payloads_arrive_once(mosquitto, pub):
+    sink = MemorySink()
+    conn = start(MqttConnector(make_cfg(mosquitto.port), known_sensors=lambda asset: SKAB), sink)
+    try:
+        subscribed(conn, pub, sink)
+        now = time.time()
+        pub.publish("plant/pump1/Current", {"ts": now, "value": 2.5})
+        pub.publish("plant/pump1/telemetry", {"ts": now, "values": {"Voltage": 231.0, "Pressure": 0.05},
+                                              "quality": "uncertain"})
+        pub.publish("plant/pump2/Temperature", {"ts": "2024-01-01T00:00:00Z", "value": 70})
+        pub.flush()
+        wait_for(lambda: len(sink.readings) >= 4, what="4 readings")
+        time.sleep(0.3)  # a duplicate from overlapping subscriptions would land by now
+        got = sorted((r.asset, r.sensor, r.value, r.quality.name) for r in sink.readings)
+        assert got == [("pump1", "Current", 2.5, "GOOD"), ("pump1", "Pressure", 0.05, "UNCERTAIN"),
+                       ("pump1", "Voltage", 231.0, "UNCERTAIN"), ("pump2", "Temperature", 70.0, "GOOD")]
+        assert {r.source for r in sink.readings if r.asset == "pump1"} == \
+            {"mqtt:plant/pump1/Current", "mqtt:plant/pump1/telemetry"}
+        st = conn.status()
+        assert st["messages"] == 4 and st["readings"] == 4
+        assert st["dead_letters"] == {"bad_json": 1}  # the subscription probe
+        assert st["subscriptions"] == ["plant/+/+"]
+        wait_for(lambda: conn.status()["acks"] == 4 and conn.status()["acks_pending"] == 0, what="acks")
+    finally:
+        stop(conn)
+    assert not conn.status()["connected"]
+
+
+def test_thousand_malformed_payloads_dead_lettered_while_good_ones_flow(mosquitto, pub):
+    sink = MemorySink()
+    conn = start(MqttConnector(make_cfg(mosquitto.port), known_sensors=lambda asset: SKAB), sink)
+    try:
+        subscribed(conn, pub, sink)
+        sink.dead.clear()
+        now = time.time()
+        bad_kinds = [
+            b"not json", b"[1,2,3]", b'{"value": 1}', b'{"ts": "soon", "value": 1}',
+            json.dumps({"ts": 12.0, "value": 1}).encode(),
+            json.dumps({"ts": now * 1000, "value": 1}).encode(),
+            b'{"ts": %f, "value": NaN}' % now, b'{"ts": %f, "value": Infinity}' % now,
+            json.dumps({"ts": now, "value": True}).encode(), json.dumps({"ts": now, "value": "3"}).encode(),
+        ]
+        good = 0
+        for i in range(1000):
+            # Bad ones on the per-sensor route, unknown sensors on the multi route.
+            if i % 10 == 9:
+                pub.publish("plant/pump1/telemetry", {"ts": now, "values": {"Bogus": 1.0}})
+            else:
+                pub.publish("plant/pump1/Current", bad_kinds[i % len(bad_kinds)])
+            if i % 5 == 0:
+                pub.publish("plant/pump1/telemetry", {"ts": now + i * 1e-3, "values": {"Current": float(i),
+                                                                                        "Voltage": 230.0}})
+                good += 1
+        pub.flush(60)
+        wait_for(lambda: len(sink.dead) >= 1000 and len(sink.readings) >= 2 * good, 60,
+                 "all dead letters and good readings")
+        assert len(sink.dead) == 1000
+        assert sorted(sink.values("Current")) == [float(i) for i in range(0, 1000, 5)]
+        st = conn.status()
+        assert st["dead_letters_total"] == 1000 and st["connected"]
+        assert st["dead_letters"] == {"bad_json": 100, "not_object": 100, "missing_ts": 100, "bad_ts": 100,
+                                      "ts_too_old": 100, "ts_in_future": 100, "non_finite": 100,
+                                      "bad_value": 100, "unknown_sensor": 100}
+        assert all(d.source.startswith("mqtt:plant/pump1/") for d in sink.dead)
+        assert {reason_code(d.reason) for d in sink.dead} == set(st["dead_letters"])
+    finally:
+        stop(conn)
+
+
+def test_persistent_session_delivers_what_was_published_while_stopped(mosquitto, pub):
+    sink = MemorySink()
+    conn = start(MqttConnector(make_cfg(mosquitto.port)), sink)
+    subscribed(conn, pub, sink)
+    stop(conn)
+    now = time.time()
+    for i in range(50):
+        pub.publish("plant/pump1/Current", {"ts": now + i, "value": i})
+    pub.flush()
+    sink2 = MemorySink()
+    conn2 = start(MqttConnector(make_cfg(mosquitto.port)), sink2)
+    try:
+        wait_for(lambda: len(sink2.readings) >= 50, what="queued messages after restart")
+        assert sorted(sink2.values()) == list(range(50))
+        assert [r.ts for r in sink2.readings] == sorted(r.ts for r in sink2.readings)  # broker keeps order
+    finally:
+        stop(conn2)
+
+
+def test_broker_restart_mid_stream_loses_nothing(mosquitto, pub):
+    sink = MemorySink()
+    conn = start(MqttConnector(make_cfg(mosquitto.port)), sink)
+    try:
+        subscribed(conn, pub, sink)
+        n = 600
+        now = time.time()
+        for i in range(n):
+            pub.publish("plant/pump1/telemetry", {"ts": now + i * 1e-3, "values": {"Current": i, "Voltage": 1}})
+            if i == n // 3:
+                pub.flush()
+                mosquitto.restart(down_s=0.5)
+            elif i % 50 == 0:
+                time.sleep(0.01)
+        pub.flush(60)
+        wait_for(lambda: len(set(sink.values())) >= n, 60, "every message after the restart")
+        assert set(sink.values()) == set(range(n))
+        st = conn.status()
+        assert st["reconnects"] >= 1 and st["disconnects"] >= 1 and st["connected"]
+    finally:
+        stop(conn)
+
+
+def test_unacked_messages_are_redelivered_after_reconnect_and_stale_acks_dropped(mosquitto, pub):
+    holding = MemorySink(ack=False)
+    conn = start(MqttConnector(make_cfg(mosquitto.port)), holding)
+    try:
+        subscribed(conn, pub, holding)
+        now = time.time()
+        for i in range(20):
+            pub.publish("plant/pump1/Current", {"ts": now + i, "value": i})
+        pub.flush()
+        wait_for(lambda: len(holding.values()) >= 20, what="first delivery")
+        assert conn.status()["acks_pending"] == 21  # 20 + probe, none stored yet
+        mosquitto.restart()
+        wait_for(lambda: conn.status()["reconnects"] >= 1, what="reconnect")
+        # The broker redelivers what was never acknowledged.
+        wait_for(lambda: len(holding.values()) >= 40, what="redelivery after broker restart")
+        assert sorted(holding.values()) == sorted(list(range(20)) * 2)
+        # Storing the first-generation copies now must not ack anything on the new connection.
+        first_gen = holding.held[:21]
+        for cb in first_gen:
+            cb()
+        assert conn.status()["acks_stale"] == 21 and conn.status()["acks"] == 0
+        for cb in holding.held[21:]:
+            cb()
+        wait_for(lambda: conn.status()["acks_pending"] == 0, what="acks of second generation")
+        assert conn.status()["acks"] == 21
+    finally:
+        stop(conn)
+    # Everything acknowledged: a new session start gets nothing old.
+    sink = MemorySink()
+    conn = start(MqttConnector(make_cfg(mosquitto.port)), sink)
+    try:
+        pub.publish("plant/pump1/Current", {"ts": time.time(), "value": 99})
+        wait_for(lambda: sink.values() == [99.0], what="only the new message")
+        time.sleep(0.3)
+        assert sink.values() == [99.0]
+    finally:
+        stop(conn)
+
+
+def test_acks_go_out_in_receive_order_even_if_stored_out_of_order(mosquitto, pub):
+    holding = MemorySink(ack=False)
+    conn = start(MqttConnector(make_cfg(mosquitto.port)), holding)
+    try:
+        subscribed(conn, pub, holding)
+        for i in range(5):
+            pub.publish("plant/pump1/Current", {"ts": time.time(), "value": i})
+        pub.flush()
+        wait_for(lambda: len(holding.held) == 6, what="6 messages held")
+        for cb in reversed(holding.held[1:]):
+            cb()
+        assert conn.status()["acks"] == 0 and conn.status()["acks_pending"] == 6  # head still unstored
+        holding.held[0]()
+        assert conn.status()["acks"] == 6 and conn.status()["acks_pending"] == 0
+    finally:
+        stop(conn)
+
+
+_KILL9_CHILD = r"""
+import asyncio, json, sys
+from appliance.config import BackoffConfig, MqttBroker, MqttInputConfig
+from appliance.connectors.mqtt import MqttConnector
+
+port, ack_first = int(sys.argv[1]), int(sys.argv[2])
+
+class Sink:
+    n = 0
+    def submit(self, readings, dead_letters=(), on_stored=None):
+        Sink.n += 1
+        for r in readings:
+            print(json.dumps(r.value), flush=True)
+        if on_stored and Sink.n <= ack_first:
+            on_stored()
+
+async def main():
+    cfg = MqttInputConfig(broker=MqttBroker(port=port, reconnect=BackoffConfig(initial_s=0.05, max_s=0.5)),
+                          client_id="kill9-ingest")
+    await MqttConnector(cfg).start(Sink())
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+class StatusWatcher:
+    def __init__(self, port, topic="appliance/status"):
+        self.states = []
+        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="status-watch")
+        self.client.on_message = lambda c, u, m: self.states.append((m.retain, json.loads(m.payload)))
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, 1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def last(self):
+        return self.states[-1][1] if self.states else {}
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_kill9_redelivers_unstored_messages_and_fires_last_will(mosquitto, pub):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    child = subprocess.Popen([sys.executable, "-c", _KILL9_CHILD, str(mosquitto.port), "10"],
+                             stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    watcher = StatusWatcher(mosquitto.port)
+    try:
+        wait_for(lambda: watcher.last().get("state") == "online", what="online status")
+        assert watcher.last()["client_id"] == "kill9-ingest"
+        now = time.time()
+        for i in range(30):
+            pub.publish("plant/pump1/Current", {"ts": now + i, "value": i})
+        pub.flush()
+        seen = [json.loads(child.stdout.readline()) for _ in range(30)]
+        assert seen == list(range(30))
+        time.sleep(0.2)  # let the child's first 10 PUBACKs leave its socket
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        wait_for(lambda: watcher.last().get("state") == "offline", what="last will")
+        assert watcher.last()["reason"] == "connection lost"
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.stdout.close()
+    watcher.close()
+    # A late subscriber sees the retained offline state.
+    late = StatusWatcher(mosquitto.port)
+    try:
+        wait_for(lambda: late.states, what="retained status")
+        assert late.states[0][0] is True and late.states[0][1]["state"] == "offline"
+    finally:
+        late.close()
+    sink = MemorySink()
+    conn = start(MqttConnector(make_cfg(mosquitto.port, client_id="kill9-ingest")), sink)
+    try:
+        wait_for(lambda: set(sink.values()) >= set(range(10, 30)), what="redelivery after kill -9")
+        assert set(sink.values()) <= set(range(30))
+    finally:
+        stop(conn)
+
+
+def test_online_status_retained_and_graceful_stop_says_stopped(mosquitto):
+    watcher = StatusWatcher(mosquitto.port, topic="site/gw/status")
+    conn = start(MqttConnector(make_cfg(mosquitto.port, status_topic="site/gw/status")), MemorySink())
+    try:
+        wait_for(lambda: watcher.last().get("state") == "online", what="online")
+    finally:
+        stop(conn)
+    wait_for(lambda: watcher.last().get("state") == "offline", what="offline on stop")
+    assert watcher.last()["reason"] == "stopped"
+    watcher.close()
+
+
+def test_reconnect_backoff_is_jittered_and_connects_when_broker_appears(tmp_path, monkeypatch):
+    delays = []
+
+    def recording_backoff(initial_s, max_s):
+        for d in mqtt_module.jittered_backoff.__wrapped__(initial_s, max_s):
+            delays.append(d)
+            yield d
+
+    recording_backoff.__wrapped__ = mqtt_module.jittered_backoff
+    orig = mqtt_module.jittered_backoff
+    recording_backoff.__wrapped__ = orig
+    monkeypatch.setattr(mqtt_module, "jittered_backoff", recording_backoff)
+    recording_backoff.__wrapped__ = orig
+    mqtt_module.jittered_backoff.__wrapped__ = orig
+    port = free_port()
+    broker_cfg = MqttBroker(port=port, reconnect=BackoffConfig(initial_s=0.05, max_s=0.2))
+    sink = MemorySink()
+    conn = start(MqttConnector(make_cfg(port, broker=broker_cfg)), sink, wait_connected=False)
+    try:
+        wait_for(lambda: conn.status()["connect_failures"] >= 8, what="failed attempts")
+        st = conn.status()
+        assert not st["connected"] and "failed" in st["last_error"]
+        assert all(0.025 <= d <= 0.2 for d in delays)
+        assert len(set(delays)) == len(delays)  # jittered, never a fixed schedule
+        broker = Mosquitto(tmp_path / "late", port=port).start()
+        try:
+            wait_for(lambda: conn.status()["connected"], what="connect once the broker is up")
+            assert conn.status()["reconnects"] == 0 and conn.status()["connects"] == 1
+        finally:
+            stop(conn)
+            broker.stop()
+    finally:
+        if conn._thread is not None:
+            stop(conn)
+
+
+def _write_certs(d: Path):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test-ca")).issuer_name(name("test-ca"))
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - dt.timedelta(days=1))
+          .not_valid_after(now + dt.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(2).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (d / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                     serialization.PrivateFormat.TraditionalOpenSSL,
+                                                     serialization.NoEncryption()))
+    return d / "ca.pem", d / "server.pem", d / "server.key"
+
+
+def test_tls_with_username_password(tmp_path):
+    ca, cert, key = _write_certs(tmp_path / "pki")
+    pwfile = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pwfile), "gateway", "s3cret"], check=True,
+                   capture_output=True)
+    os.chmod(pwfile, 0o600)
+    tls_port = free_port()
+    broker = Mosquitto(tmp_path / "tlsbroker", extra_conf=(
+        f"listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+        f"allow_anonymous false\npassword_file {pwfile}\n")).start()
+    try:
+        def cfg(password, tls):
+            return make_cfg(tls_port, broker=MqttBroker(
+                host="localhost", port=tls_port, username="gateway", password=password, tls=tls,
+                reconnect=BackoffConfig(initial_s=0.05, max_s=0.2)))
+
+        verified = TlsConfig(enabled=True, ca_file=str(ca))
+        sink = MemorySink()
+        conn = start(MqttConnector(cfg("s3cret", verified)), sink)
+        try:
+            dev = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+            dev.username_pw_set("gateway", "s3cret")
+            dev.tls_set(ca_certs=str(ca))
+            dev.connect("localhost", tls_port)
+            dev.loop_start()
+            dev.publish("plant/pump1/Current", json.dumps({"ts": time.time(), "value": 1.5}), qos=1)
+            wait_for(lambda: sink.values() == [1.5], what="reading over TLS")
+            dev.disconnect()
+            dev.loop_stop()
+        finally:
+            stop(conn)
+
+        bad = start(MqttConnector(cfg("wrong", verified)), MemorySink(), wait_connected=False)
+        try:
+            wait_for(lambda: bad.status()["connect_failures"] >= 2, what="refused attempts")
+            assert "refused" in bad.status()["last_error"] and not bad.status()["connected"]
+        finally:
+            stop(bad)
+
+        # Without the CA the server certificate cannot be verified ...
+        untrusted = start(MqttConnector(cfg("s3cret", TlsConfig(enabled=True))), MemorySink(),
+                          wait_connected=False)
+        try:
+            wait_for(lambda: untrusted.status()["connect_failures"] >= 1, what="verification failure")
+            assert "CERTIFICATE_VERIFY_FAILED" in untrusted.status()["last_error"]
+        finally:
+            stop(untrusted)
+        # ... unless verification is explicitly switched off.
+        insecure = start(MqttConnector(cfg("s3cret", TlsConfig(enabled=True, insecure_skip_verify=True))),
+                         MemorySink())
+        stop(insecure)
+    finally:
+        broker.stop()
+
+
+def test_bad_tls_files_are_reported_at_construction(tmp_path):
+    with pytest.raises(ValueError, match="tls.ca_file"):
+        MqttConnector(make_cfg(1883, broker=MqttBroker(tls=TlsConfig(enabled=True,
+                                                                      ca_file=str(tmp_path / "nope.pem")))))
+
+
+def test_sink_failure_forces_reconnect_and_redelivery(mosquitto, pub):
+    class FlakySink(MemorySink):
+        failed = False
+
+        def submit(self, readings, dead_letters=(), on_stored=None):
+            if readings and not FlakySink.failed:
+                FlakySink.failed = True
+                raise RuntimeError("disk full")
+            super().submit(readings, dead_letters, on_stored)
+
+    sink = FlakySink()
+    conn = start(MqttConnector(make_cfg(mosquitto.port)), sink)
+    try:
+        subscribed(conn, pub, sink)
+        pub.publish("plant/pump1/Current", {"ts": time.time(), "value": 7})
+        wait_for(lambda: sink.values() == [7.0], what="redelivery after sink failure")
+        st = conn.status()
+        assert st["sink_errors"] == 1 and st["reconnects"] >= 1 and "disk full" in st["last_error"]
+    finally:
+        stop(conn)
+
+
+def test_known_sensors_callback_failure_becomes_dead_letter(mosquitto, pub):
+    def broken(asset):
+        raise KeyError(asset)
+
+    sink = MemorySink()
+    conn = start(MqttConnector(make_cfg(mosquitto.port), known_sensors=broken), sink)
+    try:
+        pub.publish("plant/pump1/Current", {"ts": time.time(), "value": 7})
+        wait_for(lambda: any(d.reason.startswith("internal_error") for d in sink.dead), what="internal error")
+        wait_for(lambda: conn.status()["acks_pending"] == 0, what="acked")
+        assert conn.status()["internal_errors"] >= 1 and conn.status()["connected"]
+    finally:
+        stop(conn)
+
+
+def test_fixed_asset_and_historical_topic(mosquitto, pub):
+    topics = (MqttTopic(pattern="replay/line3/{sensor}", asset="press7", historical=True),)
+    sink = MemorySink()
+    conn = start(MqttConnector(make_cfg(mosquitto.port, topics=topics)), sink)
+    try:
+        pub.publish("replay/line3/Pressure", {"ts": "2020-03-09T10:14:33", "value": 0.38})
+        wait_for(lambda: sink.readings, what="reading")
+        r = sink.readings[0]
+        assert (r.asset, r.sensor, r.value, r.historical) == ("press7", "Pressure", 0.38, True)
+        assert r.ts == 1583748873.0
+    finally:
+        stop(conn)

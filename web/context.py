@@ -1,0 +1,71 @@
+"""What the web app needs from the rest of the appliance, held on ``app.extensions``."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from appliance.store import open_reader
+from web import metrics as web_metrics
+from web.validation import ApiError
+
+log = logging.getLogger(__name__)
+
+STATUS_ATTEMPTS = 3
+
+
+class ApplianceLike(Protocol):
+    """The two calls the dashboard makes on the appliance (the real one or a test fake)."""
+
+    def status(self) -> dict: ...
+
+    def command(self, name: str, **kwargs) -> Any: ...
+
+
+class WebContext:
+    def __init__(self, appliance: ApplianceLike, store_path: str | Path,
+                 metrics_provider: Callable[[], str | bytes] | None = None):
+        self.appliance = appliance
+        self.store_path = Path(store_path)
+        self.metrics_provider = metrics_provider
+        self.registry = None if metrics_provider is not None else web_metrics.status_registry(self.status)
+
+    def open_reader(self) -> sqlite3.Connection:
+        if not self.store_path.exists():
+            # open_reader would raise a bare "unable to open database file"; say which.
+            raise sqlite3.OperationalError(f"store file {self.store_path} does not exist yet")
+        return open_reader(self.store_path)
+
+    def status(self) -> dict:
+        """A status snapshot taken from a web thread.
+
+        The appliance builds it from structures its event loop owns; a snapshot
+        taken at the instant a new asset appears can fail with "dictionary
+        changed size during iteration". That is transient, so try again before
+        reporting the appliance unavailable.
+        """
+        last: Exception | None = None
+        for _ in range(STATUS_ATTEMPTS):
+            try:
+                s = self.appliance.status()
+            except RuntimeError as exc:
+                last = exc
+                continue
+            except Exception as exc:
+                log.exception("web: appliance status failed")
+                raise ApiError(f"appliance status unavailable: {type(exc).__name__}: {exc}", status=503) from None
+            if not isinstance(s, dict):
+                raise ApiError("appliance status is not a mapping", status=503)
+            return s
+        log.warning("web: appliance status failed after %d attempts error=%r", STATUS_ATTEMPTS, last)
+        raise ApiError(f"appliance status unavailable: {last}", status=503)
+
+    def metrics(self) -> tuple[bytes, str]:
+        if self.metrics_provider is not None:
+            body = self.metrics_provider()
+            return (body.encode() if isinstance(body, str) else bytes(body)), CONTENT_TYPE_LATEST
+        return web_metrics.render(self.registry), CONTENT_TYPE_LATEST
