@@ -177,7 +177,12 @@ class OpcuaInputConfig(OpcuaEndpointConfig):
         "source", description="which clock stamps readings (falls back to the next one when absent)")
     watchdog_s: float = Field(10.0, gt=0, description="no data for this long forces a full reconnect")
     reconnect: BackoffConfig = BackoffConfig()
-    nodes: tuple[OpcuaNode, ...] = ()
+    # Default: the PLC simulator's pump (firmware-sim/plc.py), so the demo switches to
+    # OPC-UA with ``inputs.opcua.enabled = true`` alone.
+    nodes: tuple[OpcuaNode, ...] = tuple(
+        OpcuaNode(node=f"ns=2;s=Pump1.{s}", asset="pump1", sensor=s)
+        for s in ("Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature",
+                  "Thermocouple", "Voltage", "Volume Flow RateRMS"))
 
     @model_validator(mode="after")
     def _nodes_ok(self):
@@ -269,6 +274,7 @@ class MitigationConfig(Section):
     actor: str = Field("appliance", min_length=1, description="who the audit log names for automatic writes")
     require_approval: bool = False
     approval_timeout_s: float = Field(900.0, gt=0)
+    readback_delay_s: float = Field(0.5, ge=0, le=30, description="PLC scan time to wait before the read-back")
     targets: tuple[MitigationTarget, ...] = ()
     interlocks: tuple[MitigationInterlock, ...] = Field((), description="checked before every write")
     rules: tuple[MitigationRule, ...] = ()
@@ -411,7 +417,7 @@ class HistoryConfig(Section):
     @field_validator("global_tags")
     @classmethod
     def _tags_ok(cls, v: dict[str, str]) -> dict[str, str]:
-        reserved = {"asset", "sensor", "historical", "alarm_id", "event", "level", "action"}
+        reserved = {"asset", "sensor", "historical", "alarm_id", "event", "level", "action", "kind", "status"}
         for k, val in v.items():
             if k in reserved:
                 raise ValueError(f"tag {k!r} is set by the appliance itself")

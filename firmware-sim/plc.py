@@ -1,6 +1,6 @@
 """A simulated PLC: an OPC-UA server running the pump model of ``pump.py``.
 
-Address space (namespace ``urn:edge-anomaly-appliance:plc-sim``, index 2)::
+Address space (namespace ``urn:edge-anomaly-appliance:plc-sim:pumpline``, index 2)::
 
     0:Objects/2:PumpLine/2:Pump1/
         2:Accelerometer1RMS ... 2:Volume Flow RateRMS   sensors, ns=2;s=Pump1.<sensor>   (read-only)
@@ -45,23 +45,22 @@ from pathlib import Path
 from asyncua import Server, ua
 from asyncua.crypto import cert_gen
 from asyncua.crypto.permission_rules import User, UserRole
-from asyncua.crypto.truststore import TrustStore
-from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+from asyncua.common.utils import ServiceError
 from asyncua.server.user_managers import UserManager
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 try:
-    from .pump import PumpModel
+    from .pump import SENSORS, PumpModel
 except ImportError:  # run as a script: firmware-sim/ is sys.path[0]
-    from pump import PumpModel  # type: ignore[no-redef]
+    from pump import SENSORS, PumpModel  # type: ignore[no-redef]
 
 logger = logging.getLogger(__name__)
 
-NAMESPACE_URI = "urn:edge-anomaly-appliance:plc-sim"
+NAMESPACE_URI = "urn:edge-anomaly-appliance:plc-sim:pumpline"
 APPLICATION_URI = "urn:edge-anomaly-appliance:plc-sim"
 ENDPOINT_PATH = "/appliance/plc"
-SENSORS = ("Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature",
-           "Thermocouple", "Voltage", "Volume Flow RateRMS")
 SERVER_KEY_FILE = "server_key.pem"
 SERVER_CERT_FILE = "server_cert.der"
 
@@ -85,13 +84,34 @@ class PasswordUserManager(UserManager):
         return None
 
 
+def _pinned_client_validator(directory: Path):
+    """Accept exactly the client certificates found in ``directory`` (read at start), refuse all others."""
+    trusted: set[bytes] = set()
+    for f in sorted(directory.glob("*")):
+        if f.suffix.lower() not in (".der", ".pem", ".crt"):
+            continue
+        data = f.read_bytes()
+        certs = (x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data
+                 else [x509.load_der_x509_certificate(data)])
+        trusted.update(c.fingerprint(hashes.SHA256()) for c in certs)
+    logger.info("plc trusts %d client certificate(s) from %s", len(trusted), directory)
+
+    async def validate(cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
+        if cert.fingerprint(hashes.SHA256()) not in trusted:
+            logger.warning("plc refused client certificate subject=%s uri=%s", cert.subject.rfc4514_string(),
+                           app.ApplicationUri)
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+    return validate
+
+
 class PlcSimulator:
     """The OPC-UA server plus the scan loop that runs the pump model."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 4840, *, pki_dir: Path | None = None,
                  security: tuple[str, ...] = ("none",), users: dict[str, str] | None = None,
                  trusted_clients: Path | None = None, period_s: float = 0.1, ramp_pct_per_s: float = 50.0,
-                 seed: int | None = None, speed_pct: float = 80.0, valve_pct: float = 100.0):
+                 seed: int | None = None, speed_pct: float = 100.0, valve_pct: float = 100.0):
         self.host, self.port = host, port
         self.endpoint = f"opc.tcp://{host}:{port}{ENDPOINT_PATH}"
         self.pki_dir = pki_dir
@@ -100,12 +120,11 @@ class PlcSimulator:
         self.trusted_clients = trusted_clients
         self.period_s = period_s
         self.ramp = ramp_pct_per_s
-        self.model = PumpModel(seed=seed) if seed is not None else PumpModel()
+        self.model = PumpModel(seed=seed, speed=speed_pct / 100.0, valve=valve_pct / 100.0)
         self.running = True
         self.speed = speed_pct
         self.setpoint = speed_pct
         self.valve = valve_pct
-        self.fault = ""
         self.sensor_status: dict[str, ua.StatusCode] = {}
         self.frozen_until = 0.0
         self.server: Server | None = None
@@ -121,7 +140,7 @@ class PlcSimulator:
         # Generated once and reused: clients pin this certificate in their trust list.
         await cert_gen.setup_self_signed_certificate(
             key, cert, APPLICATION_URI, socket.gethostname(), [ExtendedKeyUsageOID.SERVER_AUTH],
-            {"organizationName": "edge-anomaly-appliance", "commonName": "plc-sim"})
+            {"organizationName": "edge-anomaly-appliance"})
         key.chmod(0o600)
         return cert, key
 
@@ -141,15 +160,19 @@ class PlcSimulator:
             await server.load_certificate(str(cert))
             await server.load_private_key(str(key))
         if self.trusted_clients is not None:
-            store = TrustStore([self.trusted_clients], [])
-            await store.load()
-            server.set_certificate_validator(CertificateValidator(
-                CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT, store))
+            server.set_certificate_validator(_pinned_client_validator(self.trusted_clients))
         server.set_identity_tokens([ua.UserNameIdentityToken] if self.users
                                    else [ua.AnonymousIdentityToken, ua.UserNameIdentityToken])
         idx = await server.register_namespace(NAMESPACE_URI)
         await self._build_address_space(server, idx)
+        # Computed on every read, so a client counting sessions never sees a stale scan value.
+        server.set_attribute_value_callback(
+            self.nodes["SessionCount"],
+            lambda nodeid, attr: ua.DataValue(ua.Variant(self.session_count(), ua.VariantType.UInt32),
+                                              SourceTimestamp=datetime.now(timezone.utc)))
         self.server = server
+        # One scan before listening: no client ever sees the placeholder zeros.
+        await self._step(self.period_s)
         await server.start()
         self._scan_task = asyncio.create_task(self._scan())
         logger.info("plc started endpoint=%s security=%s users=%d", self.endpoint, ",".join(self.security),
@@ -191,7 +214,8 @@ class PlcSimulator:
         await method("Start", self._m_start, [])
         await method("Stop", self._m_stop, [])
         await method("InjectFault", self._m_inject,
-                     [("fault", ua.VariantType.String), ("severity", ua.VariantType.Double)])
+                     [("fault", ua.VariantType.String), ("severity", ua.VariantType.Double),
+                      ("sensor", ua.VariantType.String)])
         await method("ClearFaults", self._m_clear, [])
         await method("SetSensorStatus", self._m_sensor_status,
                      [("sensor", ua.VariantType.String), ("status", ua.VariantType.String)])
@@ -209,19 +233,18 @@ class PlcSimulator:
         logger.info("plc pump stopped")
         return []
 
-    async def _m_inject(self, parent, fault: ua.Variant, severity: ua.Variant):
+    async def _m_inject(self, parent, fault: ua.Variant, severity: ua.Variant, sensor: ua.Variant | None = None):
+        sensor_name = str(sensor.Value) if sensor is not None and sensor.Value else None
         try:
-            self.model.inject(str(fault.Value), float(severity.Value))
-        except (ValueError, KeyError) as e:
+            self.model.inject(str(fault.Value), float(severity.Value), sensor_name)
+        except (TypeError, ValueError) as e:
             logger.warning("plc inject refused fault=%r error=%s", fault.Value, e)
             return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
-        self.fault = str(fault.Value)
-        logger.info("plc fault injected fault=%s severity=%s", fault.Value, severity.Value)
+        logger.info("plc fault injected fault=%s severity=%s sensor=%s", fault.Value, severity.Value, sensor_name)
         return []
 
     async def _m_clear(self, parent):
         self.model.clear_faults()
-        self.fault = ""
         return []
 
     async def _m_sensor_status(self, parent, sensor: ua.Variant, status: ua.Variant):
@@ -281,7 +304,6 @@ class PlcSimulator:
             t = time.monotonic()
             dt, last = t - last, t
             try:
-                await self._write("SessionCount", self.session_count(), ua.VariantType.UInt32)
                 if t < self.frozen_until:
                     continue
                 await self._step(dt)
@@ -306,7 +328,7 @@ class PlcSimulator:
             await self._write(s, float(v), ua.VariantType.Double, status, now)
         await self._write("Speed", self.speed, ua.VariantType.Double, now=now)
         await self._write("Running", self.running, ua.VariantType.Boolean, now=now)
-        await self._write("ActiveFault", self.fault, ua.VariantType.String, now=now)
+        await self._write("ActiveFault", ",".join(sorted(self.model.faults)), ua.VariantType.String, now=now)
 
     async def stop(self) -> None:
         if self._scan_task is not None:
@@ -318,7 +340,7 @@ class PlcSimulator:
 
 
 def _drive(model: PumpModel, speed_pct: float, valve_pct: float) -> None:
-    """Hand the PLC's actual speed and valve opening (percent) to the process model."""
+    """Hand the PLC's actual speed and valve opening (percent) to the model (fractions of rated / open)."""
     model.speed = speed_pct / 100.0
     model.valve = valve_pct / 100.0
 
@@ -338,9 +360,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trusted-clients", type=Path, default=None,
                    help="directory of trusted client certificates (default: accept any)")
     p.add_argument("--period", type=float, default=0.1, help="scan period in seconds")
-    p.add_argument("--speed", type=float, default=80.0, help="initial speed setpoint, percent")
+    p.add_argument("--speed", type=float, default=100.0, help="initial speed setpoint, percent of rated")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--fault", default=None, metavar="NAME[:SEVERITY]", help="inject a fault at start")
+    p.add_argument("--fault", default=None, metavar="NAME[:SEVERITY]",
+                   help="inject a fault at start (bearing_wear, cavitation, valve_blockage, sensor_stuck, "
+                        "sensor_drift)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -371,13 +395,19 @@ def _parse_users(items: list[str]) -> dict[str, str]:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    if not 0 <= args.speed <= 100:
+        raise SystemExit("--speed must be within 0..100 (percent of rated speed)")
+    if args.period <= 0:
+        raise SystemExit("--period must be > 0")
     sim = PlcSimulator(args.host, args.port, pki_dir=args.pki, security=_parse_security(args.security),
                        users=_parse_users(args.user), trusted_clients=args.trusted_clients,
                        period_s=args.period, seed=args.seed, speed_pct=args.speed)
     if args.fault:
         name, _, sev = args.fault.partition(":")
-        sim.model.inject(name, float(sev or 1.0))
-        sim.fault = name
+        try:
+            sim.model.inject(name, float(sev or 1.0))
+        except ValueError as e:
+            raise SystemExit(f"--fault: {e}") from None
     await sim.start()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()

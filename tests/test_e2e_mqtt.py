@@ -16,7 +16,7 @@ import pytest
 
 from appliance.detector.train import read_csv
 from appliance.store import open_reader
-from tests.support.appliance import Publisher, RunningAppliance, make_config
+from tests.support.appliance import Publisher, RunningAppliance, make_config, wait_online
 
 
 def skab_rows(path):
@@ -45,12 +45,17 @@ def expected_windows(n_rows, window, stride):
     return 0 if n_rows < window else (n_rows - window) // stride + 1
 
 
-def test_replayed_skab_file_raises_alarm_inside_labelled_anomaly(tmp_path, mosquitto, skab_bundle, skab_dir):
+def test_replayed_skab_file_raises_alarm_inside_labelled_anomaly(tmp_path, mosquitto, skab_dir):
+    """Commissioning as SKAB's protocol does it: the model learns this pump's first 400
+    (normal) rows, then the whole run is replayed through the broker as a sensor would."""
+    from appliance.detector.train import train_bundle
     from firmware_sim.replay import replay_csv
 
-    cfg = make_config(tmp_path, mosquitto.port, skab_bundle)
     path = skab_dir / "valve1" / "1.csv"
     sensors, ts, rows, labels = skab_rows(path)
+    assert labels["anomaly"][:400].sum() == 0
+    bundle = train_bundle(rows[:400], sensors, tmp_path / "bundle", ts=ts[:400])
+    cfg = make_config(tmp_path, mosquitto.port, bundle)
     alarm_msgs = []
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="alarm-watcher")
     sub.on_message = lambda c, u, m: alarm_msgs.append((m.topic, json.loads(m.payload)))
@@ -181,6 +186,7 @@ enabled = false
             return 0
 
     proc = start()
+    wait_online(mosquitto.port)  # its persistent session exists from here on
     pub = Publisher(mosquitto.port)
     publisher = threading.Thread(target=publish_rows, args=(pub, "pump1", sensors, ts[:n], rows[:n]))
     publisher.start()

@@ -21,14 +21,14 @@ def parse(route, payload, **kw):
     if not isinstance(payload, bytes):
         payload = json.dumps(payload).encode() if not isinstance(payload, str) else payload.encode()
     kw.setdefault("known_sensors", KNOWN)
-    return parse_payload(route, payload, NOW, source="mqtt:t", **kw)
+    return parse_payload(route, payload, NOW, topic="plant/t", source="mqtt", **kw)
 
 
 def only_dead(route, payload, **kw):
     ok, dead = parse(route, payload, **kw)
     assert ok == [], ok
     assert len(dead) == 1, dead
-    assert dead[0].source == "mqtt:t"
+    assert dead[0].source == "plant/t"
     assert dead[0].received_at == NOW
     assert reason_code(dead[0].reason) in REASON_CODES
     return dead[0].reason
@@ -38,7 +38,7 @@ def test_single_reading_fields():
     (r,), dead = parse(SINGLE, {"ts": NOW - 1, "value": 3, "quality": "uncertain"})
     assert dead == []
     assert (r.asset, r.sensor, r.ts, r.value, r.quality, r.source, r.historical) == \
-        ("pump1", "Current", NOW - 1, 3.0, Quality.UNCERTAIN, "mqtt:t", False)
+        ("pump1", "Current", NOW - 1, 3.0, Quality.UNCERTAIN, "mqtt", False)
     assert isinstance(r.value, float)
 
 

@@ -79,8 +79,9 @@ def create_app(appliance_like: ApplianceLike, store_path: str | Path,
 
     app = Flask(__name__)
     app.json = _StrictJSON(app)
-    app.config.update(JSON_SORT_KEYS=False, MAX_CONTENT_LENGTH=64 * 1024,
-                      SEND_FILE_MAX_AGE_DEFAULT=300)
+    # Static files are cached for a day; their URLs carry a content hash (see pages), so an
+    # upgraded gateway is never served yesterday's script.
+    app.config.update(MAX_CONTENT_LENGTH=64 * 1024, SEND_FILE_MAX_AGE_DEFAULT=86400)
     app.extensions["appliance_web"] = WebContext(appliance_like, store_path, metrics_provider)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)

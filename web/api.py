@@ -1,5 +1,22 @@
 """The JSON API: live status from the appliance, history from the store, operator commands.
 
+    GET  /api/status                         appliance.status(), live
+    GET  /api/alarms?active=0|1&limit=N      stored alarm occurrences, newest first
+    GET  /api/alarms/<id>/events             an alarm's stored transitions, oldest first
+    GET  /api/scores?asset=&since=&limit=    stored scores (with ratio = value / threshold)
+    GET  /api/readings?asset=&sensor=&since=&limit=
+    GET  /api/dead-letters?since=&limit=     rejected input with a payload preview
+    POST /api/alarms/<asset>/ack             {"user", "note"?}
+    POST /api/alarms/<asset>/shelve          {"user", "duration_s", "note"?}
+    POST /api/alarms/<asset>/mode            {"user", "mode": in_service|suppressed|out_of_service, "note"?}
+    GET  /healthz                            200 {"status": "ok"} or 503 with the problems
+    GET  /metrics                            Prometheus text
+
+Errors are JSON ``{"error": ..., "field": ...}``: 400 for a bad parameter (the
+field is named), 415 for a command that is not JSON, 404 for an unknown alarm
+id, 409 when the alarm book refuses a command (its message is passed on), 503
+when the appliance or the store cannot answer.
+
 Reads of the store use a read-only SQLite connection opened per request (the
 writer thread keeps the only write connection). Commands go through
 ``appliance.command``, which runs them on the appliance's event loop; this
@@ -17,7 +34,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from appliance.actions.alarms import AlarmCommandError
 from web import queries
 from web.context import WebContext
-from web.validation import (ApiError, bool_arg, check_name, duration_field, float_arg, json_body, limit_arg,
+from web.validation import (MAX_NAME, ApiError, bool_arg, check_name, duration_field, float_arg, json_body, limit_arg,
                             mode_field, name_arg, note_field, user_field)
 
 log = logging.getLogger(__name__)
@@ -102,7 +119,7 @@ def alarms():
 
 @bp.get("/api/alarms/<alarm_id>/events")
 def alarm_events(alarm_id: str):
-    alarm_id = check_name(alarm_id, "alarm_id")
+    alarm_id = check_name(alarm_id, "alarm_id", max_len=MAX_NAME + len("point-"))
     rows = _query(queries.alarm_events, alarm_id)
     if rows is None:
         raise ApiError(f"no alarm with id {alarm_id!r}", "alarm_id", status=404)

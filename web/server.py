@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, get_sockaddr, make_server, select_address_family
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ class ConcurrencyLimit:
                                                        ("Retry-After", "1")])
             return [body]
         try:
-            # Flask builds the whole response body before returning, so releasing
-            # here (not after iteration) covers the work done for the request.
+            # The app returns once it has done its work (status, store query,
+            # command); only static files stream afterwards, which costs no
+            # appliance work, so the slot is released here.
             return self.app(environ, start_response)
         finally:
             self._slots.release()
@@ -61,7 +63,7 @@ class ServerHandle:
         self._server = server
         self._thread = thread
         self.host = server.host
-        self.port = server.server_port
+        self.port = server.port  # the bound port, also when 0 was asked for
 
     @property
     def url(self) -> str:
@@ -87,10 +89,21 @@ def serve(app, host: str = "127.0.0.1", port: int = 8080,
     """Start ``app`` on ``host:port`` (0 = any free port) and return at once.
 
     Binding happens here, so a port already in use raises ``OSError`` to the
-    caller instead of failing silently on the background thread.
+    caller. The socket is bound by this function, not by werkzeug, because
+    werkzeug answers a bind failure with ``sys.exit(1)``, which would take the
+    whole appliance down over a dashboard port.
     """
-    server = make_server(host, port, ConcurrencyLimit(app, max_concurrent), threaded=True,
-                         request_handler=_QuietHandler)
+    family = select_address_family(host, port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # A restart must not wait for the previous process's TIME_WAIT sockets.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(get_sockaddr(host, port, family))
+        sock.listen(64)
+        server = make_server(host, port, ConcurrencyLimit(app, max_concurrent), threaded=True,
+                             request_handler=_QuietHandler, fd=sock.fileno())
+    finally:
+        sock.close()  # werkzeug works on its own duplicate of the descriptor
     # Request threads must not keep a stopping appliance alive.
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},

@@ -11,7 +11,7 @@ import math
 from typing import Any, Mapping
 
 MAX_LIMIT = 1000
-MAX_NAME = 128  # asset, sensor, user names
+MAX_NAME = 256  # asset, sensor, user names, alarm ids (point-<asset>)
 MAX_NOTE = 500
 MAX_SHELVE_S = 7 * 86400  # the alarm book's own limit, checked here for a clear 400
 
@@ -77,12 +77,12 @@ def name_arg(args: Mapping[str, str], field: str) -> str | None:
     return check_name(raw, field)
 
 
-def check_name(value: Any, field: str) -> str:
+def check_name(value: Any, field: str, max_len: int = MAX_NAME) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ApiError(f"{field} must be a non-empty string", field)
     value = value.strip()
-    if len(value) > MAX_NAME:
-        raise ApiError(f"{field} must be at most {MAX_NAME} characters", field)
+    if len(value) > max_len:
+        raise ApiError(f"{field} must be at most {max_len} characters", field)
     if any(ord(c) < 32 for c in value):
         raise ApiError(f"{field} must not contain control characters", field)
     return value

@@ -149,6 +149,7 @@ class MqttConnector:
         self._last_error: str | None = None
         self._last_error_at: float | None = None
         self._fail_streak = 0
+        self._requested_disconnect: str | None = None
 
     # -- Connector protocol -------------------------------------------------
 
@@ -218,13 +219,14 @@ class MqttConnector:
             manual_ack=True,
             reconnect_on_failure=False,
         )
-        client.enable_logger(logging.getLogger(__name__ + ".paho"))
         if cfg.broker.username is not None:
             client.username_pw_set(cfg.broker.username, cfg.broker.password)
         if self._tls_context is not None:
             client.tls_set_context(self._tls_context)
-        client.will_set(cfg.status_topic, self._status_payload("offline", "connection lost"),
-                        qos=1, retain=True)
+        # The broker sends the will long after it was registered, so it carries no ts.
+        will = {"state": "offline", "reason": "connection lost", "client_id": cfg.client_id,
+                "connector": self.name, "host": socket.gethostname()}
+        client.will_set(cfg.status_topic, json.dumps(will), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -351,13 +353,16 @@ class MqttConnector:
             self._connected = False
             if was_connected:
                 self._counters.inc("disconnects")
+        requested, self._requested_disconnect = self._requested_disconnect, None
         if was_connected:
             if self._stop.is_set():
                 log.info("mqtt disconnected name=%s reason=stopped", self.name)
+            elif requested:
+                log.warning("mqtt disconnected name=%s reason=%r unacked=%d", self.name, requested, dropped)
             else:
                 self._error(f"connection lost: {reason_code}")
-                log.warning("mqtt disconnected name=%s reason=%s unacked=%d", self.name,
-                            reason_code, dropped)
+                log.warning("mqtt disconnected name=%s reason=%r unacked=%d", self.name,
+                            str(reason_code), dropped)
         self._disconnected.set()
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -392,10 +397,11 @@ class MqttConnector:
             self._error(f"sink refused a batch: {e!r}")
             log.error("mqtt sink_failed name=%s topic=%s error=%r; reconnecting for redelivery",
                       self.name, topic, e)
+            self._requested_disconnect = "sink failure, reconnecting for redelivery"
             client.disconnect()
 
     def _dead(self, topic: str | None, msg, now: float, reason: str) -> DeadLetter:
-        source = f"{self.name}:{topic if topic is not None else repr(msg._topic)}"
+        source = topic if topic is not None else repr(msg._topic)
         return DeadLetter(source=source, payload=bytes(msg.payload[:DEAD_LETTER_MAX_BYTES]),
                           reason=reason, received_at=now)
 
@@ -408,7 +414,7 @@ class MqttConnector:
             # kept, not silently dropped.
             return [], [self._dead(topic, msg, now, f"bad_topic: {topic!r} matches no configured pattern")]
         known = self._known_sensors(route.asset) if self._known_sensors is not None else None
-        return parse_payload(route, msg.payload, now, source=f"{self.name}:{topic}", known_sensors=known,
+        return parse_payload(route, msg.payload, now, topic=topic, source=self.name, known_sensors=known,
                              min_timestamp=self.cfg.min_timestamp,
                              max_future_skew_s=self.cfg.max_future_skew_s,
                              max_payload_bytes=self.cfg.max_payload_bytes)

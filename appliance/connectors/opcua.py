@@ -68,12 +68,37 @@ class UntrustedServerCertificate(OpcuaSecurityError):
     pass
 
 
+class _TransportNoiseFilter(logging.Filter):
+    """Drops asyncua's tracebacks and warnings about a connection that is already gone.
+
+    A PLC restart otherwise fills the log with stack traces from asyncua's publish
+    loop and teardown; the connector logs the loss itself, once, with the reason.
+    """
+
+    _MESSAGES = ("was called but connection is closed", "close_session but connection wasn't established")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], (ConnectionError, OSError, asyncio.TimeoutError)):
+            return False
+        msg = str(record.msg)
+        return not any(m in msg for m in self._MESSAGES)
+
+
+_NOISE_FILTER = _TransportNoiseFilter()
+_NOISY_LOGGERS = ("asyncua.client.ua_session.UaSession", "asyncua.client.ua_client.UaClient",
+                  "asyncua.client.ua_client.UASocketProtocol", "asyncua.client.client")
+
+
 def _quiet_asyncua() -> None:
     # asyncua logs every publish at INFO; unless the operator configured its
     # logger explicitly, keep it to warnings so a gateway's log stays readable.
     lg = logging.getLogger("asyncua")
     if lg.level == logging.NOTSET:
         lg.setLevel(logging.WARNING)
+    for name in _NOISY_LOGGERS:
+        noisy = logging.getLogger(name)
+        if _NOISE_FILTER not in noisy.filters:
+            noisy.addFilter(_NOISE_FILTER)
 
 
 def _resolve(base_dir: Path | None, p: str) -> Path:
@@ -258,13 +283,6 @@ async def close_client(client: Client, timeout: float = 4.0) -> None:
 # --------------------------------------------------------------------------- connector
 
 
-class _Mapped:
-    __slots__ = ("cfg", "handle", "nodeid")
-
-    def __init__(self, cfg: OpcuaNode, handle: int, nodeid: ua.NodeId):
-        self.cfg, self.handle, self.nodeid = cfg, handle, nodeid
-
-
 class OpcuaConnector:
     """Input plugin: OPC-UA subscriptions to :class:`~appliance.core.Reading` records.
 
@@ -291,6 +309,7 @@ class OpcuaConnector:
         self._subscribed = 0
         self._mapped: dict[int, OpcuaNode] = {}
         self._last_data_mono_session = 0.0
+        self._last_ts: dict[tuple[str, str], float] = {}
         self._batch: list[Reading] = []
         self._dead: list[DeadLetter] = []
         self._flush_scheduled = False
@@ -346,11 +365,12 @@ class OpcuaConnector:
         rc = self.cfg.reconnect
         delays = jittered_backoff(rc.initial_s, rc.max_s)
         while not self._stop.is_set():
-            got_data = await self._one_session()
+            healthy = await self._one_session()
             if self._stop.is_set():
                 break
-            if got_data:
-                # A session that delivered data was healthy: start the backoff over.
+            if healthy:
+                # Start the backoff over only after a session that really worked; a
+                # PLC whose values froze keeps backing off instead of being polled.
                 delays = jittered_backoff(rc.initial_s, rc.max_s)
             self._state = "backoff"
             if await sleep_backoff(delays, self._stop):
@@ -358,7 +378,10 @@ class OpcuaConnector:
         self._state = "stopped"
 
     async def _one_session(self) -> bool:
-        """Open, subscribe, deliver until something is wrong, close. True if data flowed."""
+        """Open, subscribe, deliver until something is wrong, close.
+
+        True if data flowed and the session did not end by the data watchdog.
+        """
         lost = asyncio.Event()
         lost_reason: list[str] = []
 
@@ -368,6 +391,7 @@ class OpcuaConnector:
 
         self._state = "connecting"
         got_data = False
+        reason = ""
         client: Client | None = None
         self.counters.inc("connect_attempts")
         try:
@@ -409,7 +433,7 @@ class OpcuaConnector:
             self._subscribed = 0
             if got_data:
                 self._session_ended_mono = time.monotonic()
-        return got_data
+        return got_data and not reason.startswith("watchdog")
 
     def _log_error(self, msg: str, level: int = logging.WARNING) -> None:
         # Repeats of the same failure during a long outage go to DEBUG: one line per change.
@@ -544,18 +568,25 @@ class OpcuaConnector:
             logger.info("opcua data resumed name=%s after_s=%.3f", self.name, self._last_resume_s)
 
     def _on_datachange(self, ev: DataChangeEvent) -> bool:
-        """Queue one notification as a reading (or dead letter). True if it was ours."""
+        """Queue one notification as a reading (or dead letter). True if it was new data of ours."""
         item = ev.data.monitored_item
         n = self._mapped.get(item.ClientHandle)
         if n is None:
             return False
         dv = item.Value
         now = time.time()
-        self._last_data_mono = time.monotonic()
-        self._last_data_wall = now
         status = dv.StatusCode if dv is not None else None
         quality = quality_of(status)
         ts = self._timestamp(dv, now)
+        key = (n.asset, n.sensor)
+        if self._last_ts.get(key) == ts:
+            # The initial value of a rebuilt subscription repeats the last one delivered;
+            # it is neither new data nor a sign of life for the watchdog.
+            self.counters.inc("duplicates_dropped")
+            return False
+        self._last_ts[key] = ts
+        self._last_data_mono = time.monotonic()
+        self._last_data_wall = now
         raw = ev.value
         value: float
         if isinstance(raw, bool):

@@ -239,6 +239,7 @@ def parse_payload(
     payload: bytes,
     now: float,
     *,
+    topic: str = "",
     source: str = "",
     known_sensors: Collection[str] | None = None,
     min_timestamp: float = 946684800.0,
@@ -248,7 +249,9 @@ def parse_payload(
     """Turn one MQTT message into readings, and whatever is wrong into dead letters.
 
     ``route`` comes from :meth:`TopicRouter.route`; ``now`` is the gateway's UNIX
-    time at receipt (for the future-skew check and ``received_at``);
+    time at receipt (for the future-skew check and ``received_at``); ``topic``
+    becomes each dead letter's ``source`` and ``source`` (the connector's name)
+    each reading's;
     ``known_sensors`` is the sensor set the model knows for ``route.asset``
     (None accepts any name). A whole-message problem (bad JSON, bad ``ts``, bad
     ``quality``) gives one dead letter and no reading. In a multi-value payload
@@ -270,7 +273,7 @@ def parse_payload(
     """
 
     def dead(reason: str) -> DeadLetter:
-        return DeadLetter(source=source, payload=bytes(payload[:DEAD_LETTER_MAX_BYTES]),
+        return DeadLetter(source=topic, payload=bytes(payload[:DEAD_LETTER_MAX_BYTES]),
                           reason=reason, received_at=now)
 
     if len(payload) > max_payload_bytes:

@@ -3,7 +3,7 @@
 Steps of :func:`train_bundle` (each deterministic for a given ``seed``):
 
 1. Fit the robust scaler (median, IQR) on the training part of the rows.
-2. Split rows in time: the last ``holdout`` share is held back. Windows never
+2. Align rows to the ``period_s`` grid (when timestamps are given) and split in time: the last ``holdout`` share is held back. Windows never
    straddle the split or a gap in the timestamps, so held-back windows share no
    row with training windows and are an honest sample of unseen normal data.
 3. Fit the dense window autoencoder on training windows (stride ``train_stride``).
@@ -145,18 +145,39 @@ def read_csv_rows(paths: str | Path | Iterable[str | Path]) -> tuple[list[str], 
 
 # ---------------------------------------------------------------- windows
 
-def segments(n: int, ts: np.ndarray | None, period_s: float, max_gap: float = 1.5) -> list[tuple[int, int]]:
-    """``[start, end)`` runs of rows without a time gap (> ``max_gap`` periods) or a step back.
+def segments(n: int, ts: np.ndarray | None, max_gap_s: float) -> list[tuple[int, int]]:
+    """``[start, end)`` runs of rows without a time gap over ``max_gap_s`` or a step back.
 
-    >>> segments(6, np.array([0., 1, 2, 10, 11, 12]), 1.0)
+    >>> segments(6, np.array([0., 1, 2, 10, 11, 12]), 1.5)
     [(0, 3), (3, 6)]
     """
     if ts is None:
         return [(0, n)]
     d = np.diff(ts)
-    breaks = np.flatnonzero((d > max_gap * period_s) | (d <= 0)) + 1
+    breaks = np.flatnonzero((d > max_gap_s) | (d <= 0)) + 1
     bounds = [0, *breaks.tolist(), n]
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def align_rows(ts: np.ndarray, rows: np.ndarray, period_s: float,
+               staleness_s: float) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """Resample rows onto a ``period_s`` grid by holding the last value, as the live
+    window builder does; a gap longer than ``staleness_s`` (or a step back in time)
+    ends a run. Returns ``(grid_ts, grid_rows, runs)``.
+
+    >>> g, r, runs = align_rows(np.array([0., 1, 3, 4, 20, 21]), np.arange(6.)[:, None], 1.0, 5.0)
+    >>> g.tolist(), r[:, 0].tolist(), runs
+    ([0.0, 1.0, 2.0, 3.0, 4.0, 20.0, 21.0], [0.0, 1.0, 1.0, 2.0, 3.0, 4.0, 5.0], [(0, 5), (5, 7)])
+    """
+    out_ts, out_rows, runs, start = [], [], [], 0
+    for a, b in segments(len(ts), ts, staleness_s):
+        grid = ts[a] + period_s * np.arange(int(np.floor((ts[b - 1] - ts[a]) / period_s + 1e-9)) + 1)
+        idx = a + np.searchsorted(ts[a:b], grid + 1e-9 * period_s, side="right") - 1
+        out_ts.append(grid)
+        out_rows.append(rows[idx])
+        runs.append((start, start + len(grid)))
+        start += len(grid)
+    return np.concatenate(out_ts), np.concatenate(out_rows), runs
 
 
 def sliding_windows(rows: np.ndarray, window: int, step: int = 1) -> np.ndarray:
@@ -231,8 +252,7 @@ def calibrate_threshold(errors: np.ndarray, method: str = "pot", risk: float = 1
 
 # ---------------------------------------------------------------- training
 
-def _split(n: int, ts: np.ndarray | None, period_s: float, holdout: float, window: int):
-    spans = segments(n, ts, period_s)
+def _split(n: int, spans: list[tuple[int, int]], holdout: float):
     cut = int(round(n * (1.0 - holdout)))
     train, held = [], []
     for a, b in spans:
@@ -253,7 +273,8 @@ def _check_int(name: str, v, lo: int) -> int:
 
 
 def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: int = 30, stride: int = 1,
-                 period_s: float = 1.0, ts: np.ndarray | None = None, holdout: float = 0.2,
+                 period_s: float = 1.0, ts: np.ndarray | None = None, staleness_s: float = 5.0,
+                 holdout: float = 0.2,
                  train_stride: int = 1, hidden: Sequence[int] = (64, 16), alpha: float = 1e-4,
                  noise: float = 0.0, max_iter: int = 200, batch_size: int = 128,
                  learning_rate_init: float = 1e-3, threshold_method: str = "pot", risk: float = 1e-3,
@@ -263,8 +284,10 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
                  seed: int = 0) -> Path:
     """Fit, export, quantize, check and write a bundle; return its path.
 
-    ``rows`` is ``(n, n_sensors)`` normal-operation data sampled every ``period_s``
-    (``ts`` optional: gaps and steps back split the rows into separate runs).
+    ``rows`` is ``(n, n_sensors)`` normal-operation data. Without ``ts`` the rows
+    are taken as already on the ``period_s`` grid; with ``ts`` they are aligned to
+    it like the live window builder does (last value held up to ``staleness_s``;
+    longer gaps and steps back split the rows into separate runs).
     ``int8_exclude``: ``"auto"`` quantizes everything and, only if the INT8 check
     fails, retries with the output layer kept in FP32; a list names the nodes to
     keep in FP32; ``()`` never keeps any.
@@ -287,10 +310,14 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
         raise ValueError(f"period_s must be finite and > 0, got {period_s!r}")
     if not 0 < holdout < 1:
         raise ValueError(f"holdout must be in (0, 1), got {holdout!r}")
+    if not (isinstance(staleness_s, (int, float)) and math.isfinite(staleness_s) and staleness_s >= period_s):
+        raise ValueError(f"staleness_s must be finite and >= period_s, got {staleness_s!r}")
     if ts is not None:
         ts = np.asarray(ts, dtype=np.float64)
         if ts.shape != (len(rows),):
             raise ValueError(f"ts has shape {ts.shape}, expected ({len(rows)},)")
+        if not np.isfinite(ts).all():
+            raise ValueError("ts contains NaN or infinite values")
     if threshold_method not in ("pot", "quantile"):
         raise ValueError(f"threshold_method must be 'pot' or 'quantile', got {threshold_method!r}")
     if not 0 < risk < 1:
@@ -302,12 +329,16 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
                            random_state=seed)
     ae._validate_params()  # fail on bad model settings before any work is done
 
-    train_spans, held_spans = _split(len(rows), ts, period_s, holdout, window)
-    train_rows = np.concatenate([rows[a:b] for a, b in train_spans]) if train_spans else rows[:0]
+    if ts is None:
+        grid_rows, runs = rows, [(0, len(rows))]
+    else:
+        _, grid_rows, runs = align_rows(ts, rows, period_s, staleness_s)
+    train_spans, held_spans = _split(len(grid_rows), runs, holdout)
+    train_rows = np.concatenate([grid_rows[a:b] for a, b in train_spans]) if train_spans else rows[:0]
     if len(train_rows) < 2:
         raise ValueError(f"not enough training rows ({len(rows)} given)")
     scaler = Scaler.fit(train_rows)
-    scaled = scaler.transform(rows)
+    scaled = scaler.transform(grid_rows)
     X_train = windows_in(scaled, train_spans, window, train_stride)
     X_held = windows_in(scaled, held_spans, window, 1)
     need = f"(window={window}, holdout={holdout}, rows={len(rows)})"
@@ -370,6 +401,7 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
             "training": {
                 "data_sha256": data_sha256(sensors, rows),
                 "rows": int(len(rows)),
+                "grid_rows": int(len(grid_rows)),
                 "train_rows": int(len(train_rows)),
                 "train_windows": int(len(X_train)),
                 "holdout_windows": int(len(X_held)),

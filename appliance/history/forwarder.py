@@ -30,7 +30,6 @@ import threading
 import time
 from collections import deque
 from email.utils import parsedate_to_datetime
-from typing import Callable
 
 from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
@@ -43,6 +42,7 @@ from appliance.history.outbox import Outbox, Row
 log = logging.getLogger(__name__)
 
 REFUSED = (400, 413, 422)
+CRASH_PAUSE_S = 5.0
 
 
 class RateMeter:
@@ -106,12 +106,11 @@ class ForwarderStats:
 
 
 class Forwarder:
-    def __init__(self, cfg, outbox: Outbox, client_factory: Callable[[], InfluxDBClient] | None = None):
+    def __init__(self, cfg, outbox: Outbox):
         """``cfg`` is a :class:`~appliance.config.HistoryInfluxConfig`."""
         self.cfg = cfg
         self.outbox = outbox
         self.stats = ForwarderStats()
-        self._client_factory = client_factory or self._make_client
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -142,41 +141,44 @@ class Forwarder:
                               verify_ssl=not tls.insecure_skip_verify, **kwargs)
 
     def _run(self) -> None:
-        client = None
-        try:
-            client = self._client_factory()
-            write_api = client.write_api(write_options=SYNCHRONOUS)
-            self._loop(write_api)
-        except Exception:  # a bug here must not take the gateway down, but must be loud
-            log.exception("history forwarder stopped by an unexpected error")
-            with self.stats.lock:
-                self.stats.last_error = "forwarder crashed; see log"
-                self.stats.last_error_at = time.time()
-        finally:
-            if client is not None:
-                try:
-                    client.close()
-                except Exception as e:
-                    log.debug("history client close error=%s", e)
+        while not self._stop.is_set():
+            client = None
+            try:
+                client = self._make_client()
+                self._loop(client.write_api(write_options=SYNCHRONOUS))
+            except Exception as e:
+                # The outbox file failing (I/O error) or a bug: never let the thread
+                # die for good. The batch stays in the outbox and is sent again later.
+                log.exception("history forwarder error; restarting in %.0f s", CRASH_PAUSE_S)
+                with self.stats.lock:
+                    self.stats.last_error = f"forwarder error: {type(e).__name__}: {_short(e)}"
+                    self.stats.last_error_at = time.time()
+                self._stop.wait(CRASH_PAUSE_S)
+            finally:
+                if client is not None:
+                    try:
+                        client.close()
+                    except Exception as e:
+                        log.debug("history client close error=%s", e)
 
     def _loop(self, write_api) -> None:
         cfg = self.cfg
         delays = jittered_backoff(cfg.retry.initial_s, cfg.retry.max_s)
         limit = cfg.batch_size
-        last_send = 0.0
         while not self._stop.is_set():
             rows = self.outbox.peek(limit, cfg.batch_max_bytes)
             if not rows:
                 self._stop.wait(min(0.2, cfg.flush_interval_s) or 0.05)
                 continue
-            wait = cfg.flush_interval_s - (time.monotonic() - last_send)
+            # A partial batch waits for more points until its oldest point has waited
+            # flush_interval_s (a backlog goes at once). Capped in case the wall
+            # clock stepped back since the point was accepted.
+            wait = min(cfg.flush_interval_s, cfg.flush_interval_s - (time.time() - rows[0].accepted_at))
             if len(rows) < limit and wait > 0:
-                # Let a partial batch fill up, as Telegraf's flush_interval does.
                 self._stop.wait(wait)
                 if self._stop.is_set():
                     break
                 continue
-            last_send = time.monotonic()
             error, status, retry_after = self._send(write_api, rows)
             if error is None:
                 self.outbox.ack(rows)

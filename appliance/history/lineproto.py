@@ -30,7 +30,10 @@ MEASUREMENT = {
 }
 
 # Tag keys the encoders set themselves; global tags must not shadow them.
-RESERVED_TAGS = frozenset({"asset", "sensor", "historical", "alarm_id", "event", "level", "action"})
+RESERVED_TAGS = frozenset({"asset", "sensor", "historical", "alarm_id", "event", "level", "action",
+                           "kind", "status"})
+# Audit keys that become tags when they are strings: few values each, what Grafana filters on.
+AUDIT_TAGS = ("asset", "action", "kind", "status")
 
 
 class Kind(enum.IntEnum):
@@ -104,9 +107,14 @@ def _field(key: str, value) -> str | None:
     return f"{esc_key(key)}={fmt_float(f)}" if math.isfinite(f) else None
 
 
-def _line(measurement: str, tags: Mapping[str, str], fields: list[str | None], ns: int) -> bytes:
+def _kv(key: str, value) -> tuple[str, str | None]:
+    return key, _field(key, value)
+
+
+def _line(measurement: str, tags: Mapping[str, str], fields: list[tuple[str, str | None]], ns: int) -> bytes:
+    # Tags and fields sorted by key, as influxdb-client does (and InfluxDB prefers).
     tag_part = "".join(f",{esc_key(k)}={esc_tag_value(v)}" for k, v in sorted(tags.items()) if v != "")
-    field_part = ",".join(f for f in fields if f is not None)
+    field_part = ",".join(f for _, f in sorted(fields) if f is not None)
     if not field_part:
         raise EncodeError("no field left to write (all values missing or not finite)")
     return f"{esc_measurement(measurement)}{tag_part} {field_part} {ns}".encode()
@@ -137,17 +145,17 @@ class Encoder:
         if r.historical:
             tags["historical"] = "true"
         return _line(MEASUREMENT["reading"], tags,
-                     [f"quality={int(r.quality)}i", _field("value", _as_float(r.value))], ts_ns(r.ts))
+                     [("quality", f"quality={int(r.quality)}i"), ("value", _field("value", _as_float(r.value)))], ts_ns(r.ts))
 
     def score(self, s: Score) -> bytes:
         tags = self._tags(asset=_need("asset", s.asset))
         if s.historical:
             tags["historical"] = "true"
-        fields = [_field("value", _as_float(s.value)), _field("threshold", _as_float(s.threshold)),
-                  _field("ratio", _as_float(s.ratio))]
-        fields += [_field(f"contrib_{k}", _as_float(v)) for k, v in sorted(s.contributions.items())]
+        fields = [_kv("value", _as_float(s.value)), _kv("threshold", _as_float(s.threshold)),
+                  _kv("ratio", _as_float(s.ratio))]
+        fields += [_kv(f"contrib_{k}", _as_float(v)) for k, v in s.contributions.items()]
         if s.model_version:
-            fields.append(_field("model_version", s.model_version))
+            fields.append(_kv("model_version", s.model_version))
         return _line(MEASUREMENT["score"], tags, fields, ts_ns(s.t_end))
 
     def alarm_event(self, e: AlarmEvent) -> bytes:
@@ -157,36 +165,37 @@ class Encoder:
         if a.historical:
             tags["historical"] = "true"
         fields = [
-            _field("active", bool(a.active)),
-            _field("state", a.state.value),
-            _field("peak_score", _as_float(a.peak_score)),
-            _field("start", _as_float(a.start)),
-            _field("end", _as_float(a.end) if a.end is not None else None),
-            _field("top_sensors", ",".join(a.top_sensors)),
-            _field("user", e.user),
-            _field("note", e.note or None),
+            _kv("active", bool(a.active)),
+            _kv("state", a.state.value),
+            _kv("peak_score", _as_float(a.peak_score)),
+            _kv("start", _as_float(a.start)),
+            _kv("end", _as_float(a.end) if a.end is not None else None),
+            _kv("top_sensors", ",".join(a.top_sensors)),
+            _kv("user", e.user),
+            _kv("note", e.note or None),
         ]
         return _line(MEASUREMENT["alarm"], tags, fields, ts_ns(e.ts))
 
     def audit(self, record: Mapping, ts: float) -> bytes:
-        """An action audit record: ``asset``/``action`` become tags, scalars become fields,
-        nested values are JSON strings. ``ts`` is the record's own ``ts`` or its arrival."""
+        """An action audit record: ``asset``, ``action``, ``kind`` and ``status`` become tags,
+        other scalars fields, nested values JSON strings. ``ts`` is the record's own ``ts``
+        or its arrival."""
         if not isinstance(record, Mapping):
             raise EncodeError(f"audit record must be a mapping, got {type(record).__name__}")
         tags = self._tags()
-        fields: list[str | None] = []
-        for k, v in sorted(record.items(), key=lambda kv: str(kv[0])):
+        fields: list[tuple[str, str | None]] = []
+        for k, v in record.items():
             k = str(k)
             if k == "ts" or k == "":
                 continue
-            if k in ("asset", "action") and isinstance(v, str):
+            if k in AUDIT_TAGS and isinstance(v, str):
                 tags[k] = v
             elif v is None or isinstance(v, (bool, int, float, str)):
-                fields.append(_field(k, v))
+                fields.append(_kv(k, v))
             else:
-                fields.append(_field(k, json.dumps(v, default=str, sort_keys=True)))
-        if not any(fields):
-            fields.append("logged=true")
+                fields.append(_kv(k, json.dumps(v, default=str, sort_keys=True)))
+        if not any(f for _, f in fields):
+            fields.append(("logged", "logged=true"))
         return _line(MEASUREMENT["audit"], tags, fields, ts_ns(ts))
 
 

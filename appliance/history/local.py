@@ -26,13 +26,14 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal, Sequence
 
 from appliance.core import Quality, Reading, Score
 
 log = logging.getLogger(__name__)
 
 ROLLUP_S = 60
+_QUALITY = {int(q): q.name.lower() for q in Quality}
 MAX_QUERY_ROWS = 100_000
 
 SCHEMA = """
@@ -144,26 +145,35 @@ class LocalHistory:
         oldest_ok = now - self.raw_retention_s + ROLLUP_S
         rrows, touched = [], set()
         for r in readings:
-            if r.historical:
-                continue
-            if r.ts < oldest_ok:
-                self.skipped_old += 1
-                continue
-            sid = self._series_id(r.asset, r.sensor)
-            rrows.append((sid, float(r.ts), _finite(r.value), int(r.quality)))
-            touched.add((sid, int(r.ts // ROLLUP_S) * ROLLUP_S))
+            try:
+                ts = _finite(r.ts)
+                if r.historical or ts is None or not r.asset or not r.sensor:
+                    continue
+                if ts < oldest_ok:
+                    self.skipped_old += 1
+                    continue
+                row = (self._series_id(str(r.asset), str(r.sensor)), ts, _finite(r.value), int(r.quality))
+            except (AttributeError, TypeError, ValueError):
+                continue  # the outbox side counts malformed records; this copy just skips them
+            rrows.append(row)
+            touched.add((row[0], int(ts // ROLLUP_S) * ROLLUP_S))
         srows, stouched = [], set()
         for s in scores:
-            if s.historical:
+            try:
+                ts = _finite(s.t_end)
+                if s.historical or ts is None or not s.asset:
+                    continue
+                if ts < oldest_ok:
+                    self.skipped_old += 1
+                    continue
+                contrib = json.dumps({str(k): _finite(v) for k, v in s.contributions.items()},
+                                     sort_keys=True)
+                row = (self._asset_id(str(s.asset)), ts, _finite(s.value), _finite(s.threshold), contrib,
+                       str(s.model_version))
+            except (AttributeError, TypeError, ValueError):
                 continue
-            if s.t_end < oldest_ok:
-                self.skipped_old += 1
-                continue
-            aid = self._asset_id(s.asset)
-            contrib = json.dumps({k: _finite(v) for k, v in s.contributions.items()}, sort_keys=True)
-            srows.append((aid, float(s.t_end), _finite(s.value), _finite(s.threshold), contrib,
-                          s.model_version))
-            stouched.add((aid, int(s.t_end // ROLLUP_S) * ROLLUP_S))
+            srows.append(row)
+            stouched.add((row[0], int(ts // ROLLUP_S) * ROLLUP_S))
         if not rrows and not srows:
             return
         db = self._w
@@ -257,7 +267,7 @@ class LocalHistory:
             if row is None:
                 return []
             if resolution == "raw":
-                return [{"ts": ts, "value": v, "quality": Quality(q).name.lower()}
+                return [{"ts": ts, "value": v, "quality": _QUALITY.get(q, str(q))}
                         for ts, v, q in self._r.execute(
                             "SELECT ts, value, quality FROM raw WHERE series = ? AND ts >= ? AND ts <= ? "
                             "ORDER BY ts LIMIT ?", (row[0], since, until, limit))]

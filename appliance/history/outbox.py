@@ -10,6 +10,8 @@ WAL write happened before the commit returned); with ``fsync="commit"``
 (``synchronous=FULL``) a power cut cannot either. With ``fsync="interval"``
 (``synchronous=NORMAL`` plus a checkpoint every ``fsync_interval_s``) a power cut
 may roll back the commits of the last interval, never corrupting the file.
+Deleting an acknowledged batch is never fsynced on its own (see ``_delete``): a
+power cut can only bring such a batch back, to be sent again.
 
 Bounds: the payload bytes (line length plus a fixed per-row overhead) and the age
 since acceptance. When over, the oldest raw readings go first, then the oldest
@@ -89,6 +91,9 @@ class Outbox:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=30.0)
+        # Only takes effect on a new file: lets compact() hand space back after a
+        # long outage's backlog drained (an SD card is small).
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync == 'commit' else 'NORMAL'}")
         self._db.executescript(SCHEMA)
@@ -150,6 +155,17 @@ class Outbox:
                 self._oldest_at = self._head_time()
             return dropped
 
+    def compact(self, min_free_pages: int = 256) -> int:
+        """Return free pages to the file system once most of the file is free; pages freed."""
+        with self._lock:
+            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            total = self._db.execute("PRAGMA page_count").fetchone()[0]
+            if free < min_free_pages or free * 2 < total:
+                return 0
+            # executescript steps the pragma to completion (execute() frees one page).
+            self._db.executescript(f"PRAGMA incremental_vacuum({int(free)});")
+            return free
+
     def checkpoint(self) -> None:
         """Make every commit so far durable (the WAL is fsynced before a checkpoint)."""
         with self._lock:
@@ -188,6 +204,13 @@ class Outbox:
         if not rows:
             return
         with self._lock:
+            # An acknowledgement is not worth an fsync: if a power cut undoes it, the
+            # batch is simply sent again (same points, overwritten downstream). Skipping
+            # it also shrinks the window in which a kill -9 causes such a resend to the
+            # time of a write() call. The next append's fsync covers these pages too.
+            relaxed = self.fsync == "commit" and rejected is None
+            if relaxed:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 if rejected is not None:
@@ -212,6 +235,9 @@ class Outbox:
             except BaseException:
                 self._rollback()
                 raise
+            finally:
+                if relaxed:
+                    self._db.execute("PRAGMA synchronous=FULL")
             if deleted == len(rows):
                 for r in rows:
                     self._points[r.kind] -= 1

@@ -23,6 +23,7 @@ writer.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -34,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from appliance.core import AlarmEvent, Reading, Score
 from appliance.history.forwarder import Forwarder, RateMeter
-from appliance.history.lineproto import DROPPABLE, EncodeError, Encoder, Kind
+from appliance.history.lineproto import EncodeError, Encoder, Kind
 from appliance.history.local import LocalHistory
 from appliance.history.outbox import Outbox
 
@@ -66,11 +67,15 @@ class _LogLimiter:
             self._held[key] = self._held.get(key, 0) + 1
 
 
+class HistoryError(RuntimeError):
+    """History cannot run as configured (the message names the key and the reason)."""
+
+
 class History:
     """See the module docstring. ``cfg`` is a :class:`~appliance.config.HistoryConfig`;
     relative paths in it are resolved against ``data_dir``."""
 
-    def __init__(self, cfg, data_dir: str | Path, client_factory=None):
+    def __init__(self, cfg, data_dir: str | Path):
         self.cfg = cfg
         self.data_dir = Path(data_dir)
         self._encoder = Encoder(cfg.global_tags)
@@ -93,14 +98,22 @@ class History:
 
         self.outbox: Outbox | None = None
         self.forwarder: Forwarder | None = None
+        self.local: LocalHistory | None = None
         if cfg.enabled:
             ob = cfg.outbox
-            self.outbox = Outbox(self._path(ob.path), ob.max_bytes, ob.max_age_s, ob.fsync)
-            self.forwarder = Forwarder(cfg.influx, self.outbox, client_factory)
-        self.local: LocalHistory | None = None
+            path = self._path(ob.path)
+            try:
+                self.outbox = Outbox(path, ob.max_bytes, ob.max_age_s, ob.fsync)
+            except (OSError, sqlite3.Error) as e:
+                raise HistoryError(f"history.outbox.path: cannot open {path}: {e}") from e
+            self.forwarder = Forwarder(cfg.influx, self.outbox)
         if cfg.local.enabled:
             lc = cfg.local
-            self.local = LocalHistory(self._path(lc.path), lc.raw_retention_s, lc.rollup_retention_s)
+            path = self._path(lc.path)
+            try:
+                self.local = LocalHistory(path, lc.raw_retention_s, lc.rollup_retention_s)
+            except (OSError, sqlite3.Error) as e:
+                raise HistoryError(f"history.local.path: cannot open {path}: {e}") from e
 
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
@@ -163,16 +176,18 @@ class History:
     # -- the detection path: never blocks on disk or network ----------------------------
 
     def add_reading(self, r: Reading) -> None:
-        self._add(self._readings, Kind.READING, r)
+        self._add(Kind.READING, r)
 
     def add_score(self, s: Score) -> None:
-        self._add(self._scores, Kind.SCORE, s)
+        self._add(Kind.SCORE, s)
 
-    def _add(self, buf: deque, kind: Kind, item) -> None:
+    def _add(self, kind: Kind, item) -> None:
         with self._cond:
             if self._stopping:
                 self._count_mem_drop(kind, "after_stop")
                 return
+            # Looked up under the lock: the writer swaps the buffers.
+            buf = self._readings if kind == Kind.READING else self._scores
             if len(buf) >= self.cfg.outbox.max_pending:
                 # The writer is stalled (disk full or failing): oldest first, as in the outbox.
                 buf.popleft()
@@ -262,6 +277,7 @@ class History:
                 if self.outbox is not None and now >= next_expire:
                     next_expire = now + EXPIRE_EVERY_S
                     self.outbox.expire()
+                    self.outbox.compact()
                 if self.outbox is not None and ob.fsync == "interval" and now >= next_checkpoint:
                     next_checkpoint = now + ob.fsync_interval_s
                     self.outbox.checkpoint()

@@ -1,0 +1,538 @@
+"""Guarded PLC mitigation: alarm events in, audited setpoint writes out.
+
+Rules map an alarm (asset, level, top contributing sensors) to one write (a
+value, or a change of the current value) on one PLC node. Until
+``mitigation.armed`` is true nothing is written: each proposal is evaluated as
+a dry run against the live PLC and audited as ``advised``, with the guard that
+*would* refuse it, so an engineer can watch what the appliance would do before
+arming it.
+
+Armed, every write passes these guards, in this order; the first that fails
+refuses the write and is named in the audit record:
+
+``alarm_state``  the alarm is shelved, suppressed or out of service
+``allow_list``   the node is not among ``mitigation.targets``
+``cooldown``     the node was written less than ``cooldown_s`` ago
+``plc_read``     the current value and interlocks could not be read
+``quality``      the node's current value is not of good quality
+``interlock:<name>``  an interlock read just before the write is false or not good
+``limits``       the new value is outside the target's ``[min, max]``
+``max_step``     the change exceeds ``max_step``
+``max_rate``     the changes within the last 60 s would exceed ``max_rate_per_min``
+``approval``     a technician's approval is required (proposal pending) or expired
+``readback``     after the write, the PLC does not hold the written value
+
+Then: the write, the read-back verification, and, if the rule says so, an
+automatic revert (after ``revert_after_s`` or when the alarm clears). A revert
+passes the same guards except cooldown, rate and approval, and is refused if
+someone changed the value since our write (``changed_externally``): the
+appliance never overwrites an operator. Replayed (historical) alarms never act.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import math
+import operator
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from appliance.actions.audit import AuditLog
+from appliance.config import MitigationConfig, MitigationInterlock, MitigationRule, MitigationTarget
+from appliance.core import AlarmEvent, AlarmState, Counters, Level, Quality
+
+logger = logging.getLogger(__name__)
+
+RATE_WINDOW_S = 60.0
+_OPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+        ">": operator.gt, ">=": operator.ge}
+_LEVELS = {"anomaly": Level.ANOMALY, "critical": Level.CRITICAL}
+_BLOCKING_STATES = (AlarmState.SHELVED, AlarmState.SUPPRESSED, AlarmState.OUT_OF_SERVICE)
+
+
+class PlcWriter(Protocol):
+    """Where mitigations go. ``read`` returns ``(value, quality)`` per node, ``None`` if not numeric."""
+
+    async def read(self, nodes: Sequence[str]) -> list[tuple[float | None, Quality]]: ...
+
+    async def write(self, node: str, value: float) -> None: ...
+
+
+class MitigationError(Exception):
+    """A command that does not apply (unknown proposal, already decided...)."""
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    """One decision about one proposal, exactly as it is written to the audit log.
+
+    ``status``: ``advised`` (advise-only, nothing written), ``pending_approval``,
+    ``approved``, ``rejected``, ``written`` (written and verified), ``refused``
+    (``guard`` says which), ``failed`` (the PLC refused or the read-back did not
+    match), ``unchanged`` (already at the value), ``expired``, ``withdrawn``,
+    ``cancelled``. ``kind`` is ``mitigate`` or ``revert``.
+    """
+
+    proposal_id: str
+    ts: float
+    kind: str
+    status: str
+    actor: str
+    rule: str
+    asset: str
+    alarm_id: str | None
+    node: str
+    old_value: float | None
+    new_value: float | None
+    reason: str
+    guard: str | None = None
+    detail: str = ""
+    armed: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Proposal:
+    id: str
+    rule: MitigationRule
+    asset: str
+    alarm_id: str | None
+    reason: str
+    created_mono: float
+    expires_mono: float = math.inf
+
+
+@dataclass(slots=True)
+class _Written:
+    """A write the appliance made and may have to revert."""
+
+    proposal: _Proposal
+    node: str
+    old: float
+    new: float
+    revert_task: asyncio.Task | None = None
+
+
+class _Refusal(Exception):
+    """A guard said no; carries the guard's name and the values it judged."""
+
+    def __init__(self, guard: str, detail: str, old: float | None = None, new: float | None = None):
+        super().__init__(f"{guard}: {detail}")
+        self.guard, self.detail, self.old, self.new = guard, detail, old, new
+
+
+@dataclass(slots=True)
+class _NodeHistory:
+    last_write_mono: float | None = None
+    changes: deque = field(default_factory=deque)  # (mono, abs change)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:g}"
+
+
+class Mitigator:
+    """Turns alarm events into guarded, audited PLC writes (or advice).
+
+    ``plc_writer`` may be ``None`` when advise-only without a PLC connection;
+    proposals are then audited without the dry-run evaluation.
+    """
+
+    def __init__(self, cfg: MitigationConfig, data_dir: str | Path, plc_writer: PlcWriter | None, *,
+                 close_writer: bool = False):
+        self.cfg = cfg
+        self.writer = plc_writer
+        self._close_writer = close_writer
+        self.audit = AuditLog(Path(data_dir) / cfg.audit_db)
+        self.counters = Counters()
+        self._targets: dict[str, MitigationTarget] = {t.node: t for t in cfg.targets}
+        self._history: dict[str, _NodeHistory] = {}
+        self._pending: dict[str, _Proposal] = {}
+        self._written: dict[str, list[_Written]] = {}  # alarm id -> writes to revert
+        self._lock = asyncio.Lock()
+        self._closed = False
+        for r in cfg.rules:
+            if r.node not in self._targets:
+                logger.warning("mitigation rule=%s node=%s is not in mitigation.targets; guard allow_list "
+                               "will refuse every write it proposes", r.name, r.node)
+        logger.info("mitigation ready armed=%s rules=%d targets=%d audit=%s",
+                    cfg.armed, len(cfg.rules), len(cfg.targets), self.audit.path)
+
+    # ------------------------------------------------------------------ public API
+
+    async def on_alarm_event(self, event: AlarmEvent) -> list[ActionRecord]:
+        """Act on one alarm transition; returns what was decided (also audited)."""
+        if not self.cfg.enabled or self._closed:
+            return []
+        alarm = event.alarm
+        if alarm.historical:
+            return []
+        records: list[ActionRecord] = []
+        async with self._lock:
+            records += self._sweep_expired()
+            if event.kind in ("cleared", "superseded") or not alarm.active:
+                records += await self._on_alarm_end(alarm.id, event.kind)
+                return records
+            if event.kind not in ("raised", "escalated"):
+                return records
+            for rule in self._matching_rules(alarm):
+                p = _Proposal(id=uuid.uuid4().hex[:16], rule=rule, asset=alarm.asset, alarm_id=alarm.id,
+                              reason=self._reason(event, rule), created_mono=time.monotonic())
+                self.counters.inc("proposals")
+                if alarm.state in _BLOCKING_STATES:
+                    records.append(await self._record(p, "mitigate", "refused" if self.cfg.armed else "advised",
+                                                      self.cfg.actor, rule.node, None, None, guard="alarm_state",
+                                                      detail=f"alarm is {alarm.state.value}"))
+                    continue
+                records.append(await self._execute(p, actor=self.cfg.actor, approved=False))
+        return records
+
+    async def approve(self, proposal_id: str, user: str) -> ActionRecord:
+        """A named technician approves a pending proposal; all guards are evaluated again, now."""
+        if not user or not user.strip():
+            raise MitigationError("approval needs the name of the approving user")
+        async with self._lock:
+            self._sweep_expired()
+            p = self._pending.pop(proposal_id, None)
+            if p is None:
+                raise MitigationError(f"no pending proposal {proposal_id!r} (unknown, decided or expired)")
+            user = user.strip()
+            await self._record(p, "mitigate", "approved", user, p.rule.node, None, None,
+                               detail="approved by technician")
+            return await self._execute(p, actor=user, approved=True)
+
+    async def reject(self, proposal_id: str, user: str, note: str = "") -> ActionRecord:
+        if not user or not user.strip():
+            raise MitigationError("rejection needs the name of the user")
+        async with self._lock:
+            self._sweep_expired()
+            p = self._pending.pop(proposal_id, None)
+            if p is None:
+                raise MitigationError(f"no pending proposal {proposal_id!r} (unknown, decided or expired)")
+            return await self._record(p, "mitigate", "rejected", user.strip(), p.rule.node, None, None,
+                                      detail=note or "rejected by technician")
+
+    def pending(self) -> list[dict]:
+        now = time.monotonic()
+        return [{"proposal_id": p.id, "rule": p.rule.name, "asset": p.asset, "alarm_id": p.alarm_id,
+                 "node": p.rule.node, "reason": p.reason,
+                 "expires_in_s": round(p.expires_mono - now, 1)} for p in self._pending.values()]
+
+    def status(self) -> dict:
+        return {
+            "enabled": self.cfg.enabled,
+            "armed": self.cfg.armed,
+            "rules": [r.name for r in self.cfg.rules],
+            "targets": sorted(self._targets),
+            "pending_approval": self.pending(),
+            "pending_reverts": sum(1 for ws in self._written.values() for w in ws
+                                   if w.revert_task is not None and not w.revert_task.done()),
+            "counters": dict(self.counters.values),
+            "audit_db": str(self.audit.path),
+        }
+
+    def audit_log(self, limit: int = 100) -> list[dict]:
+        """Newest first."""
+        return self.audit.tail(limit)
+
+    async def close(self) -> None:
+        """Stop timers; a pending automatic revert is cancelled and audited (the PLC keeps the value)."""
+        self._closed = True
+        tasks = []
+        for ws in self._written.values():
+            for w in ws:
+                if w.revert_task is not None and not w.revert_task.done():
+                    w.revert_task.cancel()
+                    tasks.append(w.revert_task)
+                    self._record_sync(w.proposal, "revert", "cancelled", self.cfg.actor, w.node, w.new, w.old,
+                                      detail=f"appliance stopping; PLC left at {_fmt(w.new)}")
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.audit.close()
+        if self._close_writer and self.writer is not None and hasattr(self.writer, "close"):
+            await self.writer.close()
+
+    # ------------------------------------------------------------------ matching
+
+    def _matching_rules(self, alarm) -> list[MitigationRule]:
+        chosen: list[MitigationRule] = []
+        nodes: set[str] = set()
+        for r in self.cfg.rules:
+            if not fnmatch.fnmatchcase(alarm.asset, r.asset):
+                continue
+            if alarm.level < _LEVELS[r.min_level]:
+                continue
+            if r.sensors and not set(alarm.top_sensors[:r.top_n]) & set(r.sensors):
+                continue
+            # Rules are in priority order: the first one for a node decides what it gets.
+            if r.node in nodes:
+                continue
+            nodes.add(r.node)
+            chosen.append(r)
+        return chosen
+
+    @staticmethod
+    def _reason(event: AlarmEvent, rule: MitigationRule) -> str:
+        a = event.alarm
+        return (f"alarm {a.id} {event.kind}: asset {a.asset} level {a.level.name.lower()} "
+                f"top sensors {', '.join(a.top_sensors) or '-'}; rule {rule.name}")
+
+    # ------------------------------------------------------------------ guards
+
+    async def _evaluate(self, p: _Proposal, approved: bool) -> tuple[float, float, MitigationTarget]:
+        """Run every guard up to (not including) the write; raise :class:`_Refusal` on the first failure."""
+        rule = p.rule
+        target = self._targets.get(rule.node)
+        if target is None:
+            raise _Refusal("allow_list", f"{rule.node} is not an allowed mitigation target")
+        hist = self._history.get(rule.node)
+        now = time.monotonic()
+        if hist and hist.last_write_mono is not None and now - hist.last_write_mono < target.cooldown_s:
+            raise _Refusal("cooldown", f"{rule.node} was written {now - hist.last_write_mono:.1f}s ago; "
+                                       f"cooldown is {target.cooldown_s:g}s")
+        old, interlocks = await self._read_state(rule.node, list(self.cfg.interlocks) + list(rule.interlocks))
+        new = rule.set_value if rule.set_value is not None else old + (rule.change_by or 0.0)
+        self._check_interlocks(interlocks)
+        self._check_limits(target, old, new)
+        if target.max_rate_per_min is not None:
+            moved = self._moved_recently(rule.node, now)
+            if moved + abs(new - old) > target.max_rate_per_min + 1e-9:
+                raise _Refusal("max_rate", f"{rule.node} moved {moved:g} in the last {RATE_WINDOW_S:g}s; "
+                                           f"another {abs(new - old):g} exceeds {target.max_rate_per_min:g}/min",
+                               old, new)
+        need_approval = rule.require_approval if rule.require_approval is not None else self.cfg.require_approval
+        if need_approval and not approved:
+            raise _Refusal("approval", "technician approval required", old, new)
+        return old, new, target
+
+    async def _read_state(self, node: str, interlocks: list[MitigationInterlock]):
+        if self.writer is None:
+            raise _Refusal("plc_read", "no PLC connection configured")
+        nodes = [node] + [i.node for i in interlocks]
+        try:
+            values = await self.writer.read(nodes)
+        except Exception as e:  # noqa: BLE001 - any failure to read means: do not write
+            raise _Refusal("plc_read", f"reading {', '.join(nodes)} failed: {e}") from None
+        old, q = values[0]
+        if old is None or q is not Quality.GOOD or not math.isfinite(old):
+            raise _Refusal("quality", f"{node} reads {_fmt(old)} with quality {q.name}")
+        return old, list(zip(interlocks, values[1:]))
+
+    @staticmethod
+    def _check_interlocks(interlocks) -> None:
+        for il, (v, q) in interlocks:
+            guard = f"interlock:{il.name}"
+            if v is None or q is not Quality.GOOD:
+                raise _Refusal(guard, f"{il.node} reads {_fmt(v)} with quality {q.name}")
+            want = float(il.value)
+            ok = (math.isclose(v, want, abs_tol=1e-9) if il.op == "==" else
+                  not math.isclose(v, want, abs_tol=1e-9) if il.op == "!=" else _OPS[il.op](v, want))
+            if not ok:
+                raise _Refusal(guard, f"{il.node} {il.op} {il.value} is false (reads {_fmt(v)})")
+
+    @staticmethod
+    def _check_limits(target: MitigationTarget, old: float, new: float) -> None:
+        if not math.isfinite(new) or new < target.min or new > target.max:
+            raise _Refusal("limits", f"{_fmt(new)} is outside [{target.min:g}, {target.max:g}] for {target.node}",
+                           old, new)
+        if target.max_step is not None and abs(new - old) > target.max_step + 1e-9:
+            raise _Refusal("max_step", f"change {_fmt(old)} -> {_fmt(new)} ({abs(new - old):g}) exceeds "
+                                       f"max_step {target.max_step:g}", old, new)
+
+    def _moved_recently(self, node: str, now: float) -> float:
+        hist = self._history.get(node)
+        if hist is None:
+            return 0.0
+        while hist.changes and now - hist.changes[0][0] > RATE_WINDOW_S:
+            hist.changes.popleft()
+        return sum(c for _, c in hist.changes)
+
+    def _note_write(self, node: str, delta: float) -> None:
+        hist = self._history.setdefault(node, _NodeHistory())
+        now = time.monotonic()
+        hist.last_write_mono = now
+        hist.changes.append((now, abs(delta)))
+
+    # ------------------------------------------------------------------ execution
+
+    async def _execute(self, p: _Proposal, actor: str, approved: bool) -> ActionRecord:
+        node = p.rule.node
+        armed = self.cfg.armed
+        try:
+            old, new, target = await self._evaluate(p, approved or not armed)
+        except _Refusal as r:
+            if not armed:
+                self.counters.inc("advised")
+                return await self._record(p, "mitigate", "advised", actor, node, r.old, r.new, guard=r.guard,
+                                          detail=f"advise-only; would be refused by {r.guard}: {r.detail}")
+            if r.guard == "approval":
+                p.expires_mono = time.monotonic() + self.cfg.approval_timeout_s
+                self._pending[p.id] = p
+                self.counters.inc("pending_approval")
+                return await self._record(p, "mitigate", "pending_approval", actor, node, r.old, r.new,
+                                          guard="approval",
+                                          detail=f"waiting for approval, expires in {self.cfg.approval_timeout_s:g}s")
+            self.counters.inc("refused")
+            self.counters.inc(f"refused_{r.guard.split(':')[0]}")
+            logger.warning("mitigation refused rule=%s node=%s guard=%s detail=%s", p.rule.name, node,
+                           r.guard, r.detail)
+            return await self._record(p, "mitigate", "refused", actor, node, r.old, r.new, guard=r.guard,
+                                      detail=r.detail)
+        if not armed:
+            self.counters.inc("advised")
+            need = p.rule.require_approval if p.rule.require_approval is not None else self.cfg.require_approval
+            return await self._record(p, "mitigate", "advised", actor, node, old, new,
+                                      detail="advise-only; would pass every guard"
+                                             + (" and then wait for approval" if need else ""))
+        if abs(new - old) <= target.tolerance:
+            return await self._record(p, "mitigate", "unchanged", actor, node, old, new,
+                                      detail="PLC already holds this value")
+        rec = await self._write_verified(p, "mitigate", actor, target, old, new)
+        if rec.status == "written":
+            self._remember(p, node, old, new)
+        return rec
+
+    async def _write_verified(self, p: _Proposal, kind: str, actor: str, target: MitigationTarget,
+                              old: float, new: float) -> ActionRecord:
+        node = target.node
+        try:
+            await self.writer.write(node, new)  # type: ignore[union-attr] - checked in _read_state
+        except Exception as e:  # noqa: BLE001
+            # It may have landed anyway: count it for cooldown and rate.
+            self._note_write(node, new - old)
+            self.counters.inc("write_failed")
+            logger.error("mitigation write failed node=%s value=%s error=%s", node, new, e)
+            return await self._record(p, kind, "failed", actor, node, old, new, detail=f"write failed: {e}")
+        self._note_write(node, new - old)
+        if self.cfg.readback_delay_s:
+            await asyncio.sleep(self.cfg.readback_delay_s)
+        try:
+            (rb, q), = await self.writer.read([node])  # type: ignore[union-attr]
+        except Exception as e:  # noqa: BLE001
+            rb, q = None, Quality.BAD
+            detail = f"read-back failed: {e}"
+        else:
+            detail = f"read back {_fmt(rb)} ({q.name}), expected {_fmt(new)}"
+        if rb is None or q is not Quality.GOOD or abs(rb - new) > target.tolerance:
+            self.counters.inc("readback_failed")
+            logger.error("mitigation read-back mismatch node=%s %s", node, detail)
+            return await self._record(p, kind, "failed", actor, node, old, new, guard="readback", detail=detail)
+        self.counters.inc("written" if kind == "mitigate" else "reverted")
+        logger.warning("mitigation %s node=%s old=%s new=%s actor=%s rule=%s", kind, node, _fmt(old), _fmt(new),
+                       actor, p.rule.name)
+        return await self._record(p, kind, "written", actor, node, old, new, detail=f"verified: {detail}")
+
+    def _remember(self, p: _Proposal, node: str, old: float, new: float) -> None:
+        w = _Written(p, node, old, new)
+        if p.rule.revert_after_s is not None:
+            w.revert_task = asyncio.create_task(self._revert_later(w, p.rule.revert_after_s))
+        if p.rule.revert_after_s is not None or p.rule.revert_on_clear:
+            self._written.setdefault(p.alarm_id or "", []).append(w)
+
+    async def _revert_later(self, w: _Written, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with self._lock:
+            ws = self._written.get(w.proposal.alarm_id or "", [])
+            if w not in ws:
+                return
+            ws.remove(w)
+            await self._revert(w, f"revert_after_s={delay:g} elapsed")
+
+    async def _on_alarm_end(self, alarm_id: str, kind: str) -> list[ActionRecord]:
+        out = []
+        for pid, p in list(self._pending.items()):
+            if p.alarm_id == alarm_id:
+                del self._pending[pid]
+                out.append(await self._record(p, "mitigate", "withdrawn", self.cfg.actor, p.rule.node, None, None,
+                                              detail=f"alarm {kind} before approval"))
+        keep = []
+        for w in self._written.pop(alarm_id, []):
+            if w.proposal.rule.revert_on_clear:
+                if w.revert_task is not None:
+                    w.revert_task.cancel()
+                out.append(await self._revert(w, f"alarm {kind}"))
+            else:
+                keep.append(w)
+        if keep:
+            self._written[alarm_id] = keep
+        return out
+
+    async def _revert(self, w: _Written, why: str) -> ActionRecord:
+        p = replace(w.proposal, reason=f"revert of {w.proposal.id}: {why}")
+        target = self._targets.get(w.node)
+        if target is None:
+            return await self._record(p, "revert", "refused", self.cfg.actor, w.node, w.new, w.old,
+                                      guard="allow_list", detail=f"{w.node} is no longer an allowed target")
+        try:
+            current, interlocks = await self._read_state(
+                w.node, list(self.cfg.interlocks) + list(w.proposal.rule.interlocks))
+            if abs(current - w.new) > target.tolerance:
+                raise _Refusal("changed_externally",
+                               f"{w.node} is {_fmt(current)}, not the {_fmt(w.new)} we wrote; leaving it", current,
+                               w.old)
+            self._check_interlocks(interlocks)
+            self._check_limits(target, current, w.old)
+        except _Refusal as r:
+            self.counters.inc("revert_refused")
+            logger.warning("mitigation revert refused node=%s guard=%s detail=%s", w.node, r.guard, r.detail)
+            return await self._record(p, "revert", "refused", self.cfg.actor, w.node, r.old if r.old is not None
+                                      else w.new, w.old, guard=r.guard, detail=r.detail)
+        return await self._write_verified(p, "revert", self.cfg.actor, target, current, w.old)
+
+    def _sweep_expired(self) -> list[ActionRecord]:
+        now = time.monotonic()
+        out = []
+        for pid, p in list(self._pending.items()):
+            if now >= p.expires_mono:
+                del self._pending[pid]
+                self.counters.inc("approval_expired")
+                out.append(self._record_sync(p, "mitigate", "expired", self.cfg.actor, p.rule.node, None, None,
+                                             guard="approval", detail="nobody approved it in time"))
+        return out
+
+    # ------------------------------------------------------------------ audit
+
+    def _make(self, p: _Proposal, kind: str, status: str, actor: str, node: str, old, new,
+              guard: str | None, detail: str) -> ActionRecord:
+        return ActionRecord(proposal_id=p.id, ts=time.time(), kind=kind, status=status, actor=actor,
+                            rule=p.rule.name, asset=p.asset, alarm_id=p.alarm_id, node=node,
+                            old_value=old, new_value=new, reason=p.reason, guard=guard, detail=detail,
+                            armed=self.cfg.armed)
+
+    def _record_sync(self, p: _Proposal, kind: str, status: str, actor: str, node: str, old, new,
+                     guard: str | None = None, detail: str = "") -> ActionRecord:
+        rec = self._make(p, kind, status, actor, node, old, new, guard, detail)
+        self.audit.append(rec.to_dict())
+        return rec
+
+    async def _record(self, p: _Proposal, kind: str, status: str, actor: str, node: str, old, new,
+                      guard: str | None = None, detail: str = "") -> ActionRecord:
+        rec = self._make(p, kind, status, actor, node, old, new, guard, detail)
+        # Off the event loop: a commit with FULL sync can take tens of ms on an SD card.
+        await asyncio.to_thread(self.audit.append, rec.to_dict())
+        return rec
+
+
+def build_mitigator(cfg: MitigationConfig, data_dir: str | Path, app_cfg=None) -> Mitigator:
+    """The runtime's factory: a :class:`Mitigator` writing over OPC-UA with its own session.
+
+    The PLC connection is ``cfg.plc``, or else the OPC-UA input's (``app_cfg.inputs.opcua``);
+    relative certificate paths resolve against ``data_dir``.
+    """
+    from appliance.connectors.opcua import AsyncuaPlcWriter
+
+    plc = cfg.plc
+    if plc is None and app_cfg is not None:
+        plc = app_cfg.inputs.opcua
+    writer = AsyncuaPlcWriter(plc, base_dir=data_dir) if plc is not None else None
+    if writer is None:
+        logger.warning("mitigation has no PLC connection (mitigation.plc / inputs.opcua); proposals are "
+                       "audited without evaluation and nothing can be written")
+    return Mitigator(cfg, data_dir, writer, close_writer=True)

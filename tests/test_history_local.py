@@ -1,0 +1,104 @@
+"""Local history (real SQLite): raw data, one-minute rollups, retention, query validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from appliance.core import Quality, Reading, Score
+from appliance.history.local import LocalHistory
+
+T0 = 1_700_000_040.0  # a minute boundary (1_700_000_040 = 28_333_334 * 60)
+
+
+@pytest.fixture
+def local(tmp_path):
+    lh = LocalHistory(tmp_path / "local.db", raw_retention_s=86400, rollup_retention_s=30 * 86400)
+    yield lh
+    lh.close()
+
+
+def test_raw_and_one_minute_rollup(local):
+    now = T0 + 200
+    readings = [Reading("p1", "current", T0 + i, float(i)) for i in range(150)]
+    readings.append(Reading("p1", "current", T0 + 150.5, math.nan, Quality.BAD))
+    readings.append(Reading("p1", "temp", T0 + 1, 99.0))
+    local.insert(readings[:70], [], now=now)
+    local.insert(readings[70:], [], now=now)  # a later batch lands in an existing bucket
+
+    raw = local.query_readings("p1", "current", T0 + 10, T0 + 12)
+    assert raw == [{"ts": T0 + 10, "value": 10.0, "quality": "good"},
+                   {"ts": T0 + 11, "value": 11.0, "quality": "good"},
+                   {"ts": T0 + 12, "value": 12.0, "quality": "good"}]
+    agg = local.query_readings("p1", "current", T0, T0 + 179, resolution="1m")
+    assert [a["ts"] for a in agg] == [T0, T0 + 60, T0 + 120]
+    assert agg[0] == {"ts": T0, "count": 60, "mean": 29.5, "min": 0.0, "max": 59.0, "bad": 0}
+    assert agg[1]["count"] == 60 and agg[1]["mean"] == 89.5
+    assert agg[2] == {"ts": T0 + 120, "count": 30, "mean": 134.5, "min": 120.0, "max": 149.0, "bad": 1}
+    assert local.query_readings("p1", "temp", T0, T0 + 100) == [{"ts": T0 + 1, "value": 99.0, "quality": "good"}]
+    assert local.query_readings("p1", "nope", T0, T0 + 100) == []
+
+
+def test_redelivered_readings_do_not_skew_rollups(local):
+    batch = [Reading("p1", "s", T0 + i, 1.0) for i in range(10)]
+    local.insert(batch, [], now=T0 + 30)
+    local.insert(batch, [], now=T0 + 30)  # MQTT QoS 1 redelivery after a crash
+    assert len(local.query_readings("p1", "s", T0, T0 + 60)) == 10
+    assert local.query_readings("p1", "s", T0, T0 + 60, "1m")[0]["count"] == 10
+
+
+def test_historical_and_too_old_data_stay_out(local):
+    now = T0 + 2 * 86400
+    local.insert([Reading("p1", "s", now - 5, 1.0, historical=True),
+                  Reading("p1", "s", now - 86400 - 10, 2.0),
+                  Reading("p1", "s", now - 5, 3.0)], [], now=now)
+    assert [r["value"] for r in local.query_readings("p1", "s", 0, now)] == [3.0]
+    assert local.stats()["skipped_old"] == 1
+
+
+def test_scores_raw_and_rollup(local):
+    scores = [Score("p1", T0 + i, 0.1 * (i % 10), 0.5, {"a": 0.75, "b": 0.25}, "m1") for i in range(120)]
+    local.insert([], scores, now=T0 + 200)
+    raw = local.query_scores("p1", T0, T0 + 1)
+    assert raw[1] == {"ts": T0 + 1, "value": pytest.approx(0.1), "threshold": 0.5, "ratio": pytest.approx(0.2),
+                      "contributions": {"a": 0.75, "b": 0.25}, "model_version": "m1"}
+    agg = local.query_scores("p1", T0, T0 + 119, resolution="1m")
+    assert len(agg) == 2
+    assert agg[0]["count"] == 60 and agg[0]["over"] == 24  # 0.6 .. 0.9 of every ten are over 0.5
+    assert agg[0]["max"] == pytest.approx(0.9) and agg[0]["max_ratio"] == pytest.approx(1.8)
+
+
+def test_retention_purges_raw_after_a_day_and_rollups_after_a_month(local):
+    local.insert([Reading("p1", "s", T0 + i, 1.0) for i in range(0, 120, 10)],
+                 [Score("p1", T0, 1.0, 2.0, {})], now=T0 + 120)
+    local.purge(now=T0 + 86400 + 300)
+    assert local.query_readings("p1", "s", 0, 2e9) == []
+    assert local.query_scores("p1", 0, 2e9) == []
+    assert len(local.query_readings("p1", "s", 0, 2e9, "1m")) == 2
+    assert local.stats()["raw_readings"] == 0 and local.stats()["rollup_rows"] == 2
+    local.purge(now=T0 + 31 * 86400)
+    assert local.query_readings("p1", "s", 0, 2e9, "1m") == []
+    assert local.query_scores("p1", 0, 2e9, "1m") == []
+
+
+def test_queries_validate_arguments(local):
+    with pytest.raises(ValueError, match="resolution"):
+        local.query_readings("p1", "s", 0, 1, resolution="5m")
+    with pytest.raises(ValueError, match="until"):
+        local.query_scores("p1", 10, 1)
+    with pytest.raises(ValueError, match="since"):
+        local.query_readings("p1", "s", math.nan, 1)
+    with pytest.raises(ValueError, match="limit"):
+        local.query_readings("p1", "s", 0, 1, limit=0)
+
+
+def test_limit_caps_rows(local):
+    local.insert([Reading("p1", "s", T0 + i, 1.0) for i in range(50)], [], now=T0 + 60)
+    assert len(local.query_readings("p1", "s", T0, T0 + 100, limit=7)) == 7
+
+
+def test_malformed_records_are_skipped_not_fatal(local):
+    local.insert([Reading("p1", "s", math.nan, 1.0), Reading("", "s", T0, 1.0), object(),
+                  Reading("p1", "s", T0, 5.0)], [object()], now=T0 + 10)
+    assert [r["value"] for r in local.query_readings("p1", "s", 0, 2e9)] == [5.0]

@@ -1,0 +1,384 @@
+"""The web API with Flask's test client, over a real store and the real alarm book."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import web
+from tests.test_web_support import BookAppliance, book_appliance, store  # noqa: F401  (fixtures)
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def app(book_appliance, store):
+    return web.create_app(book_appliance, store.path)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def raise_alarm(ba: BookAppliance, asset: str = "pump1", t: float = T0, ratio: float = 3.0) -> str:
+    events = ba.score(asset, t, ratio)
+    assert [e.kind for e in events] == ["raised"]
+    ba.flush()
+    return events[0].alarm.id
+
+
+# -- status and health ----------------------------------------------------------------
+def test_status_is_the_appliance_status(client, book_appliance):
+    raise_alarm(book_appliance)
+    r = client.get("/api/status")
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["site"] == "test-site"
+    assert body["alarms"][0]["asset"] == "pump1"
+    assert body["alarms"][0]["state"] == "unacknowledged"
+    assert r.headers["Cache-Control"] == "no-store"
+
+
+def test_status_replaces_non_finite_numbers_and_numpy_scalars(store):
+    np = pytest.importorskip("numpy")
+
+    class Odd:
+        def status(self):
+            return {"site": "s", "model": {"threshold": np.float32(0.5), "inf": math.inf, "nan": math.nan},
+                    "counters": {"readings": np.int64(7)}}
+
+        def command(self, name, **kw):
+            raise AssertionError("not called")
+
+    r = web.create_app(Odd(), store.path).test_client().get("/api/status")
+    assert r.status_code == 200
+    assert b"NaN" not in r.data and b"Infinity" not in r.data
+    body = r.get_json()
+    assert body["model"] == {"threshold": 0.5, "inf": None, "nan": None}
+    assert body["counters"]["readings"] == 7
+
+
+def test_status_failure_is_503_and_healthz_says_why(store):
+    class Broken:
+        def status(self):
+            raise OSError("loop gone")
+
+        def command(self, name, **kw):
+            raise AssertionError("not called")
+
+    c = web.create_app(Broken(), store.path).test_client()
+    r = c.get("/api/status")
+    assert r.status_code == 503 and "loop gone" in r.get_json()["error"]
+    r = c.get("/healthz")
+    assert r.status_code == 503
+    assert "appliance" in r.get_json()["problems"]
+
+
+def test_status_retries_a_transient_concurrent_change(store):
+    class Flaky:
+        calls = 0
+
+        def status(self):
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("dictionary changed size during iteration")
+            return {"site": "s"}
+
+        def command(self, name, **kw):
+            raise AssertionError("not called")
+
+    f = Flaky()
+    r = web.create_app(f, store.path).test_client().get("/api/status")
+    assert r.status_code == 200 and f.calls == 2
+
+
+def test_healthz_ok_and_missing_store(client, book_appliance, tmp_path):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    c = web.create_app(book_appliance, tmp_path / "nowhere.db").test_client()
+    r = c.get("/healthz")
+    assert r.status_code == 503
+    assert "does not exist" in r.get_json()["problems"]["store"]
+    r = c.get("/api/alarms")
+    assert r.status_code == 503 and "nowhere.db" in r.get_json()["error"]
+
+
+# -- store-backed lists -----------------------------------------------------------------
+def test_alarms_active_filter_and_limit(client, book_appliance):
+    raise_alarm(book_appliance, "pump1", T0)
+    book_appliance.score("pump1", T0 + 1, 0.1)  # clears pump1
+    raise_alarm(book_appliance, "pump2", T0 + 2)
+    raise_alarm(book_appliance, "pump3", T0 + 3)
+    book_appliance.flush()
+
+    everything = client.get("/api/alarms").get_json()
+    assert [a["asset"] for a in everything["alarms"]] == ["pump3", "pump2", "pump1"]
+    active = client.get("/api/alarms?active=1").get_json()["alarms"]
+    assert {a["asset"] for a in active} == {"pump2", "pump3"}
+    assert all(a["active"] is True and isinstance(a["top_sensors"], list) for a in active)
+    inactive = client.get("/api/alarms?active=0").get_json()["alarms"]
+    assert [(a["asset"], a["state"], a["end"]) for a in inactive] == [("pump1", "returned_unacknowledged", T0 + 1)]
+    assert len(client.get("/api/alarms?limit=1").get_json()["alarms"]) == 1
+
+
+def test_point_only_rows_are_not_listed_as_alarms(client, book_appliance):
+    book_appliance.book.ensure("pump9")
+    book_appliance.command("shelve", asset="pump9", user="ana", duration_s=60)
+    assert client.get("/api/alarms").get_json()["alarms"] == []
+    ev = client.get("/api/alarms/point-pump9/events").get_json()["events"]
+    assert [e["kind"] for e in ev] == ["shelved"]
+
+
+def test_alarm_events_history(client, book_appliance):
+    alarm_id = raise_alarm(book_appliance)
+    book_appliance.command("acknowledge", asset="pump1", user="ana", note="bearing noisy")
+    r = client.get(f"/api/alarms/{alarm_id}/events")
+    assert r.status_code == 200
+    ev = r.get_json()["events"]
+    assert [e["kind"] for e in ev] == ["raised", "acknowledged"]
+    assert ev[1]["user"] == "ana" and ev[1]["note"] == "bearing noisy"
+    assert ev[1]["alarm"]["state"] == "acknowledged"
+    r = client.get("/api/alarms/0123456789abcdef/events")
+    assert r.status_code == 404 and r.get_json()["field"] == "alarm_id"
+
+
+def test_scores_filter_since_limit_newest_first(client, book_appliance):
+    for i in range(10):
+        book_appliance.score("pump1", T0 + i, 0.1 * (i + 1))
+        book_appliance.score("pump2", T0 + i, 0.05)
+    book_appliance.flush()
+    rows = client.get("/api/scores?asset=pump1&limit=3").get_json()["scores"]
+    assert [r["t_end"] for r in rows] == [T0 + 9, T0 + 8, T0 + 7]
+    assert rows[0]["ratio"] == pytest.approx(1.0)
+    assert rows[0]["contributions"]["Current"] == pytest.approx(0.8)
+    since = client.get(f"/api/scores?asset=pump1&since={T0 + 6}").get_json()["scores"]
+    assert [r["t_end"] for r in since] == [T0 + 9, T0 + 8, T0 + 7]
+    both = client.get("/api/scores?limit=1000").get_json()["scores"]
+    assert len(both) == 20 and {r["asset"] for r in both} == {"pump1", "pump2"}
+
+
+def test_readings_filters(client, book_appliance):
+    for i in range(5):
+        for s in ("Current", "Pressure"):
+            book_appliance.reading("pump1", s, T0 + i, float(i))
+        book_appliance.reading("pump2", "Current", T0 + i, -1.0)
+    book_appliance.flush()
+    rows = client.get("/api/readings?asset=pump1&sensor=Pressure&limit=2").get_json()["readings"]
+    assert [(r["sensor"], r["ts"], r["value"]) for r in rows] == [("Pressure", T0 + 4, 4.0), ("Pressure", T0 + 3, 3.0)]
+    rows = client.get("/api/readings?asset=pump1").get_json()["readings"]
+    assert len(rows) == 10 and {r["asset"] for r in rows} == {"pump1"}
+    rows = client.get(f"/api/readings?sensor=Current&since={T0 + 2}").get_json()["readings"]
+    assert sorted((r["asset"], r["ts"]) for r in rows) == sorted(
+        (a, T0 + i) for a in ("pump1", "pump2") for i in (3, 4))
+
+
+def test_dead_letters_show_a_safe_preview(client, book_appliance):
+    book_appliance.dead_letter("mqtt:plant/pump1/Current", b"\xff\xfenot json", "not_json: invalid start byte")
+    book_appliance.dead_letter("mqtt:plant/pump1/telemetry", b"x" * 5000, "too_large")
+    book_appliance.flush()
+    rows = client.get("/api/dead-letters").get_json()["dead_letters"]
+    assert [r["reason"] for r in rows] == ["too_large", "not_json: invalid start byte"]
+    assert rows[0]["size"] == 5000 and rows[0]["truncated"] is True and len(rows[0]["payload"]) <= 300
+    assert rows[1]["payload"].endswith("not json") and rows[1]["truncated"] is False
+    assert len(client.get("/api/dead-letters?limit=1").get_json()["dead_letters"]) == 1
+
+
+@pytest.mark.parametrize("url, field", [
+    ("/api/alarms?limit=0", "limit"),
+    ("/api/alarms?limit=5000", "limit"),
+    ("/api/alarms?limit=ten", "limit"),
+    ("/api/alarms?active=maybe", "active"),
+    ("/api/scores?since=yesterday", "since"),
+    ("/api/scores?since=nan", "since"),
+    ("/api/readings?asset=%20%20", "asset"),
+    ("/api/readings?sensor=" + "s" * 300, "sensor"),
+    ("/api/dead-letters?limit=-1", "limit"),
+])
+def test_bad_query_parameters_are_400_naming_the_field(client, url, field):
+    r = client.get(url)
+    assert r.status_code == 400
+    body = r.get_json()
+    assert body["field"] == field and field in body["error"]
+
+
+def test_store_with_bad_schema_is_503_not_a_crash(book_appliance, tmp_path):
+    path = tmp_path / "other.db"
+    sqlite3.connect(path).execute("CREATE TABLE unrelated (x)").connection.commit()
+    r = web.create_app(book_appliance, path).test_client().get("/api/scores")
+    assert r.status_code == 503 and "no such table" in r.get_json()["error"]
+
+
+# -- commands ---------------------------------------------------------------------------
+def test_acknowledge_changes_the_alarm_and_is_stored(client, book_appliance, store):
+    alarm_id = raise_alarm(book_appliance)
+    r = client.post("/api/alarms/pump1/ack", json={"user": " ana ", "note": "on my way"})
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["ok"] is True and [e["event"] for e in body["events"]] == ["acknowledged"]
+    assert book_appliance.book.current("pump1").acked_by == "ana"
+    stored = client.get("/api/alarms?active=1").get_json()["alarms"]
+    assert [(a["id"], a["state"], a["acked_by"]) for a in stored] == [(alarm_id, "acknowledged", "ana")]
+    # Nothing left to acknowledge: the alarm book refuses, the API says so.
+    r = client.post("/api/alarms/pump1/ack", json={"user": "ana"})
+    assert r.status_code == 409
+    assert "no unacknowledged alarm" in r.get_json()["error"]
+
+
+def test_shelve_and_return_to_service(client, book_appliance):
+    raise_alarm(book_appliance)
+    r = client.post("/api/alarms/pump1/shelve", json={"user": "bo", "duration_s": 3600, "note": "known leak"})
+    assert r.status_code == 200
+    a = client.get("/api/status").get_json()["alarms"][0]
+    assert a["state"] == "shelved" and a["shelved_until"] == pytest.approx(time.time() + 3600, abs=60)
+    assert client.get("/api/status").get_json()["point_modes"]["pump1"] == "shelved"
+    r = client.post("/api/alarms/pump1/mode", json={"user": "bo", "mode": "in_service"})
+    assert r.status_code == 200 and [e["event"] for e in r.get_json()["events"]] == ["unshelved"]
+    assert client.get("/api/status").get_json()["alarms"][0]["state"] == "unacknowledged"
+    r = client.post("/api/alarms/pump1/mode", json={"user": "bo", "mode": "out_of_service"})
+    assert r.status_code == 200
+    assert client.get("/api/status").get_json()["alarms"][0]["state"] == "out_of_service"
+
+
+def test_command_on_unknown_asset_is_409(client):
+    r = client.post("/api/alarms/nosuch/ack", json={"user": "ana"})
+    assert r.status_code == 409 and "unknown asset" in r.get_json()["error"]
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("ack", {}, "user"),
+    ("ack", {"user": "   "}, "user"),
+    ("ack", {"user": 42}, "user"),
+    ("ack", {"user": "ana", "note": ["x"]}, "note"),
+    ("ack", {"user": "ana", "note": "n" * 501}, "note"),
+    ("shelve", {"user": "ana"}, "duration_s"),
+    ("shelve", {"user": "ana", "duration_s": "3600"}, "duration_s"),
+    ("shelve", {"user": "ana", "duration_s": True}, "duration_s"),
+    ("shelve", {"user": "ana", "duration_s": 0}, "duration_s"),
+    ("shelve", {"user": "ana", "duration_s": 8 * 86400}, "duration_s"),
+    ("mode", {"user": "ana"}, "mode"),
+    ("mode", {"user": "ana", "mode": "shelved"}, "mode"),
+    ("mode", {"user": "ana", "mode": "off"}, "mode"),
+])
+def test_bad_command_bodies_are_400_naming_the_field(client, book_appliance, path, body, field):
+    raise_alarm(book_appliance)
+    r = client.post(f"/api/alarms/pump1/{path}", json=body)
+    assert r.status_code == 400, r.get_json()
+    assert r.get_json()["field"] == field
+    assert book_appliance.commands == []  # rejected at the edge, never reached the alarm book
+
+
+def test_commands_must_be_json_objects(client, book_appliance):
+    raise_alarm(book_appliance)
+    r = client.post("/api/alarms/pump1/ack", data="user=ana", content_type="application/x-www-form-urlencoded")
+    assert r.status_code == 415 and r.get_json()["field"] == "body"
+    r = client.post("/api/alarms/pump1/ack", data="[1, 2]", content_type="application/json")
+    assert r.status_code == 400 and r.get_json()["field"] == "body"
+    r = client.post("/api/alarms/pump1/ack", data="{not json", content_type="application/json")
+    assert r.status_code == 400
+    assert client.get("/api/alarms/pump1/ack").status_code == 405
+    assert book_appliance.commands == []
+
+
+def test_command_timeout_is_503(store):
+    class Slow:
+        def status(self):
+            return {}
+
+        def command(self, name, **kw):
+            raise TimeoutError()
+
+    r = web.create_app(Slow(), store.path).test_client().post("/api/alarms/p/ack", json={"user": "a"})
+    assert r.status_code == 503 and "may still apply" in r.get_json()["error"]
+
+
+def test_unexpected_command_failure_is_a_json_500(store):
+    class Buggy:
+        def status(self):
+            return {}
+
+        def command(self, name, **kw):
+            raise KeyError("oops")
+
+    r = web.create_app(Buggy(), store.path).test_client().post("/api/alarms/p/ack", json={"user": "a"})
+    assert r.status_code == 500 and r.get_json()["error"] == "internal error: KeyError"
+
+
+# -- metrics ----------------------------------------------------------------------------
+def _families(text: str) -> dict:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def test_metrics_from_status(client, book_appliance):
+    raise_alarm(book_appliance, "pump1")
+    book_appliance.score("pump2", T0, 0.2)
+    book_appliance.dead_letter("mqtt:x", b"{", "not_json: eof")
+    book_appliance.reading("pump1", "Current", T0, 1.0)
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+    fams = _families(r.get_data(as_text=True))
+    samples = lambda name: {tuple(sorted(s.labels.items())): s.value for s in fams[name].samples}  # noqa: E731
+    assert samples("appliance_readings") == {(): 1.0}
+    assert samples("appliance_windows_scored") == {(): 2.0}
+    assert samples("appliance_alarm_raised") == {(): 1.0}
+    assert samples("appliance_dead_letters_by_reason") == {(("reason", "not_json"),): 1.0}
+    state = samples("appliance_alarm_state")
+    assert state[(("asset", "pump1"), ("state", "unacknowledged"))] == 1.0
+    assert state[(("asset", "pump1"), ("state", "acknowledged"))] == 0.0
+    assert state[(("asset", "pump2"), ("state", "normal"))] == 1.0
+    assert samples("appliance_info") == {(("model_version", "test-model-1"), ("site", "test-site")): 1.0}
+    # After an acknowledge the next scrape follows.
+    book_appliance.command("acknowledge", asset="pump1", user="ana")
+    state = {tuple(sorted(s.labels.items())): s.value
+             for s in _families(client.get("/metrics").get_data(as_text=True))["appliance_alarm_state"].samples}
+    assert state[(("asset", "pump1"), ("state", "acknowledged"))] == 1.0
+
+
+def test_metrics_silent_sensors(client, book_appliance):
+    for s in ("Current", "Pressure", "Temperature"):
+        book_appliance.reading("pump1", s, T0, 1.0)
+    book_appliance.watchdog_clock.t = 30.0
+    book_appliance.reading("pump1", "Current", T0 + 30, 1.0)
+    book_appliance.watchdog.check()
+    fams = _families(client.get("/metrics").get_data(as_text=True))
+    silent = {s.labels["sensor"]: s.value for s in fams["appliance_sensor_silent_seconds"].samples}
+    assert silent == {"Pressure": 30.0, "Temperature": 30.0}
+
+
+def test_metrics_name_clash_keeps_exposition_valid(store):
+    class Clash:
+        def status(self):
+            return {"site": "s", "uptime_s": 5.0, "counters": {"uptime_seconds": 3, "weird-name!": 2, "9lives": 1}}
+
+        def command(self, name, **kw):
+            raise AssertionError("not called")
+
+    text = web.create_app(Clash(), store.path).test_client().get("/metrics").get_data(as_text=True)
+    fams = _families(text)  # the parser raises on an invalid exposition
+    assert fams["appliance_weird_name"].samples[0].value == 2.0
+    assert fams["appliance__9lives"].samples[0].value == 1.0
+    assert fams["appliance_uptime_seconds"].samples[0].value in (3.0, 5.0)
+
+
+def test_metrics_provider_is_used_when_given(book_appliance, store):
+    app = web.create_app(book_appliance, store.path, metrics_provider=lambda: "custom_metric 42\n")
+    r = app.test_client().get("/metrics")
+    assert r.status_code == 200 and r.get_data(as_text=True) == "custom_metric 42\n"
+
+
+# -- the page -----------------------------------------------------------------------------
+def test_dashboard_page_uses_only_local_assets(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.mimetype == "text/html"
+    html = r.get_data(as_text=True)
+    assert "/static/dashboard.js" in html and "/static/dashboard.css" in html
+    assert "http://" not in html and "https://" not in html and "//cdn" not in html
+    assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+    for asset in ("/static/dashboard.js", "/static/dashboard.css"):
+        s = client.get(asset)
+        assert s.status_code == 200 and len(s.data) < 40_000
+        assert b"http://" not in s.data and b"https://" not in s.data
+        s.close()

@@ -1,0 +1,196 @@
+"""The dashboard served over real loopback sockets, alone and next to a running appliance."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import web
+from appliance.config import parse_config
+from appliance.core import DeadLetter, Reading, Score
+from appliance.runtime import build
+from tests.test_web_support import book_appliance, http, store, wait_for  # noqa: F401  (fixtures)
+
+
+@pytest.fixture
+def served(book_appliance, store):
+    handle = web.serve(web.create_app(book_appliance, store.path), "127.0.0.1", 0)
+    yield handle
+    handle.stop()
+
+
+def test_serve_on_port_zero_and_stop(served, book_appliance):
+    assert served.port > 0 and served.url == f"http://127.0.0.1:{served.port}"
+    status, body, _ = http("GET", served.url + "/healthz")
+    assert (status, body) == (200, {"status": "ok"})
+    book_appliance.score("pump1", 1e9, 5.0)
+    status, body, _ = http("POST", served.url + "/api/alarms/pump1/ack", {"user": "ana"})
+    assert status == 200 and book_appliance.book.current("pump1").acked_by == "ana"
+    status, page, headers = http("GET", served.url + "/")
+    assert status == 200 and "dashboard.js" in page and headers["X-Content-Type-Options"] == "nosniff"
+    served.stop()
+    assert not served.running
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", served.port), timeout=2).close()
+
+
+def test_serve_reports_a_busy_port(served, book_appliance, store):
+    with pytest.raises(OSError):
+        web.serve(web.create_app(book_appliance, store.path), "127.0.0.1", served.port)
+
+
+def test_requests_beyond_the_bound_get_a_quick_503(store):
+    entered, release = threading.Event(), threading.Event()
+
+    class Blocking:
+        def status(self):
+            entered.set()
+            release.wait(20)
+            return {"site": "s"}
+
+        def command(self, name, **kw):
+            raise AssertionError("not called")
+
+    handle = web.serve(web.create_app(Blocking(), store.path), "127.0.0.1", 0, max_concurrent=1)
+    results = []
+    try:
+        t = threading.Thread(target=lambda: results.append(http("GET", handle.url + "/api/status")))
+        t.start()
+        assert entered.wait(10)
+        status, body, headers = http("GET", handle.url + "/api/status")
+        assert status == 503 and headers["Retry-After"] == "1" and "busy" in body["error"]
+        release.set()
+        t.join(20)
+        assert results and results[0][0] == 200
+        # The slot is free again.
+        assert http("GET", handle.url + "/healthz")[0] == 200
+    finally:
+        release.set()
+        handle.stop()
+
+
+# -- next to the real runtime -----------------------------------------------------------
+class MeanDetector:
+    """A transparent detector: the score is the window's mean absolute value.
+
+    It stands in for the ONNX model so this test is about the web side and the
+    runtime's command path, with scores fully under the test's control.
+    """
+
+    sensors = ("a", "b")
+    window = 4
+    stride = 1
+    period_s = 1.0
+    threshold = 1.0
+    version = "mean-1"
+
+    def score_one(self, w) -> Score:
+        per_sensor = np.abs(np.asarray(w.values)).mean(axis=0)
+        total = float(per_sensor.sum()) or 1.0
+        return Score(w.asset, w.t_end, float(np.abs(w.values).mean()), self.threshold,
+                     {s: float(v) / total for s, v in zip(self.sensors, per_sensor)}, self.version)
+
+
+class ApplianceThread:
+    """The real Appliance on its own asyncio loop, as `appliance run` has it."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.app = build(cfg, detector=MeanDetector())
+        self._ready = threading.Event()
+        self._loop = None
+        self._stop = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self):
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        await self.app.start()
+        self._ready.set()
+        await self._stop.wait()
+        await self.app.shutdown()
+
+    def __enter__(self):
+        self._thread.start()
+        assert self._ready.wait(30), "appliance did not start"
+        return self.app
+
+    def __exit__(self, *exc):
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+
+@pytest.fixture
+def running(tmp_path):
+    cfg = parse_config({
+        "site": "line-3", "data_dir": str(tmp_path / "data"), "log_level": "WARNING",
+        "inputs": {"mqtt": {"enabled": False}},
+        "outputs": {"mqtt_alarm": {"enabled": False}},
+        "history": {"enabled": False},
+        "web": {"port": 0},
+    }, "test")
+    with ApplianceThread(cfg) as app:
+        handle = web.serve(web.create_app(app, app.store.path), "127.0.0.1", cfg.web.port)
+        try:
+            yield app, handle
+        finally:
+            handle.stop()
+
+
+def feed(app, asset: str, t0: float, n: int, a: float, b: float) -> None:
+    for i in range(n):
+        t = t0 + i
+        app.submit([Reading(asset, "a", t, a), Reading(asset, "b", t, b)])
+
+
+def test_commands_through_the_real_runtime(running):
+    app, handle = running
+    url = handle.url
+    t0 = time.time() - 600
+    feed(app, "pump1", t0, 6, 0.2, 0.1)  # normal
+    feed(app, "pump1", t0 + 6, 10, 6.0, 0.4)  # far over the threshold: raised by debounce
+    app.submit([], [DeadLetter("mqtt:plant/pump1/a", b"{oops", "not_json: Expecting value", time.time())])
+
+    def alarm_state():
+        alarms = http("GET", url + "/api/status")[1]["alarms"]
+        return alarms[0]["state"] if alarms else None
+
+    assert wait_for(alarm_state, what="alarm raised") == "unacknowledged"
+    status = http("GET", url + "/api/status")[1]
+    assert status["site"] == "line-3" and status["model"]["version"] == "mean-1"
+    assert status["alarms"][0]["top_sensors"][0] == "a"
+    assert status["alarms"][0]["level"] == "critical"
+
+    status_code, body, _ = http("POST", url + "/api/alarms/pump1/ack", {"user": "ana", "note": "seen"})
+    assert status_code == 200, body
+    assert alarm_state() == "acknowledged"
+    # The store follows on its writer thread.
+    wait_for(lambda: [a["state"] for a in http("GET", url + "/api/alarms?active=1")[1]["alarms"]] == ["acknowledged"],
+             what="acknowledged alarm stored")
+    alarm_id = http("GET", url + "/api/alarms")[1]["alarms"][0]["id"]
+    kinds = [e["kind"] for e in http("GET", url + f"/api/alarms/{alarm_id}/events")[1]["events"]]
+    assert kinds[:1] == ["raised"] and "acknowledged" in kinds
+
+    assert http("POST", url + "/api/alarms/pump1/ack", {"user": "ana"})[0] == 409
+    assert http("POST", url + "/api/alarms/pump9/ack", {"user": "ana"})[0] == 409
+    assert http("POST", url + "/api/alarms/pump1/shelve", {"user": "bo", "duration_s": 600})[0] == 200
+    assert alarm_state() == "shelved"
+    assert http("POST", url + "/api/alarms/pump1/mode", {"user": "bo", "mode": "in_service"})[0] == 200
+    assert alarm_state() == "acknowledged"
+
+    wait_for(lambda: http("GET", url + "/api/dead-letters")[1]["count"] == 1, what="dead letter stored")
+    scores = wait_for(lambda: http("GET", url + "/api/scores?asset=pump1&limit=5")[1]["scores"], what="scores")
+    assert scores[0]["model_version"] == "mean-1" and scores[0]["ratio"] > 1
+    readings = http("GET", url + "/api/readings?asset=pump1&sensor=a&limit=1")[1]["readings"]
+    assert readings[0]["value"] == 6.0 and readings[0]["ts"] == pytest.approx(t0 + 15)
+
+    text = http("GET", url + "/metrics")[1]
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert fams["appliance_readings"].samples[0].value == app.counters.get("readings") == 32
+    assert fams["appliance_alarm_acknowledged"].samples[0].value == 1.0
