@@ -105,6 +105,8 @@ class Appliance:
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
         self._incomplete_logged: set[str] = set()
+        self._peaks_stored: dict[str, tuple[float | None, float]] = {}
+        self._loop_thread: int | None = None
 
     # -- IngestSink -------------------------------------------------------------
     def submit(self, readings: Sequence[Reading], dead_letters: Sequence[DeadLetter] = (),
@@ -170,7 +172,7 @@ class Appliance:
         for n in self.notifiers:
             n.stop()
         if self.history is not None:
-            self.history.stop()
+            await asyncio.to_thread(self.history.stop)  # may wait for a write in flight
         self.store.close()
         log.info("appliance stopped %s", self.summary())
 
@@ -223,6 +225,7 @@ class Appliance:
             if self.history is not None:
                 self.history.add_score(score)
             self._emit(self.alarms.on_score(score))
+            self._persist_peak(score.asset)
         if windows:
             self.latency.add(time.perf_counter() - t0)
 
@@ -252,6 +255,17 @@ class Appliance:
                 task.add_done_callback(self._background.discard)
             for fn in self._event_listeners:
                 fn(e)
+
+    def _persist_peak(self, asset: str) -> None:
+        """Keep the stored alarm's peak close to the live one (at most once a second)."""
+        alarm = self.alarms.current(asset)
+        if alarm is None or not alarm.active:
+            return
+        last_peak, last_t = self._peaks_stored.get(alarm.id, (None, 0.0))
+        now = time.monotonic()
+        if alarm.peak_score != last_peak and now - last_t >= 1.0:
+            self._peaks_stored[alarm.id] = (alarm.peak_score, now)
+            self.store.put_alarm(alarm)
 
     async def _mitigate(self, e: AlarmEvent) -> None:
         try:
@@ -292,6 +306,15 @@ class Appliance:
                 f"alarms={c.get('alarm_raised')} dead_letters={c.get('dead_letters')}")
 
     def status(self) -> dict:
+        """A consistent snapshot; from another thread it is taken on the event loop."""
+        loop = self._loop
+        if loop is not None and loop.is_running() and threading.get_ident() != self._loop_thread:
+            async def snap():
+                return self._status()
+            return asyncio.run_coroutine_threadsafe(snap(), loop).result(5)
+        return self._status()
+
+    def _status(self) -> dict:
         return {
             "site": self.cfg.site,
             "uptime_s": round(time.time() - self.started_at, 1),

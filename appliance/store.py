@@ -19,6 +19,7 @@ Readers (dashboard, tests, CLI) open their own connection with :func:`open_reade
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import queue
@@ -133,6 +134,10 @@ class Store:
     def put_alarm_event(self, e: AlarmEvent) -> None:
         self._q.put(("alarm_event", e))
 
+    def put_alarm(self, a: Alarm) -> None:
+        """Update an alarm's row (peak, top sensors) without recording an event."""
+        self._q.put(("alarm", copy.copy(a)))
+
     def put_dead_letter(self, d: DeadLetter) -> None:
         self._q.put(("dead", d))
 
@@ -177,7 +182,7 @@ class Store:
     def _write_batch(self, conn: sqlite3.Connection, batch: list) -> list[Callable[[], None]]:
         callbacks = []
         now = time.time()
-        readings, scores, events, dead, modes = [], [], [], [], []
+        readings, scores, events, dead, modes, alarms = [], [], [], [], [], []
         for kind, item in batch:
             if kind == "callback":
                 callbacks.append(item)
@@ -192,6 +197,8 @@ class Store:
                 events.append(item)
             elif kind == "dead":
                 dead.append((item.source, item.payload, item.reason, item.received_at))
+            elif kind == "alarm":
+                alarms.append(item)
             elif kind == "mode":
                 modes.append((*item, now))
         while True:
@@ -205,6 +212,8 @@ class Store:
                 conn.executemany("INSERT INTO dead_letters (source, payload, reason, received_at)"
                                  " VALUES (?,?,?,?)", dead)
                 conn.executemany("INSERT OR REPLACE INTO point_modes VALUES (?,?,?,?)", modes)
+                for a in alarms:
+                    self._write_alarm(conn, a, now)
                 for e in events:
                     self._write_event(conn, e, now)
                 conn.execute("COMMIT")
@@ -223,14 +232,18 @@ class Store:
                 time.sleep(1.0)
 
     @staticmethod
-    def _write_event(conn: sqlite3.Connection, e: AlarmEvent, now: float) -> None:
-        a = e.alarm
+    def _write_alarm(conn: sqlite3.Connection, a: Alarm, now: float) -> None:
         conn.execute(
             "INSERT OR REPLACE INTO alarms (id, asset, level, state, active, start, end, peak_score,"
             " top_sensors, acked_by, shelved_until, historical, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (a.id, a.asset, a.level.name.lower(), a.state.value, int(a.active), a.start, a.end,
              a.peak_score, json.dumps(list(a.top_sensors)), a.acked_by, a.shelved_until,
              int(a.historical), now))
+
+    @classmethod
+    def _write_event(cls, conn: sqlite3.Connection, e: AlarmEvent, now: float) -> None:
+        a = e.alarm
+        cls._write_alarm(conn, a, now)
         conn.execute("INSERT OR IGNORE INTO alarm_events (alarm_id, kind, ts, user, note, snapshot)"
                      " VALUES (?,?,?,?,?,?)",
                      (a.id, e.kind, e.ts, e.user, e.note, json.dumps(e.to_dict())))

@@ -103,14 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         from .plc import add_plc_subcommand
     except ImportError as e:  # asyncua missing: the MQTT simulators still work
         p = sub.add_parser("plc", help=f"OPC-UA PLC simulator (unavailable: {e})")
-        p.set_defaults(func=lambda args: _unavailable(e))
+        p.set_defaults(func=lambda args, why=str(e): _unavailable(why))
     else:
         add_plc_subcommand(sub)
     return parser
 
 
-def _unavailable(e: Exception) -> int:
-    print(f"appliance-sim plc: unavailable: {e}", file=sys.stderr)
+def _unavailable(why: str) -> int:
+    print(f"appliance-sim plc: unavailable: {why}", file=sys.stderr)
     return 2
 
 

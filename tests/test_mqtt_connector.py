@@ -20,7 +20,7 @@ from appliance.config import BackoffConfig, MqttBroker, MqttInputConfig, MqttTop
 from appliance.connectors import mqtt as mqtt_module
 from appliance.connectors.mqtt import MqttConnector
 from appliance.connectors.payload import reason_code
-from tests.support.mosquitto import RUN_AS, Mosquitto, free_port, mosquitto  # noqa: F401 - fixture
+from tests.support.mosquitto import RUN_AS, Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SKAB = ("Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature",
@@ -344,6 +344,9 @@ def test_kill9_redelivers_unstored_messages_and_fires_last_will(mosquitto, pub):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     child = subprocess.Popen([sys.executable, "-c", _KILL9_CHILD, str(mosquitto.port), "10"],
                              stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    seen: list = []
+    reader = threading.Thread(target=lambda: seen.extend(json.loads(line) for line in child.stdout), daemon=True)
+    reader.start()
     watcher = StatusWatcher(mosquitto.port)
     try:
         wait_for(lambda: watcher.last().get("state") == "online", what="online status")
@@ -352,7 +355,7 @@ def test_kill9_redelivers_unstored_messages_and_fires_last_will(mosquitto, pub):
         for i in range(30):
             pub.publish("plant/pump1/Current", {"ts": now + i, "value": i})
         pub.flush()
-        seen = [json.loads(child.stdout.readline()) for _ in range(30)]
+        wait_for(lambda: len(seen) >= 30, what="the child to receive all 30")
         assert seen == list(range(30))
         time.sleep(0.2)  # let the child's first 10 PUBACKs leave its socket
         child.send_signal(signal.SIGKILL)
@@ -362,6 +365,8 @@ def test_kill9_redelivers_unstored_messages_and_fires_last_will(mosquitto, pub):
     finally:
         if child.poll() is None:
             child.kill()
+        child.wait(10)
+        reader.join(5)  # EOF after the child is gone
         child.stdout.close()
     watcher.close()
     # A late subscriber sees the retained offline state.

@@ -121,6 +121,14 @@ SKAB_SAMPLE = ("datetime;Accelerometer1RMS;Current;Volume Flow RateRMS;anomaly;c
                "2020-03-09 10:14:36;0.026;;31.5;1.0;1.0\n")
 
 
+def test_replay_doctests():
+    import doctest
+
+    from firmware_sim import replay
+
+    assert doctest.testmod(replay).failed == 0
+
+
 def test_read_rows_formats_and_errors(tmp_path):
     import io
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import threading
 from typing import Protocol
 
 import paho.mqtt.client as mqtt
 
+from appliance.connectors.mqtt import build_tls_context
 from appliance.core import AlarmEvent
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,7 @@ def configure_paho(client: mqtt.Client, broker) -> None:
     if broker.username:
         client.username_pw_set(broker.username, broker.password)
     if broker.tls.enabled:
-        client.tls_set(ca_certs=broker.tls.ca_file, certfile=broker.tls.cert_file,
-                       keyfile=broker.tls.key_file, cert_reqs=ssl.CERT_REQUIRED)
-        client.tls_insecure_set(broker.tls.insecure_skip_verify)
+        client.tls_set_context(build_tls_context(broker.tls))
 
 
 class MqttAlarmNotifier:

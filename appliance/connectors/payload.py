@@ -95,7 +95,7 @@ class TopicRoute:
         if len(parts) != len(levels):
             return None
         asset = sensor = None
-        for lv, part in zip(levels, parts):
+        for lv, part in zip(levels, parts, strict=True):
             if lv == "{asset}":
                 asset = part
             elif lv == "{sensor}":
@@ -111,7 +111,7 @@ class TopicRoute:
 def _covers(general: str, specific: str) -> bool:
     """True if every topic matching filter ``specific`` also matches ``general``."""
     g, s = general.split("/"), specific.split("/")
-    return len(g) == len(s) and all(a == "+" or a == b for a, b in zip(g, s))
+    return len(g) == len(s) and all(a == "+" or a == b for a, b in zip(g, s, strict=True))
 
 
 class TopicRouter:

@@ -1,0 +1,223 @@
+"""End-to-end pipeline benchmark against a real Mosquitto and a real appliance process.
+
+Measures, in one run on this machine:
+
+* latency from a reading's publish to the alarm event's arrival on the MQTT alarm
+  topic (publisher, broker, connector, windows, INT8 detector, decision, store
+  queue, notifier, broker, subscriber): median and p99 over many raise cycles;
+* readings per second one appliance process sustains, from the first publish to
+  the last reading committed to its SQLite store (multi-value payloads, QoS 1).
+
+The appliance runs as its own process (`appliance run`), as in the field.
+
+    .venv/bin/python benchmarks/pipeline.py [--bundle DIR] [--cycles 60] [--rows 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from appliance.broker import Mosquitto  # noqa: E402
+from appliance.detector.train import read_csv_rows, train_bundle  # noqa: E402
+
+SKAB_FREE = ROOT.parent / "shared" / "datasets" / "skab" / "anomaly-free" / "anomaly-free.csv"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def start_appliance(tmp: Path, port: int, bundle: Path) -> subprocess.Popen:
+    cfg = tmp / "bench.toml"
+    cfg.write_text(f"""
+data_dir = "{tmp / 'data'}"
+log_level = "WARNING"
+[inputs.mqtt.broker]
+port = {port}
+[detector]
+bundle = "{bundle}"
+[store]
+max_in_flight = 50000
+[web]
+enabled = false
+[history]
+enabled = false
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "run", "--config", str(cfg)], cwd=ROOT)
+    online = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-status")
+    sub.on_message = lambda c, u, m: json.loads(m.payload).get("state") == "online" and online.set()
+    sub.connect("127.0.0.1", port)
+    sub.subscribe("appliance/status", qos=1)
+    sub.loop_start()
+    if not online.wait(120):
+        proc.kill()
+        raise SystemExit("appliance did not come online")
+    sub.disconnect()
+    sub.loop_stop()
+    return proc
+
+
+def stored_readings(db: Path) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def publisher(port: int, client_id: str) -> mqtt.Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    c.max_inflight_messages_set(200)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+def payload(ts: float, sensors, row) -> str:
+    return json.dumps({"ts": ts, "values": {s: float(v) for s, v in zip(sensors, row)}})
+
+
+def measure_latency(port: int, sensors, rows, cycles: int, row_interval_s: float) -> list[float]:
+    """Repeated fault episodes; latency of each 'raised' event from its triggering reading's publish."""
+    published: dict[float, float] = {}
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def on_alarm(c, u, m):
+        now = time.perf_counter()
+        doc = json.loads(m.payload)
+        if doc.get("event") == "raised":
+            t_pub = published.get(doc["alarm"]["start"])
+            if t_pub is not None:
+                latencies.append(now - t_pub)
+            if len(latencies) >= cycles:
+                done.set()
+
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-alarms")
+    sub.on_message = on_alarm
+    sub.connect("127.0.0.1", port)
+    sub.subscribe("appliance/alarms/+/events", qos=1)
+    sub.loop_start()
+    pub = publisher(port, "bench-latency")
+    fault_col = list(sensors).index("Accelerometer1RMS")
+    scale = float(np.std(rows[:, fault_col]) or 1.0)
+    ts0 = float(int(time.time()) - 86400)  # in the past: valid, and never in the future
+    i = 0
+    next_t = time.perf_counter()
+    for _ in range(cycles):
+        episode = [False] * 40 + [True] * 10 + [False] * 45
+        for faulty in episode:
+            row = rows[i % len(rows)].copy()
+            if faulty:
+                row[fault_col] += 40 * scale
+            ts = ts0 + i
+            next_t += row_interval_s
+            time.sleep(max(0.0, next_t - time.perf_counter()))
+            published[ts] = time.perf_counter()
+            pub.publish("plant/bench/telemetry", payload(ts, sensors, row), qos=1)
+            i += 1
+    done.wait(30)
+    pub.disconnect()
+    pub.loop_stop()
+    sub.disconnect()
+    sub.loop_stop()
+    return latencies
+
+
+def measure_throughput(port: int, db: Path, sensors, rows, n_rows: int) -> tuple[float, int]:
+    before = stored_readings(db)
+    pub = publisher(port, "bench-throughput")
+    ts0 = float(int(time.time()) - 3 * 86400)
+    t0 = time.perf_counter()
+    for i in range(n_rows):
+        pub.publish("plant/bulk/telemetry", payload(ts0 + i, sensors, rows[i % len(rows)]), qos=1)
+    target = before + n_rows * len(sensors)
+    deadline = time.monotonic() + 600
+    while stored_readings(db) < target and time.monotonic() < deadline:
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - t0
+    got = stored_readings(db) - before
+    pub.disconnect()
+    pub.loop_stop()
+    return got / elapsed, got
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, help="model bundle (default: train one on SKAB anomaly-free)")
+    ap.add_argument("--cycles", type=int, default=60, help="fault episodes for the latency measurement")
+    ap.add_argument("--row-interval", type=float, default=0.02, help="seconds between rows while measuring latency")
+    ap.add_argument("--rows", type=int, default=20000, help="rows (x8 readings) for the throughput measurement")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline.json")
+    args = ap.parse_args()
+
+    sensors, _, rows = read_csv_rows([SKAB_FREE])
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        bundle = args.bundle
+        if bundle is None:
+            _, ts, _ = read_csv_rows([SKAB_FREE])
+            bundle = train_bundle(rows, sensors, tmp / "bundle", ts=ts)
+        with Mosquitto(tmp / "broker") as broker:
+            proc = start_appliance(tmp, broker.port, bundle)
+            try:
+                lat = measure_latency(broker.port, sensors, rows, args.cycles, args.row_interval)
+                rate, n = measure_throughput(broker.port, tmp / "data" / "appliance.db", sensors, rows, args.rows)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+    lat_ms = sorted(x * 1000 for x in lat)
+    result = {
+        "cpu": cpu_model(), "machine": platform.machine(), "cores": os.cpu_count(),
+        "latency_publish_to_alarm_ms": {
+            "n": len(lat_ms),
+            "p50": round(statistics.median(lat_ms), 2) if lat_ms else None,
+            "p99": round(lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))], 2) if lat_ms else None,
+            "max": round(lat_ms[-1], 2) if lat_ms else None,
+        },
+        "throughput_readings_per_s": round(rate, 1), "throughput_readings": n,
+    }
+    print(f"CPU: {result['cpu']} ({result['machine']}, {result['cores']} cores)")
+    print(f"{'measure':45s} {'value':>12s}")
+    L = result["latency_publish_to_alarm_ms"]
+    print(f"{'publish -> alarm event, p50 (ms)':45s} {L['p50']!s:>12s}")
+    print(f"{'publish -> alarm event, p99 (ms)':45s} {L['p99']!s:>12s}")
+    print(f"{'alarm episodes measured':45s} {L['n']:>12d}")
+    print(f"{'sustained readings/s (broker -> SQLite)':45s} {result['throughput_readings_per_s']:>12.0f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
