@@ -53,7 +53,7 @@ def cmd_train(args) -> int:
 
 
 async def _run_async(cfg) -> int:
-    from appliance.runtime import build
+    from appliance.runtime import build, start_web
 
     app = build(cfg)
     stop = asyncio.Event()
@@ -64,9 +64,7 @@ async def _run_async(cfg) -> int:
     await app.start()
     try:
         if cfg.web.enabled:
-            from web import create_app, serve
-            web = serve(create_app(app, app.store.path), cfg.web.host, cfg.web.port)
-            log.info("dashboard on http://%s:%s/", cfg.web.host, web.port)
+            web = start_web(app, cfg.web.host, cfg.web.port)
         await stop.wait()
     finally:
         if web is not None:

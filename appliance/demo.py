@@ -95,7 +95,7 @@ def run_demo(cfg, seconds: float | None = None, fault_at: float | None = None,
 
 
 async def _run(cfg, seconds, fault_at, fault) -> int:
-    from appliance.runtime import build
+    from appliance.runtime import build, start_web
     from firmware_sim.publisher import run_pump
 
     ensure_demo_model(cfg)
@@ -125,11 +125,10 @@ async def _run(cfg, seconds, fault_at, fault) -> int:
     await app.start()
     try:
         if dcfg.web.enabled:
-            from web import create_app, serve
             try:
-                web = serve(create_app(app, app.store.path), dcfg.web.host, dcfg.web.port)
-            except OSError:
-                web = serve(create_app(app, app.store.path), dcfg.web.host, 0)
+                web = start_web(app, dcfg.web.host, dcfg.web.port)
+            except OSError:  # the usual port is taken: any free one will do for a demo
+                web = start_web(app, dcfg.web.host, 0)
             print(f"demo: dashboard on http://{dcfg.web.host}:{web.port}/", flush=True)
         sim = threading.Thread(target=run_pump, name="pump-sim", daemon=True, kwargs=dict(
             host="127.0.0.1", port=broker.port, asset=DEMO_ASSET, rate_hz=DEMO_RATE_HZ,

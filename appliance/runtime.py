@@ -272,7 +272,7 @@ class Appliance:
             records = await self.mitigator.on_alarm_event(e)
             if self.history is not None:
                 for rec in records or ():
-                    self.history.add_audit(rec if isinstance(rec, dict) else getattr(rec, "__dict__", {}))
+                    self.history.add_audit(rec.to_dict())
         except Exception:
             log.exception("mitigation failed for alarm %s", e.alarm.id)
 
@@ -385,3 +385,19 @@ def build(cfg, detector=None) -> Appliance:
         from appliance.actions.mitigation import build_mitigator
         mitigator = build_mitigator(mcfg, data_dir, cfg)
     return Appliance(cfg, detector, store, connectors, notifiers, history, mitigator)
+
+
+def start_web(app, host: str, port: int):
+    """Serve the dashboard for a running appliance; /metrics joins its status and history metrics."""
+    from web import create_app, serve
+    from web.metrics import render, status_registry
+
+    def metrics() -> bytes:
+        body = render(status_registry(app.status))
+        if app.history is not None:
+            body += app.history.metrics_text()
+        return body
+
+    handle = serve(create_app(app, app.store.path, metrics_provider=metrics), host, port)
+    log.info("dashboard on http://%s:%s/", host, handle.port)
+    return handle
