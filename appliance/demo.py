@@ -64,11 +64,17 @@ def ensure_demo_model(cfg) -> Path:
     return bundle
 
 
-def _demo_config(cfg, port: int):
+def _demo_config(cfg, port: int, plc_port: int | None):
     data = cfg.model_dump(mode="json")
     data["inputs"]["mqtt"]["broker"]["host"] = "127.0.0.1"
     data["inputs"]["mqtt"]["broker"]["port"] = port
     data["outputs"]["mqtt_alarm"]["broker"] = None
+    if plc_port is not None:
+        # The PLC is the only source; it is sampled at the rate the demo model was trained on.
+        opcua = data["inputs"]["opcua"]
+        opcua["endpoint"] = f"opc.tcp://127.0.0.1:{plc_port}/appliance/plc"
+        opcua["sampling_interval_ms"] = opcua["publishing_interval_ms"] = 1000.0 / DEMO_RATE_HZ
+        data["inputs"]["mqtt"]["enabled"] = False
     if "history" in data:
         data["history"]["enabled"] = False  # no InfluxDB in the demo; the local store has it all
     return parse_config(data, "demo")
@@ -102,7 +108,13 @@ async def _run(cfg, seconds, fault_at, fault) -> int:
     if fault_at is None:
         fault_at = 20.0 if seconds is None else min(20.0, max(8.0, seconds * 0.4))
     broker = Mosquitto(cfg.path("demo-broker"), port=free_port()).start()
-    dcfg = _demo_config(cfg, broker.port)
+    plc = None
+    if cfg.inputs.opcua.enabled:
+        from firmware_sim.plc import PlcSimulator
+
+        plc = PlcSimulator("127.0.0.1", free_port(), period_s=1.0 / DEMO_RATE_HZ, seed=11)
+        await plc.start()
+    dcfg = _demo_config(cfg, broker.port, plc.port if plc else None)
     app = build(dcfg)
     events: list[tuple[float, object]] = []
     t_start = time.monotonic()
@@ -130,13 +142,18 @@ async def _run(cfg, seconds, fault_at, fault) -> int:
             except OSError:  # the usual port is taken: any free one will do for a demo
                 web = start_web(app, dcfg.web.host, 0)
             print(f"demo: dashboard on http://{dcfg.web.host}:{web.port}/", flush=True)
-        sim = threading.Thread(target=run_pump, name="pump-sim", daemon=True, kwargs=dict(
-            host="127.0.0.1", port=broker.port, asset=DEMO_ASSET, rate_hz=DEMO_RATE_HZ,
-            fault=fault, fault_at=fault_at, stop_event=sim_stop))
-        sim.start()
-        bad = await asyncio.to_thread(_publish_bad_payloads, broker.port)
-        print(f"demo: broker on 127.0.0.1:{broker.port}, simulator publishing {DEMO_RATE_HZ:g} Hz; "
-              f"fault '{fault}' at +{fault_at:g}s; {bad} malformed payloads sent", flush=True)
+        if plc is None:
+            sim = threading.Thread(target=run_pump, name="pump-sim", daemon=True, kwargs=dict(
+                host="127.0.0.1", port=broker.port, asset=DEMO_ASSET, rate_hz=DEMO_RATE_HZ,
+                fault=fault, fault_at=fault_at, stop_event=sim_stop))
+            sim.start()
+            bad = await asyncio.to_thread(_publish_bad_payloads, broker.port)
+            print(f"demo: broker on 127.0.0.1:{broker.port}, simulator publishing {DEMO_RATE_HZ:g} Hz over MQTT; "
+                  f"fault '{fault}' at +{fault_at:g}s; {bad} malformed payloads sent", flush=True)
+        else:
+            asyncio.get_running_loop().call_later(fault_at, plc.model.inject, fault, 1.0)
+            print(f"demo: PLC simulator on {plc.endpoint}, read over OPC-UA at {DEMO_RATE_HZ:g} Hz; "
+                  f"alarms on MQTT 127.0.0.1:{broker.port}; fault '{fault}' at +{fault_at:g}s", flush=True)
         try:
             await asyncio.wait_for(stop.wait(), timeout=seconds)
         except asyncio.TimeoutError:
@@ -147,6 +164,8 @@ async def _run(cfg, seconds, fault_at, fault) -> int:
         if web is not None:
             web.stop()
         await app.shutdown()
+        if plc is not None:
+            await plc.stop()
         broker.stop()
 
     raised = [(t, e) for t, e in events if e.kind == "raised"]

@@ -288,15 +288,29 @@ class Appliance:
 
     # -- operator commands (call from any thread) -------------------------------
     def command(self, name: str, timeout: float = 10.0, **kwargs) -> Any:
-        """Run an alarm-book command on the event loop: acknowledge, shelve, set_mode."""
-        if name not in ("acknowledge", "shelve", "set_mode"):
+        """Run an operator command on the event loop, from any thread.
+
+        Alarm commands: ``acknowledge``, ``shelve``, ``set_mode`` (return alarm events).
+        Mitigation: ``approve_action``, ``reject_action`` with ``proposal_id`` (return records).
+        """
+        if name in ("acknowledge", "shelve", "set_mode"):
+            async def run():
+                events = getattr(self.alarms, name)(**kwargs)
+                self._emit(events)
+                return events
+        elif name in ("approve_action", "reject_action"):
+            if self.mitigator is None:
+                from appliance.actions.alarms import AlarmCommandError
+                raise AlarmCommandError("mitigation is not enabled")
+
+            async def run():
+                fn = self.mitigator.approve if name == "approve_action" else self.mitigator.reject
+                record = await fn(**kwargs)
+                if self.history is not None:
+                    self.history.add_audit(record.to_dict())
+                return [record]
+        else:
             raise ValueError(f"unknown command {name!r}")
-
-        async def run():
-            events = getattr(self.alarms, name)(**kwargs)
-            self._emit(events)
-            return events
-
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
 
     # -- views ------------------------------------------------------------------
@@ -369,7 +383,7 @@ def build(cfg, detector=None) -> Appliance:
         connectors.append(MqttConnector(cfg.inputs.mqtt, known_sensors=lambda asset: sensors))
     if cfg.inputs.opcua.enabled:
         from appliance.connectors.opcua import OpcuaConnector
-        connectors.append(OpcuaConnector(cfg.inputs.opcua))
+        connectors.append(OpcuaConnector(cfg.inputs.opcua, base_dir=cfg.data_dir))
     if cfg.outputs.mqtt_alarm.enabled:
         from appliance.actions.notifiers import MqttAlarmNotifier
         notifiers.append(MqttAlarmNotifier(cfg.outputs.mqtt_alarm,

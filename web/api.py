@@ -32,6 +32,7 @@ import sqlite3
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from appliance.actions.alarms import AlarmCommandError
+from appliance.actions.mitigation import MitigationError
 from web import queries
 from web.context import WebContext
 from web.validation import (MAX_NAME, ApiError, bool_arg, check_name, duration_field, float_arg, json_body, limit_arg,
@@ -175,10 +176,30 @@ def set_mode(asset: str):
                     mode=mode_field(body), note=note_field(body))
 
 
+@bp.get("/api/actions/pending")
+def pending_actions():
+    status = _ctx().appliance.status().get("mitigation") or {}
+    return jsonify({"pending": status.get("pending_approval", []), "armed": status.get("armed")})
+
+
+@bp.post("/api/actions/<proposal_id>/approve")
+def approve_action(proposal_id: str):
+    body = json_body(request)
+    return _command("approve_action", proposal_id=check_name(proposal_id, "proposal_id"),
+                    user=user_field(body))
+
+
+@bp.post("/api/actions/<proposal_id>/reject")
+def reject_action(proposal_id: str):
+    body = json_body(request)
+    return _command("reject_action", proposal_id=check_name(proposal_id, "proposal_id"),
+                    user=user_field(body), note=note_field(body))
+
+
 def _command(name: str, **kwargs):
     try:
         events = _ctx().appliance.command(name, **kwargs)
-    except AlarmCommandError as exc:
+    except (AlarmCommandError, MitigationError) as exc:
         return jsonify({"error": str(exc), "command": name}), 409
     except (concurrent.futures.TimeoutError, TimeoutError):
         log.warning("web: command timed out command=%s asset=%s", name, kwargs.get("asset"))
