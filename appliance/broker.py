@@ -6,6 +6,8 @@ messages exactly as a broker restart in a factory would.
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -59,7 +61,10 @@ class Mosquitto:
             "max_inflight_messages 100\n"
             "log_dest stderr\n"
             "log_type error\n"
-            "log_type warning\n" + extra_conf
+            "log_type warning\n"
+            # Started as root, mosquitto would drop to user 'mosquitto', which cannot write
+            # its persistence file here: sessions would silently not survive a restart.
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n" + extra_conf
         )
 
     def start(self) -> "Mosquitto":

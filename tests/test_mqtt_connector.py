@@ -20,7 +20,7 @@ from appliance.config import BackoffConfig, MqttBroker, MqttInputConfig, MqttTop
 from appliance.connectors import mqtt as mqtt_module
 from appliance.connectors.mqtt import MqttConnector
 from appliance.connectors.payload import reason_code
-from tests.support.mosquitto import RUN_AS, Mosquitto, free_port
+from tests.support.mosquitto import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SKAB = ("Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature",
@@ -417,7 +417,7 @@ def test_reconnect_backoff_is_jittered_and_connects_when_broker_appears(tmp_path
         assert not st["connected"] and "failed" in st["last_error"]
         assert all(0.025 <= d <= 0.2 for d in delays)
         assert len(set(delays)) == len(delays)  # jittered, never a fixed schedule
-        broker = Mosquitto(tmp_path / "late", port=port, extra_conf=RUN_AS).start()
+        broker = Mosquitto(tmp_path / "late", port=port).start()
         try:
             wait_for(lambda: conn.status()["connected"], what="connect once the broker is up")
             assert conn.status()["reconnects"] == 0 and conn.status()["connects"] == 1
@@ -471,7 +471,7 @@ def test_tls_with_username_password(tmp_path):
     tls_port = free_port()
     broker = Mosquitto(tmp_path / "tlsbroker", extra_conf=(
         f"listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
-        f"allow_anonymous false\npassword_file {pwfile}\n" + RUN_AS)).start()
+        f"allow_anonymous false\npassword_file {pwfile}\n")).start()
     try:
         def cfg(password, tls):
             return make_cfg(tls_port, broker=MqttBroker(

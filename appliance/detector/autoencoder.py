@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPRegressor
 
@@ -73,7 +74,7 @@ def check_windows(X, name: str = "X", window: int | None = None,
     return X
 
 
-class WindowAutoencoder:
+class WindowAutoencoder(BaseEstimator):
     """Dense autoencoder over ``window x sensors`` blocks (scikit-learn style).
 
     Parameters

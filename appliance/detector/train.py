@@ -30,11 +30,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnx
 from scipy import stats
+from sklearn.base import clone
 
 from appliance.detector.autoencoder import WindowAutoencoder
 from appliance.detector.bundle import FORMAT_VERSION, Scaler, data_sha256, write_bundle
 from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, gemm_nodes, make_session,
-                                         quantize_model, sensor_errors, verify_int8)
+                                         probe_windows, quantize_model, sensor_errors, verify_int8)
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +267,34 @@ def _split(n: int, spans: list[tuple[int, int]], holdout: float):
     return train, held
 
 
+def _clip_spans(spans: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    return [(max(a, lo), min(b, hi)) for a, b in spans if min(b, hi) > max(a, lo)]
+
+
+def _cv_errors(scaled: np.ndarray, train_spans, held_spans, window: int, train_stride: int,
+               folds: int, make_ae) -> tuple[np.ndarray, list[int]]:
+    """Out-of-fold errors over the training part, in ``folds - 1`` contiguous time blocks.
+
+    Each block is scored by a model fitted on every other block (the held-back
+    block included), so every training row gets an honest, unseen-data error.
+    With a few hundred rows the held-back block alone gives too few windows for a
+    stable threshold; this multiplies them by ``folds``.
+    """
+    cut = max(b for _, b in train_spans)
+    bounds = np.linspace(0, cut, folds).round().astype(int)
+    errors, sizes = [], []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        inside = _clip_spans(train_spans, lo, hi)
+        outside = _clip_spans(train_spans, 0, lo) + _clip_spans(train_spans, hi, cut) + list(held_spans)
+        X_fit = windows_in(scaled, outside, window, train_stride)
+        X_oof = windows_in(scaled, inside, window, 1)
+        if len(X_oof) == 0 or len(X_fit) < 10:
+            continue
+        errors.append(make_ae().fit(X_fit).errors(X_oof))
+        sizes.append(len(X_oof))
+    return (np.concatenate(errors) if errors else np.empty(0)), sizes
+
+
 def _check_int(name: str, v, lo: int) -> int:
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
         raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
@@ -279,8 +308,10 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
                  noise: float = 0.0, max_iter: int = 200, batch_size: int = 128,
                  learning_rate_init: float = 1e-3, threshold_method: str = "pot", risk: float = 1e-3,
                  init_quantile: float = 0.98, margin: float = 1.1, per_channel: bool = True,
+                 calibration: str = "auto", cv_folds: int = 5, threshold_scale: float = 1.0,
                  int8_exclude: str | Sequence[str] = "auto", calibrate_method: str = "minmax",
                  check_limits: CheckLimits = CheckLimits(), max_calibration_windows: int = 2000,
+                 calibrate_probes: bool = True,
                  seed: int = 0) -> Path:
     """Fit, export, quantize, check and write a bundle; return its path.
 
@@ -288,6 +319,12 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     are taken as already on the ``period_s`` grid; with ``ts`` they are aligned to
     it like the live window builder does (last value held up to ``staleness_s``;
     longer gaps and steps back split the rows into separate runs).
+    ``calibration``: errors the threshold is calibrated on: ``"holdout"`` (the
+    held-back windows), ``"cv"`` (held-back windows plus out-of-fold errors of
+    ``cv_folds - 1`` time blocks of the training part, see :func:`_cv_errors`) or
+    ``"auto"`` (cv when fewer than 1000 held-back windows). ``threshold_scale``
+    multiplies the calibrated thresholds: an allowance for slow drift of the
+    normal process beyond what the training rows show (1 = none).
     ``int8_exclude``: ``"auto"`` quantizes everything and, only if the INT8 check
     fails, retries with the output layer kept in FP32; a list names the nodes to
     keep in FP32; ``()`` never keeps any.
@@ -322,6 +359,11 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
         raise ValueError(f"threshold_method must be 'pot' or 'quantile', got {threshold_method!r}")
     if not 0 < risk < 1:
         raise ValueError(f"risk must be in (0, 1), got {risk!r}")
+    if calibration not in ("auto", "holdout", "cv"):
+        raise ValueError(f"calibration must be 'auto', 'holdout' or 'cv', got {calibration!r}")
+    cv_folds = _check_int("cv_folds", cv_folds, 3)
+    if not (isinstance(threshold_scale, (int, float)) and math.isfinite(threshold_scale) and threshold_scale > 0):
+        raise ValueError(f"threshold_scale must be finite and > 0, got {threshold_scale!r}")
     if int8_exclude != "auto" and isinstance(int8_exclude, str):
         raise ValueError(f"int8_exclude must be 'auto' or a list of node names, got {int8_exclude!r}")
     ae = WindowAutoencoder(hidden=hidden, alpha=alpha, noise=noise, max_iter=max_iter,
@@ -348,8 +390,17 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
         raise ValueError(f"only {len(X_held)} held-back windows; need >= 5 {need}")
 
     ae.fit(X_train)
+    use_cv = calibration == "cv" or (calibration == "auto" and len(X_held) < 1000)
+    oof, oof_sizes = np.empty(0), []
+    if use_cv:
+        oof, oof_sizes = _cv_errors(scaled, train_spans, held_spans, window, train_stride, cv_folds,
+                                    lambda: clone(ae))
     fit_s = time.monotonic() - started
     calib = X_train[np.linspace(0, len(X_train) - 1, min(len(X_train), max_calibration_windows)).astype(int)]
+    if calibrate_probes:
+        # Activation ranges must also cover anomalous inputs, or INT8 clips exactly the
+        # windows that matter and its decisions drift from FP32's near the threshold.
+        calib = np.concatenate([calib, probe_windows(calib, seed=seed + 1)])
 
     with tempfile.TemporaryDirectory(prefix="appliance-train-") as tmpdir:
         tmp = Path(tmpdir)
@@ -358,7 +409,16 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
         onnx.save(model, str(fp32_path))
         s32 = make_session(fp32_path)
         e32 = sensor_errors(s32, X_held).mean(axis=1)
-        th32, info32 = calibrate_threshold(e32, threshold_method, risk, init_quantile, margin)
+
+        def threshold(held_errors: np.ndarray, oof_errors: np.ndarray) -> tuple[float, dict]:
+            th, info = calibrate_threshold(np.concatenate([oof_errors, held_errors]), threshold_method,
+                                           risk, init_quantile, margin)
+            info.update(calibration="cv" if use_cv else "holdout", holdout_windows=int(len(held_errors)),
+                        oof_windows=int(len(oof_errors)), cv_blocks=oof_sizes,
+                        threshold_scale=threshold_scale, unscaled_threshold=th)
+            return th * threshold_scale, info
+
+        th32, info32 = threshold(e32, oof)
 
         if int8_exclude == "auto":
             attempts = [(), (gemm_nodes(model)[-1],)]
@@ -370,7 +430,11 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
                            nodes_to_exclude=exclude, calibrate_method=calibrate_method)
             s8 = make_session(int8_path)
             e8 = sensor_errors(s8, X_held).mean(axis=1)
-            th8, info8 = calibrate_threshold(e8, threshold_method, risk, init_quantile, margin)
+            # Out-of-fold errors come from FP32 fold models; carry them to INT8 by the
+            # median INT8/FP32 error ratio of the final model on the held-back windows.
+            ratio = float(np.median(e8 / np.maximum(e32, 1e-12)))
+            th8, info8 = threshold(e8, oof * ratio)
+            info8["int8_over_fp32_error_ratio"] = ratio
             try:
                 check = verify_int8(s32, s8, X_held, th32, th8, check_limits, seed=seed)
             except QuantizationCheckError as e:

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -74,6 +74,9 @@ class EvalSettings:
     config: Config = field(default_factory=Config)
     seed: int = 0
     reference_holdout: float = 0.2
+    # Share of normal rows of anomaly-free.csv allowed to be alarmed; sets each detector's
+    # drift allowance (threshold scale). None: no allowance (scale 1).
+    drift_budget: float | None = 0.10
 
 
 # ---------------------------------------------------------------- data
@@ -137,47 +140,149 @@ class _PcaT2Q:
 
 
 class _RowReference:
-    """A row-wise reference detector with thresholds calibrated like the bundle's."""
+    """A row-wise reference detector, calibrated like the bundle (holdout + out-of-fold)."""
 
-    def __init__(self, kind: str, train_rows: np.ndarray, holdout: float, seed: int, threshold_opts: dict):
-        self.kind = kind
+    def __init__(self, kind: str, train_rows: np.ndarray, holdout: float, folds: int, seed: int,
+                 threshold_opts: dict):
+        self.kind, self.seed = kind, seed
         cut = int(round(len(train_rows) * (1 - holdout)))
-        fit_rows, held_rows = train_rows[:cut], train_rows[cut:]
-        self.scaler = Scaler.fit(fit_rows)
-        zf, zh = self.scaler.transform(fit_rows), self.scaler.transform(held_rows)
-        if kind == "pca_t2q":
-            self.model = _PcaT2Q().fit(zf)
-            t2, q = self.model.parts(zh)
-            self.th = (calibrate_threshold(t2 + 1e-12, **threshold_opts)[0],
-                       calibrate_threshold(q + 1e-12, **threshold_opts)[0])
-        elif kind == "iforest":
+        self.scaler = Scaler.fit(train_rows[:cut])
+        z = self.scaler.transform(train_rows)
+        self.model = self._fit(z[:cut])
+        held = [self._parts(self.model, z[cut:])]
+        # Out-of-fold scores over time blocks of the fitting part, as train_bundle does.
+        bounds = np.linspace(0, cut, folds).round().astype(int)
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            rest = np.concatenate([z[:lo], z[hi:]])
+            held.append(self._parts(self._fit(rest), z[lo:hi]))
+        parts = [np.concatenate(p) for p in zip(*held)]
+        self.th = tuple(calibrate_threshold(p + 1e-12, **threshold_opts)[0] for p in parts)
+
+    def _fit(self, z: np.ndarray):
+        if self.kind == "pca_t2q":
+            return _PcaT2Q().fit(z)
+        if self.kind == "iforest":
             from sklearn.ensemble import IsolationForest
-            self.model = IsolationForest(n_estimators=100, random_state=seed).fit(zf)
-            self.th = (calibrate_threshold(-self.model.score_samples(zh), **threshold_opts)[0],)
-        else:
-            raise ValueError(f"unknown reference detector {kind!r}")
+            return IsolationForest(n_estimators=100, random_state=self.seed).fit(z)
+        raise ValueError(f"unknown reference detector {self.kind!r}")
+
+    def _parts(self, model, z: np.ndarray) -> tuple[np.ndarray, ...]:
+        if self.kind == "pca_t2q":
+            return model.parts(z)
+        return (-model.score_samples(z),)
 
     def ratio(self, row: np.ndarray) -> float:
-        z = self.scaler.transform(row[None, :])
-        if self.kind == "pca_t2q":
-            t2, q = self.model.parts(z)
-            return float(max(t2[0] / self.th[0], q[0] / self.th[1]))
-        return float(-self.model.score_samples(z)[0] / self.th[0])
+        parts = self._parts(self.model, self.scaler.transform(row[None, :]))
+        return float(max(p[0] / t for p, t in zip(parts, self.th)))
 
 
 # ---------------------------------------------------------------- one file
 
-def _threshold_opts(bundle_opts: dict) -> dict:
+def _train_opts(settings: EvalSettings) -> dict:
+    opts = {"seed": settings.seed, **settings.bundle}
+    if "period_s" not in opts and settings.config.windows.period_s is not None:
+        opts["period_s"] = settings.config.windows.period_s
+    opts.setdefault("staleness_s", settings.config.windows.staleness_s)
+    return opts
+
+
+def _threshold_opts(opts: dict) -> dict:
     from inspect import signature
     defaults = signature(train_bundle).parameters
-    get = lambda k: bundle_opts.get(k, defaults[k].default)  # noqa: E731
+    get = lambda k: opts.get(k, defaults[k].default)  # noqa: E731
     return {"method": get("threshold_method"), "risk": get("risk"),
             "init_quantile": get("init_quantile"), "margin": get("margin")}
 
 
-def evaluate_file(rel: str, path: Path, settings: EvalSettings, work_dir: Path) -> dict:
-    """Train on the first rows of one file, replay all of it, return per-row predictions."""
+def _new_decider(cfg: Config) -> Decider:
+    d = cfg.decision
+    return Decider(d.raise_k, d.raise_n, d.clear_n, d.clear_ratio, d.critical_ratio)
+
+
+def replay_file(rel: str, sensors: list[str], ts: np.ndarray, rows: np.ndarray, settings: EvalSettings,
+                work_dir: Path, ref_scales: dict[str, float] | None = None) -> dict:
+    """Train on the first ``settings.train_rows`` rows, replay every row through the appliance path.
+
+    Returns per scored window: ``t_end``, ``ratio`` (score / threshold) and
+    ``active`` (alarm state after the window) for every detector.
+    """
     started = time.monotonic()
+    n_train = settings.train_rows
+    cfg = settings.config
+    opts = _train_opts(settings)
+    bundle_dir = train_bundle(rows[:n_train], sensors, work_dir / rel.replace("/", "_"), ts=ts[:n_train], **opts)
+    t_trained = time.monotonic()
+    bundle = load_bundle(bundle_dir)
+    detectors = {"ae_int8": Detector(bundle, "int8"), "ae_fp32": Detector(bundle, "fp32")}
+    stride = cfg.windows.stride or bundle.stride
+    period_s = cfg.windows.period_s or bundle.period_s
+
+    # Reference detectors: the same grid alignment of the same training rows.
+    _, grid_train, _ = align_rows(ts[:n_train], rows[:n_train], bundle.period_s, opts["staleness_s"])
+    th_opts = _threshold_opts(opts)
+    holdout = opts.get("holdout", 0.2)
+    folds = opts.get("cv_folds", 5)
+    refs = {k: _RowReference(k, grid_train, holdout, folds, settings.seed, th_opts) for k in ("pca_t2q", "iforest")}
+    ref_scales = ref_scales or {}
+
+    deciders = {k: _new_decider(cfg) for k in (*detectors, *refs)}
+    builder = WindowBuilder(bundle.sensors, period_s=period_s, window=bundle.window, stride=stride,
+                            staleness_s=cfg.windows.staleness_s, lateness_s=cfg.windows.lateness_s)
+    col = {s: sensors.index(s) for s in bundle.sensors}
+    t_end: list[float] = []
+    ratio = {k: [] for k in deciders}
+    active = {k: [] for k in deciders}
+    value, top = [], []
+    skipped = 0
+    for i in range(len(rows)):
+        for s, j in col.items():
+            for w in builder.add(Reading(rel, s, float(ts[i]), float(rows[i, j]), source="skab")):
+                if not w.complete:
+                    skipped += 1  # the runtime does not score incomplete windows either
+                    continue
+                t_end.append(w.t_end)
+                for k, det in detectors.items():
+                    score = det.score_one(w)
+                    ratio[k].append(score.ratio)
+                    active[k].append(deciders[k].update(score).active)
+                    if k == "ae_int8":
+                        value.append(score.value)
+                        top.append(score.top_sensors(1)[0])
+                last = w.values[-1].astype(np.float64)
+                for k, ref in refs.items():
+                    r = ref.ratio(last) / ref_scales.get(k, 1.0)
+                    ratio[k].append(r)
+                    active[k].append(deciders[k].update_ratio(r).active)
+    return {
+        "t_end": np.asarray(t_end), "period_s": period_s,
+        "ratio": {k: np.asarray(v) for k, v in ratio.items()},
+        "active": {k: np.asarray(v, dtype=bool) for k, v in active.items()},
+        "value": np.asarray(value), "threshold": bundle.thresholds["int8"], "top": top,
+        "windows": len(t_end), "windows_skipped": skipped,
+        "bundle": {"model_version": bundle.model_version, "window": bundle.window, "stride": stride,
+                   "sizes": {p: bundle.models[p].stat().st_size for p in bundle.models},
+                   "thresholds": bundle.thresholds, "int8_check": bundle.meta["int8_check"],
+                   "threshold_calibration": bundle.meta["threshold_calibration"]["int8"]},
+        "seconds": {"train": round(t_trained - started, 2), "replay": round(time.monotonic() - t_trained, 2)},
+    }
+
+
+def row_predictions(t_end: np.ndarray, active: np.ndarray, row_ts: np.ndarray, period_s: float) -> np.ndarray:
+    """Alarm state after the latest window ending at or before each row (0 before the first).
+
+    >>> row_predictions(np.array([10., 11., 12.]), np.array([False, True, False]),
+    ...                 np.array([9., 10., 11., 11.5, 12., 30.]), 1.0).tolist()
+    [0, 0, 1, 1, 0, 0]
+    """
+    j = np.searchsorted(t_end, row_ts + 1e-6 * period_s, side="right") - 1
+    if len(active) == 0:
+        return np.zeros(len(row_ts), dtype=np.uint8)
+    return np.where(j >= 0, active[np.clip(j, 0, None)], False).astype(np.uint8)
+
+
+def evaluate_file(rel: str, path: Path, settings: EvalSettings, work_dir: Path,
+                  ref_scales: dict[str, float] | None = None) -> dict:
+    """Protocol evaluation of one experiment file: per-test-row predictions of every detector."""
     sensors, ts, rows, labels = read_csv(path)
     n_train = settings.train_rows
     if len(rows) <= n_train:
@@ -185,86 +290,101 @@ def evaluate_file(rel: str, path: Path, settings: EvalSettings, work_dir: Path) 
     label = labels.get("anomaly")
     if label is None:
         raise ValueError(f"{path}: no 'anomaly' column to score against")
-    cfg = settings.config
-    opts = {"seed": settings.seed, **settings.bundle}
-    if "period_s" not in opts and cfg.windows.period_s is not None:
-        opts["period_s"] = cfg.windows.period_s
-    opts.setdefault("staleness_s", cfg.windows.staleness_s)
-    bundle_dir = train_bundle(rows[:n_train], sensors, work_dir / rel.replace("/", "_"),
-                              ts=ts[:n_train], **opts)
-    t_trained = time.monotonic()
-    bundle = load_bundle(bundle_dir)
-    detectors = {"ae_int8": Detector(bundle, "int8"), "ae_fp32": Detector(bundle, "fp32")}
-    stride = cfg.windows.stride or bundle.stride
-    period_s = cfg.windows.period_s or bundle.period_s
-
-    # Reference detectors: same grid alignment of the same training rows.
-    _, grid_train, _ = align_rows(ts[:n_train], rows[:n_train], period_s, opts["staleness_s"])
-    th_opts = _threshold_opts(settings.bundle)
-    refs = {k: _RowReference(k, grid_train, settings.reference_holdout, settings.seed, th_opts)
-            for k in ("pca_t2q", "iforest")}
-
-    dec = cfg.decision
-    deciders = {k: Decider(dec.raise_k, dec.raise_n, dec.clear_n, dec.clear_ratio, dec.critical_ratio)
-                for k in (*detectors, *refs)}
-    builder = WindowBuilder(bundle.sensors, period_s=period_s, window=bundle.window, stride=stride,
-                            staleness_s=cfg.windows.staleness_s, lateness_s=cfg.windows.lateness_s)
-    col = {s: sensors.index(s) for s in bundle.sensors}
-    t_end, active, trace = [], {k: [] for k in deciders}, {"value": [], "threshold": [], "top": []}
-    skipped = 0
-    for i in range(len(rows)):
-        for s, j in col.items():
-            for w in builder.add(Reading(rel, s, float(ts[i]), float(rows[i, j]), source="skab")):
-                if not w.complete:
-                    skipped += 1
-                    continue
-                t_end.append(w.t_end)
-                for k, det in detectors.items():
-                    score = det.score_one(w)
-                    active[k].append(deciders[k].update(score).active)
-                    if k == "ae_int8":
-                        trace["value"].append(score.value)
-                        trace["threshold"].append(score.threshold)
-                        trace["top"].append(score.top_sensors(1)[0])
-                last = w.values[-1].astype(np.float64)
-                for k, ref in refs.items():
-                    active[k].append(deciders[k].update_ratio(ref.ratio(last)).active)
-    t_end_arr = np.asarray(t_end)
+    r = replay_file(rel, sensors, ts, rows, settings, work_dir, ref_scales)
     test_ts = ts[n_train:]
-    # Latest window ending at or before each test row (small epsilon: float grid times).
-    j = np.searchsorted(t_end_arr, test_ts + 1e-6 * period_s, side="right") - 1
-    preds = {}
-    for k, a in active.items():
-        a = np.asarray(a, dtype=bool)
-        preds[k] = np.where(j >= 0, a[np.clip(j, 0, None)] if len(a) else False, False).astype(np.uint8)
+    preds = {k: row_predictions(r["t_end"], a, test_ts, r["period_s"]) for k, a in r["active"].items()}
     preds["flag_all"] = np.ones(len(test_ts), dtype=np.uint8)
-    meta = bundle.meta
     return {
-        "file": rel,
-        "ts": test_ts,
-        "label": (label[n_train:] > 0).astype(np.uint8),
-        "pred": preds,
-        "trace": {"t_end": t_end_arr, "value": np.asarray(trace["value"]),
-                  "threshold": np.asarray(trace["threshold"]), "active": np.asarray(active["ae_int8"]),
-                  "top": trace["top"], "ts_all": ts, "label_all": label, "train_rows": n_train},
-        "windows": len(t_end), "windows_skipped": skipped,
-        "bundle": {"model_version": bundle.model_version, "window": bundle.window, "stride": stride,
-                   "sizes": {p: bundle.models[p].stat().st_size for p in bundle.models},
-                   "thresholds": bundle.thresholds, "int8_check": meta["int8_check"],
-                   "threshold_method": meta["threshold_calibration"]["int8"]["method"]},
-        "seconds": {"train": round(t_trained - started, 2), "total": round(time.monotonic() - started, 2)},
+        "file": rel, "ts": test_ts, "label": (label[n_train:] > 0).astype(np.uint8), "pred": preds,
+        "trace": {"t_end": r["t_end"], "value": r["value"], "threshold": r["threshold"],
+                  "active": r["active"]["ae_int8"], "top": r["top"], "ts_all": ts,
+                  "label_all": label, "train_rows": n_train},
+        "windows": r["windows"], "windows_skipped": r["windows_skipped"], "bundle": r["bundle"],
+        "seconds": r["seconds"],
     }
 
 
 def _worker(args) -> dict:
-    rel, path, settings, work_dir = args
+    fn, fargs = args
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(1)  # one BLAS thread per worker: the workers already use every core
     except ImportError:
         pass
     logging.getLogger("appliance").setLevel(logging.WARNING)
-    return evaluate_file(rel, path, settings, Path(work_dir))
+    return fn(*fargs)
+
+
+def _map(jobs: list, workers: int) -> list:
+    if workers == 1 or len(jobs) == 1:
+        return [_worker(j) for j in jobs]
+    import multiprocessing as mp
+    # spawn: ONNX Runtime and BLAS thread pools do not survive fork safely.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+        return list(ex.map(_worker, jobs))
+
+
+# ---------------------------------------------------------------- drift allowance from anomaly-free.csv
+
+def _chunk_replay(rel: str, path: Path, start: int, length: int, settings: EvalSettings, work_dir: Path) -> dict:
+    sensors, ts, rows, _ = read_csv(path)
+    sl = slice(start, start + length)
+    settings1 = EvalSettings(train_rows=settings.train_rows, bundle={**settings.bundle, "threshold_scale": 1.0},
+                             config=settings.config, seed=settings.seed,
+                             reference_holdout=settings.reference_holdout)
+    r = replay_file(f"{rel}@{start}", sensors, ts[sl], rows[sl], settings1, work_dir)
+    r["test_ts"] = ts[sl][settings.train_rows:]
+    return r
+
+
+def _far_at(chunks: list[dict], key: str, scale: float, cfg: Config) -> float:
+    flagged = total = 0
+    for c in chunks:
+        d = _new_decider(cfg)
+        active = np.array([d.update_ratio(x / scale).active for x in c["ratio"][key]], dtype=bool)
+        p = row_predictions(c["t_end"], active, c["test_ts"], c["period_s"])
+        flagged += int(p.sum())
+        total += len(p)
+    return flagged / total if total else 0.0
+
+
+def calibrate_drift_allowance(data_dir: str | Path, settings: EvalSettings, budget: float, workers: int,
+                              work_dir: Path, chunk_rows: int = 1150, step_rows: int = 1000) -> dict:
+    """Threshold scale per detector so that normal operation stays within a false-alarm budget.
+
+    ``anomaly-free.csv`` (normal operation only, no labels involved) is cut into
+    protocol-shaped chunks: ``train_rows`` to train on, then the rest of
+    ``chunk_rows`` as "test" rows that are all normal. Every detector is trained
+    and replayed on each chunk exactly as in the protocol, and its thresholds are
+    scaled by the smallest factor >= 1 at which at most ``budget`` of those normal
+    rows are alarmed. This measures how far the process wanders beyond what 400
+    rows show, on data the protocol allows for choices.
+    """
+    path = Path(data_dir) / "anomaly-free" / "anomaly-free.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: needed to calibrate the drift allowance "
+                                "(or pass drift_budget=None to skip)")
+    n = len(read_csv(path)[1])
+    starts = list(range(0, n - chunk_rows + 1, step_rows))
+    chunks = _map([(_chunk_replay, ("anomaly-free", path, s, chunk_rows, settings, work_dir)) for s in starts],
+                  workers)
+    out = {"budget": budget, "chunks": len(chunks), "chunk_rows": chunk_rows, "scales": {}, "far_at_1": {}}
+    for key in ("ae_int8", "pca_t2q", "iforest"):
+        far1 = _far_at(chunks, key, 1.0, settings.config)
+        out["far_at_1"][key] = round(far1, 4)
+        if far1 <= budget:
+            out["scales"][key] = 1.0
+            continue
+        lo, hi = 0.0, math.log(1000.0)  # bisection on log scale; FAR falls as the scale grows
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            if _far_at(chunks, key, math.exp(mid), settings.config) <= budget:
+                hi = mid
+            else:
+                lo = mid
+        out["scales"][key] = round(math.exp(hi), 4)
+    logger.info("drift allowance budget=%.3f scales=%s", budget, out["scales"])
+    return out
 
 
 # ---------------------------------------------------------------- whole run
@@ -315,6 +435,10 @@ def format_table(summary: dict) -> str:
     lines.append(f"INT8 vs FP32: rows decided the same {q['row_agreement']:.2%}, F1 diff "
                  f"{q['f1_diff']:+.4f}, model size {q['fp32_bytes_mean']:,.0f} -> {q['int8_bytes_mean']:,.0f} "
                  f"bytes ({q['size_ratio']:.2f}x smaller)")
+    sc = summary.get("threshold_scales") or {}
+    if sc:
+        lines.append("threshold scale (drift allowance from anomaly-free.csv): "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in sc.items()))
     lines.append(f"elapsed {summary['elapsed_s']:.0f} s, {summary['workers']} worker(s)")
     return "\n".join(lines)
 
@@ -343,15 +467,17 @@ def run_skab_eval(data_dir: str | Path, mode: str = "protocol", predictions_out:
         if missing := wanted - {rel for rel, _ in todo}:
             raise FileNotFoundError(f"not among the experiment files: {sorted(missing)}")
     workers = workers or min(2, os.cpu_count() or 1)
+    allowance = None
+    ref_scales: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="skab-eval-") as tmp:
-        jobs = [(rel, p, settings, tmp) for rel, p in todo]
-        if workers == 1:
-            results = [_worker(j) for j in jobs]
-        else:
-            import multiprocessing as mp
-            # spawn: ONNX Runtime and BLAS thread pools do not survive fork safely.
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
-                results = list(ex.map(_worker, jobs))
+        if settings.drift_budget is not None:
+            allowance = calibrate_drift_allowance(data_dir, settings, settings.drift_budget, workers, Path(tmp))
+            ref_scales = {k: v for k, v in allowance["scales"].items() if k != "ae_int8"}
+            if "threshold_scale" not in settings.bundle:
+                settings = replace(settings, bundle={**settings.bundle,
+                                                     "threshold_scale": allowance["scales"]["ae_int8"]})
+        jobs = [(evaluate_file, (rel, p, settings, Path(tmp), ref_scales)) for rel, p in todo]
+        results = _map(jobs, workers)
     labels = np.concatenate([r["label"] for r in results])
     summary: dict[str, Any] = {
         "mode": "protocol", "files": len(results), "test_rows": int(len(labels)),
@@ -377,12 +503,14 @@ def run_skab_eval(data_dir: str | Path, mode: str = "protocol", predictions_out:
     summary["per_file"] = {r["file"]: {**{k: scores_from(confusion(r["pred"][k], r["label"]))
                                           for k in ("ae_int8", "pca_t2q")},
                                        "windows": r["windows"], "windows_skipped": r["windows_skipped"],
-                                       "threshold_method": r["bundle"]["threshold_method"],
+                                       "threshold": r["bundle"]["threshold_calibration"],
                                        "seconds": r["seconds"]} for r in results}
     summary["settings"] = {"train_rows": settings.train_rows, "bundle": settings.bundle,
                            "windows": settings.config.windows.model_dump(),
                            "decision": settings.config.decision.model_dump(),
                            "window": results[0]["bundle"]["window"], "stride": results[0]["bundle"]["stride"]}
+    summary["drift_allowance"] = allowance
+    summary["threshold_scales"] = {"ae": settings.bundle.get("threshold_scale", 1.0), **ref_scales}
     summary["elapsed_s"] = round(time.monotonic() - started, 1)
     summary["workers"] = workers
     if predictions_out is not None:
