@@ -212,3 +212,34 @@ enabled = false
     total, distinct = conn.execute("SELECT COUNT(*), COUNT(DISTINCT asset || sensor || ts) FROM readings").fetchone()
     assert 0 < killed_at < n * len(sensors)
     assert total == distinct == n * len(sensors)
+
+
+def test_silent_sensor_is_reported_and_its_windows_are_not_scored(tmp_path, mosquitto, skab_bundle, skab_dir):
+    cfg = make_config(tmp_path, mosquitto.port, skab_bundle, watchdog__silence_s=1.0, windows__lateness_s=1.0)
+    sensors, ts, rows, _ = skab_rows(skab_dir / "anomaly-free" / "anomaly-free.csv")
+    quiet = "Thermocouple"
+    with RunningAppliance(cfg) as ra:
+        pub = Publisher(mosquitto.port)
+        publish_rows(pub, "pump1", sensors, ts[:60], rows[:60])
+        pub.wait_all()
+        ra.wait_for(lambda: ra.counter("readings") == 60 * len(sensors), what="first rows")
+        scored = ra.counter("windows_scored")
+        assert scored > 0
+        keep = [i for i, s in enumerate(sensors) if s != quiet]
+        t0 = time.monotonic()
+        for i in range(60, 120):  # the thermocouple stops; the others go on at 10 rows/s
+            pub.publish("plant/pump1/telemetry", {"ts": float(ts[i]), "values": {
+                sensors[j]: float(rows[i, j]) for j in keep}})
+            time.sleep(0.1)
+        pub.wait_all()
+        pub.close()
+        ra.wait_for(lambda: any(s["sensor"] == quiet for s in ra.app.status()["silent_sensors"]),
+                    what="silent sensor reported")
+        assert time.monotonic() - t0 >= 1.0
+        assert ra.counter("windows_incomplete") > 0
+        # after the silence only rows still holding a fresh (staleness_s) value can be scored
+        status = ra.app.status()
+        held_rows = cfg.windows.staleness_s / ra.app.windows.period_s
+        assert status["counters"]["windows_scored"] - scored <= held_rows + 1
+        silent = [s for s in status["silent_sensors"] if s["sensor"] == quiet]
+        assert silent[0]["asset"] == "pump1"
