@@ -225,11 +225,15 @@ class PlcSimulator:
 
     async def _m_start(self, parent):
         self.running = True
+        # Published at once, not at the next scan: a client reading Running right after
+        # the call must see the new state (as a real PLC's status word would show it).
+        await self._write("Running", True, ua.VariantType.Boolean, now=datetime.now(timezone.utc))
         logger.info("plc pump started")
         return []
 
     async def _m_stop(self, parent):
         self.running = False
+        await self._write("Running", False, ua.VariantType.Boolean, now=datetime.now(timezone.utc))
         logger.info("plc pump stopped")
         return []
 

@@ -19,6 +19,7 @@ that disagrees is refused before any bundle is written.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -182,6 +183,20 @@ def probe_windows(windows: np.ndarray, max_shift: float = 4.0, min_shift: float 
     return probes
 
 
+def probe_shift_for(threshold: float, n_sensors: int, reach: float = 3.0, floor: float = 4.0) -> float:
+    """Largest probe shift: far enough that probes reach about ``reach`` x the threshold.
+
+    A whole-window shift ``d`` of one of ``n_sensors`` sensors that the model does
+    not follow adds about ``d**2 / n_sensors`` to the mean squared error, so the
+    shift at the threshold is ``sqrt(threshold * n_sensors)``. Calibrating and
+    checking up to there keeps INT8 from clipping exactly where decisions are made.
+
+    >>> probe_shift_for(1.0, 8)
+    4.898979485566356
+    """
+    return float(max(floor, math.sqrt(reach * threshold * n_sensors)))
+
+
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     if a.std() == 0 or b.std() == 0:
         return 1.0 if np.allclose(a, b) else 0.0
@@ -196,8 +211,11 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def verify_int8(fp32: ort.InferenceSession, int8: ort.InferenceSession, holdout: np.ndarray,
                 threshold_fp32: float, threshold_int8: float,
-                limits: CheckLimits = CheckLimits(), seed: int = 0) -> dict:
+                limits: CheckLimits = CheckLimits(), seed: int = 0, probe_shift: float = 4.0) -> dict:
     """Compare INT8 with FP32; return the report or raise :class:`QuantizationCheckError`.
+
+    ``probe_shift`` is the largest probe shift (scale units); it should reach past
+    the threshold (see :func:`probe_shift_for`).
 
     Agreement is the share of windows both models put on the same side of their
     own thresholds, over held-back normal windows and over probe windows
@@ -205,8 +223,8 @@ def verify_int8(fp32: ort.InferenceSession, int8: ort.InferenceSession, holdout:
     threshold).
     """
     holdout = np.ascontiguousarray(holdout, dtype=np.float32)
-    probes = probe_windows(holdout, seed=seed)
-    report: dict = {"limits": asdict(limits), "windows": int(len(holdout))}
+    probes = probe_windows(holdout, max_shift=probe_shift, seed=seed)
+    report: dict = {"limits": asdict(limits), "windows": int(len(holdout)), "probe_shift": probe_shift}
     failures = []
     for name, data in (("holdout", holdout), ("probe", probes)):
         e32 = sensor_errors(fp32, data).mean(axis=1)

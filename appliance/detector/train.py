@@ -35,7 +35,8 @@ from sklearn.base import clone
 from appliance.detector.autoencoder import WindowAutoencoder
 from appliance.detector.bundle import FORMAT_VERSION, Scaler, data_sha256, write_bundle
 from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, gemm_nodes, make_session,
-                                         probe_windows, quantize_model, sensor_errors, verify_int8)
+                                         probe_shift_for, probe_windows, quantize_model, sensor_errors,
+                                         verify_int8)
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +312,7 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
                  calibration: str = "auto", cv_folds: int = 5, threshold_scale: float = 1.0,
                  int8_exclude: str | Sequence[str] = "auto", calibrate_method: str = "minmax",
                  check_limits: CheckLimits = CheckLimits(), max_calibration_windows: int = 2000,
-                 calibrate_probes: bool = True,
+                 calibrate_probes: bool = True, probe_reach: float = 3.0,
                  seed: int = 0) -> Path:
     """Fit, export, quantize, check and write a bundle; return its path.
 
@@ -325,6 +326,9 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     ``"auto"`` (cv when fewer than 1000 held-back windows). ``threshold_scale``
     multiplies the calibrated thresholds: an allowance for slow drift of the
     normal process beyond what the training rows show (1 = none).
+    ``probe_reach``: INT8 calibration and check use probe windows whose errors reach
+    about this multiple of the threshold (raise it if thresholds may be scaled
+    up later).
     ``int8_exclude``: ``"auto"`` quantizes everything and, only if the INT8 check
     fails, retries with the output layer kept in FP32; a list names the nodes to
     keep in FP32; ``()`` never keeps any.
@@ -397,10 +401,6 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
                                     lambda: clone(ae))
     fit_s = time.monotonic() - started
     calib = X_train[np.linspace(0, len(X_train) - 1, min(len(X_train), max_calibration_windows)).astype(int)]
-    if calibrate_probes:
-        # Activation ranges must also cover anomalous inputs, or INT8 clips exactly the
-        # windows that matter and its decisions drift from FP32's near the threshold.
-        calib = np.concatenate([calib, probe_windows(calib, seed=seed + 1)])
 
     with tempfile.TemporaryDirectory(prefix="appliance-train-") as tmpdir:
         tmp = Path(tmpdir)
@@ -419,6 +419,11 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
             return th * threshold_scale, info
 
         th32, info32 = threshold(e32, oof)
+        shift = probe_shift_for(th32, len(sensors), reach=probe_reach)
+        if calibrate_probes:
+            # Activation ranges must also cover anomalous inputs up to past the threshold,
+            # or INT8 clips exactly the windows that matter and its decisions drift from FP32's.
+            calib = np.concatenate([calib, probe_windows(calib, max_shift=shift, seed=seed + 1)])
 
         if int8_exclude == "auto":
             attempts = [(), (gemm_nodes(model)[-1],)]
@@ -436,7 +441,7 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
             th8, info8 = threshold(e8, oof * ratio)
             info8["int8_over_fp32_error_ratio"] = ratio
             try:
-                check = verify_int8(s32, s8, X_held, th32, th8, check_limits, seed=seed)
+                check = verify_int8(s32, s8, X_held, th32, th8, check_limits, seed=seed, probe_shift=shift)
             except QuantizationCheckError as e:
                 logger.warning("int8 check failed excluded=%s: %s", list(exclude), e)
                 failure = e
