@@ -18,8 +18,11 @@ log = logging.getLogger("appliance")
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
-    for noisy in ("asyncua", "paho", "werkzeug", "urllib3", "apscheduler", "influxdb_client"):
+    for noisy in ("paho", "werkzeug", "urllib3", "apscheduler", "influxdb_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # asyncua warns on every reconnect attempt and about its own defaults; our connector
+    # logs what matters once.
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
 
 
 def _load(path: str | None):

@@ -60,6 +60,7 @@ class MqttAlarmNotifier:
         self._lock = threading.Lock()
         self.published = 0
         self.connected = False
+        self._stopping = False
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
                                   clean_session=True)
         configure_paho(self.client, broker)
@@ -73,6 +74,7 @@ class MqttAlarmNotifier:
         self.client.loop_start()
 
     def stop(self) -> None:
+        self._stopping = True
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -97,7 +99,7 @@ class MqttAlarmNotifier:
             client.publish(f"{self.prefix}/{asset}/state", state, qos=1, retain=True)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
-        if self.connected:
+        if self.connected and not self._stopping:
             log.warning("alarm notifier: disconnected reason=%s", reason_code)
         self.connected = False
 
