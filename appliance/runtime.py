@@ -187,17 +187,17 @@ class Appliance:
     async def _pipeline(self) -> None:
         while True:
             readings, dead, on_stored, n = await self._inbox.get()
-            try:
-                for d in dead:
-                    self.counters.inc("dead_letters")
-                    self.dead_by_reason.inc(d.reason.split(":")[0])
-                    self.store.put_dead_letter(d)
-                for r in readings:
+            for d in dead:
+                self.counters.inc("dead_letters")
+                self.dead_by_reason.inc(d.reason.split(":")[0])
+                self.store.put_dead_letter(d)
+            for r in readings:
+                try:
                     self._on_reading(r)
-            except Exception:
-                # One bad item must not stop the pipeline; the readings are stored anyway.
-                self.counters.inc("pipeline_errors")
-                log.exception("pipeline: error while processing a batch")
+                except Exception:
+                    # One bad reading must not stop the pipeline nor cost its neighbours.
+                    self.counters.inc("pipeline_errors")
+                    log.exception("pipeline: error on reading asset=%s sensor=%s", r.asset, r.sensor)
             self.store.after_commit(_stored_callback(self.in_flight, n, on_stored))
 
     def _on_reading(self, r: Reading) -> None:
