@@ -23,11 +23,11 @@ def normal_rows(n: int, seed: int) -> np.ndarray:
     t = np.arange(-19, n)
     full = 1.0 + 0.3 * np.sin(t / 40.0) + 0.1 * np.sin(t / 7.0)
     load = full[19:]
-    current = load + 0.02 * rng.standard_normal(n)
-    pressure = 2.0 * load + 0.03 * rng.standard_normal(n)
+    current = load + 0.05 * rng.standard_normal(n)
+    pressure = 2.0 * load + 0.08 * rng.standard_normal(n)
     lagged = np.convolve(full, np.ones(20) / 20, mode="valid")
-    temperature = 60.0 + 5.0 * lagged + 0.05 * rng.standard_normal(n)
-    flow = 30.0 * load + 0.2 * rng.standard_normal(n)
+    temperature = 60.0 + 5.0 * lagged + 0.1 * rng.standard_normal(n)
+    flow = 30.0 * load + 1.0 * rng.standard_normal(n)
     return np.stack([current, pressure, temperature, flow], axis=1)
 
 

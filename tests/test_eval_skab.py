@@ -101,7 +101,8 @@ def test_summary_covers_all_detectors_and_test_rows(run):
     share = summary["anomalous_share"]
     assert floor["f1"] == pytest.approx(share / (share + (1 - share) / 2), abs=1e-4)
     assert 0.9 <= summary["int8"]["row_agreement"] <= 1.0
-    assert summary["int8"]["size_ratio"] > 1.0
+    # (model sizes of this toy model say nothing; the size ratio is checked in test_detector_train)
+    assert summary["int8"]["int8_bytes_mean"] > 0 and summary["int8"]["fp32_bytes_mean"] > 0
     assert summary["drift_allowance"]["chunks"] == 2
     assert all(v >= 1.0 for v in summary["drift_allowance"]["scales"].values())
 
@@ -148,3 +149,21 @@ def test_bad_data_dir_errors(tmp_path, skab_dir):
         run_skab_eval(skab_dir, files=["valve9/0.csv"], quiet=True)
     with pytest.raises(ValueError, match="mode"):
         run_skab_eval(skab_dir, mode="batch", quiet=True)
+
+
+def test_stream_mode_through_real_broker_and_running_appliance(skab_dir, tmp_path):
+    from appliance.broker import find_mosquitto
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is required (apt-get install -y mosquitto)")
+    summary = run_skab_eval(skab_dir, mode="stream", predictions_out=tmp_path / "pred",
+                            settings=EvalSettings(bundle=FAST), quiet=True)
+    p = summary["pipeline"]
+    assert p["readings"] == p["readings_expected"] == 3 * 700 * len(SENSORS)
+    assert p["dead_letters"] == 0
+    ae = summary["ae_int8"]
+    assert ae["episodes_detected"] == 3 and ae["mean_delay_s"] < 30
+    assert summary["alarms"] >= 3
+    # The stream mode scores every row of every file; re-score its predictions independently.
+    independent = rescore(tmp_path / "pred", skab_dir, train_rows=0)
+    assert independent["f1"] == pytest.approx(ae["f1"], abs=1e-4)
+    assert independent["far"] == pytest.approx(ae["far"], abs=1e-2)

@@ -3,7 +3,8 @@
 Steps of :func:`train_bundle` (each deterministic for a given ``seed``):
 
 1. Fit the robust scaler (median, IQR) on the training part of the rows.
-2. Align rows to the ``period_s`` grid (when timestamps are given) and split in time: the last ``holdout`` share is held back. Windows never
+2. Align rows to the ``period_s`` grid (when timestamps are given) and split in
+   time: the oldest ``holdout`` share is held back. Windows never
    straddle the split or a gap in the timestamps, so held-back windows share no
    row with training windows and are an honest sample of unseen normal data.
 3. Fit the dense window autoencoder on training windows (stride ``train_stride``).
@@ -22,7 +23,6 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -254,18 +254,11 @@ def calibrate_threshold(errors: np.ndarray, method: str = "pot", risk: float = 1
 
 # ---------------------------------------------------------------- training
 
-def _split(n: int, spans: list[tuple[int, int]], holdout: float):
-    cut = int(round(n * (1.0 - holdout)))
-    train, held = [], []
-    for a, b in spans:
-        if b <= cut:
-            train.append((a, b))
-        elif a >= cut:
-            held.append((a, b))
-        else:
-            train.append((a, cut))
-            held.append((cut, b))
-    return train, held
+def _split(n: int, spans: list[tuple[int, int]], holdout: float, at: str):
+    """Training and held-back spans; the held-back share is taken at the start or the end."""
+    cut = int(round(n * (holdout if at == "start" else 1.0 - holdout)))
+    first, second = _clip_spans(spans, 0, cut), _clip_spans(spans, cut, n)
+    return (second, first) if at == "start" else (first, second)
 
 
 def _clip_spans(spans: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
@@ -281,12 +274,12 @@ def _cv_errors(scaled: np.ndarray, train_spans, held_spans, window: int, train_s
     With a few hundred rows the held-back block alone gives too few windows for a
     stable threshold; this multiplies them by ``folds``.
     """
-    cut = max(b for _, b in train_spans)
-    bounds = np.linspace(0, cut, folds).round().astype(int)
+    start, end = min(a for a, _ in train_spans), max(b for _, b in train_spans)
+    bounds = np.linspace(start, end, folds).round().astype(int)
     errors, sizes = [], []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         inside = _clip_spans(train_spans, lo, hi)
-        outside = _clip_spans(train_spans, 0, lo) + _clip_spans(train_spans, hi, cut) + list(held_spans)
+        outside = _clip_spans(train_spans, start, lo) + _clip_spans(train_spans, hi, end) + list(held_spans)
         X_fit = windows_in(scaled, outside, window, train_stride)
         X_oof = windows_in(scaled, inside, window, 1)
         if len(X_oof) == 0 or len(X_fit) < 10:
@@ -304,7 +297,7 @@ def _check_int(name: str, v, lo: int) -> int:
 
 def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: int = 30, stride: int = 1,
                  period_s: float = 1.0, ts: np.ndarray | None = None, staleness_s: float = 5.0,
-                 holdout: float = 0.2,
+                 holdout: float = 0.2, holdout_at: str = "start",
                  train_stride: int = 1, hidden: Sequence[int] = (64, 16), alpha: float = 1e-4,
                  noise: float = 0.0, max_iter: int = 200, batch_size: int = 128,
                  learning_rate_init: float = 1e-3, threshold_method: str = "pot", risk: float = 1e-3,
@@ -320,6 +313,9 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     are taken as already on the ``period_s`` grid; with ``ts`` they are aligned to
     it like the live window builder does (last value held up to ``staleness_s``;
     longer gaps and steps back split the rows into separate runs).
+    ``holdout_at``: where the held-back share is taken. ``"start"`` (default)
+    holds back the oldest rows, so the model is fitted on the most recent ones,
+    the closest to the process it is about to watch.
     ``calibration``: errors the threshold is calibrated on: ``"holdout"`` (the
     held-back windows), ``"cv"`` (held-back windows plus out-of-fold errors of
     ``cv_folds - 1`` time blocks of the training part, see :func:`_cv_errors`) or
@@ -359,6 +355,8 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
             raise ValueError(f"ts has shape {ts.shape}, expected ({len(rows)},)")
         if not np.isfinite(ts).all():
             raise ValueError("ts contains NaN or infinite values")
+    if holdout_at not in ("start", "end"):
+        raise ValueError(f"holdout_at must be 'start' or 'end', got {holdout_at!r}")
     if threshold_method not in ("pot", "quantile"):
         raise ValueError(f"threshold_method must be 'pot' or 'quantile', got {threshold_method!r}")
     if not 0 < risk < 1:
@@ -379,7 +377,7 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
         grid_rows, runs = rows, [(0, len(rows))]
     else:
         _, grid_rows, runs = align_rows(ts, rows, period_s, staleness_s)
-    train_spans, held_spans = _split(len(grid_rows), runs, holdout)
+    train_spans, held_spans = _split(len(grid_rows), runs, holdout, holdout_at)
     train_rows = np.concatenate([grid_rows[a:b] for a, b in train_spans]) if train_spans else rows[:0]
     if len(train_rows) < 2:
         raise ValueError(f"not enough training rows ({len(rows)} given)")
@@ -475,6 +473,7 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
                 "train_windows": int(len(X_train)),
                 "holdout_windows": int(len(X_held)),
                 "holdout": holdout,
+                "holdout_at": holdout_at,
                 "train_stride": train_stride,
                 "seed": seed,
                 "model": {"type": "dense_autoencoder", "hidden": [int(h) for h in hidden],

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,6 +42,7 @@ from appliance.actions.decide import Decider
 from appliance.config import Config
 from appliance.core import Reading
 from appliance.detector.bundle import Scaler, load_bundle
+from appliance.detector.quantize import QuantizationCheckError
 from appliance.detector.scorer import Detector
 from appliance.detector.train import align_rows, calibrate_threshold, read_csv, train_bundle
 from appliance.detector.windowing import WindowBuilder
@@ -145,17 +146,22 @@ class _RowReference:
     def __init__(self, kind: str, train_rows: np.ndarray, holdout: float, folds: int, seed: int,
                  threshold_opts: dict):
         self.kind, self.seed = kind, seed
-        cut = int(round(len(train_rows) * (1 - holdout)))
-        self.scaler = Scaler.fit(train_rows[:cut])
+        # Same split as train_bundle's default: the oldest rows held back, fit on the recent ones.
+        cut = int(round(len(train_rows) * holdout))
+        self.scaler = Scaler.fit(train_rows[cut:])
         z = self.scaler.transform(train_rows)
-        self.model = self._fit(z[:cut])
-        held = [self._parts(self.model, z[cut:])]
+        self.model = self._fit(z[cut:])
+        held = [self._parts(self.model, z[:cut])]
         # Out-of-fold scores over time blocks of the fitting part, as train_bundle does.
-        bounds = np.linspace(0, cut, folds).round().astype(int)
+        bounds = np.linspace(cut, len(z), folds).round().astype(int)
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             rest = np.concatenate([z[:lo], z[hi:]])
             held.append(self._parts(self._fit(rest), z[lo:hi]))
         parts = [np.concatenate(p) for p in zip(*held)]
+        if kind == "iforest":
+            # The quantile margin is meant for error magnitudes; an IsolationForest score is a
+            # bounded path-length ratio where 10 % more is already a gross outlier.
+            threshold_opts = {**threshold_opts, "margin": 1.0}
         self.th = tuple(calibrate_threshold(p + 1e-12, **threshold_opts)[0] for p in parts)
 
     def _fit(self, z: np.ndarray):
@@ -304,7 +310,10 @@ def evaluate_file(rel: str, path: Path, settings: EvalSettings, work_dir: Path,
     label = labels.get("anomaly")
     if label is None:
         raise ValueError(f"{path}: no 'anomaly' column to score against")
-    r = replay_file(rel, sensors, ts, rows, settings, work_dir, allowance)
+    try:
+        r = replay_file(rel, sensors, ts, rows, settings, work_dir, allowance)
+    except QuantizationCheckError as e:
+        raise QuantizationCheckError(f"{rel}: {e}", e.report) from None
     test_ts = ts[n_train:]
     preds = {k: row_predictions(r["t_end"], a, test_ts, r["period_s"]) for k, a in r["active"].items()}
     preds["flag_all"] = np.ones(len(test_ts), dtype=np.uint8)

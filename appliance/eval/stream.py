@@ -1,0 +1,187 @@
+"""SKAB deployment-shaped evaluation (``appliance eval skab --mode stream``).
+
+One bundle is trained on ``anomaly-free.csv`` (as a technician would train on a
+stretch of normal operation), then every experiment file is replayed over a
+real Mosquitto broker by the simulator's CSV replay (original timestamps,
+QoS 1), received by the appliance's MQTT connector and sent through the running
+pipeline (windows, INT8 detector, decisions, alarm book). The alarm events the
+appliance emits are turned back into per-row alarm states and scored against
+the ``anomaly`` labels of every row of every file. Nothing here decides
+anything: it only feeds the appliance and listens to its alarms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from appliance.config import parse_config
+from appliance.eval.skab import (EvalSettings, _json_dumps, confusion, experiment_files, scores_from,
+                                 write_predictions)
+from appliance.detector.train import read_csv, train_from_csv
+
+logger = logging.getLogger(__name__)
+
+
+def _asset(rel: str) -> str:
+    return rel.removesuffix(".csv").replace("/", "-")
+
+
+def alarm_states(intervals: list[tuple[float, float | None]], ts: np.ndarray) -> np.ndarray:
+    """1 where a row's time falls inside an alarm (``start <= ts < end``; open alarms never end).
+
+    >>> alarm_states([(2.0, 4.0), (6.0, None)], np.arange(8.0)).tolist()
+    [0, 0, 1, 1, 0, 0, 1, 1]
+    """
+    out = np.zeros(len(ts), dtype=np.uint8)
+    for start, end in intervals:
+        out[(ts >= start) & (ts < (np.inf if end is None else end))] = 1
+    return out
+
+
+async def _stream(files: list[tuple[str, Path]], bundle: Path, work: Path, settings: EvalSettings,
+                  timeout_s: float, stall_s: float = 15.0) -> tuple[dict[str, list], dict]:
+    from appliance.broker import Mosquitto, free_port
+    from appliance.runtime import build
+    from firmware_sim.replay import replay_csv
+
+    broker = Mosquitto(work / "broker", port=free_port()).start()
+    try:
+        data = settings.config.model_dump(mode="json")
+        data["data_dir"] = str(work / "appliance")
+        data["inputs"]["mqtt"]["broker"].update(host="127.0.0.1", port=broker.port)
+        data["inputs"]["mqtt"]["client_id"] = "skab-stream-eval"
+        data["inputs"]["opcua"]["enabled"] = False
+        data["outputs"]["mqtt_alarm"]["broker"] = None
+        data["detector"]["bundle"] = str(bundle)
+        data["web"]["enabled"] = False
+        for section in ("history", "mitigation"):
+            if section in data and "enabled" in data[section]:
+                data[section]["enabled"] = False
+        cfg = parse_config(data, "skab-stream")
+        app = build(cfg)
+        intervals: dict[str, list] = {}
+        raised: dict[str, float] = {}
+
+        def on_event(e) -> None:
+            a = e.alarm
+            if e.kind == "raised":
+                raised[a.asset] = a.start
+            elif e.kind == "cleared" and a.asset in raised:
+                intervals.setdefault(a.asset, []).append((raised.pop(a.asset), a.end))
+
+        app.add_event_listener(on_event)
+        expected = 0
+        await app.start()
+        try:
+            t0 = time.monotonic()
+            for rel, path in files:
+                stats = await asyncio.to_thread(replay_csv, path, "127.0.0.1", broker.port, _asset(rel), "max")
+                if not stats.complete:
+                    raise RuntimeError(f"{rel}: the broker did not acknowledge every sample")
+                n_sensors = len(read_csv(path)[0])
+                expected += stats.samples * n_sensors
+            published_s = time.monotonic() - t0
+            # Every sample is acknowledged by the broker; wait until the appliance has taken
+            # them all, or until it makes no progress for stall_s (then report the shortfall).
+            deadline = time.monotonic() + timeout_s
+            last, last_change = -1, time.monotonic()
+            while app.counters.get("readings") < expected and time.monotonic() < deadline:
+                n = app.counters.get("readings")
+                if n != last:
+                    last, last_change = n, time.monotonic()
+                elif time.monotonic() - last_change > stall_s:
+                    logger.warning("stream eval: appliance stalled at %d of %d readings", n, expected)
+                    break
+                await asyncio.sleep(0.05)
+            await app.drain()
+            status = {"readings_expected": expected, "readings": app.counters.get("readings"),
+                      "windows_scored": app.counters.get("windows_scored"),
+                      "dead_letters": app.counters.get("dead_letters"),
+                      "pipeline_errors": app.counters.get("pipeline_errors"),
+                      "windows_incomplete": app.counters.get("windows_incomplete"),
+                      "publish_seconds": round(published_s, 1),
+                      "pipeline_seconds": round(time.monotonic() - t0, 1)}
+        finally:
+            await app.shutdown()
+        for asset, start in raised.items():
+            intervals.setdefault(asset, []).append((start, None))
+        return intervals, status
+    finally:
+        broker.stop()
+
+
+def run_stream_eval(data_dir: str | Path, predictions_out: str | Path | None = None,
+                    json_out: str | Path | None = None, settings: EvalSettings | None = None,
+                    files: Sequence[str] | None = None, quiet: bool = False, timeout_s: float = 300.0) -> dict:
+    """Train on anomaly-free.csv, stream every experiment file through the running appliance."""
+    settings = settings or EvalSettings()
+    started = time.monotonic()
+    root = Path(data_dir)
+    normal = root / "anomaly-free" / "anomaly-free.csv"
+    if not normal.is_file():
+        raise FileNotFoundError(f"{normal}: the stream mode trains on it")
+    todo = experiment_files(root)
+    if files is not None:
+        todo = [(rel, p) for rel, p in todo if rel in set(files)]
+        if not todo:
+            raise FileNotFoundError(f"none of {list(files)} among the experiment files")
+    with tempfile.TemporaryDirectory(prefix="skab-stream-") as tmp:
+        work = Path(tmp)
+        opts = {"seed": settings.seed, **settings.bundle}
+        bundle = train_from_csv([normal], work / "bundle", **opts)
+        t_trained = time.monotonic()
+        intervals, status = asyncio.run(_stream(todo, bundle, work, settings, timeout_s))
+    results = []
+    for rel, path in todo:
+        _, ts, _, labels = read_csv(path)
+        pred = alarm_states(intervals.get(_asset(rel), []), ts)
+        results.append({"file": rel, "ts": ts, "label": (labels["anomaly"] > 0).astype(np.uint8),
+                        "pred": {"ae_int8": pred}})
+    labels = np.concatenate([r["label"] for r in results])
+    pred = np.concatenate([r["pred"]["ae_int8"] for r in results])
+    c = confusion(pred, labels)
+    delays, missed = [], 0
+    for r in results:
+        lab, p = r["label"].astype(bool), r["pred"]["ae_int8"].astype(bool)
+        if not lab.any():
+            continue
+        hit = np.flatnonzero(lab & p)
+        if len(hit):
+            delays.append(float(r["ts"][hit[0]] - r["ts"][np.flatnonzero(lab)[0]]))
+        else:
+            missed += 1
+    summary: dict[str, Any] = {
+        "mode": "stream", "files": len(results), "rows": int(len(labels)),
+        "anomalous_share": float(labels.mean()),
+        "ae_int8": {**scores_from(c), **c, "mean_delay_s": round(float(np.mean(delays)), 1) if delays else None,
+                    "episodes_detected": len(delays), "episodes_missed": missed},
+        "alarms": sum(len(v) for v in intervals.values()),
+        "pipeline": status, "train_seconds": round(t_trained - started, 1),
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+    if predictions_out is not None:
+        write_predictions(results, predictions_out)
+        summary["predictions_out"] = str(predictions_out)
+    if json_out is not None:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(_json_dumps(summary))
+    if not quiet:
+        m = summary["ae_int8"]
+        print(f"SKAB stream mode: one bundle trained on anomaly-free.csv, {summary['files']} files streamed over "
+              f"MQTT through the running appliance, {summary['rows']} rows ({summary['anomalous_share']:.1%} "
+              f"anomalous)")
+        print(f"{'detector':34s} {'F1':>6s} {'FAR %':>7s} {'MAR %':>7s} {'delay s':>8s}")
+        delay = "-" if m["mean_delay_s"] is None else f"{m['mean_delay_s']:.1f}"
+        print(f"{'Autoencoder INT8 (appliance)':34s} {m['f1']:6.3f} {m['far']:7.2f} {m['mar']:7.2f} {delay:>8s}")
+        print(f"alarms {summary['alarms']}, episodes detected {m['episodes_detected']}/"
+              f"{m['episodes_detected'] + m['episodes_missed']}, readings {status['readings']}/"
+              f"{status['readings_expected']}, dead letters {status['dead_letters']}, "
+              f"elapsed {summary['elapsed_s']:.0f} s")
+    return summary
