@@ -105,7 +105,7 @@ def make_cfg(port: int, client_id: str = "test-ingest", **kw) -> MqttInputConfig
 def start(conn, sink, wait_connected=True):
     asyncio.run(conn.start(sink))
     if wait_connected:
-        wait_for(lambda: conn.status()["connected"], 15, "connector to connect")
+        wait_for(lambda: conn.status()["subscribed"], 15, "connector to connect and subscribe")
         # Subscriptions are sent right after CONNACK; a retained probe proves they are active.
     return conn
 

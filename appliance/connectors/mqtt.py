@@ -142,6 +142,7 @@ class MqttConnector:
         self._client: paho.Client | None = None
         self._sink: IngestSink | None = None
         self._connected = False
+        self._pending_subacks: set[int] = set()
         self._ever_connected = False
         self._accepted = False
         self._connected_since: float | None = None
@@ -187,6 +188,8 @@ class MqttConnector:
                 "client_id": self.cfg.client_id,
                 "subscriptions": list(self.router.subscriptions),
                 "connected": self._connected,
+                # True once the broker acknowledged every subscription of this connection
+                "subscribed": self._connected and not self._pending_subacks,
                 "connected_since": self._connected_since,
                 "messages": counters.get("messages", 0),
                 "readings": counters.get("readings", 0),
@@ -230,7 +233,15 @@ class MqttConnector:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        failed = [rc for rc in reason_codes if rc.is_failure]
+        if failed:
+            self._error(f"broker refused subscription: {failed[0]}")
+        with self._lock:
+            self._pending_subacks.discard(mid)
 
     def _status_payload(self, state: str, reason: str = "") -> str:
         doc = {"state": state, "client_id": self.cfg.client_id, "connector": self.name,
@@ -332,8 +343,12 @@ class MqttConnector:
             self._counters.inc("connects")
             if reconnect:
                 self._counters.inc("reconnects")
-        for f in self.router.subscriptions:
-            client.subscribe(f, qos=self.cfg.qos)
+        with self._lock:
+            self._pending_subacks = set()
+            for f in self.router.subscriptions:
+                rc, mid = client.subscribe(f, qos=self.cfg.qos)
+                if mid is not None:
+                    self._pending_subacks.add(mid)
         client.publish(self.cfg.status_topic, self._status_payload("online"), qos=1, retain=True)
         log.info("mqtt %s name=%s broker=%s:%d client_id=%s session_present=%d",
                  "reconnected" if reconnect else "connected", self.name, b.host, b.port,
