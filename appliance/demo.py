@@ -136,6 +136,9 @@ async def _run(cfg, seconds, fault_at, fault) -> int:
     web = None
     await app.start()
     try:
+        # Sources start once the appliance listens, so the demo counts every reading.
+        if not await app.wait_inputs_ready(60):
+            print("demo: WARNING: inputs not ready after 60 s; starting the simulator anyway", flush=True)
         if dcfg.web.enabled:
             try:
                 web = start_web(app, dcfg.web.host, dcfg.web.port)

@@ -155,6 +155,16 @@ class Appliance:
                  self.detector.version, len(self.detector.sensors), self.detector.window,
                  self.windows.stride, ",".join(c.name for c in self.connectors))
 
+    async def wait_inputs_ready(self, timeout: float = 60.0) -> bool:
+        """Wait until every connector is connected (MQTT: every subscription acknowledged)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [c.status() for c in self.connectors]
+            if all(st.get("subscribed", st.get("connected", True)) for st in states):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
     async def shutdown(self) -> None:
         for c in self.connectors:
             try:

@@ -80,6 +80,10 @@ async def _stream(files: list[tuple[str, Path]], bundle: Path, work: Path, setti
         expected = 0
         await app.start()
         try:
+            # Publish only once the broker holds our subscription: a message published
+            # before it is routed to nobody (it is not queued for a session not yet made).
+            if not await app.wait_inputs_ready(60):
+                raise RuntimeError("the MQTT connector did not subscribe within 60 s")
             t0 = time.monotonic()
             for rel, path in files:
                 stats = await asyncio.to_thread(replay_csv, path, "127.0.0.1", broker.port, _asset(rel), "max")
