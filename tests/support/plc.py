@@ -21,6 +21,7 @@ import pytest
 from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
+from appliance.broker import stop_process
 from tests.support.mosquitto import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,20 +72,12 @@ class PlcSim:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.proc = None
 
     def kill(self) -> None:
         """Power loss: no goodbye to the clients."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc, signal.SIGKILL, 5)
         self.proc = None
 
     def restart(self, down_s: float = 0.5, hard: bool = True) -> None:

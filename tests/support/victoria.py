@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.broker import stop_process
+
 from tests.support.mosquitto import free_port, wait_port
 
 VICTORIA = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
@@ -69,13 +71,7 @@ class VictoriaMetrics:
 
     def stop(self) -> None:
         """Graceful stop (SIGINT): in-flight requests finish, data is flushed."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, signal.SIGINT, 20)
         self.proc = None
 
     def restart(self, down_s: float = 0.5) -> None:
