@@ -237,12 +237,18 @@ def run_pump(host: str = "127.0.0.1", port: int = 1883, asset: str = "pump1", ra
             if delay > 0:
                 stop_event.wait(delay)
     finally:
-        ok = pub.flush(flush_timeout)
-        stats.published = pub.published - published0
-        stats.acked = stats.published - pub.pending
-        if own:
-            pub.close(flush_timeout=0)
-        if not ok:
-            log.warning("sim unacknowledged asset=%s pending=%d", asset, pub.pending)
+        finish_publishing(pub, stats, published0, own, flush_timeout, f"asset={asset}")
     log.info("sim pump_stopped asset=%s %s", asset, stats.summary())
     return stats
+
+
+def finish_publishing(pub: "MqttPublisher", stats: PublishStats, published0: int, own: bool,
+                      flush_timeout: float, what: str) -> None:
+    """Wait for the broker's acknowledgements and fill in what was published and acked."""
+    ok = pub.flush(flush_timeout)
+    stats.published = pub.published - published0
+    stats.acked = stats.published - pub.pending
+    if own:
+        pub.close(flush_timeout=0)
+    if not ok:
+        log.warning("sim unacknowledged %s pending=%d", what, pub.pending)

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from .publisher import MqttPublisher, PublishStats, publish_sample
+from .publisher import MqttPublisher, PublishStats, finish_publishing, publish_sample
 
 log = logging.getLogger(__name__)
 
@@ -145,13 +145,7 @@ def replay_csv(path: str | Path, host: str = "127.0.0.1", port: int = 1883, asse
                 stats.first_ts = ts + shift if stats.first_ts is None else stats.first_ts
                 stats.last_ts = ts + shift
     finally:
-        ok = pub.flush(flush_timeout)
-        stats.published = pub.published - published0
-        stats.acked = stats.published - pub.pending
-        if own:
-            pub.close(flush_timeout=0)
-        if not ok:
-            log.warning("sim unacknowledged file=%s pending=%d", path, pub.pending)
+        finish_publishing(pub, stats, published0, own, flush_timeout, f"file={path}")
     log.info("sim replay_done file=%s %s", path, stats.summary())
     return stats
 
