@@ -249,6 +249,8 @@ class Appliance:
             elif e.kind != "escalated":
                 log.info("alarm %s asset=%s id=%s user=%s", e.kind, e.alarm.asset, e.alarm.id, e.user)
             self.store.put_alarm_event(e)
+            if e.kind in ("cleared", "superseded"):
+                self._peaks_stored.pop(e.alarm.id, None)  # keeps the map to open alarms only
             if e.kind in MODE_EVENTS:
                 self.store.put_point_mode(e.alarm.asset, self.alarms.modes().get(e.alarm.asset, "in_service"),
                                           e.alarm.shelved_until)
