@@ -571,12 +571,7 @@ def run_skab_eval(data_dir: str | Path, mode: str = "protocol", predictions_out:
     summary["drift_allowance"] = allowance
     summary["elapsed_s"] = round(time.monotonic() - started, 1)
     summary["workers"] = workers
-    if predictions_out is not None:
-        write_predictions(results, predictions_out)
-        summary["predictions_out"] = str(predictions_out)
-    if json_out is not None:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(_json_dumps(summary))
+    write_outputs(summary, results, predictions_out, json_out)
     if not quiet:
         print(format_table(summary))
     if keep_results:
@@ -598,5 +593,16 @@ def _json_dumps(obj) -> str:
     return json.dumps(obj, indent=2, default=default) + "\n"
 
 
+def write_outputs(summary: dict, results, predictions_out, json_out) -> None:
+    """Write per-file predictions (re-scorable) and the JSON summary, where asked to."""
+    if predictions_out is not None:
+        write_predictions(results, predictions_out)
+        summary["predictions_out"] = str(predictions_out)
+    if json_out is not None:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(_json_dumps(summary))
+
+
 if __name__ == "__main__":  # pragma: no cover - convenience for development
     run_skab_eval(sys.argv[1] if len(sys.argv) > 1 else "../shared/datasets/skab")
+

@@ -22,8 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from appliance.config import parse_config
-from appliance.eval.skab import (EvalSettings, _json_dumps, confusion, experiment_files, scores_from,
-                                 write_predictions)
+from appliance.eval.skab import EvalSettings, confusion, experiment_files, scores_from, write_outputs
 from appliance.detector.train import read_csv, train_from_csv
 
 logger = logging.getLogger(__name__)
@@ -170,12 +169,7 @@ def run_stream_eval(data_dir: str | Path, predictions_out: str | Path | None = N
         "pipeline": status, "train_seconds": round(t_trained - started, 1),
         "elapsed_s": round(time.monotonic() - started, 1),
     }
-    if predictions_out is not None:
-        write_predictions(results, predictions_out)
-        summary["predictions_out"] = str(predictions_out)
-    if json_out is not None:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(_json_dumps(summary))
+    write_outputs(summary, results, predictions_out, json_out)
     if not quiet:
         m = summary["ae_int8"]
         print(f"SKAB stream mode: one bundle trained on anomaly-free.csv, {summary['files']} files streamed over "
