@@ -69,7 +69,7 @@ def test_missing_model_file(copy):
         load_bundle(copy)
 
 
-@pytest.mark.parametrize("version", [2, None, "1"])
+@pytest.mark.parametrize("version", [3, 0, None, "1", True])
 def test_wrong_format_version(copy, version):
     edit_meta(copy, lambda m: m.update(format_version=version))
     with pytest.raises(BundleError, match="format_version .* not supported"):

@@ -9,7 +9,8 @@
 
 ``bundle.json`` keys: ``format_version``, ``model_version`` (UTC time + content
 hash), ``created_at``, ``sensors`` (ordered), ``window`` (rows), ``stride``,
-``period_s``, ``scaler`` (robust per-sensor ``center``/``scale``),
+``period_s``, ``scaler`` (robust per-sensor ``center``/``scale``), ``level_free``
+(sensors shown to the model with their window mean removed; format 2),
 ``threshold`` (INT8) with ``thresholds`` per precision and ``threshold_calibration``
 (how), ``training`` (data sha256, row count, window counts, model settings),
 ``int8_check`` (INT8-vs-FP32 results), ``files`` (sha256 of each ONNX file).
@@ -39,7 +40,9 @@ from appliance.detector.autoencoder import ONNX_INPUT, ONNX_OUTPUT
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 bundles predate ``level_free``; they load with no level-free sensors.
+READABLE_VERSIONS = (1, 2)
 META_FILE = "bundle.json"
 MODEL_FILES = {"int8": "model.int8.onnx", "fp32": "model.fp32.onnx"}
 
@@ -118,6 +121,7 @@ class Bundle:
     thresholds: dict[str, float]
     model_version: str
     models: dict[str, Path] = field(default_factory=dict)
+    level_free: tuple[str, ...] = ()
 
     def threshold(self, precision: str = "int8") -> float:
         return self.thresholds[precision]
@@ -155,14 +159,20 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
     if not isinstance(meta, dict):
         raise BundleError(f"{where}: must hold a JSON object")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{where}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise BundleError(f"{where}: format_version {version!r} is not supported "
+                          f"(this appliance reads {', '.join(map(str, READABLE_VERSIONS))})")
     sensors = _require(meta, "sensors", list, where, lambda v: len(v) > 0 and all(
         isinstance(s, str) and s for s in v) and len(set(v)) == len(v), "non-empty unique names")
     window = _require(meta, "window", int, where, lambda v: v >= 2, "at least 2 rows")
     stride = _require(meta, "stride", int, where, lambda v: v >= 1, "at least 1")
     period_s = _require(meta, "period_s", (int, float), where, _finite_positive, "finite and > 0")
     model_version = _require(meta, "model_version", str, where, bool, "non-empty")
+    level_free = ()
+    if version >= 2:
+        level_free = tuple(_require(meta, "level_free", list, where, lambda v: all(
+            isinstance(s, str) for s in v) and set(v) <= set(sensors) and len(set(v)) == len(v),
+            "unique names of the bundle's sensors"))
     sc = _require(meta, "scaler", dict, where)
     try:
         center = np.asarray(sc["center"], dtype=np.float64)
@@ -194,7 +204,7 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
         models[precision] = p
     return Bundle(path=root, meta=meta, sensors=tuple(sensors), window=window, stride=stride,
                   period_s=float(period_s), scaler=Scaler(center, scale, str(sc.get("kind", "robust"))),
-                  thresholds=thresholds, model_version=model_version, models=models)
+                  thresholds=thresholds, model_version=model_version, models=models, level_free=level_free)
 
 
 def _check_model_shape(path: Path, window: int, n_sensors: int) -> None:

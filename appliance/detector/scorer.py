@@ -4,7 +4,7 @@
 (``intra_op_num_threads=threads``, sequential execution). ``score_one`` turns a
 complete :class:`~appliance.core.Window` into a :class:`~appliance.core.Score`
 whose ``value`` is the mean squared reconstruction error of the scaled window
-and whose ``contributions`` are each sensor's share of that error (summing to 1).
+(level-free sensors with their window mean removed, as in training) and whose ``contributions`` are each sensor's share of that error (summing to 1).
 The session is safe to share between threads (ONNX Runtime's ``run`` is).
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 from appliance.core import Score, Window
 from appliance.detector.autoencoder import ONNX_INPUT, ONNX_OUTPUT
 from appliance.detector.bundle import Bundle, load_bundle
+from appliance.detector.features import center_levels
 from appliance.detector.quantize import make_session
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Detector:
         self._inv_scale = (1.0 / bundle.scaler.scale).astype(np.float32)
         self._session = make_session(bundle.models[precision], threads=threads)
         self._index = {s: i for i, s in enumerate(self.sensors)}
+        self._level_free = np.array([self._index[s] for s in bundle.level_free], dtype=int)
         logger.info("detector loaded bundle=%s version=%s precision=%s threads=%d sensors=%d window=%d",
                     bundle.path, self.version, precision, threads, len(self.sensors), self.window)
 
@@ -110,6 +112,8 @@ class Detector:
         x = self.scale(values.astype(np.float32, copy=False))
         if not np.isfinite(x).all():
             raise ValueError("values contain NaN or infinite cells")
+        if len(self._level_free):
+            x = center_levels(x, self._level_free)
         sensor_err = np.empty((len(x), len(self.sensors)), dtype=np.float32)
         for i in range(0, len(x), batch):
             chunk = np.ascontiguousarray(x[i:i + batch])

@@ -34,6 +34,7 @@ from sklearn.base import clone
 
 from appliance.detector.autoencoder import WindowAutoencoder
 from appliance.detector.bundle import FORMAT_VERSION, Scaler, data_sha256, write_bundle
+from appliance.detector.features import TREND_LIMIT, center_levels, trending_sensors
 from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, gemm_nodes, make_session,
                                          probe_shift_for, probe_windows, quantize_model, sensor_errors,
                                          verify_int8)
@@ -266,7 +267,7 @@ def _clip_spans(spans: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[in
 
 
 def _cv_errors(scaled: np.ndarray, train_spans, held_spans, window: int, train_stride: int,
-               folds: int, make_ae) -> tuple[np.ndarray, list[int]]:
+               folds: int, make_ae, prepare=lambda x: x) -> tuple[np.ndarray, list[int]]:
     """Out-of-fold errors over the training part, in ``folds - 1`` contiguous time blocks.
 
     Each block is scored by a model fitted on every other block (the held-back
@@ -280,8 +281,8 @@ def _cv_errors(scaled: np.ndarray, train_spans, held_spans, window: int, train_s
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         inside = _clip_spans(train_spans, lo, hi)
         outside = _clip_spans(train_spans, start, lo) + _clip_spans(train_spans, hi, end) + list(held_spans)
-        X_fit = windows_in(scaled, outside, window, train_stride)
-        X_oof = windows_in(scaled, inside, window, 1)
+        X_fit = prepare(windows_in(scaled, outside, window, train_stride))
+        X_oof = prepare(windows_in(scaled, inside, window, 1))
         if len(X_oof) == 0 or len(X_fit) < 10:
             continue
         errors.append(make_ae().fit(X_fit).errors(X_oof))
@@ -306,6 +307,7 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
                  int8_exclude: str | Sequence[str] = "auto", calibrate_method: str = "minmax",
                  check_limits: CheckLimits = CheckLimits(), max_calibration_windows: int = 2000,
                  calibrate_probes: bool = True, probe_reach: float = 3.0,
+                 level_free: Sequence[str] = (), trend_limit: float | None = TREND_LIMIT,
                  seed: int = 0) -> Path:
     """Fit, export, quantize, check and write a bundle; return its path.
 
@@ -325,6 +327,10 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     ``probe_reach``: INT8 calibration and check use probe windows whose errors reach
     about this multiple of the threshold (raise it if thresholds may be scaled
     up later).
+    ``level_free``: sensors whose slow level the model must not learn (each
+    window is shown with their window mean removed, see
+    :mod:`appliance.detector.features`); sensors whose training rows trend by
+    more than ``trend_limit`` residual deviations are added (None: never).
     ``int8_exclude``: ``"auto"`` quantizes everything and, only if the INT8 check
     fails, retries with the output layer kept in FP32; a list names the nodes to
     keep in FP32; ``()`` never keeps any.
@@ -366,6 +372,15 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     cv_folds = _check_int("cv_folds", cv_folds, 3)
     if not (isinstance(threshold_scale, (int, float)) and math.isfinite(threshold_scale) and threshold_scale > 0):
         raise ValueError(f"threshold_scale must be finite and > 0, got {threshold_scale!r}")
+    level_free_given = list(level_free) if not isinstance(level_free, str) else level_free
+    if isinstance(level_free, str) or not all(isinstance(s, str) for s in level_free):
+        raise ValueError(f"level_free must be a list of sensor names, got {level_free!r}")
+    unknown = sorted(set(level_free) - set(sensors))
+    if unknown:
+        raise ValueError(f"level_free names sensors that are not in the data: {unknown} (sensors: {sensors})")
+    if trend_limit is not None and not (isinstance(trend_limit, (int, float)) and math.isfinite(trend_limit)
+                                        and trend_limit > 0):
+        raise ValueError(f"trend_limit must be finite and > 0 or None, got {trend_limit!r}")
     if int8_exclude != "auto" and isinstance(int8_exclude, str):
         raise ValueError(f"int8_exclude must be 'auto' or a list of node names, got {int8_exclude!r}")
     ae = WindowAutoencoder(hidden=hidden, alpha=alpha, noise=noise, max_iter=max_iter,
@@ -383,8 +398,15 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
         raise ValueError(f"not enough training rows ({len(rows)} given)")
     scaler = Scaler.fit(train_rows)
     scaled = scaler.transform(grid_rows)
-    X_train = windows_in(scaled, train_spans, window, train_stride)
-    X_held = windows_in(scaled, held_spans, window, 1)
+    trending = trending_sensors(train_rows, sensors, trend_limit) if trend_limit is not None else []
+    level_free = [s for s in sensors if s in set(level_free) | set(trending)]
+    level_cols = np.array([sensors.index(s) for s in level_free], dtype=int)
+
+    def prepare(X: np.ndarray) -> np.ndarray:
+        return center_levels(X, level_cols)
+
+    X_train = prepare(windows_in(scaled, train_spans, window, train_stride))
+    X_held = prepare(windows_in(scaled, held_spans, window, 1))
     need = f"(window={window}, holdout={holdout}, rows={len(rows)})"
     if len(X_train) < 10:
         raise ValueError(f"only {len(X_train)} training windows; need >= 10 {need}")
@@ -396,7 +418,7 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     oof, oof_sizes = np.empty(0), []
     if use_cv:
         oof, oof_sizes = _cv_errors(scaled, train_spans, held_spans, window, train_stride, cv_folds,
-                                    lambda: clone(ae))
+                                    lambda: clone(ae), prepare)
     fit_s = time.monotonic() - started
     calib = X_train[np.linspace(0, len(X_train) - 1, min(len(X_train), max_calibration_windows)).astype(int)]
 
@@ -461,6 +483,7 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
             "stride": stride,
             "period_s": float(period_s),
             "scaler": scaler.to_dict(),
+            "level_free": level_free,
             "threshold": th8,
             "thresholds": {"int8": th8, "fp32": th32},
             "threshold_calibration": {"int8": info8, "fp32": info32},
@@ -475,6 +498,8 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
                 "holdout": holdout,
                 "holdout_at": holdout_at,
                 "train_stride": train_stride,
+                "level_free": {"given": list(dict.fromkeys(level_free_given)), "trending": trending,
+                               "trend_limit": trend_limit},
                 "seed": seed,
                 "model": {"type": "dense_autoencoder", "hidden": [int(h) for h in hidden],
                           "alpha": alpha, "noise": noise, "max_iter": max_iter, "epochs": ae.n_iter_,

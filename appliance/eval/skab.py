@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,6 +42,7 @@ from appliance.actions.decide import Decider
 from appliance.config import Config
 from appliance.core import Reading
 from appliance.detector.bundle import Scaler, load_bundle
+from appliance.detector.features import drifting_sensors
 from appliance.detector.quantize import QuantizationCheckError
 from appliance.detector.scorer import Detector
 from appliance.detector.train import align_rows, calibrate_threshold, read_csv, train_bundle
@@ -78,6 +79,9 @@ class EvalSettings:
     # Share of normal rows of anomaly-free.csv allowed to be alarmed; sets each detector's
     # drift allowance (threshold scale). None: no allowance (scale 1).
     drift_budget: float | None = 0.10
+    # Sensors whose level wanders in anomaly-free.csv are shown to the autoencoder without
+    # their window level (see appliance.detector.features); False: only the per-file trend test.
+    level_free_from_anomaly_free: bool = True
 
 
 # ---------------------------------------------------------------- data
@@ -282,6 +286,7 @@ def replay_file(rel: str, sensors: list[str], ts: np.ndarray, rows: np.ndarray, 
         "bundle": {"model_version": bundle.model_version, "window": bundle.window, "stride": stride,
                    "sizes": {p: bundle.models[p].stat().st_size for p in bundle.models},
                    "thresholds": bundle.thresholds, "int8_check": bundle.meta["int8_check"],
+                   "level_free": list(bundle.level_free),
                    "threshold_calibration": bundle.meta["threshold_calibration"]["int8"]},
         "seconds": {"train": round(t_trained - started, 2), "replay": round(time.monotonic() - t_trained, 2)},
     }
@@ -351,14 +356,32 @@ def _map(jobs: list, workers: int) -> list:
         return list(ex.map(_worker, jobs))
 
 
+# ---------------------------------------------------------------- choices made on anomaly-free.csv
+
+def anomaly_free_path(data_dir: str | Path) -> Path:
+    path = Path(data_dir) / "anomaly-free" / "anomaly-free.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: needed for the choices the protocol lets us make on normal data "
+                                "(drift allowance, level-free sensors)")
+    return path
+
+
+def with_level_free(data_dir: str | Path, settings: EvalSettings) -> tuple[EvalSettings, dict | None]:
+    """``settings`` whose bundles treat the sensors drifting in ``anomaly-free.csv`` as level-free."""
+    if not settings.level_free_from_anomaly_free or "level_free" in settings.bundle:
+        return settings, None
+    sensors, _, rows, _ = read_csv(anomaly_free_path(data_dir))
+    chosen, report = drifting_sensors(rows, sensors, train_rows=settings.train_rows)
+    logger.info("level-free sensors from anomaly-free.csv: %s", chosen)
+    return replace(settings, bundle={**settings.bundle, "level_free": chosen}), {"sensors": chosen, **report}
+
+
 # ---------------------------------------------------------------- drift allowance from anomaly-free.csv
 
 def _chunk_replay(rel: str, path: Path, start: int, length: int, settings: EvalSettings, work_dir: Path) -> dict:
     sensors, ts, rows, _ = read_csv(path)
     sl = slice(start, start + length)
-    settings1 = EvalSettings(train_rows=settings.train_rows, bundle={**settings.bundle, "threshold_scale": 1.0},
-                             config=settings.config, seed=settings.seed,
-                             reference_holdout=settings.reference_holdout)
+    settings1 = replace(settings, bundle={**settings.bundle, "threshold_scale": 1.0})
     r = replay_file(f"{rel}@{start}", sensors, ts[sl], rows[sl], settings1, work_dir)
     r["test_ts"] = ts[sl][settings.train_rows:]
     return r
@@ -387,10 +410,7 @@ def calibrate_drift_allowance(data_dir: str | Path, settings: EvalSettings, budg
     rows are alarmed. This measures how far the process wanders beyond what 400
     rows show, on data the protocol allows for choices.
     """
-    path = Path(data_dir) / "anomaly-free" / "anomaly-free.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: needed to calibrate the drift allowance "
-                                "(or pass drift_budget=None to skip)")
+    path = anomaly_free_path(data_dir)
     n = len(read_csv(path)[1])
     starts = list(range(0, n - chunk_rows + 1, step_rows))
     chunks = _map([(_chunk_replay, ("anomaly-free", path, s, chunk_rows, settings, work_dir)) for s in starts],
@@ -488,6 +508,16 @@ def format_table(summary: dict) -> str:
         d = summary["drift_allowance"]
         lines.append(f"drift allowance: thresholds x {', '.join(f'{k} {v:.2f}' for k, v in d['scales'].items())} "
                      f"(<= {d['budget']:.0%} of normal rows alarmed on {d['chunks']} chunks of anomaly-free.csv)")
+    lf = summary.get("level_free") or {}
+    if lf.get("per_file"):
+        counts: dict[str, int] = {}
+        for names in lf["per_file"].values():
+            for n in names:
+                counts[n] = counts.get(n, 0) + 1
+        given = (lf.get("from_anomaly_free") or {}).get("sensors")
+        lines.append("level-free sensors (files): " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                                                       or "none")
+                     + (f"; drifting in anomaly-free.csv: {', '.join(given) or 'none'}" if given is not None else ""))
     lines.append(f"elapsed {summary['elapsed_s']:.0f} s, {summary['workers']} worker(s)")
     return "\n".join(lines)
 
@@ -522,6 +552,7 @@ def run_skab_eval(data_dir: str | Path, mode: str = "protocol", predictions_out:
         if missing := wanted - {rel for rel, _ in todo}:
             raise FileNotFoundError(f"not among the experiment files: {sorted(missing)}")
     workers = workers or min(2, os.cpu_count() or 1)
+    settings, level_free = with_level_free(data_dir, settings)
     allowance = None
     with tempfile.TemporaryDirectory(prefix="skab-eval-") as tmp:
         scales: dict[str, float] = {}
@@ -569,6 +600,8 @@ def run_skab_eval(data_dir: str | Path, mode: str = "protocol", predictions_out:
                            "decision": settings.config.decision.model_dump(),
                            "window": results[0]["bundle"]["window"], "stride": results[0]["bundle"]["stride"]}
     summary["drift_allowance"] = allowance
+    summary["level_free"] = {"from_anomaly_free": level_free,
+                             "per_file": {r["file"]: r["bundle"]["level_free"] for r in results}}
     summary["elapsed_s"] = round(time.monotonic() - started, 1)
     summary["workers"] = workers
     write_outputs(summary, results, predictions_out, json_out)
