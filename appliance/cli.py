@@ -50,8 +50,20 @@ def cmd_train(args) -> int:
 
     opts = {k: v for k, v in (("window", args.window), ("stride", args.stride),
                               ("period_s", args.period)) if v is not None}
-    out = train_from_csv(args.data, args.out, **opts)
-    print(f"bundle written: {out}")
+    level_free = list(args.level_free or [])
+    if args.level_free_from:
+        from appliance.detector.features import drifting_sensors
+        from appliance.detector.train import read_csv_rows
+        sensors, _, rows = read_csv_rows(args.level_free_from)
+        drifting, report = drifting_sensors(rows, sensors)
+        print(f"drifting in {', '.join(args.level_free_from)}: {', '.join(drifting) or 'none'} "
+              f"(share of stretches: {report['drift_share']})")
+        level_free += [s for s in drifting if s not in level_free]
+    if args.no_trend_check:
+        opts["trend_limit"] = None
+    out = train_from_csv(args.data, args.out, level_free=level_free, **opts)
+    from appliance.detector.bundle import load_bundle
+    print(f"bundle written: {out} (level-free sensors: {', '.join(load_bundle(out).level_free) or 'none'})")
     return 0
 
 
@@ -123,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--window", type=int)
     t.add_argument("--stride", type=int)
     t.add_argument("--period", type=float, help="sampling period of the data in seconds")
+    t.add_argument("--level-free", action="append", metavar="SENSOR",
+                   help="sensor whose slow level is not learned, only its shape within a window (repeatable)")
+    t.add_argument("--level-free-from", nargs="+", metavar="CSV",
+                   help="long normal record(s): sensors whose level drifts there become level-free")
+    t.add_argument("--no-trend-check", action="store_true",
+                   help="do not make sensors that trend within the training rows level-free")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate the detector")

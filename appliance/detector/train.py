@@ -23,6 +23,7 @@ import logging
 import math
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -396,11 +397,19 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     train_rows = np.concatenate([grid_rows[a:b] for a, b in train_spans]) if train_spans else rows[:0]
     if len(train_rows) < 2:
         raise ValueError(f"not enough training rows ({len(rows)} given)")
-    scaler = Scaler.fit(train_rows)
-    scaled = scaler.transform(grid_rows)
     trending = trending_sensors(train_rows, sensors, trend_limit) if trend_limit is not None else []
     level_free = [s for s in sensors if s in set(level_free) | set(trending)]
     level_cols = np.array([sensors.index(s) for s in level_free], dtype=int)
+    scaler = Scaler.fit(train_rows)
+    if len(level_cols):
+        # A level-free sensor's spread over the training rows is mostly its drift; the model
+        # only sees its deviations from the window mean, so those set its scale.
+        dev = center_levels(windows_in(grid_rows, train_spans, window, train_stride), level_cols)
+        dev_scale = Scaler.fit(dev.reshape(-1, len(sensors))).scale
+        scale = scaler.scale.copy()
+        scale[level_cols] = dev_scale[level_cols]
+        scaler = replace(scaler, scale=scale)
+    scaled = scaler.transform(grid_rows)
 
     def prepare(X: np.ndarray) -> np.ndarray:
         return center_levels(X, level_cols)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from appliance.config import parse_config
-from appliance.eval.skab import EvalSettings, confusion, experiment_files, scores_from, write_outputs
+from appliance.eval.skab import EvalSettings, confusion, experiment_files, scores_from, with_level_free, write_outputs
 from appliance.detector.train import read_csv, train_from_csv
 
 logger = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ def run_stream_eval(data_dir: str | Path, predictions_out: str | Path | None = N
             raise FileNotFoundError(f"none of {list(files)} among the experiment files")
     with tempfile.TemporaryDirectory(prefix="skab-stream-") as tmp:
         work = Path(tmp)
+        settings, level_free = with_level_free(root, settings)
         opts = {"seed": settings.seed, **settings.bundle}
         bundle = train_from_csv([normal], work / "bundle", **opts)
         t_trained = time.monotonic()
@@ -166,7 +167,7 @@ def run_stream_eval(data_dir: str | Path, predictions_out: str | Path | None = N
         "ae_int8": {**scores_from(c), **c, "mean_delay_s": round(float(np.mean(delays)), 1) if delays else None,
                     "episodes_detected": len(delays), "episodes_missed": missed},
         "alarms": sum(len(v) for v in intervals.values()),
-        "pipeline": status, "train_seconds": round(t_trained - started, 1),
+        "pipeline": status, "train_seconds": round(t_trained - started, 1), "level_free": level_free,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     write_outputs(summary, results, predictions_out, json_out)
