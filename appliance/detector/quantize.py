@@ -123,6 +123,12 @@ def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np
     extra: dict = {"WeightSymmetric": True}
     if calibrate_method == "percentile":
         extra["CalibPercentile"] = 99.999
+    # Gemm outputs stay unquantized: hidden activations are still INT8 at the Relu outputs
+    # (ONNX Runtime folds Relu + QuantizeLinear into QGemm), and the output layer becomes a
+    # QGemm with float output. That saves a requantize pass, the INT8 Reshape and the final
+    # DequantizeLinear, and the reconstruction the error is computed from is not rounded to
+    # 8 bits (measured: batch-256 INT8/FP32 1.43x -> 1.56x, closer agreement with FP32).
+    extra["OpTypesToExcludeOutputQuantization"] = ["Gemm"]
     # Signed INT8 activations and weights (S8S8): the fast integer path on aarch64
     # dot-product units and on x86 VNNI alike.
     with tempfile.TemporaryDirectory(prefix="appliance-quant-") as tmp:

@@ -309,7 +309,7 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
                  check_limits: CheckLimits = CheckLimits(), max_calibration_windows: int = 2000,
                  calibrate_probes: bool = True, probe_reach: float = 3.0,
                  level_free: Sequence[str] = (), trend_limit: float | None = TREND_LIMIT,
-                 seed: int = 0) -> Path:
+                 level_free_scale: str = "window", seed: int = 0) -> Path:
     """Fit, export, quantize, check and write a bundle; return its path.
 
     ``rows`` is ``(n, n_sensors)`` normal-operation data. Without ``ts`` the rows
@@ -332,6 +332,9 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     window is shown with their window mean removed, see
     :mod:`appliance.detector.features`); sensors whose training rows trend by
     more than ``trend_limit`` residual deviations are added (None: never).
+    ``level_free_scale``: ``"window"`` scales a level-free sensor by the spread of
+    its deviations from the window mean, ``"overall"`` by its whole spread (drift
+    included, so its shape weighs less).
     ``int8_exclude``: ``"auto"`` quantizes everything and, only if the INT8 check
     fails, retries with the output layer kept in FP32; a list names the nodes to
     keep in FP32; ``()`` never keeps any.
@@ -373,12 +376,14 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     cv_folds = _check_int("cv_folds", cv_folds, 3)
     if not (isinstance(threshold_scale, (int, float)) and math.isfinite(threshold_scale) and threshold_scale > 0):
         raise ValueError(f"threshold_scale must be finite and > 0, got {threshold_scale!r}")
-    level_free_given = list(level_free) if not isinstance(level_free, str) else level_free
     if isinstance(level_free, str) or not all(isinstance(s, str) for s in level_free):
         raise ValueError(f"level_free must be a list of sensor names, got {level_free!r}")
+    level_free_given = list(dict.fromkeys(level_free))
     unknown = sorted(set(level_free) - set(sensors))
     if unknown:
         raise ValueError(f"level_free names sensors that are not in the data: {unknown} (sensors: {sensors})")
+    if level_free_scale not in ("window", "overall"):
+        raise ValueError(f"level_free_scale must be 'window' or 'overall', got {level_free_scale!r}")
     if trend_limit is not None and not (isinstance(trend_limit, (int, float)) and math.isfinite(trend_limit)
                                         and trend_limit > 0):
         raise ValueError(f"trend_limit must be finite and > 0 or None, got {trend_limit!r}")
@@ -401,7 +406,7 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     level_free = [s for s in sensors if s in set(level_free) | set(trending)]
     level_cols = np.array([sensors.index(s) for s in level_free], dtype=int)
     scaler = Scaler.fit(train_rows)
-    if len(level_cols):
+    if len(level_cols) and level_free_scale == "window":
         # A level-free sensor's spread over the training rows is mostly its drift; the model
         # only sees its deviations from the window mean, so those set its scale.
         dev = center_levels(windows_in(grid_rows, train_spans, window, train_stride), level_cols)
@@ -507,13 +512,13 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
                 "holdout": holdout,
                 "holdout_at": holdout_at,
                 "train_stride": train_stride,
-                "level_free": {"given": list(dict.fromkeys(level_free_given)), "trending": trending,
-                               "trend_limit": trend_limit},
+                "level_free": {"given": level_free_given, "trending": trending,
+                               "trend_limit": trend_limit, "scale": level_free_scale},
                 "seed": seed,
                 "model": {"type": "dense_autoencoder", "hidden": [int(h) for h in hidden],
                           "alpha": alpha, "noise": noise, "max_iter": max_iter, "epochs": ae.n_iter_,
                           "batch_size": batch_size, "learning_rate_init": learning_rate_init},
-                "quantization": {"format": "QDQ", "activations": "int8", "weights": "int8",
+                "quantization": {"format": "QDQ", "activations": "int8", "weights": "int8", "output": "float",
                                  "per_channel": per_channel, "calibrate_method": calibrate_method,
                                  "calibration_windows": int(len(calib))},
                 "fit_seconds": round(fit_s, 3),

@@ -23,10 +23,17 @@ from appliance.eval.skab import EvalSettings, run_skab_eval
 
 VARIANTS: dict[str, dict] = {
     "default": {},
+    "no level-free sensors (every sensor's level learned)": {"bundle": {"level_free": [], "trend_limit": None}},
+    "level-free only by the per-file trend test (nothing from anomaly-free.csv)":
+        {"settings": {"level_free_from_anomaly_free": False}},
+    "level-free sensors scaled by their whole spread": {"bundle": {"level_free_scale": "overall"}},
+    "accelerometers level-free too (drift share > 0.25 in anomaly-free.csv)":
+        {"bundle": {"level_free": ["Thermocouple", "Accelerometer1RMS", "Accelerometer2RMS"]}},
     "threshold on held-back windows only (no out-of-fold)": {"bundle": {"calibration": "holdout"}},
     "newest rows held back (model fitted on the oldest)": {"bundle": {"holdout_at": "end"}},
     "window 10 rows": {"bundle": {"window": 10}},
     "window 60 rows": {"bundle": {"window": 60}},
+    "wider autoencoder (128, 16)": {"bundle": {"hidden": (128, 16)}},
     "wider autoencoder (128, 32)": {"bundle": {"hidden": (128, 32)}},
     "no debounce (raise 1 of 1, clear after 1)": {"decision": {"raise_k": 1, "raise_n": 1, "clear_n": 1}},
     "INT8 calibrated on training windows only (no probes)": {"bundle": {"calibrate_probes": False}},
@@ -49,7 +56,8 @@ def main(argv=None) -> int:
             cfg = cfg.model_copy(update={"decision": DecisionConfig(**{**cfg.decision.model_dump(), **v["decision"]})})
         try:
             s = run_skab_eval(args.data, quiet=True,
-                              settings=EvalSettings(bundle=v.get("bundle", {}), config=cfg, drift_budget=None))
+                              settings=EvalSettings(bundle=v.get("bundle", {}), config=cfg, drift_budget=None,
+                                                    **v.get("settings", {})))
         except Exception as e:  # noqa: BLE001 - a refused variant is a result too
             rows[name] = {"error": str(e)}
             print(f"{name:58s} not evaluated: {e}", flush=True)
