@@ -9,6 +9,7 @@ and prints a table plus writes JSON (default benchmarks/results/detector.json).
 Usage:
   .venv/bin/python benchmarks/detector.py                      # trains a bundle on anomaly-free SKAB (or synthetic data)
   .venv/bin/python benchmarks/detector.py --bundle var/model    # benchmark an existing bundle
+  .venv/bin/python benchmarks/detector.py --hidden 128 16 --out benchmarks/results/detector-128x16.json
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, nargs="*", help="CSV files to train on (default: anomaly-free SKAB "
                     "if present, else synthetic)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "detector.json")
+    ap.add_argument("--hidden", type=int, nargs="+", help="hidden layer sizes of the trained model "
+                    "(default: the trainer's)")
     ap.add_argument("--iters", type=int, default=5000, help="single-window repetitions")
     ap.add_argument("--batch-iters", type=int, default=300, help="batch-256 repetitions")
     args = ap.parse_args(argv)
@@ -116,7 +119,8 @@ def main(argv=None) -> int:
                 (sensors, rows), ts = synthetic_rows(), None
                 source = "synthetic 10000 x 8"
             t0 = time.monotonic()
-            bundle = train_bundle(rows, sensors, Path(tmp) / "bundle", ts=ts)
+            opts = {"hidden": tuple(args.hidden)} if args.hidden else {}
+            bundle = train_bundle(rows, sensors, Path(tmp) / "bundle", ts=ts, **opts)
             train_s = time.monotonic() - t0
         else:
             train_s = None
