@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from appliance.eval.skab import (EvalSettings, evaluate_file, experiment_files, replay_file,
-                                 run_skab_eval)
+                                 run_skab_eval, with_level_free)
 from appliance.detector.train import read_csv
 
 SENSORS = ["Current", "Pressure", "Temperature", "Volume Flow RateRMS"]
@@ -105,6 +105,23 @@ def test_summary_covers_all_detectors_and_test_rows(run):
     assert summary["int8"]["int8_bytes_mean"] > 0 and summary["int8"]["fp32_bytes_mean"] > 0
     assert summary["drift_allowance"]["chunks"] == 2
     assert all(v >= 1.0 for v in summary["drift_allowance"]["scales"].values())
+    # Stationary synthetic normal record: nothing drifts, and every file's bundle says what it used.
+    assert summary["level_free"]["from_anomaly_free"]["sensors"] == []
+    assert summary["level_free"]["from_anomaly_free"]["stretches"] == 2
+    assert set(summary["level_free"]["per_file"]) == {"valve1/0.csv", "valve1/1.csv", "other/1.csv"}
+
+
+def test_sensors_drifting_in_anomaly_free_become_level_free(tmp_path):
+    rows = rows_for(2300, 5)
+    rows[:, 2] += np.linspace(0.0, 5.0, len(rows))  # temperature warms 50 noise deviations over the record
+    write_skab(tmp_path / "anomaly-free" / "anomaly-free.csv", rows, None, T0)
+    settings, report = with_level_free(tmp_path, EvalSettings(bundle=FAST))
+    assert settings.bundle["level_free"] == ["Temperature"] and report["sensors"] == ["Temperature"]
+    assert settings.bundle["window"] == FAST["window"]
+    # An explicit choice, or switching the rule off, is left alone.
+    assert with_level_free(tmp_path, EvalSettings(bundle={**FAST, "level_free": []}))[0].bundle["level_free"] == []
+    off = EvalSettings(bundle=FAST, level_free_from_anomaly_free=False)
+    assert with_level_free(tmp_path, off) == (off, None)
 
 
 def test_strong_faults_are_caught_and_explained(run):
