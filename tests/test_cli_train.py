@@ -1,22 +1,31 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 
 from appliance.cli import main
 
+T0 = 1_700_000_000
+
+
+def write_csv(path: Path, columns: dict[str, np.ndarray]) -> Path:
+    """A CSV with a ``ts`` column (1 s apart) and one column per sensor."""
+    n = len(next(iter(columns.values())))
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ts", *columns])
+        w.writerows([T0 + i, *(float(c[i]) for c in columns.values())] for i in range(n))
+    return path
+
 
 def test_train_command_writes_a_loadable_int8_bundle(tmp_path, capsys):
     rng = np.random.default_rng(3)
-    n = 2500
-    t = np.arange(n)
-    data = tmp_path / "normal.csv"
-    with data.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["ts", "vib", "current", "pressure"])
-        for i in range(n):
-            w.writerow([1_700_000_000 + i, 1 + 0.3 * np.sin(t[i] / 20) + 0.05 * rng.normal(),
-                        5 + 0.5 * np.sin(t[i] / 20 + 1) + 0.05 * rng.normal(), 2 + 0.05 * rng.normal()])
+    t = np.arange(2500)
+    data = write_csv(tmp_path / "normal.csv", {
+        "vib": 1 + 0.3 * np.sin(t / 20) + 0.05 * rng.normal(size=len(t)),
+        "current": 5 + 0.5 * np.sin(t / 20 + 1) + 0.05 * rng.normal(size=len(t)),
+        "pressure": 2 + 0.05 * rng.normal(size=len(t))})
     out = tmp_path / "bundle"
     assert main(["train", "--data", str(data), "--out", str(out), "--window", "16"]) == 0
     meta = json.loads((out / "bundle.json").read_text())
@@ -30,16 +39,11 @@ def test_train_command_writes_a_loadable_int8_bundle(tmp_path, capsys):
 
 def test_train_command_takes_level_free_sensors_from_a_long_normal_record(tmp_path, capsys):
     rng = np.random.default_rng(4)
-    n = 3000
-    t = np.arange(n)
-    record = tmp_path / "long_normal.csv"
-    with record.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["ts", "vib", "temp"])
-        for i in range(n):
-            # temp warms by 30 degrees over the record while its noise is 0.2: it drifts.
-            w.writerow([1_700_000_000 + i, 1 + 0.3 * np.sin(t[i] / 20) + 0.05 * rng.normal(),
-                        40 + 30 * i / n + 0.2 * rng.normal()])
+    t = np.arange(3000)
+    # temp warms by 30 degrees over the record while its noise is 0.2: it drifts.
+    record = write_csv(tmp_path / "long_normal.csv", {
+        "vib": 1 + 0.3 * np.sin(t / 20) + 0.05 * rng.normal(size=len(t)),
+        "temp": 40 + 30 * t / len(t) + 0.2 * rng.normal(size=len(t))})
     out = tmp_path / "bundle"
     assert main(["train", "--data", str(record), "--out", str(out), "--window", "16", "--no-trend-check",
                  "--level-free-from", str(record)]) == 0
