@@ -184,3 +184,15 @@ def test_stream_mode_through_real_broker_and_running_appliance(skab_dir, tmp_pat
     independent = rescore(tmp_path / "pred", skab_dir, train_rows=0)
     assert independent["f1"] == pytest.approx(ae["f1"], abs=1e-4)
     assert independent["far"] == pytest.approx(ae["far"], abs=1e-2)
+
+
+def test_label_free_validation_runs_synthetic_faults_through_the_eval_path(skab_dir):
+    from appliance.eval.validation import run_validation
+    summary = run_validation(skab_dir, EvalSettings(bundle=FAST, drift_budget=None), workers=1, quiet=True)
+    # 2300 normal rows make 2 stretches of 400 + 750 rows, each copied with a step, a ramp and noise.
+    assert summary["cases"] == 6 and summary["rows"] == 6 * 750
+    assert 0.2 < summary["faulty_share"] < 0.6
+    ae = summary["detectors"]["ae_int8"]
+    assert set(summary["detectors"]) == {"ae_int8", "ae_fp32", "pca_t2q", "iforest"}
+    assert ae["episodes_detected"] + ae["episodes_missed"] == 6
+    assert ae["episodes_detected"] >= 3  # faults of 2-5 training deviations on a quiet synthetic record

@@ -309,12 +309,18 @@ def evaluate_file(rel: str, path: Path, settings: EvalSettings, work_dir: Path,
                   allowance: dict[str, float] | None = None) -> dict:
     """Protocol evaluation of one experiment file: per-test-row predictions of every detector."""
     sensors, ts, rows, labels = read_csv(path)
-    n_train = settings.train_rows
-    if len(rows) <= n_train:
-        raise ValueError(f"{path}: {len(rows)} rows, need more than {n_train} (training part)")
+    if len(rows) <= settings.train_rows:
+        raise ValueError(f"{path}: {len(rows)} rows, need more than {settings.train_rows} (training part)")
     label = labels.get("anomaly")
     if label is None:
         raise ValueError(f"{path}: no 'anomaly' column to score against")
+    return evaluate_rows(rel, sensors, ts, rows, label, settings, work_dir, allowance)
+
+
+def evaluate_rows(rel: str, sensors: list[str], ts: np.ndarray, rows: np.ndarray, label: np.ndarray,
+                  settings: EvalSettings, work_dir: Path, allowance: dict[str, float] | None = None) -> dict:
+    """:func:`evaluate_file` on rows already in memory (``label``: 0/1 per row)."""
+    n_train = settings.train_rows
     try:
         r = replay_file(rel, sensors, ts, rows, settings, work_dir, allowance)
     except QuantizationCheckError as e:
