@@ -27,16 +27,24 @@ TREND_LIMIT = 3.0
 
 
 def center_levels(windows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """``windows`` (n, rows, sensors) with each window's mean removed from ``columns`` (a copy).
+    """Remove each window's mean from ``columns`` of ``windows`` (n, rows, sensors), in place.
+
+    Every caller hands over a freshly built array, so no copy is made on the
+    scoring path. Returns ``windows``.
 
     >>> w = np.array([[[1.0, 10.0], [3.0, 14.0]]])
     >>> center_levels(w, np.array([1])).tolist()
     [[[1.0, -2.0], [3.0, 2.0]]]
     """
-    out = np.array(windows, copy=True)
     if len(columns):
-        out[:, :, columns] -= out[:, :, columns].mean(axis=1, keepdims=True)
-    return out
+        windows[:, :, columns] -= windows[:, :, columns].mean(axis=1, keepdims=True)
+    return windows
+
+
+def _in_units_of(delta: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """``delta / unit`` per column; a zero unit gives inf for a nonzero delta, else 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(unit > 0, delta / np.where(unit > 0, unit, 1.0), np.where(delta > 0, np.inf, 0.0))
 
 
 def trend_strength(rows: np.ndarray) -> np.ndarray:
@@ -55,10 +63,7 @@ def trend_strength(rows: np.ndarray) -> np.ndarray:
     centered = rows - rows.mean(axis=0)
     slope = (t @ centered) / (t @ t)
     resid = centered - np.outer(t, slope)
-    sd = resid.std(axis=0)
-    rise = np.abs(slope) * (n - 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(sd > 0, rise / np.where(sd > 0, sd, 1.0), np.where(rise > 0, np.inf, 0.0))
+    return _in_units_of(np.abs(slope) * (n - 1), resid.std(axis=0))
 
 
 def trending_sensors(rows: np.ndarray, sensors: Sequence[str], limit: float = TREND_LIMIT) -> list[str]:
@@ -100,10 +105,8 @@ def drifting_sensors(rows: np.ndarray, sensors: Sequence[str], train_rows: int =
     shifts = []
     for a in starts:
         train, watch = rows[a:a + train_rows], rows[a + train_rows:a + span]
-        sd = train.std(axis=0)
         delta = np.abs(np.median(watch, axis=0) - np.median(train, axis=0))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            shifts.append(np.where(sd > 0, delta / np.where(sd > 0, sd, 1.0), np.where(delta > 0, np.inf, 0.0)))
+        shifts.append(_in_units_of(delta, train.std(axis=0)))
     shifts = np.array(shifts)
     drift_share = (shifts > shift_limit).mean(axis=0)
     chosen = [s for s, v in zip(sensors, drift_share) if v > share]

@@ -4,7 +4,8 @@
 (``intra_op_num_threads=threads``, sequential execution). ``score_one`` turns a
 complete :class:`~appliance.core.Window` into a :class:`~appliance.core.Score`
 whose ``value`` is the mean squared reconstruction error of the scaled window
-(level-free sensors with their window mean removed, as in training) and whose ``contributions`` are each sensor's share of that error (summing to 1).
+(level-free sensors with their window mean removed, as in training) and whose
+``contributions`` are each sensor's share of that error (summing to 1).
 The session is safe to share between threads (ONNX Runtime's ``run`` is).
 """
 
@@ -112,8 +113,7 @@ class Detector:
         x = self.scale(values.astype(np.float32, copy=False))
         if not np.isfinite(x).all():
             raise ValueError("values contain NaN or infinite cells")
-        if len(self._level_free):
-            x = center_levels(x, self._level_free)
+        center_levels(x, self._level_free)  # x is scale()'s own new array
         sensor_err = np.empty((len(x), len(self.sensors)), dtype=np.float32)
         for i in range(0, len(x), batch):
             chunk = np.ascontiguousarray(x[i:i + batch])

@@ -417,7 +417,7 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     scaled = scaler.transform(grid_rows)
 
     def prepare(X: np.ndarray) -> np.ndarray:
-        return center_levels(X, level_cols)
+        return center_levels(X, level_cols)  # windows_in builds a new array each time
 
     X_train = prepare(windows_in(scaled, train_spans, window, train_stride))
     X_held = prepare(windows_in(scaled, held_spans, window, 1))

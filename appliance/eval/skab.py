@@ -30,6 +30,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -353,7 +354,8 @@ def _worker(args) -> dict:
     return fn(*fargs)
 
 
-def _map(jobs: list, workers: int) -> list:
+def run_jobs(jobs: list, workers: int) -> list:
+    """Run ``(fn, args)`` jobs in ``workers`` spawned processes (one BLAS thread each), in order."""
     if workers == 1 or len(jobs) == 1:
         return [_worker(j) for j in jobs]
     import multiprocessing as mp
@@ -419,7 +421,7 @@ def calibrate_drift_allowance(data_dir: str | Path, settings: EvalSettings, budg
     path = anomaly_free_path(data_dir)
     n = len(read_csv(path)[1])
     starts = list(range(0, n - chunk_rows + 1, step_rows))
-    chunks = _map([(_chunk_replay, ("anomaly-free", path, s, chunk_rows, settings, work_dir)) for s in starts],
+    chunks = run_jobs([(_chunk_replay, ("anomaly-free", path, s, chunk_rows, settings, work_dir)) for s in starts],
                   workers)
     out = {"budget": budget, "chunks": len(chunks), "chunk_rows": chunk_rows, "scales": {}, "far_at_1": {}}
     for key in ("ae_int8", "pca_t2q", "iforest"):
@@ -475,7 +477,8 @@ def write_predictions(results: list[dict], out_dir: str | Path, key: str = "ae_i
     return out
 
 
-def _block(results: list[dict], labels: np.ndarray, key: str, keys: Sequence[str]) -> dict:
+def pooled_scores(results: list[dict], labels: np.ndarray, key: str, keys: Sequence[str]) -> dict:
+    """Per detector: one confusion matrix pooled over all results' rows, its scores and delays."""
     out = {}
     for k in keys:
         pred = np.concatenate([r[key][k] for r in results])
@@ -516,10 +519,7 @@ def format_table(summary: dict) -> str:
                      f"(<= {d['budget']:.0%} of normal rows alarmed on {d['chunks']} chunks of anomaly-free.csv)")
     lf = summary.get("level_free") or {}
     if lf.get("per_file"):
-        counts: dict[str, int] = {}
-        for names in lf["per_file"].values():
-            for n in names:
-                counts[n] = counts.get(n, 0) + 1
+        counts = Counter(n for names in lf["per_file"].values() for n in names)
         given = (lf.get("from_anomaly_free") or {}).get("sensors")
         lines.append("level-free sensors (files): " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
                                                        or "none")
@@ -566,15 +566,15 @@ def run_skab_eval(data_dir: str | Path, mode: str = "protocol", predictions_out:
             allowance = calibrate_drift_allowance(data_dir, settings, settings.drift_budget, workers, Path(tmp))
             scales = {("ae" if k == "ae_int8" else k): v for k, v in allowance["scales"].items()}
         jobs = [(evaluate_file, (rel, p, settings, Path(tmp), scales)) for rel, p in todo]
-        results = _map(jobs, workers)
+        results = run_jobs(jobs, workers)
     labels = np.concatenate([r["label"] for r in results])
     summary: dict[str, Any] = {
         "mode": "protocol", "files": len(results), "test_rows": int(len(labels)),
         "anomalous_share": float(labels.mean()), "train_rows_per_file": settings.train_rows,
-        "detectors": _block(results, labels, "pred", DETECTORS),
+        "detectors": pooled_scores(results, labels, "pred", DETECTORS),
     }
     if allowance is not None:
-        summary["detectors_drift_allowance"] = _block(results, labels, "pred_allowance",
+        summary["detectors_drift_allowance"] = pooled_scores(results, labels, "pred_allowance",
                                                       [k for k in DETECTORS if k != "flag_all"])
     cat = lambda key, k: np.concatenate([r[key][k] for r in results])  # noqa: E731
     sizes = {p: float(np.mean([r["bundle"]["sizes"][p] for r in results])) for p in ("int8", "fp32")}

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from appliance.detector.train import read_csv
-from appliance.eval.skab import (EvalSettings, _block, _map, anomaly_free_path, evaluate_rows,
+from appliance.eval.skab import (EvalSettings, anomaly_free_path, evaluate_rows, pooled_scores, run_jobs,
                                  with_level_free)
 
 FAULT_KINDS = ("step", "ramp", "noise")
@@ -97,11 +97,11 @@ def run_validation(data_dir: str | Path, settings: EvalSettings | None = None, w
     workers = workers or min(2, os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="validation-") as tmp:
         jobs = [(evaluate_rows, (name, sensors, t, r, label, settings, Path(tmp))) for name, t, r, label in cases]
-        results = _map(jobs, workers)
+        results = run_jobs(jobs, workers)
     labels = np.concatenate([r["label"] for r in results])
     summary: dict[str, Any] = {
         "cases": len(results), "rows": int(len(labels)), "faulty_share": round(float(labels.mean()), 4),
-        "detectors": _block(results, labels, "pred", DETECTORS), "bundle": settings.bundle,
+        "detectors": pooled_scores(results, labels, "pred", DETECTORS), "bundle": settings.bundle,
         "level_free": level_free, "seed": seed, "elapsed_s": round(time.monotonic() - started, 1),
     }
     if not quiet:
