@@ -107,10 +107,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from appliance.eval.skab import run_skab_eval
+    from appliance.eval.skab import EvalSettings, run_skab_eval
 
+    if args.learn_from_anomaly_free and args.mode != "protocol":
+        print("appliance eval skab: --learn-from-anomaly-free is a protocol-mode variant "
+              "(stream mode already trains on anomaly-free.csv)", file=sys.stderr)
+        return 2
+    settings = EvalSettings(prior_from_anomaly_free=args.learn_from_anomaly_free)
     run_skab_eval(args.data, mode=args.mode, predictions_out=args.predictions_out,
-                  json_out=args.json_out)
+                  json_out=args.json_out, settings=settings)
     return 0
 
 
@@ -150,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     sk.add_argument("--mode", choices=("protocol", "stream"), default="protocol")
     sk.add_argument("--predictions-out")
     sk.add_argument("--json-out")
+    sk.add_argument("--learn-from-anomaly-free", action="store_true",
+                    help="variant, not the leaderboard protocol: every bundle also learns from all of "
+                         "anomaly-free.csv (scaled on its own); no drift allowance")
     sk.set_defaults(fn=cmd_eval)
 
     c = sub.add_parser("config", help="configuration tools")

@@ -32,6 +32,7 @@ import onnxruntime as ort  # noqa: E402
 
 from appliance.core import Window  # noqa: E402
 from appliance.detector.autoencoder import ONNX_INPUT, ONNX_OUTPUT  # noqa: E402
+from appliance.detector.quantize import takes_flat_windows  # noqa: E402
 from appliance.detector.scorer import Detector  # noqa: E402
 from appliance.detector.train import read_csv_rows, sliding_windows, train_bundle  # noqa: E402
 
@@ -71,8 +72,10 @@ def timed(fn, n: int) -> np.ndarray:
 def bench(det: Detector, windows: np.ndarray, iters: int, batch_iters: int) -> dict:
     sess = det._session
     scaled = det.scale(windows)
-    one = np.ascontiguousarray(scaled[:1])
-    batch = np.ascontiguousarray(scaled[:256])
+    # Fed in the model's own input shape (format 3: flattened windows), as Detector does.
+    shape = (lambda a: a.reshape(len(a), -1)) if takes_flat_windows(sess) else (lambda a: a)
+    one = shape(np.ascontiguousarray(scaled[:1]))
+    batch = shape(np.ascontiguousarray(scaled[:256]))
     raw_batch = windows[:256]
     win = Window(asset="bench", t_end=0.0, period=det.period_s, sensors=det.sensors,
                  values=windows[0].astype(np.float64), mask=np.ones(windows[0].shape, dtype=bool))

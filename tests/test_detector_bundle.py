@@ -12,6 +12,7 @@ import pytest
 from appliance.detector.bundle import BundleError, load_bundle, sha256_file
 from appliance.detector.scorer import Detector
 from appliance.detector.train import train_bundle
+from tests.support.legacy import with_window_shaped_io
 
 SENSORS = ["a", "b", "c"]
 
@@ -69,7 +70,7 @@ def test_missing_model_file(copy):
         load_bundle(copy)
 
 
-@pytest.mark.parametrize("version", [3, 0, None, "1", True])
+@pytest.mark.parametrize("version", [4, 0, None, "1", True])
 def test_wrong_format_version(copy, version):
     edit_meta(copy, lambda m: m.update(format_version=version))
     with pytest.raises(BundleError, match="format_version .* not supported"):
@@ -110,7 +111,7 @@ def test_zero_scale_refused(copy):
 
 def test_window_disagreeing_with_model_shape(copy):
     edit_meta(copy, lambda m: m.update(window=9))
-    with pytest.raises(BundleError, match=r"shape \[None, 8, 3\], bundle.json says \[N, 9, 3\]"):
+    with pytest.raises(BundleError, match=r"shape \[None, 24\], bundle.json says \[N, 27\]"):
         load_bundle(copy)
 
 
@@ -155,3 +156,25 @@ def test_detector_rejects_bad_precision_and_threads(good):
         Detector.load(good, precision="fp16")
     with pytest.raises(ValueError, match="threads"):
         Detector.load(good, threads=0)
+
+
+def test_format_2_bundle_with_window_shaped_model_scores_the_same(good, copy):
+    for name in ("model.fp32.onnx", "model.int8.onnx"):
+        with_window_shaped_io(copy / name, 8, len(SENSORS))
+
+    def as_v2(m):
+        m["format_version"] = 2
+        m["files"] = {n: sha256_file(copy / n) for n in ("model.fp32.onnx", "model.int8.onnx")}
+    edit_meta(copy, as_v2)
+    windows = np.random.default_rng(3).normal(size=(50, 8, 3))
+    for precision in ("int8", "fp32"):
+        new, old = Detector.load(good, precision), Detector.load(copy, precision)
+        assert not old._flat and new._flat
+        np.testing.assert_allclose(old.score_batch(windows)[0], new.score_batch(windows)[0], rtol=1e-5)
+
+
+def test_format_3_bundle_refuses_a_window_shaped_model(copy):
+    with_window_shaped_io(copy / "model.fp32.onnx", 8, len(SENSORS))
+    edit_meta(copy, lambda m: m["files"].update({"model.fp32.onnx": sha256_file(copy / "model.fp32.onnx")}))
+    with pytest.raises(BundleError, match=r"shape \[None, 8, 3\], bundle.json says \[N, 24\]"):
+        load_bundle(copy)

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from appliance.detector.bundle import BundleError, load_bundle
+from appliance.detector.bundle import BundleError, load_bundle, sha256_file
 from appliance.detector.features import drifting_sensors
 from appliance.detector.scorer import Detector
 from appliance.detector.train import sliding_windows, train_bundle
+from tests.support.legacy import with_window_shaped_io
 from tests.test_detector_train import SENSORS, WINDOW, normal_rows
 
 OPTS = dict(window=WINDOW, stride=1, hidden=(32, 8), max_iter=80, seed=3)
@@ -38,7 +39,7 @@ def test_bundle_records_level_free_sensors(bundles):
     free, level = load_bundle(bundles["level_free"]), load_bundle(bundles["level"])
     assert free.level_free == ("Temperature",) and level.level_free == ()
     meta = json.loads((bundles["level_free"] / "bundle.json").read_text())
-    assert meta["format_version"] == 2 and meta["level_free"] == ["Temperature"]
+    assert meta["format_version"] == 3 and meta["level_free"] == ["Temperature"]
     assert meta["training"]["level_free"]["given"] == ["Temperature"]
 
 
@@ -107,6 +108,9 @@ def test_version_1_bundle_loads_without_level_free_sensors(bundles, tmp_path):
     copy = tmp_path / "v1"
     shutil.copytree(bundles["level"], copy)
     meta = json.loads((copy / "bundle.json").read_text())
+    for name in ("model.fp32.onnx", "model.int8.onnx"):
+        with_window_shaped_io(copy / name, WINDOW, len(SENSORS))
+        meta["files"][name] = sha256_file(copy / name)
     meta["format_version"] = 1
     del meta["level_free"]
     (copy / "bundle.json").write_text(json.dumps(meta))

@@ -196,3 +196,19 @@ def test_label_free_validation_runs_synthetic_faults_through_the_eval_path(skab_
     assert set(summary["detectors"]) == {"ae_int8", "ae_fp32", "pca_t2q", "iforest"}
     assert ae["episodes_detected"] + ae["episodes_missed"] == 6
     assert ae["episodes_detected"] >= 3  # faults of 2-5 training deviations on a quiet synthetic record
+
+
+def test_variant_learning_from_anomaly_free_is_reported_on_its_own(skab_dir, tmp_path, capsys):
+    """The non-leaderboard variant: every bundle also learns from anomaly-free.csv; no allowance."""
+    summary = run_skab_eval(skab_dir, json_out=tmp_path / "s.json", workers=1, quiet=True,
+                            settings=EvalSettings(bundle=FAST, prior_from_anomaly_free=True))
+    assert "detectors_drift_allowance" not in summary and summary["drift_allowance"] is None
+    assert summary["settings"]["bundle"]["prior_rows"] == "2301 rows of anomaly-free.csv"
+    assert summary["detectors"]["ae_int8"]["episodes_detected"] == 3
+    assert json.loads((tmp_path / "s.json").read_text())["settings"]["bundle"]["prior_rows"].endswith("csv")
+
+
+def test_cli_refuses_the_variant_in_stream_mode(skab_dir, capsys):
+    from appliance.cli import main
+    assert main(["eval", "skab", "--data", str(skab_dir), "--mode", "stream", "--learn-from-anomaly-free"]) == 2
+    assert "protocol-mode variant" in capsys.readouterr().err

@@ -192,31 +192,33 @@ class WindowAutoencoder(BaseEstimator):
         return np.where(self.decision_function(X) < 0, -1, 1)
 
     def to_onnx(self, name: str = "window_autoencoder") -> onnx.ModelProto:
-        """Export as ``x[N, window, sensors] -> recon[N, window, sensors]`` (Gemm/Relu)."""
+        """Export as ``x[N, window * sensors] -> recon[N, window * sensors]`` (Gemm/Relu).
+
+        Windows go in and come out flattened row by row (``windows.reshape(n, -1)``,
+        free in numpy). Reshapes inside the graph would cost a copy of the whole
+        reconstruction per call, since ONNX Runtime gives a graph output its own buffer.
+        """
         self._check_fitted()
         w, s = self.window_, self.n_sensors_
-        nodes = [helper.make_node("Reshape", [ONNX_INPUT, "flat_shape"], ["h0"], name="flatten")]
-        inits = [numpy_helper.from_array(np.array([-1, w * s], dtype=np.int64), "flat_shape"),
-                 numpy_helper.from_array(np.array([-1, w, s], dtype=np.int64), "window_shape")]
+        nodes, inits = [], []
         last = len(self.mlp_.coefs_) - 1
-        current = "h0"
+        current = ONNX_INPUT
         for i, (W, b) in enumerate(zip(self.mlp_.coefs_, self.mlp_.intercepts_)):
             # Weights stored transposed ([out, in], transB=1) so per-channel quantization
             # runs along axis 0, one scale per output unit.
             inits.append(numpy_helper.from_array(np.ascontiguousarray(W.T, dtype=np.float32), f"W{i}"))
             inits.append(numpy_helper.from_array(b.astype(np.float32), f"b{i}"))
-            out = f"z{i}"
+            out = ONNX_OUTPUT if i == last else f"z{i}"
             nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"b{i}"], [out],
                                           name=f"dense{i}", transB=1))
             if i < last:
                 nodes.append(helper.make_node("Relu", [out], [f"a{i}"], name=f"relu{i}"))
                 out = f"a{i}"
             current = out
-        nodes.append(helper.make_node("Reshape", [current, "window_shape"], [ONNX_OUTPUT], name="unflatten"))
         graph = helper.make_graph(
             nodes, name,
-            [helper.make_tensor_value_info(ONNX_INPUT, TensorProto.FLOAT, ["N", w, s])],
-            [helper.make_tensor_value_info(ONNX_OUTPUT, TensorProto.FLOAT, ["N", w, s])],
+            [helper.make_tensor_value_info(ONNX_INPUT, TensorProto.FLOAT, ["N", w * s])],
+            [helper.make_tensor_value_info(ONNX_OUTPUT, TensorProto.FLOAT, ["N", w * s])],
             initializer=inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
                                   producer_name="appliance.detector")

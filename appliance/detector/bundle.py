@@ -40,9 +40,11 @@ from appliance.detector.autoencoder import ONNX_INPUT, ONNX_OUTPUT
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Version 1 bundles predate ``level_free``; they load with no level-free sensors.
-READABLE_VERSIONS = (1, 2)
+# Versions 1-2 models take (N, window, sensors); version 3 models take windows
+# flattened to (N, window * sensors), which spares ONNX Runtime an output copy.
+READABLE_VERSIONS = (1, 2, 3)
 META_FILE = "bundle.json"
 MODEL_FILES = {"int8": "model.int8.onnx", "fp32": "model.fp32.onnx"}
 
@@ -200,14 +202,14 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
             expected = files.get(name)
             if expected != sha256_file(p):
                 raise BundleError(f"{p}: sha256 does not match bundle.json (corrupt or replaced file)")
-        _check_model_shape(p, window, len(sensors))
+        _check_model_shape(p, [window * len(sensors)] if version >= 3 else [window, len(sensors)])
         models[precision] = p
     return Bundle(path=root, meta=meta, sensors=tuple(sensors), window=window, stride=stride,
                   period_s=float(period_s), scaler=Scaler(center, scale, str(sc.get("kind", "robust"))),
                   thresholds=thresholds, model_version=model_version, models=models, level_free=level_free)
 
 
-def _check_model_shape(path: Path, window: int, n_sensors: int) -> None:
+def _check_model_shape(path: Path, per_window: list[int]) -> None:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises several unrelated types for a damaged file
@@ -218,9 +220,9 @@ def _check_model_shape(path: Path, window: int, n_sensors: int) -> None:
             raise BundleError(f"{path}: no {kind} named {name!r}")
         dims = [d.dim_value if d.HasField("dim_value") else None
                 for d in match[0].type.tensor_type.shape.dim]
-        if len(dims) != 3 or dims[1:] != [window, n_sensors]:
+        if dims[1:] != per_window:
             raise BundleError(f"{path}: {kind} {name!r} has shape {dims}, bundle.json says "
-                              f"[N, {window}, {n_sensors}]")
+                              f"[N, {', '.join(map(str, per_window))}]")
 
 
 def write_bundle(out_dir: str | Path, meta: dict, model_files: dict[str, Path]) -> Path:

@@ -49,10 +49,12 @@ class QuantizationCheckError(RuntimeError):
 
 
 class WindowCalibrationReader(CalibrationDataReader):
-    """Feeds scaled training windows to the calibrator in batches."""
+    """Feeds scaled training windows to the calibrator in batches (flattened for a flat model)."""
 
-    def __init__(self, windows: np.ndarray, batch: int = 256):
+    def __init__(self, windows: np.ndarray, batch: int = 256, flat: bool = True):
         self._windows = np.ascontiguousarray(windows, dtype=np.float32)
+        if flat:
+            self._windows = self._windows.reshape(len(self._windows), -1)
         self._batch = batch
         self._pos = 0
 
@@ -86,11 +88,24 @@ def make_session(model: str | Path | bytes, threads: int = 1) -> ort.InferenceSe
     return ort.InferenceSession(source, sess_options=so, providers=["CPUExecutionProvider"])
 
 
+def takes_flat_windows(session: ort.InferenceSession) -> bool:
+    """Format-3 models take ``(n, window * sensors)``; older bundles ``(n, window, sensors)``."""
+    return len(session.get_inputs()[0].shape) == 2
+
+
+def reconstruct(session: ort.InferenceSession, windows: np.ndarray, flat: bool) -> np.ndarray:
+    """The model's reconstruction of C-contiguous float32 ``(n, window, sensors)`` windows."""
+    feed = windows.reshape(len(windows), -1) if flat else windows
+    return session.run([ONNX_OUTPUT], {ONNX_INPUT: feed})[0].reshape(windows.shape)
+
+
 def run_reconstruction(session: ort.InferenceSession, windows: np.ndarray,
                        batch: int = 4096) -> np.ndarray:
-    out = np.empty_like(windows, dtype=np.float32)
+    flat = takes_flat_windows(session)
+    windows = np.ascontiguousarray(windows, dtype=np.float32)
+    out = np.empty_like(windows)
     for i in range(0, len(windows), batch):
-        out[i:i + batch] = session.run([ONNX_OUTPUT], {ONNX_INPUT: windows[i:i + batch]})[0]
+        out[i:i + batch] = reconstruct(session, windows[i:i + batch], flat)
     return out
 
 
@@ -98,6 +113,11 @@ def sensor_errors(session: ort.InferenceSession, windows: np.ndarray) -> np.ndar
     """Per-window, per-sensor mean squared error of scaled windows."""
     windows = np.ascontiguousarray(windows, dtype=np.float32)
     return ((windows - run_reconstruction(session, windows)) ** 2).mean(axis=1)
+
+
+def _has_flat_input(path: Path) -> bool:
+    model = onnx.load(str(path), load_external_data=False)
+    return len(next(v for v in model.graph.input if v.name == ONNX_INPUT).type.tensor_type.shape.dim) == 2
 
 
 def gemm_nodes(model: onnx.ModelProto) -> list[str]:
@@ -137,10 +157,10 @@ def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         quantize_static(
-            str(pre), str(int8_path), WindowCalibrationReader(calibration),
+            str(pre), str(int8_path), WindowCalibrationReader(calibration, flat=_has_flat_input(pre)),
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            op_types_to_quantize=["Gemm", "Relu", "Reshape"],
+            op_types_to_quantize=["Gemm", "Relu"],
             nodes_to_exclude=list(nodes_to_exclude) or None,
             calibrate_method=methods[calibrate_method], extra_options=extra)
     logger.info("quantized int8=%s per_channel=%s excluded=%s calibration_windows=%d",

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from appliance.core import Score, Window
-from appliance.detector.autoencoder import ONNX_INPUT, ONNX_OUTPUT
 from appliance.detector.bundle import Bundle, load_bundle
 from appliance.detector.features import center_levels
-from appliance.detector.quantize import make_session
+from appliance.detector.quantize import make_session, reconstruct, takes_flat_windows
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +57,7 @@ class Detector:
         self._center = bundle.scaler.center.astype(np.float32)
         self._inv_scale = (1.0 / bundle.scaler.scale).astype(np.float32)
         self._session = make_session(bundle.models[precision], threads=threads)
+        self._flat = takes_flat_windows(self._session)
         self._index = {s: i for i, s in enumerate(self.sensors)}
         self._level_free = np.array([self._index[s] for s in bundle.level_free], dtype=int)
         logger.info("detector loaded bundle=%s version=%s precision=%s threads=%d sensors=%d window=%d",
@@ -117,7 +117,7 @@ class Detector:
         sensor_err = np.empty((len(x), len(self.sensors)), dtype=np.float32)
         for i in range(0, len(x), batch):
             chunk = np.ascontiguousarray(x[i:i + batch])
-            recon = self._session.run([ONNX_OUTPUT], {ONNX_INPUT: chunk})[0]
+            recon = reconstruct(self._session, chunk, self._flat)
             sensor_err[i:i + batch] = ((chunk - recon) ** 2).mean(axis=1)
         errors = sensor_err.mean(axis=1)
         return errors.astype(np.float64), contributions_from(sensor_err.astype(np.float64))

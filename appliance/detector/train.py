@@ -268,13 +268,15 @@ def _clip_spans(spans: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[in
 
 
 def _cv_errors(scaled: np.ndarray, train_spans, held_spans, window: int, train_stride: int,
-               folds: int, make_ae, prepare=lambda x: x) -> tuple[np.ndarray, list[int]]:
+               folds: int, make_ae, prepare=lambda x: x, extra: np.ndarray | None = None
+               ) -> tuple[np.ndarray, list[int]]:
     """Out-of-fold errors over the training part, in ``folds - 1`` contiguous time blocks.
 
     Each block is scored by a model fitted on every other block (the held-back
     block included), so every training row gets an honest, unseen-data error.
     With a few hundred rows the held-back block alone gives too few windows for a
-    stable threshold; this multiplies them by ``folds``.
+    stable threshold; this multiplies them by ``folds``. ``extra`` windows (from
+    another normal record) join every fold's fit, as they join the final model's.
     """
     start, end = min(a for a, _ in train_spans), max(b for _, b in train_spans)
     bounds = np.linspace(start, end, folds).round().astype(int)
@@ -286,6 +288,8 @@ def _cv_errors(scaled: np.ndarray, train_spans, held_spans, window: int, train_s
         X_oof = prepare(windows_in(scaled, inside, window, 1))
         if len(X_oof) == 0 or len(X_fit) < 10:
             continue
+        if extra is not None and len(extra):
+            X_fit = np.concatenate([X_fit, extra])
         errors.append(make_ae().fit(X_fit).errors(X_oof))
         sizes.append(len(X_oof))
     return (np.concatenate(errors) if errors else np.empty(0)), sizes
@@ -309,7 +313,8 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
                  check_limits: CheckLimits = CheckLimits(), max_calibration_windows: int = 2000,
                  calibrate_probes: bool = True, probe_reach: float = 3.0,
                  level_free: Sequence[str] = (), trend_limit: float | None = TREND_LIMIT,
-                 level_free_scale: str = "window", seed: int = 0) -> Path:
+                 level_free_scale: str = "window", prior_rows: np.ndarray | None = None,
+                 prior_stride: int = 5, seed: int = 0) -> Path:
     """Fit, export, quantize, check and write a bundle; return its path.
 
     ``rows`` is ``(n, n_sensors)`` normal-operation data. Without ``ts`` the rows
@@ -335,6 +340,11 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     ``level_free_scale``: ``"window"`` scales a level-free sensor by the spread of
     its deviations from the window mean, ``"overall"`` by its whole spread (drift
     included, so its shape weighs less).
+    ``prior_rows``: normal rows of the same sensors from another record (an
+    earlier session, possibly at another operating point), on the same time
+    grid. Each record is scaled by its own robust scaler, so the model learns
+    normal shapes and cross-sensor relations from both while the threshold is
+    calibrated on ``rows`` alone; ``prior_stride`` thins its windows.
     ``int8_exclude``: ``"auto"`` quantizes everything and, only if the INT8 check
     fails, retries with the output layer kept in FP32; a list names the nodes to
     keep in FP32; ``()`` never keeps any.
@@ -387,6 +397,16 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     if trend_limit is not None and not (isinstance(trend_limit, (int, float)) and math.isfinite(trend_limit)
                                         and trend_limit > 0):
         raise ValueError(f"trend_limit must be finite and > 0 or None, got {trend_limit!r}")
+    prior_stride = _check_int("prior_stride", prior_stride, 1)
+    if prior_rows is not None:
+        prior_rows = np.asarray(prior_rows, dtype=np.float64)
+        if prior_rows.ndim != 2 or prior_rows.shape[1] != len(sensors):
+            raise ValueError(f"prior_rows must be (n, {len(sensors)}) for sensors {sensors}, "
+                             f"got shape {prior_rows.shape}")
+        if not np.isfinite(prior_rows).all():
+            raise ValueError("prior_rows contain NaN or infinite values")
+        if len(prior_rows) < 2 * window:
+            raise ValueError(f"prior_rows has {len(prior_rows)} rows; need >= {2 * window} (2 windows)")
     if int8_exclude != "auto" and isinstance(int8_exclude, str):
         raise ValueError(f"int8_exclude must be 'auto' or a list of node names, got {int8_exclude!r}")
     ae = WindowAutoencoder(hidden=hidden, alpha=alpha, noise=noise, max_iter=max_iter,
@@ -405,19 +425,27 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     trending = trending_sensors(train_rows, sensors, trend_limit) if trend_limit is not None else []
     level_free = [s for s in sensors if s in set(level_free) | set(trending)]
     level_cols = np.array([sensors.index(s) for s in level_free], dtype=int)
-    scaler = Scaler.fit(train_rows)
-    if len(level_cols) and level_free_scale == "window":
-        # A level-free sensor's spread over the training rows is mostly its drift; the model
-        # only sees its deviations from the window mean, so those set its scale.
-        dev = center_levels(windows_in(grid_rows, train_spans, window, train_stride), level_cols)
-        dev_scale = Scaler.fit(dev.reshape(-1, len(sensors))).scale
-        scale = scaler.scale.copy()
-        scale[level_cols] = dev_scale[level_cols]
-        scaler = replace(scaler, scale=scale)
-    scaled = scaler.transform(grid_rows)
+    def fit_scaler(rows_: np.ndarray, spans: list[tuple[int, int]], stride_: int) -> Scaler:
+        scaler_ = Scaler.fit(np.concatenate([rows_[a:b] for a, b in spans]))
+        if len(level_cols) and level_free_scale == "window":
+            # A level-free sensor's spread over the training rows is mostly its drift; the model
+            # only sees its deviations from the window mean, so those set its scale.
+            dev = center_levels(windows_in(rows_, spans, window, stride_), level_cols)
+            scale = scaler_.scale.copy()
+            scale[level_cols] = Scaler.fit(dev.reshape(-1, len(sensors))).scale[level_cols]
+            scaler_ = replace(scaler_, scale=scale)
+        return scaler_
 
     def prepare(X: np.ndarray) -> np.ndarray:
         return center_levels(X, level_cols)  # windows_in builds a new array each time
+
+    scaler = fit_scaler(grid_rows, train_spans, train_stride)
+    scaled = scaler.transform(grid_rows)
+    X_prior = None
+    if prior_rows is not None:
+        whole = [(0, len(prior_rows))]
+        X_prior = prepare(windows_in(fit_scaler(prior_rows, whole, prior_stride).transform(prior_rows),
+                                     whole, window, prior_stride))
 
     X_train = prepare(windows_in(scaled, train_spans, window, train_stride))
     X_held = prepare(windows_in(scaled, held_spans, window, 1))
@@ -427,12 +455,12 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     if len(X_held) < 5:
         raise ValueError(f"only {len(X_held)} held-back windows; need >= 5 {need}")
 
-    ae.fit(X_train)
+    ae.fit(X_train if X_prior is None else np.concatenate([X_train, X_prior]))
     use_cv = calibration == "cv" or (calibration == "auto" and len(X_held) < 1000)
     oof, oof_sizes = np.empty(0), []
     if use_cv:
         oof, oof_sizes = _cv_errors(scaled, train_spans, held_spans, window, train_stride, cv_folds,
-                                    lambda: clone(ae), prepare)
+                                    lambda: clone(ae), prepare, X_prior)
     fit_s = time.monotonic() - started
     calib = X_train[np.linspace(0, len(X_train) - 1, min(len(X_train), max_calibration_windows)).astype(int)]
 
@@ -512,6 +540,9 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
                 "holdout": holdout,
                 "holdout_at": holdout_at,
                 "train_stride": train_stride,
+                "prior": None if prior_rows is None else {
+                    "rows": int(len(prior_rows)), "stride": prior_stride, "windows": int(len(X_prior)),
+                    "data_sha256": data_sha256(sensors, prior_rows)},
                 "level_free": {"given": level_free_given, "trending": trending,
                                "trend_limit": trend_limit, "scale": level_free_scale},
                 "seed": seed,
