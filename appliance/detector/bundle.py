@@ -5,12 +5,14 @@
     BUNDLE/
       model.int8.onnx   static-INT8 autoencoder (what the gateway runs)
       model.fp32.onnx   the same model in FP32 (reference, fallback)
+                        (format 3: windows in and out flattened, [N, window * sensors])
       bundle.json       metadata below
 
 ``bundle.json`` keys: ``format_version``, ``model_version`` (UTC time + content
 hash), ``created_at``, ``sensors`` (ordered), ``window`` (rows), ``stride``,
 ``period_s``, ``scaler`` (robust per-sensor ``center``/``scale``), ``level_free``
 (sensors shown to the model with their window mean removed; format 2),
+``training.prior`` (another normal record the model also learned from, if any),
 ``threshold`` (INT8) with ``thresholds`` per precision and ``threshold_calibration``
 (how), ``training`` (data sha256, row count, window counts, model settings),
 ``int8_check`` (INT8-vs-FP32 results), ``files`` (sha256 of each ONNX file).
