@@ -141,14 +141,19 @@ class Appliance:
         self._loop_thread = threading.get_ident()
         self._inbox = asyncio.Queue()
         self.store.start()
+        open_ids = set()
         for alarm, mode, until in self.store.open_alarms():
             self.alarms.restore(alarm, mode, until)
+            open_ids.add(alarm.id)
         if self.history is not None:
             self.history.start()
         for n in self.notifiers:
             n.start()
         self._tasks = [asyncio.create_task(self._pipeline(), name="pipeline"),
                        asyncio.create_task(self._housekeeping(), name="housekeeping")]
+        if self.mitigator is not None:
+            # Reverts owed from before a restart; off the start path, the PLC may be slow or away.
+            self._spawn(self._audited(self.mitigator.resume(open_ids), "resuming owed reverts"))
         for c in self.connectors:
             await c.start(self)
         log.info("appliance started model=%s sensors=%d window=%d stride=%d connectors=%s",
@@ -262,9 +267,7 @@ class Appliance:
             if self.history is not None:
                 self.history.add_alarm_event(e)
             if self.mitigator is not None:
-                task = asyncio.ensure_future(self._mitigate(e))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._spawn(self._audited(self.mitigator.on_alarm_event(e), f"mitigation for alarm {e.alarm.id}"))
             for fn in self._event_listeners:
                 fn(e)
 
@@ -279,14 +282,20 @@ class Appliance:
             self._peaks_stored[alarm.id] = (alarm.peak_score, now)
             self.store.put_alarm(alarm)
 
-    async def _mitigate(self, e: AlarmEvent) -> None:
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _audited(self, records_coro, what: str) -> None:
+        """Await a mitigator call; its audit records also go to the history."""
         try:
-            records = await self.mitigator.on_alarm_event(e)
+            records = await records_coro
             if self.history is not None:
                 for rec in records or ():
                     self.history.add_audit(rec.to_dict())
         except Exception:
-            log.exception("mitigation failed for alarm %s", e.alarm.id)
+            log.exception("%s failed", what)
 
     async def _housekeeping(self) -> None:
         while True:

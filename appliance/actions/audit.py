@@ -51,6 +51,19 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+-- Writes the appliance still owes a revert; survives restarts and power loss.
+CREATE TABLE IF NOT EXISTS outstanding (
+    proposal_id     TEXT    PRIMARY KEY,
+    rule            TEXT    NOT NULL,
+    asset           TEXT    NOT NULL,
+    alarm_id        TEXT,
+    node            TEXT    NOT NULL,
+    old_value       REAL    NOT NULL,
+    new_value       REAL    NOT NULL,
+    written_at      REAL    NOT NULL,
+    revert_at       REAL,
+    revert_on_clear INTEGER NOT NULL
+);
 """
 
 GENESIS = "0" * 64
@@ -122,6 +135,26 @@ class AuditLog:
                 return int(seq)
             prev = h
         return None
+
+    def owe_revert(self, row: dict[str, Any]) -> None:
+        """Remember a write whose revert is still due (keys: the ``outstanding`` columns)."""
+        cols = ("proposal_id", "rule", "asset", "alarm_id", "node", "old_value", "new_value", "written_at",
+                "revert_at", "revert_on_clear")
+        with self._lock:
+            self._db.execute(f"INSERT OR REPLACE INTO outstanding ({', '.join(cols)}) "
+                             f"VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols])
+
+    def revert_settled(self, proposal_id: str) -> None:
+        """The revert of ``proposal_id`` was decided (written, refused or failed: the audit says which)."""
+        with self._lock:
+            self._db.execute("DELETE FROM outstanding WHERE proposal_id = ?", (proposal_id,))
+
+    def reverts_owed(self) -> list[dict[str, Any]]:
+        """Oldest write first."""
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM outstanding ORDER BY written_at")
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def close(self) -> None:
         with self._lock:

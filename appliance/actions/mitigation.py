@@ -27,6 +27,12 @@ automatic revert (after ``revert_after_s`` or when the alarm clears). A revert
 passes the same guards except cooldown, rate and approval, and is refused if
 someone changed the value since our write (``changed_externally``): the
 appliance never overwrites an operator. Replayed (historical) alarms never act.
+
+A revert the appliance owes is stored (in the audit database, committed before
+the write is reported) until it is decided, so a restart or a power loss does
+not leave the PLC at a mitigated value for good: :meth:`Mitigator.resume`
+re-arms the remaining ``revert_after_s`` time and reverts at once a
+``revert_on_clear`` write whose alarm ended while the appliance was down.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterable, Protocol, Sequence
 
 from appliance.actions.audit import AuditLog
 from appliance.config import MitigationConfig, MitigationInterlock, MitigationRule, MitigationTarget
@@ -76,7 +82,8 @@ class ActionRecord:
     ``approved``, ``rejected``, ``written`` (written and verified), ``refused``
     (``guard`` says which), ``failed`` (the PLC refused or the read-back did not
     match), ``unchanged`` (already at the value), ``expired``, ``withdrawn``,
-    ``cancelled``. ``kind`` is ``mitigate`` or ``revert``.
+    ``deferred`` (a revert put off by a stop, re-armed at the next start).
+    ``kind`` is ``mitigate`` or ``revert``.
     """
 
     proposal_id: str
@@ -243,17 +250,63 @@ class Mitigator:
         """Newest first."""
         return self.audit.tail(limit)
 
+    async def resume(self, open_alarm_ids: Iterable[str]) -> list[ActionRecord]:
+        """Take up the reverts owed from before a restart (call once, after alarms are restored).
+
+        A ``revert_after_s`` timer continues with the time it had left (none
+        left: reverted now); a ``revert_on_clear`` write whose alarm is no longer
+        open is reverted now, else when that alarm ends. Every revert passes the
+        usual revert guards, ``changed_externally`` included. If the rule was
+        removed from the config meanwhile, the revert is still owed and done.
+        Disarmed, nothing is written: each owed revert is audited as refused.
+        """
+        if not self.cfg.enabled or self._closed:
+            return []
+        owed = await asyncio.to_thread(self.audit.reverts_owed)
+        open_ids, now, out = set(open_alarm_ids), time.time(), []
+        rules = {r.name: r for r in self.cfg.rules}
+        async with self._lock:
+            for row in owed:
+                rule = rules.get(row["rule"]) or MitigationRule(
+                    name=row["rule"], node=row["node"], set_value=row["new_value"],
+                    revert_on_clear=bool(row["revert_on_clear"]))
+                p = _Proposal(id=row["proposal_id"], rule=rule, asset=row["asset"], alarm_id=row["alarm_id"],
+                              reason=f"written before the restart at {row['written_at']:.0f}",
+                              created_mono=time.monotonic())
+                w = _Written(p, row["node"], row["old_value"], row["new_value"])
+                if not self.cfg.armed:
+                    out.append(await self._record(p, "revert", "refused", self.cfg.actor, w.node, w.new, w.old,
+                                                  guard="armed", detail=f"mitigation is not armed; PLC left at "
+                                                                        f"{_fmt(w.new)}"))
+                    await asyncio.to_thread(self.audit.revert_settled, p.id)
+                elif row["revert_on_clear"] and row["alarm_id"] not in open_ids:
+                    out.append(await self._revert(w, "alarm ended while the appliance was down"))
+                elif row["revert_at"] is not None and row["revert_at"] <= now:
+                    out.append(await self._revert(w, "revert_after_s elapsed while the appliance was down"))
+                else:
+                    if row["revert_at"] is not None:
+                        w.revert_task = asyncio.create_task(self._revert_later(w, row["revert_at"] - now))
+                    self._written.setdefault(w.proposal.alarm_id or "", []).append(w)
+            if owed:
+                logger.warning("mitigation resumed %d owed revert(s); %d decided now", len(owed), len(out))
+        return out
+
     async def close(self) -> None:
-        """Stop timers; a pending automatic revert is cancelled and audited (the PLC keeps the value)."""
+        """Stop timers. A revert still owed stays stored and is taken up by :meth:`resume` at the next start."""
         self._closed = True
         tasks = []
-        for ws in self._written.values():
-            for w in ws:
-                if w.revert_task is not None and not w.revert_task.done():
-                    w.revert_task.cancel()
-                    tasks.append(w.revert_task)
-                    self._record_sync(w.proposal, "revert", "cancelled", self.cfg.actor, w.node, w.new, w.old,
-                                      detail=f"appliance stopping; PLC left at {_fmt(w.new)}")
+        # Under the lock: a revert already writing finishes and is audited; only waiting timers are stopped.
+        async with self._lock:
+            for ws in self._written.values():
+                for w in ws:
+                    if w.revert_task is not None:
+                        if w.revert_task.done():
+                            continue
+                        w.revert_task.cancel()
+                        tasks.append(w.revert_task)
+                    self._record_sync(w.proposal, "revert", "deferred", self.cfg.actor, w.node, w.new, w.old,
+                                      detail=f"appliance stopping; PLC left at {_fmt(w.new)} until the "
+                                             "revert is taken up at the next start")
         await asyncio.gather(*tasks, return_exceptions=True)
         self.audit.close()
         if self._close_writer and self.writer is not None and hasattr(self.writer, "close"):
@@ -396,7 +449,7 @@ class Mitigator:
                                       detail="PLC already holds this value")
         rec = await self._write_verified(p, "mitigate", actor, target, old, new)
         if rec.status == "written":
-            self._remember(p, node, old, new)
+            await self._remember(p, node, old, new)
         return rec
 
     async def _write_verified(self, p: _Proposal, kind: str, actor: str, target: MitigationTarget,
@@ -429,12 +482,19 @@ class Mitigator:
                        actor, p.rule.name)
         return await self._record(p, kind, "written", actor, node, old, new, detail=f"verified: {detail}")
 
-    def _remember(self, p: _Proposal, node: str, old: float, new: float) -> None:
+    async def _remember(self, p: _Proposal, node: str, old: float, new: float) -> None:
         w = _Written(p, node, old, new)
-        if p.rule.revert_after_s is not None:
-            w.revert_task = asyncio.create_task(self._revert_later(w, p.rule.revert_after_s))
-        if p.rule.revert_after_s is not None or p.rule.revert_on_clear:
-            self._written.setdefault(p.alarm_id or "", []).append(w)
+        after = p.rule.revert_after_s
+        if after is None and not p.rule.revert_on_clear:
+            return
+        await asyncio.to_thread(self.audit.owe_revert, {
+            "proposal_id": p.id, "rule": p.rule.name, "asset": p.asset, "alarm_id": p.alarm_id, "node": node,
+            "old_value": old, "new_value": new, "written_at": time.time(),
+            "revert_at": None if after is None else time.time() + after,
+            "revert_on_clear": int(p.rule.revert_on_clear)})
+        if after is not None:
+            w.revert_task = asyncio.create_task(self._revert_later(w, after))
+        self._written.setdefault(p.alarm_id or "", []).append(w)
 
     async def _revert_later(self, w: _Written, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -465,6 +525,12 @@ class Mitigator:
         return out
 
     async def _revert(self, w: _Written, why: str) -> ActionRecord:
+        rec = await self._try_revert(w, why)
+        # Decided (written, refused or failed; the audit log holds which): no longer owed.
+        await asyncio.to_thread(self.audit.revert_settled, w.proposal.id)
+        return rec
+
+    async def _try_revert(self, w: _Written, why: str) -> ActionRecord:
         p = replace(w.proposal, reason=f"revert of {w.proposal.id}: {why}")
         target = self._targets.get(w.node)
         if target is None:

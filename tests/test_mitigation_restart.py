@@ -1,0 +1,183 @@
+"""A revert the appliance owes survives a stop, a crash or a power loss, and is still guarded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from appliance.actions.mitigation import Mitigator
+from appliance.config import MitigationRule
+from tests.support.plc import wait_for
+from tests.test_mitigation_guards import (SP, RUNNING, FakeWriter, audit_rows, event, fresh, make_cfg,  # noqa: F401
+                                          plc, writer_for)
+
+TIMED = MitigationRule(name="timed", asset="pump1", node=SP, change_by=-20.0, revert_after_s=2.0)
+ON_CLEAR = MitigationRule(name="until-clear", asset="pump1", node=SP, change_by=-20.0, revert_on_clear=True)
+
+
+def fake_plc() -> FakeWriter:
+    return FakeWriter({SP: 100.0, RUNNING.node: 1.0})
+
+
+def cfg_with(rule, **kw):
+    return make_cfg(rules=(rule,), readback_delay_s=0, **kw)
+
+
+async def write_then_stop(tmp_path, cfg, writer, clean: bool) -> None:
+    """Mitigate once; then stop cleanly, or just vanish as on a power loss (a pending revert timer
+    dies with the event loop, so a crash must run in its own ``asyncio.run``)."""
+    m = Mitigator(cfg, tmp_path, writer)
+    recs = await m.on_alarm_event(event())
+    assert [(r.status, r.new_value) for r in recs] == [("written", 80.0)]
+    if clean:
+        await m.close()
+    # else: no close(); asyncio.run() tears the pending revert timer down with the loop.
+
+
+def test_timed_revert_survives_a_power_loss_against_the_real_plc(fresh, tmp_path):
+    cfg = make_cfg(rules=(TIMED,))
+
+    async def crash():
+        w = writer_for(fresh)
+        await write_then_stop(tmp_path, cfg, w, clean=False)
+        await w.close()
+    asyncio.run(crash())
+    assert asyncio.run(fresh.read("SpeedSetpoint")) == 80.0
+    stopped = time.monotonic()
+
+    async def restart():
+        w = writer_for(fresh)
+        m = Mitigator(cfg, tmp_path, w)
+        try:
+            assert await m.resume(set()) == []  # time is left on the timer: nothing decided yet
+            assert m.status()["pending_reverts"] == 1
+            await wait_for(lambda: len(m.audit_log(10)) == 2, timeout=10, what="the owed revert")
+            assert await _setpoint_is(fresh, 100.0)
+        finally:
+            await m.close()
+            await w.close()
+    asyncio.run(restart())
+    # The timer kept the time it had left instead of starting over.
+    assert time.monotonic() - stopped < 2.0 + 5.0
+    rows = audit_rows(tmp_path)
+    assert [(r["kind"], r["status"]) for r in rows] == [("mitigate", "written"), ("revert", "written")]
+    assert rows[1]["proposal_id"] == rows[0]["proposal_id"] and (rows[1]["old_value"], rows[1]["new_value"]) == \
+        (80.0, 100.0)
+    assert Mitigator(cfg, tmp_path, None).audit.reverts_owed() == []
+
+
+async def _setpoint_is(plc, want: float) -> bool:
+    return abs(float(await plc.read("SpeedSetpoint")) - want) < 1e-6
+
+
+def test_clean_stop_defers_and_the_next_start_reverts_an_alarm_that_ended_meanwhile(tmp_path):
+    cfg, plc_ = cfg_with(ON_CLEAR), fake_plc()
+
+    async def go():
+        await write_then_stop(tmp_path, cfg, plc_, clean=True)
+        m = Mitigator(cfg, tmp_path, plc_)
+        try:
+            recs = await m.resume(open_alarm_ids=set())
+            assert [(r.kind, r.status, r.new_value) for r in recs] == [("revert", "written", 100.0)]
+            assert "alarm ended while the appliance was down" in recs[0].reason
+        finally:
+            await m.close()
+    asyncio.run(go())
+    assert plc_.writes == [(SP, 80.0), (SP, 100.0)]
+    assert [r["status"] for r in audit_rows(tmp_path)] == ["written", "deferred", "written"]
+
+
+def test_owed_revert_waits_for_its_alarm_when_it_is_still_open(tmp_path):
+    cfg, plc_ = cfg_with(ON_CLEAR), fake_plc()
+
+    async def go():
+        await write_then_stop(tmp_path, cfg, plc_, clean=False)
+        m = Mitigator(cfg, tmp_path, plc_)
+        try:
+            assert await m.resume(open_alarm_ids={"alarm-1"}) == []
+            assert plc_.values[SP] == 80.0
+            recs = await m.on_alarm_event(event(kind="cleared", active=False))
+            assert [(r.kind, r.status) for r in recs] == [("revert", "written")]
+        finally:
+            await m.close()
+    asyncio.run(go())
+    assert plc_.values[SP] == 100.0
+
+
+def test_an_operator_change_while_down_is_never_overwritten(tmp_path):
+    cfg, plc_ = cfg_with(ON_CLEAR), fake_plc()
+
+    async def go():
+        await write_then_stop(tmp_path, cfg, plc_, clean=False)
+        plc_.values[SP] = 90.0  # a technician set the speed by hand meanwhile
+        m = Mitigator(cfg, tmp_path, plc_)
+        try:
+            recs = await m.resume(set())
+            assert [(r.status, r.guard) for r in recs] == [("refused", "changed_externally")]
+            assert m.audit.reverts_owed() == []  # decided: not retried at every start
+        finally:
+            await m.close()
+    asyncio.run(go())
+    assert plc_.values[SP] == 90.0 and plc_.writes == [(SP, 80.0)]
+
+
+def test_disarmed_at_restart_nothing_is_written_and_it_says_so(tmp_path):
+    plc_ = fake_plc()
+
+    async def go():
+        await write_then_stop(tmp_path, cfg_with(ON_CLEAR), plc_, clean=False)
+        m = Mitigator(cfg_with(ON_CLEAR, armed=False), tmp_path, plc_)
+        try:
+            recs = await m.resume(set())
+            assert [(r.status, r.guard) for r in recs] == [("refused", "armed")]
+            assert "PLC left at 80" in recs[0].detail
+        finally:
+            await m.close()
+    asyncio.run(go())
+    assert plc_.writes == [(SP, 80.0)]
+
+
+def test_a_removed_rule_still_gets_its_write_reverted(tmp_path):
+    plc_ = fake_plc()
+
+    asyncio.run(write_then_stop(tmp_path, cfg_with(TIMED), plc_, clean=False))  # its loop and timer die
+    time.sleep(2.1)  # the whole revert_after_s passes while the appliance is down
+
+    async def go():
+        other = MitigationRule(name="something-else", asset="fan*", node=SP, set_value=50.0)
+        m = Mitigator(cfg_with(other), tmp_path, plc_)
+        try:
+            recs = await m.resume(set())
+            assert [(r.rule, r.status) for r in recs] == [("timed", "written")]
+            assert "revert_after_s elapsed while the appliance was down" in recs[0].reason
+        finally:
+            await m.close()
+    asyncio.run(go())
+    assert plc_.values[SP] == 100.0
+
+
+def test_the_running_appliance_takes_up_owed_reverts_at_start(fresh, tmp_path, mosquitto, skab_bundle):
+    """Through `appliance run`'s own build: the alarm of an owed on-clear revert is not open any more."""
+    from tests.support.appliance import RunningAppliance, make_config
+    from tests.support.plc import PASSWORD, USER
+
+    data_dir = tmp_path / "data"
+    cfg = make_cfg(rules=(ON_CLEAR,))
+
+    async def crash():
+        w = writer_for(fresh)
+        await write_then_stop(data_dir, cfg, w, clean=False)
+        await w.close()
+    asyncio.run(crash())
+    assert asyncio.run(fresh.read("SpeedSetpoint")) == 80.0
+
+    mitigation = cfg.model_dump(mode="json")
+    mitigation["plc"] = {"endpoint": fresh.endpoint, "username": USER, "password": PASSWORD}
+    app_cfg = make_config(tmp_path, mosquitto.port, skab_bundle, mitigation=mitigation)
+    with RunningAppliance(app_cfg) as ra:
+        ra.wait_for(lambda: ra.app.mitigator.counters.get("reverted") == 1, timeout=30, what="the owed revert")
+        assert ra.app.mitigator.audit.reverts_owed() == []
+    assert asyncio.run(fresh.read("SpeedSetpoint")) == 100.0
+    rows = audit_rows(data_dir)
+    assert [(r["kind"], r["status"]) for r in rows] == [("mitigate", "written"), ("revert", "written")]
+    assert "alarm ended while the appliance was down" in rows[1]["reason"]
