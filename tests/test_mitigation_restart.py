@@ -34,15 +34,20 @@ async def write_then_stop(tmp_path, cfg, writer, clean: bool) -> None:
     # else: no close(); asyncio.run() tears the pending revert timer down with the loop.
 
 
+def crash_after_writing(plc_sim, data_dir, cfg) -> None:
+    """Against the real PLC: mitigate, then vanish without a clean stop."""
+    async def go():
+        w = writer_for(plc_sim)
+        await write_then_stop(data_dir, cfg, w, clean=False)
+        await w.close()
+    asyncio.run(go())
+    assert asyncio.run(plc_sim.read("SpeedSetpoint")) == 80.0
+
+
 def test_timed_revert_survives_a_power_loss_against_the_real_plc(fresh, tmp_path):
     cfg = make_cfg(rules=(TIMED,))
 
-    async def crash():
-        w = writer_for(fresh)
-        await write_then_stop(tmp_path, cfg, w, clean=False)
-        await w.close()
-    asyncio.run(crash())
-    assert asyncio.run(fresh.read("SpeedSetpoint")) == 80.0
+    crash_after_writing(fresh, tmp_path, cfg)
     stopped = time.monotonic()
 
     async def restart():
@@ -164,12 +169,7 @@ def test_the_running_appliance_takes_up_owed_reverts_at_start(fresh, tmp_path, m
     data_dir = tmp_path / "data"
     cfg = make_cfg(rules=(ON_CLEAR,))
 
-    async def crash():
-        w = writer_for(fresh)
-        await write_then_stop(data_dir, cfg, w, clean=False)
-        await w.close()
-    asyncio.run(crash())
-    assert asyncio.run(fresh.read("SpeedSetpoint")) == 80.0
+    crash_after_writing(fresh, data_dir, cfg)
 
     mitigation = cfg.model_dump(mode="json")
     mitigation["plc"] = {"endpoint": fresh.endpoint, "username": USER, "password": PASSWORD}
