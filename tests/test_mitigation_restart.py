@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from appliance.actions.mitigation import Mitigator
+import pytest
+
+from appliance.actions.mitigation import MitigationError, Mitigator
 from appliance.config import MitigationRule
 from tests.support.plc import wait_for
 from tests.test_mitigation_guards import (SP, RUNNING, FakeWriter, audit_rows, event, fresh, make_cfg,  # noqa: F401
@@ -181,3 +183,57 @@ def test_the_running_appliance_takes_up_owed_reverts_at_start(fresh, tmp_path, m
     rows = audit_rows(data_dir)
     assert [(r["kind"], r["status"]) for r in rows] == [("mitigate", "written"), ("revert", "written")]
     assert "alarm ended while the appliance was down" in rows[1]["reason"]
+
+
+def propose_then_crash(tmp_path, cfg, plc_) -> str:
+    async def go():
+        m = Mitigator(cfg, tmp_path, plc_)
+        recs = await m.on_alarm_event(event())
+        assert [r.status for r in recs] == ["pending_approval"]
+        return recs[0].proposal_id
+    return asyncio.run(go())
+
+
+def test_a_proposal_waiting_for_approval_survives_a_restart(tmp_path):
+    cfg, plc_ = cfg_with(ON_CLEAR, require_approval=True, approval_timeout_s=60.0), fake_plc()
+    pid = propose_then_crash(tmp_path, cfg, plc_)
+
+    async def go():
+        m = Mitigator(cfg, tmp_path, plc_)
+        try:
+            assert await m.resume(open_alarm_ids={"alarm-1"}) == []
+            [waiting] = m.pending()
+            assert waiting["proposal_id"] == pid and 50 < waiting["expires_in_s"] <= 60
+            rec = await m.approve(pid, "alice")
+            assert (rec.status, rec.actor, rec.new_value) == ("written", "alice", 80.0)
+            assert m.audit.held_for_approval() == []
+        finally:
+            await m.close()
+    asyncio.run(go())
+    assert plc_.writes == [(SP, 80.0)]
+
+
+def test_waiting_proposals_whose_alarm_ended_or_time_ran_out_while_down_are_closed(tmp_path):
+    plc_ = fake_plc()
+    ended = propose_then_crash(tmp_path, cfg_with(ON_CLEAR, require_approval=True), plc_)
+    short = cfg_with(ON_CLEAR, require_approval=True, approval_timeout_s=0.5)
+
+    async def second_alarm():
+        m = Mitigator(short, tmp_path, plc_)
+        [rec] = await m.on_alarm_event(event(alarm_id="alarm-2"))
+        return rec.proposal_id
+    timed_out = asyncio.run(second_alarm())
+    time.sleep(0.6)
+
+    async def go():
+        m = Mitigator(short, tmp_path, plc_)
+        try:
+            recs = await m.resume(open_alarm_ids={"alarm-2"})
+            assert {(r.proposal_id, r.status) for r in recs} == {(ended, "withdrawn"), (timed_out, "expired")}
+            assert m.pending() == [] and m.audit.held_for_approval() == []
+            with pytest.raises(MitigationError, match="no pending proposal"):
+                await m.approve(timed_out, "alice")
+        finally:
+            await m.close()
+    asyncio.run(go())
+    assert plc_.writes == []

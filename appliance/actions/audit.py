@@ -64,6 +64,16 @@ CREATE TABLE IF NOT EXISTS outstanding (
     revert_at       REAL,
     revert_on_clear INTEGER NOT NULL
 );
+-- Proposals waiting for a technician's approval; survive restarts until decided or expired.
+CREATE TABLE IF NOT EXISTS awaiting_approval (
+    proposal_id TEXT PRIMARY KEY,
+    rule        TEXT NOT NULL,
+    asset       TEXT NOT NULL,
+    alarm_id    TEXT,
+    node        TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    expires_at  REAL NOT NULL
+);
 """
 
 GENESIS = "0" * 64
@@ -153,6 +163,23 @@ class AuditLog:
         """Oldest write first."""
         with self._lock:
             cur = self._db.execute("SELECT * FROM outstanding ORDER BY written_at")
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def hold_for_approval(self, row: dict[str, Any]) -> None:
+        cols = ("proposal_id", "rule", "asset", "alarm_id", "node", "reason", "expires_at")
+        with self._lock:
+            self._db.execute(f"INSERT OR REPLACE INTO awaiting_approval ({', '.join(cols)}) "
+                             f"VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols])
+
+    def approval_settled(self, proposal_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM awaiting_approval WHERE proposal_id = ?", (proposal_id,))
+
+    def held_for_approval(self) -> list[dict[str, Any]]:
+        """Soonest to expire first."""
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM awaiting_approval ORDER BY expires_at")
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r)) for r in cur.fetchall()]
 

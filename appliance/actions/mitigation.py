@@ -184,7 +184,7 @@ class Mitigator:
             return []
         records: list[ActionRecord] = []
         async with self._lock:
-            records += self._sweep_expired()
+            records += await self._sweep_expired()
             if event.kind in ("cleared", "superseded") or not alarm.active:
                 records += await self._on_alarm_end(alarm.id, event.kind)
                 return records
@@ -207,8 +207,8 @@ class Mitigator:
         if not user or not user.strip():
             raise MitigationError("approval needs the name of the approving user")
         async with self._lock:
-            self._sweep_expired()
-            p = self._pending.pop(proposal_id, None)
+            await self._sweep_expired()
+            p = await self._take_pending(proposal_id)
             if p is None:
                 raise MitigationError(f"no pending proposal {proposal_id!r} (unknown, decided or expired)")
             user = user.strip()
@@ -220,8 +220,8 @@ class Mitigator:
         if not user or not user.strip():
             raise MitigationError("rejection needs the name of the user")
         async with self._lock:
-            self._sweep_expired()
-            p = self._pending.pop(proposal_id, None)
+            await self._sweep_expired()
+            p = await self._take_pending(proposal_id)
             if p is None:
                 raise MitigationError(f"no pending proposal {proposal_id!r} (unknown, decided or expired)")
             return await self._record(p, "mitigate", "rejected", user.strip(), p.rule.node, None, None,
@@ -251,7 +251,11 @@ class Mitigator:
         return self.audit.tail(limit)
 
     async def resume(self, open_alarm_ids: Iterable[str]) -> list[ActionRecord]:
-        """Take up the reverts owed from before a restart (call once, after alarms are restored).
+        """Take up what was left from before a restart (call once, after alarms are restored).
+
+        A proposal that was waiting for approval waits again for the time it had
+        left, if its rule still exists, its alarm is still open and mitigation is
+        armed; otherwise it is audited as withdrawn (or expired).
 
         A ``revert_after_s`` timer continues with the time it had left (none
         left: reverted now); a ``revert_on_clear`` write whose alarm is no longer
@@ -266,6 +270,8 @@ class Mitigator:
         open_ids, now, out = set(open_alarm_ids), time.time(), []
         rules = {r.name: r for r in self.cfg.rules}
         async with self._lock:
+            out += await self._resume_approvals(open_ids)
+            out += await self._sweep_expired()
             for row in owed:
                 rule = rules.get(row["rule"]) or MitigationRule(
                     name=row["rule"], node=row["node"], set_value=row["new_value"],
@@ -426,8 +432,7 @@ class Mitigator:
                 return await self._record(p, "mitigate", "advised", actor, node, r.old, r.new, guard=r.guard,
                                           detail=f"advise-only; would be refused by {r.guard}: {r.detail}")
             if r.guard == "approval":
-                p.expires_mono = time.monotonic() + self.cfg.approval_timeout_s
-                self._pending[p.id] = p
+                await self._hold(p, self.cfg.approval_timeout_s)
                 self.counters.inc("pending_approval")
                 return await self._record(p, "mitigate", "pending_approval", actor, node, r.old, r.new,
                                           guard="approval",
@@ -509,7 +514,7 @@ class Mitigator:
         out = []
         for pid, p in list(self._pending.items()):
             if p.alarm_id == alarm_id:
-                del self._pending[pid]
+                await self._take_pending(pid)
                 out.append(await self._record(p, "mitigate", "withdrawn", self.cfg.actor, p.rule.node, None, None,
                                               detail=f"alarm {kind} before approval"))
         keep = []
@@ -552,15 +557,52 @@ class Mitigator:
                                       else w.new, w.old, guard=r.guard, detail=r.detail)
         return await self._write_verified(p, "revert", self.cfg.actor, target, current, w.old)
 
-    def _sweep_expired(self) -> list[ActionRecord]:
+    async def _hold(self, p: _Proposal, timeout_s: float) -> None:
+        """Keep ``p`` waiting for approval for ``timeout_s``, stored so a restart does not lose it."""
+        p.expires_mono = time.monotonic() + timeout_s
+        self._pending[p.id] = p
+        await asyncio.to_thread(self.audit.hold_for_approval, {
+            "proposal_id": p.id, "rule": p.rule.name, "asset": p.asset, "alarm_id": p.alarm_id,
+            "node": p.rule.node, "reason": p.reason, "expires_at": time.time() + timeout_s})
+
+    async def _take_pending(self, proposal_id: str) -> _Proposal | None:
+        p = self._pending.pop(proposal_id, None)
+        if p is not None:
+            await asyncio.to_thread(self.audit.approval_settled, proposal_id)
+        return p
+
+    async def _sweep_expired(self) -> list[ActionRecord]:
         now = time.monotonic()
         out = []
         for pid, p in list(self._pending.items()):
             if now >= p.expires_mono:
-                del self._pending[pid]
+                await self._take_pending(pid)
                 self.counters.inc("approval_expired")
-                out.append(self._record_sync(p, "mitigate", "expired", self.cfg.actor, p.rule.node, None, None,
-                                             guard="approval", detail="nobody approved it in time"))
+                out.append(await self._record(p, "mitigate", "expired", self.cfg.actor, p.rule.node, None, None,
+                                              guard="approval", detail="nobody approved it in time"))
+        return out
+
+    async def _resume_approvals(self, open_ids: set[str]) -> list[ActionRecord]:
+        """Proposals that were waiting for approval before the restart wait again, for the time they had left."""
+        rules = {r.name: r for r in self.cfg.rules}
+        now, out = time.time(), []
+        for row in await asyncio.to_thread(self.audit.held_for_approval):
+            rule = rules.get(row["rule"])
+            p = _Proposal(id=row["proposal_id"], rule=rule or MitigationRule(name=row["rule"], node=row["node"],
+                                                                             set_value=0.0),
+                          asset=row["asset"], alarm_id=row["alarm_id"], reason=row["reason"],
+                          created_mono=time.monotonic())
+            why = ("the rule is no longer configured" if rule is None
+                   else "the alarm ended while the appliance was down" if row["alarm_id"] not in open_ids
+                   else "mitigation is not armed" if not self.cfg.armed else None)
+            if why is not None:
+                await asyncio.to_thread(self.audit.approval_settled, p.id)
+                out.append(await self._record(p, "mitigate", "withdrawn", self.cfg.actor, p.rule.node, None, None,
+                                              detail=f"{why}; not waiting for approval any more"))
+            else:
+                # Expired ones go at the next sweep, audited as expired.
+                p.expires_mono = time.monotonic() + (row["expires_at"] - now)
+                self._pending[p.id] = p
         return out
 
     # ------------------------------------------------------------------ audit
