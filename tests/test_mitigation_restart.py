@@ -1,4 +1,4 @@
-"""A revert the appliance owes survives a stop, a crash or a power loss, and is still guarded."""
+"""What mitigation owes (reverts) or awaits (approvals) survives a stop, a crash or a power loss, still guarded."""
 
 from __future__ import annotations
 
