@@ -425,6 +425,7 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     trending = trending_sensors(train_rows, sensors, trend_limit) if trend_limit is not None else []
     level_free = [s for s in sensors if s in set(level_free) | set(trending)]
     level_cols = np.array([sensors.index(s) for s in level_free], dtype=int)
+
     def fit_scaler(rows_: np.ndarray, spans: list[tuple[int, int]], stride_: int) -> Scaler:
         scaler_ = Scaler.fit(np.concatenate([rows_[a:b] for a, b in spans]))
         if len(level_cols) and level_free_scale == "window":
