@@ -61,10 +61,47 @@ def cmd_train(args) -> int:
         level_free += [s for s in drifting if s not in level_free]
     if args.no_trend_check:
         opts["trend_limit"] = None
-    out = train_from_csv(args.data, args.out, level_free=level_free, **opts)
+    if args.from_store:
+        out = _train_from_store(args, level_free=level_free, **opts)
+        if out is None:
+            return 2
+    else:
+        out = train_from_csv(args.data, args.out, level_free=level_free, **opts)
     from appliance.detector.bundle import load_bundle
     print(f"bundle written: {out} (level-free sensors: {', '.join(load_bundle(out).level_free) or 'none'})")
     return 0
+
+
+def _time_arg(text: str | None) -> float | None:
+    """Epoch seconds or an ISO 8601 time (UTC when it has no offset)."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    from datetime import datetime, timezone
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"appliance train: {text!r} is neither epoch seconds nor an ISO 8601 time") from None
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _train_from_store(args, **opts):
+    from appliance.commission import CommissionError, commission
+
+    cfg = _load(args.config)
+    since, until = _time_arg(args.since), _time_arg(args.until)
+    w = cfg.windows
+    period = opts.pop("period_s", None) or w.period_s or 1.0
+    try:
+        return commission(cfg.path(cfg.store.path), args.from_store, args.out, since=since, until=until,
+                          last_s=args.last, sensors=args.sensors, period_s=period, staleness_s=w.staleness_s,
+                          lateness_s=w.lateness_s, allow_alarms=args.allow_alarms, **opts)
+    except CommissionError as e:
+        print(f"appliance train: {e}", file=sys.stderr)
+        return None
 
 
 async def _run_async(cfg) -> int:
@@ -135,7 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     d.set_defaults(fn=cmd_demo)
 
     t = sub.add_parser("train", help="train a model bundle on normal data")
-    t.add_argument("--data", nargs="+", required=True, help="CSV files of normal operation")
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", nargs="+", help="CSV files of normal operation")
+    src.add_argument("--from-store", metavar="ASSET",
+                     help="the asset's readings recorded by this appliance (commissioning, see --since/--last)")
+    t.add_argument("--config", "-c", help="with --from-store: the appliance's config (default: embedded)")
+    t.add_argument("--since", help="with --from-store: start of the normal span (ISO 8601 or epoch s)")
+    t.add_argument("--until", help="with --from-store: end of the span (default: newest reading)")
+    t.add_argument("--last", type=float, metavar="SECONDS",
+                   help="with --from-store: the last N seconds before the newest recorded reading")
+    t.add_argument("--sensors", nargs="+", help="with --from-store: sensors to use (default: all recorded)")
+    t.add_argument("--allow-alarms", action="store_true",
+                   help="with --from-store: train even if the asset was in alarm during the span")
     t.add_argument("--out", required=True, help="bundle directory to write")
     t.add_argument("--window", type=int)
     t.add_argument("--stride", type=int)
