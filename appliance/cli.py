@@ -72,27 +72,20 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _time_arg(text: str | None) -> float | None:
-    """Epoch seconds or an ISO 8601 time (UTC when it has no offset)."""
-    if text is None:
-        return None
+def _time_arg(text: str | None, option: str) -> float | None:
+    from appliance.detector.train import parse_time
+
     try:
-        return float(text)
-    except ValueError:
-        pass
-    from datetime import datetime, timezone
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise SystemExit(f"appliance train: {text!r} is neither epoch seconds nor an ISO 8601 time") from None
-    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+        return None if text is None else parse_time(text, f"appliance train {option}")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def _train_from_store(args, **opts):
     from appliance.commission import CommissionError, commission
 
     cfg = _load(args.config)
-    since, until = _time_arg(args.since), _time_arg(args.until)
+    since, until = _time_arg(args.since, "--since"), _time_arg(args.until, "--until")
     w = cfg.windows
     period = opts.pop("period_s", None) or w.period_s or 1.0
     try:

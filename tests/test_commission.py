@@ -89,7 +89,7 @@ def test_a_span_with_an_alarm_is_refused_unless_allowed(recorded, tmp_path):
     (["--from-store", "nope"], "no readings of asset 'nope'"),
     (["--from-store", ASSET, "--sensors", "Current", "Humidity"], "no readings of ['Humidity']"),
     (["--from-store", ASSET, "--since", "2031-01-01T00:00:00"], "no readings of asset"),
-    (["--from-store", ASSET, "--since", "yesterday"], "neither epoch seconds nor an ISO 8601 time"),
+    (["--from-store", ASSET, "--since", "yesterday"], "--since: cannot parse time 'yesterday'"),
 ])
 def test_bad_requests_get_a_clear_error_and_write_nothing(recorded, tmp_path, capsys, argv, message):
     root, _, _ = recorded

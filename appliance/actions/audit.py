@@ -146,42 +146,48 @@ class AuditLog:
             prev = h
         return None
 
+    # Two small keyed tables beside the log: what is owed (reverts) and what awaits a decision
+    # (approvals). Unlike the log, their rows go away once settled.
+    _OWED = ("proposal_id", "rule", "asset", "alarm_id", "node", "old_value", "new_value", "written_at",
+             "revert_at", "revert_on_clear")
+    _AWAITING = ("proposal_id", "rule", "asset", "alarm_id", "node", "reason", "expires_at")
+
+    def _put(self, table: str, cols: tuple[str, ...], row: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) "
+                             f"VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols])
+
+    def _drop(self, table: str, proposal_id: str) -> None:
+        with self._lock:
+            self._db.execute(f"DELETE FROM {table} WHERE proposal_id = ?", (proposal_id,))
+
+    def _all(self, table: str, order: str) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._db.execute(f"SELECT * FROM {table} ORDER BY {order}")
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+
     def owe_revert(self, row: dict[str, Any]) -> None:
         """Remember a write whose revert is still due (keys: the ``outstanding`` columns)."""
-        cols = ("proposal_id", "rule", "asset", "alarm_id", "node", "old_value", "new_value", "written_at",
-                "revert_at", "revert_on_clear")
-        with self._lock:
-            self._db.execute(f"INSERT OR REPLACE INTO outstanding ({', '.join(cols)}) "
-                             f"VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols])
+        self._put("outstanding", self._OWED, row)
 
     def revert_settled(self, proposal_id: str) -> None:
         """The revert of ``proposal_id`` was decided (written, refused or failed: the audit says which)."""
-        with self._lock:
-            self._db.execute("DELETE FROM outstanding WHERE proposal_id = ?", (proposal_id,))
+        self._drop("outstanding", proposal_id)
 
     def reverts_owed(self) -> list[dict[str, Any]]:
         """Oldest write first."""
-        with self._lock:
-            cur = self._db.execute("SELECT * FROM outstanding ORDER BY written_at")
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, r)) for r in cur.fetchall()]
+        return self._all("outstanding", "written_at")
 
     def hold_for_approval(self, row: dict[str, Any]) -> None:
-        cols = ("proposal_id", "rule", "asset", "alarm_id", "node", "reason", "expires_at")
-        with self._lock:
-            self._db.execute(f"INSERT OR REPLACE INTO awaiting_approval ({', '.join(cols)}) "
-                             f"VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols])
+        self._put("awaiting_approval", self._AWAITING, row)
 
     def approval_settled(self, proposal_id: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM awaiting_approval WHERE proposal_id = ?", (proposal_id,))
+        self._drop("awaiting_approval", proposal_id)
 
     def held_for_approval(self) -> list[dict[str, Any]]:
         """Soonest to expire first."""
-        with self._lock:
-            cur = self._db.execute("SELECT * FROM awaiting_approval ORDER BY expires_at")
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, r)) for r in cur.fetchall()]
+        return self._all("awaiting_approval", "expires_at")
 
     def close(self) -> None:
         with self._lock:

@@ -48,7 +48,8 @@ TIME_COLUMNS = ("datetime", "ts", "timestamp", "time")
 
 # ---------------------------------------------------------------- CSV input
 
-def _parse_time(text: str, where: str) -> float:
+def parse_time(text: str, where: str) -> float:
+    """UNIX seconds or ISO 8601 (naive = UTC) from a text cell; ValueError names ``where``."""
     text = text.strip()
     try:
         return float(text)
@@ -99,7 +100,7 @@ def read_csv(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray, dict[
         where = f"{p}:{lineno}"
         if len(rec) != len(header):
             raise ValueError(f"{where}: {len(rec)} fields, header has {len(header)}")
-        ts.append(_parse_time(rec[time_idx], where))
+        ts.append(parse_time(rec[time_idx], where))
         try:
             rows.append([float(rec[i]) for i in sensor_idx])
             for i in label_idx:
