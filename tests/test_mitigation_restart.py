@@ -237,3 +237,40 @@ def test_waiting_proposals_whose_alarm_ended_or_time_ran_out_while_down_are_clos
             await m.close()
     asyncio.run(go())
     assert plc_.writes == []
+
+
+def test_an_owed_revert_waits_for_a_plc_that_comes_back_later(tmp_path, monkeypatch):
+    """After a power loss the gateway often starts before the PLC: the revert is retried, not dropped."""
+    import appliance.actions.mitigation as mitigation
+
+    monkeypatch.setattr(mitigation, "REVERT_RETRY_S", 0.2)
+
+    class PlcStartingUp(FakeWriter):
+        down = 2
+
+        async def read(self, nodes):
+            if self.down:
+                self.down -= 1
+                raise ConnectionError("connection refused")
+            return await super().read(nodes)
+
+    cfg, plc_ = cfg_with(ON_CLEAR), fake_plc()
+    asyncio.run(write_then_stop(tmp_path, cfg, plc_, clean=False))
+    late = PlcStartingUp(plc_.values)
+
+    async def go():
+        m = Mitigator(cfg, tmp_path, late)
+        try:
+            recs = await m.resume(set())
+            assert [(r.status, r.guard) for r in recs] == [("refused", "plc_read")]
+            assert len(m.audit.reverts_owed()) == 1  # still owed
+            await wait_for(lambda: late.values[SP] == 100.0, timeout=5, what="the retried revert")
+            await wait_for(lambda: m.audit.reverts_owed() == [], timeout=5, what="the revert settled")
+        finally:
+            await m.close()
+    asyncio.run(go())
+    statuses = [(r["kind"], r["status"], r["guard"]) for r in audit_rows(tmp_path)]
+    assert statuses == [("mitigate", "written", None), ("revert", "refused", "plc_read"),
+                        ("revert", "refused", "plc_read"), ("revert", "written", None)]
+    assert audit_rows(tmp_path)[-1]["reason"].endswith(
+        "alarm ended while the appliance was down (retry 2, PLC was not readable)")

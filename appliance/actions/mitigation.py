@@ -56,6 +56,10 @@ from appliance.core import AlarmEvent, AlarmState, Counters, Level, Quality
 logger = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 60.0
+# An owed revert that could not read the PLC (after a power loss the PLC often comes back after
+# the gateway) stays owed and is tried again, backing off up to the maximum.
+REVERT_RETRY_S = 30.0
+REVERT_RETRY_MAX_S = 900.0
 _OPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
         ">": operator.gt, ">=": operator.ge}
 _LEVELS = {"anomaly": Level.ANOMALY, "critical": Level.CRITICAL}
@@ -126,6 +130,8 @@ class _Written:
     old: float
     new: float
     revert_task: asyncio.Task | None = None
+    retries: int = 0
+    owed_because: str = ""  # why the revert first came due, kept across retries
 
 
 class _Refusal(Exception):
@@ -501,14 +507,14 @@ class Mitigator:
             w.revert_task = asyncio.create_task(self._revert_later(w, after))
         self._written.setdefault(p.alarm_id or "", []).append(w)
 
-    async def _revert_later(self, w: _Written, delay: float) -> None:
+    async def _revert_later(self, w: _Written, delay: float, why: str | None = None) -> None:
         await asyncio.sleep(delay)
         async with self._lock:
             ws = self._written.get(w.proposal.alarm_id or "", [])
             if w not in ws:
                 return
             ws.remove(w)
-            await self._revert(w, f"revert_after_s={delay:g} elapsed")
+            await self._revert(w, why or f"revert_after_s={delay:g} elapsed")
 
     async def _on_alarm_end(self, alarm_id: str, kind: str) -> list[ActionRecord]:
         out = []
@@ -526,11 +532,21 @@ class Mitigator:
             else:
                 keep.append(w)
         if keep:
-            self._written[alarm_id] = keep
+            self._written.setdefault(alarm_id, []).extend(keep)  # beside any revert waiting to retry
         return out
 
     async def _revert(self, w: _Written, why: str) -> ActionRecord:
         rec = await self._try_revert(w, why)
+        if rec.guard == "plc_read" and not self._closed:
+            # Nothing was written and nothing decided: the PLC could not be read. Still owed.
+            delay = min(REVERT_RETRY_S * 2 ** w.retries, REVERT_RETRY_MAX_S)
+            w.retries += 1
+            w.owed_because = w.owed_because or why
+            w.revert_task = asyncio.create_task(
+                self._revert_later(w, delay, f"{w.owed_because} (retry {w.retries}, PLC was not readable)"))
+            self._written.setdefault(w.proposal.alarm_id or "", []).append(w)
+            logger.warning("mitigation revert of %s postponed: PLC not readable; retry in %gs", w.proposal.id, delay)
+            return rec
         # Decided (written, refused or failed; the audit log holds which): no longer owed.
         await asyncio.to_thread(self.audit.revert_settled, w.proposal.id)
         return rec
