@@ -537,9 +537,9 @@ class Mitigator:
 
     async def _revert(self, w: _Written, why: str) -> ActionRecord:
         rec = await self._try_revert(w, why)
-        if rec.guard == "plc_read" and not self._closed:
+        if rec.guard == "plc_read" and self.writer is not None and not self._closed:
             # Nothing was written and nothing decided: the PLC could not be read. Still owed.
-            delay = min(REVERT_RETRY_S * 2 ** w.retries, REVERT_RETRY_MAX_S)
+            delay = min(REVERT_RETRY_S * 2 ** min(w.retries, 20), REVERT_RETRY_MAX_S)
             w.retries += 1
             w.owed_because = w.owed_because or why
             w.revert_task = asyncio.create_task(
