@@ -94,8 +94,7 @@ def alarms_during(db_path: str | Path, asset: str, since: float, until: float) -
 
 def commission(db_path: str | Path, asset: str, out_dir: str | Path, *, since: float | None = None,
                until: float | None = None, last_s: float | None = None, sensors: Sequence[str] | None = None,
-               period_s: float = 1.0,
-               staleness_s: float = 5.0, lateness_s: float = 2.0, allow_alarms: bool = False,
+               period_s: float = 1.0, staleness_s: float = 5.0, lateness_s: float = 2.0, allow_alarms: bool = False,
                **train_opts) -> Path:
     """Train a bundle on ``asset``'s recorded rows in ``[since, until]``; ``train_opts`` go to ``train_bundle``."""
     sensors, ts, rows = recorded_rows(db_path, asset, since=since, until=until, last_s=last_s, sensors=sensors,

@@ -148,6 +148,12 @@ class _NodeHistory:
     changes: deque = field(default_factory=deque)  # (mono, abs change)
 
 
+def _stand_in_rule(name: str, node: str, revert_on_clear: bool = False) -> MitigationRule:
+    """For a rule removed from the config since a write or proposal was stored: its name and node
+    for the audit, no interlocks of its own (the global ones still apply); never proposes anything."""
+    return MitigationRule(name=name, node=node, set_value=0.0, revert_on_clear=revert_on_clear)
+
+
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:g}"
 
@@ -276,12 +282,11 @@ class Mitigator:
         open_ids, now, out = set(open_alarm_ids), time.time(), []
         rules = {r.name: r for r in self.cfg.rules}
         async with self._lock:
-            out += await self._resume_approvals(open_ids)
+            out += await self._resume_approvals(open_ids, rules)
             out += await self._sweep_expired()
             for row in owed:
-                rule = rules.get(row["rule"]) or MitigationRule(
-                    name=row["rule"], node=row["node"], set_value=row["new_value"],
-                    revert_on_clear=bool(row["revert_on_clear"]))
+                rule = rules.get(row["rule"]) or _stand_in_rule(row["rule"], row["node"],
+                                                                revert_on_clear=bool(row["revert_on_clear"]))
                 p = _Proposal(id=row["proposal_id"], rule=rule, asset=row["asset"], alarm_id=row["alarm_id"],
                               reason=f"written before the restart at {row['written_at']:.0f}",
                               created_mono=time.monotonic())
@@ -298,7 +303,7 @@ class Mitigator:
                 else:
                     if row["revert_at"] is not None:
                         w.revert_task = asyncio.create_task(self._revert_later(w, row["revert_at"] - now))
-                    self._written.setdefault(w.proposal.alarm_id or "", []).append(w)
+                    self._track(w)
             if owed:
                 logger.warning("mitigation resumed %d owed revert(s); %d decided now", len(owed), len(out))
         return out
@@ -505,7 +510,11 @@ class Mitigator:
             "revert_on_clear": int(p.rule.revert_on_clear)})
         if after is not None:
             w.revert_task = asyncio.create_task(self._revert_later(w, after))
-        self._written.setdefault(p.alarm_id or "", []).append(w)
+        self._track(w)
+
+    def _track(self, w: _Written) -> None:
+        """``w`` awaits its revert (a timer, its alarm's end, or a retry)."""
+        self._written.setdefault(w.proposal.alarm_id or "", []).append(w)
 
     async def _revert_later(self, w: _Written, delay: float, why: str | None = None) -> None:
         await asyncio.sleep(delay)
@@ -544,7 +553,7 @@ class Mitigator:
             w.owed_because = w.owed_because or why
             w.revert_task = asyncio.create_task(
                 self._revert_later(w, delay, f"{w.owed_because} (retry {w.retries}, PLC was not readable)"))
-            self._written.setdefault(w.proposal.alarm_id or "", []).append(w)
+            self._track(w)
             logger.warning("mitigation revert of %s postponed: PLC not readable; retry in %gs", w.proposal.id, delay)
             return rec
         # Decided (written, refused or failed; the audit log holds which): no longer owed.
@@ -598,14 +607,12 @@ class Mitigator:
                                               guard="approval", detail="nobody approved it in time"))
         return out
 
-    async def _resume_approvals(self, open_ids: set[str]) -> list[ActionRecord]:
+    async def _resume_approvals(self, open_ids: set[str], rules: dict[str, MitigationRule]) -> list[ActionRecord]:
         """Proposals that were waiting for approval before the restart wait again, for the time they had left."""
-        rules = {r.name: r for r in self.cfg.rules}
         now, out = time.time(), []
         for row in await asyncio.to_thread(self.audit.held_for_approval):
             rule = rules.get(row["rule"])
-            p = _Proposal(id=row["proposal_id"], rule=rule or MitigationRule(name=row["rule"], node=row["node"],
-                                                                             set_value=0.0),
+            p = _Proposal(id=row["proposal_id"], rule=rule or _stand_in_rule(row["rule"], row["node"]),
                           asset=row["asset"], alarm_id=row["alarm_id"], reason=row["reason"],
                           created_mono=time.monotonic())
             why = ("the rule is no longer configured" if rule is None
