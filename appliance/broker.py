@@ -82,8 +82,10 @@ class Mosquitto:
 
     def start(self) -> "Mosquitto":
         log_file = open(self.workdir / "mosquitto.log", "ab")
+        # Its own session: Ctrl-C at the terminal stops the demo, which then stops the
+        # broker last, instead of the broker vanishing under a shutting-down appliance.
         self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=log_file)
+                                     stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True)
         log_file.close()
         try:
             wait_port(self.port)

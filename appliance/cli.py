@@ -8,7 +8,6 @@ import json
 import logging
 import signal
 import sys
-from pathlib import Path
 
 from appliance.config import ConfigError, load_config
 
@@ -46,27 +45,36 @@ def cmd_config_check(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from appliance.detector.train import train_from_csv
+    from pydantic import ValidationError
+
+    from appliance.detector.train import TrainSettings, train_from_csv
 
     opts = {k: v for k, v in (("window", args.window), ("stride", args.stride),
                               ("period_s", args.period)) if v is not None}
     level_free = list(args.level_free or [])
-    if args.level_free_from:
-        from appliance.detector.features import drifting_sensors
-        from appliance.detector.train import read_csv_rows
-        sensors, _, rows = read_csv_rows(args.level_free_from)
-        drifting, report = drifting_sensors(rows, sensors)
-        print(f"drifting in {', '.join(args.level_free_from)}: {', '.join(drifting) or 'none'} "
-              f"(share of stretches: {report['drift_share']})")
-        level_free += [s for s in drifting if s not in level_free]
     if args.no_trend_check:
         opts["trend_limit"] = None
-    if args.from_store:
-        out = _train_from_store(args, level_free=level_free, **opts)
-        if out is None:
-            return 2
-    else:
-        out = train_from_csv(args.data, args.out, level_free=level_free, **opts)
+    try:
+        if args.level_free_from:
+            from appliance.detector.features import drifting_sensors
+            from appliance.detector.train import read_csv_rows
+            sensors, _, rows = read_csv_rows(args.level_free_from)
+            drifting, report = drifting_sensors(rows, sensors)
+            print(f"drifting in {', '.join(args.level_free_from)}: {', '.join(drifting) or 'none'} "
+                  f"(share of stretches: {report['drift_share']})")
+            level_free += [s for s in drifting if s not in level_free]
+        if args.from_store:
+            out = _train_from_store(args, {**opts, "level_free": level_free})
+        else:
+            out = train_from_csv(args.data, args.out, TrainSettings(**opts, level_free=level_free))
+    except ValidationError as e:
+        # One line per refused setting, by name, instead of pydantic's multi-line report.
+        for err in e.errors():
+            print(f"appliance train: {'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # unreadable data, too few rows, a span that cannot be trained on, ...
+        print(f"appliance train: {e}", file=sys.stderr)
+        return 2
     from appliance.detector.bundle import load_bundle
     print(f"bundle written: {out} (level-free sensors: {', '.join(load_bundle(out).level_free) or 'none'})")
     return 0
@@ -81,20 +89,18 @@ def _time_arg(text: str | None, option: str) -> float | None:
         raise SystemExit(str(e)) from None
 
 
-def _train_from_store(args, **opts):
-    from appliance.commission import CommissionError, commission
+def _train_from_store(args, opts: dict):
+    """Commission from the appliance's store, on the grid of its ``[windows]`` settings."""
+    from appliance.commission import commission
+    from appliance.detector.train import TrainSettings
 
     cfg = _load(args.config)
     since, until = _time_arg(args.since, "--since"), _time_arg(args.until, "--until")
     w = cfg.windows
-    period = opts.pop("period_s", None) or w.period_s or 1.0
-    try:
-        return commission(cfg.path(cfg.store.path), args.from_store, args.out, since=since, until=until,
-                          last_s=args.last, sensors=args.sensors, period_s=period, staleness_s=w.staleness_s,
-                          lateness_s=w.lateness_s, allow_alarms=args.allow_alarms, **opts)
-    except CommissionError as e:
-        print(f"appliance train: {e}", file=sys.stderr)
-        return None
+    settings = TrainSettings(**{**opts, "period_s": opts.get("period_s") or w.period_s or 1.0,
+                                "staleness_s": w.staleness_s, "lateness_s": w.lateness_s})
+    return commission(cfg.path(cfg.store.path), args.from_store, args.out, settings, since=since, until=until,
+                      last_s=args.last, sensors=args.sensors, allow_alarms=args.allow_alarms)
 
 
 async def _run_async(cfg) -> int:

@@ -7,19 +7,28 @@ is injected; the alarm shows up on the console (and on the dashboard, and on the
 MQTT alarm topic). With ``seconds`` it runs headless and ends with a one-line
 summary; the exit code says whether the demo saw what it should (an alarm after
 the fault and none before it).
+
+The simulators are not part of the appliance: the demo runs them as child
+processes (``python -m firmware_sim.cli ...``, the ``appliance-sim`` command)
+and learns from their standard output when they publish. Each child gets its
+own session, so Ctrl-C reaches only the demo, which stops the children in order;
+each child's stdin is a pipe the demo never writes to, so a child also stops
+if the demo is killed outright.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
+import contextlib
 import json
 import logging
 import os
 import signal
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Awaitable, TypeVar
 
 from appliance.broker import Mosquitto, free_port
 from appliance.config import parse_config
@@ -28,25 +37,149 @@ log = logging.getLogger(__name__)
 
 DEMO_RATE_HZ = 10.0
 DEMO_ASSET = "pump1"
+# The training data the demo model is trained on; changing any of these changes the model.
+TRAINING_ROWS, TRAINING_SEED = 12_000, 7
+PLC_SEED = 11
+SIM_COMMAND = (sys.executable, "-m", "firmware_sim.cli")
+# What the simulators print once they publish (see firmware-sim/cli.py): the demo's clock starts there.
+PUMP_READY = "appliance-sim pump: publishing "
+PLC_READY = "PLC simulator listening on "
+SIM_READY_TIMEOUT_S = 60.0
+SIM_STOP_TIMEOUT_S = 15.0  # the pump waits up to 10 s for the broker to acknowledge what it sent
+
+T = TypeVar("T")
 
 
-def _normal_training_csv(path: Path, rows: int = 12_000, seed: int = 7) -> Path:
-    """Simulated normal operation, at the rate the demo publishes, with slow load changes."""
-    from firmware_sim.pump import PumpModel
+class SimulatorFailed(RuntimeError):
+    """A simulator child exited or never became ready."""
 
-    pump = PumpModel(seed=seed)
-    dt = 1.0 / DEMO_RATE_HZ
-    t0 = 1_700_000_000.0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = None
-        for i in range(rows):
-            values = pump.step(dt)
-            if w is None:
-                w = csv.writer(f)
-                sensors = list(values)
-                w.writerow(["ts", *sensors])
-            w.writerow([f"{t0 + i * dt:.3f}", *(f"{values[s]:.6g}" for s in sensors)])
+
+class _Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived while the demo was starting up."""
+
+
+class SimProcess:
+    """One simulator run as a child process of the demo (``python -m firmware_sim.cli ARGS``).
+
+    :meth:`start` returns once the child prints ``ready_prefix``; later lines are
+    echoed to the console. :meth:`stop` asks it to stop (SIGTERM), kills it if it
+    does not, and always reaps it.
+    """
+
+    def __init__(self, name: str, args: list[str], ready_prefix: str, clock: "DemoClock"):
+        self.name = name
+        self.args = [*args, "--stop-on-stdin-eof"]
+        self.ready_prefix = ready_prefix
+        self.clock = clock
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready_at: float | None = None
+        self._reader: asyncio.Task | None = None
+
+    async def start(self, timeout: float = SIM_READY_TIMEOUT_S) -> float:
+        """Start the child and wait for its ready line; return ``time.monotonic()`` when it was seen."""
+        self.proc = await asyncio.create_subprocess_exec(
+            *SIM_COMMAND, *self.args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            start_new_session=True)
+        try:
+            await asyncio.wait_for(self._until_ready(), timeout)
+        except asyncio.TimeoutError:
+            raise SimulatorFailed(f"{self.name} not ready after {timeout:g}s") from None
+        self._reader = asyncio.create_task(self._echo_rest(), name=f"{self.name}-stdout")
+        return self.ready_at
+
+    async def _until_ready(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while True:
+            line = await self.proc.stdout.readline()
+            if not line:
+                code = await self.proc.wait()
+                raise SimulatorFailed(f"{self.name} exited with status {code} before it was ready "
+                                      "(its error is above)")
+            text = line.decode(errors="replace").rstrip()
+            if text.startswith(self.ready_prefix):
+                self.ready_at = time.monotonic()
+                return
+            self._echo(text)
+
+    async def _echo_rest(self) -> None:
+        # Reading to the end also keeps the pipe drained: a child never blocks on a full stdout.
+        assert self.proc is not None and self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            self._echo(line.decode(errors="replace").rstrip())
+
+    def _echo(self, text: str) -> None:
+        if text:
+            print(f"demo: {self.clock.label()} {self.name}: {text}", flush=True)
+
+    async def wait(self) -> int:
+        assert self.proc is not None
+        return await self.proc.wait()
+
+    async def stop(self, timeout: float = SIM_STOP_TIMEOUT_S) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("demo: %s did not stop within %gs; killing it", self.name, timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if self._reader is not None:
+            # The child is gone, so its stdout ends; what it printed last (its summary) is shown.
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if proc.stdin is not None:
+            proc.stdin.close()
+        if proc.returncode != 0:
+            print(f"demo: {self.name} ended with status {proc.returncode}", flush=True)
+
+
+class DemoClock:
+    """Demo time: seconds since the simulator started publishing (since the demo started, until then)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.sim_started = False
+
+    def simulator_started(self, at: float) -> None:
+        self.t0, self.sim_started = at, True
+
+    def since(self, t: float) -> float:
+        return t - self.t0
+
+    def label(self) -> str:
+        return f"+{self.since(time.monotonic()):5.1f}s"
+
+
+async def _unless_stopped(stop: asyncio.Event, aw: Awaitable[T]) -> T:
+    """Await ``aw``, or cancel it and raise :class:`_Interrupted` if ``stop`` is set first."""
+    task = asyncio.ensure_future(aw)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise _Interrupted()
+
+
+def _normal_training_csv(path: Path, rows: int = TRAINING_ROWS, seed: int = TRAINING_SEED) -> Path:
+    """Simulated normal operation at the rate the demo publishes, written by ``appliance-sim normal-csv``."""
+    cmd = [*SIM_COMMAND, "normal-csv", "--out", str(path), "--rows", str(rows), "--rate", repr(DEMO_RATE_HZ),
+           "--seed", str(seed)]
+    # subprocess.run kills the child if the demo is interrupted meanwhile; its own session keeps Ctrl-C
+    # from reaching it first and printing a traceback.
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, start_new_session=True)
+    if proc.returncode != 0:
+        raise SimulatorFailed(f"appliance-sim normal-csv failed with status {proc.returncode}: "
+                              f"{proc.stderr.strip()[-2000:]}")
     return path
 
 
@@ -54,29 +187,28 @@ def ensure_demo_model(cfg) -> Path:
     bundle = cfg.path(cfg.detector.bundle)
     if (bundle / "bundle.json").exists():
         return bundle
-    from appliance.detector.train import train_from_csv
+    from appliance.detector.train import TrainSettings, train_from_csv
 
     print(f"demo: no model at {bundle}; training one on simulated normal operation ...", flush=True)
     t0 = time.monotonic()
     data = _normal_training_csv(cfg.path("demo-normal.csv"))
-    train_from_csv([data], bundle, period_s=1.0 / DEMO_RATE_HZ)
+    train_from_csv([data], bundle, TrainSettings(period_s=1.0 / DEMO_RATE_HZ))
     print(f"demo: model trained in {time.monotonic() - t0:.1f}s -> {bundle}", flush=True)
     return bundle
 
 
 def _demo_config(cfg, port: int, plc_port: int | None):
     data = cfg.model_dump(mode="json")
-    data["inputs"]["mqtt"]["broker"]["host"] = "127.0.0.1"
-    data["inputs"]["mqtt"]["broker"]["port"] = port
+    data["connections"]["mqtt"]["host"] = "127.0.0.1"
+    data["connections"]["mqtt"]["port"] = port
     data["outputs"]["mqtt_alarm"]["broker"] = None
     if plc_port is not None:
         # The PLC is the only source; it is sampled at the rate the demo model was trained on.
+        data["connections"]["opcua"]["endpoint"] = f"opc.tcp://127.0.0.1:{plc_port}/appliance/plc"
         opcua = data["inputs"]["opcua"]
-        opcua["endpoint"] = f"opc.tcp://127.0.0.1:{plc_port}/appliance/plc"
         opcua["sampling_interval_ms"] = opcua["publishing_interval_ms"] = 1000.0 / DEMO_RATE_HZ
         data["inputs"]["mqtt"]["enabled"] = False
-    if "history" in data:
-        data["history"]["enabled"] = False  # no InfluxDB in the demo; the local store has it all
+    data["outputs"]["history"]["enabled"] = False  # no InfluxDB in the demo; the local store has it all
     return parse_config(data, "demo")
 
 
@@ -100,80 +232,113 @@ def run_demo(cfg, seconds: float | None = None, fault_at: float | None = None,
     return asyncio.run(_run(cfg, seconds, fault_at, fault))
 
 
+def _pump_args(port: int, fault: str, fault_at: float) -> list[str]:
+    return ["pump", "--host", "127.0.0.1", "--port", str(port), "--asset", DEMO_ASSET,
+            "--rate", repr(DEMO_RATE_HZ), "--fault", fault, "--fault-at", repr(float(fault_at)),
+            "--log-level", "WARNING"]
+
+
+def _plc_args(port: int, fault: str, fault_at: float) -> list[str]:
+    return ["plc", "--host", "127.0.0.1", "--port", str(port), "--security", "none",
+            "--period", repr(1.0 / DEMO_RATE_HZ), "--seed", str(PLC_SEED),
+            "--fault", f"{fault}:1", "--fault-at", repr(float(fault_at)), "--log-level", "WARNING"]
+
+
+async def _wait_for_end(stop: asyncio.Event, sims: list[SimProcess], timeout: float | None) -> SimProcess | None:
+    """Wait for Ctrl-C/SIGTERM, the end of ``timeout``, or a simulator exiting; return the one that exited."""
+    waits: dict[asyncio.Future, SimProcess | None] = {asyncio.ensure_future(stop.wait()): None}
+    waits.update({asyncio.ensure_future(s.wait()): s for s in sims})
+    try:
+        done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+    return next((waits[w] for w in done if waits[w] is not None), None)
+
+
 async def _run(cfg, seconds, fault_at, fault) -> int:
     from appliance.runtime import build, start_web
-    from firmware_sim.publisher import run_pump
 
-    ensure_demo_model(cfg)
+    try:
+        ensure_demo_model(cfg)
+    except SimulatorFailed as e:
+        print(f"demo: ERROR: {e}", flush=True)
+        return 1
     if fault_at is None:
         fault_at = 20.0 if seconds is None else min(20.0, max(8.0, seconds * 0.4))
-    broker = Mosquitto(cfg.path("demo-broker"), port=free_port()).start()
-    plc = None
-    if cfg.inputs.opcua.enabled:
-        from firmware_sim.plc import PlcSimulator
-
-        plc = PlcSimulator("127.0.0.1", free_port(), period_s=1.0 / DEMO_RATE_HZ, seed=11)
-        await plc.start()
-    dcfg = _demo_config(cfg, broker.port, plc.port if plc else None)
-    app = build(dcfg)
-    events: list[tuple[float, object]] = []
-    t_start = time.monotonic()
-
-    def on_event(e):
-        events.append((time.monotonic() - t_start, e))
-        if e.kind in ("raised", "escalated", "cleared"):
-            a = e.alarm
-            print(f"demo: +{time.monotonic() - t_start:5.1f}s ALARM {e.kind.upper()} asset={a.asset} "
-                  f"level={a.level.name.lower()} score={a.peak_score:.2f}x threshold "
-                  f"top_sensors={','.join(a.top_sensors)}", flush=True)
-
-    app.add_event_listener(on_event)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    sim_stop = threading.Event()
-    web = None
-    await app.start()
-    try:
-        # Sources start once the appliance listens, so the demo counts every reading.
-        if not await app.wait_inputs_ready(60):
-            print("demo: WARNING: inputs not ready after 60 s; starting the simulator anyway", flush=True)
-        if dcfg.web.enabled:
-            try:
-                web = start_web(app, dcfg.web.host, dcfg.web.port)
-            except OSError:  # the usual port is taken: any free one will do for a demo
-                web = start_web(app, dcfg.web.host, 0)
-            print(f"demo: dashboard on http://{dcfg.web.host}:{web.port}/", flush=True)
-        if plc is None:
-            sim = threading.Thread(target=run_pump, name="pump-sim", daemon=True, kwargs=dict(
-                host="127.0.0.1", port=broker.port, asset=DEMO_ASSET, rate_hz=DEMO_RATE_HZ,
-                fault=fault, fault_at=fault_at, stop_event=sim_stop))
-            sim.start()
-            bad = await asyncio.to_thread(_publish_bad_payloads, broker.port)
-            print(f"demo: broker on 127.0.0.1:{broker.port}, simulator publishing {DEMO_RATE_HZ:g} Hz over MQTT; "
-                  f"fault '{fault}' at +{fault_at:g}s; {bad} malformed payloads sent", flush=True)
-        else:
-            asyncio.get_running_loop().call_later(fault_at, plc.model.inject, fault, 1.0)
-            print(f"demo: PLC simulator on {plc.endpoint}, read over OPC-UA at {DEMO_RATE_HZ:g} Hz; "
-                  f"alarms on MQTT 127.0.0.1:{broker.port}; fault '{fault}' at +{fault_at:g}s", flush=True)
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass
-    finally:
-        sim_stop.set()
-        await asyncio.sleep(0.3)
-        if web is not None:
-            web.stop()
-        await app.shutdown()
-        if plc is not None:
-            await plc.stop()
-        broker.stop()
+    clock = DemoClock()
+    events: list[tuple[float, object]] = []
 
-    raised = [(t, e) for t, e in events if e.kind == "raised"]
-    before = [t for t, _ in raised if t < fault_at]
-    after = [t for t, _ in raised if t >= fault_at]
+    def on_event(e):
+        events.append((time.monotonic(), e))
+        if getattr(e, "kind", None) in ("raised", "escalated", "cleared"):
+            a = e.alarm
+            print(f"demo: {clock.label()} ALARM {e.kind.upper()} asset={a.asset} "
+                  f"level={a.level.name.lower()} peak={a.peak_ratio:.2f}x threshold "
+                  f"top_sensors={','.join(a.top_sensors)}", flush=True)
+
+    app = None
+    problem: str | None = None
+    try:
+        # Unwinds in reverse: simulator, dashboard, appliance, PLC, broker - also when start-up fails.
+        async with contextlib.AsyncExitStack() as stack:
+            broker = Mosquitto(cfg.path("demo-broker"), port=free_port()).start()
+            stack.callback(broker.stop)
+            plc_port = free_port() if cfg.inputs.opcua.enabled else None
+            dcfg = _demo_config(cfg, broker.port, plc_port)
+            app = build(dcfg)  # before the PLC starts: loading the model does not eat into fault_at
+            app.add_event_listener(on_event)
+            sim: SimProcess
+            if plc_port is not None:
+                # The PLC is the appliance's only input, so it runs before the appliance starts.
+                sim = SimProcess("plc-sim", _plc_args(plc_port, fault, fault_at), PLC_READY, clock)
+                stack.push_async_callback(sim.stop)
+                clock.simulator_started(await _unless_stopped(stop, sim.start()))
+            stack.push_async_callback(app.shutdown)
+            await app.start()
+            # Sources start once the appliance listens, so the demo counts every reading.
+            if not await _unless_stopped(stop, app.wait_inputs_ready(60)):
+                print("demo: WARNING: inputs not ready after 60 s; starting the simulator anyway", flush=True)
+            if dcfg.web.enabled:
+                try:
+                    web = start_web(app, dcfg.web.host, dcfg.web.port)
+                except OSError:  # the usual port is taken: any free one will do for a demo
+                    web = start_web(app, dcfg.web.host, 0)
+                stack.callback(web.stop)
+                print(f"demo: dashboard on http://{dcfg.web.host}:{web.port}/", flush=True)
+            if plc_port is None:
+                sim = SimProcess("pump-sim", _pump_args(broker.port, fault, fault_at), PUMP_READY, clock)
+                # Registered last, so stopped first; the pause lets its last readings reach the appliance.
+                stack.push_async_callback(asyncio.sleep, 0.3)
+                stack.push_async_callback(sim.stop)
+                clock.simulator_started(await _unless_stopped(stop, sim.start()))
+                bad = await asyncio.to_thread(_publish_bad_payloads, broker.port)
+                print(f"demo: broker on 127.0.0.1:{broker.port}, simulator publishing {DEMO_RATE_HZ:g} Hz over "
+                      f"MQTT; fault '{fault}' at +{fault_at:g}s; {bad} malformed payloads sent", flush=True)
+            else:
+                print(f"demo: PLC simulator on opc.tcp://127.0.0.1:{plc_port}/appliance/plc, read over OPC-UA "
+                      f"at {DEMO_RATE_HZ:g} Hz; alarms on MQTT 127.0.0.1:{broker.port}; "
+                      f"fault '{fault}' at +{fault_at:g}s", flush=True)
+            remaining = None if seconds is None else max(0.0, clock.t0 + seconds - time.monotonic())
+            exited = await _wait_for_end(stop, [sim], remaining)
+            if exited is not None:
+                problem = f"{exited.name} exited with status {exited.proc.returncode}"
+    except _Interrupted:
+        print("demo: interrupted while starting", flush=True)
+    except SimulatorFailed as e:
+        problem = str(e)
+    if app is None:  # the appliance never existed: there is nothing to summarise
+        print(f"demo: ERROR: {problem or 'stopped before the appliance was built'}", flush=True)
+        return 1
+
+    raised = [clock.since(t) for t, e in events if getattr(e, "kind", None) == "raised"]
+    before = [t for t in raised if t < fault_at]
+    after = [t for t in raised if t >= fault_at]
     c = app.counters
     lat = app.latency.summary()
     summary = {
@@ -186,6 +351,9 @@ async def _run(cfg, seconds, fault_at, fault) -> int:
     print("demo summary: " + " ".join(f"{k}={v}" for k, v in summary.items()), flush=True)
     if os.environ.get("APPLIANCE_DEMO_JSON"):
         Path(os.environ["APPLIANCE_DEMO_JSON"]).write_text(json.dumps(summary))
+    if problem is not None:
+        print(f"demo: UNEXPECTED: {problem}", flush=True)
+        return 1
     if seconds is not None and (before or not after):
         print("demo: UNEXPECTED: wanted at least one alarm after the fault and none before it", flush=True)
         return 1

@@ -2,16 +2,21 @@
 
 Concurrency model: one asyncio event loop runs the detection path (windows ->
 detector -> decisions -> alarm events) on a single task, so no part needs locks.
-Connectors may run their own threads (paho) and hand readings in through
+Inputs may run their own threads (paho) and hand readings in through
 :meth:`Appliance.submit`, which is thread-safe. Disk and network never sit on
-the detection path: the store writes on its own thread, notifiers queue their
-publishes, history has its own outbox.
+the detection path: every output queues its own work (the store writes on its
+own thread, notifiers queue their publishes, history has its own outbox,
+mitigation runs as background tasks).
+
+What the path produces goes to every enabled output through the hooks of
+:class:`~appliance.core.Output`; the store is always the first output, so
+everything is on its queue before any other output sees it.
 
 Bound and drop rule: at most ``store.max_in_flight`` readings may be accepted
-but not yet on disk. When that many are in flight, ``submit`` from a connector
+but not yet on disk. When that many are in flight, ``submit`` from an input
 thread waits (backpressure: MQTT keeps the unacknowledged QoS 1 messages at the
 broker); nothing is dropped. Submissions from the event loop itself (asyncio
-connectors such as OPC-UA) cannot wait there and are counted as ``overbooked``.
+inputs such as OPC-UA) cannot wait there and are counted as ``overbooked``.
 """
 
 from __future__ import annotations
@@ -25,16 +30,18 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from appliance.actions.alarms import AlarmBook
+from appliance.actions.alarms import AlarmBook, AlarmCommandError
 from appliance.actions.decide import Decider
-from appliance.core import AlarmEvent, Counters, DeadLetter, Quality, Reading
+from appliance.core import (HOOKS, Alarm, AlarmEvent, Counters, DeadLetter, EventKind, Input, MitigationAction,
+                            ModeChange, Output, OutputContext, PluginEnv, Quality, Reading, overrides)
 from appliance.detector.windowing import WindowBuilder
 from appliance.store import Store
+from appliance.store.output import StoreOutput
 from appliance.watchdog import SensorWatchdog
 
 log = logging.getLogger(__name__)
 
-MODE_EVENTS = {"shelved", "unshelved", "suppressed", "removed_from_service", "returned_to_service"}
+ALARM_COMMANDS = ("acknowledge", "shelve", "set_mode")
 
 
 class InFlight:
@@ -80,19 +87,29 @@ class LatencyStats:
 
 
 class Appliance:
-    def __init__(self, cfg, detector, store: Store, connectors: Sequence = (), notifiers: Sequence = (),
-                 history=None, mitigator=None):
+    """One running appliance: inputs -> windows -> detector -> decisions -> outputs.
+
+    ``outputs`` are the enabled output plugins; the store is put in front of them.
+    """
+
+    def __init__(self, cfg, detector, store: Store, inputs: Sequence[Input] = (), outputs: Sequence[Output] = ()):
         self.cfg = cfg
         self.detector = detector
         self.store = store
-        self.connectors = list(connectors)
-        self.notifiers = list(notifiers)
-        self.history = history
-        self.mitigator = mitigator
+        self.inputs = list(inputs)
+        self.outputs: list[Output] = [StoreOutput(store), *outputs]
+        self._hooks: dict[str, list[Callable]] = {
+            hook: [getattr(o, hook) for o in self.outputs if overrides(o, hook)] for hook in HOOKS}
+        self._commands: dict[str, Callable] = {}
+        for o in self.outputs:
+            for name, fn in o.commands().items():
+                if name in self._commands or name in ALARM_COMMANDS:
+                    raise ValueError(f"output {o.name}: command {name!r} is already taken")
+                self._commands[name] = fn
         w = cfg.windows
         self.windows = WindowBuilder(detector.sensors, w.period_s or detector.period_s, detector.window,
                                      w.stride or detector.stride, w.staleness_s, w.lateness_s)
-        self.alarms = AlarmBook(lambda: Decider.from_config(cfg.decision))
+        self.alarms = AlarmBook(lambda: Decider.from_config(cfg.decision), on_peak=self._on_peak)
         self.watchdog = SensorWatchdog(detector.sensors, cfg.watchdog.silence_s)
         self.counters = Counters()
         self.dead_by_reason = Counters()
@@ -101,12 +118,15 @@ class Appliance:
         self.started_at = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: asyncio.Queue | None = None
-        self._event_listeners: list[Callable[[AlarmEvent], None]] = []
+        self._event_listeners: list[Callable[[AlarmEvent | ModeChange], None]] = []
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
         self._incomplete_logged: set[str] = set()
-        self._peaks_stored: dict[str, tuple[float | None, float]] = {}
         self._loop_thread: int | None = None
+
+    def output(self, name: str) -> Output | None:
+        """The enabled output called ``name`` (``store``, ``history``, ``mitigation`` ...), if any."""
+        return next((o for o in self.outputs if o.name == name), None)
 
     # -- IngestSink -------------------------------------------------------------
     def submit(self, readings: Sequence[Reading], dead_letters: Sequence[DeadLetter] = (),
@@ -124,8 +144,8 @@ class Appliance:
         else:
             loop.call_soon_threadsafe(self._inbox.put_nowait, item)
 
-    def add_event_listener(self, fn: Callable[[AlarmEvent], None]) -> None:
-        """Called on the event loop for each alarm event (dashboard live view, tests)."""
+    def add_event_listener(self, fn: Callable[[AlarmEvent | ModeChange], None]) -> None:
+        """Called on the event loop for each alarm event and mode change (dashboard live view, tests)."""
         self._event_listeners.append(fn)
 
     # -- lifecycle --------------------------------------------------------------
@@ -140,55 +160,51 @@ class Appliance:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._inbox = asyncio.Queue()
-        self.store.start()
-        open_ids = set()
-        for alarm, mode, until in self.store.open_alarms():
-            self.alarms.restore(alarm, mode, until)
-            open_ids.add(alarm.id)
-        if self.history is not None:
-            self.history.start()
-        for n in self.notifiers:
-            n.start()
+        open_alarms = self.store.open_alarms()
+        for asset, (mode, until) in self.store.point_modes().items():
+            self.alarms.restore_mode(asset, mode, until)
+        for alarm in open_alarms:
+            self.alarms.restore(alarm)
+        ctx = OutputContext(open_alarm_ids=frozenset(a.id for a in open_alarms),
+                            publish_action=self._publish_action, spawn=self._spawn)
+        for o in self.outputs:
+            await o.start(ctx)
         self._tasks = [asyncio.create_task(self._pipeline(), name="pipeline"),
                        asyncio.create_task(self._housekeeping(), name="housekeeping")]
-        if self.mitigator is not None:
-            # Reverts owed from before a restart; off the start path, the PLC may be slow or away.
-            self._spawn(self._audited(self.mitigator.resume(open_ids), "resuming owed reverts"))
-        for c in self.connectors:
+        for c in self.inputs:
             await c.start(self)
-        log.info("appliance started model=%s sensors=%d window=%d stride=%d connectors=%s",
+        log.info("appliance started model=%s sensors=%d window=%d stride=%d inputs=%s outputs=%s",
                  self.detector.version, len(self.detector.sensors), self.detector.window,
-                 self.windows.stride, ",".join(c.name for c in self.connectors))
+                 self.windows.stride, ",".join(c.name for c in self.inputs),
+                 ",".join(o.name for o in self.outputs))
 
     async def wait_inputs_ready(self, timeout: float = 60.0) -> bool:
-        """Wait until every connector is connected (MQTT: every subscription acknowledged)."""
+        """Wait until every input is ready (MQTT: every subscription acknowledged)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            states = [c.status() for c in self.connectors]
-            if all(st.get("subscribed", st.get("connected", True)) for st in states):
+            if all(c.ready() for c in self.inputs):
                 return True
             await asyncio.sleep(0.05)
         return False
 
     async def shutdown(self) -> None:
-        for c in self.connectors:
+        for c in self.inputs:
             try:
                 await c.stop()
             except Exception:
-                log.exception("connector %s failed to stop cleanly", c.name)
+                log.exception("input %s failed to stop cleanly", c.name)
         await self.drain()
         if self._background:
             await asyncio.wait(self._background, timeout=10)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.mitigator is not None and hasattr(self.mitigator, "close"):
-            await _maybe_await(self.mitigator.close())
-        for n in self.notifiers:
-            n.stop()
-        if self.history is not None:
-            await asyncio.to_thread(self.history.stop)  # may wait for a write in flight
-        self.store.close()
+        # The store last: what the other outputs still record on their way out must reach it.
+        for o in reversed(self.outputs):
+            try:
+                await o.stop()
+            except Exception:
+                log.exception("output %s failed to stop cleanly", o.name)
         log.info("appliance stopped %s", self.summary())
 
     async def drain(self, timeout: float = 30.0) -> None:
@@ -200,12 +216,13 @@ class Appliance:
 
     # -- detection path ---------------------------------------------------------
     async def _pipeline(self) -> None:
+        on_dead = self._hooks["on_dead_letter"]
         while True:
             readings, dead, on_stored, n = await self._inbox.get()
             for d in dead:
                 self.counters.inc("dead_letters")
-                self.dead_by_reason.inc(d.reason.split(":")[0])
-                self.store.put_dead_letter(d)
+                self.dead_by_reason.inc(d.code.value)
+                self._call(on_dead, d)
             for r in readings:
                 try:
                     self._on_reading(r)
@@ -218,9 +235,7 @@ class Appliance:
     def _on_reading(self, r: Reading) -> None:
         t0 = time.perf_counter()
         self.counters.inc("readings")
-        self.store.put_reading(r)
-        if self.history is not None:
-            self.history.add_reading(r)
+        self._call(self._hooks["on_reading"], r)
         self.watchdog.seen(r.asset, r.sensor)
         if r.quality != Quality.GOOD:
             self.counters.inc("bad_quality")
@@ -236,66 +251,49 @@ class Appliance:
             self._incomplete_logged.discard(w.asset)
             score = self.detector.score_one(w)
             self.counters.inc("windows_scored")
-            self.store.put_score(score)
-            if self.history is not None:
-                self.history.add_score(score)
+            self._call(self._hooks["on_score"], score)
             self._emit(self.alarms.on_score(score))
-            self._persist_peak(score.asset)
         if windows:
             self.latency.add(time.perf_counter() - t0)
 
-    def _emit(self, events: list[AlarmEvent]) -> None:
-        for e in events:
-            self.counters.inc(f"alarm_{e.kind}")
-            if e.kind == "raised":
-                log.warning("alarm raised asset=%s level=%s score=%.2f top=%s id=%s", e.alarm.asset,
-                            e.alarm.level.name.lower(), e.alarm.peak_score, ",".join(e.alarm.top_sensors),
-                            e.alarm.id)
-            elif e.kind != "escalated":
-                log.info("alarm %s asset=%s id=%s user=%s", e.kind, e.alarm.asset, e.alarm.id, e.user)
-            self.store.put_alarm_event(e)
-            if e.kind in ("cleared", "superseded"):
-                self._peaks_stored.pop(e.alarm.id, None)  # keeps the map to open alarms only
-            if e.kind in MODE_EVENTS:
-                self.store.put_point_mode(e.alarm.asset, self.alarms.modes().get(e.alarm.asset, "in_service"),
-                                          e.alarm.shelved_until)
-            for n in self.notifiers:
-                try:
-                    n.notify(e)
-                except Exception:
-                    log.exception("notifier %s failed", n.name)
-            if self.history is not None:
-                self.history.add_alarm_event(e)
-            if self.mitigator is not None:
-                self._spawn(self._audited(self.mitigator.on_alarm_event(e), f"mitigation for alarm {e.alarm.id}"))
-            for fn in self._event_listeners:
-                fn(e)
+    def _call(self, hooks: list[Callable], record) -> None:
+        for hook in hooks:
+            try:
+                hook(record)
+            except Exception:
+                # An output's failure is its own: the others and the detection path go on.
+                self.counters.inc("output_errors")
+                log.exception("output hook %s failed", getattr(hook, "__qualname__", hook))
 
-    def _persist_peak(self, asset: str) -> None:
-        """Keep the stored alarm's peak close to the live one (at most once a second)."""
-        alarm = self.alarms.current(asset)
-        if alarm is None or not alarm.active:
-            return
-        last_peak, last_t = self._peaks_stored.get(alarm.id, (None, 0.0))
-        now = time.monotonic()
-        if alarm.peak_score != last_peak and now - last_t >= 1.0:
-            self._peaks_stored[alarm.id] = (alarm.peak_score, now)
-            self.store.put_alarm(alarm)
+    def _emit(self, changes: Sequence[AlarmEvent | ModeChange]) -> None:
+        for c in changes:
+            if isinstance(c, ModeChange):
+                self.counters.inc(f"mode_{c.name}")
+                log.info("alarm point %s asset=%s user=%s", c.name, c.asset, c.user)
+                self._call(self._hooks["on_mode_change"], c)
+            else:
+                self.counters.inc(f"alarm_{c.kind.value}")
+                a = c.alarm
+                if c.kind is EventKind.RAISED:
+                    log.warning("alarm raised asset=%s level=%s ratio=%.2f top=%s id=%s", a.asset,
+                                a.level.name.lower(), a.peak_ratio, ",".join(a.top_sensors), a.id)
+                elif c.kind is not EventKind.ESCALATED:
+                    log.info("alarm %s asset=%s id=%s user=%s", c.kind.value, a.asset, a.id, c.user)
+                self._call(self._hooks["on_alarm_event"], c)
+            for fn in self._event_listeners:
+                fn(c)
+
+    def _on_peak(self, alarm: Alarm) -> None:
+        self._call(self._hooks["on_alarm_peak"], alarm)
+
+    def _publish_action(self, action: MitigationAction) -> None:
+        self.counters.inc(f"action_{action.status}")
+        self._call(self._hooks["on_action"], action)
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _audited(self, records_coro, what: str) -> None:
-        """Await a mitigator call; its audit records also go to the history."""
-        try:
-            records = await records_coro
-            if self.history is not None:
-                for rec in records or ():
-                    self.history.add_audit(rec.to_dict())
-        except Exception:
-            log.exception("%s failed", what)
 
     async def _housekeeping(self) -> None:
         while True:
@@ -309,27 +307,22 @@ class Appliance:
 
     # -- operator commands (call from any thread) -------------------------------
     def command(self, name: str, timeout: float = 10.0, **kwargs) -> Any:
-        """Run an operator command on the event loop, from any thread.
+        """Run an operator command on the event loop, from any thread; returns the records it made.
 
-        Alarm commands: ``acknowledge``, ``shelve``, ``set_mode`` (return alarm events).
-        Mitigation: ``approve_action``, ``reject_action`` with ``proposal_id`` (return records).
+        Alarm commands: ``acknowledge`` (alarm events), ``shelve``, ``set_mode``
+        (mode changes). Outputs add their own, e.g. mitigation's ``approve_action``
+        and ``reject_action`` with ``proposal_id`` (mitigation actions).
         """
-        if name in ("acknowledge", "shelve", "set_mode"):
+        if name in ALARM_COMMANDS:
             async def run():
-                events = getattr(self.alarms, name)(**kwargs)
-                self._emit(events)
-                return events
+                changes = getattr(self.alarms, name)(**kwargs)
+                self._emit(changes)
+                return changes
+        elif name in self._commands:
+            async def run():
+                return await self._commands[name](**kwargs)
         elif name in ("approve_action", "reject_action"):
-            if self.mitigator is None:
-                from appliance.actions.alarms import AlarmCommandError
-                raise AlarmCommandError("mitigation is not enabled")
-
-            async def run():
-                fn = self.mitigator.approve if name == "approve_action" else self.mitigator.reject
-                record = await fn(**kwargs)
-                if self.history is not None:
-                    self.history.add_audit(record.to_dict())
-                return [record]
+            raise AlarmCommandError("mitigation is not enabled")
         else:
             raise ValueError(f"unknown command {name!r}")
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
@@ -363,11 +356,9 @@ class Appliance:
                           "limit": self.in_flight.limit, "store_queue": self.store.queued()},
             "silent_sensors": self.watchdog.silent(),
             "alarms": [a.to_dict() for a in self.alarms.alarms()],
-            "point_modes": self.alarms.modes(),
-            "connectors": {c.name: c.status() for c in self.connectors},
-            "notifiers": {n.name: n.status() for n in self.notifiers},
-            "history": self.history.status() if self.history is not None else None,
-            "mitigation": self.mitigator.status() if self.mitigator is not None else None,
+            "point_modes": {a: m.value for a, m in self.alarms.modes().items()},
+            "inputs": {c.name: c.status() for c in self.inputs},
+            "outputs": {o.name: o.status() for o in self.outputs},
         }
 
 
@@ -379,14 +370,10 @@ def _stored_callback(in_flight: InFlight, n: int, on_stored):
     return done
 
 
-async def _maybe_await(x):
-    if asyncio.iscoroutine(x):
-        await x
-
-
 def build(cfg, detector=None) -> Appliance:
     """Assemble an appliance from a validated config (plugins imported only when enabled)."""
     from appliance.detector.scorer import Detector
+    from appliance.registry import build_inputs, build_outputs
 
     data_dir = cfg.path(".")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -397,40 +384,21 @@ def build(cfg, detector=None) -> Appliance:
                                     "train one with: appliance train --data CSV... --out " + str(bundle))
         detector = Detector.load(bundle, precision=cfg.detector.precision, threads=cfg.detector.threads)
     store = Store.from_config(cfg.store, cfg.path(cfg.store.path))
-    connectors, notifiers = [], []
-    sensors = set(detector.sensors)
-    if cfg.inputs.mqtt.enabled:
-        from appliance.connectors.mqtt import MqttConnector
-        connectors.append(MqttConnector(cfg.inputs.mqtt, known_sensors=lambda asset: sensors))
-    if cfg.inputs.opcua.enabled:
-        from appliance.connectors.opcua import OpcuaConnector
-        connectors.append(OpcuaConnector(cfg.inputs.opcua, base_dir=cfg.data_dir))
-    if cfg.outputs.mqtt_alarm.enabled:
-        from appliance.actions.notifiers import MqttAlarmNotifier
-        notifiers.append(MqttAlarmNotifier(cfg.outputs.mqtt_alarm,
-                                           cfg.outputs.mqtt_alarm.broker or cfg.inputs.mqtt.broker))
-    history = None
-    hcfg = getattr(cfg, "history", None)
-    if hcfg is not None and hcfg.enabled:
-        from appliance.history import History
-        history = History(hcfg, data_dir)
-    mitigator = None
-    mcfg = getattr(cfg, "mitigation", None)
-    if mcfg is not None and getattr(mcfg, "enabled", False):
-        from appliance.actions.mitigation import build_mitigator
-        mitigator = build_mitigator(mcfg, data_dir, cfg)
-    return Appliance(cfg, detector, store, connectors, notifiers, history, mitigator)
+    env = PluginEnv(config=cfg, data_dir=data_dir, sensors=tuple(detector.sensors))
+    return Appliance(cfg, detector, store, build_inputs(cfg.inputs, env), build_outputs(cfg.outputs, env))
 
 
 def start_web(app, host: str, port: int):
     """Serve the dashboard for a running appliance; /metrics joins its status and history metrics."""
-    from web import create_app, serve
+    from web.app import create_app
+    from web.server import serve
     from web.metrics import render, status_registry
 
     def metrics() -> bytes:
         body = render(status_registry(app.status))
-        if app.history is not None:
-            body += app.history.metrics_text()
+        history = app.output("history")
+        if history is not None:
+            body += history.metrics_text()
         return body
 
     handle = serve(create_app(app, app.store.path, metrics_provider=metrics), host, port)

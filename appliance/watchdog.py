@@ -21,7 +21,16 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable
 
+from pydantic import Field
+
 from appliance.core import SensorHealth
+from appliance.settings import DAY_S, Section
+
+
+class WatchdogConfig(Section):
+    """``[watchdog]``: when a sensor counts as silent."""
+
+    silence_s: float = Field(10.0, gt=0, le=DAY_S, description="a sensor silent this long is reported")
 
 
 class SensorWatchdog:

@@ -7,7 +7,7 @@ Measures, single-threaded (intra_op_num_threads=1, as the gateway runs it):
 and prints a table plus writes JSON (default benchmarks/results/detector.json).
 
 Usage:
-  .venv/bin/python benchmarks/detector.py                      # trains a bundle on anomaly-free SKAB (or synthetic data)
+  .venv/bin/python benchmarks/detector.py                      # trains on anomaly-free SKAB (or synthetic data)
   .venv/bin/python benchmarks/detector.py --bundle var/model    # benchmark an existing bundle
   .venv/bin/python benchmarks/detector.py --hidden 128 16 --out benchmarks/results/detector-128x16.json
 """
@@ -31,10 +31,9 @@ sys.path.insert(0, str(ROOT))
 import onnxruntime as ort  # noqa: E402
 
 from appliance.core import Window  # noqa: E402
-from appliance.detector.autoencoder import ONNX_INPUT, ONNX_OUTPUT  # noqa: E402
-from appliance.detector.quantize import takes_flat_windows  # noqa: E402
 from appliance.detector.scorer import Detector  # noqa: E402
-from appliance.detector.train import read_csv_rows, sliding_windows, train_bundle  # noqa: E402
+from appliance.detector.session import ONNX_INPUT, ONNX_OUTPUT, takes_flat_windows  # noqa: E402
+from appliance.detector.train import TrainSettings, read_csv_rows, sliding_windows, train_bundle  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "skab" / "anomaly-free" / "anomaly-free.csv"
 
@@ -122,8 +121,8 @@ def main(argv=None) -> int:
                 (sensors, rows), ts = synthetic_rows(), None
                 source = "synthetic 10000 x 8"
             t0 = time.monotonic()
-            opts = {"hidden": tuple(args.hidden)} if args.hidden else {}
-            bundle = train_bundle(rows, sensors, Path(tmp) / "bundle", ts=ts, **opts)
+            settings = TrainSettings(hidden=tuple(args.hidden)) if args.hidden else TrainSettings()
+            bundle = train_bundle(rows, sensors, Path(tmp) / "bundle", settings, ts=ts)
             train_s = time.monotonic() - t0
         else:
             train_s = None

@@ -26,9 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from appliance.config import HistoryConfig  # noqa: E402
+from appliance.history.config import HistoryConfig  # noqa: E402
 from appliance.core import Reading, Score  # noqa: E402
-from appliance.history import History  # noqa: E402
+from appliance.history.sink import History  # noqa: E402
 from tests.support.mosquitto import free_port  # noqa: E402
 from tests.support.victoria import VictoriaMetrics, count_points  # noqa: E402
 
@@ -169,9 +169,9 @@ def bench_backlog_hour(tmp: Path, vm: VictoriaMetrics) -> dict:
 KILL_CHILD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[8])
-    from appliance.config import HistoryConfig
+    from appliance.history.config import HistoryConfig
     from appliance.core import Reading
-    from appliance.history import History
+    from appliance.history.sink import History
     data_dir, url, t0, start, count, batch = sys.argv[1], sys.argv[2], float(sys.argv[3]), \\
         int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
     sensors = sys.argv[7].split(",")

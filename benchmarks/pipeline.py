@@ -56,7 +56,7 @@ def start_appliance(tmp: Path, port: int, bundle: Path) -> subprocess.Popen:
     cfg.write_text(f"""
 data_dir = "{tmp / 'data'}"
 log_level = "WARNING"
-[inputs.mqtt.broker]
+[connections.mqtt]
 port = {port}
 [detector]
 bundle = "{bundle}"
@@ -64,7 +64,7 @@ bundle = "{bundle}"
 max_in_flight = 50000
 [web]
 enabled = false
-[history]
+[outputs.history]
 enabled = false
 """)
     proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "run", "--config", str(cfg)], cwd=ROOT)

@@ -3,15 +3,28 @@
     appliance-sim pump --host H --port P --asset pump1 --rate 1.0 --fault bearing_wear --fault-at 30 --seconds N
     appliance-sim replay FILE --host H --port P --asset pump1 --speed 50
     appliance-sim plc --port 4840              (OPC-UA PLC simulator, see plc.py)
+    appliance-sim normal-csv --out FILE --rows 12000 --rate 10 --seed 7   (training data, see normal.py)
 
 Exit status: 0 when every message was acknowledged by the broker, 1 when some
 were not, 2 on bad arguments or an unreadable file or broker.
+
+A program that runs a simulator as a child process learns what it does from
+single lines on standard output (logs go to standard error), and can tie the
+child's life to its own with ``--stop-on-stdin-eof`` (keep the child's stdin a
+pipe: however the parent ends, the pipe closes and the child stops cleanly)::
+
+    appliance-sim pump: publishing asset=A rate_hz=R broker=H:P     first sample published
+    appliance-sim pump: fault_injected fault=F severity=S after_s=T
+    appliance-sim pump: published=N acked=N ...                       at the end
+    PLC simulator listening on opc.tcp://...                          plc: clients may connect
+    PLC simulator: fault_injected fault=F severity=S after_s=T
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -33,6 +46,8 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-insecure", action="store_true", help="do not verify the broker's certificate")
     p.add_argument("--client-id", help="MQTT client id (default: random)")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--stop-on-stdin-eof", action="store_true",
+                   help="also stop when standard input is closed (a supervising parent has ended)")
 
 
 def _publisher_kw(args) -> dict:
@@ -40,30 +55,51 @@ def _publisher_kw(args) -> dict:
                 tls_insecure=args.tls_insecure, client_id=args.client_id)
 
 
-def _stop_on_signals() -> threading.Event:
+def _stop_on_signals(args) -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if getattr(args, "stop_on_stdin_eof", False):
+        from .lifeline import watch_stdin_eof
+
+        watch_stdin_eof(stop.set)
     return stop
 
 
 def _pump(args) -> int:
     from .publisher import run_pump
 
+    def started(ts: float) -> None:
+        print(f"appliance-sim pump: publishing asset={args.asset} rate_hz={args.rate:g} "
+              f"broker={args.host}:{args.port}", flush=True)
+
+    def fault_injected(after_s: float) -> None:
+        print(f"appliance-sim pump: fault_injected fault={args.fault} severity={args.severity:g} "
+              f"after_s={after_s:.2f}", flush=True)
+
     stats = run_pump(args.host, args.port, asset=args.asset, rate_hz=args.rate, seconds=args.seconds,
                      fault=args.fault, fault_at=args.fault_at, severity=args.severity,
                      fault_sensor=args.fault_sensor, seed=args.seed, speed=args.pump_speed,
-                     valve=args.valve, topic=args.topic, stop_event=_stop_on_signals(),
-                     **_publisher_kw(args))
+                     valve=args.valve, topic=args.topic, stop_event=_stop_on_signals(args),
+                     on_started=started, on_fault=fault_injected, **_publisher_kw(args))
     print(f"appliance-sim pump: {stats.summary()}", flush=True)
     return 0 if stats.complete else 1
+
+
+def _normal_csv(args) -> int:
+    from .normal import write_normal_csv
+
+    path = write_normal_csv(args.out, rows=args.rows, rate_hz=args.rate, seed=args.seed)
+    print(f"appliance-sim normal-csv: rows={args.rows} rate_hz={args.rate:g} seed={args.seed} out={path}",
+          flush=True)
+    return 0
 
 
 def _replay(args) -> int:
     from .replay import replay_csv
 
     stats = replay_csv(args.file, args.host, args.port, asset=args.asset, speed=args.speed,
-                       topic=args.topic, stop_event=_stop_on_signals(), rebase=args.rebase,
+                       topic=args.topic, stop_event=_stop_on_signals(args), rebase=args.rebase,
                        exclude=tuple(args.exclude), **_publisher_kw(args))
     print(f"appliance-sim replay: {stats.summary()}", flush=True)
     return 0 if stats.complete else 1
@@ -99,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shift timestamps so the file starts now and send it as live, not historical")
     p.set_defaults(func=_replay)
 
+    p = sub.add_parser("normal-csv", help="write simulated normal operation (no faults) to a CSV for training")
+    p.add_argument("--out", required=True, help="CSV file to write (replaced only once complete)")
+    p.add_argument("--rows", type=_positive_int, default=12_000, help="samples to write (default 12000)")
+    p.add_argument("--rate", type=_positive_float, default=10.0,
+                   help="samples per second of simulated time (default 10)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    p.set_defaults(func=_normal_csv)
+
+
     try:
         from .plc import add_plc_subcommand
     except ImportError as e:  # asyncua missing: the MQTT simulators still work
@@ -107,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_plc_subcommand(sub)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
 
 
 def _unavailable(why: str) -> int:

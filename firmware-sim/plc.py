@@ -52,8 +52,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 try:
+    from .lifeline import watch_stdin_eof
     from .pump import SENSORS, PumpModel
 except ImportError:  # run as a script: firmware-sim/ is sys.path[0]
+    from lifeline import watch_stdin_eof  # type: ignore[no-redef]
     from pump import SENSORS, PumpModel  # type: ignore[no-redef]
 
 logger = logging.getLogger(__name__)
@@ -319,7 +321,10 @@ class PlcSimulator:
         self.valve = await self._clamped("ValvePosition", 0.0, 100.0)
         target = self.setpoint if self.running else 0.0
         step = self.ramp * dt
-        self.speed = target if abs(target - self.speed) <= step else self.speed + math.copysign(step, target - self.speed)
+        if abs(target - self.speed) <= step:
+            self.speed = target
+        else:
+            self.speed += math.copysign(step, target - self.speed)
         _drive(self.model, self.speed, self.valve)
         values = self.model.step(dt)
         now = datetime.now(timezone.utc)
@@ -369,7 +374,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fault", default=None, metavar="NAME[:SEVERITY]",
                    help="inject a fault at start (bearing_wear, cavitation, valve_blockage, sensor_stuck, "
                         "sensor_drift)")
+    p.add_argument("--fault-at", type=float, default=None, metavar="SECONDS",
+                   help="with --fault: inject it this long after the server starts listening (default: at once)")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--stop-on-stdin-eof", action="store_true",
+                   help="also stop when standard input is closed (a supervising parent has ended)")
 
 
 def add_plc_subcommand(subparsers) -> argparse.ArgumentParser:
@@ -403,24 +412,46 @@ async def _serve(args: argparse.Namespace) -> None:
         raise SystemExit("--speed must be within 0..100 (percent of rated speed)")
     if args.period <= 0:
         raise SystemExit("--period must be > 0")
-    sim = PlcSimulator(args.host, args.port, pki_dir=args.pki, security=_parse_security(args.security),
-                       users=_parse_users(args.user), trusted_clients=args.trusted_clients,
-                       period_s=args.period, seed=args.seed, speed_pct=args.speed)
+    if args.fault_at is not None and not (math.isfinite(args.fault_at) and args.fault_at >= 0):
+        raise SystemExit("--fault-at must be a number of seconds >= 0")
+    if args.fault_at is not None and not args.fault:
+        raise SystemExit("--fault-at needs --fault")
+    fault = None
     if args.fault:
         name, _, sev = args.fault.partition(":")
         try:
-            sim.model.inject(name, float(sev or 1.0))
+            fault = (name, float(sev or 1.0))
+            # Checked on a scratch model now, not fault_at seconds into the run.
+            PumpModel(seed=0).inject(*fault)
         except ValueError as e:
             raise SystemExit(f"--fault: {e}") from None
-    await sim.start()
+    sim = PlcSimulator(args.host, args.port, pki_dir=args.pki, security=_parse_security(args.security),
+                       users=_parse_users(args.user), trusted_clients=args.trusted_clients,
+                       period_s=args.period, seed=args.seed, speed_pct=args.speed)
+    if fault is not None and args.fault_at is None:
+        sim.model.inject(*fault)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    # Handlers before start(): a stop request during start-up is honoured right after it, not a traceback.
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
-    loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(sim.drop_sessions()))
-    print(f"PLC simulator listening on {sim.endpoint}", flush=True)
-    await stopping.wait()
-    await sim.stop()
+    if args.stop_on_stdin_eof:
+        watch_stdin_eof(lambda: loop.call_soon_threadsafe(stopping.set))
+    await sim.start()
+    try:
+        loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(sim.drop_sessions()))
+        print(f"PLC simulator listening on {sim.endpoint}", flush=True)
+        listening = time.monotonic()
+        if fault is not None and args.fault_at is not None:
+            def inject() -> None:
+                sim.model.inject(*fault)
+                print(f"PLC simulator: fault_injected fault={fault[0]} severity={fault[1]:g} "
+                      f"after_s={time.monotonic() - listening:.2f}", flush=True)
+
+            loop.call_later(args.fault_at, inject)
+        await stopping.wait()
+    finally:
+        await sim.stop()
 
 
 def run_plc(args: argparse.Namespace) -> int:

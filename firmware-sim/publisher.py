@@ -182,6 +182,8 @@ def run_pump(host: str = "127.0.0.1", port: int = 1883, asset: str = "pump1", ra
              speed: float = 1.0, valve: float = 1.0, topic: str = "plant/{asset}/telemetry",
              stop_event: threading.Event | None = None,
              on_sample: Callable[[float, dict[str, float]], None] | None = None,
+             on_started: Callable[[float], None] | None = None,
+             on_fault: Callable[[float], None] | None = None,
              publisher: MqttPublisher | None = None, flush_timeout: float = 10.0,
              **publisher_kw) -> PublishStats:
     """Publish the pump model at ``rate_hz`` until ``seconds`` pass or ``stop_event`` is set.
@@ -189,7 +191,11 @@ def run_pump(host: str = "127.0.0.1", port: int = 1883, asset: str = "pump1", ra
     ``fault`` is injected ``fault_at`` seconds after the start (at once if
     ``fault_at`` is None). Each sample carries ``ts`` = the wall-clock time it
     was taken; the model advances ``1/rate_hz`` per sample, so simulated time
-    tracks real time. ``on_sample(ts, values)`` sees every sample (tests, demo).
+    tracks real time. ``on_sample(ts, values)`` sees every sample (tests);
+    ``on_started(ts)`` is called once the first sample (taken at ``ts``) is
+    published and ``on_fault(after_s)`` once the fault is injected, ``after_s``
+    seconds into the run on the clock ``fault_at`` is measured with, so a
+    supervising process can time its view of the run by what the simulator did.
     Extra keyword arguments go to :class:`MqttPublisher` (credentials, TLS).
     """
     if not rate_hz > 0:
@@ -205,19 +211,23 @@ def run_pump(host: str = "127.0.0.1", port: int = 1883, asset: str = "pump1", ra
         pub.connect()
     stats = PublishStats(fault=fault)
     period = 1.0 / rate_hz
-    start = time.monotonic()
+    # ``began`` times the run (seconds, fault_at); ``start`` only paces samples and is reset after a stall,
+    # so a stall never postpones the fault or the end.
+    began = start = time.monotonic()
     published0 = pub.published
     log.info("sim pump_started asset=%s rate_hz=%g fault=%s fault_at=%s", asset, rate_hz, fault, fault_at)
     try:
         i = 0
+        fault_now: float | None = None
         while not stop_event.is_set():
-            elapsed = time.monotonic() - start
+            elapsed = time.monotonic() - began
             if seconds is not None and elapsed >= seconds:
                 break
             if fault is not None and stats.fault_injected_ts is None and (fault_at is None or elapsed >= fault_at):
                 model.inject(fault, severity, fault_sensor)
                 stats.fault_injected_ts = time.time()
                 log.info("sim fault_injected asset=%s fault=%s severity=%g", asset, fault, severity)
+                fault_now = elapsed
             values = model.step(period)
             ts = time.time()
             publish_sample(pub, topic, asset, ts, values)
@@ -226,6 +236,12 @@ def run_pump(host: str = "127.0.0.1", port: int = 1883, asset: str = "pump1", ra
             stats.last_ts = ts
             if on_sample is not None:
                 on_sample(ts, values)
+            if stats.samples == 1 and on_started is not None:
+                on_started(ts)
+            if fault_now is not None and on_fault is not None:
+                # After on_started: a fault injected at once is still reported after the start.
+                on_fault(fault_now)
+            fault_now = None
             i += 1
             next_at = start + i * period
             delay = next_at - time.monotonic()

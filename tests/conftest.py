@@ -1,9 +1,30 @@
+"""Fixtures every test module may ask for, and the process settings the whole suite runs under."""
+
 import os
-from pathlib import Path
+import sys
+import warnings
 
-import pytest
+if "numpy" in sys.modules:  # a pytest plugin got there first: the pin below is too late for this process
+    warnings.warn("numpy was imported before tests/conftest.py; BLAS threads are pinned only in child processes")
 
-from tests.support.mosquitto import mosquitto  # noqa: F401  (fixture)
+# Before anything imports numpy (below, or any test module): OpenBLAS and OpenMP size their thread
+# pools once, when loaded. One thread each, here and, through the environment, in every child the
+# tests start (the appliance, the demo, training): on a loaded 2-core machine a pool per core in
+# each of them oversubscribes the cores, and a CLI training test that passes in 20 s alone took over
+# 600 s. The product also pins training with threadpoolctl; this is the belt to those braces.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from appliance.store import Store  # noqa: E402
+# Shared fixtures live in tests/support/; importing them here registers them for every module.
+from tests.support.mosquitto import mosquitto  # noqa: E402, F401
+from tests.support.plc import fresh_plc, plc  # noqa: E402, F401
+from tests.support.victoria import victoria  # noqa: E402, F401
+from tests.support.web import book_appliance  # noqa: E402, F401
 
 SKAB = Path(os.environ.get("SKAB_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "skab"))
 
@@ -26,3 +47,12 @@ def skab_bundle(tmp_path_factory, skab_dir):
     sensors, ts, rows = read_csv_rows([skab_dir / "anomaly-free" / "anomaly-free.csv"])
     out = tmp_path_factory.mktemp("bundle") / "skab"
     return train_bundle(rows, sensors, out, ts=ts)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A started store in the test's directory, closed afterwards."""
+    s = Store(tmp_path / "store.db")
+    s.start()
+    yield s
+    s.close()

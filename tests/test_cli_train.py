@@ -3,8 +3,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from appliance.cli import main
+
+# Full-size training through the CLI (about 35 s alone; it once hit the 600 s timeout on a loaded machine).
+pytestmark = pytest.mark.integration
 
 T0 = 1_700_000_000
 
@@ -50,3 +54,13 @@ def test_train_command_takes_level_free_sensors_from_a_long_normal_record(tmp_pa
     assert "drifting in" in capsys.readouterr().out
     meta = json.loads((out / "bundle.json").read_text())
     assert meta["level_free"] == ["temp"] and meta["training"]["level_free"]["trend_limit"] is None
+
+
+def test_bad_settings_and_data_are_refused_in_one_line_each(tmp_path, capsys):
+    data = write_csv(tmp_path / "short.csv", {"vib": np.ones(50), "current": np.ones(50)})
+    out = tmp_path / "bundle"
+    assert main(["train", "--data", str(data), "--out", str(out), "--window", "1", "--period", "0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[1].strip() for line in err] == ["period_s", "window"]
+    assert main(["train", "--data", str(data), "--out", str(out), "--window", "16"]) == 2
+    assert capsys.readouterr().err.startswith("appliance train: only ") and not out.exists()

@@ -12,9 +12,11 @@ from appliance.cli import main
 from appliance.commission import CommissionError, commission, recorded_rows
 from appliance.core import Alarm, AlarmState, Level
 from appliance.detector.bundle import load_bundle
-from appliance.detector.train import read_csv_rows, train_from_csv
+from appliance.detector.train import TrainSettings, read_csv_rows, train_from_csv
 from appliance.store import Store
 from tests.support.appliance import RunningAppliance, make_config
+
+pytestmark = pytest.mark.integration  # a real Mosquitto, the appliance recording, a model trained on SKAB
 
 ASSET = "pump-c"
 ROWS = 700
@@ -36,7 +38,7 @@ def recorded(tmp_path_factory, skab_dir, skab_bundle):
         with RunningAppliance(cfg) as ra:
             stats = replay_csv(csv, "127.0.0.1", broker.port, ASSET, "max")
             assert stats.complete
-            ra.wait_for(lambda: ra.counter("readings") >= ROWS * 8, timeout=60, what="all readings stored")
+            ra.wait_until(lambda: ra.counter("readings") >= ROWS * 8, timeout=60, what="all readings stored")
             ra.app.store.flush()
     finally:
         broker.stop()
@@ -59,7 +61,8 @@ def test_cli_trains_on_the_recorded_span_like_on_the_same_rows_from_csv(recorded
 
 def test_last_seconds_are_counted_back_from_the_newest_reading(recorded):
     root, csv, cfg = recorded
-    _, ts, rows = recorded_rows(cfg.path(cfg.store.path), ASSET, last_s=199.0)
+    grid = recorded_rows(cfg.path(cfg.store.path), ASSET, last_s=199.0)
+    ts, rows = grid.ts, grid.values
     _, csv_ts, csv_rows = read_csv_rows([csv])
     assert 195 <= len(rows) <= 200 and ts[-1] - ts[0] <= 199.0 and ts[-1] <= csv_ts[-1]
     # Grid rows are the recorded values, held as the window builder holds them.
@@ -70,19 +73,20 @@ def test_last_seconds_are_counted_back_from_the_newest_reading(recorded):
 def test_a_span_with_an_alarm_is_refused_unless_allowed(recorded, tmp_path):
     root, csv, cfg = recorded
     db = cfg.path(cfg.store.path)
-    _, ts, _ = recorded_rows(db, ASSET)
+    ts = recorded_rows(db, ASSET).ts
     store = Store(db)
     store.start()
     store.put_alarm(Alarm(id="a-during", asset=ASSET, level=Level.ANOMALY, state=AlarmState.UNACKED,
-                          start=float(ts[300]), peak_score=2.0, top_sensors=("Current",), active=False,
+                          start=float(ts[300]), peak_ratio=2.0, top_sensors=("Current",), active=False,
                           end=float(ts[320])))
     store.flush()
     store.close()
+    quick = TrainSettings(max_iter=20)
     with pytest.raises(CommissionError, match="in alarm during the span: a-during"):
-        commission(db, ASSET, tmp_path / "b", max_iter=20)
+        commission(db, ASSET, tmp_path / "b", quick)
     # A span that ends before the alarm is fine, and so is an explicit decision to train across it.
-    assert load_bundle(commission(db, ASSET, tmp_path / "before", until=float(ts[290]), max_iter=20))
-    assert load_bundle(commission(db, ASSET, tmp_path / "across", allow_alarms=True, max_iter=20))
+    assert load_bundle(commission(db, ASSET, tmp_path / "before", quick, until=float(ts[290])))
+    assert load_bundle(commission(db, ASSET, tmp_path / "across", quick, allow_alarms=True))
 
 
 @pytest.mark.parametrize("argv, message", [

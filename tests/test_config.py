@@ -1,7 +1,11 @@
+import re
+from pathlib import Path
+
 import pytest
 
 from appliance.cli import main
 from appliance.config import ConfigError, Config, load_config, parse_config
+from appliance.registry import INPUTS, OUTPUTS
 
 
 def test_defaults_are_valid():
@@ -44,3 +48,66 @@ def test_config_check_cli(tmp_path, capsys):
 def test_example_config_is_valid():
     cfg = load_config("config/appliance.example.toml")
     assert cfg.site
+
+
+def test_moved_keys_say_where_they_went():
+    with pytest.raises(ConfigError) as e:
+        parse_config({"history": {"enabled": False}, "inputs": {"mqtt": {"broker": {"port": 1884}},
+                                                                  "opcua": {"endpoint": "opc.tcp://plc:4840"}}})
+    assert e.value.problems == ["history: moved to [outputs.history]",
+                                "inputs.mqtt.broker: moved to [connections.mqtt]",
+                                "inputs.opcua.endpoint: moved to [connections.opcua.endpoint]"]
+
+
+@pytest.mark.parametrize("toml, key", [
+    ("[inputs.mqtt]\nmin_timestamp = nan\n", "inputs.mqtt.min_timestamp"),
+    ("[decision]\ncritical_ratio = inf\n", "decision.critical_ratio"),
+    ("[windows]\nstaleness_s = 1e300\n", "windows.staleness_s"),
+    ("[store]\nmax_in_flight = 99999999999\n", "store.max_in_flight"),
+    ("[outputs.mitigation]\n[[outputs.mitigation.targets]]\nnode = \"ns=2;s=SP\"\nmin = nan\nmax = 100.0\n",
+     "outputs.mitigation.targets.0.min"),
+    ("[outputs.mitigation]\n[[outputs.mitigation.targets]]\nnode = \"ns=2;s=SP\"\nmin = 0.0\nmax = inf\n",
+     "outputs.mitigation.targets.0.max"),
+])
+def test_every_number_must_be_finite_and_sane(tmp_path, toml, key):
+    f = tmp_path / "c.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert any(p.startswith(key + ":") for p in e.value.problems), e.value.problems
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"site = \"caf\xe9\"\n", "not UTF-8"),
+    (b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
+    (b"\n".join(b"[" + b".".join([b"t"] * 3000) + b"]" for _ in range(1)) + b"\n", ""),
+    (b"x" * (1024 * 1024 + 10), "larger than"),
+])
+def test_hostile_files_are_refused_in_one_line(tmp_path, capsys, content, reason):
+    f = tmp_path / "hostile.toml"
+    f.write_bytes(content)
+    assert main(["config", "check", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and reason in err and "hostile.toml" in err
+
+
+def test_a_directory_is_not_a_config_file(tmp_path, capsys):
+    assert main(["config", "check", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def toml_blocks(readme: Path) -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", readme.read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize("plugin", INPUTS + OUTPUTS, ids=lambda p: p.key)
+def test_every_plugin_readme_sample_passes_config_check(tmp_path, capsys, plugin):
+    readme = Path(plugin.readme)
+    blocks = toml_blocks(readme)
+    assert blocks, f"{readme} has no ```toml sample"
+    for i, block in enumerate(blocks):
+        f = tmp_path / f"{plugin.key}-{i}.toml"
+        f.write_text(block)
+        assert main(["config", "check", str(f)]) == 0, capsys.readouterr().err
+        section = "inputs" if plugin in INPUTS else "outputs"
+        assert f"[{section}.{plugin.key}" in block, f"{readme} sample {i} does not configure [{section}.{plugin.key}]"

@@ -11,7 +11,7 @@ import pytest
 
 from appliance.detector.bundle import BundleError, load_bundle, sha256_file
 from appliance.detector.scorer import Detector
-from appliance.detector.train import train_bundle
+from appliance.detector.train import TrainSettings, train_bundle
 from tests.support.legacy import with_window_shaped_io
 
 SENSORS = ["a", "b", "c"]
@@ -23,8 +23,8 @@ def good(tmp_path_factory):
     t = np.arange(1500)
     base = np.sin(t / 15.0)
     rows = np.stack([base, 2 * base + 0.05 * rng.standard_normal(len(t)), np.cos(t / 15.0)], axis=1)
-    return train_bundle(rows, SENSORS, tmp_path_factory.mktemp("g") / "bundle", window=8, hidden=(16, 4),
-                        max_iter=40, seed=1)
+    return train_bundle(rows, SENSORS, tmp_path_factory.mktemp("g") / "bundle",
+                        TrainSettings(window=8, hidden=(16, 4), max_iter=40, seed=1))
 
 
 @pytest.fixture

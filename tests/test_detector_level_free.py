@@ -10,9 +10,9 @@ import pytest
 from appliance.detector.bundle import BundleError, load_bundle, sha256_file
 from appliance.detector.features import drifting_sensors
 from appliance.detector.scorer import Detector
-from appliance.detector.train import sliding_windows, train_bundle
+from appliance.detector.train import TrainSettings, sliding_windows, train_bundle
 from tests.support.legacy import with_window_shaped_io
-from tests.test_detector_train import SENSORS, WINDOW, normal_rows
+from tests.support.detector import SENSORS, WINDOW, normal_rows
 
 OPTS = dict(window=WINDOW, stride=1, hidden=(32, 8), max_iter=80, seed=3)
 TEMP = SENSORS.index("Temperature")
@@ -30,8 +30,8 @@ def bundles(tmp_path_factory):
     rows = normal_rows(3000, 0)
     root = tmp_path_factory.mktemp("lf")
     return {
-        "level": train_bundle(rows, SENSORS, root / "level", trend_limit=None, **OPTS),
-        "level_free": train_bundle(rows, SENSORS, root / "free", level_free=["Temperature"], **OPTS),
+        "level": train_bundle(rows, SENSORS, root / "level", TrainSettings(**OPTS, trend_limit=None)),
+        "level_free": train_bundle(rows, SENSORS, root / "free", TrainSettings(**OPTS, level_free=["Temperature"])),
     }
 
 
@@ -68,14 +68,14 @@ def test_a_jump_inside_the_window_still_alarms_a_level_free_sensor(bundles):
 
 def test_trend_in_training_rows_makes_a_sensor_level_free(tmp_path):
     rows = warming(normal_rows(3000, 1), 15.0)
-    b = load_bundle(train_bundle(rows, SENSORS, tmp_path / "b", **OPTS))
+    b = load_bundle(train_bundle(rows, SENSORS, tmp_path / "b", TrainSettings(**OPTS)))
     assert "Temperature" in b.level_free
     meta = json.loads((b.path / "bundle.json").read_text())["training"]["level_free"]
     assert meta["given"] == [] and "Temperature" in meta["trending"]
 
 
 def test_score_one_and_score_batch_agree_with_level_free_sensors(bundles):
-    from tests.test_detector_train import make_window
+    from tests.support.detector import make_window
     det = Detector.load(bundles["level_free"])
     values = warming(normal_rows(WINDOW, 4), 2.0)
     one = det.score_one(make_window(values, SENSORS))
@@ -89,7 +89,7 @@ def test_score_one_and_score_batch_agree_with_level_free_sensors(bundles):
 ])
 def test_level_free_is_validated(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
-        train_bundle(normal_rows(500, 0), SENSORS, tmp_path / "b", level_free=bad, **OPTS)
+        train_bundle(normal_rows(500, 0), SENSORS, tmp_path / "b", TrainSettings(**OPTS, level_free=bad))
 
 
 def test_bundle_with_unknown_level_free_sensor_is_refused(bundles, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from appliance.detector.autoencoder import WindowAutoencoder
-from appliance.detector.train import calibrate_threshold, read_csv_rows, train_bundle
+from appliance.detector.train import TrainSettings, calibrate_threshold, read_csv_rows, train_bundle
 
 X = np.random.default_rng(0).standard_normal((40, 6, 3)).astype(np.float32)
 
@@ -48,28 +48,51 @@ ROWS = np.random.default_rng(1).standard_normal((300, 2))
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(window=1), "window"), (dict(window=4.0), "window"), (dict(stride=0), "stride"),
+    (dict(window=1), "window"), (dict(window=4.0), "window"), (dict(window=True), "window"),
+    (dict(window=np.int64(8)), None), (dict(stride=0), "stride"),
     (dict(train_stride=-1), "train_stride"), (dict(period_s=0.0), "period_s"),
     (dict(period_s=float("inf")), "period_s"), (dict(holdout=1.0), "holdout"), (dict(holdout=0), "holdout"),
-    (dict(window=200), "windows; need >="), (dict(hidden=()), "hidden"), (dict(threshold_method="max"), "method"),
-    (dict(int8_exclude="dense0"), "int8_exclude"), (dict(ts=np.arange(5.0)), "ts has shape"),
-    (dict(seed=-1), "seed"),
+    (dict(hidden=()), "hidden"), (dict(hidden=(8, 0)), "hidden"), (dict(hidden=(8.5,)), "hidden"),
+    (dict(threshold_method="max"), "threshold_method"), (dict(int8_exclude="dense0"), "int8_exclude"),
+    (dict(seed=-1), "seed"), (dict(risk=float("nan")), "risk"), (dict(trend_limit=0), "trend_limit"),
+    (dict(period_s=2.0, staleness_s=1.0), "staleness_s"), (dict(windw=8), "windw"),
 ])
-def test_train_bundle_rejects_bad_params(tmp_path, kwargs, message):
+def test_train_settings_are_validated_when_built(kwargs, message):
+    if message is None:
+        assert TrainSettings(**kwargs).window == 8  # numpy ints are ints
+        return
     with pytest.raises(ValueError, match=message):
-        train_bundle(ROWS, ["a", "b"], tmp_path / "b", **{"window": 8, "max_iter": 5, **kwargs})
+        TrainSettings(**kwargs)
+
+
+def test_train_settings_are_frozen():
+    settings = TrainSettings()
+    with pytest.raises(ValueError):
+        settings.window = 2
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(settings=TrainSettings(window=200, max_iter=5)), "windows; need >="),
+    (dict(ts=np.arange(5.0)), "ts has shape"),
+    (dict(ts=np.full(300, np.nan)), "ts contains NaN"),
+    (dict(settings={"window": 8}), "TrainSettings"),
+])
+def test_train_bundle_rejects_bad_data_and_settings(tmp_path, kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        train_bundle(ROWS, ["a", "b"], tmp_path / "b", **{"settings": TrainSettings(window=8, max_iter=5), **kwargs})
     assert not (tmp_path / "b").exists()
 
 
 def test_train_bundle_rejects_bad_rows(tmp_path):
     bad = ROWS.copy()
     bad[10, 1] = np.inf
+    settings = TrainSettings(window=8)
     with pytest.raises(ValueError, match=r"NaN or infinite values in sensors \['b'\]"):
-        train_bundle(bad, ["a", "b"], tmp_path / "b", window=8)
+        train_bundle(bad, ["a", "b"], tmp_path / "b", settings)
     with pytest.raises(ValueError, match="rows must be"):
-        train_bundle(ROWS, ["a"], tmp_path / "b", window=8)
+        train_bundle(ROWS, ["a"], tmp_path / "b", settings)
     with pytest.raises(ValueError, match="unique"):
-        train_bundle(ROWS, ["a", "a"], tmp_path / "b", window=8)
+        train_bundle(ROWS, ["a", "a"], tmp_path / "b", settings)
 
 
 def test_calibrate_threshold_validation():

@@ -9,8 +9,8 @@ import pytest
 
 from appliance.detector.bundle import load_bundle
 from appliance.detector.scorer import Detector
-from appliance.detector.train import sliding_windows, train_bundle
-from tests.test_detector_train import SENSORS, WINDOW, normal_rows
+from appliance.detector.train import TrainSettings, sliding_windows, train_bundle
+from tests.support.detector import SENSORS, WINDOW, normal_rows
 
 OPTS = dict(window=WINDOW, stride=1, hidden=(32, 8), max_iter=80, seed=5)
 
@@ -26,8 +26,8 @@ def pair(tmp_path_factory):
     own = normal_rows(400, 11)
     prior = other_operating_point(normal_rows(3000, 12))
     return own, prior, {
-        "alone": train_bundle(own, SENSORS, root / "alone", **OPTS),
-        "prior": train_bundle(own, SENSORS, root / "prior", prior_rows=prior, prior_stride=4, **OPTS),
+        "alone": train_bundle(own, SENSORS, root / "alone", TrainSettings(**OPTS)),
+        "prior": train_bundle(own, SENSORS, root / "prior", TrainSettings(**OPTS, prior_stride=4), prior_rows=prior),
     }
 
 
@@ -68,5 +68,5 @@ def test_model_with_prior_still_separates_normal_from_a_fault(pair):
 ])
 def test_prior_rows_are_validated_before_any_work(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
-        train_bundle(normal_rows(400, 0), SENSORS, tmp_path / "b", prior_rows=bad, **OPTS)
+        train_bundle(normal_rows(400, 0), SENSORS, tmp_path / "b", TrainSettings(**OPTS), prior_rows=bad)
     assert not (tmp_path / "b").exists()

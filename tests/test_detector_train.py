@@ -7,36 +7,20 @@ import json
 import numpy as np
 import pytest
 
-from appliance.core import Score, Window
+from appliance.core import Score
 from appliance.detector.bundle import load_bundle, sha256_file
 from appliance.detector.quantize import CheckLimits, QuantizationCheckError
 from appliance.detector.scorer import Detector
-from appliance.detector.train import sliding_windows, train_bundle
-
-SENSORS = ["Current", "Pressure", "Temperature", "Flow"]
-WINDOW = 16
-
-
-def normal_rows(n: int, seed: int) -> np.ndarray:
-    """Correlated sensors: flow and pressure follow the current, temperature lags it."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(-19, n)
-    full = 1.0 + 0.3 * np.sin(t / 40.0) + 0.1 * np.sin(t / 7.0)
-    load = full[19:]
-    current = load + 0.05 * rng.standard_normal(n)
-    pressure = 2.0 * load + 0.08 * rng.standard_normal(n)
-    lagged = np.convolve(full, np.ones(20) / 20, mode="valid")
-    temperature = 60.0 + 5.0 * lagged + 0.1 * rng.standard_normal(n)
-    flow = 30.0 * load + 1.0 * rng.standard_normal(n)
-    return np.stack([current, pressure, temperature, flow], axis=1)
-
+from appliance.detector.train import TrainSettings, sliding_windows, train_bundle
+from tests.support.detector import SENSORS, WINDOW, make_window, normal_rows
 
 OPTS = dict(window=WINDOW, stride=2, hidden=(32, 8), max_iter=80, seed=3)
+SETTINGS = TrainSettings(**OPTS)
 
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
-    return train_bundle(normal_rows(3000, 0), SENSORS, tmp_path_factory.mktemp("b") / "bundle", **OPTS)
+    return train_bundle(normal_rows(3000, 0), SENSORS, tmp_path_factory.mktemp("b") / "bundle", SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +84,6 @@ def test_int8_agrees_with_fp32(detectors):
     assert np.corrcoef(e8, e32)[0, 1] > 0.95
 
 
-def make_window(values, sensors, mask=None):
-    mask = np.ones(values.shape, dtype=bool) if mask is None else mask
-    return Window(asset="pump1", t_end=1234.0, period=1.0, sensors=tuple(sensors), values=values, mask=mask)
-
-
 def test_score_one_reorders_columns_by_name(detectors):
     d = detectors["int8"]
     values = normal_rows(WINDOW, 5)
@@ -148,7 +127,7 @@ def test_score_one_refuses_incomplete_or_misshaped_windows(detectors):
 
 
 def test_training_is_deterministic(tmp_path, bundle_dir):
-    again = train_bundle(normal_rows(3000, 0), SENSORS, tmp_path / "again", **OPTS)
+    again = train_bundle(normal_rows(3000, 0), SENSORS, tmp_path / "again", SETTINGS)
     for name in ("model.fp32.onnx", "model.int8.onnx"):
         assert sha256_file(again / name) == sha256_file(bundle_dir / name)
     a = json.loads((again / "bundle.json").read_text())
@@ -158,9 +137,9 @@ def test_training_is_deterministic(tmp_path, bundle_dir):
 
 def test_retraining_replaces_existing_bundle_atomically(tmp_path):
     out = tmp_path / "model"
-    first = train_bundle(normal_rows(1200, 1), SENSORS, out, **OPTS)
+    first = train_bundle(normal_rows(1200, 1), SENSORS, out, SETTINGS)
     v1 = load_bundle(first).model_version
-    second = train_bundle(normal_rows(1200, 2), SENSORS, out, **OPTS)
+    second = train_bundle(normal_rows(1200, 2), SENSORS, out, SETTINGS)
     assert second == out and load_bundle(out).model_version != v1
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp or .old directory left
 
@@ -169,6 +148,6 @@ def test_failed_int8_check_writes_no_bundle(tmp_path):
     out = tmp_path / "refused"
     impossible = CheckLimits(min_agreement=1.01)
     with pytest.raises(QuantizationCheckError, match="agreement") as e:
-        train_bundle(normal_rows(1200, 1), SENSORS, out, check_limits=impossible, **OPTS)
+        train_bundle(normal_rows(1200, 1), SENSORS, out, TrainSettings(**OPTS, check_limits=impossible))
     assert e.value.report["holdout"]["agreement"] <= 1.0
     assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -14,6 +14,9 @@ from appliance.eval.skab import (EvalSettings, evaluate_file, experiment_files, 
                                  run_skab_eval, with_level_free)
 from appliance.detector.train import read_csv
 
+# Trains and evaluates many models on SKAB-shaped data; stream mode runs a broker and the appliance.
+pytestmark = pytest.mark.integration
+
 SENSORS = ["Current", "Pressure", "Temperature", "Volume Flow RateRMS"]
 FAST = dict(window=10, hidden=(16, 4), max_iter=40)
 T0 = datetime(2020, 3, 9, 10, 0, 0, tzinfo=timezone.utc).timestamp()
@@ -168,6 +171,7 @@ def test_bad_data_dir_errors(tmp_path, skab_dir):
         run_skab_eval(skab_dir, mode="batch", quiet=True)
 
 
+@pytest.mark.integration  # a real Mosquitto, the simulator's replay, the running appliance
 def test_stream_mode_through_real_broker_and_running_appliance(skab_dir, tmp_path):
     from appliance.broker import find_mosquitto
     if find_mosquitto() is None:

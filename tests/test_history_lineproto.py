@@ -44,11 +44,11 @@ def test_score_and_alarm_match_influxdb_client_point():
          "model_version": "m-3"}, ts_ns(s.t_end))
 
     a = Alarm(id="abc123", asset="pump-1", level=Level.CRITICAL, state=AlarmState.ACKED, start=1_700_000_000.0,
-              peak_score=3.5, top_sensors=("current", "temp"), end=None, acked_by="ana")
+              peak_ratio=3.5, top_sensors=("current", "temp"), end=None, acked_by="ana")
     e = AlarmEvent("acknowledged", a, 1_700_000_002.0, user="ana", note='said "ok"\\fine')
     assert enc.alarm_event(e) == point_line(
         "alarm_event", {"asset": "pump-1", "alarm_id": "abc123", "event": "acknowledged", "level": "critical"},
-        {"active": True, "state": "acknowledged", "peak_score": 3.5, "start": 1_700_000_000.0,
+        {"active": True, "state": "acknowledged", "peak_ratio": 3.5, "start": 1_700_000_000.0,
          "top_sensors": "current,temp", "user": "ana", "note": 'said "ok"\\fine'}, ts_ns(e.ts))
 
 
@@ -72,7 +72,8 @@ def test_non_finite_values_are_left_out_not_fatal():
     line = enc.score(Score("a", 10.0, 1.0, 0.0, {}))  # threshold 0: ratio is inf
     assert b"ratio" not in line and b"value=1" in line
     # numpy scalars are numbers like any other
-    assert enc.reading(Reading("a", "s", 10.0, np.float32(1.5))) == b"reading,asset=a,sensor=s quality=0i,value=1.5 10000000000"
+    assert enc.reading(Reading("a", "s", 10.0, np.float32(1.5))) == \
+        b"reading,asset=a,sensor=s quality=0i,value=1.5 10000000000"
 
 
 def test_timestamps_are_stable_nanoseconds_at_microsecond_resolution():

@@ -11,17 +11,25 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from asyncua import ua
 
 from appliance.actions.alarms import AlarmBook
 from appliance.actions.decide import Decider
-from appliance.actions.mitigation import Mitigator
-from appliance.config import (BackoffConfig, MitigationConfig, MitigationInterlock, MitigationRule,
-                              MitigationTarget, OpcuaEndpointConfig, OpcuaInputConfig, OpcuaNode)
-from appliance.connectors.opcua import AsyncuaPlcWriter, OpcuaConnector
+from appliance.actions.mitigation.config import (MitigationConfig, MitigationInterlock, MitigationRule,
+                                                 MitigationTarget)
+from appliance.actions.mitigation.mitigator import Mitigator
+from appliance.connections.config import OpcuaEndpointConfig
+from appliance.connections.opcua import PlcSession
+from appliance.connectors.opcua.config import OpcuaInputConfig, OpcuaNode
+from appliance.connectors.opcua.connector import OpcuaConnector
 from appliance.core import Quality, Score
-from tests.support.plc import PASSWORD, SENSORS, USER, PlcSim, wait_for
-from tests.test_opcua_connector import MemorySink
+from appliance.settings import BackoffConfig
+from tests.support.fakes import MemorySink
+from tests.support.plc import PASSWORD, SENSORS, USER, PlcSim
+from tests.support.wait import wait_until_async
+
+pytestmark = pytest.mark.integration  # the PLC simulator, end to end
 
 SP = "ns=2;s=Pump1.SpeedSetpoint"
 VIBRATION_LIMIT = 0.30  # Accelerometer1RMS at rated speed is ~0.21 when healthy
@@ -35,9 +43,10 @@ def vibration(sink: MemorySink, since: float) -> float | None:
 def test_fault_alarm_mitigation_process_responds_alarm_clears(tmp_path):
     plc = PlcSim(tmp_path / "plc").start()
     sink = MemorySink()
+    endpoint = OpcuaEndpointConfig(endpoint=plc.endpoint, username=USER, password=PASSWORD)
     conn_cfg = OpcuaInputConfig(
-        enabled=True, endpoint=plc.endpoint, username=USER, password=PASSWORD, sampling_interval_ms=100,
-        publishing_interval_ms=100, watchdog_s=3.0, reconnect=BackoffConfig(initial_s=0.2, max_s=1.0),
+        enabled=True, sampling_interval_ms=100, publishing_interval_ms=100, watchdog_s=3.0,
+        reconnect=BackoffConfig(initial_s=0.2, max_s=1.0),
         nodes=tuple(OpcuaNode(node=f"ns=2;s=Pump1.{s}", asset="pump1", sensor=s) for s in SENSORS))
     mit_cfg = MitigationConfig(
         enabled=True, armed=True, readback_delay_s=0.3,
@@ -51,17 +60,18 @@ def test_fault_alarm_mitigation_process_responds_alarm_clears(tmp_path):
     trace = {}
 
     async def run():
-        conn = OpcuaConnector(conn_cfg, base_dir=tmp_path)
-        writer = AsyncuaPlcWriter(OpcuaEndpointConfig(endpoint=plc.endpoint, username=USER, password=PASSWORD))
+        conn = OpcuaConnector(conn_cfg, endpoint, base_dir=tmp_path)
+        writer = PlcSession(endpoint)
         mitigator = Mitigator(mit_cfg, tmp_path, writer)
         await conn.start(sink)
         try:
-            await wait_for(lambda: len(sink.of("Accelerometer1RMS")) > 10, what="baseline readings")
+            await wait_until_async(lambda: len(sink.of("Accelerometer1RMS")) > 10, what="baseline readings")
             trace["healthy"] = vibration(sink, time.time() - 1.0)
             assert trace["healthy"] < VIBRATION_LIMIT
             await plc.call("InjectFault", ua.Variant("bearing_wear", ua.VariantType.String),
                            ua.Variant(2.0, ua.VariantType.Double), ua.Variant("", ua.VariantType.String))
-            deadline = time.monotonic() + 40
+            # ~10 s on an idle machine; generous, as the loop's pace is the machine's.
+            deadline = time.monotonic() + 120
             while "cleared" not in kinds:
                 assert time.monotonic() < deadline, f"no clear; events so far {kinds}"
                 await asyncio.sleep(0.5)

@@ -16,50 +16,20 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from appliance.config import BackoffConfig, MqttBroker, MqttInputConfig, MqttTopic, TlsConfig
-from appliance.connectors import mqtt as mqtt_module
-from appliance.connectors.mqtt import MqttConnector
-from appliance.connectors.payload import reason_code
-from tests.support.mosquitto import Mosquitto, free_port
+from appliance.broker import Mosquitto, free_port
+from appliance.connections.config import MqttBroker
+from appliance.connectors.mqtt.config import MqttInputConfig, MqttTopic
+from appliance.settings import BackoffConfig, TlsConfig
+from appliance.connectors.mqtt import connector as mqtt_module
+from appliance.connectors.mqtt.connector import MqttConnector
+from tests.support.fakes import MemorySink
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.integration  # a real Mosquitto per test
 
 ROOT = Path(__file__).resolve().parents[1]
 SKAB = ("Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature",
         "Thermocouple", "Voltage", "Volume Flow RateRMS")
-
-
-def wait_for(pred, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class MemorySink:
-    """Thread-safe in-memory sink; acknowledges at once unless told to hold acks."""
-
-    def __init__(self, ack: bool = True):
-        self.lock = threading.Lock()
-        self.readings = []
-        self.dead = []
-        self.batches = 0
-        self.ack = ack
-        self.held = []
-
-    def submit(self, readings, dead_letters=(), on_stored=None):
-        with self.lock:
-            self.readings.extend(readings)
-            self.dead.extend(dead_letters)
-            self.batches += 1
-            if on_stored is not None and not self.ack:
-                self.held.append(on_stored)
-        if on_stored is not None and self.ack:
-            on_stored()
-
-    def values(self, sensor="Current"):
-        with self.lock:
-            return [r.value for r in self.readings if r.sensor == sensor]
 
 
 class Publisher:
@@ -75,7 +45,7 @@ class Publisher:
         self.client.on_connect = lambda *a: self.connected.set()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        assert self.connected.wait(10), "test publisher could not connect"
+        assert self.connected.wait(30), "test publisher could not connect"
         self.sent = 0
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
@@ -89,23 +59,25 @@ class Publisher:
         self.sent += 1
 
     def flush(self, timeout=30.0):
-        wait_for(lambda: self.acked >= self.sent, timeout, f"PUBACKs ({self.acked}/{self.sent})")
+        wait_until(lambda: self.acked >= self.sent, timeout, f"PUBACKs for {self.sent} messages",
+                   detail=lambda: f"{self.acked} acknowledged")
 
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
 
 
-def make_cfg(port: int, client_id: str = "test-ingest", **kw) -> MqttInputConfig:
+def make_cfg(port: int, client_id: str = "test-ingest", **kw) -> tuple[MqttInputConfig, MqttBroker]:
+    """The connector's two arguments: its own section and the shared broker connection."""
     broker = kw.pop("broker", None) or MqttBroker(
         host="127.0.0.1", port=port, keepalive_s=5, reconnect=BackoffConfig(initial_s=0.05, max_s=0.5))
-    return MqttInputConfig(broker=broker, client_id=client_id, **kw)
+    return MqttInputConfig(client_id=client_id, **kw), broker
 
 
 def start(conn, sink, wait_connected=True):
     asyncio.run(conn.start(sink))
     if wait_connected:
-        wait_for(lambda: conn.status()["subscribed"], 15, "connector to connect and subscribe")
+        wait_until(lambda: conn.status()["subscribed"], what="connector to connect and subscribe")
         # Subscriptions are sent right after CONNACK; a retained probe proves they are active.
     return conn
 
@@ -118,7 +90,7 @@ def subscribed(conn, pub: Publisher, sink: MemorySink):
     """Block until the broker routes to the connector's subscriptions."""
     n = len(sink.dead)
     pub.publish("plant/probe/telemetry", b"probe")
-    wait_for(lambda: len(sink.dead) > n, 10, "subscription to become active")
+    wait_until(lambda: len(sink.dead) > n, what="subscription to become active")
 
 
 @pytest.fixture
@@ -130,7 +102,7 @@ def pub(mosquitto):
 
 def test_single_and_multi_payloads_arrive_once(mosquitto, pub):
     sink = MemorySink()
-    conn = start(MqttConnector(make_cfg(mosquitto.port), known_sensors=lambda asset: SKAB), sink)
+    conn = start(MqttConnector(*make_cfg(mosquitto.port), known_sensors=lambda asset: SKAB), sink)
     try:
         subscribed(conn, pub, sink)
         now = time.time()
@@ -139,7 +111,7 @@ def test_single_and_multi_payloads_arrive_once(mosquitto, pub):
                                               "quality": "uncertain"})
         pub.publish("plant/pump2/Temperature", {"ts": "2024-01-01T00:00:00Z", "value": 70})
         pub.flush()
-        wait_for(lambda: len(sink.readings) >= 4, what="4 readings")
+        wait_until(lambda: len(sink.readings) >= 4, what="4 readings")
         time.sleep(0.3)  # a duplicate from overlapping subscriptions would land by now
         got = sorted((r.asset, r.sensor, r.value, r.quality.name) for r in sink.readings)
         assert got == [("pump1", "Current", 2.5, "GOOD"), ("pump1", "Pressure", 0.05, "UNCERTAIN"),
@@ -149,7 +121,7 @@ def test_single_and_multi_payloads_arrive_once(mosquitto, pub):
         assert st["messages"] == 4 and st["readings"] == 4
         assert st["dead_letters"] == {"bad_json": 1}  # the subscription probe
         assert st["subscriptions"] == ["plant/+/+"]
-        wait_for(lambda: conn.status()["acks"] == 4 and conn.status()["acks_pending"] == 0, what="acks")
+        wait_until(lambda: conn.status()["acks"] == 4 and conn.status()["acks_pending"] == 0, what="acks")
     finally:
         stop(conn)
     assert not conn.status()["connected"]
@@ -157,7 +129,7 @@ def test_single_and_multi_payloads_arrive_once(mosquitto, pub):
 
 def test_thousand_malformed_payloads_dead_lettered_while_good_ones_flow(mosquitto, pub):
     sink = MemorySink()
-    conn = start(MqttConnector(make_cfg(mosquitto.port), known_sensors=lambda asset: SKAB), sink)
+    conn = start(MqttConnector(*make_cfg(mosquitto.port), known_sensors=lambda asset: SKAB), sink)
     try:
         subscribed(conn, pub, sink)
         sink.dead.clear()
@@ -181,8 +153,8 @@ def test_thousand_malformed_payloads_dead_lettered_while_good_ones_flow(mosquitt
                                                                                         "Voltage": 230.0}})
                 good += 1
         pub.flush(60)
-        wait_for(lambda: len(sink.dead) >= 1000 and len(sink.readings) >= 2 * good, 60,
-                 "all dead letters and good readings")
+        wait_until(lambda: len(sink.dead) >= 1000 and len(sink.readings) >= 2 * good, 60,
+                   "all dead letters and good readings")
         assert len(sink.dead) == 1000
         assert sorted(sink.values("Current")) == [float(i) for i in range(0, 1000, 5)]
         st = conn.status()
@@ -191,14 +163,14 @@ def test_thousand_malformed_payloads_dead_lettered_while_good_ones_flow(mosquitt
                                       "ts_too_old": 100, "ts_in_future": 100, "non_finite": 200,
                                       "bad_value": 100, "unknown_sensor": 100}
         assert {d.source for d in sink.dead} == {"plant/pump1/Current", "plant/pump1/telemetry"}
-        assert {reason_code(d.reason) for d in sink.dead} == set(st["dead_letters"])
+        assert {d.code.value for d in sink.dead} == set(st["dead_letters"])
     finally:
         stop(conn)
 
 
 def test_persistent_session_delivers_what_was_published_while_stopped(mosquitto, pub):
     sink = MemorySink()
-    conn = start(MqttConnector(make_cfg(mosquitto.port)), sink)
+    conn = start(MqttConnector(*make_cfg(mosquitto.port)), sink)
     subscribed(conn, pub, sink)
     stop(conn)
     now = time.time()
@@ -206,9 +178,9 @@ def test_persistent_session_delivers_what_was_published_while_stopped(mosquitto,
         pub.publish("plant/pump1/Current", {"ts": now + i, "value": i})
     pub.flush()
     sink2 = MemorySink()
-    conn2 = start(MqttConnector(make_cfg(mosquitto.port)), sink2)
+    conn2 = start(MqttConnector(*make_cfg(mosquitto.port)), sink2)
     try:
-        wait_for(lambda: len(sink2.readings) >= 50, what="queued messages after restart")
+        wait_until(lambda: len(sink2.readings) >= 50, what="queued messages after restart")
         assert sorted(sink2.values()) == list(range(50))
         assert [r.ts for r in sink2.readings] == sorted(r.ts for r in sink2.readings)  # broker keeps order
     finally:
@@ -217,7 +189,7 @@ def test_persistent_session_delivers_what_was_published_while_stopped(mosquitto,
 
 def test_broker_restart_mid_stream_loses_nothing(mosquitto, pub):
     sink = MemorySink()
-    conn = start(MqttConnector(make_cfg(mosquitto.port)), sink)
+    conn = start(MqttConnector(*make_cfg(mosquitto.port)), sink)
     try:
         subscribed(conn, pub, sink)
         n = 600
@@ -232,7 +204,7 @@ def test_broker_restart_mid_stream_loses_nothing(mosquitto, pub):
             time.sleep(0.002)
         restart.join()
         pub.flush(60)
-        wait_for(lambda: len(set(sink.values())) >= n, 60, "every message after the restart")
+        wait_until(lambda: len(set(sink.values())) >= n, 60, "every message after the restart")
         assert set(sink.values()) == set(range(n))
         st = conn.status()
         assert st["reconnects"] >= 1 and st["disconnects"] >= 1 and st["connected"]
@@ -242,19 +214,19 @@ def test_broker_restart_mid_stream_loses_nothing(mosquitto, pub):
 
 def test_unacked_messages_are_redelivered_after_reconnect_and_stale_acks_dropped(mosquitto, pub):
     holding = MemorySink(ack=False)
-    conn = start(MqttConnector(make_cfg(mosquitto.port)), holding)
+    conn = start(MqttConnector(*make_cfg(mosquitto.port)), holding)
     try:
         subscribed(conn, pub, holding)
         now = time.time()
         for i in range(20):
             pub.publish("plant/pump1/Current", {"ts": now + i, "value": i})
         pub.flush()
-        wait_for(lambda: len(holding.values()) >= 20, what="first delivery")
+        wait_until(lambda: len(holding.values()) >= 20, what="first delivery")
         assert conn.status()["acks_pending"] == 21  # 20 + probe, none stored yet
         mosquitto.restart()
-        wait_for(lambda: conn.status()["reconnects"] >= 1, what="reconnect")
+        wait_until(lambda: conn.status()["reconnects"] >= 1, what="reconnect")
         # The broker redelivers what was never acknowledged.
-        wait_for(lambda: len(holding.values()) >= 40, what="redelivery after broker restart")
+        wait_until(lambda: len(holding.values()) >= 40, what="redelivery after broker restart")
         assert sorted(holding.values()) == sorted(list(range(20)) * 2)
         # Storing the first-generation copies now must not ack anything on the new connection.
         first_gen = holding.held[:21]
@@ -263,16 +235,16 @@ def test_unacked_messages_are_redelivered_after_reconnect_and_stale_acks_dropped
         assert conn.status()["acks_stale"] == 21 and conn.status()["acks"] == 0
         for cb in holding.held[21:]:
             cb()
-        wait_for(lambda: conn.status()["acks_pending"] == 0, what="acks of second generation")
+        wait_until(lambda: conn.status()["acks_pending"] == 0, what="acks of second generation")
         assert conn.status()["acks"] == 21
     finally:
         stop(conn)
     # Everything acknowledged: a new session start gets nothing old.
     sink = MemorySink()
-    conn = start(MqttConnector(make_cfg(mosquitto.port)), sink)
+    conn = start(MqttConnector(*make_cfg(mosquitto.port)), sink)
     try:
         pub.publish("plant/pump1/Current", {"ts": time.time(), "value": 99})
-        wait_for(lambda: sink.values() == [99.0], what="only the new message")
+        wait_until(lambda: sink.values() == [99.0], what="only the new message")
         time.sleep(0.3)
         assert sink.values() == [99.0]
     finally:
@@ -281,13 +253,13 @@ def test_unacked_messages_are_redelivered_after_reconnect_and_stale_acks_dropped
 
 def test_acks_go_out_in_receive_order_even_if_stored_out_of_order(mosquitto, pub):
     holding = MemorySink(ack=False)
-    conn = start(MqttConnector(make_cfg(mosquitto.port)), holding)
+    conn = start(MqttConnector(*make_cfg(mosquitto.port)), holding)
     try:
         subscribed(conn, pub, holding)
         for i in range(5):
             pub.publish("plant/pump1/Current", {"ts": time.time(), "value": i})
         pub.flush()
-        wait_for(lambda: len(holding.held) == 6, what="6 messages held")
+        wait_until(lambda: len(holding.held) == 6, what="6 messages held")
         for cb in reversed(holding.held[1:]):
             cb()
         assert conn.status()["acks"] == 0 and conn.status()["acks_pending"] == 6  # head still unstored
@@ -299,8 +271,11 @@ def test_acks_go_out_in_receive_order_even_if_stored_out_of_order(mosquitto, pub
 
 _KILL9_CHILD = r"""
 import asyncio, json, sys
-from appliance.config import BackoffConfig, MqttBroker, MqttInputConfig
-from appliance.connectors.mqtt import MqttConnector
+from appliance.broker import Mosquitto, free_port
+from appliance.connections.config import MqttBroker
+from appliance.connectors.mqtt.config import MqttInputConfig
+from appliance.settings import BackoffConfig
+from appliance.connectors.mqtt.connector import MqttConnector
 
 port, ack_first = int(sys.argv[1]), int(sys.argv[2])
 
@@ -314,9 +289,9 @@ class Sink:
             on_stored()
 
 async def main():
-    cfg = MqttInputConfig(broker=MqttBroker(port=port, reconnect=BackoffConfig(initial_s=0.05, max_s=0.5)),
-                          client_id="kill9-ingest")
-    await MqttConnector(cfg).start(Sink())
+    cfg = MqttInputConfig(client_id="kill9-ingest")
+    broker = MqttBroker(port=port, reconnect=BackoffConfig(initial_s=0.05, max_s=0.5))
+    await MqttConnector(cfg, broker).start(Sink())
     await asyncio.Event().wait()
 
 asyncio.run(main())
@@ -349,18 +324,18 @@ def test_kill9_redelivers_unstored_messages_and_fires_last_will(mosquitto, pub):
     reader.start()
     watcher = StatusWatcher(mosquitto.port)
     try:
-        wait_for(lambda: watcher.last().get("state") == "online", what="online status")
+        wait_until(lambda: watcher.last().get("state") == "online", what="online status")
         assert watcher.last()["client_id"] == "kill9-ingest"
         now = time.time()
         for i in range(30):
             pub.publish("plant/pump1/Current", {"ts": now + i, "value": i})
         pub.flush()
-        wait_for(lambda: len(seen) >= 30, what="the child to receive all 30")
+        wait_until(lambda: len(seen) >= 30, what="the child to receive all 30")
         assert seen == list(range(30))
         time.sleep(0.2)  # let the child's first 10 PUBACKs leave its socket
         child.send_signal(signal.SIGKILL)
         child.wait(10)
-        wait_for(lambda: watcher.last().get("state") == "offline", what="last will")
+        wait_until(lambda: watcher.last().get("state") == "offline", what="last will")
         assert watcher.last()["reason"] == "connection lost"
     finally:
         if child.poll() is None:
@@ -372,14 +347,14 @@ def test_kill9_redelivers_unstored_messages_and_fires_last_will(mosquitto, pub):
     # A late subscriber sees the retained offline state.
     late = StatusWatcher(mosquitto.port)
     try:
-        wait_for(lambda: late.states, what="retained status")
+        wait_until(lambda: late.states, what="retained status")
         assert late.states[0][0] is True and late.states[0][1]["state"] == "offline"
     finally:
         late.close()
     sink = MemorySink()
-    conn = start(MqttConnector(make_cfg(mosquitto.port, client_id="kill9-ingest")), sink)
+    conn = start(MqttConnector(*make_cfg(mosquitto.port, client_id="kill9-ingest")), sink)
     try:
-        wait_for(lambda: set(sink.values()) >= set(range(10, 30)), what="redelivery after kill -9")
+        wait_until(lambda: set(sink.values()) >= set(range(10, 30)), what="redelivery after kill -9")
         assert set(sink.values()) <= set(range(30))
     finally:
         stop(conn)
@@ -387,12 +362,12 @@ def test_kill9_redelivers_unstored_messages_and_fires_last_will(mosquitto, pub):
 
 def test_online_status_retained_and_graceful_stop_says_stopped(mosquitto):
     watcher = StatusWatcher(mosquitto.port, topic="site/gw/status")
-    conn = start(MqttConnector(make_cfg(mosquitto.port, status_topic="site/gw/status")), MemorySink())
+    conn = start(MqttConnector(*make_cfg(mosquitto.port, status_topic="site/gw/status")), MemorySink())
     try:
-        wait_for(lambda: watcher.last().get("state") == "online", what="online")
+        wait_until(lambda: watcher.last().get("state") == "online", what="online")
     finally:
         stop(conn)
-    wait_for(lambda: watcher.last().get("state") == "offline", what="offline on stop")
+    wait_until(lambda: watcher.last().get("state") == "offline", what="offline on stop")
     assert watcher.last()["reason"] == "stopped"
     watcher.close()
 
@@ -410,16 +385,16 @@ def test_reconnect_backoff_is_jittered_and_connects_when_broker_appears(tmp_path
     port = free_port()
     broker_cfg = MqttBroker(port=port, reconnect=BackoffConfig(initial_s=0.05, max_s=0.2))
     sink = MemorySink()
-    conn = start(MqttConnector(make_cfg(port, broker=broker_cfg)), sink, wait_connected=False)
+    conn = start(MqttConnector(*make_cfg(port, broker=broker_cfg)), sink, wait_connected=False)
     try:
-        wait_for(lambda: conn.status()["connect_failures"] >= 8, what="failed attempts")
+        wait_until(lambda: conn.status()["connect_failures"] >= 8, what="failed attempts")
         st = conn.status()
         assert not st["connected"] and "failed" in st["last_error"]
         assert all(0.025 <= d <= 0.2 for d in delays)
         assert len(set(delays)) == len(delays)  # jittered, never a fixed schedule
         broker = Mosquitto(tmp_path / "late", port=port).start()
         try:
-            wait_for(lambda: conn.status()["connected"], what="connect once the broker is up")
+            wait_until(lambda: conn.status()["connected"], what="connect once the broker is up")
             assert conn.status()["reconnects"] == 0 and conn.status()["connects"] == 1
         finally:
             stop(conn)
@@ -480,7 +455,7 @@ def test_tls_with_username_password(tmp_path):
 
         verified = TlsConfig(enabled=True, ca_file=str(ca))
         sink = MemorySink()
-        conn = start(MqttConnector(cfg("s3cret", verified)), sink)
+        conn = start(MqttConnector(*cfg("s3cret", verified)), sink)
         try:
             dev = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
             dev.username_pw_set("gateway", "s3cret")
@@ -488,29 +463,29 @@ def test_tls_with_username_password(tmp_path):
             dev.connect("localhost", tls_port)
             dev.loop_start()
             dev.publish("plant/pump1/Current", json.dumps({"ts": time.time(), "value": 1.5}), qos=1)
-            wait_for(lambda: sink.values() == [1.5], what="reading over TLS")
+            wait_until(lambda: sink.values() == [1.5], what="reading over TLS")
             dev.disconnect()
             dev.loop_stop()
         finally:
             stop(conn)
 
-        bad = start(MqttConnector(cfg("wrong", verified)), MemorySink(), wait_connected=False)
+        bad = start(MqttConnector(*cfg("wrong", verified)), MemorySink(), wait_connected=False)
         try:
-            wait_for(lambda: bad.status()["connect_failures"] >= 2, what="refused attempts")
+            wait_until(lambda: bad.status()["connect_failures"] >= 2, what="refused attempts")
             assert "refused" in bad.status()["last_error"] and not bad.status()["connected"]
         finally:
             stop(bad)
 
         # Without the CA the server certificate cannot be verified ...
-        untrusted = start(MqttConnector(cfg("s3cret", TlsConfig(enabled=True))), MemorySink(),
+        untrusted = start(MqttConnector(*cfg("s3cret", TlsConfig(enabled=True))), MemorySink(),
                           wait_connected=False)
         try:
-            wait_for(lambda: untrusted.status()["connect_failures"] >= 1, what="verification failure")
+            wait_until(lambda: untrusted.status()["connect_failures"] >= 1, what="verification failure")
             assert "CERTIFICATE_VERIFY_FAILED" in untrusted.status()["last_error"]
         finally:
             stop(untrusted)
         # ... unless verification is explicitly switched off.
-        insecure = start(MqttConnector(cfg("s3cret", TlsConfig(enabled=True, insecure_skip_verify=True))),
+        insecure = start(MqttConnector(*cfg("s3cret", TlsConfig(enabled=True, insecure_skip_verify=True))),
                          MemorySink())
         stop(insecure)
     finally:
@@ -519,7 +494,7 @@ def test_tls_with_username_password(tmp_path):
 
 def test_bad_tls_files_are_reported_at_construction(tmp_path):
     with pytest.raises(ValueError, match="tls.ca_file"):
-        MqttConnector(make_cfg(1883, broker=MqttBroker(tls=TlsConfig(enabled=True,
+        MqttConnector(*make_cfg(1883, broker=MqttBroker(tls=TlsConfig(enabled=True,
                                                                       ca_file=str(tmp_path / "nope.pem")))))
 
 
@@ -534,11 +509,11 @@ def test_sink_failure_forces_reconnect_and_redelivery(mosquitto, pub):
             super().submit(readings, dead_letters, on_stored)
 
     sink = FlakySink()
-    conn = start(MqttConnector(make_cfg(mosquitto.port)), sink)
+    conn = start(MqttConnector(*make_cfg(mosquitto.port)), sink)
     try:
         subscribed(conn, pub, sink)
         pub.publish("plant/pump1/Current", {"ts": time.time(), "value": 7})
-        wait_for(lambda: sink.values() == [7.0], what="redelivery after sink failure")
+        wait_until(lambda: sink.values() == [7.0], what="redelivery after sink failure")
         st = conn.status()
         assert st["sink_errors"] == 1 and st["reconnects"] >= 1 and "disk full" in st["last_error"]
     finally:
@@ -550,11 +525,11 @@ def test_known_sensors_callback_failure_becomes_dead_letter(mosquitto, pub):
         raise KeyError(asset)
 
     sink = MemorySink()
-    conn = start(MqttConnector(make_cfg(mosquitto.port), known_sensors=broken), sink)
+    conn = start(MqttConnector(*make_cfg(mosquitto.port), known_sensors=broken), sink)
     try:
         pub.publish("plant/pump1/Current", {"ts": time.time(), "value": 7})
-        wait_for(lambda: any(d.reason.startswith("internal_error") for d in sink.dead), what="internal error")
-        wait_for(lambda: conn.status()["acks_pending"] == 0, what="acked")
+        wait_until(lambda: any(d.reason.startswith("internal_error") for d in sink.dead), what="internal error")
+        wait_until(lambda: conn.status()["acks_pending"] == 0, what="acked")
         assert conn.status()["internal_errors"] >= 1 and conn.status()["connected"]
     finally:
         stop(conn)
@@ -563,10 +538,10 @@ def test_known_sensors_callback_failure_becomes_dead_letter(mosquitto, pub):
 def test_fixed_asset_and_historical_topic(mosquitto, pub):
     topics = (MqttTopic(pattern="replay/line3/{sensor}", asset="press7", historical=True),)
     sink = MemorySink()
-    conn = start(MqttConnector(make_cfg(mosquitto.port, topics=topics)), sink)
+    conn = start(MqttConnector(*make_cfg(mosquitto.port, topics=topics)), sink)
     try:
         pub.publish("replay/line3/Pressure", {"ts": "2020-03-09T10:14:33", "value": 0.38})
-        wait_for(lambda: sink.readings, what="reading")
+        wait_until(lambda: sink.readings, what="reading")
         r = sink.readings[0]
         assert (r.asset, r.sensor, r.value, r.historical) == ("press7", "Pressure", 0.38, True)
         assert r.ts == 1583748873.0

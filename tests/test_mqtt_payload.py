@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from appliance.connectors.payload import (DEAD_LETTER_MAX_BYTES, REASON_CODES, RouteMatch, TopicRoute,
-                                          TopicRouter, parse_payload, parse_timestamp, reason_code)
+from appliance.connectors.mqtt.payload import (DEAD_LETTER_MAX_BYTES, RouteMatch, TopicRoute, TopicRouter,
+                                               parse_payload, parse_timestamp)
+from appliance.core import DeadLetterCode
 from appliance.core import Quality
 
 NOW = 1_700_000_000.0
@@ -30,8 +31,8 @@ def only_dead(route, payload, **kw):
     assert len(dead) == 1, dead
     assert dead[0].source == "plant/t"
     assert dead[0].received_at == NOW
-    assert reason_code(dead[0].reason) in REASON_CODES
-    return dead[0].reason
+    assert isinstance(dead[0].code, DeadLetterCode) and dead[0].detail
+    return dead[0]
 
 
 def test_single_reading_fields():
@@ -57,7 +58,7 @@ def test_historical_from_payload_or_route():
     hist_route = RouteMatch("pump1", None, True, "replay/{asset}")
     ok, _ = parse(hist_route, {"ts": NOW, "values": {"Current": 1}})
     assert ok[0].historical
-    assert "bad_historical" in only_dead(MULTI, {"ts": NOW, "values": {"Current": 1}, "historical": "yes"})
+    assert only_dead(MULTI, {"ts": NOW, "values": {"Current": 1}, "historical": "yes"}).code == "bad_historical"
 
 
 def test_unknown_extra_keys_are_ignored_and_any_sensor_when_unrestricted():
@@ -98,9 +99,9 @@ def test_unknown_extra_keys_are_ignored_and_any_sensor_when_unrestricted():
     (b'{"ts": 1700000000, "values": {"Current": 1}}', "shape_mismatch", "per-sensor topic"),
 ])
 def test_single_topic_refusals(payload, code, words):
-    reason = only_dead(SINGLE, payload)
-    assert reason_code(reason) == code, reason
-    assert words in reason, reason
+    dl = only_dead(SINGLE, payload)
+    assert dl.code == code, dl.reason
+    assert words in dl.detail, dl.reason
 
 
 @pytest.mark.parametrize("payload, code, words", [
@@ -111,30 +112,29 @@ def test_single_topic_refusals(payload, code, words):
     (b'{"ts": 1700000000, "values": {"": 1}}', "bad_sensor_name", "1..128"),
 ])
 def test_multi_topic_refusals(payload, code, words):
-    reason = only_dead(MULTI, payload)
-    assert reason_code(reason) == code, reason
-    assert words in reason, reason
+    dl = only_dead(MULTI, payload)
+    assert dl.code == code, dl.reason
+    assert words in dl.detail, dl.reason
 
 
 def test_unknown_sensor_on_single_topic():
     route = RouteMatch("pump1", "Torque", False, "plant/{asset}/{sensor}")
-    assert reason_code(only_dead(route, {"ts": NOW, "value": 1})) == "unknown_sensor"
+    assert only_dead(route, {"ts": NOW, "value": 1}).code == "unknown_sensor"
 
 
 def test_multi_value_good_sensors_pass_and_each_bad_one_is_a_dead_letter():
     ok, dead = parse(MULTI, b'{"ts": 1700000000, "values": {"Current": 1.2, "Voltage": NaN, '
                             b'"Pressure": "high", "Torque": 3}}')
     assert [(r.sensor, r.value) for r in ok] == [("Current", 1.2)]
-    assert sorted(reason_code(d.reason) for d in dead) == ["bad_value", "non_finite", "unknown_sensor"]
+    assert sorted(d.code for d in dead) == ["bad_value", "non_finite", "unknown_sensor"]
     assert all(d.payload.startswith(b'{"ts": 1700000000') for d in dead)
 
 
 def test_empty_topic_levels_and_size_limit():
-    assert reason_code(only_dead(RouteMatch("", "Current", False, "p"), {"ts": NOW, "value": 1})) == "bad_topic"
-    assert reason_code(only_dead(RouteMatch("a", "", False, "p"), {"ts": NOW, "value": 1})) == "bad_topic"
+    assert only_dead(RouteMatch("", "Current", False, "p"), {"ts": NOW, "value": 1}).code == "bad_topic"
+    assert only_dead(RouteMatch("a", "", False, "p"), {"ts": NOW, "value": 1}).code == "bad_topic"
     big = json.dumps({"ts": NOW, "value": 1, "pad": "x" * 100_000}).encode()
-    reason = only_dead(SINGLE, big, max_payload_bytes=65536)
-    assert reason.startswith("too_large:")
+    assert only_dead(SINGLE, big, max_payload_bytes=65536).code == DeadLetterCode.TOO_LARGE
     _, (d,) = parse(SINGLE, big, max_payload_bytes=65536)
     assert len(d.payload) == DEAD_LETTER_MAX_BYTES and big.startswith(d.payload)
 
@@ -142,11 +142,11 @@ def test_empty_topic_levels_and_size_limit():
 def test_limits_are_configurable():
     assert parse(SINGLE, {"ts": 1.0, "value": 1}, min_timestamp=0)[0]
     assert parse(SINGLE, {"ts": NOW + 3600, "value": 1}, max_future_skew_s=7200)[0]
-    assert only_dead(SINGLE, {"ts": NOW + 1, "value": 1}, max_future_skew_s=0).startswith("ts_in_future")
+    assert only_dead(SINGLE, {"ts": NOW + 1, "value": 1}, max_future_skew_s=0).code == "ts_in_future"
 
 
 def test_deeply_nested_json_is_a_dead_letter():
-    assert reason_code(only_dead(SINGLE, b"[" * 100_000 + b"]" * 100_000)) == "bad_json"
+    assert only_dead(SINGLE, b"[" * 100_000 + b"]" * 100_000).code == "bad_json"
 
 
 def test_parse_timestamp_forms():

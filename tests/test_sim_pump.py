@@ -1,15 +1,18 @@
-"""The pump process model: SKAB-like normal behaviour, inputs, faults, determinism."""
+"""The pump process model: SKAB-like normal behaviour, inputs, faults, determinism; its training-data CSV."""
 
 from __future__ import annotations
 
 import csv
 import doctest
+import hashlib
 
 import numpy as np
 import pytest
 
+from firmware_sim import normal as normal_module
 from firmware_sim import pump as pump_module
 from firmware_sim.pump import FAULTS, SENSORS, PumpModel
+from tests.support.sim import run_cli
 
 IDX = {s: i for i, s in enumerate(SENSORS)}
 
@@ -29,6 +32,7 @@ def col(a: np.ndarray, sensor: str) -> np.ndarray:
 
 def test_doctests():
     assert doctest.testmod(pump_module).failed == 0
+    assert doctest.testmod(normal_module).failed == 0
 
 
 def test_same_seed_same_data_and_different_seed_differs():
@@ -165,3 +169,52 @@ def test_every_fault_is_injectable_at_any_dt():
         assert np.isfinite(run(m, 20, 0.05)).all()
     with pytest.raises(ValueError):
         PumpModel().step(0)
+
+
+# -- appliance-sim normal-csv: the training data of the demo model
+
+def test_normal_csv_is_fault_free_model_output_in_the_training_format(tmp_path):
+    out = tmp_path / "sub" / "normal.csv"
+    r = run_cli("normal-csv", "--out", str(out), "--rows", "50", "--rate", "10", "--seed", "7")
+    assert r.returncode == 0, r.stderr
+    assert f"rows=50 rate_hz=10 seed=7 out={out}" in r.stdout
+    with out.open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["ts", *SENSORS] and len(rows) == 51
+    model = PumpModel(seed=7)
+    for i, row in enumerate(rows[1:]):
+        values = model.step(0.1)
+        assert row == [f"{1_700_000_000 + i * 0.1:.3f}", *(f"{values[s]:.6g}" for s in SENSORS)]
+    assert out.read_bytes().count(b"\r\n") == 51  # the csv module's line ends, as the demo always wrote
+    assert [p.name for p in out.parent.iterdir()] == ["normal.csv"]  # no temporary file left
+
+
+def test_normal_csv_for_the_demo_is_the_same_data_as_ever(tmp_path):
+    # The demo trains its model on exactly this: a change here silently changes the demo's model.
+    out = tmp_path / "demo-normal.csv"
+    r = run_cli("normal-csv", "--out", str(out), "--rows", "12000", "--rate", "10.0", "--seed", "7")
+    assert r.returncode == 0, r.stderr
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == DEMO_TRAINING_SHA256
+
+
+DEMO_TRAINING_SHA256 = "5c0dd727968640f8c85a22000a9844423ce84ab8895c96112adbd39e1f54f1ae"
+
+
+@pytest.mark.parametrize("args, match", [
+    (("--rows", "0"), "--rows: must be >= 1"),
+    (("--rate", "nan"), "--rate: must be a finite number > 0"),
+    (("--rate", "-10"), "--rate: must be a finite number > 0"),
+    ((), "--out"),
+])
+def test_normal_csv_refuses_bad_arguments(tmp_path, args, match):
+    out = [] if not args else ["--out", str(tmp_path / "x.csv")]
+    r = run_cli("normal-csv", *out, *args)
+    assert r.returncode == 2 and match in r.stderr
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_normal_csv_unwritable_destination_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = run_cli("normal-csv", "--out", str(blocker / "x.csv"), "--rows", "3")
+    assert r.returncode == 2 and "appliance-sim normal-csv:" in r.stderr and "Traceback" not in r.stderr

@@ -8,7 +8,7 @@ import time
 
 from appliance.actions.alarms import AlarmBook
 from appliance.actions.decide import Decider
-from appliance.core import DeadLetter, Reading, Score
+from appliance.core import DeadLetter, DeadLetterCode, PointMode, Reading, Score
 from appliance.store import Store, open_reader
 
 
@@ -20,7 +20,7 @@ def test_readings_are_stored_once_and_callbacks_follow_commit(tmp_path):
         st.put_reading(Reading("p", "a", 1000.0 + i, float(i)))
         st.put_reading(Reading("p", "a", 1000.0 + i, float(i)))  # redelivered duplicate
         st.after_commit(lambda i=i: acked.append(i))
-    st.put_dead_letter(DeadLetter("plant/p/a", b"xx", "not_json: bad", time.time()))
+    st.put_dead_letter(DeadLetter("plant/p/a", b"xx", DeadLetterCode.BAD_JSON, "Expecting value", time.time()))
     assert st.flush()
     assert acked == list(range(100))
     c = st.counts()
@@ -38,11 +38,86 @@ def test_alarm_events_and_restore(tmp_path):
         st.put_alarm_event(e)
     st.flush()
     opened = st.open_alarms()
-    assert len(opened) == 1 and opened[0][0].acked_by == "ana" and opened[0][0].active
+    assert len(opened) == 1 and opened[0].acked_by == "ana" and opened[0].active
     conn = open_reader(st.path)
     kinds = [r["kind"] for r in conn.execute("SELECT kind FROM alarm_events ORDER BY seq")]
     assert kinds == ["raised", "acknowledged"]
     st.close()
+
+
+def test_mode_changes_are_their_own_records_and_modes_survive_a_restart(tmp_path):
+    st = Store(tmp_path / "a.db")
+    st.start()
+    book = AlarmBook(Decider(raise_k=1, raise_n=1, clear_n=1), clock=lambda: 100.0)
+    book.ensure("quiet")
+    for m in book.set_mode("quiet", "suppressed", "ana", "asset stopped"):  # no alarm yet
+        st.put_mode_change(m)
+    for e in book.on_score(Score("p", 5.0, 3.0, 1.0, {"a": 1.0})):
+        st.put_alarm_event(e)
+    for m in book.shelve("p", "bo", 600):
+        st.put_mode_change(m)
+    assert st.flush()
+    assert st.point_modes() == {"quiet": (PointMode.SUPPRESSED, None), "p": (PointMode.SHELVED, 700.0)}
+    (alarm,) = st.open_alarms()
+    assert alarm.state.value == "shelved"
+    conn = open_reader(st.path)
+    rows = conn.execute("SELECT asset, event, mode, previous, user, alarm_id FROM mode_changes ORDER BY seq").fetchall()
+    assert [tuple(r) for r in rows] == [("quiet", "suppressed", "suppressed", "in_service", "ana", None),
+                                        ("p", "shelved", "shelved", "in_service", "bo", alarm.id)]
+    assert conn.execute("SELECT COUNT(*) FROM alarms").fetchone()[0] == 1  # no stand-in alarm rows
+    st.close()
+
+
+V1_SCHEMA = """
+CREATE TABLE readings (id INTEGER PRIMARY KEY, asset TEXT NOT NULL, sensor TEXT NOT NULL, ts REAL NOT NULL,
+    value REAL, quality INTEGER NOT NULL, historical INTEGER NOT NULL, received REAL NOT NULL,
+    UNIQUE (asset, sensor, ts));
+CREATE TABLE scores (id INTEGER PRIMARY KEY, asset TEXT NOT NULL, t_end REAL NOT NULL, value REAL NOT NULL,
+    threshold REAL NOT NULL, contributions TEXT NOT NULL, model_version TEXT NOT NULL,
+    historical INTEGER NOT NULL, received REAL NOT NULL, UNIQUE (asset, t_end));
+CREATE TABLE alarms (id TEXT PRIMARY KEY, asset TEXT NOT NULL, level TEXT NOT NULL, state TEXT NOT NULL,
+    active INTEGER NOT NULL, start REAL NOT NULL, end REAL, peak_score REAL NOT NULL, top_sensors TEXT NOT NULL,
+    acked_by TEXT, shelved_until REAL, historical INTEGER NOT NULL, updated REAL NOT NULL);
+CREATE TABLE alarm_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, alarm_id TEXT NOT NULL, kind TEXT NOT NULL,
+    ts REAL NOT NULL, user TEXT, note TEXT, snapshot TEXT NOT NULL, UNIQUE (alarm_id, kind, ts));
+CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, source TEXT NOT NULL, payload BLOB NOT NULL,
+    reason TEXT NOT NULL, received_at REAL NOT NULL);
+CREATE INDEX dead_letters_reason ON dead_letters (reason);
+CREATE TABLE point_modes (asset TEXT PRIMARY KEY, mode TEXT NOT NULL, shelved_until REAL, updated REAL NOT NULL);
+INSERT INTO alarms VALUES ('a1', 'p', 'anomaly', 'shelved', 1, 10.0, NULL, 3.5, '["a"]', NULL, 900.0, 0, 11.0);
+INSERT INTO alarms VALUES ('point-q', 'q', 'normal', 'suppressed', 0, 5.0, NULL, 0.0, '[]', NULL, NULL, 0, 5.0);
+INSERT INTO alarm_events (alarm_id, kind, ts, user, note, snapshot) VALUES
+    ('a1', 'raised', 10.0, NULL, '', '{"alarm": {"asset": "p", "peak_score": 3.5}}'),
+    ('a1', 'shelved', 12.0, 'ana', 'cleaning', '{"alarm": {"asset": "p", "shelved_until": 900.0}}'),
+    ('point-q', 'suppressed', 5.0, 'bo', '', '{"alarm": {"asset": "q", "shelved_until": null}}');
+INSERT INTO dead_letters (source, payload, reason, received_at) VALUES
+    ('plant/p/a', X'7B', 'not_json: Expecting value: line 1', 1.0), ('t', X'00', 'weird', 2.0);
+INSERT INTO point_modes VALUES ('p', 'shelved', 900.0, 12.0), ('q', 'suppressed', NULL, 5.0);
+"""
+
+
+def test_a_store_from_the_previous_release_is_migrated(tmp_path):
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(V1_SCHEMA)
+    conn.close()
+    st = Store(db)
+    (alarm,) = st.open_alarms()
+    assert alarm.id == "a1" and alarm.peak_ratio == 3.5  # the stand-in 'point-q' row is gone
+    assert st.point_modes()["q"] == (PointMode.SUPPRESSED, None)
+    r = open_reader(db)
+    assert r.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert [tuple(x) for x in r.execute("SELECT code, detail FROM dead_letters ORDER BY id")] == [
+        ("not_json", "Expecting value: line 1"), ("weird", "")]
+    peaks = r.execute("SELECT kind, json_extract(snapshot, '$.alarm.peak_ratio') FROM alarm_events")
+    assert [tuple(x) for x in peaks] == [("raised", 3.5)]
+    assert [tuple(x) for x in r.execute("SELECT asset, event, mode, user, alarm_id FROM mode_changes ORDER BY ts")] == [
+        ("q", "suppressed", "suppressed", "bo", None), ("p", "shelved", "shelved", "ana", "a1")]
+    st.start()
+    st.put_dead_letter(DeadLetter("x", b"", DeadLetterCode.BAD_TS, "no", 3.0))
+    assert st.flush()
+    st.close()
+    Store(db)  # opening a current store again changes nothing
 
 
 def test_retention_keeps_newest(tmp_path):
@@ -90,4 +165,7 @@ def test_kill_9_loses_no_committed_reading_and_corrupts_nothing(tmp_path):
     assert stored[0] >= acked  # everything acknowledged is there
     assert stored[0] == stored[1] - 1e9 + 1  # and it is a gap-free prefix
     st = Store(db)  # reopens and keeps writing
-    st.start(); st.put_reading(Reading("p", "a", 1.0, 1.0)); assert st.flush(); st.close()
+    st.start()
+    st.put_reading(Reading("p", "a", 1.0, 1.0))
+    assert st.flush()
+    st.close()

@@ -1,44 +1,95 @@
-"""Mitigation approval through the dashboard API (the runtime's command path is faked)."""
+"""Mitigation through the dashboard API: pending proposals, the audit log, approval (the command path is faked)."""
 
-from appliance.actions.mitigation import MitigationError
+import pytest
+
+from appliance.actions.alarms import AlarmCommandError
+from appliance.actions.mitigation.config import MitigationConfig
+from appliance.actions.mitigation.mitigator import MitigationError, Mitigator
+from appliance.actions.mitigation.output import MitigationOutput
+from appliance.core import MitigationAction
 from appliance.store import Store
-from web import create_app
+from web.app import create_app
+
+PENDING = {"proposal_id": "p1", "rule": "slow-down", "asset": "pump1", "alarm_id": "a1", "node": "ns=2;s=Speed",
+           "reason": "alarm a1 on pump1", "expires_in_s": 840.0}
 
 
 class FakeAppliance:
-    def __init__(self):
+    """The runtime's status/command/output calls; ``mitigation`` is a real output over a real audit log."""
+
+    def __init__(self, mitigation: MitigationOutput | None):
+        self.mitigation = mitigation
         self.calls = []
 
     def status(self):
-        return {"mitigation": {"armed": True, "pending_approval": [{"id": "p1", "rule": "slow-down"}]}}
+        outputs = {"store": {"queued": 0}}
+        if self.mitigation is not None:
+            outputs["mitigation"] = {"enabled": True, "armed": True, "pending_approval": [PENDING]}
+        return {"inputs": {}, "outputs": outputs}
+
+    def output(self, name):
+        return self.mitigation if name == "mitigation" else None
 
     def command(self, name, **kwargs):
         self.calls.append((name, kwargs))
+        if self.mitigation is None:
+            raise AlarmCommandError("mitigation is not enabled")
         if kwargs.get("proposal_id") == "gone":
             raise MitigationError("no pending proposal 'gone' (unknown, decided or expired)")
-
-        class Rec:
-            def to_dict(self):
-                return {"proposal_id": kwargs["proposal_id"], "status": "written"}
-        return [Rec()]
+        return [action(kwargs["proposal_id"], "written", kwargs["user"])]
 
 
-def client(tmp_path):
-    st = Store(tmp_path / "a.db")
-    fake = FakeAppliance()
-    return create_app(fake, st.path).test_client(), fake
+def action(proposal_id: str, status: str, actor: str, ts: float = 1_700_000_000.0) -> MitigationAction:
+    return MitigationAction(proposal_id=proposal_id, ts=ts, kind="mitigate", status=status, actor=actor,
+                            rule="slow-down", asset="pump1", alarm_id="a1", node="ns=2;s=Speed", old_value=80.0,
+                            new_value=70.0, reason="alarm a1 on pump1", armed=True)
 
 
-def test_pending_and_approve(tmp_path):
-    c, fake = client(tmp_path)
-    assert c.get("/api/actions/pending").get_json()["pending"][0]["id"] == "p1"
+@pytest.fixture
+def mitigation(tmp_path):
+    out = MitigationOutput(Mitigator(MitigationConfig(enabled=True, armed=True), tmp_path, None))
+    yield out
+    out.mitigator.audit.close()
+
+
+def client(tmp_path, mitigation):
+    fake = FakeAppliance(mitigation)
+    return create_app(fake, Store(tmp_path / "a.db").path).test_client(), fake
+
+
+def test_pending_and_approve(tmp_path, mitigation):
+    c, fake = client(tmp_path, mitigation)
+    assert c.get("/api/actions/pending").get_json() == {"enabled": True, "armed": True, "pending": [PENDING]}
     r = c.post("/api/actions/p1/approve", json={"user": "ana"})
-    assert r.status_code == 200 and r.get_json()["events"][0]["status"] == "written"
+    assert r.status_code == 200
+    (rec,) = r.get_json()["records"]
+    assert (rec["proposal_id"], rec["status"], rec["actor"], rec["new_value"]) == ("p1", "written", "ana", 70.0)
     assert fake.calls == [("approve_action", {"proposal_id": "p1", "user": "ana"})]
 
 
-def test_approve_refusals(tmp_path):
-    c, _ = client(tmp_path)
+def test_approve_refusals(tmp_path, mitigation):
+    c, fake = client(tmp_path, mitigation)
     assert c.post("/api/actions/p1/approve", json={}).status_code == 400
     r = c.post("/api/actions/gone/reject", json={"user": "ana", "note": "not now"})
     assert r.status_code == 409 and "no pending proposal" in r.get_json()["error"]
+    assert fake.calls == [("reject_action", {"proposal_id": "gone", "user": "ana", "note": "not now"})]
+
+
+def test_audit_log_latest_first(tmp_path, mitigation):
+    for i, status in enumerate(("pending_approval", "approved", "written")):
+        mitigation.mitigator.audit.append(action("p1", status, "ana", ts=1_700_000_000.0 + i).to_dict())
+    c, _ = client(tmp_path, mitigation)
+    body = c.get("/api/actions/log?limit=2").get_json()
+    assert body["count"] == 2
+    assert [(a["seq"], a["status"]) for a in body["actions"]] == [(3, "written"), (2, "approved")]
+    assert body["actions"][0]["armed"] is True and body["actions"][0]["node"] == "ns=2;s=Speed"
+    assert c.get("/api/actions/log?limit=0").get_json()["field"] == "limit"
+
+
+def test_without_mitigation(tmp_path):
+    c, _ = client(tmp_path, None)
+    assert c.get("/api/actions/pending").get_json() == {"enabled": False, "armed": False, "pending": []}
+    r = c.get("/api/actions/log")
+    assert r.status_code == 404 and r.get_json()["error"] == "mitigation is not enabled"
+    r = c.post("/api/actions/p1/approve", json={"user": "ana"})
+    assert r.status_code == 409 and r.get_json()["error"] == "mitigation is not enabled"

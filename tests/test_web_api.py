@@ -9,15 +9,16 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import web
-from tests.test_web_support import BookAppliance, book_appliance, store  # noqa: F401  (fixtures)
+from web.app import create_app
+from appliance.core import AlarmState, DeadLetterCode, EventKind
+from tests.support.web import BookAppliance
 
 T0 = 1_700_000_000.0
 
 
 @pytest.fixture
 def app(book_appliance, store):
-    return web.create_app(book_appliance, store.path)
+    return create_app(book_appliance, store.path)
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def client(app):
 
 def raise_alarm(ba: BookAppliance, asset: str = "pump1", t: float = T0, ratio: float = 3.0) -> str:
     events = ba.score(asset, t, ratio)
-    assert [e.kind for e in events] == ["raised"]
+    assert [e.kind for e in events] == [EventKind.RAISED]
     ba.flush()
     return events[0].alarm.id
 
@@ -41,11 +42,13 @@ def test_status_is_the_appliance_status(client, book_appliance):
     assert body["site"] == "test-site"
     assert body["alarms"][0]["asset"] == "pump1"
     assert body["alarms"][0]["state"] == "unacknowledged"
+    assert body["alarms"][0]["peak_ratio"] == pytest.approx(3.0)
+    assert body["outputs"]["store"]["write_errors"] == 0 and body["inputs"] == {}
     assert r.headers["Cache-Control"] == "no-store"
 
 
 def test_status_replaces_non_finite_numbers_and_numpy_scalars(store):
-    np = pytest.importorskip("numpy")
+    import numpy as np
 
     class Odd:
         def status(self):
@@ -55,7 +58,7 @@ def test_status_replaces_non_finite_numbers_and_numpy_scalars(store):
         def command(self, name, **kw):
             raise AssertionError("not called")
 
-    r = web.create_app(Odd(), store.path).test_client().get("/api/status")
+    r = create_app(Odd(), store.path).test_client().get("/api/status")
     assert r.status_code == 200
     assert b"NaN" not in r.data and b"Infinity" not in r.data
     body = r.get_json()
@@ -71,7 +74,7 @@ def test_status_failure_is_503_and_healthz_says_why(store):
         def command(self, name, **kw):
             raise AssertionError("not called")
 
-    c = web.create_app(Broken(), store.path).test_client()
+    c = create_app(Broken(), store.path).test_client()
     r = c.get("/api/status")
     assert r.status_code == 503 and "loop gone" in r.get_json()["error"]
     r = c.get("/healthz")
@@ -93,18 +96,25 @@ def test_status_retries_a_transient_concurrent_change(store):
             raise AssertionError("not called")
 
     f = Flaky()
-    r = web.create_app(f, store.path).test_client().get("/api/status")
+    r = create_app(f, store.path).test_client().get("/api/status")
     assert r.status_code == 200 and f.calls == 2
 
 
 def test_healthz_ok_and_missing_store(client, book_appliance, tmp_path):
     assert client.get("/healthz").get_json() == {"status": "ok"}
-    c = web.create_app(book_appliance, tmp_path / "nowhere.db").test_client()
+    c = create_app(book_appliance, tmp_path / "nowhere.db").test_client()
     r = c.get("/healthz")
     assert r.status_code == 503
     assert "does not exist" in r.get_json()["problems"]["store"]
     r = c.get("/api/alarms")
     assert r.status_code == 503 and "nowhere.db" in r.get_json()["error"]
+
+
+def test_healthz_names_a_store_of_another_schema(book_appliance, tmp_path):
+    path = tmp_path / "foreign.db"
+    sqlite3.connect(path).execute("CREATE TABLE unrelated (x)").connection.commit()
+    r = create_app(book_appliance, path).test_client().get("/healthz")
+    assert r.status_code == 503 and "schema version 0" in r.get_json()["problems"]["store"]
 
 
 # -- store-backed lists -----------------------------------------------------------------
@@ -120,17 +130,37 @@ def test_alarms_active_filter_and_limit(client, book_appliance):
     active = client.get("/api/alarms?active=1").get_json()["alarms"]
     assert {a["asset"] for a in active} == {"pump2", "pump3"}
     assert all(a["active"] is True and isinstance(a["top_sensors"], list) for a in active)
+    assert all(a["peak_ratio"] == pytest.approx(3.0) and "peak_score" not in a for a in active)
     inactive = client.get("/api/alarms?active=0").get_json()["alarms"]
     assert [(a["asset"], a["state"], a["end"]) for a in inactive] == [("pump1", "returned_unacknowledged", T0 + 1)]
     assert len(client.get("/api/alarms?limit=1").get_json()["alarms"]) == 1
 
 
-def test_point_only_rows_are_not_listed_as_alarms(client, book_appliance):
+def test_mode_changes_are_listed_per_asset_not_as_alarms(client, book_appliance):
     book_appliance.book.ensure("pump9")
-    book_appliance.command("shelve", asset="pump9", user="ana", duration_s=60)
-    assert client.get("/api/alarms").get_json()["alarms"] == []
-    ev = client.get("/api/alarms/point-pump9/events").get_json()["events"]
-    assert [e["kind"] for e in ev] == ["shelved"]
+    before = time.time()
+    book_appliance.command("shelve", asset="pump9", user="ana", duration_s=60, note="cleaning")
+    after = time.time()
+    book_appliance.command("set_mode", asset="pump9", user="bo", mode="out_of_service")
+    alarm_id = raise_alarm(book_appliance, "pump1")
+    book_appliance.command("set_mode", asset="pump1", user="carla", mode="suppressed")
+    assert [a["asset"] for a in client.get("/api/alarms").get_json()["alarms"]] == ["pump1"]
+
+    body = client.get("/api/assets/pump9/modes").get_json()
+    assert body["asset"] == "pump9" and body["count"] == 2
+    assert [(m["event"], m["mode"], m["previous"], m["user"], m["alarm_id"]) for m in body["mode_changes"]] == [
+        ("removed_from_service", "out_of_service", "shelved", "bo", None),
+        ("shelved", "shelved", "in_service", "ana", None)]
+    shelved = body["mode_changes"][1]
+    assert shelved["note"] == "cleaning" and before + 60 <= shelved["shelved_until"] <= after + 60
+    latest = client.get("/api/assets/pump9/modes?limit=1").get_json()["mode_changes"]
+    assert [m["user"] for m in latest] == ["bo"]
+    # A change of a point with an alarm names the occurrence; the alarm's own journal stays its own.
+    (change,) = client.get("/api/assets/pump1/modes").get_json()["mode_changes"]
+    assert (change["event"], change["alarm_id"]) == ("suppressed", alarm_id)
+    assert [e["kind"] for e in client.get(f"/api/alarms/{alarm_id}/events").get_json()["events"]] == ["raised"]
+    assert client.get("/api/assets/nosuch/modes").get_json() == {"asset": "nosuch", "mode_changes": [], "count": 0}
+    assert client.get("/api/alarms/point-pump9/events").status_code == 404
 
 
 def test_alarm_events_history(client, book_appliance):
@@ -177,14 +207,27 @@ def test_readings_filters(client, book_appliance):
 
 
 def test_dead_letters_show_a_safe_preview(client, book_appliance):
-    book_appliance.dead_letter("mqtt:plant/pump1/Current", b"\xff\xfenot json", "not_json: invalid start byte")
-    book_appliance.dead_letter("mqtt:plant/pump1/telemetry", b"x" * 5000, "too_large")
+    book_appliance.dead_letter("mqtt:plant/pump1/Current", b"\xff\xfenot json", DeadLetterCode.BAD_JSON,
+                               "invalid start byte")
+    book_appliance.dead_letter("mqtt:plant/pump1/telemetry", b"x" * 5000, DeadLetterCode.TOO_LARGE)
     book_appliance.flush()
     rows = client.get("/api/dead-letters").get_json()["dead_letters"]
-    assert [r["reason"] for r in rows] == ["too_large", "not_json: invalid start byte"]
-    assert rows[0]["size"] == 5000 and rows[0]["truncated"] is True and len(rows[0]["payload"]) <= 300
-    assert rows[1]["payload"].endswith("not json") and rows[1]["truncated"] is False
+    assert [(r["code"], r["detail"]) for r in rows] == [("too_large", ""), ("bad_json", "invalid start byte")]
+    assert rows[0]["size"] == 5000 and rows[0]["truncated"] is True and len(rows[0]["payload"]) == 300
+    assert rows[1]["payload"].endswith("not json") and rows[1]["truncated"] is False and rows[1]["size"] == 10
     assert len(client.get("/api/dead-letters?limit=1").get_json()["dead_letters"]) == 1
+
+
+def test_dead_letters_filter_by_code(client, book_appliance):
+    for i in range(3):
+        book_appliance.dead_letter("mqtt:plant/pump1/Current", b"{", DeadLetterCode.BAD_JSON, f"eof {i}")
+        book_appliance.dead_letter("mqtt:plant/pump1/Current", b"{}", DeadLetterCode.MISSING_TS)
+    book_appliance.flush()
+    body = client.get("/api/dead-letters?code=bad_json&limit=2").get_json()
+    assert [(r["code"], r["detail"]) for r in body["dead_letters"]] == [("bad_json", "eof 2"), ("bad_json", "eof 1")]
+    assert client.get("/api/dead-letters?code=ts_too_old").get_json()["count"] == 0
+    r = client.get("/api/dead-letters?code=not_json")
+    assert r.status_code == 400 and r.get_json()["field"] == "code" and "bad_json" in r.get_json()["error"]
 
 
 @pytest.mark.parametrize("url, field", [
@@ -197,6 +240,8 @@ def test_dead_letters_show_a_safe_preview(client, book_appliance):
     ("/api/readings?asset=%20%20", "asset"),
     ("/api/readings?sensor=" + "s" * 300, "sensor"),
     ("/api/dead-letters?limit=-1", "limit"),
+    ("/api/dead-letters?code=BAD%20JSON", "code"),
+    ("/api/assets/pump1/modes?limit=0", "limit"),
 ])
 def test_bad_query_parameters_are_400_naming_the_field(client, url, field):
     r = client.get(url)
@@ -208,7 +253,7 @@ def test_bad_query_parameters_are_400_naming_the_field(client, url, field):
 def test_store_with_bad_schema_is_503_not_a_crash(book_appliance, tmp_path):
     path = tmp_path / "other.db"
     sqlite3.connect(path).execute("CREATE TABLE unrelated (x)").connection.commit()
-    r = web.create_app(book_appliance, path).test_client().get("/api/scores")
+    r = create_app(book_appliance, path).test_client().get("/api/scores")
     assert r.status_code == 503 and "no such table" in r.get_json()["error"]
 
 
@@ -218,7 +263,8 @@ def test_acknowledge_changes_the_alarm_and_is_stored(client, book_appliance, sto
     r = client.post("/api/alarms/pump1/ack", json={"user": " ana ", "note": "on my way"})
     assert r.status_code == 200, r.get_json()
     body = r.get_json()
-    assert body["ok"] is True and [e["event"] for e in body["events"]] == ["acknowledged"]
+    assert body["ok"] is True and [e["event"] for e in body["records"]] == ["acknowledged"]
+    assert body["records"][0]["alarm"]["acked_by"] == "ana"
     assert book_appliance.book.current("pump1").acked_by == "ana"
     stored = client.get("/api/alarms?active=1").get_json()["alarms"]
     assert [(a["id"], a["state"], a["acked_by"]) for a in stored] == [(alarm_id, "acknowledged", "ana")]
@@ -230,13 +276,18 @@ def test_acknowledge_changes_the_alarm_and_is_stored(client, book_appliance, sto
 
 def test_shelve_and_return_to_service(client, book_appliance):
     raise_alarm(book_appliance)
+    before = time.time()
     r = client.post("/api/alarms/pump1/shelve", json={"user": "bo", "duration_s": 3600, "note": "known leak"})
+    after = time.time()
     assert r.status_code == 200
     a = client.get("/api/status").get_json()["alarms"][0]
-    assert a["state"] == "shelved" and a["shelved_until"] == pytest.approx(time.time() + 3600, abs=60)
+    assert a["state"] == "shelved" and before + 3600 <= a["shelved_until"] <= after + 3600
     assert client.get("/api/status").get_json()["point_modes"]["pump1"] == "shelved"
     r = client.post("/api/alarms/pump1/mode", json={"user": "bo", "mode": "in_service"})
-    assert r.status_code == 200 and [e["event"] for e in r.get_json()["events"]] == ["unshelved"]
+    assert r.status_code == 200
+    (change,) = r.get_json()["records"]
+    assert (change["event"], change["mode"], change["previous"], change["user"]) == (
+        "unshelved", "in_service", "shelved", "bo")
     assert client.get("/api/status").get_json()["alarms"][0]["state"] == "unacknowledged"
     r = client.post("/api/alarms/pump1/mode", json={"user": "bo", "mode": "out_of_service"})
     assert r.status_code == 200
@@ -262,6 +313,7 @@ def test_command_on_unknown_asset_is_409(client):
     ("mode", {"user": "ana"}, "mode"),
     ("mode", {"user": "ana", "mode": "shelved"}, "mode"),
     ("mode", {"user": "ana", "mode": "off"}, "mode"),
+    ("mode", {"user": "ana", "mode": ["in_service"]}, "mode"),
 ])
 def test_bad_command_bodies_are_400_naming_the_field(client, book_appliance, path, body, field):
     raise_alarm(book_appliance)
@@ -291,7 +343,7 @@ def test_command_timeout_is_503(store):
         def command(self, name, **kw):
             raise TimeoutError()
 
-    r = web.create_app(Slow(), store.path).test_client().post("/api/alarms/p/ack", json={"user": "a"})
+    r = create_app(Slow(), store.path).test_client().post("/api/alarms/p/ack", json={"user": "a"})
     assert r.status_code == 503 and "may still apply" in r.get_json()["error"]
 
 
@@ -303,7 +355,7 @@ def test_unexpected_command_failure_is_a_json_500(store):
         def command(self, name, **kw):
             raise KeyError("oops")
 
-    r = web.create_app(Buggy(), store.path).test_client().post("/api/alarms/p/ack", json={"user": "a"})
+    r = create_app(Buggy(), store.path).test_client().post("/api/alarms/p/ack", json={"user": "a"})
     assert r.status_code == 500 and r.get_json()["error"] == "internal error: KeyError"
 
 
@@ -315,7 +367,7 @@ def _families(text: str) -> dict:
 def test_metrics_from_status(client, book_appliance):
     raise_alarm(book_appliance, "pump1")
     book_appliance.score("pump2", T0, 0.2)
-    book_appliance.dead_letter("mqtt:x", b"{", "not_json: eof")
+    book_appliance.dead_letter("mqtt:x", b"{", DeadLetterCode.BAD_JSON, "eof")
     book_appliance.reading("pump1", "Current", T0, 1.0)
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
@@ -324,17 +376,29 @@ def test_metrics_from_status(client, book_appliance):
     assert samples("appliance_readings") == {(): 1.0}
     assert samples("appliance_windows_scored") == {(): 2.0}
     assert samples("appliance_alarm_raised") == {(): 1.0}
-    assert samples("appliance_dead_letters_by_reason") == {(("reason", "not_json"),): 1.0}
+    assert samples("appliance_dead_letters_by_reason") == {(("reason", "bad_json"),): 1.0}
     state = samples("appliance_alarm_state")
+    assert {dict(k)["state"] for k in state if dict(k)["asset"] == "pump1"} == {s.value for s in AlarmState}
     assert state[(("asset", "pump1"), ("state", "unacknowledged"))] == 1.0
     assert state[(("asset", "pump1"), ("state", "acknowledged"))] == 0.0
     assert state[(("asset", "pump2"), ("state", "normal"))] == 1.0
     assert samples("appliance_info") == {(("model_version", "test-model-1"), ("site", "test-site")): 1.0}
+    assert samples("appliance_alarm_peak_ratio") == {(("asset", "pump1"),): 3.0}
+    components = samples("appliance_component_stat")
+    assert components[(("component", "output"), ("key", "write_errors"), ("name", "store"))] == 0.0
     # After an acknowledge the next scrape follows.
     book_appliance.command("acknowledge", asset="pump1", user="ana")
     state = {tuple(sorted(s.labels.items())): s.value
              for s in _families(client.get("/metrics").get_data(as_text=True))["appliance_alarm_state"].samples}
     assert state[(("asset", "pump1"), ("state", "acknowledged"))] == 1.0
+
+
+def test_metrics_state_of_a_point_without_an_alarm_follows_its_mode(client, book_appliance):
+    book_appliance.book.ensure("pump9")
+    book_appliance.command("set_mode", asset="pump9", user="bo", mode="out_of_service")
+    fams = _families(client.get("/metrics").get_data(as_text=True))
+    state = {s.labels["state"]: s.value for s in fams["appliance_alarm_state"].samples if s.labels["asset"] == "pump9"}
+    assert state == {s.value: float(s is AlarmState.OUT_OF_SERVICE) for s in AlarmState}
 
 
 def test_metrics_silent_sensors(client, book_appliance):
@@ -356,7 +420,7 @@ def test_metrics_name_clash_keeps_exposition_valid(store):
         def command(self, name, **kw):
             raise AssertionError("not called")
 
-    text = web.create_app(Clash(), store.path).test_client().get("/metrics").get_data(as_text=True)
+    text = create_app(Clash(), store.path).test_client().get("/metrics").get_data(as_text=True)
     fams = _families(text)  # the parser raises on an invalid exposition
     assert fams["appliance_weird_name"].samples[0].value == 2.0
     assert fams["appliance__9lives"].samples[0].value == 1.0
@@ -364,7 +428,7 @@ def test_metrics_name_clash_keeps_exposition_valid(store):
 
 
 def test_metrics_provider_is_used_when_given(book_appliance, store):
-    app = web.create_app(book_appliance, store.path, metrics_provider=lambda: "custom_metric 42\n")
+    app = create_app(book_appliance, store.path, metrics_provider=lambda: "custom_metric 42\n")
     r = app.test_client().get("/metrics")
     assert r.status_code == 200 and r.get_data(as_text=True) == "custom_metric 42\n"
 

@@ -11,16 +11,18 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import web
+from web.app import create_app
+from web.server import serve
 from appliance.config import parse_config
-from appliance.core import DeadLetter, Reading, Score
+from appliance.core import DeadLetter, DeadLetterCode, Reading, Score
 from appliance.runtime import build
-from tests.test_web_support import book_appliance, http, store, wait_for  # noqa: F401  (fixtures)
+from tests.support.wait import wait_until
+from tests.support.web import http
 
 
 @pytest.fixture
 def served(book_appliance, store):
-    handle = web.serve(web.create_app(book_appliance, store.path), "127.0.0.1", 0)
+    handle = serve(create_app(book_appliance, store.path), "127.0.0.1", 0)
     yield handle
     handle.stop()
 
@@ -42,7 +44,7 @@ def test_serve_on_port_zero_and_stop(served, book_appliance):
 
 def test_serve_reports_a_busy_port(served, book_appliance, store):
     with pytest.raises(OSError):
-        web.serve(web.create_app(book_appliance, store.path), "127.0.0.1", served.port)
+        serve(create_app(book_appliance, store.path), "127.0.0.1", served.port)
 
 
 def test_requests_beyond_the_bound_get_a_quick_503(store):
@@ -51,22 +53,22 @@ def test_requests_beyond_the_bound_get_a_quick_503(store):
     class Blocking:
         def status(self):
             entered.set()
-            release.wait(20)
+            release.wait(60)
             return {"site": "s"}
 
         def command(self, name, **kw):
             raise AssertionError("not called")
 
-    handle = web.serve(web.create_app(Blocking(), store.path), "127.0.0.1", 0, max_concurrent=1)
+    handle = serve(create_app(Blocking(), store.path), "127.0.0.1", 0, max_concurrent=1)
     results = []
     try:
         t = threading.Thread(target=lambda: results.append(http("GET", handle.url + "/api/status")))
         t.start()
-        assert entered.wait(10)
+        assert entered.wait(30)
         status, body, headers = http("GET", handle.url + "/api/status")
         assert status == 503 and headers["Retry-After"] == "1" and "busy" in body["error"]
         release.set()
-        t.join(20)
+        t.join(60)
         assert results and results[0][0] == 200
         # The slot is free again.
         assert http("GET", handle.url + "/healthz")[0] == 200
@@ -131,12 +133,11 @@ def running(tmp_path):
     cfg = parse_config({
         "site": "line-3", "data_dir": str(tmp_path / "data"), "log_level": "WARNING",
         "inputs": {"mqtt": {"enabled": False}},
-        "outputs": {"mqtt_alarm": {"enabled": False}},
-        "history": {"enabled": False},
+        "outputs": {"mqtt_alarm": {"enabled": False}, "history": {"enabled": False}},
         "web": {"port": 0},
     }, "test")
     with ApplianceThread(cfg) as app:
-        handle = web.serve(web.create_app(app, app.store.path), "127.0.0.1", cfg.web.port)
+        handle = serve(create_app(app, app.store.path), "127.0.0.1", cfg.web.port)
         try:
             yield app, handle
         finally:
@@ -155,37 +156,52 @@ def test_commands_through_the_real_runtime(running):
     t0 = time.time() - 600
     feed(app, "pump1", t0, 6, 0.2, 0.1)  # normal
     feed(app, "pump1", t0 + 6, 10, 6.0, 0.4)  # far over the threshold: raised by debounce
-    app.submit([], [DeadLetter("mqtt:plant/pump1/a", b"{oops", "not_json: Expecting value", time.time())])
+    app.submit([], [DeadLetter("mqtt:plant/pump1/a", b"{oops", DeadLetterCode.BAD_JSON, "Expecting value",
+                               time.time())])
 
     def alarm_state():
         alarms = http("GET", url + "/api/status")[1]["alarms"]
         return alarms[0]["state"] if alarms else None
 
-    assert wait_for(alarm_state, what="alarm raised") == "unacknowledged"
+    assert wait_until(alarm_state, what="alarm raised") == "unacknowledged"
     status = http("GET", url + "/api/status")[1]
     assert status["site"] == "line-3" and status["model"]["version"] == "mean-1"
     assert status["alarms"][0]["top_sensors"][0] == "a"
     assert status["alarms"][0]["level"] == "critical"
+    assert status["alarms"][0]["peak_ratio"] > 1
+    assert set(status["outputs"]) == {"store"} and status["inputs"] == {}
 
     status_code, body, _ = http("POST", url + "/api/alarms/pump1/ack", {"user": "ana", "note": "seen"})
     assert status_code == 200, body
     assert alarm_state() == "acknowledged"
     # The store follows on its writer thread.
-    wait_for(lambda: [a["state"] for a in http("GET", url + "/api/alarms?active=1")[1]["alarms"]] == ["acknowledged"],
-             what="acknowledged alarm stored")
+    wait_until(lambda: [a["state"] for a in http("GET", url + "/api/alarms?active=1")[1]["alarms"]] == ["acknowledged"],
+               what="acknowledged alarm stored")
     alarm_id = http("GET", url + "/api/alarms")[1]["alarms"][0]["id"]
     kinds = [e["kind"] for e in http("GET", url + f"/api/alarms/{alarm_id}/events")[1]["events"]]
     assert kinds[:1] == ["raised"] and "acknowledged" in kinds
 
     assert http("POST", url + "/api/alarms/pump1/ack", {"user": "ana"})[0] == 409
     assert http("POST", url + "/api/alarms/pump9/ack", {"user": "ana"})[0] == 409
-    assert http("POST", url + "/api/alarms/pump1/shelve", {"user": "bo", "duration_s": 600})[0] == 200
+    status_code, body, _ = http("POST", url + "/api/alarms/pump1/shelve", {"user": "bo", "duration_s": 600})
+    assert status_code == 200 and [r["event"] for r in body["records"]] == ["shelved"]
     assert alarm_state() == "shelved"
     assert http("POST", url + "/api/alarms/pump1/mode", {"user": "bo", "mode": "in_service"})[0] == 200
     assert alarm_state() == "acknowledged"
+    # The store follows on its writer thread.
+    wait_until(lambda: http("GET", url + "/api/assets/pump1/modes")[1]["count"] == 2, what="mode changes stored")
+    modes = http("GET", url + "/api/assets/pump1/modes")[1]["mode_changes"]
+    assert [(m["event"], m["user"], m["alarm_id"]) for m in modes] == [("unshelved", "bo", alarm_id),
+                                                                        ("shelved", "bo", alarm_id)]
+    # Approval needs the mitigation output, which this appliance does not have.
+    status_code, body, _ = http("POST", url + "/api/actions/p1/approve", {"user": "ana"})
+    assert status_code == 409 and body["error"] == "mitigation is not enabled"
+    assert http("GET", url + "/api/actions/log")[0] == 404
 
-    wait_for(lambda: http("GET", url + "/api/dead-letters")[1]["count"] == 1, what="dead letter stored")
-    scores = wait_for(lambda: http("GET", url + "/api/scores?asset=pump1&limit=5")[1]["scores"], what="scores")
+    dead = wait_until(lambda: http("GET", url + "/api/dead-letters?code=bad_json")[1]["dead_letters"],
+                      what="dead letter stored")
+    assert [(d["code"], d["detail"], d["payload"]) for d in dead] == [("bad_json", "Expecting value", "{oops")]
+    scores = wait_until(lambda: http("GET", url + "/api/scores?asset=pump1&limit=5")[1]["scores"], what="scores")
     assert scores[0]["model_version"] == "mean-1" and scores[0]["ratio"] > 1
     readings = http("GET", url + "/api/readings?asset=pump1&sensor=a&limit=1")[1]["readings"]
     assert readings[0]["value"] == 6.0 and readings[0]["ts"] == pytest.approx(t0 + 15)

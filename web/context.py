@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from appliance.store import open_reader
+from appliance.store import StoreReader
 from web import metrics as web_metrics
 from web.validation import ApiError
 
@@ -19,26 +18,24 @@ STATUS_ATTEMPTS = 3
 
 
 class ApplianceLike(Protocol):
-    """The two calls the dashboard makes on the appliance (the real one or a test fake)."""
+    """The calls the dashboard makes on the appliance (the real one or a test fake)."""
 
     def status(self) -> dict: ...
 
     def command(self, name: str, **kwargs) -> Any: ...
 
+    def output(self, name: str) -> Any: ...
+
 
 class WebContext:
+    """The appliance, its store (read only) and the metrics source of one web app."""
+
     def __init__(self, appliance: ApplianceLike, store_path: str | Path,
                  metrics_provider: Callable[[], str | bytes] | None = None):
         self.appliance = appliance
-        self.store_path = Path(store_path)
+        self.store = StoreReader(store_path)
         self.metrics_provider = metrics_provider
         self.registry = None if metrics_provider is not None else web_metrics.status_registry(self.status)
-
-    def open_reader(self) -> sqlite3.Connection:
-        if not self.store_path.exists():
-            # open_reader would raise a bare "unable to open database file"; say which.
-            raise sqlite3.OperationalError(f"store file {self.store_path} does not exist yet")
-        return open_reader(self.store_path)
 
     def status(self) -> dict:
         """A status snapshot taken from a web thread.
@@ -65,6 +62,7 @@ class WebContext:
         raise ApiError(f"appliance status unavailable: {last}", status=503)
 
     def metrics(self) -> tuple[bytes, str]:
+        """The Prometheus exposition and its content type."""
         if self.metrics_provider is not None:
             body = self.metrics_provider()
             return (body.encode() if isinstance(body, str) else bytes(body)), CONTENT_TYPE_LATEST

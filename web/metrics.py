@@ -17,12 +17,17 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-ALARM_STATES = ("normal", "unacknowledged", "acknowledged", "returned_unacknowledged", "shelved",
-                "suppressed", "out_of_service")
+from appliance.core import AlarmState, PointMode
+
+ALARM_STATES = tuple(s.value for s in AlarmState)
+# A point without an occurrence yet shows its mode as its state; every mode but in
+# service has the state of the same name (AlarmState() raises here if one ever has not).
+_MODE_STATE = {m.value: m.alarm_state.value for m in PointMode if m.alarm_state is not None}
 _BAD_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 
 
 def metric_name(name: str) -> str:
+    """``name`` as a valid Prometheus metric name part (lower case, ``_`` for anything else)."""
     name = _BAD_CHARS.sub("_", str(name)).strip("_").lower() or "unnamed"
     return name if not name[0].isdigit() else f"_{name}"
 
@@ -46,6 +51,8 @@ def _flatten(prefix: str, value: Any, out: dict[str, float], depth: int = 0) -> 
 
 
 class StatusCollector(Collector):
+    """Metric families from one fresh ``status()`` snapshot per scrape."""
+
     def __init__(self, status: Callable[[], dict]):
         self._status = status
 
@@ -122,14 +129,13 @@ class StatusCollector(Collector):
             for st in ALARM_STATES:
                 state.add_metric([asset, st], 1.0 if a.get("state") == st else 0.0)
             active.add_metric([asset, str(a.get("level", ""))], 1.0 if a.get("active") else 0.0)
-            if _number(a.get("peak_score")) is not None:
-                peak.add_metric([asset], _number(a["peak_score"]))
+            if _number(a.get("peak_ratio")) is not None:
+                peak.add_metric([asset], _number(a["peak_ratio"]))
         # Assets with a point but no occurrence yet are in state normal (or their mode).
-        mode_state = {"shelved": "shelved", "suppressed": "suppressed", "out_of_service": "out_of_service"}
         for asset, mode in sorted((s.get("point_modes") or {}).items()):
             if asset in seen:
                 continue
-            current = mode_state.get(mode, "normal")
+            current = _MODE_STATE.get(str(mode), AlarmState.NORMAL.value)
             for st in ALARM_STATES:
                 state.add_metric([str(asset), st], 1.0 if st == current else 0.0)
         yield state
@@ -139,27 +145,24 @@ class StatusCollector(Collector):
     @staticmethod
     def _components(s: dict) -> Iterator:
         fam = GaugeMetricFamily("appliance_component_stat",
-                                "Numeric status values of connectors, notifiers, history and mitigation",
+                                "Numeric status values of the input and output plugins (store, history...)",
                                 labels=["component", "name", "key"])
-        for group, label in (("connectors", "connector"), ("notifiers", "notifier")):
+        for group, label in (("inputs", "input"), ("outputs", "output")):
             for name, st in sorted((s.get(group) or {}).items()):
                 flat: dict[str, float] = {}
                 _flatten("", st, flat)
                 for key, value in sorted(flat.items()):
                     fam.add_metric([label, str(name), key], value)
-        for label in ("history", "mitigation"):
-            flat = {}
-            _flatten("", s.get(label), flat)
-            for key, value in sorted(flat.items()):
-                fam.add_metric([label, label, key], value)
         yield fam
 
 
 def status_registry(status: Callable[[], dict]) -> CollectorRegistry:
+    """A private registry whose only collector reads ``status()`` at each scrape."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(status))
     return registry
 
 
 def render(registry: CollectorRegistry) -> bytes:
+    """The registry in the Prometheus text exposition format."""
     return generate_latest(registry)

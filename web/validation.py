@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from appliance.core import DeadLetterCode, PointMode
+
 MAX_LIMIT = 1000
-MAX_NAME = 256  # asset, sensor, user names, alarm ids (point-<asset>)
+MAX_NAME = 256  # asset, sensor, user names, alarm and proposal ids
 MAX_NOTE = 500
 MAX_SHELVE_S = 7 * 86400  # the alarm book's own limit, checked here for a clear 400
 
@@ -77,6 +79,18 @@ def name_arg(args: Mapping[str, str], field: str) -> str | None:
     return check_name(raw, field)
 
 
+def code_arg(args: Mapping[str, str], field: str = "code") -> DeadLetterCode | None:
+    """A dead letter reason code, one of :class:`~appliance.core.DeadLetterCode`."""
+    raw = args.get(field)
+    if raw is None or raw == "":
+        return None
+    try:
+        return DeadLetterCode(raw.strip())
+    except ValueError:
+        codes = ", ".join(c.value for c in DeadLetterCode)
+        raise ApiError(f"{field} must be one of {codes}; got {raw[:MAX_NAME]!r}", field) from None
+
+
 def check_name(value: Any, field: str, max_len: int = MAX_NAME) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ApiError(f"{field} must be a non-empty string", field)
@@ -132,11 +146,12 @@ def duration_field(body: Mapping[str, Any]) -> float:
     return float(value)
 
 
-COMMAND_MODES = ("in_service", "suppressed", "out_of_service")
+# Shelving is its own command: it needs a duration.
+COMMAND_MODES = tuple(m for m in PointMode if m is not PointMode.SHELVED)
 
 
-def mode_field(body: Mapping[str, Any]) -> str:
+def mode_field(body: Mapping[str, Any]) -> PointMode:
     mode = body.get("mode")
-    if mode not in COMMAND_MODES:
+    if not isinstance(mode, str) or mode not in COMMAND_MODES:
         raise ApiError(f"mode must be one of {', '.join(COMMAND_MODES)}; got {mode!r}", "mode")
-    return mode
+    return PointMode(mode)

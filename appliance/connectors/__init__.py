@@ -1,1 +1,1 @@
-"""Input plugins: each turns one protocol into readings (see base.Connector)."""
+"""Input plugins: one folder each (code, ``config.py``, README.md); interface :class:`appliance.core.Input`."""

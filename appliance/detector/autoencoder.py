@@ -37,11 +37,15 @@ from onnx import TensorProto, helper, numpy_helper
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPRegressor
+from threadpoolctl import threadpool_limits
+
+from appliance.detector.session import ONNX_INPUT, ONNX_OUTPUT
 
 logger = logging.getLogger(__name__)
 
-ONNX_INPUT = "x"
-ONNX_OUTPUT = "recon"
+# BLAS threads while training (numpy/scipy/scikit-learn); ONNX Runtime sessions have their own setting.
+TRAIN_BLAS_THREADS = 1
+
 # Opset 17 is what onnxruntime >= 1.14 fully supports, including on aarch64 wheels.
 ONNX_OPSET = 17
 
@@ -148,13 +152,16 @@ class WindowAutoencoder(BaseEstimator):
             # One fixed noisy copy per window (seeded): denoising without a custom training loop.
             rng = np.random.default_rng(self.random_state)
             inputs = flat + rng.normal(0.0, self.noise, flat.shape).astype(np.float32)
-        with warnings.catch_warnings():
+        # One BLAS thread: each Adam step multiplies small matrices, where more threads only add
+        # hand-offs, and on a loaded 2-core machine spinning BLAS threads wait for each other
+        # (a CLI training test took over 600 s instead of 20 s with the default pool).
+        with warnings.catch_warnings(), threadpool_limits(limits=TRAIN_BLAS_THREADS):
             # Stopping at max_iter is the intended budget on a small gateway, not a fault.
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.mlp_.fit(inputs, flat)
-        self.window_, self.n_sensors_ = w, s
-        self.n_iter_ = int(self.mlp_.n_iter_)
-        train_err = self.errors(X)
+            self.window_, self.n_sensors_ = w, s
+            self.n_iter_ = int(self.mlp_.n_iter_)
+            train_err = self.errors(X)
         self.offset_ = -float(np.quantile(train_err, self.threshold_quantile))
         logger.debug("autoencoder fitted windows=%d window=%d sensors=%d layers=%s iters=%d loss=%.5g",
                      n, w, s, layers, self.n_iter_, self.mlp_.loss_)

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from appliance.detector.autoencoder import ONNX_INPUT, ONNX_OUTPUT
+from appliance.detector.session import ONNX_INPUT, ONNX_OUTPUT
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 from appliance.core import Score, Window
 from appliance.detector.bundle import Bundle, load_bundle
 from appliance.detector.features import center_levels
-from appliance.detector.quantize import make_session, reconstruct, takes_flat_windows
+from appliance.detector.session import make_session, reconstruct, takes_flat_windows
 
 logger = logging.getLogger(__name__)
 

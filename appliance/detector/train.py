@@ -1,12 +1,15 @@
 """Train a model bundle from normal-operation rows, on the gateway itself.
 
-Steps of :func:`train_bundle` (each deterministic for a given ``seed``):
+Every choice is one validated :class:`TrainSettings`. Steps of :func:`train_bundle`
+(each deterministic for a given ``seed``; BLAS pinned to one thread throughout):
 
-1. Fit the robust scaler (median, IQR) on the training part of the rows.
-2. Align rows to the ``period_s`` grid (when timestamps are given) and split in
-   time: the oldest ``holdout`` share is held back. Windows never
-   straddle the split or a gap in the timestamps, so held-back windows share no
-   row with training windows and are an honest sample of unseen normal data.
+1. Put the rows on the ``period_s`` grid (when timestamps are given) with the
+   live :class:`~appliance.detector.windowing.WindowBuilder` (:func:`grid_rows`),
+   and split in time: the oldest ``holdout`` share is held back. Windows never
+   straddle the split or the end of a run (a gap, a stale or bad value), so
+   held-back windows share no row with training windows and are an honest
+   sample of unseen normal data.
+2. Fit the robust scaler (median, IQR) on the training part of the rows.
 3. Fit the dense window autoencoder on training windows (stride ``train_stride``).
 4. Export FP32 ONNX; quantize to static INT8 calibrated on training windows.
 5. Calibrate one threshold per precision on held-back errors (see
@@ -26,19 +29,22 @@ import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Annotated, Iterable, Literal, Sequence
 
 import numpy as np
 import onnx
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from scipy import stats
 from sklearn.base import clone
+from threadpoolctl import threadpool_limits
 
-from appliance.detector.autoencoder import WindowAutoencoder
+from appliance.detector.autoencoder import TRAIN_BLAS_THREADS, WindowAutoencoder
 from appliance.detector.bundle import FORMAT_VERSION, Scaler, data_sha256, write_bundle
 from appliance.detector.features import TREND_LIMIT, center_levels, trending_sensors
-from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, gemm_nodes, make_session,
-                                         probe_shift_for, probe_windows, quantize_model, sensor_errors,
-                                         verify_int8)
+from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, gemm_nodes, probe_shift_for,
+                                         probe_windows, quantize_model, verify_int8)
+from appliance.detector.session import make_session, sensor_errors
+from appliance.detector.windowing import GridRows, grid_rows, rows_as_readings
 
 logger = logging.getLogger(__name__)
 
@@ -150,41 +156,6 @@ def read_csv_rows(paths: str | Path | Iterable[str | Path]) -> tuple[list[str], 
 
 # ---------------------------------------------------------------- windows
 
-def segments(n: int, ts: np.ndarray | None, max_gap_s: float) -> list[tuple[int, int]]:
-    """``[start, end)`` runs of rows without a time gap over ``max_gap_s`` or a step back.
-
-    >>> segments(6, np.array([0., 1, 2, 10, 11, 12]), 1.5)
-    [(0, 3), (3, 6)]
-    """
-    if ts is None:
-        return [(0, n)]
-    d = np.diff(ts)
-    breaks = np.flatnonzero((d > max_gap_s) | (d <= 0)) + 1
-    bounds = [0, *breaks.tolist(), n]
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-
-
-def align_rows(ts: np.ndarray, rows: np.ndarray, period_s: float,
-               staleness_s: float) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
-    """Resample rows onto a ``period_s`` grid by holding the last value, as the live
-    window builder does; a gap longer than ``staleness_s`` (or a step back in time)
-    ends a run. Returns ``(grid_ts, grid_rows, runs)``.
-
-    >>> g, r, runs = align_rows(np.array([0., 1, 3, 4, 20, 21]), np.arange(6.)[:, None], 1.0, 5.0)
-    >>> g.tolist(), r[:, 0].tolist(), runs
-    ([0.0, 1.0, 2.0, 3.0, 4.0, 20.0, 21.0], [0.0, 1.0, 1.0, 2.0, 3.0, 4.0, 5.0], [(0, 5), (5, 7)])
-    """
-    out_ts, out_rows, runs, start = [], [], [], 0
-    for a, b in segments(len(ts), ts, staleness_s):
-        grid = ts[a] + period_s * np.arange(int(np.floor((ts[b - 1] - ts[a]) / period_s + 1e-9)) + 1)
-        idx = a + np.searchsorted(ts[a:b], grid + 1e-9 * period_s, side="right") - 1
-        out_ts.append(grid)
-        out_rows.append(rows[idx])
-        runs.append((start, start + len(grid)))
-        start += len(grid)
-    return np.concatenate(out_ts), np.concatenate(out_rows), runs
-
-
 def sliding_windows(rows: np.ndarray, window: int, step: int = 1) -> np.ndarray:
     """``(n_windows, window, n_sensors)`` views of consecutive rows (a copy is made).
 
@@ -255,6 +226,129 @@ def calibrate_threshold(errors: np.ndarray, method: str = "pot", risk: float = 1
     return threshold, info
 
 
+# ---------------------------------------------------------------- settings
+
+def _whole_number(v):
+    """An int (numpy ints too); never a float or a bool, which pydantic would otherwise coerce."""
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"must be an int, got {v!r}")
+    return v
+
+
+Whole = Annotated[int, BeforeValidator(_whole_number)]
+
+
+class TrainSettings(BaseModel):
+    """Every choice :func:`train_bundle` makes, validated when the settings are built.
+
+    Alignment (``period_s``, ``staleness_s``, ``lateness_s``): the grid the rows
+    are put on, as the live window builder puts readings on it; give the
+    appliance's ``[windows]`` values.
+    ``holdout_at``: where the held-back share is taken. ``"start"`` (default)
+    holds back the oldest rows, so the model is fitted on the most recent ones,
+    the closest to the process it is about to watch.
+    ``calibration``: errors the threshold is calibrated on: ``"holdout"`` (the
+    held-back windows), ``"cv"`` (held-back windows plus out-of-fold errors of
+    ``cv_folds - 1`` time blocks of the training part, see :func:`_cv_errors`) or
+    ``"auto"`` (cv when fewer than 1000 held-back windows). ``threshold_scale``
+    multiplies the calibrated thresholds: an allowance for slow drift of the
+    normal process beyond what the training rows show (1 = none).
+    ``probe_reach``: INT8 calibration and check use probe windows whose errors reach
+    about this multiple of the threshold (raise it if thresholds may be scaled
+    up later).
+    ``level_free``: sensors whose slow level the model must not learn (each
+    window is shown with their window mean removed, see
+    :mod:`appliance.detector.features`); sensors whose training rows trend by
+    more than ``trend_limit`` residual deviations are added (None: never).
+    ``level_free_scale``: ``"window"`` scales a level-free sensor by the spread of
+    its deviations from the window mean, ``"overall"`` by its whole spread (drift
+    included, so its shape weighs less).
+    ``prior_stride`` thins the windows of ``prior_rows`` (see :func:`train_bundle`).
+    ``int8_exclude``: ``"auto"`` quantizes everything and, only if the INT8 check
+    fails, retries with the output layer kept in FP32; a list names the nodes to
+    keep in FP32; ``()`` never keeps any.
+
+    >>> TrainSettings(window=10, hidden=[32, 8]).hidden
+    (32, 8)
+    >>> try:
+    ...     TrainSettings(window=4.0)
+    ... except ValueError as e:  # pydantic's ValidationError, one entry per problem
+    ...     print(e.errors()[0]["loc"], e.errors()[0]["msg"])
+    ('window',) Value error, must be an int, got 4.0
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    # grid alignment
+    period_s: float = Field(1.0, gt=0)
+    staleness_s: float = Field(5.0, gt=0)
+    lateness_s: float = Field(2.0, ge=0)
+    # windows and split
+    window: Whole = Field(30, ge=2)
+    stride: Whole = Field(1, ge=1)
+    train_stride: Whole = Field(1, ge=1)
+    holdout: float = Field(0.2, gt=0, lt=1)
+    holdout_at: Literal["start", "end"] = "start"
+    # the autoencoder
+    hidden: tuple[Annotated[Whole, Field(ge=1)], ...] = Field((64, 16), min_length=1)
+    alpha: float = Field(1e-4, ge=0)
+    noise: float = Field(0.0, ge=0)
+    max_iter: Whole = Field(200, ge=1)
+    batch_size: Whole = Field(128, ge=1)
+    learning_rate_init: float = Field(1e-3, gt=0)
+    seed: Whole = Field(0, ge=0)
+    # the threshold
+    threshold_method: Literal["pot", "quantile"] = "pot"
+    risk: float = Field(1e-3, gt=0, lt=1)
+    init_quantile: float = Field(0.98, gt=0, lt=1)
+    margin: float = Field(1.1, gt=0)
+    calibration: Literal["auto", "holdout", "cv"] = "auto"
+    cv_folds: Whole = Field(5, ge=3)
+    threshold_scale: float = Field(1.0, gt=0)
+    # INT8
+    per_channel: bool = True
+    int8_exclude: Literal["auto"] | tuple[str, ...] = "auto"
+    calibrate_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    check_limits: CheckLimits = CheckLimits()
+    max_calibration_windows: Whole = Field(2000, ge=1)
+    calibrate_probes: bool = True
+    probe_reach: float = Field(3.0, gt=0)
+    # level-free sensors and another normal record
+    level_free: tuple[str, ...] = ()
+    trend_limit: float | None = Field(TREND_LIMIT, gt=0)
+    level_free_scale: Literal["window", "overall"] = "window"
+    prior_stride: Whole = Field(5, ge=1)
+
+    @field_validator("level_free", mode="before")
+    @classmethod
+    def _names(cls, v):
+        # A bare string would otherwise read as a list of one-letter sensors, or fail obscurely.
+        if isinstance(v, str) or not all(isinstance(s, str) for s in v):
+            raise ValueError(f"level_free must be a list of sensor names, got {v!r}")
+        return v
+
+    @field_validator("int8_exclude", mode="before")
+    @classmethod
+    def _nodes(cls, v):
+        if isinstance(v, str) and v != "auto":
+            raise ValueError(f"int8_exclude must be 'auto' or a list of node names, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _grid(self):
+        if self.staleness_s < self.period_s:
+            raise ValueError(f"staleness_s ({self.staleness_s}) must be >= period_s ({self.period_s})")
+        return self
+
+    def autoencoder(self) -> WindowAutoencoder:
+        """The (unfitted) autoencoder these settings describe."""
+        return WindowAutoencoder(hidden=self.hidden, alpha=self.alpha, noise=self.noise, max_iter=self.max_iter,
+                                 batch_size=self.batch_size, learning_rate_init=self.learning_rate_init,
+                                 random_state=self.seed)
+
+
 # ---------------------------------------------------------------- training
 
 def _split(n: int, spans: list[tuple[int, int]], holdout: float, at: str):
@@ -296,140 +390,121 @@ def _cv_errors(scaled: np.ndarray, train_spans, held_spans, window: int, train_s
     return (np.concatenate(errors) if errors else np.empty(0)), sizes
 
 
-def _check_int(name: str, v, lo: int) -> int:
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    return int(v)
-
-
-def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: int = 30, stride: int = 1,
-                 period_s: float = 1.0, ts: np.ndarray | None = None, staleness_s: float = 5.0,
-                 holdout: float = 0.2, holdout_at: str = "start",
-                 train_stride: int = 1, hidden: Sequence[int] = (64, 16), alpha: float = 1e-4,
-                 noise: float = 0.0, max_iter: int = 200, batch_size: int = 128,
-                 learning_rate_init: float = 1e-3, threshold_method: str = "pot", risk: float = 1e-3,
-                 init_quantile: float = 0.98, margin: float = 1.1, per_channel: bool = True,
-                 calibration: str = "auto", cv_folds: int = 5, threshold_scale: float = 1.0,
-                 int8_exclude: str | Sequence[str] = "auto", calibrate_method: str = "minmax",
-                 check_limits: CheckLimits = CheckLimits(), max_calibration_windows: int = 2000,
-                 calibrate_probes: bool = True, probe_reach: float = 3.0,
-                 level_free: Sequence[str] = (), trend_limit: float | None = TREND_LIMIT,
-                 level_free_scale: str = "window", prior_rows: np.ndarray | None = None,
-                 prior_stride: int = 5, seed: int = 0) -> Path:
+def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, settings: TrainSettings | None = None, *,
+                 ts: np.ndarray | None = None, prior_rows: np.ndarray | None = None) -> Path:
     """Fit, export, quantize, check and write a bundle; return its path.
 
     ``rows`` is ``(n, n_sensors)`` normal-operation data. Without ``ts`` the rows
-    are taken as already on the ``period_s`` grid; with ``ts`` they are aligned to
-    it like the live window builder does (last value held up to ``staleness_s``;
-    longer gaps and steps back split the rows into separate runs).
-    ``holdout_at``: where the held-back share is taken. ``"start"`` (default)
-    holds back the oldest rows, so the model is fitted on the most recent ones,
-    the closest to the process it is about to watch.
-    ``calibration``: errors the threshold is calibrated on: ``"holdout"`` (the
-    held-back windows), ``"cv"`` (held-back windows plus out-of-fold errors of
-    ``cv_folds - 1`` time blocks of the training part, see :func:`_cv_errors`) or
-    ``"auto"`` (cv when fewer than 1000 held-back windows). ``threshold_scale``
-    multiplies the calibrated thresholds: an allowance for slow drift of the
-    normal process beyond what the training rows show (1 = none).
-    ``probe_reach``: INT8 calibration and check use probe windows whose errors reach
-    about this multiple of the threshold (raise it if thresholds may be scaled
-    up later).
-    ``level_free``: sensors whose slow level the model must not learn (each
-    window is shown with their window mean removed, see
-    :mod:`appliance.detector.features`); sensors whose training rows trend by
-    more than ``trend_limit`` residual deviations are added (None: never).
-    ``level_free_scale``: ``"window"`` scales a level-free sensor by the spread of
-    its deviations from the window mean, ``"overall"`` by its whole spread (drift
-    included, so its shape weighs less).
+    are taken as already on the ``period_s`` grid, one run; with ``ts`` they are
+    fed, row by row, to the live window builder (:func:`grid_rows`): last value
+    held up to ``staleness_s``, a stale row or a long gap splits the rows into
+    separate runs. ``settings``: :class:`TrainSettings` (default: the appliance's).
     ``prior_rows``: normal rows of the same sensors from another record (an
     earlier session, possibly at another operating point), on the same time
     grid. Each record is scaled by its own robust scaler, so the model learns
     normal shapes and cross-sensor relations from both while the threshold is
-    calibrated on ``rows`` alone; ``prior_stride`` thins its windows.
-    ``int8_exclude``: ``"auto"`` quantizes everything and, only if the INT8 check
-    fails, retries with the output layer kept in FP32; a list names the nodes to
-    keep in FP32; ``()`` never keeps any.
+    calibrated on ``rows`` alone; ``settings.prior_stride`` thins its windows.
     """
-    started = time.monotonic()
+    settings = _settings(settings)
     rows = np.asarray(rows, dtype=np.float64)
     sensors = [str(s) for s in sensors]
     if rows.ndim != 2 or rows.shape[1] != len(sensors):
         raise ValueError(f"rows must be (n, {len(sensors)}) for sensors {sensors}, got shape {rows.shape}")
-    if len(set(sensors)) != len(sensors) or not all(sensors):
-        raise ValueError(f"sensor names must be non-empty and unique, got {sensors}")
+    _check_sensors(sensors)
     if not np.isfinite(rows).all():
         bad = sorted({sensors[j] for j in np.argwhere(~np.isfinite(rows))[:, 1]})
         raise ValueError(f"rows contain NaN or infinite values in sensors {bad}")
-    window = _check_int("window", window, 2)
-    stride = _check_int("stride", stride, 1)
-    train_stride = _check_int("train_stride", train_stride, 1)
-    _check_int("seed", seed, 0)
-    if not (isinstance(period_s, (int, float)) and math.isfinite(period_s) and period_s > 0):
-        raise ValueError(f"period_s must be finite and > 0, got {period_s!r}")
-    if not 0 < holdout < 1:
-        raise ValueError(f"holdout must be in (0, 1), got {holdout!r}")
-    if not (isinstance(staleness_s, (int, float)) and math.isfinite(staleness_s) and staleness_s >= period_s):
-        raise ValueError(f"staleness_s must be finite and >= period_s, got {staleness_s!r}")
-    if ts is not None:
+    prior_rows = _check_data(sensors, settings, prior_rows)
+    if ts is None:
+        grid = GridRows(tuple(sensors), settings.period_s * np.arange(len(rows), dtype=np.float64), rows,
+                        ((0, len(rows)),) if len(rows) else ())
+    else:
         ts = np.asarray(ts, dtype=np.float64)
         if ts.shape != (len(rows),):
             raise ValueError(f"ts has shape {ts.shape}, expected ({len(rows)},)")
         if not np.isfinite(ts).all():
             raise ValueError("ts contains NaN or infinite values")
-    if holdout_at not in ("start", "end"):
-        raise ValueError(f"holdout_at must be 'start' or 'end', got {holdout_at!r}")
-    if threshold_method not in ("pot", "quantile"):
-        raise ValueError(f"threshold_method must be 'pot' or 'quantile', got {threshold_method!r}")
-    if not 0 < risk < 1:
-        raise ValueError(f"risk must be in (0, 1), got {risk!r}")
-    if calibration not in ("auto", "holdout", "cv"):
-        raise ValueError(f"calibration must be 'auto', 'holdout' or 'cv', got {calibration!r}")
-    cv_folds = _check_int("cv_folds", cv_folds, 3)
-    if not (isinstance(threshold_scale, (int, float)) and math.isfinite(threshold_scale) and threshold_scale > 0):
-        raise ValueError(f"threshold_scale must be finite and > 0, got {threshold_scale!r}")
-    if isinstance(level_free, str) or not all(isinstance(s, str) for s in level_free):
-        raise ValueError(f"level_free must be a list of sensor names, got {level_free!r}")
-    level_free_given = list(dict.fromkeys(level_free))
-    unknown = sorted(set(level_free) - set(sensors))
+        grid = grid_rows(rows_as_readings("training", sensors, ts, rows), sensors, settings.period_s,
+                         settings.staleness_s, settings.lateness_s)
+    return _train(grid, out_dir, settings, prior_rows, source_rows=rows)
+
+
+def train_grid(grid: GridRows, out_dir: str | Path, settings: TrainSettings | None = None, *,
+               prior_rows: np.ndarray | None = None) -> Path:
+    """:func:`train_bundle` on rows already on the grid (:func:`grid_rows`), e.g. an asset's recorded readings.
+
+    ``settings.period_s`` must be the grid's period; the bundle records it for the live builder.
+    """
+    settings = _settings(settings)
+    sensors = list(grid.sensors)
+    _check_sensors(sensors)
+    values = np.asarray(grid.values, dtype=np.float64)
+    if values.shape != (len(grid.ts), len(sensors)) or not np.isfinite(values).all():
+        raise ValueError(f"grid values must be finite, shape ({len(grid.ts)}, {len(sensors)}); got {values.shape}")
+    prior_rows = _check_data(sensors, settings, prior_rows)
+    return _train(replace(grid, values=values), out_dir, settings, prior_rows, source_rows=values)
+
+
+def _settings(settings: TrainSettings | None) -> TrainSettings:
+    if settings is None:
+        return TrainSettings()
+    if not isinstance(settings, TrainSettings):
+        raise TypeError(f"settings must be a TrainSettings, got {type(settings).__name__}")
+    return settings
+
+
+def _check_sensors(sensors: list[str]) -> None:
+    if len(set(sensors)) != len(sensors) or not all(sensors):
+        raise ValueError(f"sensor names must be non-empty and unique, got {sensors}")
+
+
+def _check_data(sensors: list[str], settings: TrainSettings, prior_rows: np.ndarray | None) -> np.ndarray | None:
+    """The checks on the data that the settings alone cannot make; returns ``prior_rows`` as float64."""
+    unknown = sorted(set(settings.level_free) - set(sensors))
     if unknown:
         raise ValueError(f"level_free names sensors that are not in the data: {unknown} (sensors: {sensors})")
-    if level_free_scale not in ("window", "overall"):
-        raise ValueError(f"level_free_scale must be 'window' or 'overall', got {level_free_scale!r}")
-    if trend_limit is not None and not (isinstance(trend_limit, (int, float)) and math.isfinite(trend_limit)
-                                        and trend_limit > 0):
-        raise ValueError(f"trend_limit must be finite and > 0 or None, got {trend_limit!r}")
-    prior_stride = _check_int("prior_stride", prior_stride, 1)
-    if prior_rows is not None:
-        prior_rows = np.asarray(prior_rows, dtype=np.float64)
-        if prior_rows.ndim != 2 or prior_rows.shape[1] != len(sensors):
-            raise ValueError(f"prior_rows must be (n, {len(sensors)}) for sensors {sensors}, "
-                             f"got shape {prior_rows.shape}")
-        if not np.isfinite(prior_rows).all():
-            raise ValueError("prior_rows contain NaN or infinite values")
-        if len(prior_rows) < 2 * window:
-            raise ValueError(f"prior_rows has {len(prior_rows)} rows; need >= {2 * window} (2 windows)")
-    if int8_exclude != "auto" and isinstance(int8_exclude, str):
-        raise ValueError(f"int8_exclude must be 'auto' or a list of node names, got {int8_exclude!r}")
-    ae = WindowAutoencoder(hidden=hidden, alpha=alpha, noise=noise, max_iter=max_iter,
-                           batch_size=batch_size, learning_rate_init=learning_rate_init,
-                           random_state=seed)
-    ae._validate_params()  # fail on bad model settings before any work is done
+    if prior_rows is None:
+        return None
+    prior_rows = np.asarray(prior_rows, dtype=np.float64)
+    if prior_rows.ndim != 2 or prior_rows.shape[1] != len(sensors):
+        raise ValueError(f"prior_rows must be (n, {len(sensors)}) for sensors {sensors}, "
+                         f"got shape {prior_rows.shape}")
+    if not np.isfinite(prior_rows).all():
+        raise ValueError("prior_rows contain NaN or infinite values")
+    if len(prior_rows) < 2 * settings.window:
+        raise ValueError(f"prior_rows has {len(prior_rows)} rows; need >= {2 * settings.window} (2 windows)")
+    return prior_rows
 
-    if ts is None:
-        grid_rows, runs = rows, [(0, len(rows))]
-    else:
-        _, grid_rows, runs = align_rows(ts, rows, period_s, staleness_s)
-    train_spans, held_spans = _split(len(grid_rows), runs, holdout, holdout_at)
-    train_rows = np.concatenate([grid_rows[a:b] for a, b in train_spans]) if train_spans else rows[:0]
+
+def _train(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_rows: np.ndarray | None,
+           source_rows: np.ndarray) -> Path:
+    # One BLAS thread for the whole training (scaler, folds, final fit, checks): a loaded
+    # 2-core gateway must not make it many times slower, and no caller has to remember it.
+    with threadpool_limits(limits=TRAIN_BLAS_THREADS):
+        return _train_pinned(grid, out_dir, s, prior_rows, source_rows)
+
+
+def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_rows: np.ndarray | None,
+                  source_rows: np.ndarray) -> Path:
+    started = time.monotonic()
+    sensors = list(grid.sensors)
+    window = s.window
+    ae = s.autoencoder()
+
+    grid_values, runs = grid.values, list(grid.runs)
+    train_spans, held_spans = _split(len(grid_values), runs, s.holdout, s.holdout_at)
+    train_rows = (np.concatenate([grid_values[a:b] for a, b in train_spans]) if train_spans
+                  else grid_values[:0])
     if len(train_rows) < 2:
-        raise ValueError(f"not enough training rows ({len(rows)} given)")
-    trending = trending_sensors(train_rows, sensors, trend_limit) if trend_limit is not None else []
-    level_free = [s for s in sensors if s in set(level_free) | set(trending)]
-    level_cols = np.array([sensors.index(s) for s in level_free], dtype=int)
+        raise ValueError(f"not enough training rows ({len(source_rows)} given)")
+    trending = trending_sensors(train_rows, sensors, s.trend_limit) if s.trend_limit is not None else []
+    level_free_given = list(dict.fromkeys(s.level_free))
+    level_free = [n for n in sensors if n in set(s.level_free) | set(trending)]
+    level_cols = np.array([sensors.index(n) for n in level_free], dtype=int)
 
     def fit_scaler(rows_: np.ndarray, spans: list[tuple[int, int]], stride_: int) -> Scaler:
         scaler_ = Scaler.fit(np.concatenate([rows_[a:b] for a, b in spans]))
-        if len(level_cols) and level_free_scale == "window":
+        if len(level_cols) and s.level_free_scale == "window":
             # A level-free sensor's spread over the training rows is mostly its drift; the model
             # only sees its deviations from the window mean, so those set its scale.
             dev = center_levels(windows_in(rows_, spans, window, stride_), level_cols)
@@ -441,30 +516,30 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
     def prepare(X: np.ndarray) -> np.ndarray:
         return center_levels(X, level_cols)  # windows_in builds a new array each time
 
-    scaler = fit_scaler(grid_rows, train_spans, train_stride)
-    scaled = scaler.transform(grid_rows)
+    scaler = fit_scaler(grid_values, train_spans, s.train_stride)
+    scaled = scaler.transform(grid_values)
     X_prior = None
     if prior_rows is not None:
         whole = [(0, len(prior_rows))]
-        X_prior = prepare(windows_in(fit_scaler(prior_rows, whole, prior_stride).transform(prior_rows),
-                                     whole, window, prior_stride))
+        X_prior = prepare(windows_in(fit_scaler(prior_rows, whole, s.prior_stride).transform(prior_rows),
+                                     whole, window, s.prior_stride))
 
-    X_train = prepare(windows_in(scaled, train_spans, window, train_stride))
+    X_train = prepare(windows_in(scaled, train_spans, window, s.train_stride))
     X_held = prepare(windows_in(scaled, held_spans, window, 1))
-    need = f"(window={window}, holdout={holdout}, rows={len(rows)})"
+    need = f"(window={window}, holdout={s.holdout}, rows={len(source_rows)})"
     if len(X_train) < 10:
         raise ValueError(f"only {len(X_train)} training windows; need >= 10 {need}")
     if len(X_held) < 5:
         raise ValueError(f"only {len(X_held)} held-back windows; need >= 5 {need}")
 
     ae.fit(X_train if X_prior is None else np.concatenate([X_train, X_prior]))
-    use_cv = calibration == "cv" or (calibration == "auto" and len(X_held) < 1000)
+    use_cv = s.calibration == "cv" or (s.calibration == "auto" and len(X_held) < 1000)
     oof, oof_sizes = np.empty(0), []
     if use_cv:
-        oof, oof_sizes = _cv_errors(scaled, train_spans, held_spans, window, train_stride, cv_folds,
+        oof, oof_sizes = _cv_errors(scaled, train_spans, held_spans, window, s.train_stride, s.cv_folds,
                                     lambda: clone(ae), prepare, X_prior)
     fit_s = time.monotonic() - started
-    calib = X_train[np.linspace(0, len(X_train) - 1, min(len(X_train), max_calibration_windows)).astype(int)]
+    calib = X_train[np.linspace(0, len(X_train) - 1, min(len(X_train), s.max_calibration_windows)).astype(int)]
 
     with tempfile.TemporaryDirectory(prefix="appliance-train-") as tmpdir:
         tmp = Path(tmpdir)
@@ -475,28 +550,28 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
         e32 = sensor_errors(s32, X_held).mean(axis=1)
 
         def threshold(held_errors: np.ndarray, oof_errors: np.ndarray) -> tuple[float, dict]:
-            th, info = calibrate_threshold(np.concatenate([oof_errors, held_errors]), threshold_method,
-                                           risk, init_quantile, margin)
+            th, info = calibrate_threshold(np.concatenate([oof_errors, held_errors]), s.threshold_method,
+                                           s.risk, s.init_quantile, s.margin)
             info.update(calibration="cv" if use_cv else "holdout", holdout_windows=int(len(held_errors)),
                         oof_windows=int(len(oof_errors)), cv_blocks=oof_sizes,
-                        threshold_scale=threshold_scale, unscaled_threshold=th)
-            return th * threshold_scale, info
+                        threshold_scale=s.threshold_scale, unscaled_threshold=th)
+            return th * s.threshold_scale, info
 
         th32, info32 = threshold(e32, oof)
-        shift = probe_shift_for(th32, len(sensors), reach=probe_reach)
-        if calibrate_probes:
+        shift = probe_shift_for(th32, len(sensors), reach=s.probe_reach)
+        if s.calibrate_probes:
             # Activation ranges must also cover anomalous inputs up to past the threshold,
             # or INT8 clips exactly the windows that matter and its decisions drift from FP32's.
-            calib = np.concatenate([calib, probe_windows(calib, max_shift=shift, seed=seed + 1)])
+            calib = np.concatenate([calib, probe_windows(calib, max_shift=shift, seed=s.seed + 1)])
 
-        if int8_exclude == "auto":
+        if s.int8_exclude == "auto":
             attempts = [(), (gemm_nodes(model)[-1],)]
         else:
-            attempts = [tuple(int8_exclude)]
+            attempts = [tuple(s.int8_exclude)]
         failure: QuantizationCheckError | None = None
         for exclude in attempts:
-            quantize_model(fp32_path, int8_path, calib, per_channel=per_channel,
-                           nodes_to_exclude=exclude, calibrate_method=calibrate_method)
+            quantize_model(fp32_path, int8_path, calib, per_channel=s.per_channel,
+                           nodes_to_exclude=exclude, calibrate_method=s.calibrate_method)
             s8 = make_session(int8_path)
             e8 = sensor_errors(s8, X_held).mean(axis=1)
             # Out-of-fold errors come from FP32 fold models; carry them to INT8 by the
@@ -505,7 +580,7 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
             th8, info8 = threshold(e8, oof * ratio)
             info8["int8_over_fp32_error_ratio"] = ratio
             try:
-                check = verify_int8(s32, s8, X_held, th32, th8, check_limits, seed=seed, probe_shift=shift)
+                check = verify_int8(s32, s8, X_held, th32, th8, s.check_limits, seed=s.seed, probe_shift=shift)
             except QuantizationCheckError as e:
                 logger.warning("int8 check failed excluded=%s: %s", list(exclude), e)
                 failure = e
@@ -524,8 +599,8 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
             "created_at": created.isoformat(timespec="seconds"),
             "sensors": sensors,
             "window": window,
-            "stride": stride,
-            "period_s": float(period_s),
+            "stride": s.stride,
+            "period_s": float(s.period_s),
             "scaler": scaler.to_dict(),
             "level_free": level_free,
             "threshold": th8,
@@ -533,26 +608,26 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
             "threshold_calibration": {"int8": info8, "fp32": info32},
             "score": "mean squared reconstruction error of the scaled window",
             "training": {
-                "data_sha256": data_sha256(sensors, rows),
-                "rows": int(len(rows)),
-                "grid_rows": int(len(grid_rows)),
+                "data_sha256": data_sha256(sensors, source_rows),
+                "rows": int(len(source_rows)),
+                "grid_rows": int(len(grid_values)),
                 "train_rows": int(len(train_rows)),
                 "train_windows": int(len(X_train)),
                 "holdout_windows": int(len(X_held)),
-                "holdout": holdout,
-                "holdout_at": holdout_at,
-                "train_stride": train_stride,
+                "holdout": s.holdout,
+                "holdout_at": s.holdout_at,
+                "train_stride": s.train_stride,
                 "prior": None if prior_rows is None else {
-                    "rows": int(len(prior_rows)), "stride": prior_stride, "windows": int(len(X_prior)),
+                    "rows": int(len(prior_rows)), "stride": s.prior_stride, "windows": int(len(X_prior)),
                     "data_sha256": data_sha256(sensors, prior_rows)},
                 "level_free": {"given": level_free_given, "trending": trending,
-                               "trend_limit": trend_limit, "scale": level_free_scale},
-                "seed": seed,
-                "model": {"type": "dense_autoencoder", "hidden": [int(h) for h in hidden],
-                          "alpha": alpha, "noise": noise, "max_iter": max_iter, "epochs": ae.n_iter_,
-                          "batch_size": batch_size, "learning_rate_init": learning_rate_init},
+                               "trend_limit": s.trend_limit, "scale": s.level_free_scale},
+                "seed": s.seed,
+                "model": {"type": "dense_autoencoder", "hidden": [int(h) for h in s.hidden],
+                          "alpha": s.alpha, "noise": s.noise, "max_iter": s.max_iter, "epochs": ae.n_iter_,
+                          "batch_size": s.batch_size, "learning_rate_init": s.learning_rate_init},
                 "quantization": {"format": "QDQ", "activations": "int8", "weights": "int8", "output": "float",
-                                 "per_channel": per_channel, "calibrate_method": calibrate_method,
+                                 "per_channel": s.per_channel, "calibrate_method": s.calibrate_method,
                                  "calibration_windows": int(len(calib))},
                 "fit_seconds": round(fit_s, 3),
             },
@@ -560,11 +635,12 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, *, window: i
         }
         out = write_bundle(out_dir, meta, {"fp32": fp32_path, "int8": int8_path})
     logger.info("trained bundle=%s rows=%d windows=%d threshold_int8=%.5g seconds=%.1f",
-                out, len(rows), len(X_train), th8, time.monotonic() - started)
+                out, len(source_rows), len(X_train), th8, time.monotonic() - started)
     return out
 
 
-def train_from_csv(paths: str | Path | Iterable[str | Path], out_dir: str | Path, **opts) -> Path:
-    """``read_csv_rows`` then ``train_bundle`` (timestamps used to split runs at gaps)."""
+def train_from_csv(paths: str | Path | Iterable[str | Path], out_dir: str | Path,
+                   settings: TrainSettings | None = None) -> Path:
+    """``read_csv_rows`` then ``train_bundle`` (the timestamps put the rows on the grid)."""
     sensors, ts, rows = read_csv_rows(paths)
-    return train_bundle(rows, sensors, out_dir, ts=ts, **opts)
+    return train_bundle(rows, sensors, out_dir, settings, ts=ts)

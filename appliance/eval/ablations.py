@@ -18,7 +18,8 @@ import json
 import logging
 from pathlib import Path
 
-from appliance.config import Config, DecisionConfig
+from appliance.actions.config import DecisionConfig
+from appliance.config import Config
 from appliance.eval.skab import EvalSettings, run_skab_eval
 
 VARIANTS: dict[str, dict] = {

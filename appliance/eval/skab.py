@@ -3,8 +3,10 @@
 Protocol mode (the published SKAB outlier-detection protocol, scored causally):
 
 * every experiment file: the first 400 rows are training data, the rest is test;
-* a model bundle is trained on those 400 rows with :func:`train_bundle` (robust
-  scaler, autoencoder, FP32 export, static INT8 quantization + check, threshold);
+* those 400 rows are put on the grid by the live :class:`WindowBuilder`
+  (:func:`grid_rows`) and a model bundle is trained on them with
+  :func:`train_grid` (robust scaler, autoencoder, FP32 export, static INT8
+  quantization + check, threshold);
 * the whole file is replayed row by row, one :class:`~appliance.core.Reading`
   per sensor, through :class:`WindowBuilder` -> :meth:`Detector.score_one` ->
   :class:`Decider`, exactly as the running appliance does; incomplete windows
@@ -23,7 +25,6 @@ every setting is the appliance default or set in :class:`EvalSettings`.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -32,27 +33,26 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from appliance.actions.decide import Decider
 from appliance.config import Config
-from appliance.core import Reading
 from appliance.detector.bundle import Scaler, load_bundle
-from appliance.detector.features import drifting_sensors
 from appliance.detector.quantize import QuantizationCheckError
 from appliance.detector.scorer import Detector
-from appliance.detector.train import align_rows, calibrate_threshold, read_csv, train_bundle
-from appliance.detector.windowing import WindowBuilder
+from appliance.detector.train import TrainSettings, calibrate_threshold, read_csv, train_grid
+from appliance.detector.windowing import WindowBuilder, grid_rows, rows_as_readings
+from appliance.eval.common import (EvalSettings, anomaly_free_path, confusion, experiment_files,
+                                   pooled_scores, scores_from, with_level_free, write_outputs)
+from appliance.eval.stream import run_stream_eval
 
 logger = logging.getLogger(__name__)
 
-EXPERIMENT_DIRS = ("valve1", "valve2", "other")
-TRAIN_ROWS = 400
 DETECTORS = ("ae_int8", "ae_fp32", "pca_t2q", "iforest", "flag_all")
 LABELS = {
     "ae_int8": "Autoencoder INT8 (appliance)",
@@ -61,70 +61,6 @@ LABELS = {
     "iforest": "IsolationForest (scikit-learn)",
     "flag_all": "flag every row (floor)",
 }
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """Everything the evaluation fixes in advance; none of it looks at test labels.
-
-    ``bundle`` overrides :func:`train_bundle` keyword arguments (empty = the
-    appliance defaults); ``config`` gives the window builder and decision
-    settings (default: the appliance's embedded defaults).
-    """
-
-    train_rows: int = TRAIN_ROWS
-    bundle: dict = field(default_factory=dict)
-    config: Config = field(default_factory=Config)
-    seed: int = 0
-    reference_holdout: float = 0.2
-    # Share of normal rows of anomaly-free.csv allowed to be alarmed; sets each detector's
-    # drift allowance (threshold scale). None: no allowance (scale 1).
-    drift_budget: float | None = 0.10
-    # Sensors whose level wanders in anomaly-free.csv are shown to the autoencoder without
-    # their window level (see appliance.detector.features); False: only the per-file trend test.
-    level_free_from_anomaly_free: bool = True
-    # Not the leaderboard protocol (reported separately): every bundle also learns from all of
-    # anomaly-free.csv, scaled on its own (another session, another operating point).
-    prior_from_anomaly_free: bool = False
-
-
-# ---------------------------------------------------------------- data
-
-def experiment_files(data_dir: str | Path) -> list[tuple[str, Path]]:
-    """``(relative name, path)`` of the experiment files, in a stable order."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: SKAB data directory not found")
-    out = []
-    for sub in EXPERIMENT_DIRS:
-        d = root / sub
-        if not d.is_dir():
-            continue
-        files = sorted(d.glob("*.csv"), key=lambda p: (int(p.stem) if p.stem.isdigit() else math.inf, p.stem))
-        out += [(f"{sub}/{p.name}", p) for p in files]
-    if not out:
-        raise FileNotFoundError(f"{root}: no experiment files under {', '.join(EXPERIMENT_DIRS)}")
-    return out
-
-
-def confusion(pred: np.ndarray, label: np.ndarray) -> dict:
-    pred = np.asarray(pred).astype(bool)
-    label = np.asarray(label).astype(bool)
-    return {"tp": int((pred & label).sum()), "fp": int((pred & ~label).sum()),
-            "fn": int((~pred & label).sum()), "tn": int((~pred & ~label).sum())}
-
-
-def scores_from(c: dict) -> dict:
-    """F1, FAR % and MAR % from a pooled confusion matrix (SKAB definitions).
-
-    >>> scores_from({"tp": 6, "fp": 2, "fn": 2, "tn": 8})
-    {'f1': 0.75, 'far': 20.0, 'mar': 25.0}
-    """
-    tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
-    f1 = tp / (tp + (fn + fp) / 2) if tp + fn + fp else 0.0
-    far = 100.0 * fp / (fp + tn) if fp + tn else 0.0
-    mar = 100.0 * fn / (fn + tp) if fn + tp else 0.0
-    return {"f1": round(f1, 4), "far": round(far, 2), "mar": round(mar, 2)}
 
 
 # ---------------------------------------------------------------- reference detectors
@@ -192,20 +128,9 @@ class _RowReference:
 
 # ---------------------------------------------------------------- one file
 
-def _train_opts(settings: EvalSettings) -> dict:
-    opts = {"seed": settings.seed, **settings.bundle}
-    if "period_s" not in opts and settings.config.windows.period_s is not None:
-        opts["period_s"] = settings.config.windows.period_s
-    opts.setdefault("staleness_s", settings.config.windows.staleness_s)
-    return opts
-
-
-def _threshold_opts(opts: dict) -> dict:
-    from inspect import signature
-    defaults = signature(train_bundle).parameters
-    get = lambda k: opts.get(k, defaults[k].default)  # noqa: E731
-    return {"method": get("threshold_method"), "risk": get("risk"),
-            "init_quantile": get("init_quantile"), "margin": get("margin")}
+def _threshold_opts(train: TrainSettings) -> dict:
+    return {"method": train.threshold_method, "risk": train.risk, "init_quantile": train.init_quantile,
+            "margin": train.margin}
 
 
 def _new_decider(cfg: Config) -> Decider:
@@ -227,52 +152,51 @@ def replay_file(rel: str, sensors: list[str], ts: np.ndarray, rows: np.ndarray, 
     started = time.monotonic()
     n_train = settings.train_rows
     cfg = settings.config
-    opts = _train_opts(settings)
     allowance = allowance or {}
     # INT8 must be verified up to the highest threshold it will be used with.
-    opts.setdefault("probe_reach", 3.0 * max(1.0, allowance.get("ae", 1.0)))
-    bundle_dir = train_bundle(rows[:n_train], sensors, work_dir / rel.replace("/", "_"), ts=ts[:n_train], **opts)
+    train = settings.train_settings(probe_reach=3.0 * max(1.0, allowance.get("ae", 1.0)))
+    # The training rows on the grid, by the live window builder; the bundle and the reference
+    # detectors learn from the same rows.
+    grid = grid_rows(rows_as_readings(rel, sensors, ts[:n_train], rows[:n_train]), sensors, train.period_s,
+                     train.staleness_s, train.lateness_s)
+    bundle_dir = train_grid(grid, work_dir / rel.replace("/", "_"), train, prior_rows=settings.prior_rows)
     t_trained = time.monotonic()
     bundle = load_bundle(bundle_dir)
     detectors = {"ae_int8": Detector(bundle, "int8"), "ae_fp32": Detector(bundle, "fp32")}
     stride = cfg.windows.stride or bundle.stride
     period_s = cfg.windows.period_s or bundle.period_s
 
-    # Reference detectors: the same grid alignment of the same training rows.
-    _, grid_train, _ = align_rows(ts[:n_train], rows[:n_train], bundle.period_s, opts["staleness_s"])
-    th_opts = _threshold_opts(opts)
-    holdout = opts.get("holdout", 0.2)
-    folds = opts.get("cv_folds", 5)
-    refs = {k: _RowReference(k, grid_train, holdout, folds, settings.seed, th_opts) for k in ("pca_t2q", "iforest")}
+    th_opts = _threshold_opts(train)
+    refs = {k: _RowReference(k, grid.values, train.holdout, train.cv_folds, settings.seed, th_opts)
+            for k in ("pca_t2q", "iforest")}
 
     deciders = {k: _new_decider(cfg) for k in (*detectors, *refs)}
     builder = WindowBuilder(bundle.sensors, period_s=period_s, window=bundle.window, stride=stride,
                             staleness_s=cfg.windows.staleness_s, lateness_s=cfg.windows.lateness_s)
-    col = {s: sensors.index(s) for s in bundle.sensors}
+    cols = [sensors.index(s) for s in bundle.sensors]
     t_end: list[float] = []
     ratio = {k: [] for k in deciders}
     active = {k: [] for k in deciders}
     value, top = [], []
     skipped = 0
-    for i in range(len(rows)):
-        for s, j in col.items():
-            for w in builder.add(Reading(rel, s, float(ts[i]), float(rows[i, j]), source="skab")):
-                if not w.complete:
-                    skipped += 1  # the runtime does not score incomplete windows either
-                    continue
-                t_end.append(w.t_end)
-                for k, det in detectors.items():
-                    score = det.score_one(w)
-                    ratio[k].append(score.ratio)
-                    active[k].append(deciders[k].update(score).active)
-                    if k == "ae_int8":
-                        value.append(score.value)
-                        top.append(score.top_sensors(1)[0])
-                last = w.values[-1].astype(np.float64)
-                for k, ref in refs.items():
-                    r = ref.ratio(last)
-                    ratio[k].append(r)
-                    active[k].append(deciders[k].update_ratio(r).active)
+    for reading in rows_as_readings(rel, bundle.sensors, ts, rows[:, cols], source="skab"):
+        for w in builder.add(reading):
+            if not w.complete:
+                skipped += 1  # the runtime does not score incomplete windows either
+                continue
+            t_end.append(w.t_end)
+            for k, det in detectors.items():
+                score = det.score_one(w)
+                ratio[k].append(score.ratio)
+                active[k].append(deciders[k].update(score).active)
+                if k == "ae_int8":
+                    value.append(score.value)
+                    top.append(score.top_sensors(1)[0])
+            last = w.values[-1].astype(np.float64)
+            for k, ref in refs.items():
+                r = ref.ratio(last)
+                ratio[k].append(r)
+                active[k].append(deciders[k].update_ratio(r).active)
     ratios = {k: np.asarray(v) for k, v in ratio.items()}
     active_allowance = {}
     if allowance:
@@ -348,13 +272,10 @@ def evaluate_rows(rel: str, sensors: list[str], ts: np.ndarray, rows: np.ndarray
 
 def _worker(args) -> dict:
     fn, fargs = args
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(1)  # one BLAS thread per worker: the workers already use every core
-    except ImportError:
-        pass
     logging.getLogger("appliance").setLevel(logging.WARNING)
-    return fn(*fargs)
+    # One BLAS thread per job (the reference detectors' fits too): the workers already use every core.
+    with threadpool_limits(limits=1):
+        return fn(*fargs)
 
 
 def run_jobs(jobs: list, workers: int) -> list:
@@ -369,33 +290,16 @@ def run_jobs(jobs: list, workers: int) -> list:
 
 # ---------------------------------------------------------------- choices made on anomaly-free.csv
 
-def anomaly_free_path(data_dir: str | Path) -> Path:
-    path = Path(data_dir) / "anomaly-free" / "anomaly-free.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: needed for the choices the protocol lets us make on normal data "
-                                "(drift allowance, level-free sensors)")
-    return path
-
-
-def with_level_free(data_dir: str | Path, settings: EvalSettings) -> tuple[EvalSettings, dict | None]:
-    """``settings`` whose bundles treat the sensors drifting in ``anomaly-free.csv`` as level-free."""
-    if not settings.level_free_from_anomaly_free or "level_free" in settings.bundle:
-        return settings, None
-    sensors, _, rows, _ = read_csv(anomaly_free_path(data_dir))
-    chosen, report = drifting_sensors(rows, sensors, train_rows=settings.train_rows)
-    logger.info("level-free sensors from anomaly-free.csv: %s", chosen)
-    return replace(settings, bundle={**settings.bundle, "level_free": chosen}), {"sensors": chosen, **report}
-
-
 def with_prior(data_dir: str | Path, settings: EvalSettings) -> EvalSettings:
     """``settings`` whose bundles also learn from all of ``anomaly-free.csv``, when asked to."""
-    if not settings.prior_from_anomaly_free or "prior_rows" in settings.bundle:
+    if not settings.prior_from_anomaly_free or settings.prior_rows is not None:
         return settings
     sensors, ts, rows, _ = read_csv(anomaly_free_path(data_dir))
     # On the appliance's time grid, like the rows it is trained next to.
-    _, grid, _ = align_rows(ts, rows, settings.config.windows.period_s or 1.0,
-                            settings.config.windows.staleness_s)
-    return replace(settings, bundle={**settings.bundle, "prior_rows": grid})
+    train = settings.train_settings()
+    grid = grid_rows(rows_as_readings("anomaly-free", sensors, ts, rows), sensors, train.period_s,
+                     train.staleness_s, train.lateness_s)
+    return replace(settings, prior_rows=grid.values)
 
 
 # ---------------------------------------------------------------- drift allowance from anomaly-free.csv
@@ -458,49 +362,6 @@ def calibrate_drift_allowance(data_dir: str | Path, settings: EvalSettings, budg
 
 # ---------------------------------------------------------------- whole run
 
-def _delays(results: list[dict], key: str) -> dict:
-    """Mean detection delay (s) over episodes detected while their label is set."""
-    delays, missed = [], 0
-    for r in results:
-        lab, pred, ts = r["label"].astype(bool), r["pred"][key].astype(bool), r["ts"]
-        if not lab.any():
-            continue
-        start = np.flatnonzero(lab)[0]
-        hit = np.flatnonzero(lab & pred)
-        if len(hit):
-            delays.append(float(ts[hit[0]] - ts[start]))
-        else:
-            missed += 1
-    return {"mean_delay_s": round(float(np.mean(delays)), 1) if delays else None,
-            "episodes_detected": len(delays), "episodes_missed": missed}
-
-
-def write_predictions(results: list[dict], out_dir: str | Path, key: str = "ae_int8") -> Path:
-    """One ``datetime;prediction`` CSV per experiment file, at the same relative path."""
-    out = Path(out_dir)
-    for r in results:
-        p = out / r["file"]
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f, delimiter=";", lineterminator="\n")
-            w.writerow(["datetime", "prediction"])
-            for t, y in zip(r["ts"], r["pred"][key]):
-                w.writerow([datetime.fromtimestamp(float(t), timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), int(y)])
-        os.replace(tmp, p)
-    return out
-
-
-def pooled_scores(results: list[dict], labels: np.ndarray, key: str, keys: Sequence[str]) -> dict:
-    """Per detector: one confusion matrix pooled over all results' rows, its scores and delays."""
-    out = {}
-    for k in keys:
-        pred = np.concatenate([r[key][k] for r in results])
-        c = confusion(pred, labels)
-        out[k] = {**scores_from(c), **c, **_delays([{**r, "pred": r[key]} for r in results], k)}
-    return out
-
-
 def format_table(summary: dict) -> str:
     allow = summary.get("detectors_drift_allowance")
     lines = [f"SKAB {summary['mode']} mode: {summary['files']} files, {summary['test_rows']} test rows "
@@ -558,7 +419,6 @@ def run_skab_eval(data_dir: str | Path, mode: str = "protocol", predictions_out:
     ``"results"`` (for plots).
     """
     if mode == "stream":
-        from appliance.eval.stream import run_stream_eval
         return run_stream_eval(data_dir, predictions_out=predictions_out, json_out=json_out,
                                settings=settings, files=files, quiet=quiet)
     if mode != "protocol":
@@ -618,8 +478,9 @@ def run_skab_eval(data_dir: str | Path, mode: str = "protocol", predictions_out:
                                        "windows": r["windows"], "windows_skipped": r["windows_skipped"],
                                        "threshold": r["bundle"]["threshold_calibration"],
                                        "seconds": r["seconds"]} for r in results}
-    bundle_opts = {k: (f"{len(v)} rows of anomaly-free.csv" if k == "prior_rows" else v)
-                   for k, v in settings.bundle.items()}
+    bundle_opts = dict(settings.bundle)
+    if settings.prior_rows is not None:
+        bundle_opts["prior_rows"] = f"{len(settings.prior_rows)} rows of anomaly-free.csv"
     summary["settings"] = {"train_rows": settings.train_rows, "bundle": bundle_opts,
                            "drift_budget": settings.drift_budget,
                            "windows": settings.config.windows.model_dump(),
@@ -636,30 +497,6 @@ def run_skab_eval(data_dir: str | Path, mode: str = "protocol", predictions_out:
     if keep_results:
         summary["results"] = results
     return summary
-
-
-def _json_dumps(obj) -> str:
-    import json
-
-    def default(o):
-        if isinstance(o, (np.integer,)):
-            return int(o)
-        if isinstance(o, (np.floating,)):
-            return float(o)
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        raise TypeError(type(o))
-    return json.dumps(obj, indent=2, default=default) + "\n"
-
-
-def write_outputs(summary: dict, results, predictions_out, json_out) -> None:
-    """Write per-file predictions (re-scorable) and the JSON summary, where asked to."""
-    if predictions_out is not None:
-        write_predictions(results, predictions_out)
-        summary["predictions_out"] = str(predictions_out)
-    if json_out is not None:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(_json_dumps(summary))
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience for development

@@ -8,12 +8,17 @@ pipeline (windows, INT8 detector, decisions, alarm book). The alarm events the
 appliance emits are turned back into per-row alarm states and scored against
 the ``anomaly`` labels of every row of every file. Nothing here decides
 anything: it only feeds the appliance and listens to its alarms.
+
+The simulator is a separate program (``firmware-sim``); it runs here as a child
+process (``python -m firmware_sim.cli replay``), never as an import, so the
+appliance package does not depend on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from appliance.config import parse_config
-from appliance.eval.skab import EvalSettings, confusion, experiment_files, scores_from, with_level_free, write_outputs
 from appliance.detector.train import read_csv, train_from_csv
+from appliance.eval.common import (EvalSettings, confusion, episode_delays, experiment_files, scores_from,
+                                   with_level_free, write_outputs)
 
 logger = logging.getLogger(__name__)
 
@@ -44,25 +50,50 @@ def alarm_states(intervals: list[tuple[float, float | None]], ts: np.ndarray) ->
     return out
 
 
+async def publish_file(rel: str, path: Path, port: int, host: str = "127.0.0.1") -> int:
+    """Publish ``path`` as asset ``_asset(rel)`` with the simulator's replay, as fast as the broker takes it.
+
+    Returns the number of samples (rows) published, every one acknowledged by the
+    broker; raises RuntimeError naming the file otherwise.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "firmware_sim.cli", "replay", str(path), "--host", host, "--port", str(port),
+        "--asset", _asset(rel), "--speed", "max", "--log-level", "WARNING",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:  # cancelled: the child must not outlive the evaluation
+            proc.kill()
+            await proc.wait()
+    # The replay's last line on stdout: "appliance-sim replay: published=N acked=N samples=N".
+    fields = dict(f.split("=", 1) for f in out.decode(errors="replace").split() if "=" in f)
+    if proc.returncode == 1:
+        raise RuntimeError(f"{rel}: the broker did not acknowledge every sample")
+    if proc.returncode != 0 or "samples" not in fields:
+        lines = err.decode(errors="replace").strip().splitlines()
+        raise RuntimeError(f"{rel}: the simulator's replay failed: {lines[-1] if lines else proc.returncode}")
+    return int(fields["samples"])
+
+
 async def _stream(files: list[tuple[str, Path]], bundle: Path, work: Path, settings: EvalSettings,
                   timeout_s: float, stall_s: float = 15.0) -> tuple[dict[str, list], dict]:
     from appliance.broker import Mosquitto, free_port
     from appliance.runtime import build
-    from firmware_sim.replay import replay_csv
 
     broker = Mosquitto(work / "broker", port=free_port()).start()
     try:
         data = settings.config.model_dump(mode="json")
         data["data_dir"] = str(work / "appliance")
-        data["inputs"]["mqtt"]["broker"].update(host="127.0.0.1", port=broker.port)
+        data["connections"]["mqtt"].update(host="127.0.0.1", port=broker.port)
         data["inputs"]["mqtt"]["client_id"] = "skab-stream-eval"
         data["inputs"]["opcua"]["enabled"] = False
-        data["outputs"]["mqtt_alarm"]["broker"] = None
+        data["outputs"]["mqtt_alarm"]["broker"] = None  # alarms go to the same broker
         data["detector"]["bundle"] = str(bundle)
         data["web"]["enabled"] = False
-        for section in ("history", "mitigation"):
-            if section in data and "enabled" in data[section]:
-                data[section]["enabled"] = False
+        # Only the path under test: no history database to fill, no PLC to write to.
+        data["outputs"]["history"]["enabled"] = False
+        data["outputs"]["mitigation"]["enabled"] = False
         cfg = parse_config(data, "skab-stream")
         app = build(cfg)
         intervals: dict[str, list] = {}
@@ -85,11 +116,9 @@ async def _stream(files: list[tuple[str, Path]], bundle: Path, work: Path, setti
                 raise RuntimeError("the MQTT connector did not subscribe within 60 s")
             t0 = time.monotonic()
             for rel, path in files:
-                stats = await asyncio.to_thread(replay_csv, path, "127.0.0.1", broker.port, _asset(rel), "max")
-                if not stats.complete:
-                    raise RuntimeError(f"{rel}: the broker did not acknowledge every sample")
+                samples = await publish_file(rel, path, broker.port)
                 n_sensors = len(read_csv(path)[0])
-                expected += stats.samples * n_sensors
+                expected += samples * n_sensors
             published_s = time.monotonic() - t0
             # Every sample is acknowledged by the broker; wait until the appliance has taken
             # them all, or until it makes no progress for stall_s (then report the shortfall).
@@ -138,8 +167,7 @@ def run_stream_eval(data_dir: str | Path, predictions_out: str | Path | None = N
     with tempfile.TemporaryDirectory(prefix="skab-stream-") as tmp:
         work = Path(tmp)
         settings, level_free = with_level_free(root, settings)
-        opts = {"seed": settings.seed, **settings.bundle}
-        bundle = train_from_csv([normal], work / "bundle", **opts)
+        bundle = train_from_csv([normal], work / "bundle", settings.train_settings())
         t_trained = time.monotonic()
         intervals, status = asyncio.run(_stream(todo, bundle, work, settings, timeout_s))
     results = []
@@ -151,21 +179,10 @@ def run_stream_eval(data_dir: str | Path, predictions_out: str | Path | None = N
     labels = np.concatenate([r["label"] for r in results])
     pred = np.concatenate([r["pred"]["ae_int8"] for r in results])
     c = confusion(pred, labels)
-    delays, missed = [], 0
-    for r in results:
-        lab, p = r["label"].astype(bool), r["pred"]["ae_int8"].astype(bool)
-        if not lab.any():
-            continue
-        hit = np.flatnonzero(lab & p)
-        if len(hit):
-            delays.append(float(r["ts"][hit[0]] - r["ts"][np.flatnonzero(lab)[0]]))
-        else:
-            missed += 1
     summary: dict[str, Any] = {
         "mode": "stream", "files": len(results), "rows": int(len(labels)),
         "anomalous_share": float(labels.mean()),
-        "ae_int8": {**scores_from(c), **c, "mean_delay_s": round(float(np.mean(delays)), 1) if delays else None,
-                    "episodes_detected": len(delays), "episodes_missed": missed},
+        "ae_int8": {**scores_from(c), **c, **episode_delays(results, "ae_int8")},
         "alarms": sum(len(v) for v in intervals.values()),
         "pipeline": status, "train_seconds": round(t_trained - started, 1), "level_free": level_free,
         "elapsed_s": round(time.monotonic() - started, 1),

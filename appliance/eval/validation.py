@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from appliance.detector.train import read_csv
-from appliance.eval.skab import (EvalSettings, anomaly_free_path, evaluate_rows, pooled_scores, run_jobs,
-                                 with_level_free)
+from appliance.eval.common import EvalSettings, anomaly_free_path, pooled_scores, with_level_free
+from appliance.eval.skab import evaluate_rows, run_jobs
 
 FAULT_KINDS = ("step", "ramp", "noise")
 DETECTORS = ("ae_int8", "ae_fp32", "pca_t2q", "iforest")
@@ -54,7 +54,8 @@ def synthetic_faults(sensors: list[str], ts: np.ndarray, rows: np.ndarray, train
     >>> [name for name, *_ in cases][:3], len(cases)
     (['stretch0-step', 'stretch0-ramp', 'stretch0-noise'], 6)
     >>> _, _, faulty, label = cases[0]
-    >>> bool(label[:400].any()), 200 <= int(label.sum()) <= 400, bool((faulty[label == 0] == rows[:1150][label == 0]).all())
+    >>> same = label == 0
+    >>> bool(label[:400].any()), 200 <= int(label.sum()) <= 400, bool((faulty[same] == rows[:1150][same]).all())
     (False, True, True)
     """
     rows = np.asarray(rows, dtype=np.float64)
@@ -116,7 +117,7 @@ def run_validation(data_dir: str | Path, settings: EvalSettings | None = None, w
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/datasets/skab")
-    ap.add_argument("--bundle", type=json.loads, default={}, help="train_bundle overrides as JSON")
+    ap.add_argument("--bundle", type=json.loads, default={}, help="TrainSettings overrides as JSON")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args(argv)

@@ -1,9 +1,11 @@
-"""History: InfluxDB sink behind a durable store-and-forward outbox, plus local history.
+"""Output plugin ``[outputs.history]``: InfluxDB behind a durable outbox, plus local history.
 
 See ``README.md`` in this package for the configuration and the guarantees.
 """
 
-from appliance.history.lineproto import Kind
-from appliance.history.sink import History, HistoryError
 
-__all__ = ["History", "HistoryError", "Kind"]
+def build(section, env):
+    from appliance.history.output import HistoryOutput
+    from appliance.history.sink import History
+
+    return HistoryOutput(History(section, env.data_dir))

@@ -35,7 +35,7 @@ from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
-from appliance.connectors.base import jittered_backoff
+from appliance.connections.backoff import jittered_backoff
 from appliance.history.lineproto import Kind
 from appliance.history.outbox import Outbox, Row
 

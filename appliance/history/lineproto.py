@@ -20,18 +20,19 @@ import json
 import math
 from typing import Mapping
 
-from appliance.core import AlarmEvent, Reading, Score
+from appliance.core import AlarmEvent, ModeChange, Reading, Score
 
 MEASUREMENT = {
     "reading": "reading",
     "score": "score",
     "alarm": "alarm_event",
+    "mode": "alarm_mode",
     "audit": "audit",
 }
 
 # Tag keys the encoders set themselves; global tags must not shadow them.
 RESERVED_TAGS = frozenset({"asset", "sensor", "historical", "alarm_id", "event", "level", "action",
-                           "kind", "status"})
+                           "kind", "status", "mode"})
 # Audit keys that become tags when they are strings: few values each, what Grafana filters on.
 AUDIT_TAGS = ("asset", "action", "kind", "status")
 
@@ -167,7 +168,7 @@ class Encoder:
         fields = [
             _kv("active", bool(a.active)),
             _kv("state", a.state.value),
-            _kv("peak_score", _as_float(a.peak_score)),
+            _kv("peak_ratio", _as_float(a.peak_ratio)),
             _kv("start", _as_float(a.start)),
             _kv("end", _as_float(a.end) if a.end is not None else None),
             _kv("top_sensors", ",".join(a.top_sensors)),
@@ -175,6 +176,17 @@ class Encoder:
             _kv("note", e.note or None),
         ]
         return _line(MEASUREMENT["alarm"], tags, fields, ts_ns(e.ts))
+
+    def mode_change(self, m: ModeChange) -> bytes:
+        tags = self._tags(asset=_need("asset", m.asset), event=m.name, mode=m.mode.value)
+        fields = [
+            _kv("previous", m.previous.value),
+            _kv("user", m.user),
+            _kv("note", m.note or None),
+            _kv("shelved_until", _as_float(m.shelved_until) if m.shelved_until is not None else None),
+            _kv("alarm_id", m.alarm.id if m.alarm is not None else None),
+        ]
+        return _line(MEASUREMENT["mode"], tags, fields, ts_ns(m.ts))
 
     def audit(self, record: Mapping, ts: float) -> bytes:
         """An action audit record: ``asset``, ``action``, ``kind`` and ``status`` become tags,

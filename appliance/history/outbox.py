@@ -278,9 +278,6 @@ class Outbox:
 
     # -- internals (lock held, inside a transaction) -----------------------------------
 
-    def _total_bytes(self) -> int:
-        return sum(self._bytes.values())
-
     def _enforce_bytes(self) -> dict[tuple[Kind, str], int]:
         over = sum(self._bytes.values()) - self.max_bytes
         dropped: dict[tuple[Kind, str], int] = {}

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from appliance.core import AlarmEvent, Reading, Score
+from appliance.core import AlarmEvent, ModeChange, Reading, Score
 from appliance.history.forwarder import Forwarder, RateMeter
 from appliance.history.lineproto import EncodeError, Encoder, Kind
 from appliance.history.local import LocalHistory
@@ -72,7 +72,7 @@ class HistoryError(RuntimeError):
 
 
 class History:
-    """See the module docstring. ``cfg`` is a :class:`~appliance.config.HistoryConfig`;
+    """See the module docstring. ``cfg`` is a :class:`~appliance.history.config.HistoryConfig`;
     relative paths in it are resolved against ``data_dir``."""
 
     def __init__(self, cfg, data_dir: str | Path):
@@ -202,6 +202,16 @@ class History:
             return
         try:
             line = self._encoder.alarm_event(e)
+        except (EncodeError, AttributeError, TypeError) as err:
+            self._invalid(Kind.ALARM, err)
+            return
+        self._add_event(Kind.ALARM, line)
+
+    def add_mode_change(self, m: ModeChange) -> None:
+        if self.outbox is None:
+            return
+        try:
+            line = self._encoder.mode_change(m)
         except (EncodeError, AttributeError, TypeError) as err:
             self._invalid(Kind.ALARM, err)
             return

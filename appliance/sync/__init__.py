@@ -1,5 +1,5 @@
 """Cloud sync during scheduled connectivity windows (anomaly upload, signed model pull).
 
-Not built yet: no issue for it is open. The local store already keeps what it
-will upload (alarms with stable ids, scores), so adding it changes no other part.
+Not built yet (issue 11). It will be an output (the cloud uplink) and a model
+updater of its own, plugged in through :mod:`appliance.registry` like the others.
 """

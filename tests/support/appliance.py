@@ -5,24 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
 from appliance.config import parse_config
 from appliance.runtime import build
+from tests.support.wait import wait_until
 
 
 def make_config(tmp_path: Path, broker_port: int, bundle: Path, **overrides):
     data = {
         "data_dir": str(tmp_path / "data"),
         "log_level": "WARNING",
-        "inputs": {"mqtt": {"broker": {"port": broker_port,
-                                       "reconnect": {"initial_s": 0.2, "max_s": 1.0}}}},
+        "connections": {"mqtt": {"port": broker_port, "reconnect": {"initial_s": 0.2, "max_s": 1.0}}},
         "detector": {"bundle": str(bundle)},
         "web": {"enabled": False},
-        "history": {"enabled": False},
+        "outputs": {"history": {"enabled": False}},
     }
     for dotted, value in overrides.items():
         node = data
@@ -52,7 +51,6 @@ def wait_online(port, timeout=60.0, topic="appliance/status"):
         sub.loop_stop()
 
 
-
 class RunningAppliance:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -72,7 +70,7 @@ class RunningAppliance:
         if self._error:
             raise self._error
         if self.cfg.inputs.mqtt.enabled:
-            wait_online(self.cfg.inputs.mqtt.broker.port, topic=self.cfg.inputs.mqtt.status_topic)
+            wait_online(self.cfg.connections.mqtt.port, topic=self.cfg.inputs.mqtt.status_topic)
         return self
 
     def _main(self):
@@ -97,13 +95,10 @@ class RunningAppliance:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(60)
 
-    def wait_for(self, predicate, timeout=60.0, what="condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}; status={json.dumps(self.app.status(), default=str)[:2000]}")
+    def wait_until(self, predicate, timeout=60.0, what="condition"):
+        """:func:`~tests.support.wait.wait_until`, telling the appliance's status if it times out."""
+        return wait_until(predicate, timeout, what, interval=0.05,
+                          detail=lambda: f"status={json.dumps(self.app.status(), default=str)[:2000]}")
 
     def counter(self, name):
         return self.app.counters.get(name)
@@ -132,12 +127,9 @@ class Publisher:
     def wait_all(self, timeout: float = 60.0):
         # Not wait_for_publish()/is_published(): they raise for a message queued while
         # disconnected (rc NO_CONN), which paho still delivers after it reconnects.
-        deadline = time.monotonic() + timeout
         mids = {info.mid for info in self.infos}
-        while not mids <= self.acked:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"publish not acknowledged: {len(mids - self.acked)} left")
-            time.sleep(0.01)
+        wait_until(lambda: mids <= self.acked, timeout, "every publish acknowledged",
+                   detail=lambda: f"{len(mids - self.acked)} not acknowledged")
 
     def close(self):
         self.client.disconnect()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.broker import Mosquitto, find_mosquitto, free_port, wait_port  # noqa: F401
+from appliance.broker import Mosquitto, find_mosquitto
+
 
 @pytest.fixture
 def mosquitto(tmp_path):

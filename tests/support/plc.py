@@ -21,8 +21,7 @@ import pytest
 from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
-from appliance.broker import stop_process
-from tests.support.mosquitto import free_port, wait_port
+from appliance.broker import free_port, stop_process, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PLC_SCRIPT = ROOT / "firmware-sim" / "plc.py"
@@ -54,7 +53,7 @@ class PlcSim:
     def server_cert(self) -> Path:
         return self.pki / "server_cert.der"
 
-    def start(self, timeout: float = 20.0) -> "PlcSim":
+    def start(self, timeout: float = 60.0) -> "PlcSim":
         args = [sys.executable, str(PLC_SCRIPT), "--host", "127.0.0.1", "--port", str(self.port),
                 "--pki", str(self.pki), "--security", self.security, "--seed", str(self.seed),
                 "--period", str(self.period), "--speed", str(self.speed), *self.extra_args]
@@ -141,22 +140,23 @@ def _nodeid(name: str) -> str:
     return name if name.startswith("ns=") else f"ns=2;s=Pump1.{name}"
 
 
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
-    """Poll ``predicate`` (sync or async) until truthy; return its value or fail with ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = predicate()
-        if asyncio.iscoroutine(v):
-            v = await v
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
+@pytest.fixture(scope="module")
+def plc(tmp_path_factory):
+    """One PLC simulator for a whole test module (no security, one operator account)."""
+    sim = PlcSim(tmp_path_factory.mktemp("plc")).start()
+    yield sim
+    sim.stop()
 
 
 @pytest.fixture
-def plc(tmp_path):
-    sim = PlcSim(tmp_path / "plc").start()
-    yield sim
-    sim.stop()
+def fresh_plc(plc):
+    """The module's PLC as every test wants to find it: a running pump at 100 %, no fault, all sensors good."""
+    async def reset():
+        await plc.call("Start")
+        await plc.call("ClearFaults")
+        for s in ("Accelerometer1RMS", "Current"):
+            await plc.call("SetSensorStatus", s, "Good")
+        await plc.write("SpeedSetpoint", 100.0)
+        await plc.write("ValvePosition", 100.0)
+    asyncio.run(reset())
+    return plc

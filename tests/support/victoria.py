@@ -25,9 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.broker import stop_process
-
-from tests.support.mosquitto import free_port, wait_port
+from appliance.broker import free_port, stop_process, wait_port
 
 VICTORIA = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
 
@@ -53,11 +51,11 @@ class VictoriaMetrics:
              "-search.latencyOffset=0s", "-search.disableCache",
              "-loggerLevel=ERROR", "-loggerOutput=stderr"],
             stdout=subprocess.DEVNULL, stderr=open(self.workdir / "victoria.log", "ab"))
-        wait_port(self.port, timeout=20)
+        wait_port(self.port, timeout=60)
         self._wait_ready()
         return self
 
-    def _wait_ready(self, timeout: float = 20.0) -> None:
+    def _wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

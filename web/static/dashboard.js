@@ -28,6 +28,7 @@
   let tick = 0;
   let lastOk = null;
   let lastSlowKey = "";
+  let modeChanges = 0; // mode changes the appliance counted; a new one re-asks who made it
 
   // -- helpers ----------------------------------------------------------------
   async function api(url, options) {
@@ -179,8 +180,8 @@
       setText(card.level, alarm.level);
       card.level.className = "level-badge" + (alarm.level === "critical" ? " level-critical" : "");
     }
-    setText(card.peak, alarm && typeof alarm.peak_score === "number"
-      ? alarm.peak_score.toFixed(2) + " × threshold" : "–");
+    setText(card.peak, alarm && typeof alarm.peak_ratio === "number"
+      ? alarm.peak_ratio.toFixed(2) + " × threshold" : "–");
     const top = alarm && alarm.top_sensors && alarm.top_sensors.length ? alarm.top_sensors : null;
     const topKey = top ? top.join("\n") : "";
     if (card.top.dataset.key !== topKey) {
@@ -194,7 +195,10 @@
     setText(card.acked, (alarm && alarm.acked_by) || "–");
     let modeText = MODE_TEXT[mode] || mode;
     if (mode === "shelved" && alarm && alarm.shelved_until) modeText += " until " + fmtTime(alarm.shelved_until);
-    setText(card.mode, modeText);
+    card.modeText = modeText;
+    card.modeUntil = (mode === "shelved" && alarm && alarm.shelved_until) || null;
+    card.modeKey = mode === "in_service" ? "" : [mode, card.modeUntil, modeChanges].join("|");
+    renderMode(card);
 
     if (!card.busy) {
       card.buttons.ack.disabled = !(alarm && !alarm.acked_by && alarm.state !== "normal");
@@ -203,6 +207,34 @@
       card.buttons.in_service.disabled = mode === "in_service";
       card.buttons.out_of_service.disabled = mode === "out_of_service";
     }
+  }
+
+  // -- who changed a point's mode ---------------------------------------------
+  function renderMode(card) {
+    const by = card.modeBy && card.modeBy.key === card.modeKey ? card.modeBy : null;
+    setText(card.mode, card.modeText + (by ? " by " + by.user : ""));
+    const title = by && by.note ? by.note : "";
+    if (card.mode.title !== title) card.mode.title = title;
+  }
+
+  // A point out of service for a week must still say who took it out, so the latest
+  // change is fetched from the store; only when the mode changes, not on every poll.
+  async function refreshModes(assets) {
+    await Promise.all(assets.map(async (asset) => {
+      const card = cards.get(asset);
+      const key = card ? card.modeKey : "";
+      if (!card || !key || (card.modeBy && card.modeBy.key === key)) return;
+      try {
+        const body = await api("/api/assets/" + encodeURIComponent(asset) + "/modes?limit=1");
+        const last = body.mode_changes[0];
+        // The store may not hold the newest change yet; then ask again next poll.
+        if (last && card.modeKey === key && last.mode === card.root.dataset.mode &&
+            (card.modeUntil === null || last.shelved_until === card.modeUntil)) {
+          card.modeBy = { key: key, user: last.user, note: last.note };
+          renderMode(card);
+        }
+      } catch (_) { /* the status poll reports connectivity; the name is tried again next poll */ }
+    }));
   }
 
   // -- sparklines -------------------------------------------------------------
@@ -249,7 +281,7 @@
       const st = el("td");
       st.append(el("span", "pill st-" + a.state, STATE_TEXT[a.state] || a.state));
       tr.append(st, el("td", null, fmtTime(a.start)), el("td", null, a.active ? "active" : fmtTime(a.end)),
-        el("td", null, typeof a.peak_score === "number" ? a.peak_score.toFixed(2) : "–"),
+        el("td", null, typeof a.peak_ratio === "number" ? a.peak_ratio.toFixed(2) : "–"),
         el("td", null, a.acked_by || "–"));
       return tr;
     });
@@ -260,7 +292,10 @@
     const body = await api("/api/dead-letters?limit=20");
     const rows = body.dead_letters.map((d) => {
       const tr = el("tr");
-      tr.append(el("td", null, fmtTime(d.received_at)), el("td", null, d.source), el("td", null, d.reason),
+      const reason = el("td");
+      reason.append(el("span", "mono", d.code));
+      if (d.detail) reason.append(document.createTextNode(": " + d.detail));
+      tr.append(el("td", null, fmtTime(d.received_at)), el("td", null, d.source), reason,
         el("td", "mono", d.payload + (d.truncated ? " …" : "")));
       return tr;
     });
@@ -330,10 +365,11 @@
       return;
     }
     setLink(true);
-    const assets = renderStatus(st);
     const c = st.counters || {};
+    modeChanges = Object.keys(c).filter((k) => k.startsWith("mode_")).reduce((n, k) => n + (Number(c[k]) || 0), 0);
+    const assets = renderStatus(st);
     const slowKey = [c.dead_letters, c.alarm_raised, c.alarm_acknowledged, c.alarm_cleared].join("/");
-    const tasks = [refreshScores(assets)];
+    const tasks = [refreshScores(assets), refreshModes(assets)];
     if (slow || slowKey !== lastSlowKey) {
       lastSlowKey = slowKey;
       tasks.push(refreshAlarmHistory(), refreshDeadLetters());

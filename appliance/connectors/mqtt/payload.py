@@ -12,9 +12,9 @@ Optional keys: ``"quality"`` (``"good"``/``"uncertain"``/``"bad"`` or 0/1/2) and
 ``"historical"`` (true for replayed data). Unknown keys are ignored so devices can
 add fields (sequence numbers, firmware version) without being rejected.
 
-Every refusal is a :class:`~appliance.core.DeadLetter` whose ``reason`` starts
-with a stable code (``bad_json``, ``ts_in_future``, ...) followed by ``": "`` and
-a precise human explanation; :func:`reason_code` extracts the code for counters.
+Every refusal is a :class:`~appliance.core.DeadLetter` with a stable
+:class:`~appliance.core.DeadLetterCode` (``bad_json``, ``ts_in_future``, ...) to
+count by, and a precise human explanation in ``detail``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Collection, Sequence
 
-from appliance.core import DeadLetter, Quality, Reading
+from appliance.core import DeadLetter, DeadLetterCode, Quality, Reading
 
 # Dead letters keep the start of the raw payload only: a flood of huge bad
 # messages must not be able to fill the gateway's disk through the dead-letter table.
@@ -35,13 +35,6 @@ _MS_HINT_ABOVE = 1e11  # a UNIX time in seconds stays below this until year 5138
 
 _QUALITY_NAMES = {"good": Quality.GOOD, "uncertain": Quality.UNCERTAIN, "bad": Quality.BAD}
 
-# Every code a dead letter of the MQTT input can carry (``internal_error`` and
-# ``bad_topic`` for a topic matching no pattern come from the connector itself).
-REASON_CODES = (
-    "internal_error", "too_large", "bad_json", "not_object", "bad_topic", "missing_ts", "bad_ts", "ts_too_old",
-    "ts_in_future", "missing_value", "ambiguous_value", "shape_mismatch", "empty_values",
-    "bad_sensor_name", "bad_value", "non_finite", "bad_quality", "bad_historical", "unknown_sensor",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,15 +147,6 @@ class TopicRouter:
         return None
 
 
-def reason_code(reason: str) -> str:
-    """The stable code at the start of a dead-letter reason.
-
-    >>> reason_code("ts_in_future: ts 4102444800 is 2.1e+09 s ahead")
-    'ts_in_future'
-    """
-    return reason.split(":", 1)[0]
-
-
 def _iso(ts: float) -> str:
     try:
         return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -210,19 +194,19 @@ def parse_timestamp(raw: object) -> float:
     return ts
 
 
-def _number(sensor: str, raw: object) -> tuple[float | None, str | None]:
+def _number(sensor: str, raw: object) -> tuple[float | None, tuple[DeadLetterCode, str] | None]:
     if isinstance(raw, bool):
-        return None, f"bad_value: sensor {sensor!r}: {str(raw).lower()} is a boolean, not a number"
+        return None, (DeadLetterCode.BAD_VALUE, f"sensor {sensor!r}: {str(raw).lower()} is a boolean, not a number")
     if raw is None:
-        return None, f"bad_value: sensor {sensor!r}: value is null"
+        return None, (DeadLetterCode.BAD_VALUE, f"sensor {sensor!r}: value is null")
     if not isinstance(raw, (int, float)):
-        return None, f"bad_value: sensor {sensor!r}: expected a number, got {type(raw).__name__} {_short(raw)}"
+        return None, (DeadLetterCode.BAD_VALUE, f"sensor {sensor!r}: expected a number, got {type(raw).__name__} {_short(raw)}")
     try:
         v = float(raw)
     except OverflowError:
-        return None, f"non_finite: sensor {sensor!r}: integer {_short(raw)} overflows a float"
+        return None, (DeadLetterCode.NON_FINITE, f"sensor {sensor!r}: integer {_short(raw)} overflows a float")
     if not math.isfinite(v):
-        return None, f"non_finite: sensor {sensor!r}: value is {v}"
+        return None, (DeadLetterCode.NON_FINITE, f"sensor {sensor!r}: value is {v}")
     return v, None
 
 
@@ -231,7 +215,7 @@ def _quality(raw: object) -> Quality:
         return _QUALITY_NAMES[raw.lower()]
     if isinstance(raw, int) and not isinstance(raw, bool) and raw in (0, 1, 2):
         return Quality(raw)
-    raise ValueError(f"bad_quality: 'quality' must be good/uncertain/bad or 0/1/2, got {_short(raw)}")
+    raise ValueError(f"'quality' must be good/uncertain/bad or 0/1/2, got {_short(raw)}")
 
 
 def parse_payload(
@@ -272,89 +256,89 @@ def parse_payload(
     'bad_json: Expecting value: line 1 column 1 (char 0)'
     """
 
-    def dead(reason: str) -> DeadLetter:
+    def dead(code: DeadLetterCode, detail: str) -> DeadLetter:
         return DeadLetter(source=topic, payload=bytes(payload[:DEAD_LETTER_MAX_BYTES]),
-                          reason=reason, received_at=now)
+                          code=code, detail=detail, received_at=now)
 
     if len(payload) > max_payload_bytes:
-        return [], [dead(f"too_large: payload is {len(payload)} bytes, limit is {max_payload_bytes}")]
+        return [], [dead(DeadLetterCode.TOO_LARGE, f"payload is {len(payload)} bytes, limit is {max_payload_bytes}")]
     if not route.asset:
-        return [], [dead(f"bad_topic: empty asset level in pattern {route.pattern!r}")]
+        return [], [dead(DeadLetterCode.BAD_TOPIC, f"empty asset level in pattern {route.pattern!r}")]
     if route.sensor is not None and not route.sensor:
-        return [], [dead(f"bad_topic: empty sensor level in pattern {route.pattern!r}")]
+        return [], [dead(DeadLetterCode.BAD_TOPIC, f"empty sensor level in pattern {route.pattern!r}")]
     try:
         # RFC 8259: JSON between systems is UTF-8 (a BOM is tolerated).
         text = bytes(payload).decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        return [], [dead(f"bad_json: not UTF-8 text ({e.reason} at byte {e.start})")]
+        return [], [dead(DeadLetterCode.BAD_JSON, f"not UTF-8 text ({e.reason} at byte {e.start})")]
     try:
         doc = json.loads(text)
     except RecursionError:
-        return [], [dead("bad_json: nested too deeply")]
+        return [], [dead(DeadLetterCode.BAD_JSON, "nested too deeply")]
     except ValueError as e:
-        return [], [dead(f"bad_json: {e}")]
+        return [], [dead(DeadLetterCode.BAD_JSON, f"{e}")]
     if not isinstance(doc, dict):
-        return [], [dead(f"not_object: expected a JSON object, got {type(doc).__name__}")]
+        return [], [dead(DeadLetterCode.NOT_OBJECT, f"expected a JSON object, got {type(doc).__name__}")]
 
     if "ts" not in doc:
-        return [], [dead("missing_ts: payload has no 'ts'")]
+        return [], [dead(DeadLetterCode.MISSING_TS, "payload has no 'ts'")]
     try:
         ts = parse_timestamp(doc["ts"])
     except ValueError as e:
-        return [], [dead(f"bad_ts: {e}")]
+        return [], [dead(DeadLetterCode.BAD_TS, f"{e}")]
     if ts < min_timestamp:
-        return [], [dead(f"ts_too_old: ts {ts:.3f} ({_iso(ts)}) is before min_timestamp "
+        return [], [dead(DeadLetterCode.TS_TOO_OLD, f"ts {ts:.3f} ({_iso(ts)}) is before min_timestamp "
                          f"{min_timestamp:.0f} ({_iso(min_timestamp)})")]
     if ts > now + max_future_skew_s:
         hint = "; looks like milliseconds, send seconds" if ts > _MS_HINT_ABOVE else ""
-        return [], [dead(f"ts_in_future: ts {ts:.3f} ({_iso(ts)}) is {ts - now:.0f} s ahead of the gateway "
+        return [], [dead(DeadLetterCode.TS_IN_FUTURE, f"ts {ts:.3f} ({_iso(ts)}) is {ts - now:.0f} s ahead of the gateway "
                          f"clock, max_future_skew_s is {max_future_skew_s:g}{hint}")]
 
     try:
         quality = _quality(doc.get("quality", "good"))
     except ValueError as e:
-        return [], [dead(str(e))]
+        return [], [dead(DeadLetterCode.BAD_QUALITY, str(e))]
     historical = doc.get("historical", False)
     if not isinstance(historical, bool):
-        return [], [dead(f"bad_historical: 'historical' must be true or false, got {_short(historical)}")]
+        return [], [dead(DeadLetterCode.BAD_HISTORICAL, f"'historical' must be true or false, got {_short(historical)}")]
     historical = historical or route.historical
 
     has_one, has_many = "value" in doc, "values" in doc
     if has_one and has_many:
-        return [], [dead("ambiguous_value: payload has both 'value' and 'values'")]
+        return [], [dead(DeadLetterCode.AMBIGUOUS_VALUE, "payload has both 'value' and 'values'")]
     if not has_one and not has_many:
-        return [], [dead("missing_value: payload has neither 'value' nor 'values'")]
+        return [], [dead(DeadLetterCode.MISSING_VALUE, "payload has neither 'value' nor 'values'")]
     if has_one:
         if route.sensor is None:
-            return [], [dead(f"shape_mismatch: single 'value' on a topic without a {{sensor}} level "
+            return [], [dead(DeadLetterCode.SHAPE_MISMATCH, f"single 'value' on a topic without a {{sensor}} level "
                              f"(pattern {route.pattern!r}); use 'values': {{sensor: value}}")]
         items = [(route.sensor, doc["value"])]
     else:
         if route.sensor is not None:
-            return [], [dead(f"shape_mismatch: 'values' on a per-sensor topic (pattern {route.pattern!r}, "
+            return [], [dead(DeadLetterCode.SHAPE_MISMATCH, f"'values' on a per-sensor topic (pattern {route.pattern!r}, "
                              f"sensor {route.sensor!r}); use 'value'")]
         values = doc["values"]
         if not isinstance(values, dict):
-            return [], [dead(f"bad_value: 'values' must be an object of sensor: number, "
+            return [], [dead(DeadLetterCode.BAD_VALUE, f"'values' must be an object of sensor: number, "
                              f"got {type(values).__name__}")]
         if not values:
-            return [], [dead("empty_values: 'values' has no sensors")]
+            return [], [dead(DeadLetterCode.EMPTY_VALUES, "'values' has no sensors")]
         items = list(values.items())
 
     readings: list[Reading] = []
     dead_letters: list[DeadLetter] = []
     for sensor, raw in items:
         if not sensor or len(sensor) > MAX_SENSOR_NAME:
-            dead_letters.append(dead(f"bad_sensor_name: sensor name must be 1..{MAX_SENSOR_NAME} "
+            dead_letters.append(dead(DeadLetterCode.BAD_SENSOR_NAME, f"sensor name must be 1..{MAX_SENSOR_NAME} "
                                      f"characters, got {_short(sensor)}"))
             continue
         if known_sensors is not None and sensor not in known_sensors:
-            dead_letters.append(dead(f"unknown_sensor: sensor {sensor!r} is not known for asset "
+            dead_letters.append(dead(DeadLetterCode.UNKNOWN_SENSOR, f"sensor {sensor!r} is not known for asset "
                                      f"{route.asset!r}"))
             continue
         value, why = _number(sensor, raw)
         if why is not None:
-            dead_letters.append(dead(why))
+            dead_letters.append(dead(*why))
             continue
         readings.append(Reading(asset=route.asset, sensor=sensor, ts=ts, value=value, quality=quality,
                                 source=source, historical=historical))

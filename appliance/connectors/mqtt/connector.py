@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import socket
-import ssl
 import threading
 import time
 from collections import deque
@@ -30,11 +29,12 @@ from typing import Callable, Collection
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from appliance.config import MqttInputConfig
-from appliance.connectors.base import jittered_backoff
-from appliance.connectors.payload import (DEAD_LETTER_MAX_BYTES, TopicRoute, TopicRouter, parse_payload,
-                                          reason_code)
-from appliance.core import AckCallback, Counters, DeadLetter, IngestSink
+from appliance.connections.backoff import jittered_backoff
+from appliance.connections.config import MqttBroker
+from appliance.connections.mqtt import build_tls_context, configure_paho
+from appliance.connectors.mqtt.config import MqttInputConfig
+from appliance.connectors.mqtt.payload import DEAD_LETTER_MAX_BYTES, TopicRoute, TopicRouter, parse_payload
+from appliance.core import AckCallback, Counters, DeadLetter, DeadLetterCode, IngestSink, Input
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +42,6 @@ log = logging.getLogger(__name__)
 # WARNING again; the ones in between go to DEBUG so a long outage stays quiet.
 _FAIL_LOG_EVERY = 10
 _STOP_PUBLISH_TIMEOUT_S = 2.0
-
-
-def build_tls_context(tls) -> ssl.SSLContext:
-    """An SSL context from ``inputs.mqtt.broker.tls``; ValueError names the bad key."""
-    try:
-        ctx = ssl.create_default_context(cafile=tls.ca_file)
-    except (OSError, ssl.SSLError) as e:
-        raise ValueError(f"broker.tls.ca_file: cannot load {tls.ca_file!r}: {e}") from None
-    if tls.cert_file or tls.key_file:
-        if not tls.cert_file:
-            raise ValueError("broker.tls.cert_file: required when key_file is set")
-        try:
-            ctx.load_cert_chain(tls.cert_file, tls.key_file)
-        except (OSError, ssl.SSLError) as e:
-            raise ValueError(f"broker.tls.cert_file/key_file: cannot load client certificate "
-                             f"{tls.cert_file!r}: {e}") from None
-    if tls.insecure_skip_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class _AckSequencer:
@@ -121,17 +101,18 @@ class _AckSequencer:
                     self._counters.inc("ack_errors")
 
 
-class MqttConnector:
+class MqttConnector(Input):
     """Connector for JSON sensor payloads over MQTT (see the package README)."""
 
-    def __init__(self, cfg: MqttInputConfig,
+    def __init__(self, cfg: MqttInputConfig, broker: MqttBroker,
                  known_sensors: Callable[[str], Collection[str]] | None = None,
                  name: str = "mqtt"):
         self.name = name
         self.cfg = cfg
+        self.broker = broker
         self._known_sensors = known_sensors
         self.router = TopicRouter([TopicRoute(t.pattern, t.asset, t.historical) for t in cfg.topics])
-        self._tls_context = build_tls_context(cfg.broker.tls) if cfg.broker.tls.enabled else None
+        self._tls_context = build_tls_context(broker.tls) if broker.tls.enabled else None
         self._lock = threading.Lock()
         self._counters = Counters()
         self._dead_by_reason = Counters()
@@ -164,7 +145,7 @@ class MqttConnector:
                                         daemon=True)
         self._thread.start()
         log.info("mqtt started name=%s broker=%s:%d client_id=%s subscriptions=%s", self.name,
-                 self.cfg.broker.host, self.cfg.broker.port, self.cfg.client_id,
+                 self.broker.host, self.broker.port, self.cfg.client_id,
                  ",".join(self.router.subscriptions))
 
     async def stop(self) -> None:
@@ -176,6 +157,10 @@ class MqttConnector:
         self._thread = None
         log.info("mqtt stopped name=%s", self.name)
 
+    def ready(self) -> bool:
+        with self._lock:
+            return self._connected and not self._pending_subacks
+
     def status(self) -> dict:
         with self._lock:
             counters = dict(self._counters.values)
@@ -184,7 +169,7 @@ class MqttConnector:
             return {
                 "name": self.name,
                 "kind": "mqtt",
-                "broker": f"{self.cfg.broker.host}:{self.cfg.broker.port}",
+                "broker": f"{self.broker.host}:{self.broker.port}",
                 "client_id": self.cfg.client_id,
                 "subscriptions": list(self.router.subscriptions),
                 "connected": self._connected,
@@ -222,10 +207,7 @@ class MqttConnector:
             manual_ack=True,
             reconnect_on_failure=False,
         )
-        if cfg.broker.username is not None:
-            client.username_pw_set(cfg.broker.username, cfg.broker.password)
-        if self._tls_context is not None:
-            client.tls_set_context(self._tls_context)
+        configure_paho(client, self.broker, self._tls_context)
         # The broker sends the will long after it was registered, so it carries no ts.
         will = {"state": "offline", "reason": "connection lost", "client_id": cfg.client_id,
                 "connector": self.name, "host": socket.gethostname()}
@@ -267,7 +249,7 @@ class MqttConnector:
     # -- supervisor thread --------------------------------------------------
 
     def _supervise(self) -> None:
-        b = self.cfg.broker
+        b = self.broker
         delays = jittered_backoff(b.reconnect.initial_s, b.reconnect.max_s)
         client = self._client
         assert client is not None
@@ -329,7 +311,7 @@ class MqttConnector:
     # -- callbacks (paho network thread) ------------------------------------
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        b = self.cfg.broker
+        b = self.broker
         if reason_code.is_failure:
             self._connect_failed(f"broker {b.host}:{b.port} refused the connection: {reason_code}")
             return
@@ -395,13 +377,13 @@ class MqttConnector:
             self._error(f"message handling failed on {topic!r}: {e!r}")
             # Kept as a dead letter (and acknowledged once stored) rather than
             # left unacknowledged, which would stall every ack behind it.
-            readings, dead = [], [self._dead(topic, msg, now, f"internal_error: {e!r}")]
+            readings, dead = [], [self._dead(topic, msg, now, DeadLetterCode.INTERNAL_ERROR, repr(e))]
         on_stored = self._acks.ticket(msg.mid) if msg.qos > 0 else None
         with self._lock:
             self._counters.inc("messages")
             self._counters.inc("readings", len(readings))
             for d in dead:
-                self._dead_by_reason.inc(reason_code(d.reason))
+                self._dead_by_reason.inc(d.code.value)
             self._last_message_at = now
         try:
             self._sink.submit(readings, dead, on_stored=on_stored)
@@ -415,19 +397,19 @@ class MqttConnector:
             self._requested_disconnect = "sink failure, reconnecting for redelivery"
             client.disconnect()
 
-    def _dead(self, topic: str | None, msg, now: float, reason: str) -> DeadLetter:
+    def _dead(self, topic: str | None, msg, now: float, code: DeadLetterCode, detail: str) -> DeadLetter:
         source = topic if topic is not None else repr(msg._topic)
         return DeadLetter(source=source, payload=bytes(msg.payload[:DEAD_LETTER_MAX_BYTES]),
-                          reason=reason, received_at=now)
+                          code=code, detail=detail, received_at=now)
 
     def _parse(self, topic: str | None, msg, now: float):
         if topic is None:
-            return [], [self._dead(topic, msg, now, "bad_topic: topic is not valid UTF-8")]
+            return [], [self._dead(topic, msg, now, DeadLetterCode.BAD_TOPIC, "topic is not valid UTF-8")]
         route = self.router.route(topic)
         if route is None:
             # Reachable through a retained message or broker-side topic mapping;
             # kept, not silently dropped.
-            return [], [self._dead(topic, msg, now, f"bad_topic: {topic!r} matches no configured pattern")]
+            return [], [self._dead(topic, msg, now, DeadLetterCode.BAD_TOPIC, f"{topic!r} matches no configured pattern")]
         known = self._known_sensors(route.asset) if self._known_sensors is not None else None
         return parse_payload(route, msg.payload, now, topic=topic, source=self.name, known_sensors=known,
                              min_timestamp=self.cfg.min_timestamp,

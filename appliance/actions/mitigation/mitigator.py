@@ -45,13 +45,13 @@ import operator
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
-from appliance.actions.audit import AuditLog
-from appliance.config import MitigationConfig, MitigationInterlock, MitigationRule, MitigationTarget
-from appliance.core import AlarmEvent, AlarmState, Counters, Level, Quality
+from appliance.actions.mitigation.audit import AuditLog
+from appliance.actions.mitigation.config import MitigationConfig, MitigationInterlock, MitigationRule, MitigationTarget
+from appliance.core import AlarmEvent, AlarmState, Counters, EventKind, Level, MitigationAction, Quality
 
 logger = logging.getLogger(__name__)
 
@@ -76,38 +76,6 @@ class PlcWriter(Protocol):
 
 class MitigationError(Exception):
     """A command that does not apply (unknown proposal, already decided...)."""
-
-
-@dataclass(frozen=True)
-class ActionRecord:
-    """One decision about one proposal, exactly as it is written to the audit log.
-
-    ``status``: ``advised`` (advise-only, nothing written), ``pending_approval``,
-    ``approved``, ``rejected``, ``written`` (written and verified), ``refused``
-    (``guard`` says which), ``failed`` (the PLC refused or the read-back did not
-    match), ``unchanged`` (already at the value), ``expired``, ``withdrawn``,
-    ``deferred`` (a revert put off by a stop, re-armed at the next start).
-    ``kind`` is ``mitigate`` or ``revert``.
-    """
-
-    proposal_id: str
-    ts: float
-    kind: str
-    status: str
-    actor: str
-    rule: str
-    asset: str
-    alarm_id: str | None
-    node: str
-    old_value: float | None
-    new_value: float | None
-    reason: str
-    guard: str | None = None
-    detail: str = ""
-    armed: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(slots=True)
@@ -187,20 +155,20 @@ class Mitigator:
 
     # ------------------------------------------------------------------ public API
 
-    async def on_alarm_event(self, event: AlarmEvent) -> list[ActionRecord]:
+    async def on_alarm_event(self, event: AlarmEvent) -> list[MitigationAction]:
         """Act on one alarm transition; returns what was decided (also audited)."""
         if not self.cfg.enabled or self._closed:
             return []
         alarm = event.alarm
         if alarm.historical:
             return []
-        records: list[ActionRecord] = []
+        records: list[MitigationAction] = []
         async with self._lock:
             records += await self._sweep_expired()
-            if event.kind in ("cleared", "superseded") or not alarm.active:
+            if event.kind in (EventKind.CLEARED, EventKind.SUPERSEDED) or not alarm.active:
                 records += await self._on_alarm_end(alarm.id, event.kind)
                 return records
-            if event.kind not in ("raised", "escalated"):
+            if event.kind not in (EventKind.RAISED, EventKind.ESCALATED):
                 return records
             for rule in self._matching_rules(alarm):
                 p = _Proposal(id=uuid.uuid4().hex[:16], rule=rule, asset=alarm.asset, alarm_id=alarm.id,
@@ -214,7 +182,7 @@ class Mitigator:
                 records.append(await self._execute(p, actor=self.cfg.actor, approved=False))
         return records
 
-    async def approve(self, proposal_id: str, user: str) -> ActionRecord:
+    async def approve(self, proposal_id: str, user: str) -> MitigationAction:
         """A named technician approves a pending proposal; all guards are evaluated again, now."""
         if not user or not user.strip():
             raise MitigationError("approval needs the name of the approving user")
@@ -228,7 +196,7 @@ class Mitigator:
                                detail="approved by technician")
             return await self._execute(p, actor=user, approved=True)
 
-    async def reject(self, proposal_id: str, user: str, note: str = "") -> ActionRecord:
+    async def reject(self, proposal_id: str, user: str, note: str = "") -> MitigationAction:
         if not user or not user.strip():
             raise MitigationError("rejection needs the name of the user")
         async with self._lock:
@@ -262,7 +230,7 @@ class Mitigator:
         """Newest first."""
         return self.audit.tail(limit)
 
-    async def resume(self, open_alarm_ids: Iterable[str]) -> list[ActionRecord]:
+    async def resume(self, open_alarm_ids: Iterable[str]) -> list[MitigationAction]:
         """Take up what was left from before a restart (call once, after alarms are restored).
 
         A proposal that was waiting for approval waits again for the time it had
@@ -432,7 +400,7 @@ class Mitigator:
 
     # ------------------------------------------------------------------ execution
 
-    async def _execute(self, p: _Proposal, actor: str, approved: bool) -> ActionRecord:
+    async def _execute(self, p: _Proposal, actor: str, approved: bool) -> MitigationAction:
         node = p.rule.node
         armed = self.cfg.armed
         try:
@@ -469,7 +437,7 @@ class Mitigator:
         return rec
 
     async def _write_verified(self, p: _Proposal, kind: str, actor: str, target: MitigationTarget,
-                              old: float, new: float) -> ActionRecord:
+                              old: float, new: float) -> MitigationAction:
         node = target.node
         try:
             await self.writer.write(node, new)  # type: ignore[union-attr] - checked in _read_state
@@ -525,7 +493,7 @@ class Mitigator:
             ws.remove(w)
             await self._revert(w, why or f"revert_after_s={delay:g} elapsed")
 
-    async def _on_alarm_end(self, alarm_id: str, kind: str) -> list[ActionRecord]:
+    async def _on_alarm_end(self, alarm_id: str, kind: str) -> list[MitigationAction]:
         out = []
         for pid, p in list(self._pending.items()):
             if p.alarm_id == alarm_id:
@@ -544,7 +512,7 @@ class Mitigator:
             self._written.setdefault(alarm_id, []).extend(keep)  # beside any revert waiting to retry
         return out
 
-    async def _revert(self, w: _Written, why: str) -> ActionRecord:
+    async def _revert(self, w: _Written, why: str) -> MitigationAction:
         rec = await self._try_revert(w, why)
         if rec.guard == "plc_read" and self.writer is not None and not self._closed:
             # Nothing was written and nothing decided: the PLC could not be read. Still owed.
@@ -560,7 +528,7 @@ class Mitigator:
         await asyncio.to_thread(self.audit.revert_settled, w.proposal.id)
         return rec
 
-    async def _try_revert(self, w: _Written, why: str) -> ActionRecord:
+    async def _try_revert(self, w: _Written, why: str) -> MitigationAction:
         p = replace(w.proposal, reason=f"revert of {w.proposal.id}: {why}")
         target = self._targets.get(w.node)
         if target is None:
@@ -596,7 +564,7 @@ class Mitigator:
             await asyncio.to_thread(self.audit.approval_settled, proposal_id)
         return p
 
-    async def _sweep_expired(self) -> list[ActionRecord]:
+    async def _sweep_expired(self) -> list[MitigationAction]:
         now = time.monotonic()
         out = []
         for pid, p in list(self._pending.items()):
@@ -607,7 +575,7 @@ class Mitigator:
                                               guard="approval", detail="nobody approved it in time"))
         return out
 
-    async def _resume_approvals(self, open_ids: set[str], rules: dict[str, MitigationRule]) -> list[ActionRecord]:
+    async def _resume_approvals(self, open_ids: set[str], rules: dict[str, MitigationRule]) -> list[MitigationAction]:
         """Proposals that were waiting for approval before the restart wait again, for the time they had left."""
         now, out = time.time(), []
         for row in await asyncio.to_thread(self.audit.held_for_approval):
@@ -631,39 +599,21 @@ class Mitigator:
     # ------------------------------------------------------------------ audit
 
     def _make(self, p: _Proposal, kind: str, status: str, actor: str, node: str, old, new,
-              guard: str | None, detail: str) -> ActionRecord:
-        return ActionRecord(proposal_id=p.id, ts=time.time(), kind=kind, status=status, actor=actor,
+              guard: str | None, detail: str) -> MitigationAction:
+        return MitigationAction(proposal_id=p.id, ts=time.time(), kind=kind, status=status, actor=actor,
                             rule=p.rule.name, asset=p.asset, alarm_id=p.alarm_id, node=node,
                             old_value=old, new_value=new, reason=p.reason, guard=guard, detail=detail,
                             armed=self.cfg.armed)
 
     def _record_sync(self, p: _Proposal, kind: str, status: str, actor: str, node: str, old, new,
-                     guard: str | None = None, detail: str = "") -> ActionRecord:
+                     guard: str | None = None, detail: str = "") -> MitigationAction:
         rec = self._make(p, kind, status, actor, node, old, new, guard, detail)
         self.audit.append(rec.to_dict())
         return rec
 
     async def _record(self, p: _Proposal, kind: str, status: str, actor: str, node: str, old, new,
-                      guard: str | None = None, detail: str = "") -> ActionRecord:
+                      guard: str | None = None, detail: str = "") -> MitigationAction:
         rec = self._make(p, kind, status, actor, node, old, new, guard, detail)
         # Off the event loop: a commit with FULL sync can take tens of ms on an SD card.
         await asyncio.to_thread(self.audit.append, rec.to_dict())
         return rec
-
-
-def build_mitigator(cfg: MitigationConfig, data_dir: str | Path, app_cfg=None) -> Mitigator:
-    """The runtime's factory: a :class:`Mitigator` writing over OPC-UA with its own session.
-
-    The PLC connection is ``cfg.plc``, or else the OPC-UA input's (``app_cfg.inputs.opcua``);
-    relative certificate paths resolve against ``data_dir``.
-    """
-    from appliance.connectors.opcua import AsyncuaPlcWriter
-
-    plc = cfg.plc
-    if plc is None and app_cfg is not None:
-        plc = app_cfg.inputs.opcua
-    writer = AsyncuaPlcWriter(plc, base_dir=data_dir) if plc is not None else None
-    if writer is None:
-        logger.warning("mitigation has no PLC connection (mitigation.plc / inputs.opcua); proposals are "
-                       "audited without evaluation and nothing can be written")
-    return Mitigator(cfg, data_dir, writer, close_writer=True)

@@ -1,9 +1,9 @@
-"""Output plugins for alarm events: one small interface, like Telegraf outputs.
+"""The MQTT alarm notifier: alarm events and each asset's alarm state on an MQTT broker.
 
-A notifier gets every :class:`~appliance.core.AlarmEvent` through ``notify``,
-which must never block the detection path. The store already holds every event,
-so a notifier that cannot deliver now republishes the current state when its
-far side returns.
+An :class:`~appliance.core.Output`: it gets every alarm event and mode change
+on the event loop and hands the publish to paho's queue, so it never blocks the
+detection path. The store already holds every event, so a notifier that cannot
+deliver now republishes the current state when its broker returns.
 """
 
 from __future__ import annotations
@@ -11,37 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Protocol
 
 import paho.mqtt.client as mqtt
 
-from appliance.connectors.mqtt import build_tls_context
-from appliance.core import AlarmEvent
+from appliance.actions.mqtt_alarm.config import MqttAlarmConfig
+from appliance.connections.config import MqttBroker
+from appliance.connections.mqtt import configure_paho
+from appliance.core import AlarmEvent, ModeChange, Output, OutputContext
 
 log = logging.getLogger(__name__)
 
 
-class Notifier(Protocol):
-    name: str
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def notify(self, event: AlarmEvent) -> None: ...
-
-    def status(self) -> dict: ...
-
-
-def configure_paho(client: mqtt.Client, broker) -> None:
-    """Apply credentials and TLS from an ``MqttBroker`` config section."""
-    if broker.username:
-        client.username_pw_set(broker.username, broker.password)
-    if broker.tls.enabled:
-        client.tls_set_context(build_tls_context(broker.tls))
-
-
-class MqttAlarmNotifier:
+class MqttAlarmNotifier(Output):
     """Publishes alarm events on ``{prefix}/{asset}/events`` (QoS 1) and the
     current state retained on ``{prefix}/{asset}/state``, so a panel or SCADA
     subscribing late still sees every asset's alarm state.
@@ -52,7 +33,7 @@ class MqttAlarmNotifier:
 
     name = "mqtt_alarm"
 
-    def __init__(self, cfg, broker, max_queued: int = 10_000):
+    def __init__(self, cfg: MqttAlarmConfig, broker: MqttBroker, max_queued: int = 10_000):
         self.cfg = cfg
         self.broker = broker
         self.prefix = cfg.topic_prefix.rstrip("/")
@@ -69,22 +50,34 @@ class MqttAlarmNotifier:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
 
-    def start(self) -> None:
+    async def start(self, ctx: OutputContext | None = None) -> None:
         self.client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
         self.client.loop_start()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         self._stopping = True
         self.client.disconnect()
         self.client.loop_stop()
 
-    def notify(self, event: AlarmEvent) -> None:
-        asset = event.alarm.asset
-        state = json.dumps(event.alarm.to_dict() | {"event": event.kind, "ts": event.ts}).encode()
+    def on_alarm_event(self, event: AlarmEvent) -> None:
+        state = event.alarm.to_dict() | {"event": event.kind.value, "ts": event.ts}
+        self._publish(event.alarm.asset, event.to_dict(), state)
+
+    def on_mode_change(self, change: ModeChange) -> None:
+        if change.alarm is not None:
+            state = change.alarm.to_dict()
+        else:  # no occurrence yet: the point's mode is its whole state
+            state = {"asset": change.asset, "active": False, "state": "normal",
+                     "shelved_until": change.shelved_until}
+        state |= {"event": change.name, "mode": change.mode.value, "ts": change.ts}
+        self._publish(change.asset, change.to_dict(), state)
+
+    def _publish(self, asset: str, event: dict, state: dict) -> None:
+        retained = json.dumps(state).encode()
         with self._lock:
-            self._states[asset] = state
-        self.client.publish(f"{self.prefix}/{asset}/events", json.dumps(event.to_dict()), qos=1)
-        self.client.publish(f"{self.prefix}/{asset}/state", state, qos=1, retain=True)
+            self._states[asset] = retained
+        self.client.publish(f"{self.prefix}/{asset}/events", json.dumps(event), qos=1)
+        self.client.publish(f"{self.prefix}/{asset}/state", retained, qos=1, retain=True)
         self.published += 1
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):

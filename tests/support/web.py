@@ -1,26 +1,27 @@
-"""Shared pieces of the web tests (the test_web_* modules import from here).
+"""The web tests' stand-in appliance and HTTP client (the fixtures are registered in tests/conftest.py).
 
 :class:`BookAppliance` puts the real :class:`AlarmBook` and the real
-:class:`Store` behind the two calls the dashboard makes, so a command sent from
-the page really changes an alarm's state and really lands in the store, without
-starting the whole runtime.
+:class:`Store` (through its real :class:`StoreOutput`) behind the calls the
+dashboard makes, so a command sent from the page really changes an alarm's
+state and really lands in the store, without starting the whole runtime.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.error
 import urllib.request
-import json
 
 import pytest
 
-from appliance.actions.alarms import AlarmBook
+from appliance.actions.alarms import AlarmBook, AlarmCommandError
 from appliance.actions.decide import Decider
-from appliance.core import Counters, DeadLetter, Reading, Score
-from appliance.runtime import MODE_EVENTS
+from appliance.core import AlarmEvent, Counters, DeadLetter, DeadLetterCode, ModeChange, Output, Reading, Score
+from appliance.runtime import ALARM_COMMANDS
 from appliance.store import Store
+from appliance.store.output import StoreOutput
 from appliance.watchdog import SensorWatchdog
 
 SENSORS = ("Current", "Pressure", "Temperature")
@@ -35,10 +36,14 @@ class ManualClock:
 
 
 class BookAppliance:
+    """The runtime's status, command and output calls over a real alarm book and store, fed by hand."""
+
     def __init__(self, store: Store, site: str = "test-site", silence_s: float = 10.0):
         self.store = store
+        self.store_output = StoreOutput(store)
+        self.outputs: dict[str, Output] = {"store": self.store_output}
         self.site = site
-        self.book = AlarmBook(Decider(raise_k=1, raise_n=1, clear_n=1))
+        self.book = AlarmBook(Decider(raise_k=1, raise_n=1, clear_n=1), on_peak=self.store_output.on_alarm_peak)
         self.counters = Counters()
         self.dead_by_reason = Counters()
         self.watchdog_clock = ManualClock()
@@ -51,7 +56,7 @@ class BookAppliance:
     def reading(self, asset: str, sensor: str, ts: float, value: float) -> None:
         with self._lock:
             self.counters.inc("readings")
-            self.store.put_reading(Reading(asset, sensor, ts, value))
+            self.store_output.on_reading(Reading(asset, sensor, ts, value))
             self.watchdog.seen(asset, sensor)
 
     def score(self, asset: str, t_end: float, ratio: float, top: str = "Current") -> list:
@@ -60,23 +65,26 @@ class BookAppliance:
         s = Score(asset, t_end, ratio, 1.0, contrib, "test-model-1")
         with self._lock:
             self.counters.inc("windows_scored")
-            self.store.put_score(s)
+            self.store_output.on_score(s)
             events = self.book.on_score(s)
             self._emit(events)
         return events
 
-    def dead_letter(self, source: str, payload: bytes, reason: str) -> None:
+    def dead_letter(self, source: str, payload: bytes, code: DeadLetterCode, detail: str = "") -> None:
         with self._lock:
             self.counters.inc("dead_letters")
-            self.dead_by_reason.inc(reason.split(":")[0])
-            self.store.put_dead_letter(DeadLetter(source, payload, reason, time.time()))
+            self.dead_by_reason.inc(code.value)
+            self.store_output.on_dead_letter(DeadLetter(source, payload, code, detail, time.time()))
 
-    def _emit(self, events) -> None:
-        for e in events:
-            self.counters.inc(f"alarm_{e.kind}")
-            self.store.put_alarm_event(e)
-            if e.kind in MODE_EVENTS:
-                self.store.put_point_mode(e.alarm.asset, self.book.modes()[e.alarm.asset], e.alarm.shelved_until)
+    def _emit(self, changes: list[AlarmEvent | ModeChange]) -> None:
+        # The same counters and store records as the runtime's emit path.
+        for c in changes:
+            if isinstance(c, ModeChange):
+                self.counters.inc(f"mode_{c.name}")
+                self.store_output.on_mode_change(c)
+            else:
+                self.counters.inc(f"alarm_{c.kind.value}")
+                self.store_output.on_alarm_event(c)
 
     # -- what the dashboard calls ----------------------------------------------------
     def status(self) -> dict:
@@ -93,40 +101,39 @@ class BookAppliance:
                 "in_flight": {"now": 0, "peak": 0, "limit": 1000, "store_queue": self.store.queued()},
                 "silent_sensors": self.watchdog.silent(),
                 "alarms": [a.to_dict() for a in self.book.alarms()],
-                "point_modes": self.book.modes(),
-                "connectors": {}, "notifiers": {}, "history": None, "mitigation": None,
+                "point_modes": {a: m.value for a, m in self.book.modes().items()},
+                "inputs": {},
+                "outputs": {name: o.status() for name, o in self.outputs.items()},
             }
 
+    def output(self, name: str) -> Output | None:
+        return self.outputs.get(name)
+
     def command(self, name: str, **kwargs):
-        if name not in ("acknowledge", "shelve", "set_mode"):
+        if name in ("approve_action", "reject_action"):
+            raise AlarmCommandError("mitigation is not enabled")  # as the runtime says without the output
+        if name not in ALARM_COMMANDS:
             raise ValueError(f"unknown command {name!r}")
         with self._lock:
             self.commands.append((name, kwargs))
-            events = getattr(self.book, name)(**kwargs)
-            self._emit(events)
+            changes = getattr(self.book, name)(**kwargs)
+            self._emit(changes)
         # The real runtime answers once the command is applied; the store follows
         # on its writer thread. Flushing here lets tests read the store at once.
         self.store.flush()
-        return events
+        return changes
 
     def flush(self) -> None:
         assert self.store.flush(30), "store did not flush"
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "store.db")
-    s.start()
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def book_appliance(store):
+    """A :class:`BookAppliance` over the test's store (the ``store`` fixture of tests/conftest.py)."""
     return BookAppliance(store)
 
 
-def http(method: str, url: str, body: dict | None = None, headers: dict | None = None, timeout: float = 10.0):
+def http(method: str, url: str, body: dict | None = None, headers: dict | None = None, timeout: float = 30.0):
     """(status, parsed JSON or text, headers) over a real socket."""
     data = None
     hdrs = dict(headers or {})
@@ -142,14 +149,3 @@ def http(method: str, url: str, body: dict | None = None, headers: dict | None =
     if (rh.get("Content-Type") or "").startswith("application/json"):
         return status, json.loads(raw), rh
     return status, raw.decode("utf-8", "replace"), rh
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last={last!r})")

@@ -1,0 +1,103 @@
+"""``[outputs.mitigation]``: the allow-list, limits, interlocks and rules of guarded PLC writes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from appliance.connections.config import OpcuaEndpointConfig, check_node_ref
+from appliance.settings import DAY_S, Section
+
+
+class MitigationTarget(Section):
+    """A PLC node the appliance may write (the allow-list), with the limits every write obeys."""
+
+    node: str
+    min: float
+    max: float
+    max_step: float | None = Field(None, gt=0, le=1e15, description="largest change in one write")
+    max_rate_per_min: float | None = Field(
+        None, gt=0, description="largest total change written within any 60 s")
+    cooldown_s: float = Field(60.0, ge=0, le=DAY_S, description="minimum time between two writes to this node")
+    tolerance: float = Field(1e-6, ge=0, le=1e15, description="read-back must equal the written value within this")
+
+    @field_validator("node")
+    @classmethod
+    def _node_ok(cls, v: str) -> str:
+        return check_node_ref(v)
+
+    @model_validator(mode="after")
+    def _range_ok(self):
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+
+class MitigationInterlock(Section):
+    """A condition read from the PLC just before a write; the write is refused unless it holds."""
+
+    name: str = Field(min_length=1)
+    node: str
+    op: Literal["==", "!=", "<", "<=", ">", ">="] = "=="
+    value: bool | float
+
+    @field_validator("node")
+    @classmethod
+    def _node_ok(cls, v: str) -> str:
+        return check_node_ref(v)
+
+
+class MitigationRule(Section):
+    """When an alarm on ``asset`` reaches ``min_level`` with one of ``sensors`` among its top
+    contributors, write ``node``: either ``set_value`` or current value ``+ change_by``."""
+
+    name: str = Field(min_length=1)
+    asset: str = Field("*", description="asset name or fnmatch pattern")
+    min_level: Literal["anomaly", "critical"] = "anomaly"
+    sensors: tuple[str, ...] = Field((), description="any of these among the top sensors; empty = any")
+    top_n: int = Field(3, ge=1, le=1000, description="how many top contributing sensors are considered")
+    node: str
+    set_value: float | None = None
+    change_by: float | None = None
+    interlocks: tuple[MitigationInterlock, ...] = Field((), description="in addition to the global ones")
+    require_approval: bool | None = Field(None, description="default: mitigation.require_approval")
+    revert_after_s: float | None = Field(None, gt=0, le=30 * DAY_S, description="restore the previous value after this")
+    revert_on_clear: bool = Field(False, description="restore the previous value when the alarm clears")
+
+    @field_validator("node")
+    @classmethod
+    def _node_ok(cls, v: str) -> str:
+        return check_node_ref(v)
+
+    @model_validator(mode="after")
+    def _one_action(self):
+        if (self.set_value is None) == (self.change_by is None):
+            raise ValueError("exactly one of set_value or change_by must be given")
+        return self
+
+
+class MitigationConfig(Section):
+    """Guarded writes to the PLC. Advise-only (proposals audited, nothing written) until armed."""
+
+    enabled: bool = False
+    armed: bool = False
+    plc: OpcuaEndpointConfig | None = Field(None, description="default: [connections.opcua]")
+    audit_db: str = Field("mitigation_audit.db", description="append-only audit log (SQLite), in data_dir")
+    actor: str = Field("appliance", min_length=1, description="who the audit log names for automatic writes")
+    require_approval: bool = False
+    approval_timeout_s: float = Field(900.0, gt=0, le=7 * DAY_S)
+    readback_delay_s: float = Field(0.5, ge=0, le=30, description="PLC scan time to wait before the read-back")
+    targets: tuple[MitigationTarget, ...] = ()
+    interlocks: tuple[MitigationInterlock, ...] = Field((), description="checked before every write")
+    rules: tuple[MitigationRule, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self):
+        for what, names in (("rules", [r.name for r in self.rules]),
+                            ("targets", [t.node for t in self.targets]),
+                            ("interlocks", [i.name for i in self.interlocks])):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{what}: duplicate {', '.join(dup)}")
+        return self

@@ -1,0 +1,17 @@
+"""The small typed core every part of the appliance shares: records and plugin interfaces.
+
+Nothing here imports another part of the appliance, so every part can import it.
+Timestamps (``ts``) are UNIX seconds (UTC, float) taken from the source.
+"""
+
+from appliance.core.plugins import (HOOKS, AckCallback, IngestSink, Input, Output, OutputContext, PluginEnv,
+                                    overrides)
+from appliance.core.records import (Alarm, AlarmEvent, AlarmState, Counters, DeadLetter, DeadLetterCode,
+                                    EventKind, Level, MitigationAction, ModeChange, PointMode, Quality,
+                                    Reading, Score, SensorHealth, Window)
+
+__all__ = [
+    "HOOKS", "AckCallback", "Alarm", "AlarmEvent", "AlarmState", "Counters", "DeadLetter", "DeadLetterCode", "EventKind",
+    "IngestSink", "Input", "Level", "MitigationAction", "ModeChange", "Output", "OutputContext", "PluginEnv",
+    "PointMode", "Quality", "Reading", "Score", "SensorHealth", "Window", "overrides",
+]

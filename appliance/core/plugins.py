@@ -1,0 +1,145 @@
+"""The two interfaces every plugin implements: :class:`Input` and :class:`Output`.
+
+An input (MQTT, OPC-UA) turns a protocol into :class:`~appliance.core.Reading`
+records and hands them to an :class:`IngestSink`. An output (the store, InfluxDB
+history, the MQTT alarm notifier, PLC mitigation) receives what the detection
+path produced through a handful of ``on_*`` hooks. The runtime calls the hooks
+on its one event loop, so a hook must return at once: an output that talks to
+disk or network queues the work (its own thread, or a task through
+:class:`OutputContext`). A hook an output does not override costs nothing: the
+runtime only calls the ones that are overridden.
+
+Plugins are listed in :mod:`appliance.registry`; each is a folder with its code,
+its config section and a README.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Collection, Coroutine, Mapping, Protocol, Sequence
+
+from appliance.core.records import (Alarm, AlarmEvent, DeadLetter, MitigationAction, ModeChange, Reading,
+                                    Score)
+
+AckCallback = Callable[[], None]
+
+
+class IngestSink(Protocol):
+    """Where inputs hand what they received. Must be safe to call from any thread.
+
+    ``on_stored`` is called once everything in the batch is durably stored; an
+    input uses it to acknowledge the message to its source (MQTT PUBACK), so a
+    crash before that point means the source delivers again.
+    """
+
+    def submit(self, readings: Sequence[Reading], dead_letters: Sequence[DeadLetter] = (),
+               on_stored: AckCallback | None = None) -> None: ...
+
+
+class Input:
+    """An input plugin: start delivering to a sink, stop, report."""
+
+    name: str = "input"
+
+    async def start(self, sink: IngestSink) -> None:
+        """Begin delivering readings; returns once started (not necessarily connected)."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Stop delivering and release the connection."""
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        """True once connected and receiving (MQTT: every subscription acknowledged)."""
+        return True
+
+    def status(self) -> dict:
+        """Counters and connection state for the status API."""
+        return {}
+
+
+@dataclass(frozen=True)
+class OutputContext:
+    """What the runtime gives an output when it starts.
+
+    ``open_alarm_ids``: alarms still open from before a restart. ``publish_action``
+    hands a mitigation record to every output (the store's audit, history).
+    ``spawn`` runs a coroutine as a background task that the runtime awaits on
+    shutdown, so slow work (a PLC write) never sits on the detection path.
+    """
+
+    open_alarm_ids: frozenset[str]
+    publish_action: Callable[[MitigationAction], None]
+    spawn: Callable[[Coroutine[Any, Any, Any]], None]
+
+
+Command = Callable[..., Awaitable[list]]
+
+
+class Output:
+    """An output plugin. Override the hooks it needs; each must return at once."""
+
+    name: str = "output"
+
+    async def start(self, ctx: OutputContext) -> None:
+        """Open connections or threads; never waits for a far side to answer."""
+
+    async def stop(self) -> None:
+        """Flush what can be flushed and release resources."""
+
+    def on_reading(self, reading: Reading) -> None:
+        """A reading accepted from an input."""
+
+    def on_dead_letter(self, dead: DeadLetter) -> None:
+        """Input that could not be accepted."""
+
+    def on_score(self, score: Score) -> None:
+        """A window was scored."""
+
+    def on_alarm_event(self, event: AlarmEvent) -> None:
+        """An alarm occurrence changed (raised, escalated, cleared, acknowledged, superseded)."""
+
+    def on_alarm_peak(self, alarm: Alarm) -> None:
+        """The open alarm's peak rose (between events; frequent while a fault grows)."""
+
+    def on_mode_change(self, change: ModeChange) -> None:
+        """An alarm point was shelved, suppressed, taken out of or returned to service."""
+
+    def on_action(self, action: MitigationAction) -> None:
+        """A mitigation step (proposed, written, refused, reverted ...)."""
+
+    def commands(self) -> Mapping[str, Command]:
+        """Operator commands this output answers (``approve_action`` ...), run on the event loop."""
+        return {}
+
+    def status(self) -> dict:
+        """Counters and state for the status API."""
+        return {}
+
+
+HOOKS = ("on_reading", "on_dead_letter", "on_score", "on_alarm_event", "on_alarm_peak", "on_mode_change",
+         "on_action")
+
+
+def overrides(output: Output, hook: str) -> bool:
+    """True if ``output`` implements ``hook`` itself (the base's hooks do nothing)."""
+    return getattr(type(output), hook) is not getattr(Output, hook)
+
+
+@dataclass(frozen=True)
+class PluginEnv:
+    """What a plugin factory may use besides its own section.
+
+    ``config`` is the whole validated configuration (for the shared
+    ``connections``); ``data_dir`` resolves relative paths; ``sensors`` lists the
+    model's sensors (an input may refuse others early).
+    """
+
+    config: Any
+    data_dir: Path
+    sensors: Collection[str]
+
+    def path(self, p: str) -> Path:
+        q = Path(p)
+        return q if q.is_absolute() else self.data_dir / q

@@ -1,0 +1,9 @@
+"""The local store (SQLite, WAL): the gateway's source of truth, and the output that fills it.
+
+It owns its schema: every other part reads and writes through :class:`Store`'s
+methods, never with SQL of its own. See README.md.
+"""
+
+from appliance.store.store import Store, StoreReader, StoreUnavailable, open_reader
+
+__all__ = ["Store", "StoreReader", "StoreUnavailable", "open_reader"]

@@ -1,0 +1,57 @@
+"""The store as an :class:`~appliance.core.Output`: every record the detection path makes goes to SQLite."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from appliance.core import Alarm, AlarmEvent, DeadLetter, EventKind, ModeChange, Output, OutputContext, Reading, Score
+from appliance.store.store import Store
+
+# An open alarm's row follows its rising peak at most this often: a growing fault
+# raises the peak on nearly every window, and the journal needs the trend, not each step.
+PEAK_WRITE_INTERVAL_S = 1.0
+
+
+class StoreOutput(Output):
+    name = "store"
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic):
+        self.store = store
+        self._clock = clock
+        self._peaks_written: dict[str, float] = {}  # open alarm id -> when its peak was last written
+
+    async def start(self, ctx: OutputContext) -> None:
+        self.store.start()
+
+    async def stop(self) -> None:
+        self.store.close()
+
+    def on_reading(self, reading: Reading) -> None:
+        self.store.put_reading(reading)
+
+    def on_dead_letter(self, dead: DeadLetter) -> None:
+        self.store.put_dead_letter(dead)
+
+    def on_score(self, score: Score) -> None:
+        self.store.put_score(score)
+
+    def on_alarm_event(self, event: AlarmEvent) -> None:
+        self.store.put_alarm_event(event)
+        if event.kind in (EventKind.CLEARED, EventKind.SUPERSEDED):
+            self._peaks_written.pop(event.alarm.id, None)  # keeps the map to open alarms only
+        else:
+            self._peaks_written.setdefault(event.alarm.id, self._clock())
+
+    def on_alarm_peak(self, alarm: Alarm) -> None:
+        now = self._clock()
+        if now - self._peaks_written.get(alarm.id, -PEAK_WRITE_INTERVAL_S) >= PEAK_WRITE_INTERVAL_S:
+            self._peaks_written[alarm.id] = now
+            self.store.put_alarm(alarm)
+
+    def on_mode_change(self, change: ModeChange) -> None:
+        self.store.put_mode_change(change)
+
+    def status(self) -> dict:
+        return {"queued": self.store.queued(), "committed_batches": self.store.committed_batches,
+                "write_errors": self.store.write_errors, "last_error": self.store.last_error}

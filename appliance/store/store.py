@@ -1,0 +1,614 @@
+"""The local store: SQLite in WAL mode, the source of truth on the gateway.
+
+Writes go through one writer thread (:class:`Store.put` never waits on disk), in
+batched transactions. After a batch commits, the callbacks queued with it run in
+order: that is when a connector acknowledges the messages to its source, so a
+reading acknowledged upstream is on disk.
+
+Durability: ``synchronous=FULL`` in WAL mode, so a committed batch survives a
+power cut, and a ``kill -9`` at any moment leaves a consistent database (SQLite's
+journal guarantees it). What can be lost is only what was queued and not yet
+committed; the source still holds those (they were not acknowledged).
+
+Readings are unique per (asset, sensor, ts): a message delivered twice (QoS 1
+after a crash) is stored once. Retention keeps the newest ``max_readings`` rows
+and drops rows received more than ``retention_days`` ago.
+
+Readers (dashboard, tests, CLI) go through :class:`StoreReader`, read-only, on their own
+connections.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from appliance.core import (Alarm, AlarmEvent, AlarmState, DeadLetter, Level, ModeChange, PointMode, Quality,
+                            Reading, Score)
+
+log = logging.getLogger(__name__)
+
+_MODE_CHANGES = """
+CREATE TABLE IF NOT EXISTS mode_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    asset TEXT NOT NULL, event TEXT NOT NULL, mode TEXT NOT NULL, previous TEXT NOT NULL, ts REAL NOT NULL,
+    user TEXT NOT NULL, note TEXT, shelved_until REAL, alarm_id TEXT,
+    UNIQUE (asset, mode, ts)
+);
+"""
+
+# The schema's version, kept in SQLite's user_version; _migrate brings an older file up to it.
+SCHEMA_VERSION = 2
+
+SCHEMA = _MODE_CHANGES + """
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY,
+    asset TEXT NOT NULL, sensor TEXT NOT NULL, ts REAL NOT NULL, value REAL,
+    quality INTEGER NOT NULL, historical INTEGER NOT NULL, received REAL NOT NULL,
+    UNIQUE (asset, sensor, ts)
+);
+CREATE TABLE IF NOT EXISTS scores (
+    id INTEGER PRIMARY KEY,
+    asset TEXT NOT NULL, t_end REAL NOT NULL, value REAL NOT NULL, threshold REAL NOT NULL,
+    contributions TEXT NOT NULL, model_version TEXT NOT NULL, historical INTEGER NOT NULL,
+    received REAL NOT NULL,
+    UNIQUE (asset, t_end)
+);
+CREATE TABLE IF NOT EXISTS alarms (
+    id TEXT PRIMARY KEY, asset TEXT NOT NULL, level TEXT NOT NULL, state TEXT NOT NULL,
+    active INTEGER NOT NULL, start REAL NOT NULL, end REAL, peak_ratio REAL NOT NULL,
+    top_sensors TEXT NOT NULL, acked_by TEXT, shelved_until REAL, historical INTEGER NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alarms_asset ON alarms (asset, start);
+CREATE TABLE IF NOT EXISTS alarm_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    alarm_id TEXT NOT NULL, kind TEXT NOT NULL, ts REAL NOT NULL, user TEXT, note TEXT,
+    snapshot TEXT NOT NULL,
+    UNIQUE (alarm_id, kind, ts)
+);
+CREATE INDEX IF NOT EXISTS mode_changes_asset ON mode_changes (asset, ts);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL, payload BLOB NOT NULL, code TEXT NOT NULL, detail TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_code ON dead_letters (code);
+CREATE TABLE IF NOT EXISTS point_modes (
+    asset TEXT PRIMARY KEY, mode TEXT NOT NULL, shelved_until REAL, updated REAL NOT NULL
+);
+"""
+
+# Version 1 (until 2026-11): alarms.peak_score held the ratio to the threshold; dead letters kept
+# "code: detail" in one reason column; mode changes were alarm events of 'point-<asset>' rows.
+_MIGRATE_1_TO_2 = """
+ALTER TABLE alarms RENAME COLUMN peak_score TO peak_ratio;
+ALTER TABLE dead_letters RENAME TO dead_letters_v1;
+DROP INDEX IF EXISTS dead_letters_reason;
+CREATE TABLE dead_letters (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL, payload BLOB NOT NULL, code TEXT NOT NULL, detail TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+INSERT INTO dead_letters (id, source, payload, code, detail, received_at)
+    SELECT id, source, payload,
+           CASE WHEN instr(reason, ':') > 0 THEN substr(reason, 1, instr(reason, ':') - 1) ELSE reason END,
+           CASE WHEN instr(reason, ':') > 0 THEN trim(substr(reason, instr(reason, ':') + 1)) ELSE '' END,
+           received_at
+    FROM dead_letters_v1;
+DROP TABLE dead_letters_v1;
+CREATE INDEX IF NOT EXISTS dead_letters_code ON dead_letters (code);
+INSERT OR IGNORE INTO mode_changes (asset, event, mode, previous, ts, user, note, shelved_until, alarm_id)
+    SELECT json_extract(snapshot, '$.alarm.asset'), kind,
+           CASE kind WHEN 'shelved' THEN 'shelved' WHEN 'suppressed' THEN 'suppressed'
+                     WHEN 'removed_from_service' THEN 'out_of_service' ELSE 'in_service' END,
+           'unknown', ts, coalesce(user, 'unknown'), note, json_extract(snapshot, '$.alarm.shelved_until'),
+           CASE WHEN alarm_id LIKE 'point-%' THEN NULL ELSE alarm_id END
+    FROM alarm_events
+    WHERE kind IN ('shelved', 'unshelved', 'suppressed', 'removed_from_service', 'returned_to_service');
+DELETE FROM alarm_events
+    WHERE kind IN ('shelved', 'unshelved', 'suppressed', 'removed_from_service', 'returned_to_service');
+DELETE FROM alarms WHERE id LIKE 'point-%';
+UPDATE alarm_events
+    SET snapshot = json_set(json_remove(snapshot, '$.alarm.peak_score'), '$.alarm.peak_ratio',
+                            json_extract(snapshot, '$.alarm.peak_score'))
+    WHERE json_extract(snapshot, '$.alarm.peak_score') IS NOT NULL;
+"""
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create the schema, or bring a store written by an earlier release up to it."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    has_alarms = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'alarms'").fetchone() is not None
+    if version == 0 and has_alarms:
+        version = 1  # a store from before the schema had a version
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"store schema version {version} is newer than this release's ({SCHEMA_VERSION})")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if version == 1:
+            for stmt in (_MODE_CHANGES + _MIGRATE_1_TO_2).split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+        for stmt in SCHEMA.split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+_STOP = object()
+
+
+def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def open_reader(path: str | Path) -> sqlite3.Connection:
+    conn = _connect(Path(path), readonly=True)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+class Store:
+    def __init__(self, path: str | Path, retention_days: float = 7.0, max_readings: int = 5_000_000,
+                 max_dead_letters: int = 100_000, batch_max: int = 2000):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.retention_s = retention_days * 86400
+        self.max_readings = max_readings
+        self.max_dead_letters = max_dead_letters
+        self.batch_max = batch_max
+        conn = _connect(self.path)
+        try:
+            _migrate(conn)
+        finally:
+            conn.close()
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.committed_batches = 0
+        self.write_errors = 0
+        self.last_error: str | None = None
+        self._last_retention = 0.0
+
+    @classmethod
+    def from_config(cls, cfg, path: Path) -> "Store":
+        return cls(path, cfg.retention_days, cfg.max_readings, cfg.max_dead_letters)
+
+    # -- writer side ----------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Flush everything queued, then stop the writer."""
+        if self._thread is not None:
+            self._q.put(_STOP)
+            self._thread.join(timeout=60)
+            self._thread = None
+
+    def put_reading(self, r: Reading) -> None:
+        self._q.put(("reading", r))
+
+    def put_score(self, s: Score) -> None:
+        self._q.put(("score", s))
+
+    def put_alarm_event(self, e: AlarmEvent) -> None:
+        self._q.put(("alarm_event", e))
+
+    def put_alarm(self, a: Alarm) -> None:
+        """Update an alarm's row (peak, top sensors) without recording an event."""
+        self._q.put(("alarm", copy.copy(a)))
+
+    def put_dead_letter(self, d: DeadLetter) -> None:
+        self._q.put(("dead", d))
+
+    def put_mode_change(self, m: ModeChange) -> None:
+        """Record the change and the point's new mode (and the occurrence's new state, if any)."""
+        self._q.put(("mode", m))
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once everything queued before it is committed."""
+        self._q.put(("callback", callback))
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        done = threading.Event()
+        self.after_commit(done.set)
+        return done.wait(timeout)
+
+    def queued(self) -> int:
+        return self._q.qsize()
+
+    def _run(self) -> None:
+        conn = _connect(self.path)
+        stopping = False
+        while not stopping:
+            batch = [self._q.get()]
+            while len(batch) < self.batch_max:
+                try:
+                    batch.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            if batch[-1] is _STOP or _STOP in batch:
+                stopping = True
+                batch = [b for b in batch if b is not _STOP]
+            callbacks = self._write_batch(conn, batch)
+            for cb in callbacks:
+                try:
+                    cb()
+                except Exception:  # a connector's ack must never kill the writer
+                    log.exception("store: after-commit callback failed")
+            if time.monotonic() - self._last_retention > 60:
+                self._retention(conn)
+        conn.close()
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: list) -> list[Callable[[], None]]:
+        callbacks = []
+        now = time.time()
+        readings, scores, events, dead, modes, alarms = [], [], [], [], [], []
+        for kind, item in batch:
+            if kind == "callback":
+                callbacks.append(item)
+            elif kind == "reading":
+                readings.append((item.asset, item.sensor, item.ts, item.value, int(item.quality),
+                                 int(item.historical), now))
+            elif kind == "score":
+                scores.append((item.asset, item.t_end, item.value, item.threshold,
+                               json.dumps(dict(item.contributions)), item.model_version,
+                               int(item.historical), now))
+            elif kind == "alarm_event":
+                events.append(item)
+            elif kind == "dead":
+                dead.append((item.source, item.payload, item.code.value, item.detail, item.received_at))
+            elif kind == "alarm":
+                alarms.append(item)
+            elif kind == "mode":
+                modes.append(item)
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("INSERT OR IGNORE INTO readings (asset, sensor, ts, value, quality,"
+                                 " historical, received) VALUES (?,?,?,?,?,?,?)", readings)
+                conn.executemany("INSERT OR IGNORE INTO scores (asset, t_end, value, threshold,"
+                                 " contributions, model_version, historical, received)"
+                                 " VALUES (?,?,?,?,?,?,?,?)", scores)
+                conn.executemany("INSERT INTO dead_letters (source, payload, code, detail, received_at)"
+                                 " VALUES (?,?,?,?,?)", dead)
+                for a in alarms:
+                    self._write_alarm(conn, a, now)
+                for e in events:
+                    self._write_event(conn, e, now)
+                for m in modes:
+                    self._write_mode_change(conn, m, now)
+                conn.execute("COMMIT")
+                self.committed_batches += 1
+                return callbacks
+            except sqlite3.Error as exc:
+                # Disk full or locked: keep the batch and retry; the source is not
+                # acknowledged meanwhile, and ingestion slows down by backpressure.
+                self.write_errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("store: write failed, retrying error=%r", self.last_error)
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                time.sleep(1.0)
+
+    @staticmethod
+    def _write_alarm(conn: sqlite3.Connection, a: Alarm, now: float) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO alarms (id, asset, level, state, active, start, end, peak_ratio,"
+            " top_sensors, acked_by, shelved_until, historical, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (a.id, a.asset, a.level.name.lower(), a.state.value, int(a.active), a.start, a.end,
+             a.peak_ratio, json.dumps(list(a.top_sensors)), a.acked_by, a.shelved_until,
+             int(a.historical), now))
+
+    @classmethod
+    def _write_event(cls, conn: sqlite3.Connection, e: AlarmEvent, now: float) -> None:
+        a = e.alarm
+        cls._write_alarm(conn, a, now)
+        conn.execute("INSERT OR IGNORE INTO alarm_events (alarm_id, kind, ts, user, note, snapshot)"
+                     " VALUES (?,?,?,?,?,?)",
+                     (a.id, e.kind.value, e.ts, e.user, e.note, json.dumps(e.to_dict())))
+
+    @classmethod
+    def _write_mode_change(cls, conn: sqlite3.Connection, m: ModeChange, now: float) -> None:
+        if m.alarm is not None:
+            cls._write_alarm(conn, m.alarm, now)
+        conn.execute("INSERT OR REPLACE INTO point_modes VALUES (?,?,?,?)",
+                     (m.asset, m.mode.value, m.shelved_until, now))
+        conn.execute("INSERT OR IGNORE INTO mode_changes (asset, event, mode, previous, ts, user, note,"
+                     " shelved_until, alarm_id) VALUES (?,?,?,?,?,?,?,?,?)",
+                     (m.asset, m.name, m.mode.value, m.previous.value, m.ts, m.user, m.note, m.shelved_until,
+                      m.alarm.id if m.alarm is not None else None))
+
+    def _retention(self, conn: sqlite3.Connection) -> None:
+        self._last_retention = time.monotonic()
+        cutoff = time.time() - self.retention_s
+        try:
+            for table, keep in (("readings", self.max_readings), ("scores", self.max_readings),
+                                ("dead_letters", self.max_dead_letters)):
+                col = "received_at" if table == "dead_letters" else "received"
+                conn.execute(f"DELETE FROM {table} WHERE {col} < ?", (cutoff,))
+                conn.execute(f"DELETE FROM {table} WHERE id <= (SELECT MAX(id) FROM {table}) - ?", (keep,))
+        except sqlite3.Error as exc:
+            log.warning("store: retention failed error=%r", exc)
+
+    # -- read side (any thread) -------------------------------------------------
+    @property
+    def reader(self) -> StoreReader:
+        """Read-only queries on this store, from any thread (see :class:`StoreReader`)."""
+        return StoreReader(self.path)
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table."""
+        return self.reader.counts()
+
+    def open_alarms(self) -> list[Alarm]:
+        """Alarms not closed, for restoring after a restart."""
+        return self.reader.open_alarms()
+
+    def point_modes(self) -> dict[str, tuple[PointMode, float | None]]:
+        """Each alarm point's mode (and shelving expiry) as last recorded."""
+        return self.reader.point_modes()
+
+
+def alarm_from_row(r: sqlite3.Row) -> Alarm:
+    """The :class:`Alarm` of one ``alarms`` row."""
+    return Alarm(id=r["id"], asset=r["asset"], level=Level[r["level"].upper()],
+                 state=AlarmState(r["state"]), start=r["start"], peak_ratio=r["peak_ratio"],
+                 top_sensors=tuple(json.loads(r["top_sensors"])), end=r["end"],
+                 active=bool(r["active"]), acked_by=r["acked_by"], shelved_until=r["shelved_until"],
+                 historical=bool(r["historical"]))
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be read: no file yet, not a store, damaged, or locked for too long."""
+
+
+_COUNTED = ("readings", "scores", "alarms", "alarm_events", "mode_changes", "dead_letters")
+
+
+class StoreReader:
+    """Read-only queries on a store file: the dashboard's, the CLI's and the tests' one way in.
+
+    Stateless and safe from any thread or process: each call opens its own
+    read-only connection and closes it before returning. In WAL mode a reader
+    neither waits for the writer nor holds it up, so reading never slows the
+    detection path; it sees the last committed batch. Every SQLite failure
+    (missing file, foreign or damaged file, busy for longer than the timeout)
+    is raised as :class:`StoreUnavailable` with SQLite's message.
+
+    Lists come as plain dicts (the records' ``to_dict`` spelling plus what only
+    the store knows, such as row ids), newest first. When the filter pins one
+    series (scores of one asset, readings of one asset's sensor, an asset's mode
+    changes) rows are ordered by their source time, which an index serves
+    directly; otherwise by arrival (row id), so that an unfiltered query on
+    millions of rows on a Raspberry Pi stays an index walk instead of a full
+    sort. ``since`` is an exclusive lower bound on the source time (``t_end``
+    for scores, ``ts`` for readings, ``received_at`` for dead letters).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        if not self.path.exists():
+            # SQLite would only say "unable to open database file"; name the file.
+            raise StoreUnavailable(f"store file {self.path} does not exist yet")
+        try:
+            conn = open_reader(self.path)
+            try:
+                yield conn
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    def _rows(self, sql: str, args: Iterable = ()) -> list[sqlite3.Row]:
+        with self._connection() as conn:
+            return conn.execute(sql, tuple(args)).fetchall()
+
+    def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the file is a store with this release's schema."""
+        version = self._rows("PRAGMA user_version")[0][0]
+        if version != SCHEMA_VERSION:
+            raise StoreUnavailable(f"store schema version {version}, this release reads version {SCHEMA_VERSION}"
+                                   " (the appliance brings an older store up to date when it starts)")
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table."""
+        with self._connection() as conn:
+            return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in _COUNTED}
+
+    def open_alarms(self) -> list[Alarm]:
+        """Alarms not closed, for restoring after a restart."""
+        return [alarm_from_row(r) for r in self._rows("SELECT * FROM alarms WHERE state != ?",
+                                                       (AlarmState.NORMAL.value,))]
+
+    def point_modes(self) -> dict[str, tuple[PointMode, float | None]]:
+        """Each alarm point's mode (and shelving expiry) as last recorded."""
+        return {r["asset"]: (PointMode(r["mode"]), r["shelved_until"])
+                for r in self._rows("SELECT * FROM point_modes")}
+
+    def alarms(self, active: bool | None = None, limit: int = 100) -> list[dict]:
+        """Stored alarm occurrences, latest start first: :meth:`Alarm.to_dict` plus ``updated``
+        (when the row last changed); ``active`` keeps only the active (True) or ended (False) ones."""
+        sql, args = "SELECT * FROM alarms", []
+        if active is not None:
+            sql += " WHERE active = ?"
+            args.append(int(active))
+        sql += " ORDER BY start DESC LIMIT ?"
+        args.append(limit)
+        return [{**alarm_from_row(r).to_dict(), "updated": r["updated"]} for r in self._rows(sql, args)]
+
+    def alarm_events(self, alarm_id: str) -> list[dict] | None:
+        """Every stored transition of one alarm occurrence, oldest first; ``None`` if the id is unknown.
+
+        Each has ``seq``, ``alarm_id``, ``kind`` (an :class:`~appliance.core.EventKind`
+        value), ``ts``, ``user``, ``note`` and ``alarm``: the occurrence as it was
+        right after the transition (``None`` if that snapshot cannot be read).
+        """
+        with self._connection() as conn:
+            rows = conn.execute("SELECT * FROM alarm_events WHERE alarm_id = ? ORDER BY seq", (alarm_id,)).fetchall()
+            if not rows and conn.execute("SELECT 1 FROM alarms WHERE id = ?", (alarm_id,)).fetchone() is None:
+                return None
+        out = []
+        for r in rows:
+            try:
+                snapshot = json.loads(r["snapshot"]).get("alarm")
+            except (ValueError, AttributeError):
+                snapshot = None  # a damaged snapshot must not hide the rest of the history
+            out.append({"seq": r["seq"], "alarm_id": r["alarm_id"], "kind": r["kind"], "ts": r["ts"],
+                        "user": r["user"], "note": r["note"], "alarm": snapshot})
+        return out
+
+    def mode_changes(self, asset: str, limit: int = 100) -> list[dict]:
+        """One alarm point's mode changes, latest first.
+
+        Each has ``seq``, ``asset``, ``event`` (:attr:`ModeChange.name`), ``mode``,
+        ``previous``, ``ts``, ``user``, ``note``, ``shelved_until`` and ``alarm_id``
+        (the occurrence it changed, if the point had one). ``previous`` is
+        ``unknown`` for a change recorded before schema version 2.
+        """
+        rows = self._rows("SELECT * FROM mode_changes WHERE asset = ? ORDER BY ts DESC, seq DESC LIMIT ?",
+                          (asset, limit))
+        return [{"seq": r["seq"], "asset": r["asset"], "event": r["event"], "mode": r["mode"],
+                 "previous": r["previous"], "ts": r["ts"], "user": r["user"], "note": r["note"],
+                 "shelved_until": r["shelved_until"], "alarm_id": r["alarm_id"]} for r in rows]
+
+    def scores(self, asset: str | None = None, since: float | None = None, limit: int = 120) -> list[dict]:
+        """Stored scores: the :class:`Score` fields plus ``ratio`` (value / threshold, ``None`` without a threshold)."""
+        where, args = [], []
+        if asset is not None:
+            where.append("asset = ?")
+            args.append(asset)
+        if since is not None:
+            where.append("t_end > ?")
+            args.append(since)
+        order = "t_end DESC" if asset is not None else "id DESC"
+        sql = "SELECT * FROM scores" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += f" ORDER BY {order} LIMIT ?"
+        args.append(limit)
+        out = []
+        for r in self._rows(sql, args):
+            try:
+                contributions = json.loads(r["contributions"])
+            except ValueError:
+                contributions = {}
+            threshold = r["threshold"]
+            out.append({"asset": r["asset"], "t_end": r["t_end"], "value": r["value"], "threshold": threshold,
+                        "ratio": r["value"] / threshold if threshold > 0 else None,
+                        "contributions": contributions, "model_version": r["model_version"],
+                        "historical": bool(r["historical"])})
+        return out
+
+    def readings(self, asset: str | None = None, sensor: str | None = None, since: float | None = None,
+                 limit: int = 100) -> list[dict]:
+        """Stored readings: the :class:`Reading` fields (``quality`` as its number) plus ``received``."""
+        where, args = [], []
+        if asset is not None:
+            # With the asset alone, walking the rows newest first and filtering stops
+            # after ``limit`` hits; using the (asset, sensor, ts) index instead would
+            # sort every row of the asset. The unary + keeps the planner off the index.
+            where.append("asset = ?" if sensor is not None else "+asset = ?")
+            args.append(asset)
+        if sensor is not None:
+            where.append("sensor = ?")
+            args.append(sensor)
+        if since is not None:
+            where.append("ts > ?")
+            args.append(since)
+        order = "ts DESC" if asset is not None and sensor is not None else "id DESC"
+        sql = "SELECT * FROM readings" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += f" ORDER BY {order} LIMIT ?"
+        args.append(limit)
+        return [{"asset": r["asset"], "sensor": r["sensor"], "ts": r["ts"], "value": r["value"],
+                 "quality": r["quality"], "historical": bool(r["historical"]), "received": r["received"]}
+                for r in self._rows(sql, args)]
+
+    def dead_letters(self, since: float | None = None, code: str | None = None, limit: int = 50,
+                     payload_bytes: int | None = None) -> list[dict]:
+        """Rejected input, latest first; ``code`` keeps one :class:`~appliance.core.DeadLetterCode` value.
+
+        Each has ``id``, ``source``, ``code``, ``detail``, ``received_at``, ``size``
+        (of the whole payload, in bytes) and ``payload`` (bytes; only the first
+        ``payload_bytes`` when given, so a list of large payloads stays cheap).
+        """
+        # A payload stored as text (an older writer) is read as its UTF-8 bytes, like a blob.
+        head = "CAST(payload AS BLOB)" if payload_bytes is None else "substr(CAST(payload AS BLOB), 1, ?)"
+        sql = (f"SELECT id, source, code, detail, received_at, length(CAST(payload AS BLOB)) AS size, {head} AS head"
+               " FROM dead_letters")
+        args: list = [] if payload_bytes is None else [payload_bytes]
+        where = []
+        if since is not None:
+            where.append("received_at > ?")
+            args.append(since)
+        if code is not None:
+            where.append("code = ?")
+            args.append(code)
+        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [{"id": r["id"], "source": r["source"], "code": r["code"], "detail": r["detail"],
+                 "received_at": r["received_at"], "size": r["size"], "payload": bytes(r["head"] or b"")}
+                for r in self._rows(sql, args)]
+
+    # -- commissioning reads (appliance.commission) ---------------------------------
+    def newest_reading_ts(self, asset: str, until: float | None = None) -> float | None:
+        """Source time of ``asset``'s newest reading at or before ``until``; None when there is none."""
+        return list(self._asset_span("SELECT MAX(ts) FROM readings", asset, None, until))[0][0]
+
+    def asset_sensors(self, asset: str, since: float | None = None, until: float | None = None) -> list[str]:
+        """Names of the sensors ``asset`` reported with ``since <= ts <= until``, sorted."""
+        return sorted(r[0] for r in self._asset_span("SELECT DISTINCT sensor FROM readings", asset, since, until))
+
+    def asset_readings(self, asset: str, since: float | None = None,
+                       until: float | None = None) -> Iterator[Reading]:
+        """``asset``'s readings with ``since <= ts <= until``, in time order, as recorded.
+
+        Streamed from the database (a span of days never sits in memory at once);
+        a stored NULL value comes back as NaN, so the window builder masks it.
+        """
+        for r in self._asset_span("SELECT sensor, ts, value, quality, historical FROM readings", asset, since, until,
+                                  " ORDER BY ts"):
+            yield Reading(asset, r["sensor"], r["ts"], float("nan") if r["value"] is None else r["value"],
+                          Quality(r["quality"]), historical=bool(r["historical"]))
+
+    def live_alarms_during(self, asset: str, since: float, until: float) -> list[Alarm]:
+        """``asset``'s live (not replayed) alarms that were active at some time in ``[since, until]``, oldest first."""
+        rows = self._rows("SELECT * FROM alarms WHERE asset = ? AND historical = 0 AND start <= ?"
+                          " AND (end IS NULL OR end >= ?) ORDER BY start", (asset, until, since))
+        return [alarm_from_row(r) for r in rows]
+
+    def _asset_span(self, select: str, asset: str, since: float | None, until: float | None,
+                    order: str = "") -> Iterator[sqlite3.Row]:
+        """Rows of ``select ... FROM readings`` for ``asset`` within the span, streamed from one reader."""
+        sql, args = select + " WHERE asset = ?", [asset]
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(since)
+        if until is not None:
+            sql += " AND ts <= ?"
+            args.append(until)
+        with self._connection() as conn:
+            yield from conn.execute(sql + order, args)

@@ -1,0 +1,30 @@
+"""Small synthetic process data and windows the detector tests share."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from appliance.core import Window
+
+SENSORS = ["Current", "Pressure", "Temperature", "Flow"]
+WINDOW = 16
+
+
+def normal_rows(n: int, seed: int) -> np.ndarray:
+    """Correlated sensors: flow and pressure follow the current, temperature lags it."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(-19, n)
+    full = 1.0 + 0.3 * np.sin(t / 40.0) + 0.1 * np.sin(t / 7.0)
+    load = full[19:]
+    current = load + 0.05 * rng.standard_normal(n)
+    pressure = 2.0 * load + 0.08 * rng.standard_normal(n)
+    lagged = np.convolve(full, np.ones(20) / 20, mode="valid")
+    temperature = 60.0 + 5.0 * lagged + 0.1 * rng.standard_normal(n)
+    flow = 30.0 * load + 1.0 * rng.standard_normal(n)
+    return np.stack([current, pressure, temperature, flow], axis=1)
+
+
+def make_window(values, sensors, mask=None):
+    """A live window of pump1 holding ``values`` (rows x sensors); every value present unless ``mask`` says."""
+    mask = np.ones(values.shape, dtype=bool) if mask is None else mask
+    return Window(asset="pump1", t_end=1234.0, period=1.0, sensors=tuple(sensors), values=values, mask=mask)
