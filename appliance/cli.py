@@ -127,9 +127,11 @@ async def _run_async(cfg) -> int:
 def cmd_run(args) -> int:
     cfg = _load(args.config)
     setup_logging(cfg.log_level)
+    from appliance.core import PluginError
+
     try:
         return asyncio.run(_run_async(cfg))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, PluginError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -213,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     ck.add_argument("file")
     ck.add_argument("--show", action="store_true", help="print the effective config")
     ck.set_defaults(fn=cmd_config_check)
+
+    from appliance.release import add_release_commands  # tuf is imported only when a release command runs
+    add_release_commands(sub)
 
     args = p.parse_args(argv)
     return args.fn(args)

@@ -20,6 +20,7 @@ from appliance.connectors.opcua.config import OpcuaInputConfig
 from appliance.core import Input, Output, PluginEnv
 from appliance.history.config import HistoryConfig
 from appliance.settings import Section
+from appliance.sync.config import SyncConfig
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ OUTPUTS: tuple[Plugin, ...] = (
     Plugin("history", HistoryConfig, "appliance.history:build", "appliance/history/README.md"),
     Plugin("mitigation", MitigationConfig, "appliance.actions.mitigation:build",
            "appliance/actions/mitigation/README.md"),
+    Plugin("sync", SyncConfig, "appliance.sync.uplink:build", "appliance/sync/README.md"),
 )
 
 

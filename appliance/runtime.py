@@ -33,15 +33,19 @@ from typing import Any, Callable, Sequence
 from appliance.actions.alarms import AlarmBook, AlarmCommandError
 from appliance.actions.decide import Decider
 from appliance.core import (HOOKS, Alarm, AlarmEvent, Counters, DeadLetter, EventKind, Input, MitigationAction,
-                            ModeChange, Output, OutputContext, PluginEnv, Quality, Reading, overrides)
+                            ModeChange, ModelChange, Output, OutputContext, PluginEnv, Quality, Reading, overrides)
 from appliance.detector.windowing import WindowBuilder
 from appliance.store import Store
 from appliance.store.output import StoreOutput
+from appliance.sync.models import active_bundle, remember_active
+from appliance.sync.shadow import ModelCommandError, Probation, ShadowBounds, ShadowRun, compatibility
 from appliance.watchdog import SensorWatchdog
 
 log = logging.getLogger(__name__)
 
 ALARM_COMMANDS = ("acknowledge", "shelve", "set_mode")
+MODEL_COMMANDS = ("promote_model", "reject_model", "rollback_model")
+
 
 
 class InFlight:
@@ -123,6 +127,10 @@ class Appliance:
         self._background: set[asyncio.Task] = set()
         self._incomplete_logged: set[str] = set()
         self._loop_thread: int | None = None
+        # Model lifecycle: a candidate in shadow, the model kept for a rollback, the watch after a promotion.
+        self._shadow: ShadowRun | None = None
+        self._previous = None
+        self._probation: Probation | None = None
 
     def output(self, name: str) -> Output | None:
         """The enabled output called ``name`` (``store``, ``history``, ``mitigation`` ...), if any."""
@@ -166,7 +174,7 @@ class Appliance:
         for alarm in open_alarms:
             self.alarms.restore(alarm)
         ctx = OutputContext(open_alarm_ids=frozenset(a.id for a in open_alarms),
-                            publish_action=self._publish_action, spawn=self._spawn)
+                            publish_action=self._publish_action, spawn=self._spawn, begin_shadow=self.begin_shadow)
         for o in self.outputs:
             await o.start(ctx)
         self._tasks = [asyncio.create_task(self._pipeline(), name="pipeline"),
@@ -253,6 +261,10 @@ class Appliance:
             self.counters.inc("windows_scored")
             self._call(self._hooks["on_score"], score)
             self._emit(self.alarms.on_score(score))
+            if self._shadow is not None:
+                self._shadow.observe(w, score)
+                if self._shadow.done():
+                    self._conclude_shadow()
         if windows:
             self.latency.add(time.perf_counter() - t0)
 
@@ -274,6 +286,8 @@ class Appliance:
             else:
                 self.counters.inc(f"alarm_{c.kind.value}")
                 a = c.alarm
+                if c.kind is EventKind.RAISED and not a.historical:
+                    self._watch_probation()
                 if c.kind is EventKind.RAISED:
                     log.warning("alarm raised asset=%s level=%s ratio=%.2f top=%s id=%s", a.asset,
                                 a.level.name.lower(), a.peak_ratio, ",".join(a.top_sensors), a.id)
@@ -282,6 +296,66 @@ class Appliance:
                 self._call(self._hooks["on_alarm_event"], c)
             for fn in self._event_listeners:
                 fn(c)
+
+    # -- the model's life: shadow, promotion, rollback (on the event loop) ---------------
+    def begin_shadow(self, candidate, bounds: ShadowBounds, user: str = "appliance") -> None:
+        """Run ``candidate`` (a loaded Detector) in shadow; promoted or rejected when the run ends."""
+        why = compatibility(self.detector, candidate)
+        if why is not None:
+            self._model_change("rejected", candidate, why, user)
+            raise ModelCommandError(why)
+        if self._shadow is not None:
+            self._model_change("rejected", self._shadow.candidate, "replaced by a newer candidate", user)
+        self._shadow = ShadowRun(candidate, bounds, lambda: Decider.from_config(self.cfg.decision))
+        self._model_change("shadow_started", candidate, f"for {bounds.duration_s:g} s and "
+                           f"at least {bounds.min_windows} windows", user)
+
+    def _conclude_shadow(self, user: str = "appliance", force: bool | None = None) -> None:
+        run, self._shadow = self._shadow, None
+        ok, why = run.result().verdict(run.bounds)
+        if force is not None:
+            ok, why = force, f"by hand ({why})"
+        if ok:
+            self._swap(run.candidate, "promoted", why, user)
+            self._probation = Probation(run.bounds)
+        else:
+            self._model_change("rejected", run.candidate, why, user)
+
+    def _swap(self, new, event: str, why: str, user: str) -> None:
+        # One assignment on the loop thread, between two readings: no window is scored by
+        # neither model, and partial windows stay in the window builder.
+        old, self.detector = self.detector, new
+        self._previous = old
+        self._model_change(event, new, why, user, previous=old)
+        bundle = getattr(getattr(new, "bundle", None), "path", None)
+        if bundle is not None:  # the next start loads the model that scores now
+            self._spawn(asyncio.to_thread(remember_active, self.cfg.path("."), bundle))
+
+    def rollback_model(self, reason: str, user: str = "appliance") -> None:
+        if self._previous is None:
+            raise ModelCommandError("no previous model to roll back to")
+        previous, self._probation = self._previous, None
+        self._swap(previous, "rolled_back", reason, user)
+        self._previous = None
+
+    def _watch_probation(self) -> None:
+        if self._probation is None:
+            return
+        if self._probation.over():
+            self._probation = None
+            return
+        breach = self._probation.on_raise()
+        if breach is not None:
+            self.rollback_model(breach)
+
+    def _model_change(self, event: str, model, reason: str, user: str, previous=None) -> None:
+        prev = previous if previous is not None else self.detector
+        change = ModelChange(ts=time.time(), event=event, version=getattr(model, "version", "?"),
+                             previous=getattr(prev, "version", "?"), reason=reason, user=user)
+        self.counters.inc(f"model_{event}")
+        log.warning("model %s version=%s previous=%s reason=%s user=%s", event, change.version, change.previous,
+                    reason, user)
+        self._call(self._hooks["on_model_change"], change)
 
     def _on_peak(self, alarm: Alarm) -> None:
         self._call(self._hooks["on_alarm_peak"], alarm)
@@ -318,14 +392,28 @@ class Appliance:
                 changes = getattr(self.alarms, name)(**kwargs)
                 self._emit(changes)
                 return changes
+        elif name in MODEL_COMMANDS:
+            async def run():
+                return self._model_command(name, **kwargs)
         elif name in self._commands:
             async def run():
                 return await self._commands[name](**kwargs)
         elif name in ("approve_action", "reject_action"):
             raise AlarmCommandError("mitigation is not enabled")
+        elif name == "sync_now":
+            raise AlarmCommandError("sync is not enabled (outputs.sync)")
         else:
             raise ValueError(f"unknown command {name!r}")
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+
+    def _model_command(self, name: str, user: str, note: str = "") -> list[dict]:
+        if name == "rollback_model":
+            self.rollback_model(note or "rolled back by hand", user)
+        elif self._shadow is None:
+            raise ModelCommandError("no candidate model is running in shadow")
+        else:
+            self._conclude_shadow(user, force=(name == "promote_model"))
+        return [{"model": self.detector.version}]
 
     # -- views ------------------------------------------------------------------
     def summary(self) -> str:
@@ -347,7 +435,12 @@ class Appliance:
             "site": self.cfg.site,
             "uptime_s": round(time.time() - self.started_at, 1),
             "model": {"version": self.detector.version, "sensors": list(self.detector.sensors),
-                      "window": self.detector.window, "threshold": self.detector.threshold},
+                      "window": self.detector.window, "threshold": self.detector.threshold,
+                      "shadow": self._shadow.status() if self._shadow is not None else None,
+                      "previous": getattr(self._previous, "version", None),
+                      "probation": (None if self._probation is None else
+                                    {"raises": self._probation.raises,
+                                     "allowed": self._probation.bounds.max_probation_alarms})},
             "counters": dict(self.counters.values),
             "dead_letters_by_reason": dict(self.dead_by_reason.values),
             "windows": self.windows.status(),
@@ -379,6 +472,10 @@ def build(cfg, detector=None) -> Appliance:
     data_dir.mkdir(parents=True, exist_ok=True)
     if detector is None:
         bundle = cfg.path(cfg.detector.bundle)
+        promoted, why = active_bundle(data_dir, cfg.path(cfg.outputs.sync.updates.trusted_root))
+        if why is not None:
+            log.error("promoted model not loaded, using detector.bundle instead: %s", why)
+        bundle = promoted or bundle
         if not (bundle / "bundle.json").exists():
             raise FileNotFoundError(f"no model bundle at {bundle} (detector.bundle); "
                                     "train one with: appliance train --data CSV... --out " + str(bundle))

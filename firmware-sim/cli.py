@@ -4,6 +4,7 @@
     appliance-sim replay FILE --host H --port P --asset pump1 --speed 50
     appliance-sim plc --port 4840              (OPC-UA PLC simulator, see plc.py)
     appliance-sim normal-csv --out FILE --rows 12000 --rate 10 --seed 7   (training data, see normal.py)
+    appliance-sim cloud-intake --port 8883 --ca CA --cert C --key K --db FILE   (uplink's far side, cloud_intake.py)
 
 Exit status: 0 when every message was acknowledged by the broker, 1 when some
 were not, 2 on bad arguments or an unreadable file or broker.
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.set_defaults(func=_normal_csv)
 
+    from .cloud_intake import add_subcommand as add_cloud_intake_subcommand
+    add_cloud_intake_subcommand(sub)
 
     try:
         from .plc import add_plc_subcommand

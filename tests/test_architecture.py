@@ -179,8 +179,9 @@ TEST_MODULES = sorted((ROOT / "tests").glob("test_*.py"))
 
 # What makes a test module an integration test: a fixture that starts a real peer or trains on SKAB,
 # or a name that starts one (a broker, a PLC or VictoriaMetrics process, Chromium, the whole appliance).
-PEER_FIXTURES = {"mosquitto", "victoria", "plc", "fresh_plc", "skab_bundle"}
-PEER_NAMES = {"Mosquitto", "PlcSim", "VictoriaMetrics", "RunningAppliance", "sync_api", "sync_playwright"}
+PEER_FIXTURES = {"mosquitto", "victoria", "plc", "fresh_plc", "skab_bundle", "tuf_server"}
+PEER_NAMES = {"Mosquitto", "PlcSim", "VictoriaMetrics", "RunningAppliance", "sync_api", "sync_playwright",
+              "TlsStaticServer"}
 
 
 def test_no_test_module_imports_another():

@@ -210,3 +210,33 @@ def test_commands_through_the_real_runtime(running):
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     assert fams["appliance_readings"].samples[0].value == app.counters.get("readings") == 32
     assert fams["appliance_alarm_acknowledged"].samples[0].value == 1.0
+
+
+def test_model_and_sync_commands_through_the_real_runtime(running):
+    app, handle = running
+    url = handle.url
+    # Sync needs the sync output, which this appliance does not have.
+    status_code, body, _ = http("POST", url + "/api/sync/now", {})
+    assert status_code == 409 and "sync is not enabled" in body["error"]
+    status_code, body, _ = http("POST", url + "/api/model/promote", {"user": "eve"})
+    assert status_code == 409 and "no candidate" in body["error"]
+    assert http("POST", url + "/api/model/explode", {"user": "eve"})[0] == 404
+
+    # A candidate in shadow, promoted by hand through the API, then rolled back.
+    candidate = MeanDetector()
+    candidate.version = "mean-2"
+    loop = app._loop
+    asyncio.run_coroutine_threadsafe(_begin(app, candidate), loop).result(10)
+    assert http("GET", url + "/api/status")[1]["model"]["shadow"]["candidate"] == "mean-2"
+    status_code, body, _ = http("POST", url + "/api/model/promote", {"user": "eve"})
+    assert status_code == 200 and body["records"] == [{"model": "mean-2"}]
+    status = http("GET", url + "/api/status")[1]["model"]
+    assert status["version"] == "mean-2" and status["previous"] == "mean-1" and status["shadow"] is None
+    status_code, body, _ = http("POST", url + "/api/model/rollback", {"user": "eve", "note": "back"})
+    assert status_code == 200 and body["records"] == [{"model": "mean-1"}]
+
+
+async def _begin(app, candidate):
+    from appliance.sync.shadow import ShadowBounds
+
+    app.begin_shadow(candidate, ShadowBounds(duration_s=3600), user="eve")

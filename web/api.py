@@ -40,6 +40,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from appliance.actions.alarms import AlarmCommandError
 from appliance.actions.mitigation.mitigator import MitigationError
 from appliance.store import StoreUnavailable
+from appliance.sync.shadow import ModelCommandError
 from web.context import WebContext
 from web.validation import (ApiError, bool_arg, check_name, code_arg, duration_field, float_arg, json_body, limit_arg,
                             mode_field, name_arg, note_field, user_field)
@@ -219,15 +220,35 @@ def reject_action(proposal_id: str):
                     user=user_field(body), note=note_field(body))
 
 
+# -- sync and the model's life ----------------------------------------------------------
+@bp.post("/api/sync/now")
+def sync_now():
+    """Open a connectivity window now (``duration_s`` optional): anomalies go up, models come in."""
+    body = json_body(request)
+    duration = body.get("duration_s")
+    return _command("sync_now", **({"duration_s": duration_field(body)} if duration is not None else {}))
+
+
+@bp.post("/api/model/<action>")
+def model_command(action: str):
+    """``promote`` or ``reject`` the candidate in shadow, or ``rollback`` to the previous model."""
+    names = {"promote": "promote_model", "reject": "reject_model", "rollback": "rollback_model"}
+    if action not in names:
+        raise ApiError(f"action must be one of {', '.join(names)}", status=404)
+    body = json_body(request)
+    return _command(names[action], user=user_field(body), note=note_field(body))
+
+
 def _command(name: str, **kwargs):
     """Run one operator command; the answer lists the records it made (alarm events, mode changes, actions)."""
     try:
         records = _ctx().appliance.command(name, **kwargs)
-    except (AlarmCommandError, MitigationError) as exc:
+    except (AlarmCommandError, MitigationError, ModelCommandError) as exc:
         return jsonify({"error": str(exc), "command": name}), 409
     except (concurrent.futures.TimeoutError, TimeoutError):
         log.warning("web: command timed out command=%s asset=%s", name, kwargs.get("asset"))
         return jsonify({"error": "the appliance did not answer in time; the command may still apply",
                         "command": name}), 503
     log.info("web: command %s asset=%s user=%s", name, kwargs.get("asset"), kwargs.get("user"))
-    return jsonify({"ok": True, "command": name, "records": [r.to_dict() for r in records or ()]})
+    return jsonify({"ok": True, "command": name,
+                    "records": [r.to_dict() if hasattr(r, "to_dict") else r for r in records or ()]})

@@ -5,13 +5,13 @@ Timestamps (``ts``) are UNIX seconds (UTC, float) taken from the source.
 """
 
 from appliance.core.plugins import (HOOKS, AckCallback, IngestSink, Input, Output, OutputContext, PluginEnv,
-                                    overrides)
+                                    PluginError, overrides)
 from appliance.core.records import (Alarm, AlarmEvent, AlarmState, Counters, DeadLetter, DeadLetterCode,
-                                    EventKind, Level, MitigationAction, ModeChange, PointMode, Quality,
+                                    EventKind, Level, MitigationAction, ModeChange, ModelChange, PointMode, Quality,
                                     Reading, Score, SensorHealth, Window)
 
 __all__ = [
-    "HOOKS", "AckCallback", "Alarm", "AlarmEvent", "AlarmState", "Counters", "DeadLetter", "DeadLetterCode", "EventKind",
-    "IngestSink", "Input", "Level", "MitigationAction", "ModeChange", "Output", "OutputContext", "PluginEnv",
-    "PointMode", "Quality", "Reading", "Score", "SensorHealth", "Window", "overrides",
+    "HOOKS", "AckCallback", "Alarm", "AlarmEvent", "AlarmState", "Counters", "DeadLetter", "DeadLetterCode",
+    "EventKind", "IngestSink", "Input", "Level", "MitigationAction", "ModeChange", "ModelChange", "Output", "OutputContext",
+    "PluginEnv", "PluginError", "PointMode", "Quality", "Reading", "Score", "SensorHealth", "Window", "overrides",
 ]

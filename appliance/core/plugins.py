@@ -19,10 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Collection, Coroutine, Mapping, Protocol, Sequence
 
-from appliance.core.records import (Alarm, AlarmEvent, DeadLetter, MitigationAction, ModeChange, Reading,
-                                    Score)
+from appliance.core.records import (Alarm, AlarmEvent, DeadLetter, MitigationAction, ModeChange, ModelChange,
+                                    Reading, Score)
 
 AckCallback = Callable[[], None]
+
+
+class PluginError(RuntimeError):
+    """A plugin cannot run as configured; the message is one line naming the key and the reason."""
 
 
 class IngestSink(Protocol):
@@ -67,11 +71,14 @@ class OutputContext:
     hands a mitigation record to every output (the store's audit, history).
     ``spawn`` runs a coroutine as a background task that the runtime awaits on
     shutdown, so slow work (a PLC write) never sits on the detection path.
+    ``begin_shadow(detector, bounds)`` hands a verified candidate model to the
+    runtime's shadow run (raises ValueError with the reason if it cannot run).
     """
 
     open_alarm_ids: frozenset[str]
     publish_action: Callable[[MitigationAction], None]
     spawn: Callable[[Coroutine[Any, Any, Any]], None]
+    begin_shadow: Callable[[Any, Any], None] | None = None
 
 
 Command = Callable[..., Awaitable[list]]
@@ -109,6 +116,9 @@ class Output:
     def on_action(self, action: MitigationAction) -> None:
         """A mitigation step (proposed, written, refused, reverted ...)."""
 
+    def on_model_change(self, change: ModelChange) -> None:
+        """The scoring model changed or a candidate was judged (shadow, promotion, rollback)."""
+
     def commands(self) -> Mapping[str, Command]:
         """Operator commands this output answers (``approve_action`` ...), run on the event loop."""
         return {}
@@ -119,7 +129,7 @@ class Output:
 
 
 HOOKS = ("on_reading", "on_dead_letter", "on_score", "on_alarm_event", "on_alarm_peak", "on_mode_change",
-         "on_action")
+         "on_action", "on_model_change")
 
 
 def overrides(output: Output, hook: str) -> bool:

@@ -306,6 +306,21 @@ class MitigationAction:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelChange:
+    """A step in a model's life on the gateway: shadow started, promoted, rejected, rolled back."""
+
+    ts: float
+    event: str
+    version: str
+    previous: str
+    reason: str
+    user: str = "appliance"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
 class SensorHealth:
     """A change in a sensor's data arrival, reported by the watchdog."""
 

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from appliance.core import AlarmEvent, ModeChange, Reading, Score
+from appliance.core import AlarmEvent, ModeChange, PluginError, Reading, Score
 from appliance.history.forwarder import Forwarder, RateMeter
 from appliance.history.lineproto import EncodeError, Encoder, Kind
 from appliance.history.local import LocalHistory
@@ -67,7 +67,7 @@ class _LogLimiter:
             self._held[key] = self._held.get(key, 0) + 1
 
 
-class HistoryError(RuntimeError):
+class HistoryError(PluginError):
     """History cannot run as configured (the message names the key and the reason)."""
 
 

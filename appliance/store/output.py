@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from appliance.core import Alarm, AlarmEvent, DeadLetter, EventKind, ModeChange, Output, OutputContext, Reading, Score
+from appliance.core import (Alarm, AlarmEvent, DeadLetter, EventKind, ModeChange, ModelChange, Output, OutputContext,
+                            Reading, Score)
 from appliance.store.store import Store
 
 # An open alarm's row follows its rising peak at most this often: a growing fault
@@ -51,6 +52,9 @@ class StoreOutput(Output):
 
     def on_mode_change(self, change: ModeChange) -> None:
         self.store.put_mode_change(change)
+
+    def on_model_change(self, change: ModelChange) -> None:
+        self.store.put_model_change(change)
 
     def status(self) -> dict:
         return {"queued": self.store.queued(), "committed_batches": self.store.committed_batches,

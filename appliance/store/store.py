@@ -31,8 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from appliance.core import (Alarm, AlarmEvent, AlarmState, DeadLetter, Level, ModeChange, PointMode, Quality,
-                            Reading, Score)
+from appliance.core import (Alarm, AlarmEvent, AlarmState, DeadLetter, Level, ModeChange, ModelChange, PointMode,
+                            Quality, Reading, Score)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,11 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_code ON dead_letters (code);
+CREATE TABLE IF NOT EXISTS model_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL, event TEXT NOT NULL, version TEXT NOT NULL, previous TEXT NOT NULL, reason TEXT NOT NULL,
+    user TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS point_modes (
     asset TEXT PRIMARY KEY, mode TEXT NOT NULL, shelved_until REAL, updated REAL NOT NULL
 );
@@ -221,6 +226,9 @@ class Store:
     def put_dead_letter(self, d: DeadLetter) -> None:
         self._q.put(("dead", d))
 
+    def put_model_change(self, m: ModelChange) -> None:
+        self._q.put(("model", m))
+
     def put_mode_change(self, m: ModeChange) -> None:
         """Record the change and the point's new mode (and the occurrence's new state, if any)."""
         self._q.put(("mode", m))
@@ -263,7 +271,7 @@ class Store:
     def _write_batch(self, conn: sqlite3.Connection, batch: list) -> list[Callable[[], None]]:
         callbacks = []
         now = time.time()
-        readings, scores, events, dead, modes, alarms = [], [], [], [], [], []
+        readings, scores, events, dead, modes, alarms, models = [], [], [], [], [], [], []
         for kind, item in batch:
             if kind == "callback":
                 callbacks.append(item)
@@ -282,6 +290,8 @@ class Store:
                 alarms.append(item)
             elif kind == "mode":
                 modes.append(item)
+            elif kind == "model":
+                models.append((item.ts, item.event, item.version, item.previous, item.reason, item.user))
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -298,6 +308,8 @@ class Store:
                     self._write_event(conn, e, now)
                 for m in modes:
                     self._write_mode_change(conn, m, now)
+                conn.executemany("INSERT INTO model_changes (ts, event, version, previous, reason, user)"
+                                 " VALUES (?,?,?,?,?,?)", models)
                 conn.execute("COMMIT")
                 self.committed_batches += 1
                 return callbacks
@@ -496,6 +508,11 @@ class StoreReader:
         return [{"seq": r["seq"], "asset": r["asset"], "event": r["event"], "mode": r["mode"],
                  "previous": r["previous"], "ts": r["ts"], "user": r["user"], "note": r["note"],
                  "shelved_until": r["shelved_until"], "alarm_id": r["alarm_id"]} for r in rows]
+
+    def model_changes(self, limit: int = 100) -> list[dict]:
+        """The model's life on this gateway (shadow runs, promotions, rejections, rollbacks), latest first."""
+        rows = self._rows("SELECT * FROM model_changes ORDER BY seq DESC LIMIT ?", (limit,))
+        return [{k: r[k] for k in ("seq", "ts", "event", "version", "previous", "reason", "user")} for r in rows]
 
     def scores(self, asset: str | None = None, since: float | None = None, limit: int = 120) -> list[dict]:
         """Stored scores: the :class:`Score` fields plus ``ratio`` (value / threshold, ``None`` without a threshold)."""

@@ -1,0 +1,92 @@
+"""A signed release travels the whole path: TLS repository -> verified install -> shadow -> promotion.
+
+Real parts: the engineer's TUF repository (appliance.release) served over TLS,
+the gateway's ModelUpdater, real ONNX detectors, the real runtime and store.
+After the promotion the appliance restarts on the promoted bundle; a promoted
+bundle edited on disk is not loaded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from appliance.config import parse_config
+from appliance.core import Reading
+from appliance.detector.scorer import Detector
+from appliance.runtime import build
+from appliance.store import StoreReader
+from appliance.sync.models import ModelSync, active_bundle
+from appliance.sync.shadow import ShadowBounds
+from tests.support.detector import SENSORS, normal_rows
+from tests.support.tuf_repo import Publisher, gateway
+
+pytestmark = pytest.mark.integration
+
+
+def config(data_dir, bundle, trusted_root):
+    return parse_config({"data_dir": str(data_dir), "log_level": "WARNING", "web": {"enabled": False},
+                         "inputs": {"mqtt": {"enabled": False}}, "detector": {"bundle": str(bundle)},
+                         "outputs": {"mqtt_alarm": {"enabled": False}, "history": {"enabled": False},
+                                     "sync": {"updates": {"trusted_root": str(trusted_root)}}}})
+
+
+def feed(app, rows, start: int) -> None:
+    for i, row in enumerate(rows):
+        app.submit([Reading("pump1", s, 1_700_000_000.0 + start + i, float(v)) for s, v in zip(SENSORS, row)])
+
+
+def test_a_signed_release_is_installed_run_in_shadow_promoted_and_kept_across_a_restart(
+        tmp_path, tuf_server, tls_files, release_bundles):
+    pub = Publisher(tmp_path / "engineer", www=tuf_server.root)
+    pub.release(release_bundles[1], 2)
+    updater = gateway(tmp_path / "gateway", tuf_server.url, pub.root, ca_file=str(tls_files.ca_file))
+    data = tmp_path / "data"
+    cfg = config(data, release_bundles[0], updater.trusted_root)
+    current = Detector.load(release_bundles[0])
+    app = build(cfg, detector=current)
+    sync = ModelSync(updater, ShadowBounds(duration_s=0, min_windows=30))
+    rows = normal_rows(200, 11)
+
+    async def go():
+        await app.start()
+        try:
+            feed(app, rows[:50], 0)
+            await app.drain()
+            await sync.run_window(app_ctx(app), deadline_mono=None)
+            assert sync.last_refusal is None, sync.last_refusal
+            assert app.status()["model"]["shadow"]["candidate"] == Detector.load(release_bundles[1]).version
+            feed(app, rows[50:], 50)
+            await app.drain()
+            assert app.store.flush()
+        finally:
+            await app.shutdown()
+
+    asyncio.run(go())
+    assert "installed" in sync.last_result
+    assert app.detector.version != current.version
+    events = [c["event"] for c in StoreReader(app.store.path).model_changes()]
+    assert events == ["promoted", "shadow_started"]
+
+    # A restart loads the promoted bundle (verified against the signed record) ...
+    bundle, why = active_bundle(data, updater.trusted_root)
+    assert why is None and bundle is not None
+    assert build(cfg).detector.version == app.detector.version
+
+    # ... and refuses it, falling back to detector.bundle, once someone edited its threshold.
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["threshold"] = 1e12
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    bundle, why = active_bundle(data, updater.trusted_root)
+    assert bundle is None and "threshold" in why
+    assert build(cfg).detector.version == current.version
+
+
+def app_ctx(app):
+    """The context outputs get from the runtime; ModelSync only needs ``begin_shadow``."""
+    from appliance.core import OutputContext
+
+    return OutputContext(open_alarm_ids=frozenset(), publish_action=lambda a: None, spawn=lambda c: None,
+                         begin_shadow=app.begin_shadow)
