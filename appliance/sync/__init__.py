@@ -1,5 +1,10 @@
-"""Cloud sync during scheduled connectivity windows (anomaly upload, signed model pull).
+"""Cloud sync in scheduled connectivity windows: anomalies up, signed models in.
 
-Not built yet (issue 11). It will be an output (the cloud uplink) and a model
-updater of its own, plugged in through :mod:`appliance.registry` like the others.
+* ``uplink.py`` is the ``[outputs.sync]`` output: alarm episodes with their context,
+  queued durably (``queue.py``, ``episodes.py``) and sent only inside the windows of
+  ``windows.py``, over MQTT/TLS or HTTPS (README.md).
+* ``updates.py``, ``tuf_fetcher.py`` and ``trust.py`` take signed model releases
+  (The Update Framework); ``models.py`` hands a verified one to the runtime's shadow
+  run, and ``shadow.py`` judges it (docs/updates.md). The engineer's side is
+  ``appliance/release/``.
 """
