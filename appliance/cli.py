@@ -32,6 +32,32 @@ def _load(path: str | None):
         raise SystemExit(2)
 
 
+def cmd_sync_now(args) -> int:
+    """Ask the running appliance, through its dashboard API, to open a connectivity window now."""
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"duration_s": args.duration} if args.duration else {}).encode()
+    req = urllib.request.Request(args.url.rstrip("/") + "/api/sync/now", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            answer = json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        try:
+            why = json.loads(e.read() or b"{}").get("error", e.reason)
+        except ValueError:
+            why = e.reason
+        print(f"sync now refused: {why}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        print(f"sync now: the appliance's dashboard at {args.url} did not answer: "
+              f"{getattr(e, 'reason', e)}", file=sys.stderr)
+        return 2
+    print(f"sync now: window opened {json.dumps(answer.get('records', []))}")
+    return 0
+
+
 def cmd_config_check(args) -> int:
     try:
         cfg = load_config(args.file)
@@ -208,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="variant, not the leaderboard protocol: every bundle also learns from all of "
                          "anomaly-free.csv (scaled on its own); no drift allowance")
     sk.set_defaults(fn=cmd_eval)
+
+    sy = sub.add_parser("sync", help="cloud sync of a running appliance")
+    sysub = sy.add_subparsers(dest="sub", required=True)
+    sn = sysub.add_parser("now", help="open a connectivity window now (through the dashboard API)")
+    sn.add_argument("--url", default="http://127.0.0.1:8080", help="the appliance's dashboard")
+    sn.add_argument("--duration", type=float, help="seconds the window stays open (default: sync_now_s)")
+    sn.set_defaults(fn=cmd_sync_now)
 
     c = sub.add_parser("config", help="configuration tools")
     csub = c.add_subparsers(dest="sub", required=True)

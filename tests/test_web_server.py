@@ -240,3 +240,14 @@ async def _begin(app, candidate):
     from appliance.sync.shadow import ShadowBounds
 
     app.begin_shadow(candidate, ShadowBounds(duration_s=3600), user="eve")
+
+
+def test_sync_now_from_the_cli_asks_the_running_appliance(running, capsys):
+    from appliance.cli import main
+
+    app, handle = running
+    assert main(["sync", "now", "--url", handle.url]) == 1
+    assert "sync now refused: sync is not enabled" in capsys.readouterr().err
+    handle.stop()
+    assert main(["sync", "now", "--url", handle.url]) == 2
+    assert "did not answer" in capsys.readouterr().err
