@@ -15,6 +15,7 @@ its config section and a README.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Collection, Coroutine, Mapping, Protocol, Sequence
@@ -41,18 +42,18 @@ class IngestSink(Protocol):
                on_stored: AckCallback | None = None) -> None: ...
 
 
-class Input:
-    """An input plugin: start delivering to a sink, stop, report."""
+class Input(abc.ABC):
+    """An input plugin: start delivering to a sink, stop, report. ``start`` and ``stop`` are required."""
 
     name: str = "input"
 
+    @abc.abstractmethod
     async def start(self, sink: IngestSink) -> None:
         """Begin delivering readings; returns once started (not necessarily connected)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def stop(self) -> None:
         """Stop delivering and release the connection."""
-        raise NotImplementedError
 
     def ready(self) -> bool:
         """True once connected and receiving (MQTT: every subscription acknowledged)."""
