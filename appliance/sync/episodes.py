@@ -146,8 +146,11 @@ class Episode:
     ratio_max: float = 0.0
     model_versions: list[str] = field(default_factory=list)
     end: float | None = None          # source time of the clear (or of the superseding raise)
-    closed_at: float | None = None    # wall time the alarm closed
-    ready_at: float | None = None     # wall time the after-context was seen complete (+ settle)
+    closed_at: float | None = None    # wall time the alarm closed (reported; saved)
+    # Waiting for the after-context is timed on the monotonic clock and not saved: a wall
+    # clock that steps (no RTC, NTP catching up) must neither stall nor rush an episode.
+    closing_since: float | None = None
+    ready_at: float | None = None     # monotonic time the after-context was seen complete (+ settle)
     recovered: bool = False           # rebuilt after a restart: its score series comes from the store
     scores: Thinned | None = None     # not saved: a restart refills the series from the store
     finalizing: bool = False          # its items are being made: what comes now goes up as late notes
@@ -165,6 +168,10 @@ class Episode:
     @property
     def closed(self) -> bool:
         return self.closed_at is not None
+
+    def close(self, end: float, wall: float, mono: float) -> None:
+        """The alarm is over at source time ``end``; its after-context is awaited from now."""
+        self.end, self.closed_at, self.closing_since = end, wall, mono
 
     # -- collecting ---------------------------------------------------------------
     def add_event(self, event: AlarmEvent) -> None:
@@ -197,13 +204,13 @@ class Episode:
                 "events": self.events, "notes": self.notes, "actions": self.actions, "omitted": self.omitted,
                 "contrib_sum": self.contrib_sum, "contrib_max": self.contrib_max, "n_scores": self.n_scores,
                 "ratio_max": self.ratio_max, "model_versions": self.model_versions, "end": self.end,
-                "closed_at": self.closed_at, "ready_at": self.ready_at}
+                "closed_at": self.closed_at}
 
     @classmethod
     def from_state(cls, state: dict) -> "Episode":
         ep = cls(**{k: state[k] for k in ("alarm_id", "asset", "start", "alarm")})
         for k in ("events", "notes", "actions", "omitted", "contrib_sum", "contrib_max", "n_scores",
-                  "ratio_max", "model_versions", "end", "closed_at", "ready_at"):
+                  "ratio_max", "model_versions", "end", "closed_at"):
             if k in state:
                 setattr(ep, k, state[k])
         ep.recovered = True

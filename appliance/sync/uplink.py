@@ -532,7 +532,7 @@ class SyncUplink(Output):
             previous = self._open_by_asset.pop(a.asset, None)
             if previous is not None and not previous.closed:
                 # Its clear never reached us (an output error upstream): close it at the new raise.
-                previous.end, previous.closed_at = a.start, self._clock()
+                previous.close(a.start, self._clock(), time.monotonic())
                 self._closing[previous.alarm_id] = previous
                 self._persist(previous)
             trail = self._trail.since(a.asset, a.start - self.cfg.context_before_s)
@@ -551,11 +551,11 @@ class SyncUplink(Output):
         ep.add_event(event)
         if event.kind in (EventKind.CLEARED, EventKind.SUPERSEDED) and not ep.closed:
             if event.kind is EventKind.CLEARED and a.end is not None:
-                ep.end = a.end
+                end = a.end
             else:
                 trail = self._trail.since(a.asset, a.start)
-                ep.end = trail[-1].t_end if trail else a.start
-            ep.closed_at = self._clock()
+                end = trail[-1].t_end if trail else a.start
+            ep.close(end, self._clock(), time.monotonic())
             if self._open_by_asset.get(a.asset) is ep:
                 del self._open_by_asset[a.asset]
             self._closing[a.id] = ep
@@ -703,9 +703,11 @@ class SyncUplink(Output):
                     ep.alarm = last
             if not ep.closed and alarm_id not in open_alarm_ids:
                 # It closed while the uplink was not looking (or before the crash).
-                ep.end = ep.alarm.get("end") or (events[-1]["ts"] if events else ep.start)
-                ep.closed_at = self._clock()
+                ep.close(ep.alarm.get("end") or (events[-1]["ts"] if events else ep.start), self._clock(),
+                         time.monotonic())
             if ep.closed:
+                if ep.closing_since is None:  # closed before the restart: its wait starts over
+                    ep.closing_since = time.monotonic()
                 self._closing[alarm_id] = ep
             else:
                 self._open_by_asset[ep.asset] = ep
@@ -721,11 +723,11 @@ class SyncUplink(Output):
     async def _finalizer(self) -> None:
         while True:
             await asyncio.sleep(FINALIZE_POLL_S)
-            now = self._clock()
+            now = time.monotonic()
             for ep in list(self._closing.values()):
                 if ep.ready_at is None:
                     seen = self._newest.get(ep.asset, -math.inf)
-                    if seen >= ep.end + self.cfg.context_after_s or now >= ep.closed_at + self.cfg.context_after_s:
+                    if seen >= ep.end + self.cfg.context_after_s or now >= ep.closing_since + self.cfg.context_after_s:
                         ep.ready_at = now + self.cfg.settle_s
                 if ep.ready_at is not None and now >= ep.ready_at:
                     try:
