@@ -112,3 +112,17 @@ class Mosquitto:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def tls_mosquitto(workdir: str | Path, ca: str | Path, cert: str | Path, key: str | Path,
+                  port: int | None = None) -> Mosquitto:
+    """A Mosquitto (not started) that speaks only TLS and requires a client certificate signed by ``ca``.
+
+    How a cloud broker treats a gateway: mutual TLS, the certificate's name as the user.
+    """
+    return Mosquitto(workdir, port=port, extra_conf=(
+        f"cafile {ca}\n"
+        f"certfile {cert}\n"
+        f"keyfile {key}\n"
+        "require_certificate true\n"
+        "use_identity_as_username true\n"))

@@ -145,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_normal_csv)
 
     from .cloud_intake import add_subcommand as add_cloud_intake_subcommand
+    from .cloud_pki import add_subcommand as add_cloud_pki_subcommand
     add_cloud_intake_subcommand(sub)
+    add_cloud_pki_subcommand(sub)
 
     try:
         from .plc import add_plc_subcommand

@@ -11,7 +11,8 @@ stored once; the duplicates are counted, not hidden.
 It knows only the wire format, not the appliance's code (the decoder below is
 its own), as a real cloud would::
 
-    batch := b"AEU1" (u16 key length | key | u32 body length | zlib(JSON))*   big-endian
+    batch := b"AEU2" zlib((u16 key length | key | u32 length | JSON)*)        big-endian
+           | b"AEU1" (u16 key length | key | u32 body length | zlib(JSON))*
 
 The query functions (:meth:`IntakeStore.episodes`, :meth:`IntakeStore.readings`
 ...) are what the tests ask.
@@ -35,7 +36,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"AEU1"
+MAGIC = b"AEU1"        # items compressed one by one
+MAGIC_JOINT = b"AEU2"  # the batch compressed as one stream
 # A batch is a few hundred kilobytes; anything far larger is not one.
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 MAX_ITEM_BYTES = 64 * 1024 * 1024
@@ -57,30 +59,51 @@ CREATE TABLE IF NOT EXISTS idempotency(key TEXT PRIMARY KEY, received_at REAL NO
 """
 
 
+def _inflate(body: bytes, limit: int, what: str) -> bytes:
+    d = zlib.decompressobj()
+    try:
+        raw = d.decompress(body, limit)
+    except zlib.error as e:
+        raise ValueError(f"{what} is not valid zlib data: {e}") from None
+    if d.unconsumed_tail:
+        raise ValueError(f"{what} inflates beyond {limit} bytes")
+    return raw
+
+
+def _records(data: bytes, start: int) -> list[tuple[str, bytes]]:
+    out, i = [], start
+    while i < len(data):
+        try:
+            (klen,) = struct.unpack_from(">H", data, i)
+            key = data[i + 2:i + 2 + klen].decode()
+            i += 2 + klen
+            (blen,) = struct.unpack_from(">I", data, i)
+        except (struct.error, UnicodeDecodeError) as e:
+            raise ValueError(f"truncated or damaged batch at byte {i}: {e}") from None
+        body = data[i + 4:i + 4 + blen]
+        if len(body) != blen:
+            raise ValueError(f"truncated batch: item {key!r} wants {blen} bytes, {len(body)} left")
+        i += 4 + blen
+        out.append((key, body))
+    return out
+
+
 def unpack(payload: bytes) -> list[tuple[str, dict]]:
     """The (id, document) pairs of one batch; ValueError names what is wrong."""
     if len(payload) > MAX_BATCH_BYTES:
         raise ValueError(f"batch of {len(payload)} bytes is larger than {MAX_BATCH_BYTES}")
-    if payload[:4] != MAGIC:
+    if payload[:4] == MAGIC_JOINT:
+        pairs = _records(_inflate(payload[4:], MAX_ITEM_BYTES, "the batch"), 0)
+    elif payload[:4] == MAGIC:
+        pairs = [(key, _inflate(body, MAX_ITEM_BYTES, f"item {key!r}")) for key, body in _records(payload, 4)]
+    else:
         raise ValueError("not an uplink batch (bad magic)")
-    out, i = [], 4
-    while i < len(payload):
+    out = []
+    for key, raw in pairs:
         try:
-            (klen,) = struct.unpack_from(">H", payload, i)
-            key = payload[i + 2:i + 2 + klen].decode()
-            i += 2 + klen
-            (blen,) = struct.unpack_from(">I", payload, i)
-        except (struct.error, UnicodeDecodeError) as e:
-            raise ValueError(f"truncated or damaged batch at byte {i}: {e}") from None
-        body = payload[i + 4:i + 4 + blen]
-        if len(body) != blen:
-            raise ValueError(f"truncated batch: item {key!r} wants {blen} bytes, {len(body)} left")
-        i += 4 + blen
-        d = zlib.decompressobj()
-        raw = d.decompress(body, MAX_ITEM_BYTES)
-        if d.unconsumed_tail:
-            raise ValueError(f"item {key!r} inflates beyond {MAX_ITEM_BYTES} bytes")
-        doc = json.loads(raw)
+            doc = json.loads(raw)
+        except ValueError as e:
+            raise ValueError(f"item {key!r} is not JSON: {e}") from None
         if not isinstance(doc, dict) or doc.get("id") != key:
             raise ValueError(f"item {key!r}: its document does not carry the same id")
         out.append((key, doc))

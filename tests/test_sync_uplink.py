@@ -246,7 +246,7 @@ def test_scheduled_windows_send_only_while_open_and_resume_across_windows(tmp_pa
     async def scenario():
         # Windows of 1.5 s every 4 s, paced so the queue needs several of them.
         h = Harness(tmp_path, cloud, transport_wrapper=Recording, windows=[{"every_s": 4, "duration_s": 1.5}],
-                    max_message_bytes=4096, budget_bytes_per_window=0, max_rate_bytes_per_s=2500,
+                    max_message_bytes=4096, budget_bytes_per_window=0, max_rate_bytes_per_s=1000,
                     close_grace_s=0.5)
         state["uplink"] = h.uplink
         await h.start()
@@ -434,8 +434,8 @@ def test_bytes_uploaded_against_raw_bytes_observed_on_a_simulated_hour(tmp_path,
     with capsys.disabled():
         print(f"\nsync uplink, simulated hour: raw_bytes={raw} uploaded_bytes={up} ratio={ratio:.4%} "
               f"messages={status['uploaded']['messages']} items={status['uploaded']['items']}")
-    # The design papers promise a 95 % cut; the uplink must at least keep that promise.
-    assert 0 < ratio < 0.05
+    # The design papers promise a 95 % cut; the issue asks for under 1 % of the raw bytes.
+    assert 0 < ratio < 0.01
     assert_exactly_once(cloud, h.plant, h.store_path)
 
 
@@ -586,3 +586,48 @@ def test_mqtt_5_with_a_session_expiry_delivers_too(tmp_path, cloud):
         assert_exactly_once(cloud, h.plant, h.store_path)
 
     asyncio.run(scenario())
+
+
+def test_the_intake_reads_both_batch_encodings_and_refuses_damage():
+    from firmware_sim.cloud_intake import unpack
+    from appliance.sync.episodes import compress
+    from appliance.sync.queue import Item
+    from appliance.sync.uplink import frame
+
+    docs = [{"id": f"ep:r:{i}", "type": "readings", "sensors": {"Current": {"dv": [1, 2, 3]}}} for i in range(3)]
+    items = [Item(d["id"], 1, "readings", "ep", compress(d)) for d in docs]
+    joint, single = frame(items), frame(items, room=1)
+    assert joint[:4] == b"AEU2" and single[:4] == b"AEU1" and len(joint) < len(single)
+    for payload in (joint, single):
+        assert unpack(payload) == [(d["id"], d) for d in docs]
+    with pytest.raises(ValueError, match="zlib"):
+        unpack(b"AEU2" + b"\x00not zlib")
+    with pytest.raises(ValueError, match="truncated"):
+        unpack(single[:-3])
+    with pytest.raises(ValueError, match="magic"):
+        unpack(b"XXXX")
+
+
+def test_bytes_paho_resends_after_a_reconnect_count_against_the_window():
+    import ssl
+
+    from appliance.sync.config import SyncMqttConfig
+    from appliance.sync.uplink import MqttTransport
+
+    async def scenario():
+        t = MqttTransport(SyncMqttConfig(host="127.0.0.1", port=8883), "gw-1", "anomalies/gw-1",
+                          ssl.create_default_context())
+        t._loop = asyncio.get_running_loop()
+        resent: list[int] = []
+        t.on_resend = resent.append
+        t._connected(True, "Success", False)          # the first connection: nothing to resend
+        t._wire = {7: 1200, 8: 800}                     # two PUBLISHes without PUBACK
+        t._disconnected("keepalive timeout")
+        t._connected(True, "Success", True)            # paho sends both again now
+        t._wire.pop(7)
+        t._disconnected("again")
+        t._connected(True, "Success", True)
+        return resent, t.disconnects
+
+    resent, disconnects = asyncio.run(scenario())
+    assert resent == [2000, 800] and disconnects == 2

@@ -12,6 +12,7 @@ from appliance.core.records import (Alarm, AlarmEvent, AlarmState, Counters, Dea
 
 __all__ = [
     "HOOKS", "AckCallback", "Alarm", "AlarmEvent", "AlarmState", "Counters", "DeadLetter", "DeadLetterCode",
-    "EventKind", "IngestSink", "Input", "Level", "MitigationAction", "ModeChange", "ModelChange", "Output", "OutputContext",
+    "EventKind", "IngestSink", "Input", "Level", "MitigationAction", "ModeChange", "ModelChange", "Output",
+    "OutputContext",
     "PluginEnv", "PluginError", "PointMode", "Quality", "Reading", "Score", "SensorHealth", "Window", "overrides",
 ]

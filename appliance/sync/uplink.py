@@ -19,11 +19,12 @@ next window sends it again. Every item carries a stable key, so whatever is sent
 twice (a lost PUBACK, a ``kill -9`` after the PUBACK and before the delete
 committed) is stored once on the far side.
 
-Wire format of a batch (version 1)::
+Wire format of a batch::
 
-    b"AEU1" then, per item:  u16 key length | key (UTF-8) | u32 body length | body
+    b"AEU2" then zlib of, per item:  u16 key length | key (UTF-8) | u32 length | JSON
+    (or b"AEU1" then, per item:  u16 key length | key | u32 body length | body, each body zlib JSON)
 
-big-endian; a body is zlib-compressed JSON (see :mod:`appliance.sync.episodes`).
+big-endian; the JSON documents are described in :mod:`appliance.sync.episodes`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import ssl
 import stat
 import struct
 import time
+import zlib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -50,14 +52,15 @@ from appliance.connections.backoff import jittered_backoff
 from appliance.core import (AlarmEvent, EventKind, MitigationAction, ModeChange, Output, OutputContext, PluginError,
                             Reading, Score)
 from appliance.sync.config import SyncConfig, SyncHttpsConfig, SyncMqttConfig
-from appliance.sync.episodes import (Episode, ScoreTrail, compress, note_item, raised_item, reading_items,
+from appliance.sync.episodes import (ZLIB_LEVEL, Episode, ScoreTrail, compress, note_item, raised_item, reading_items,
                                      score_items, thin_readings)
 from appliance.sync.queue import Item, Queued, UploadQueue
 from appliance.sync.windows import ConnectivityWindows
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"AEU1"
+MAGIC = b"AEU1"        # items compressed one by one
+MAGIC_JOINT = b"AEU2"  # the batch compressed as one stream
 # Room kept in every item for the transport's own framing (MQTT fixed and variable
 # header with a topic of up to 1 KiB, or the HTTP request line and headers), so any
 # single item fits one batch of max_message_bytes on the wire.
@@ -93,20 +96,34 @@ def raw_size(asset: str, sensor: str) -> int:
     return len(asset.encode()) + len(sensor.encode()) + RAW_FIXED_BYTES
 
 
-def frame(batch: Sequence[Queued | Item]) -> bytes:
-    """One batch on the wire: ``AEU1`` then each item's key and compressed body, length-prefixed."""
-    parts = [MAGIC]
-    for q in batch:
-        key = q.key.encode()
-        parts += [struct.pack(">H", len(key)), key, struct.pack(">I", len(q.body)), q.body]
-    return b"".join(parts)
+def _records(pairs: Sequence[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(b"".join((struct.pack(">H", len(k)), k, struct.pack(">I", len(b)), b)) for k, b in pairs)
 
 
-def unframe(payload: bytes) -> list[tuple[str, bytes]]:
-    """The (key, compressed body) pairs of a batch; ValueError if it is not one."""
-    if payload[:4] != MAGIC:
-        raise ValueError("not an uplink batch (bad magic)")
-    out, i = [], 4
+def frame(batch: Sequence[Queued | Item], room: int | None = None) -> bytes:
+    """One batch on the wire, as small as it gets within ``room`` bytes.
+
+    ``AEU2``: the items' JSON, length-prefixed, compressed as one stream, so what
+    items share (sensor names, keys, the shape of a column) is paid for once: a
+    quarter less than compressing each on its own. ``AEU1``: each item's own
+    compressed body as queued; never larger than the sizes the queue packed the
+    batch by, so it is the fallback when the joint stream does not fit ``room``.
+
+    >>> items = [Item(f"e:{i}", 1, "readings", "e", compress({"id": f"e:{i}", "v": [1, 2, 3]})) for i in range(3)]
+    >>> [k for k, _ in unframe(frame(items))] == ["e:0", "e:1", "e:2"]
+    True
+    >>> frame(items)[:4], frame(items, room=10)[:4]
+    (b'AEU2', b'AEU1')
+    """
+    joint = MAGIC_JOINT + zlib.compress(_records([(q.key.encode(), zlib.decompress(q.body)) for q in batch]),
+                                        ZLIB_LEVEL)
+    if room is None or len(joint) <= room:
+        return joint
+    return MAGIC + _records([(q.key.encode(), q.body) for q in batch])
+
+
+def _split_records(payload: bytes, start: int) -> list[tuple[str, bytes]]:
+    out, i = [], start
     while i < len(payload):
         if i + 2 > len(payload):
             raise ValueError("truncated batch")
@@ -122,6 +139,19 @@ def unframe(payload: bytes) -> list[tuple[str, bytes]]:
         out.append((key, body))
         i += 4 + blen
     return out
+
+
+def unframe(payload: bytes) -> list[tuple[str, bytes]]:
+    """The (key, compressed body) pairs of a batch; ValueError if it is not one."""
+    if payload[:4] == MAGIC:
+        return _split_records(payload, 4)
+    if payload[:4] == MAGIC_JOINT:
+        try:
+            records = zlib.decompress(payload[4:])
+        except zlib.error as e:
+            raise ValueError(f"damaged batch: {e}") from None
+        return [(k, zlib.compress(body)) for k, body in _split_records(records, 0)]
+    raise ValueError("not an uplink batch (bad magic)")
 
 
 # -- credentials -----------------------------------------------------------------------------
@@ -189,10 +219,15 @@ class MqttTransport:
         self._client = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[int, asyncio.Future] = {}
+        self._wire: dict[int, int] = {}  # wire size of each unacknowledged PUBLISH, by mid
         self._connack: asyncio.Future | None = None
         self.connected = False
         self.session_present: bool | None = None
         self.disconnects = 0
+        # Called on the loop with the bytes paho sends again after a reconnect, so the
+        # window's budget and the byte account see what really went over the link.
+        self.on_resend: Callable[[int], None] | None = None
+        self._was_connected = False
         topic_len = len(topic.encode())
         v5 = 1 if cfg.protocol == "5" else 0
         # PUBLISH: type byte + remaining length (1-4 bytes) + topic (2 + n) + packet id (2) [+ properties length].
@@ -274,10 +309,12 @@ class MqttTransport:
             raise TransportError(f"publish refused by the client: {mqtt.error_string(info.rc)}")
         fut = self._loop.create_future()
         self._pending[info.mid] = fut
+        self._wire[info.mid] = self.wire_size(len(payload))
         try:
             await fut
         finally:
             self._pending.pop(info.mid, None)
+            self._wire.pop(info.mid, None)
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -308,6 +345,9 @@ class MqttTransport:
 
     def _connected(self, ok: bool, reason: str, session_present: bool) -> None:
         if ok:
+            if self._was_connected and self._wire and self.on_resend is not None:
+                self.on_resend(sum(self._wire.values()))  # paho resends the unacknowledged PUBLISHes now
+            self._was_connected = True
             self.connected = True
             self.session_present = session_present
             if self._connack is not None and not self._connack.done():
@@ -361,6 +401,7 @@ class HttpsTransport:
         self.session_present = None
         self.disconnects = 0
         self.last_status: int | None = None
+        self.on_resend = None  # a resend is a new POST, made and counted by the uplink itself
 
     @property
     def active(self) -> bool:
@@ -810,7 +851,7 @@ class SyncUplink(Output):
         if win is None:
             return
         stats = {"seq": win.seq, "reason": win.reason, "opened_at": win.opened_at, "closed_at": None,
-                 "sent_bytes": 0, "acked_bytes": 0, "messages": 0, "items": 0, "connects": 0,
+                 "sent_bytes": 0, "resent_bytes": 0, "acked_bytes": 0, "messages": 0, "items": 0, "connects": 0,
                  "budget_exhausted": False, "left_items": None}
         self._window_stats = stats
         self._recent.append(stats)
@@ -818,6 +859,12 @@ class SyncUplink(Output):
         inflight: dict[asyncio.Task, tuple[list[Queued], int]] = {}
         transport = self._transport_factory()
         self._transport = transport
+
+        def resent(wire: int) -> None:
+            stats["sent_bytes"] += wire
+            stats["resent_bytes"] += wire
+            self._spawn_io(queue.add_counters, {"sent_bytes": wire})
+        transport.on_resend = resent
         delays = jittered_backoff(transport.retry.initial_s, transport.retry.max_s)
         try:
             if cfg.start_jitter_s and await windows.wait_closed(random.uniform(0, cfg.start_jitter_s)):
@@ -852,7 +899,7 @@ class SyncUplink(Output):
                             log.info("sync: window budget spent (%d of %d bytes); %d item(s) wait for the next",
                                      stats["sent_bytes"], cfg.budget_bytes_per_window, queue.waiting())
                         break
-                    payload = frame(batch)
+                    payload = frame(batch, int(room) - transport.overhead)
                     wire = transport.wire_size(len(payload))
                     if not await self._pace(wire):
                         await self._run_io(queue.release, batch)

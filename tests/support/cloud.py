@@ -1,6 +1,6 @@
 """The cloud the uplink tests talk to: a second Mosquitto with TLS and client certificates, and the intake.
 
-:func:`make_pki` writes a self-signed CA, a server certificate for 127.0.0.1 and
+:func:`firmware_sim.cloud_pki.make_pki` writes a self-signed CA, a server certificate for 127.0.0.1 and
 client certificates (keys mode 0600), made with ``cryptography``. The ``cloud``
 fixture starts Mosquitto on a free loopback port with ``require_certificate
 true`` and the intake (``firmware-sim/cloud_intake.py``) subscribed to it, and
@@ -20,113 +20,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import ipaddress
 import json
-import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
 
-from appliance.broker import Mosquitto, find_mosquitto
+from appliance.broker import Mosquitto, find_mosquitto, tls_mosquitto
 from appliance.core import OutputContext, PluginEnv
 from appliance.sync.config import SyncConfig
+from firmware_sim.cloud_pki import Pki, make_pki
 from tests.support.wait import wait_until
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path          # the appliance
-    client_key: Path
-    intake_cert: Path
-    intake_key: Path
-    rogue_cert: Path           # signed by a CA the broker does not trust
-    rogue_key: Path
-
-
-def _write_key(path: Path, key) -> None:
-    from cryptography.hazmat.primitives import serialization
-
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-def _cert(subject_cn: str, key, issuer_cert, issuer_key, *, ca: bool = False, server: bool = False):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = dt.datetime.now(dt.timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)])
-    b = (x509.CertificateBuilder().subject_name(name)
-         .issuer_name(issuer_cert.subject if issuer_cert is not None else name)
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if ca:
-        b = b.add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                          content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                          key_agreement=False, encipher_only=False, decipher_only=False),
-                            critical=True)
-        b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    else:
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-                            critical=False)
-    if server:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                            critical=False)
-    return b.sign(issuer_key if issuer_key is not None else key, hashes.SHA256())
-
-
-def make_pki(directory: Path) -> Pki:
-    """A CA, a server certificate for 127.0.0.1/localhost, and client certificates, in ``directory``."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def pem(cert) -> bytes:
-        return cert.public_bytes(serialization.Encoding.PEM)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("uplink test CA", ca_key, None, None, ca=True)
-    rogue_ca_key = ec.generate_private_key(ec.SECP256R1())
-    rogue_ca = _cert("rogue CA", rogue_ca_key, None, None, ca=True)
-    paths = {}
-    (directory / "ca.pem").write_bytes(pem(ca))
-    for name, cn, issuer, issuer_key, server in (("server", "127.0.0.1", ca, ca_key, True),
-                                                 ("client", "appliance-test", ca, ca_key, False),
-                                                 ("intake", "cloud-intake", ca, ca_key, False),
-                                                 ("rogue", "appliance-rogue", rogue_ca, rogue_ca_key, False)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _cert(cn, key, issuer, issuer_key, server=server)
-        (directory / f"{name}.pem").write_bytes(pem(cert))
-        _write_key(directory / f"{name}.key", key)
-        paths[name] = (directory / f"{name}.pem", directory / f"{name}.key")
-    return Pki(directory / "ca.pem", *paths["server"], *paths["client"], *paths["intake"], *paths["rogue"])
 
 
 def tls_broker(workdir: Path, pki: Pki, port: int | None = None) -> Mosquitto:
     """A Mosquitto (not started) that speaks only TLS and requires a client certificate signed by the CA."""
-    return Mosquitto(workdir, port=port, extra_conf=(
-        f"cafile {pki.ca}\n"
-        f"certfile {pki.server_cert}\n"
-        f"keyfile {pki.server_key}\n"
-        "require_certificate true\n"
-        "use_identity_as_username true\n"))
+    return tls_mosquitto(workdir, pki.ca, pki.server_cert, pki.server_key, port)
 
 
 class Cloud:
