@@ -1,4 +1,4 @@
-"""The ``appliance`` command: run, demo, train, eval, config check."""
+"""The ``appliance`` command: run, demo, train, score, eval, config check."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+import time
 
 from appliance.config import ConfigError, load_config
 
@@ -33,28 +34,76 @@ def _load(path: str | None):
 
 
 def cmd_sync_now(args) -> int:
-    """Ask the running appliance, through its dashboard API, to open a connectivity window now."""
-    import urllib.error
-    import urllib.request
+    """Ask the running appliance, through its dashboard API, to open a connectivity window now (as an engineer)."""
+    from web.client import DashboardClient, DashboardError
 
-    body = json.dumps({"duration_s": args.duration} if args.duration else {}).encode()
-    req = urllib.request.Request(args.url.rstrip("/") + "/api/sync/now", data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
+    client = DashboardClient(args.url)
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            answer = json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        try:
-            why = json.loads(e.read() or b"{}").get("error", e.reason)
-        except ValueError:
-            why = e.reason
+        password = _password(args, confirm=False)
+        client.login(args.user, password)
+        status, answer = client.post("/api/sync/now", {"duration_s": args.duration} if args.duration else {})
+    except DashboardError as e:
+        if e.status is None:
+            print(f"sync now: {e}", file=sys.stderr)
+            return 2
+        print(f"sync now refused: {e}", file=sys.stderr)
+        return 1
+    if status != 200:
+        why = answer.get("error", status) if isinstance(answer, dict) else status
         print(f"sync now refused: {why}", file=sys.stderr)
         return 1
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        print(f"sync now: the appliance's dashboard at {args.url} did not answer: "
-              f"{getattr(e, 'reason', e)}", file=sys.stderr)
-        return 2
     print(f"sync now: window opened {json.dumps(answer.get('records', []))}")
+    return 0
+
+
+def _password(args, confirm: bool) -> str:
+    """The password from ``--password-file`` (its first line), else asked for on the terminal."""
+    import getpass
+
+    if getattr(args, "password_file", None):
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise SystemExit(f"cannot read the password file: {e}") from None
+    if not sys.stdin.isatty():
+        raise SystemExit("no terminal to ask for the password on: give --password-file FILE")
+    password = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Again: ") != password:
+        raise SystemExit("the two passwords differ; nothing changed")
+    return password
+
+
+def cmd_user(args) -> int:
+    """Dashboard accounts in the accounts file beside the store (or at [web] accounts)."""
+    from appliance.accounts import AccountError, Accounts, default_path
+
+    cfg = _load(args.config)
+    path = default_path(cfg)
+    accounts = Accounts(path)
+    try:
+        if args.sub == "add":
+            accounts.add_user(args.name, args.role, _password(args, confirm=True))
+            print(f"user {args.name} added with role {args.role} ({path})")
+        elif args.sub == "passwd":
+            accounts.set_password(args.name, _password(args, confirm=True))
+            print(f"password of {args.name} changed; their sessions are ended")
+        elif args.sub == "role":
+            accounts.set_role(args.name, args.role)
+            print(f"{args.name} is now {args.role}")
+        elif args.sub == "remove":
+            accounts.remove_user(args.name)
+            print(f"user {args.name} removed; their sessions are ended")
+        else:  # list
+            users = accounts.users()
+            if not users:
+                print(f"no users yet ({path}); add one with: appliance user add NAME --role engineer")
+            for u in users:
+                last = time.strftime("%Y-%m-%d %H:%M", time.localtime(u["last_login"])) if u["last_login"] else "never"
+                print(f"{u['name']:<24} {u['role']:<11} last sign-in {last}, {u['sessions']} session(s)")
+    except AccountError as e:
+        print(f"appliance user {args.sub}: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -73,10 +122,11 @@ def cmd_config_check(args) -> int:
 def cmd_train(args) -> int:
     from pydantic import ValidationError
 
-    from appliance.detector.train import TrainSettings, train_from_csv
-
     opts = {k: v for k, v in (("window", args.window), ("stride", args.stride),
-                              ("period_s", args.period)) if v is not None}
+                              ("period_s", args.period), ("staleness_s", args.staleness),
+                              ("lateness_s", args.lateness), ("max_iter", args.max_epochs)) if v is not None}
+    if args.early_stopping:
+        opts["early_stopping"] = True
     level_free = list(args.level_free or [])
     if args.no_trend_check:
         opts["trend_limit"] = None
@@ -92,7 +142,7 @@ def cmd_train(args) -> int:
         if args.from_store:
             out = _train_from_store(args, {**opts, "level_free": level_free})
         else:
-            out = train_from_csv(args.data, args.out, TrainSettings(**opts, level_free=level_free))
+            out = _train_from_csv_files(args, opts, level_free)
     except ValidationError as e:
         # One line per refused setting, by name, instead of pydantic's multi-line report.
         for err in e.errors():
@@ -101,9 +151,34 @@ def cmd_train(args) -> int:
     except ValueError as e:  # unreadable data, too few rows, a span that cannot be trained on, ...
         print(f"appliance train: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # the INT8 check refused every model tried (QuantizationCheckError)
+        print(f"appliance train: {e}; no bundle written", file=sys.stderr)
+        return 2
     from appliance.detector.bundle import load_bundle
-    print(f"bundle written: {out} (level-free sensors: {', '.join(load_bundle(out).level_free) or 'none'})")
+    bundle = load_bundle(out)
+    print(f"bundle written: {out} (level-free sensors: {', '.join(bundle.level_free) or 'none'})")
+    model = bundle.meta["training"]["model"]
+    if model.get("converged") is False:
+        print(f"note: the model hit the epoch cap ({model['max_iter']} epochs) before its training loss settled; "
+              "it is usable (its threshold is calibrated on it) but --max-epochs higher or --early-stopping "
+              "may fit better", file=sys.stderr)
     return 0
+
+
+def _train_from_csv_files(args, opts: dict, level_free: list[str]):
+    """Train from CSV files: the period from the timestamps unless given, progress on a terminal."""
+    from appliance.detector.progress import TerminalProgress
+    from appliance.detector.train import TrainSettings, infer_period, read_csv_rows, train_bundle
+
+    sensors, ts, rows = read_csv_rows(args.data)
+    if "period_s" not in opts:
+        opts = {**opts, "period_s": infer_period(ts)}
+        print(f"period: {opts['period_s']:g} s (median spacing of the timestamps; --period overrides)")
+    settings = TrainSettings(**opts, level_free=level_free)
+    print(f"grid: window {settings.window} rows ({settings.window * settings.period_s:g} s), staleness "
+          f"{settings.staleness_s:g} s, lateness {settings.lateness_s:g} s; {len(rows)} rows of {len(sensors)} sensors")
+    with TerminalProgress(sys.stderr) as progress:
+        return train_bundle(rows, sensors, args.out, settings, ts=ts, progress=progress)
 
 
 def _time_arg(text: str | None, option: str) -> float | None:
@@ -123,8 +198,8 @@ def _train_from_store(args, opts: dict):
     cfg = _load(args.config)
     since, until = _time_arg(args.since, "--since"), _time_arg(args.until, "--until")
     w = cfg.windows
-    settings = TrainSettings(**{**opts, "period_s": opts.get("period_s") or w.period_s or 1.0,
-                                "staleness_s": w.staleness_s, "lateness_s": w.lateness_s})
+    settings = TrainSettings(**{"staleness_s": w.staleness_s, "lateness_s": w.lateness_s, **opts,
+                                "period_s": opts.get("period_s") or w.period_s or 1.0})
     return commission(cfg.path(cfg.store.path), args.from_store, args.out, settings, since=since, until=until,
                       last_s=args.last, sensors=args.sensors, allow_alarms=args.allow_alarms)
 
@@ -167,7 +242,26 @@ def cmd_demo(args) -> int:
 
     cfg = _load(args.config)
     setup_logging("WARNING" if args.seconds else cfg.log_level)
-    return run_demo(cfg, seconds=args.seconds, fault_at=args.fault_at, fault=args.fault)
+    return run_demo(cfg, seconds=args.seconds, fault_at=args.fault_at, fault=args.fault, cloud=not args.no_cloud)
+
+
+def cmd_score(args) -> int:
+    """Replay recorded CSV data through the live path (window builder, ONNX session, debounce, hysteresis)."""
+    from appliance.detector.bundle import BundleError
+    from appliance.detector.replay import score_command
+
+    decision = windows = None
+    if args.config:
+        cfg = _load(args.config)
+        decision, windows = cfg.decision, cfg.windows
+    try:
+        _, line = score_command(args.bundle, args.data, args.out, precision=args.precision, decision=decision,
+                                windows=windows)
+    except (BundleError, ValueError, OSError) as e:  # a bad bundle, unreadable data, sensors missing, ...
+        print(f"appliance score: {e}", file=sys.stderr)
+        return 2
+    print(line + (f"; scores in {args.out}" if args.out else ""))
+    return 0
 
 
 def cmd_eval(args) -> int:
@@ -196,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--seconds", type=float, default=None, help="run headless for N seconds, then summarise")
     d.add_argument("--fault-at", type=float, default=None, help="seconds after start to inject the fault")
     d.add_argument("--fault", default="bearing_wear")
+    d.add_argument("--no-cloud", action="store_true",
+                   help="no cloud broker, no sync window, no model update (the gateway alone)")
     d.set_defaults(fn=cmd_demo)
 
     t = sub.add_parser("train", help="train a model bundle on normal data")
@@ -212,9 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--allow-alarms", action="store_true",
                    help="with --from-store: train even if the asset was in alarm during the span")
     t.add_argument("--out", required=True, help="bundle directory to write")
-    t.add_argument("--window", type=int)
+    t.add_argument("--window", type=int, help="rows per window (default: about 30 s of data, 8 to 30 rows)")
     t.add_argument("--stride", type=int)
-    t.add_argument("--period", type=float, help="sampling period of the data in seconds")
+    t.add_argument("--period", type=float,
+                   help="sampling period of the data in seconds (default: median spacing of the timestamps); "
+                        "window, staleness and lateness follow from it unless given")
+    t.add_argument("--staleness", type=float, metavar="SECONDS",
+                   help="a held value older than this is missing (default: 5 periods)")
+    t.add_argument("--lateness", type=float, metavar="SECONDS",
+                   help="how long a grid row waits for late readings (default: 2 periods)")
+    t.add_argument("--max-epochs", type=int, help="training epoch cap (default 200)")
+    t.add_argument("--early-stopping", action="store_true",
+                   help="stop when the loss on held-back normal rows stops improving; keep the best epoch")
     t.add_argument("--level-free", action="append", metavar="SENSOR",
                    help="sensor whose slow level is not learned, only its shape within a window (repeatable)")
     t.add_argument("--level-free-from", nargs="+", metavar="CSV",
@@ -222,6 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--no-trend-check", action="store_true",
                    help="do not make sensors that trend within the training rows level-free")
     t.set_defaults(fn=cmd_train)
+
+    sc = sub.add_parser("score", help="replay recorded data through a model bundle as the live appliance would")
+    sc.add_argument("--bundle", required=True, help="model bundle directory")
+    sc.add_argument("--data", nargs="+", required=True, help="CSV recordings (each replayed on its own)")
+    sc.add_argument("--out", help="CSV to write: timestamp,score,threshold,alarm per input row")
+    sc.add_argument("--precision", choices=("int8", "fp32"), default="int8")
+    sc.add_argument("--config", "-c",
+                    help="appliance config whose [windows] and [decision] to use (default: the bundle's grid "
+                         "and the default decision settings)")
+    sc.set_defaults(fn=cmd_score)
 
     e = sub.add_parser("eval", help="evaluate the detector")
     esub = e.add_subparsers(dest="bench", required=True)
@@ -240,7 +355,24 @@ def main(argv: list[str] | None = None) -> int:
     sn = sysub.add_parser("now", help="open a connectivity window now (through the dashboard API)")
     sn.add_argument("--url", default="http://127.0.0.1:8080", help="the appliance's dashboard")
     sn.add_argument("--duration", type=float, help="seconds the window stays open (default: sync_now_s)")
+    sn.add_argument("--user", required=True, help="an engineer's dashboard account")
+    sn.add_argument("--password-file", help="file whose first line is the password (default: asked for)")
     sn.set_defaults(fn=cmd_sync_now)
+
+    u = sub.add_parser("user", help="dashboard accounts (viewer, technician, engineer)")
+    usub = u.add_subparsers(dest="sub", required=True)
+    for name, text in (("add", "add a user"), ("passwd", "change a user's password (ends their sessions)"),
+                       ("role", "change a user's role"), ("remove", "remove a user (ends their sessions)"),
+                       ("list", "list the users")):
+        up = usub.add_parser(name, help=text)
+        up.add_argument("--config", "-c", help="the appliance's config (where the accounts file is)")
+        if name != "list":
+            up.add_argument("name")
+        if name in ("add", "role"):
+            up.add_argument("--role", required=True, choices=("viewer", "technician", "engineer"))
+        if name in ("add", "passwd"):
+            up.add_argument("--password-file", help="file whose first line is the password (default: asked twice)")
+        up.set_defaults(fn=cmd_user)
 
     c = sub.add_parser("config", help="configuration tools")
     csub = c.add_subparsers(dest="sub", required=True)
@@ -251,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from appliance.release import add_release_commands  # tuf is imported only when a release command runs
     add_release_commands(sub)
+    from appliance.fleet.cli import add_fleet_commands  # flwr is imported only when a fleet command runs
+    add_fleet_commands(sub)
 
     args = p.parse_args(argv)
     return args.fn(args)

@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, create_model
 from appliance.actions.config import DecisionConfig
 from appliance.connections.config import ConnectionsConfig
 from appliance.detector.config import DetectorConfig, WindowConfig
+from appliance.fleet.config import FleetConfig
 from appliance.registry import INPUTS, OUTPUTS
 from appliance.settings import Section
 from appliance.store.config import StoreConfig
@@ -46,6 +47,7 @@ class Config(Section):
     store: StoreConfig = StoreConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
     web: WebConfig = WebConfig()
+    fleet: FleetConfig = FleetConfig()
 
     def path(self, p: str) -> Path:
         """Resolve a configured path relative to ``data_dir``."""

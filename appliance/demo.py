@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -197,7 +198,21 @@ def ensure_demo_model(cfg) -> Path:
     return bundle
 
 
-def _demo_config(cfg, port: int, plc_port: int | None):
+def ensure_retrained_model(cfg) -> Path:
+    """The engineer's next model for the demo's signed release: the same settings, another day's data."""
+    bundle = cfg.path("demo-model-v2")
+    if (bundle / "bundle.json").exists():
+        return bundle
+    from appliance.detector.train import TrainSettings, train_from_csv
+
+    print("demo: training the model the engineer will publish as release 2 (another stretch of normal "
+          "operation) ...", flush=True)
+    data = _normal_training_csv(cfg.path("demo-normal-v2.csv"), seed=TRAINING_SEED + 1)
+    train_from_csv([data], bundle, TrainSettings(period_s=1.0 / DEMO_RATE_HZ))
+    return bundle
+
+
+def _demo_config(cfg, port: int, plc_port: int | None, sync: dict | None = None):
     data = cfg.model_dump(mode="json")
     data["connections"]["mqtt"]["host"] = "127.0.0.1"
     data["connections"]["mqtt"]["port"] = port
@@ -209,7 +224,59 @@ def _demo_config(cfg, port: int, plc_port: int | None):
         opcua["sampling_interval_ms"] = opcua["publishing_interval_ms"] = 1000.0 / DEMO_RATE_HZ
         data["inputs"]["mqtt"]["enabled"] = False
     data["outputs"]["history"]["enabled"] = False  # no InfluxDB in the demo; the local store has it all
+    if sync is not None:
+        data["outputs"]["sync"] = sync
     return parse_config(data, "demo")
+
+
+DEMO_USER = "demo"
+RUNS_DIR = "demo-runs"
+RUNS_KEPT = 3
+
+
+def _fresh_run(dcfg, cfg, run_id: str | None = None):
+    """The demo's config with a store of its own for this run, so no earlier run's alarm looks current.
+
+    Each run records into ``demo-runs/<run id>/store.db`` under the data dir (the
+    last ``RUNS_KEPT`` runs are kept to look at); the accounts file stays where
+    the configured store would have it, so the demo account carries over.
+    """
+    from appliance.accounts import default_path
+
+    run_id = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    runs = cfg.path(RUNS_DIR)
+    runs.mkdir(parents=True, exist_ok=True)
+    old = sorted(p for p in runs.iterdir() if p.is_dir() and p.name != run_id)
+    for stale in old[:max(0, len(old) - (RUNS_KEPT - 1))]:
+        shutil.rmtree(stale, ignore_errors=True)
+    (runs / run_id).mkdir(exist_ok=True)
+    data = dcfg.model_dump(mode="json")
+    data["store"]["path"] = str(runs / run_id / "store.db")
+    data["web"]["accounts"] = str(default_path(cfg))
+    return parse_config(data, "demo")
+
+
+def demo_account(cfg) -> tuple[str, str]:
+    """The demo's engineer account, with a new random password each run: (name, password)."""
+    import secrets
+
+    from appliance.accounts import Accounts, default_path
+
+    accounts = Accounts(default_path(cfg))
+    password = secrets.token_urlsafe(9)
+    if accounts.user(DEMO_USER) is None:
+        accounts.add_user(DEMO_USER, "engineer", password, by="demo")
+    else:
+        accounts.set_role(DEMO_USER, "engineer", by="demo")
+        accounts.set_password(DEMO_USER, password, by="demo")
+    return DEMO_USER, password
+
+
+def _announce_dashboard(dcfg, port: int) -> None:
+    name, password = demo_account(dcfg)
+    host = dcfg.web.host if dcfg.web.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    print(f"demo: dashboard on http://{host}:{port}/ - sign in as {name} / {password} (engineer; "
+          f"a new password each run; more accounts: appliance user add NAME --role technician)", flush=True)
 
 
 def _publish_bad_payloads(port: int) -> int:
@@ -228,8 +295,8 @@ def _publish_bad_payloads(port: int) -> int:
 
 
 def run_demo(cfg, seconds: float | None = None, fault_at: float | None = None,
-             fault: str = "bearing_wear") -> int:
-    return asyncio.run(_run(cfg, seconds, fault_at, fault))
+             fault: str = "bearing_wear", cloud: bool = True) -> int:
+    return asyncio.run(_run(cfg, seconds, fault_at, fault, cloud))
 
 
 def _pump_args(port: int, fault: str, fault_at: float) -> list[str]:
@@ -257,12 +324,17 @@ async def _wait_for_end(stop: asyncio.Event, sims: list[SimProcess], timeout: fl
     return next((waits[w] for w in done if waits[w] is not None), None)
 
 
-async def _run(cfg, seconds, fault_at, fault) -> int:
+async def _run(cfg, seconds, fault_at, fault, with_cloud=True) -> int:
+    from appliance import demo_cloud
     from appliance.runtime import build, start_web
 
+    cloud = None
     try:
         ensure_demo_model(cfg)
-    except SimulatorFailed as e:
+        if with_cloud:
+            cloud = demo_cloud.prepare(cfg.path("demo-cloud"), ensure_retrained_model(cfg))
+            demo_cloud.reset_gateway(cloud, cfg.path("."))
+    except (SimulatorFailed, RuntimeError) as e:
         print(f"demo: ERROR: {e}", flush=True)
         return 1
     if fault_at is None:
@@ -273,9 +345,16 @@ async def _run(cfg, seconds, fault_at, fault) -> int:
         loop.add_signal_handler(sig, stop.set)
     clock = DemoClock()
     events: list[tuple[float, object]] = []
+    alarm_raised = asyncio.Event()
+    sync_result: dict = {}
+
+    def say(text: str) -> None:
+        print(f"demo: {clock.label()} {text}", flush=True)
 
     def on_event(e):
         events.append((time.monotonic(), e))
+        if getattr(e, "kind", None) == "raised":
+            alarm_raised.set()
         if getattr(e, "kind", None) in ("raised", "escalated", "cleared"):
             a = e.alarm
             print(f"demo: {clock.label()} ALARM {e.kind.upper()} asset={a.asset} "
@@ -290,7 +369,19 @@ async def _run(cfg, seconds, fault_at, fault) -> int:
             broker = Mosquitto(cfg.path("demo-broker"), port=free_port()).start()
             stack.callback(broker.stop)
             plc_port = free_port() if cfg.inputs.opcua.enabled else None
-            dcfg = _demo_config(cfg, broker.port, plc_port)
+            sync = None
+            if cloud is not None:
+                cloud_broker = demo_cloud.cloud_broker(cloud, free_port()).start()
+                stack.callback(cloud_broker.stop)
+                intake = SimProcess("cloud-intake", demo_cloud.intake_args(cloud, cloud_broker.port),
+                                    demo_cloud.INTAKE_READY, clock)
+                stack.push_async_callback(intake.stop)
+                await _unless_stopped(stop, intake.start())
+                sync = demo_cloud.sync_section(cloud, cloud_broker.port)
+                print(f"demo: cloud broker on 127.0.0.1:{cloud_broker.port} (TLS, client certificates); "
+                      f"a sync window opens once the fault raises an alarm", flush=True)
+            dcfg = _demo_config(cfg, broker.port, plc_port, sync)
+            dcfg = _fresh_run(dcfg, cfg)
             app = build(dcfg)  # before the PLC starts: loading the model does not eat into fault_at
             app.add_event_listener(on_event)
             sim: SimProcess
@@ -310,7 +401,7 @@ async def _run(cfg, seconds, fault_at, fault) -> int:
                 except OSError:  # the usual port is taken: any free one will do for a demo
                     web = start_web(app, dcfg.web.host, 0)
                 stack.callback(web.stop)
-                print(f"demo: dashboard on http://{dcfg.web.host}:{web.port}/", flush=True)
+                _announce_dashboard(dcfg, web.port)
             if plc_port is None:
                 sim = SimProcess("pump-sim", _pump_args(broker.port, fault, fault_at), PUMP_READY, clock)
                 # Registered last, so stopped first; the pause lets its last readings reach the appliance.
@@ -324,10 +415,23 @@ async def _run(cfg, seconds, fault_at, fault) -> int:
                 print(f"demo: PLC simulator on opc.tcp://127.0.0.1:{plc_port}/appliance/plc, read over OPC-UA "
                       f"at {DEMO_RATE_HZ:g} Hz; alarms on MQTT 127.0.0.1:{broker.port}; "
                       f"fault '{fault}' at +{fault_at:g}s", flush=True)
+            watcher = None
+            if cloud is not None:
+                watcher = asyncio.ensure_future(demo_cloud.watch_window(app, cloud, alarm_raised, say))
             remaining = None if seconds is None else max(0.0, clock.t0 + seconds - time.monotonic())
             exited = await _wait_for_end(stop, [sim], remaining)
             if exited is not None:
                 problem = f"{exited.name} exited with status {exited.proc.returncode}"
+            if watcher is not None:
+                if seconds is not None and exited is None and not stop.is_set() and alarm_raised.is_set():
+                    # Headless: let the window and the shadow run finish (bounded inside watch_window).
+                    with contextlib.suppress(_Interrupted):
+                        await _unless_stopped(stop, asyncio.shield(watcher))
+                if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
+                    sync_result = watcher.result()
+                else:
+                    watcher.cancel()
+                    await asyncio.gather(watcher, return_exceptions=True)
     except _Interrupted:
         print("demo: interrupted while starting", flush=True)
     except SimulatorFailed as e:
@@ -348,6 +452,10 @@ async def _run(cfg, seconds, fault_at, fault) -> int:
         "dead_letters": c.get("dead_letters"), "decision_p50_us": lat.get("p50_us"),
         "decision_p99_us": lat.get("p99_us"),
     }
+    if cloud is not None:
+        summary |= {"sync_uploaded_bytes": sync_result.get("uploaded_bytes"),
+                    "cloud_items": sync_result.get("cloud_items"),
+                    "model_update": (sync_result.get("model") or "none").replace(" ", ":")}
     print("demo summary: " + " ".join(f"{k}={v}" for k, v in summary.items()), flush=True)
     if os.environ.get("APPLIANCE_DEMO_JSON"):
         Path(os.environ["APPLIANCE_DEMO_JSON"]).write_text(json.dumps(summary))
@@ -356,5 +464,9 @@ async def _run(cfg, seconds, fault_at, fault) -> int:
         return 1
     if seconds is not None and (before or not after):
         print("demo: UNEXPECTED: wanted at least one alarm after the fault and none before it", flush=True)
+        return 1
+    if seconds is not None and cloud is not None and not (sync_result.get("cloud_items") and sync_result.get("model")):
+        print("demo: UNEXPECTED: wanted the alarm stored by the cloud intake and a verdict on the model update",
+              flush=True)
         return 1
     return 0

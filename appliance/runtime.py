@@ -35,6 +35,7 @@ from appliance.actions.decide import Decider
 from appliance.core import (HOOKS, Alarm, AlarmEvent, Counters, DeadLetter, EventKind, Input, MitigationAction,
                             ModeChange, ModelChange, Output, OutputContext, PluginEnv, Quality, Reading, overrides)
 from appliance.detector.windowing import WindowBuilder
+from appliance.ingest_health import log_sensor_changes
 from appliance.store import Store
 from appliance.store.output import StoreOutput
 from appliance.sync.models import active_bundle, remember_active
@@ -55,11 +56,11 @@ class InFlight:
         self.limit = limit
         self.count = 0
         self.peak = 0
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())  # not reentrant: cheaper on every message
 
     def acquire(self, n: int, block: bool = True) -> bool:
         with self._cond:
-            if block:
+            if block and self.count and self.count + n > self.limit:
                 # A batch larger than the bound is still admitted when nothing else waits.
                 self._cond.wait_for(lambda: self.count == 0 or self.count + n <= self.limit)
             ok = self.count + n <= self.limit or self.count == 0
@@ -90,6 +91,21 @@ class LatencyStats:
                 "p99_us": round(s[min(len(s) - 1, int(0.99 * len(s)))], 1), "max_us": round(s[-1], 1)}
 
 
+
+def grid_limits(windows, detector) -> tuple[float, float]:
+    """``(staleness_s, lateness_s)`` of the live grid.
+
+    Staleness: what ``[windows]`` sets, else the longer of its default and the
+    model's own (a model trained at a 3-minute period holds values for minutes; a
+    default of seconds would make every cell of its live grid missing). Lateness is
+    about the network, not the process: always ``[windows]``.
+    """
+    trained = getattr(getattr(detector, "bundle", None), "staleness_s", None)
+    staleness = windows.staleness_s
+    if "staleness_s" not in windows.model_fields_set and trained is not None:
+        staleness = max(staleness, float(trained))
+    return staleness, windows.lateness_s
+
 class Appliance:
     """One running appliance: inputs -> windows -> detector -> decisions -> outputs.
 
@@ -112,7 +128,7 @@ class Appliance:
                 self._commands[name] = fn
         w = cfg.windows
         self.windows = WindowBuilder(detector.sensors, w.period_s or detector.period_s, detector.window,
-                                     w.stride or detector.stride, w.staleness_s, w.lateness_s)
+                                     w.stride or detector.stride, *grid_limits(w, detector))
         self.alarms = AlarmBook(lambda: Decider.from_config(cfg.decision), on_peak=self._on_peak)
         self.watchdog = SensorWatchdog(detector.sensors, cfg.watchdog.silence_s)
         self.counters = Counters()
@@ -122,6 +138,10 @@ class Appliance:
         self.started_at = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: asyncio.Queue | None = None
+        # Submissions from input threads wait here for the loop, which is woken once per burst.
+        self._handoff: list = []
+        self._handoff_lock = threading.Lock()
+        self._handoff_pending = False
         self._event_listeners: list[Callable[[AlarmEvent | ModeChange], None]] = []
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
@@ -148,9 +168,21 @@ class Appliance:
             self.counters.inc("overbooked", n)
         item = (readings, dead_letters, on_stored, n)
         if on_loop:
-            self._inbox.put_nowait(item)
-        else:
-            loop.call_soon_threadsafe(self._inbox.put_nowait, item)
+            self._inbox.put_nowait([item])
+            return
+        # From an input's thread: one wake-up of the loop per burst of messages, not one per message.
+        with self._handoff_lock:
+            self._handoff.append(item)
+            if self._handoff_pending:
+                return
+            self._handoff_pending = True
+        loop.call_soon_threadsafe(self._take_handoff)
+
+    def _take_handoff(self) -> None:
+        with self._handoff_lock:
+            items, self._handoff = self._handoff, []
+            self._handoff_pending = False
+        self._inbox.put_nowait(items)
 
     def add_event_listener(self, fn: Callable[[AlarmEvent | ModeChange], None]) -> None:
         """Called on the event loop for each alarm event and mode change (dashboard live view, tests)."""
@@ -218,7 +250,8 @@ class Appliance:
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait until everything submitted so far went through the detection path."""
         deadline = time.monotonic() + timeout
-        while self._inbox is not None and not self._inbox.empty() and time.monotonic() < deadline:
+        while (self._inbox is not None and (not self._inbox.empty() or self._handoff_pending)
+               and time.monotonic() < deadline):
             await asyncio.sleep(0.01)
         await asyncio.sleep(0)
 
@@ -226,19 +259,25 @@ class Appliance:
     async def _pipeline(self) -> None:
         on_dead = self._hooks["on_dead_letter"]
         while True:
-            readings, dead, on_stored, n = await self._inbox.get()
-            for d in dead:
-                self.counters.inc("dead_letters")
-                self.dead_by_reason.inc(d.code.value)
-                self._call(on_dead, d)
-            for r in readings:
-                try:
-                    self._on_reading(r)
-                except Exception:
-                    # One bad reading must not stop the pipeline nor cost its neighbours.
-                    self.counters.inc("pipeline_errors")
-                    log.exception("pipeline: error on reading asset=%s sensor=%s", r.asset, r.sensor)
-            self.store.after_commit(_stored_callback(self.in_flight, n, on_stored))
+            batch = await self._inbox.get()
+            total, acks = 0, []
+            for readings, dead, on_stored, n in batch:
+                for d in dead:
+                    self.counters.inc("dead_letters", d.count)
+                    self.dead_by_reason.inc(d.code.value, d.count)
+                    self._call(on_dead, d)
+                for r in readings:
+                    try:
+                        self._on_reading(r)
+                    except Exception:
+                        # One bad reading must not stop the pipeline nor cost its neighbours.
+                        self.counters.inc("pipeline_errors")
+                        log.exception("pipeline: error on reading asset=%s sensor=%s", r.asset, r.sensor)
+                total += n
+                if on_stored is not None:
+                    acks.append(on_stored)
+            # One store callback per batch: in-flight released, then each input's acks in arrival order.
+            self.store.after_commit(_stored_callback(self.in_flight, total, acks))
 
     def _on_reading(self, r: Reading) -> None:
         t0 = time.perf_counter()
@@ -373,11 +412,8 @@ class Appliance:
         while True:
             await asyncio.sleep(1.0)
             self._emit(self.alarms.tick())
-            for h in self.watchdog.check():
-                if h.silent:
-                    log.warning("sensor silent asset=%s sensor=%s", h.asset, h.sensor)
-                else:
-                    log.info("sensor resumed asset=%s sensor=%s", h.asset, h.sensor)
+            # A few lines per check, then a summary: thousands of sensors at once are one event.
+            log_sensor_changes(log, self.watchdog.check())
 
     # -- operator commands (call from any thread) -------------------------------
     def command(self, name: str, timeout: float = 10.0, **kwargs) -> Any:
@@ -455,11 +491,14 @@ class Appliance:
         }
 
 
-def _stored_callback(in_flight: InFlight, n: int, on_stored):
+def _stored_callback(in_flight: InFlight, n: int, acks: list):
     def done():
         in_flight.release(n)
-        if on_stored is not None:
-            on_stored()
+        for on_stored in acks:
+            try:
+                on_stored()
+            except Exception:  # one input's failing ack must not hold back the others'
+                log.exception("runtime: an input's on_stored callback failed")
     return done
 
 
@@ -498,6 +537,9 @@ def start_web(app, host: str, port: int):
             body += history.metrics_text()
         return body
 
-    handle = serve(create_app(app, app.store.path, metrics_provider=metrics), host, port)
+    web_cfg = app.cfg.web
+    flask_app = create_app(app, app.store.path, metrics_provider=metrics, config=web_cfg, data_dir=app.cfg.path("."))
+    handle = serve(flask_app, host, port, web_cfg.threads, live_streams=web_cfg.live_streams,
+                   trusted_proxy=web_cfg.trusted_proxy)
     log.info("dashboard on http://%s:%s/", host, handle.port)
     return handle

@@ -157,13 +157,14 @@ class IntakeStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                stored = 0
+                stored, types = 0, {}
                 for key, doc in items:
                     cur = self._db.execute(
                         "INSERT OR IGNORE INTO items(id, type, episode, site, body, received_at, via) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (key, doc.get("type", "?"), doc.get("episode"), doc.get("site"), json.dumps(doc), now, via))
                     stored += cur.rowcount
+                    types[doc.get("type", "?")] = types.get(doc.get("type", "?"), 0) + cur.rowcount
                 dup = len(items) - stored
                 self._add({"batches": 1, "deliveries": len(items), "stored": stored, "duplicates": dup,
                            "bytes": len(payload)})
@@ -171,7 +172,7 @@ class IntakeStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return {"stored": stored, "duplicates": dup}
+        return {"stored": stored, "duplicates": dup, "types": {t: n for t, n in types.items() if n}}
 
     def remember(self, key: str, response: dict) -> None:
         with self._lock:
@@ -262,12 +263,13 @@ class CloudIntake:
     """
 
     def __init__(self, store: IntakeStore, host: str, port: int, ca_file: str, cert_file: str, key_file: str,
-                 topic: str = "appliance/+/uplink", client_id: str = "cloud-intake"):
+                 topic: str = "appliance/+/uplink", client_id: str = "cloud-intake", on_batch=None):
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.store = store
         self.host, self.port, self.topic = host, port, topic
+        self.on_batch = on_batch  # called with (topic, {"stored", "duplicates", "types"}) after each commit
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
                                   protocol=mqtt.MQTTv311)
@@ -311,9 +313,11 @@ class CloudIntake:
     def _on_message(self, client, userdata, msg):
         self.messages += 1
         try:
-            self.store.ingest(msg.payload, via=f"mqtt:{msg.topic}")
+            result = self.store.ingest(msg.payload, via=f"mqtt:{msg.topic}")
         except (ValueError, zlib.error):
-            pass  # counted as a bad batch; acknowledging it keeps it from blocking the session
+            return  # counted as a bad batch; acknowledging it keeps it from blocking the session
+        if self.on_batch is not None:
+            self.on_batch(msg.topic, result)
 
 
 class HttpsIntake:
@@ -396,6 +400,9 @@ def add_subcommand(sub) -> None:
     p.add_argument("--https-cert", help="server certificate for --https-port")
     p.add_argument("--https-key", help="server key for --https-port")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--print-batches", action="store_true", help="print one line per batch stored")
+    p.add_argument("--stop-on-stdin-eof", action="store_true",
+                   help="also stop when standard input closes (a parent that runs this as its child)")
     p.set_defaults(func=run)
 
 
@@ -405,8 +412,13 @@ def run(args) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = IntakeStore(args.db)
+    def printed(topic: str, result: dict) -> None:
+        kinds = ",".join(f"{t}:{n}" for t, n in sorted(result["types"].items())) or "-"
+        print(f"appliance-sim cloud-intake: stored {result['stored']} item(s) ({kinds}) "
+              f"duplicates={result['duplicates']} from {topic}", flush=True)
+
     intake = CloudIntake(store, args.host, args.port, args.ca, args.cert, args.key, args.topic,
-                         args.client_id).start()
+                         args.client_id, on_batch=printed if args.print_batches else None).start()
     https = None
     if args.https_port is not None:
         if not (args.https_cert and args.https_key):
@@ -416,6 +428,10 @@ def run(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if args.stop_on_stdin_eof:
+        from .lifeline import watch_stdin_eof
+
+        watch_stdin_eof(stop.set)
     print(f"appliance-sim cloud-intake: listening broker={args.host}:{args.port} topic={args.topic} db={args.db}"
           + (f" https_port={https.port}" if https else ""), flush=True)
     while not stop.wait(1.0):

@@ -25,7 +25,7 @@ from tests.support.mosquitto import mosquitto  # noqa: E402, F401
 from tests.support.plc import fresh_plc, plc  # noqa: E402, F401
 from tests.support.victoria import victoria  # noqa: E402, F401
 from tests.support.tuf_repo import release_bundles_fixture, tls_files_fixture, tuf_server_fixture  # noqa: E402, F401
-from tests.support.web import book_appliance  # noqa: E402, F401
+from tests.support.web import accounts, book_appliance  # noqa: E402, F401
 
 SKAB = Path(os.environ.get("SKAB_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "skab"))
 

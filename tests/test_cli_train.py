@@ -64,3 +64,59 @@ def test_bad_settings_and_data_are_refused_in_one_line_each(tmp_path, capsys):
     assert [line.split(":")[1].strip() for line in err] == ["period_s", "window"]
     assert main(["train", "--data", str(data), "--out", str(out), "--window", "16"]) == 2
     assert capsys.readouterr().err.startswith("appliance train: only ") and not out.exists()
+
+
+def slow_process_csv(path: Path, n: int = 500, period: float = 180.0, seed: int = 5) -> Path:
+    """Six correlated sensors of a slow process sampled every ``period`` seconds."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    base = np.sin(t / 15.0) + 0.5 * np.sin(t / 4.0)
+    cols = {f"s{j}": (1 + j) * base + 0.1 * rng.normal(size=n) for j in range(6)}
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["timestamp", *cols])
+        w.writerows([T0 + period * i, *(float(c[i]) for c in cols.values())] for i in range(n))
+    return path
+
+
+def test_a_slow_process_trains_with_window_and_staleness_derived_from_its_period(tmp_path, capsys):
+    data = slow_process_csv(tmp_path / "normal.csv")
+    out = tmp_path / "bundle"
+    assert main(["train", "--data", str(data), "--period", "180", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "window 8 rows (1440 s), staleness 900 s" in printed
+    meta = json.loads((out / "bundle.json").read_text())
+    assert (meta["period_s"], meta["window"], meta["staleness_s"], meta["lateness_s"]) == (180.0, 8, 900.0, 360.0)
+    assert meta["training"]["model"]["stopped"] in ("tolerance", "epoch cap", "held-back loss")
+
+
+def test_the_period_is_taken_from_the_timestamps_when_not_given(tmp_path, capsys):
+    data = slow_process_csv(tmp_path / "normal.csv", n=300)
+    out = tmp_path / "bundle"
+    assert main(["train", "--data", str(data), "--out", str(out), "--max-epochs", "5"]) == 0
+    captured = capsys.readouterr()
+    assert "period: 180 s (median spacing" in captured.out
+    assert json.loads((out / "bundle.json").read_text())["period_s"] == 180.0
+    # Five epochs cannot settle the loss: said, not silent.
+    assert "epoch cap (5 epochs)" in captured.err
+
+
+def test_too_few_windows_names_the_reason(tmp_path, capsys):
+    data = slow_process_csv(tmp_path / "normal.csv", n=300)
+    out = tmp_path / "bundle"
+    assert main(["train", "--data", str(data), "--period", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "180 s apart" in err and "staleness_s=5 s" in err and "--period 180" in err and "Traceback" not in err
+    # A staleness below the period is refused by name, not with a traceback.
+    assert main(["train", "--data", str(data), "--period", "180", "--staleness", "5", "--out", str(out)]) == 2
+    assert "staleness_s (5.0) must be >= period_s (180.0)" in capsys.readouterr().err
+    # Runs broken by gaps: the message counts them against the window.
+    gappy = tmp_path / "gappy.csv"
+    with gappy.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["timestamp", "a", "b"])
+        w.writerows([T0 + 100 * (i // 5) + i % 5, float(i % 7), float(i % 3)] for i in range(200))
+    assert main(["train", "--data", str(gappy), "--period", "1", "--window", "8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "only 0 training windows" in err and "40 runs, the longest 5 rows" in err and "needs 8" in err
+    assert not out.exists()

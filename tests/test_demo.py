@@ -6,6 +6,7 @@ has exited no process with that marker may remain.
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from appliance.accounts import Accounts
 
 pytestmark = pytest.mark.integration  # the whole demo: broker, simulators, training, the appliance
 
@@ -54,8 +57,9 @@ def _summary(stdout: str) -> dict:
 
 
 def _reuse_model(tmp_path):
-    if "dir" in _model:  # the model the first demo trained: no need to train it twice
-        shutil.copytree(_model["dir"], tmp_path / "var" / "model")
+    if "dir" in _model:  # what the first demo made (models, the engineer's release): no need to make it twice
+        for name in ("model", "demo-model-v2", "demo-cloud"):
+            shutil.copytree(_model["dir"] / name, tmp_path / "var" / name)
 
 
 def run_demo(tmp_path, extra_toml=""):
@@ -79,7 +83,18 @@ def test_demo_over_mqtt_raises_after_the_fault_and_not_before(tmp_path):
     # The simulator ran as a child process and reported its fault and its end.
     assert "pump-sim: appliance-sim pump: fault_injected fault=bearing_wear" in proc.stdout
     assert "pump-sim: appliance-sim pump: published=" in proc.stdout
-    _model["dir"] = tmp_path / "var" / "model"
+    # The dashboard's address and the demo engineer's credentials, which work; this run's own store.
+    m = re.search(r"dashboard on (http://127\.0\.0\.1:\d+/) - sign in as (\S+) / (\S+) \(engineer", proc.stdout)
+    assert m, proc.stdout
+    assert Accounts(tmp_path / "var" / "accounts.db").authenticate(m[2], m[3]).role == "engineer"
+    (run,) = (tmp_path / "var" / "demo-runs").iterdir()
+    assert (run / "store.db").exists() and not (tmp_path / "var" / "appliance.db").exists()
+    # One sync window: the alarm went up to the cloud and the signed release 2 ran in shadow to a verdict.
+    assert int(f["cloud_items"]) >= 1 and int(f["sync_uploaded_bytes"]) > 0
+    assert f["model_update"].split(":")[0] in ("promoted", "rejected"), f
+    assert "cloud-intake: appliance-sim cloud-intake: stored 1 item(s) (raised:1)" in proc.stdout
+    assert "verified (TUF, Ed25519) and running in shadow" in proc.stdout
+    _model["dir"] = tmp_path / "var"
 
 
 def test_demo_switches_to_opcua_with_one_config_change(tmp_path):

@@ -148,6 +148,44 @@ def test_failed_int8_check_writes_no_bundle(tmp_path):
     out = tmp_path / "refused"
     impossible = CheckLimits(min_agreement=1.01)
     with pytest.raises(QuantizationCheckError, match="agreement") as e:
-        train_bundle(normal_rows(1200, 1), SENSORS, out, TrainSettings(**OPTS, check_limits=impossible))
+        train_bundle(normal_rows(1200, 1), SENSORS, out, TrainSettings(**OPTS, check_limits=impossible,
+                                                                     shrink_on_int8_refusal=False))
     assert e.value.report["holdout"]["agreement"] <= 1.0
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_progress_reports_each_epoch_and_the_epoch_cap_is_recorded(tmp_path):
+    reports = []
+    out = train_bundle(normal_rows(600, 1), SENSORS, tmp_path / "b", TrainSettings(**{**OPTS, "max_iter": 6}),
+                       progress=reports.append)
+    model = json.loads((out / "bundle.json").read_text())["training"]["model"]
+    assert (model["epochs"], model["stopped"], model["converged"]) == (6, "epoch cap", False)
+    stages = list(dict.fromkeys(r["stage"] for r in reports))
+    assert stages[0] == "model" and stages[1:] == [f"fold {k}/4" for k in range(1, 5)]
+    assert [r["epoch"] for r in reports if r["stage"] == "model"] == [1, 2, 3, 4, 5, 6]
+    assert all(r["loss"] > 0 and r["left_s"] >= 0 and r["max_epochs"] == 6 for r in reports)
+    assert reports[-1]["left_s"] == 0
+
+
+def test_early_stopping_keeps_the_best_epoch_on_held_back_windows(tmp_path):
+    reports = []
+    settings = TrainSettings(**{**OPTS, "max_iter": 300}, early_stopping=True, patience=3)
+    out = train_bundle(normal_rows(800, 2), SENSORS, tmp_path / "b", settings, progress=reports.append)
+    model = json.loads((out / "bundle.json").read_text())["training"]["model"]
+    val = [r["val_loss"] for r in reports if r["stage"] == "model"]
+    assert len(val) == model["epochs"] and model["best_epoch"] == int(np.argmin(val)) + 1
+    if model["stopped"] == "held-back loss":
+        assert model["epochs"] - model["best_epoch"] == 3
+    # The out-of-fold models train as long as the kept model did.
+    assert max(r["epoch"] for r in reports if r["stage"] != "model") == model["best_epoch"]
+
+
+def test_bundle_states_its_grid_and_the_false_alarms_it_expects(bundle_dir):
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    b = load_bundle(bundle_dir)
+    assert (b.staleness_s, b.lateness_s) == (meta["staleness_s"], meta["lateness_s"]) == (5.0, 2.0)
+    expected = meta["expected_window_exceedance"]
+    assert expected["design"] == SETTINGS.risk
+    assert 0.0 <= expected["next_block"] <= expected["next_block_worst"] <= 1.0
+    blocks = meta["threshold_calibration"]["int8"]["next_block_window_exceedance"]
+    assert len(blocks) == 5 and expected["next_block_worst"] == max(blocks)

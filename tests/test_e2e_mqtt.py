@@ -137,7 +137,7 @@ def test_malformed_payloads_are_dead_lettered_while_good_ones_flow(tmp_path, mos
         reasons = ra.app.status()["dead_letters_by_reason"]
         assert sum(reasons.values()) == 1000 and len(reasons) >= 5
     stored = StoreReader(cfg.path(cfg.store.path)).dead_letters(limit=2000)
-    assert len(stored) == 1000
+    assert sum(d["count"] for d in stored) == 1000 and len(stored) < 20  # identical repeats: one row, counted
     assert all(d["source"].startswith("plant/pump1/") and d["code"] and d["detail"] for d in stored)
     assert {d["code"] for d in stored} == set(reasons)
 

@@ -80,7 +80,6 @@ def test_unknown_extra_keys_are_ignored_and_any_sensor_when_unrestricted():
     (b'{"ts": NaN, "value": 1}', "bad_ts", "nan"),
     (b'{"ts": 12, "value": 1}', "ts_too_old", "before min_timestamp"),
     (b'{"ts": "1999-12-31T23:59:59Z", "value": 1}', "ts_too_old", "1999-12-31"),
-    (b'{"ts": 1700000000000, "value": 1}', "ts_in_future", "milliseconds"),
     (b'{"ts": 1700000400, "value": 1}', "ts_in_future", "400 s ahead"),
     (b'{"ts": 1700000000}', "missing_value", "neither"),
     (b'{"ts": 1700000000, "value": 1, "values": {}}', "ambiguous_value", "both"),
@@ -143,6 +142,11 @@ def test_limits_are_configurable():
     assert parse(SINGLE, {"ts": 1.0, "value": 1}, min_timestamp=0)[0]
     assert parse(SINGLE, {"ts": NOW + 3600, "value": 1}, max_future_skew_s=7200)[0]
     assert only_dead(SINGLE, {"ts": NOW + 1, "value": 1}, max_future_skew_s=0).code == "ts_in_future"
+
+
+def test_milliseconds_under_a_seconds_unit_are_refused_with_a_hint():
+    dl = only_dead(SINGLE, b'{"ts": 1700000000000, "value": 1}', ts_unit="s")
+    assert dl.code == "ts_in_future" and "looks like ms" in dl.detail, dl.reason
 
 
 def test_deeply_nested_json_is_a_dead_letter():

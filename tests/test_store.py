@@ -10,6 +10,7 @@ from appliance.actions.alarms import AlarmBook
 from appliance.actions.decide import Decider
 from appliance.core import DeadLetter, DeadLetterCode, PointMode, Reading, Score
 from appliance.store import Store, open_reader
+from appliance.store.store import SCHEMA_VERSION
 
 
 def test_readings_are_stored_once_and_callbacks_follow_commit(tmp_path):
@@ -106,7 +107,7 @@ def test_a_store_from_the_previous_release_is_migrated(tmp_path):
     assert alarm.id == "a1" and alarm.peak_ratio == 3.5  # the stand-in 'point-q' row is gone
     assert st.point_modes()["q"] == (PointMode.SUPPRESSED, None)
     r = open_reader(db)
-    assert r.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert r.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert [tuple(x) for x in r.execute("SELECT code, detail FROM dead_letters ORDER BY id")] == [
         ("not_json", "Expecting value: line 1"), ("weird", "")]
     peaks = r.execute("SELECT kind, json_extract(snapshot, '$.alarm.peak_ratio') FROM alarm_events")

@@ -1,8 +1,12 @@
-"""The web API with Flask's test client, over a real store and the real alarm book."""
+"""The web API with Flask's test client, over a real store and the real alarm book, signed in as a technician.
+
+(Who may call what, CSRF and the Host check are in tests/test_web_auth.py.)
+"""
 
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 import time
 
@@ -11,19 +15,24 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from web.app import create_app
 from appliance.core import AlarmState, DeadLetterCode, EventKind
-from tests.support.web import BookAppliance
+from tests.support.web import BookAppliance, signed_in
 
 T0 = 1_700_000_000.0
 
 
 @pytest.fixture
-def app(book_appliance, store):
-    return create_app(book_appliance, store.path)
+def app(book_appliance, store, accounts):
+    return create_app(book_appliance, store.path, accounts=accounts)
 
 
 @pytest.fixture
 def client(app):
-    return app.test_client()
+    return signed_in(app, "ana", "technician")
+
+
+def viewer(appliance, store_path, accounts):
+    """A viewer's client on an app over ``appliance`` (a stand-in)."""
+    return signed_in(create_app(appliance, store_path, accounts=accounts), "vic", "viewer")
 
 
 def raise_alarm(ba: BookAppliance, asset: str = "pump1", t: float = T0, ratio: float = 3.0) -> str:
@@ -47,7 +56,7 @@ def test_status_is_the_appliance_status(client, book_appliance):
     assert r.headers["Cache-Control"] == "no-store"
 
 
-def test_status_replaces_non_finite_numbers_and_numpy_scalars(store):
+def test_status_replaces_non_finite_numbers_and_numpy_scalars(store, accounts):
     import numpy as np
 
     class Odd:
@@ -58,7 +67,7 @@ def test_status_replaces_non_finite_numbers_and_numpy_scalars(store):
         def command(self, name, **kw):
             raise AssertionError("not called")
 
-    r = create_app(Odd(), store.path).test_client().get("/api/status")
+    r = viewer(Odd(), store.path, accounts).get("/api/status")
     assert r.status_code == 200
     assert b"NaN" not in r.data and b"Infinity" not in r.data
     body = r.get_json()
@@ -66,7 +75,7 @@ def test_status_replaces_non_finite_numbers_and_numpy_scalars(store):
     assert body["counters"]["readings"] == 7
 
 
-def test_status_failure_is_503_and_healthz_says_why(store):
+def test_status_failure_is_503_and_healthz_says_why(store, accounts):
     class Broken:
         def status(self):
             raise OSError("loop gone")
@@ -74,7 +83,7 @@ def test_status_failure_is_503_and_healthz_says_why(store):
         def command(self, name, **kw):
             raise AssertionError("not called")
 
-    c = create_app(Broken(), store.path).test_client()
+    c = viewer(Broken(), store.path, accounts)
     r = c.get("/api/status")
     assert r.status_code == 503 and "loop gone" in r.get_json()["error"]
     r = c.get("/healthz")
@@ -82,7 +91,7 @@ def test_status_failure_is_503_and_healthz_says_why(store):
     assert "appliance" in r.get_json()["problems"]
 
 
-def test_status_retries_a_transient_concurrent_change(store):
+def test_status_retries_a_transient_concurrent_change(store, accounts):
     class Flaky:
         calls = 0
 
@@ -96,13 +105,13 @@ def test_status_retries_a_transient_concurrent_change(store):
             raise AssertionError("not called")
 
     f = Flaky()
-    r = create_app(f, store.path).test_client().get("/api/status")
+    r = viewer(f, store.path, accounts).get("/api/status")
     assert r.status_code == 200 and f.calls == 2
 
 
-def test_healthz_ok_and_missing_store(client, book_appliance, tmp_path):
+def test_healthz_ok_and_missing_store(client, book_appliance, tmp_path, accounts):
     assert client.get("/healthz").get_json() == {"status": "ok"}
-    c = create_app(book_appliance, tmp_path / "nowhere.db").test_client()
+    c = viewer(book_appliance, tmp_path / "nowhere.db", accounts)
     r = c.get("/healthz")
     assert r.status_code == 503
     assert "does not exist" in r.get_json()["problems"]["store"]
@@ -110,10 +119,10 @@ def test_healthz_ok_and_missing_store(client, book_appliance, tmp_path):
     assert r.status_code == 503 and "nowhere.db" in r.get_json()["error"]
 
 
-def test_healthz_names_a_store_of_another_schema(book_appliance, tmp_path):
+def test_healthz_names_a_store_of_another_schema(book_appliance, tmp_path, accounts):
     path = tmp_path / "foreign.db"
     sqlite3.connect(path).execute("CREATE TABLE unrelated (x)").connection.commit()
-    r = create_app(book_appliance, path).test_client().get("/healthz")
+    r = viewer(book_appliance, path, accounts).get("/healthz")
     assert r.status_code == 503 and "schema version 0" in r.get_json()["problems"]["store"]
 
 
@@ -250,17 +259,17 @@ def test_bad_query_parameters_are_400_naming_the_field(client, url, field):
     assert body["field"] == field and field in body["error"]
 
 
-def test_store_with_bad_schema_is_503_not_a_crash(book_appliance, tmp_path):
+def test_store_with_bad_schema_is_503_not_a_crash(book_appliance, tmp_path, accounts):
     path = tmp_path / "other.db"
     sqlite3.connect(path).execute("CREATE TABLE unrelated (x)").connection.commit()
-    r = create_app(book_appliance, path).test_client().get("/api/scores")
+    r = viewer(book_appliance, path, accounts).get("/api/scores")
     assert r.status_code == 503 and "no such table" in r.get_json()["error"]
 
 
 # -- commands ---------------------------------------------------------------------------
 def test_acknowledge_changes_the_alarm_and_is_stored(client, book_appliance, store):
     alarm_id = raise_alarm(book_appliance)
-    r = client.post("/api/alarms/pump1/ack", json={"user": " ana ", "note": "on my way"})
+    r = client.post("/api/alarms/pump1/ack", json={"note": "on my way"})
     assert r.status_code == 200, r.get_json()
     body = r.get_json()
     assert body["ok"] is True and [e["event"] for e in body["records"]] == ["acknowledged"]
@@ -269,51 +278,52 @@ def test_acknowledge_changes_the_alarm_and_is_stored(client, book_appliance, sto
     stored = client.get("/api/alarms?active=1").get_json()["alarms"]
     assert [(a["id"], a["state"], a["acked_by"]) for a in stored] == [(alarm_id, "acknowledged", "ana")]
     # Nothing left to acknowledge: the alarm book refuses, the API says so.
-    r = client.post("/api/alarms/pump1/ack", json={"user": "ana"})
+    r = client.post("/api/alarms/pump1/ack", json={})
     assert r.status_code == 409
     assert "no unacknowledged alarm" in r.get_json()["error"]
 
 
-def test_shelve_and_return_to_service(client, book_appliance):
+def test_shelve_and_return_to_service(client, app, book_appliance):
     raise_alarm(book_appliance)
     before = time.time()
-    r = client.post("/api/alarms/pump1/shelve", json={"user": "bo", "duration_s": 3600, "note": "known leak"})
+    r = client.post("/api/alarms/pump1/shelve", json={"duration_s": 3600, "note": "known leak"})
     after = time.time()
     assert r.status_code == 200
     a = client.get("/api/status").get_json()["alarms"][0]
     assert a["state"] == "shelved" and before + 3600 <= a["shelved_until"] <= after + 3600
     assert client.get("/api/status").get_json()["point_modes"]["pump1"] == "shelved"
-    r = client.post("/api/alarms/pump1/mode", json={"user": "bo", "mode": "in_service"})
+    r = client.post("/api/alarms/pump1/mode", json={"mode": "in_service"})
     assert r.status_code == 200
     (change,) = r.get_json()["records"]
     assert (change["event"], change["mode"], change["previous"], change["user"]) == (
-        "unshelved", "in_service", "shelved", "bo")
+        "unshelved", "in_service", "shelved", "ana")
     assert client.get("/api/status").get_json()["alarms"][0]["state"] == "unacknowledged"
-    r = client.post("/api/alarms/pump1/mode", json={"user": "bo", "mode": "out_of_service"})
-    assert r.status_code == 200
+    # Taking a point out of service is an engineer's call.
+    r = client.post("/api/alarms/pump1/mode", json={"mode": "out_of_service"})
+    assert r.status_code == 403 and r.get_json()["field"] == "mode"
+    r = signed_in(app, "eve", "engineer").post("/api/alarms/pump1/mode", json={"mode": "out_of_service"})
+    assert r.status_code == 200 and r.get_json()["records"][0]["user"] == "eve"
     assert client.get("/api/status").get_json()["alarms"][0]["state"] == "out_of_service"
 
 
 def test_command_on_unknown_asset_is_409(client):
-    r = client.post("/api/alarms/nosuch/ack", json={"user": "ana"})
+    r = client.post("/api/alarms/nosuch/ack", json={})
     assert r.status_code == 409 and "unknown asset" in r.get_json()["error"]
 
 
 @pytest.mark.parametrize("path, body, field", [
-    ("ack", {}, "user"),
-    ("ack", {"user": "   "}, "user"),
-    ("ack", {"user": 42}, "user"),
-    ("ack", {"user": "ana", "note": ["x"]}, "note"),
-    ("ack", {"user": "ana", "note": "n" * 501}, "note"),
-    ("shelve", {"user": "ana"}, "duration_s"),
-    ("shelve", {"user": "ana", "duration_s": "3600"}, "duration_s"),
-    ("shelve", {"user": "ana", "duration_s": True}, "duration_s"),
-    ("shelve", {"user": "ana", "duration_s": 0}, "duration_s"),
-    ("shelve", {"user": "ana", "duration_s": 8 * 86400}, "duration_s"),
-    ("mode", {"user": "ana"}, "mode"),
-    ("mode", {"user": "ana", "mode": "shelved"}, "mode"),
-    ("mode", {"user": "ana", "mode": "off"}, "mode"),
-    ("mode", {"user": "ana", "mode": ["in_service"]}, "mode"),
+    ("ack", {"user": "somebody-else"}, "user"),  # the acting user is the one signed in, never a field
+    ("ack", {"note": ["x"]}, "note"),
+    ("ack", {"note": "n" * 501}, "note"),
+    ("shelve", {}, "duration_s"),
+    ("shelve", {"duration_s": "3600"}, "duration_s"),
+    ("shelve", {"duration_s": True}, "duration_s"),
+    ("shelve", {"duration_s": 0}, "duration_s"),
+    ("shelve", {"duration_s": 8 * 86400}, "duration_s"),
+    ("mode", {}, "mode"),
+    ("mode", {"mode": "shelved"}, "mode"),
+    ("mode", {"mode": "off"}, "mode"),
+    ("mode", {"mode": ["in_service"]}, "mode"),
 ])
 def test_bad_command_bodies_are_400_naming_the_field(client, book_appliance, path, body, field):
     raise_alarm(book_appliance)
@@ -325,7 +335,7 @@ def test_bad_command_bodies_are_400_naming_the_field(client, book_appliance, pat
 
 def test_commands_must_be_json_objects(client, book_appliance):
     raise_alarm(book_appliance)
-    r = client.post("/api/alarms/pump1/ack", data="user=ana", content_type="application/x-www-form-urlencoded")
+    r = client.post("/api/alarms/pump1/ack", data="note=x", content_type="application/x-www-form-urlencoded")
     assert r.status_code == 415 and r.get_json()["field"] == "body"
     r = client.post("/api/alarms/pump1/ack", data="[1, 2]", content_type="application/json")
     assert r.status_code == 400 and r.get_json()["field"] == "body"
@@ -335,7 +345,7 @@ def test_commands_must_be_json_objects(client, book_appliance):
     assert book_appliance.commands == []
 
 
-def test_command_timeout_is_503(store):
+def test_command_timeout_is_503(store, accounts):
     class Slow:
         def status(self):
             return {}
@@ -343,11 +353,11 @@ def test_command_timeout_is_503(store):
         def command(self, name, **kw):
             raise TimeoutError()
 
-    r = create_app(Slow(), store.path).test_client().post("/api/alarms/p/ack", json={"user": "a"})
+    r = signed_in(create_app(Slow(), store.path, accounts=accounts)).post("/api/alarms/p/ack", json={})
     assert r.status_code == 503 and "may still apply" in r.get_json()["error"]
 
 
-def test_unexpected_command_failure_is_a_json_500(store):
+def test_unexpected_command_failure_is_a_json_500(store, accounts):
     class Buggy:
         def status(self):
             return {}
@@ -355,7 +365,7 @@ def test_unexpected_command_failure_is_a_json_500(store):
         def command(self, name, **kw):
             raise KeyError("oops")
 
-    r = create_app(Buggy(), store.path).test_client().post("/api/alarms/p/ack", json={"user": "a"})
+    r = signed_in(create_app(Buggy(), store.path, accounts=accounts)).post("/api/alarms/p/ack", json={})
     assert r.status_code == 500 and r.get_json()["error"] == "internal error: KeyError"
 
 
@@ -412,7 +422,7 @@ def test_metrics_silent_sensors(client, book_appliance):
     assert silent == {"Pressure": 30.0, "Temperature": 30.0}
 
 
-def test_metrics_name_clash_keeps_exposition_valid(store):
+def test_metrics_name_clash_keeps_exposition_valid(store, accounts):
     class Clash:
         def status(self):
             return {"site": "s", "uptime_s": 5.0, "counters": {"uptime_seconds": 3, "weird-name!": 2, "9lives": 1}}
@@ -420,29 +430,107 @@ def test_metrics_name_clash_keeps_exposition_valid(store):
         def command(self, name, **kw):
             raise AssertionError("not called")
 
-    text = create_app(Clash(), store.path).test_client().get("/metrics").get_data(as_text=True)
+    text = viewer(Clash(), store.path, accounts).get("/metrics").get_data(as_text=True)
     fams = _families(text)  # the parser raises on an invalid exposition
     assert fams["appliance_weird_name"].samples[0].value == 2.0
     assert fams["appliance__9lives"].samples[0].value == 1.0
     assert fams["appliance_uptime_seconds"].samples[0].value in (3.0, 5.0)
 
 
-def test_metrics_provider_is_used_when_given(book_appliance, store):
-    app = create_app(book_appliance, store.path, metrics_provider=lambda: "custom_metric 42\n")
+def test_metrics_provider_is_used_when_given(book_appliance, store, accounts):
+    app = create_app(book_appliance, store.path, metrics_provider=lambda: "custom_metric 42\n", accounts=accounts)
     r = app.test_client().get("/metrics")
     assert r.status_code == 200 and r.get_data(as_text=True) == "custom_metric 42\n"
 
 
-# -- the page -----------------------------------------------------------------------------
-def test_dashboard_page_uses_only_local_assets(client):
-    r = client.get("/")
+# -- the pages ----------------------------------------------------------------------------
+PAGES = ("/", "/assets/pump1", "/alarms", "/mitigation", "/model", "/system")
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_uses_only_local_assets(client, book_appliance, path):
+    raise_alarm(book_appliance)
+    r = client.get(path)
     assert r.status_code == 200 and r.mimetype == "text/html"
     html = r.get_data(as_text=True)
-    assert "/static/dashboard.js" in html and "/static/dashboard.css" in html
+    assert "/static/dashboard.css" in html and "/static/common.js" in html
     assert "http://" not in html and "https://" not in html and "//cdn" not in html
     assert "script-src 'self'" in r.headers["Content-Security-Policy"]
-    for asset in ("/static/dashboard.js", "/static/dashboard.css"):
-        s = client.get(asset)
-        assert s.status_code == 200 and len(s.data) < 40_000
-        assert b"http://" not in s.data and b"https://" not in s.data
+    assert 'data-user="ana"' in html and 'data-role="technician"' in html
+    for src in re.findall(r'(?:src|href)="(/static/[^"?]+)', html):
+        s = client.get(src)
+        assert s.status_code == 200, src
+        if "/vendor/" not in src:  # our own files: small, and nothing fetched from elsewhere
+            assert len(s.data) < 40_000 and b"http://" not in s.data and b"https://" not in s.data, src
         s.close()
+
+
+def test_the_chart_library_is_vendored_with_its_licence(client):
+    r = client.get("/assets/pump1")
+    assert "/static/vendor/uplot/uPlot.iife.min.js" in r.get_data(as_text=True)
+    lic = client.get("/static/vendor/uplot/LICENSE")
+    assert lic.status_code == 200 and b"MIT License" in lic.data
+    lic.close()
+
+
+def test_scores_and_alarms_carry_a_severity_not_just_a_ratio(client, book_appliance):
+    from appliance.core.severity import band, severity
+
+    raise_alarm(book_appliance, ratio=416.0)
+    (a,) = client.get("/api/alarms").get_json()["alarms"]
+    assert a["peak_ratio"] == pytest.approx(416.0)
+    assert (a["peak_severity"], a["peak_band"]) == (severity(416.0), band(severity(416.0))) == (100, "critical")
+    st = client.get("/api/status").get_json()["alarms"][0]
+    assert st["peak_severity"] == 100
+    (s,) = client.get("/api/scores?asset=pump1").get_json()["scores"]
+    assert (s["severity"], s["band"]) == (100, "critical")
+    scale = client.get("/api/severity").get_json()
+    assert scale["threshold_severity"] == severity(1.0) and "threshold" in scale["explanation"]
+
+
+def test_asset_trend_buckets_the_store_and_shades_alarm_episodes(client, book_appliance):
+    now = time.time()
+    for i in range(120):
+        t = now - 120 + i
+        for k, sensor in enumerate(("Current", "Pressure")):
+            book_appliance.reading("pump1", sensor, t, float(i % 10) + k)
+        book_appliance.score("pump1", t, 0.3 if i < 100 else 2.5)
+    book_appliance.flush()
+    body = client.get("/api/assets/pump1/trend?range=15m").get_json()
+    assert body["source"] == "store" and body["bucket_s"] == 1.5 and body["threshold_severity"] == 50
+    cur = body["sensors"]["Current"]
+    assert 60 <= len(cur["t"]) <= 120 and min(cur["min"]) == 0.0 and max(cur["max"]) == 9.0
+    assert all(lo <= m <= hi for lo, m, hi in zip(cur["min"], cur["mean"], cur["max"]))
+    assert body["sensors"]["Temperature"]["t"] == []  # no readings: an empty series, not an error
+    assert max(body["score"]["severity"]) == 82 and min(body["score"]["severity"]) == 19
+    (ep,) = body["episodes"]
+    assert ep["end"] is None and ep["severity"] == 82 and body["latest"]["severity"] == 82
+    assert body["top_sensors"][0] == {"sensor": "Current", "share": 0.8}
+    r = client.get("/api/assets/pump1/trend?range=2y")
+    assert r.status_code == 400 and r.get_json()["field"] == "range"
+    assert client.get("/api/assets/nosuch/trend?range=7d").get_json()["score"]["t"] == []
+
+
+def test_alarm_journal_interleaves_transitions_mode_changes_and_comments(client, app, book_appliance):
+    alarm_id = raise_alarm(book_appliance)
+    client.post("/api/alarms/pump1/ack", json={"note": "on my way"})
+    r = client.post(f"/api/alarms/{alarm_id}/comments", json={"text": "bearing at 80 degC, greased"})
+    assert r.status_code == 200 and r.get_json()["records"][0]["user"] == "ana"
+    client.post("/api/alarms/pump1/shelve", json={"duration_s": 600, "note": "waiting for parts"})
+    entries = client.get(f"/api/alarms/{alarm_id}/journal").get_json()["entries"]
+    assert [(e["type"], e["what"].split()[0], e["user"]) for e in entries] == [
+        ("transition", "raised", None), ("transition", "acknowledged", "ana"), ("comment", "comment", "ana"),
+        ("mode", "shelved", "ana")]
+    assert entries[2]["note"] == "bearing at 80 degC, greased" and entries[3]["shelved_until"] > time.time()
+    assert client.post(f"/api/alarms/{alarm_id}/comments", json={"text": "  "}).status_code == 400
+    assert client.post("/api/alarms/0123456789abcdef/comments", json={"text": "x"}).status_code == 404
+    assert client.get("/api/alarms/0123456789abcdef/journal").status_code == 404
+
+
+def test_model_and_system_pages_data(client, book_appliance):
+    raise_alarm(book_appliance)
+    m = client.get("/api/model").get_json()
+    assert m["model"]["version"] == "test-model-1" and m["changes"] == [] and m["model"]["bundle"] is None
+    s = client.get("/api/system").get_json()
+    assert s["site"] == "test-site" and s["store_rows"]["alarms"] == 1
+    assert s["process"]["process_rss_bytes"] > 10_000_000 and s["live"]["max_streams"] >= 1

@@ -1,11 +1,14 @@
-"""The dashboard served over real loopback sockets, alone and next to a running appliance."""
+"""The dashboard served by waitress over real loopback sockets, alone and next to a running appliance."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -17,37 +20,66 @@ from appliance.config import parse_config
 from appliance.core import DeadLetter, DeadLetterCode, Reading, Score
 from appliance.runtime import build
 from tests.support.wait import wait_until
-from tests.support.web import http
+from tests.support.web import PASSWORD, http, make_user
+from web.client import DashboardClient
 
 
 @pytest.fixture
-def served(book_appliance, store):
-    handle = serve(create_app(book_appliance, store.path), "127.0.0.1", 0)
+def served(book_appliance, store, accounts):
+    handle = serve(create_app(book_appliance, store.path, accounts=accounts), "127.0.0.1", 0)
     yield handle
     handle.stop()
 
 
-def test_serve_on_port_zero_and_stop(served, book_appliance):
+def signed_in(url: str, accounts, name: str = "ana", role: str = "technician") -> DashboardClient:
+    make_user(accounts, name, role)
+    c = DashboardClient(url)
+    c.login(name, PASSWORD)
+    return c
+
+
+def test_serve_on_port_zero_and_stop(served, book_appliance, accounts):
     assert served.port > 0 and served.url == f"http://127.0.0.1:{served.port}"
-    status, body, _ = http("GET", served.url + "/healthz")
-    assert (status, body) == (200, {"status": "ok"})
+    status, body, headers = http("GET", served.url + "/healthz")
+    assert (status, body) == (200, {"status": "ok"}) and headers["Server"] == "appliance"
     book_appliance.score("pump1", 1e9, 5.0)
-    status, body, _ = http("POST", served.url + "/api/alarms/pump1/ack", {"user": "ana"})
+    c = signed_in(served.url, accounts)
+    status, body = c.post("/api/alarms/pump1/ack", {})
     assert status == 200 and book_appliance.book.current("pump1").acked_by == "ana"
-    status, page, headers = http("GET", served.url + "/")
-    assert status == 200 and "dashboard.js" in page and headers["X-Content-Type-Options"] == "nosniff"
+    status, page, headers = c.request("GET", "/")
+    assert status == 200 and "overview.js" in page and headers["X-Content-Type-Options"] == "nosniff"
+    # The session cookie: not readable by scripts, never sent along from another site.
+    (cookie,) = [k for k in c.cookies if k.name == "appliance_session"]
+    assert cookie.has_nonstandard_attr("HttpOnly") and cookie.get_nonstandard_attr("SameSite") == "Strict"
+    assert not cookie.secure  # plain HTTP on loopback; Secure over TLS (see test_web_auth)
     served.stop()
     assert not served.running
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", served.port), timeout=2).close()
 
 
-def test_serve_reports_a_busy_port(served, book_appliance, store):
+def test_serve_reports_a_busy_port(served, book_appliance, store, accounts):
     with pytest.raises(OSError):
-        serve(create_app(book_appliance, store.path), "127.0.0.1", served.port)
+        serve(create_app(book_appliance, store.path, accounts=accounts), "127.0.0.1", served.port)
 
 
-def test_requests_beyond_the_bound_get_a_quick_503(store):
+def test_a_huge_or_deeply_nested_body_is_a_4xx_over_the_wire(served, book_appliance, accounts):
+    book_appliance.score("pump1", 1e9, 5.0)
+    c = signed_in(served.url, accounts)
+    for data, want in ((b"[" * 30000 + b"]" * 30000, 400), (b'{"note": "' + b"x" * 200_000 + b'"}', 413)):
+        req = urllib.request.Request(served.url + "/api/alarms/pump1/ack", data=data, method="POST",
+                                     headers={"Content-Type": "application/json", "X-CSRFToken": c._csrf})
+        try:
+            with c._opener.open(req, timeout=30) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            status, raw = err.code, err.read()
+        assert status == want, raw[:200]
+        assert "\n" not in json.loads(raw)["error"]
+    assert book_appliance.book.current("pump1").acked_by is None
+
+
+def test_requests_beyond_the_bound_get_a_quick_503(store, accounts):
     entered, release = threading.Event(), threading.Event()
 
     class Blocking:
@@ -59,13 +91,13 @@ def test_requests_beyond_the_bound_get_a_quick_503(store):
         def command(self, name, **kw):
             raise AssertionError("not called")
 
-    handle = serve(create_app(Blocking(), store.path), "127.0.0.1", 0, max_concurrent=1)
+    handle = serve(create_app(Blocking(), store.path, accounts=accounts), "127.0.0.1", 0, max_concurrent=1)
     results = []
     try:
-        t = threading.Thread(target=lambda: results.append(http("GET", handle.url + "/api/status")))
+        t = threading.Thread(target=lambda: results.append(http("GET", handle.url + "/healthz")))
         t.start()
         assert entered.wait(30)
-        status, body, headers = http("GET", handle.url + "/api/status")
+        status, body, headers = http("GET", handle.url + "/healthz")
         assert status == 503 and headers["Retry-After"] == "1" and "busy" in body["error"]
         release.set()
         t.join(60)
@@ -130,6 +162,8 @@ class ApplianceThread:
 
 @pytest.fixture
 def running(tmp_path):
+    from appliance.runtime import start_web
+
     cfg = parse_config({
         "site": "line-3", "data_dir": str(tmp_path / "data"), "log_level": "WARNING",
         "inputs": {"mqtt": {"enabled": False}},
@@ -137,11 +171,21 @@ def running(tmp_path):
         "web": {"port": 0},
     }, "test")
     with ApplianceThread(cfg) as app:
-        handle = serve(create_app(app, app.store.path), "127.0.0.1", cfg.web.port)
+        handle = start_web(app, "127.0.0.1", cfg.web.port)  # as `appliance run` serves it
         try:
             yield app, handle
         finally:
             handle.stop()
+
+
+def engineer(app, url: str, name: str = "eve") -> DashboardClient:
+    """Signed in as an engineer, in the accounts file `appliance user add` would have written."""
+    from appliance.accounts import Accounts, default_path
+
+    make_user(Accounts(default_path(app.cfg)), name, "engineer")
+    c = DashboardClient(url)
+    c.login(name, PASSWORD)
+    return c
 
 
 def feed(app, asset: str, t0: float, n: int, a: float, b: float) -> None:
@@ -153,6 +197,7 @@ def feed(app, asset: str, t0: float, n: int, a: float, b: float) -> None:
 def test_commands_through_the_real_runtime(running):
     app, handle = running
     url = handle.url
+    c = engineer(app, url)
     t0 = time.time() - 600
     feed(app, "pump1", t0, 6, 0.2, 0.1)  # normal
     feed(app, "pump1", t0 + 6, 10, 6.0, 0.4)  # far over the threshold: raised by debounce
@@ -160,53 +205,56 @@ def test_commands_through_the_real_runtime(running):
                                time.time())])
 
     def alarm_state():
-        alarms = http("GET", url + "/api/status")[1]["alarms"]
+        alarms = c.request("GET", "/api/status")[1]["alarms"]
         return alarms[0]["state"] if alarms else None
 
     assert wait_until(alarm_state, what="alarm raised") == "unacknowledged"
-    status = http("GET", url + "/api/status")[1]
+    status = c.request("GET", "/api/status")[1]
     assert status["site"] == "line-3" and status["model"]["version"] == "mean-1"
     assert status["alarms"][0]["top_sensors"][0] == "a"
     assert status["alarms"][0]["level"] == "critical"
     assert status["alarms"][0]["peak_ratio"] > 1
     assert set(status["outputs"]) == {"store"} and status["inputs"] == {}
 
-    status_code, body, _ = http("POST", url + "/api/alarms/pump1/ack", {"user": "ana", "note": "seen"})
+    status_code, body, _ = c.request("POST", "/api/alarms/pump1/ack", {"note": "seen"})
     assert status_code == 200, body
     assert alarm_state() == "acknowledged"
     # The store follows on its writer thread.
-    wait_until(lambda: [a["state"] for a in http("GET", url + "/api/alarms?active=1")[1]["alarms"]] == ["acknowledged"],
+    wait_until(lambda: [a["state"] for a in c.request("GET", "/api/alarms?active=1")[1]["alarms"]] == ["acknowledged"],
                what="acknowledged alarm stored")
-    alarm_id = http("GET", url + "/api/alarms")[1]["alarms"][0]["id"]
-    kinds = [e["kind"] for e in http("GET", url + f"/api/alarms/{alarm_id}/events")[1]["events"]]
+    alarm_id = c.request("GET", "/api/alarms")[1]["alarms"][0]["id"]
+    kinds = [e["kind"] for e in c.request("GET", f"/api/alarms/{alarm_id}/events")[1]["events"]]
     assert kinds[:1] == ["raised"] and "acknowledged" in kinds
 
-    assert http("POST", url + "/api/alarms/pump1/ack", {"user": "ana"})[0] == 409
-    assert http("POST", url + "/api/alarms/pump9/ack", {"user": "ana"})[0] == 409
-    status_code, body, _ = http("POST", url + "/api/alarms/pump1/shelve", {"user": "bo", "duration_s": 600})
+    assert c.request("POST", "/api/alarms/pump1/ack", {})[0] == 409
+    assert c.request("POST", "/api/alarms/pump9/ack", {})[0] == 409
+    status_code, body, _ = c.request("POST", "/api/alarms/pump1/shelve", {"duration_s": 600})
     assert status_code == 200 and [r["event"] for r in body["records"]] == ["shelved"]
     assert alarm_state() == "shelved"
-    assert http("POST", url + "/api/alarms/pump1/mode", {"user": "bo", "mode": "in_service"})[0] == 200
+    assert c.request("POST", "/api/alarms/pump1/mode", {"mode": "in_service"})[0] == 200
     assert alarm_state() == "acknowledged"
     # The store follows on its writer thread.
-    wait_until(lambda: http("GET", url + "/api/assets/pump1/modes")[1]["count"] == 2, what="mode changes stored")
-    modes = http("GET", url + "/api/assets/pump1/modes")[1]["mode_changes"]
-    assert [(m["event"], m["user"], m["alarm_id"]) for m in modes] == [("unshelved", "bo", alarm_id),
-                                                                        ("shelved", "bo", alarm_id)]
+    wait_until(lambda: c.request("GET", "/api/assets/pump1/modes")[1]["count"] == 2, what="mode changes stored")
+    modes = c.request("GET", "/api/assets/pump1/modes")[1]["mode_changes"]
+    # Every command is the signed-in engineer's, in the store's records.
+    assert [(m["event"], m["user"], m["alarm_id"]) for m in modes] == [("unshelved", "eve", alarm_id),
+                                                                        ("shelved", "eve", alarm_id)]
+    events = c.request("GET", f"/api/alarms/{alarm_id}/events")[1]["events"]
+    assert [(e["user"], e["note"]) for e in events if e["kind"] == "acknowledged"] == [("eve", "seen")]
     # Approval needs the mitigation output, which this appliance does not have.
-    status_code, body, _ = http("POST", url + "/api/actions/p1/approve", {"user": "ana"})
+    status_code, body, _ = c.request("POST", "/api/actions/p1/approve", {})
     assert status_code == 409 and body["error"] == "mitigation is not enabled"
-    assert http("GET", url + "/api/actions/log")[0] == 404
+    assert c.request("GET", "/api/actions/log")[0] == 404
 
-    dead = wait_until(lambda: http("GET", url + "/api/dead-letters?code=bad_json")[1]["dead_letters"],
+    dead = wait_until(lambda: c.request("GET", "/api/dead-letters?code=bad_json")[1]["dead_letters"],
                       what="dead letter stored")
     assert [(d["code"], d["detail"], d["payload"]) for d in dead] == [("bad_json", "Expecting value", "{oops")]
-    scores = wait_until(lambda: http("GET", url + "/api/scores?asset=pump1&limit=5")[1]["scores"], what="scores")
+    scores = wait_until(lambda: c.request("GET", "/api/scores?asset=pump1&limit=5")[1]["scores"], what="scores")
     assert scores[0]["model_version"] == "mean-1" and scores[0]["ratio"] > 1
-    readings = http("GET", url + "/api/readings?asset=pump1&sensor=a&limit=1")[1]["readings"]
+    readings = c.request("GET", "/api/readings?asset=pump1&sensor=a&limit=1")[1]["readings"]
     assert readings[0]["value"] == 6.0 and readings[0]["ts"] == pytest.approx(t0 + 15)
 
-    text = http("GET", url + "/metrics")[1]
+    text = c.request("GET", "/metrics")[1]
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     assert fams["appliance_readings"].samples[0].value == app.counters.get("readings") == 32
     assert fams["appliance_alarm_acknowledged"].samples[0].value == 1.0
@@ -215,25 +263,29 @@ def test_commands_through_the_real_runtime(running):
 def test_model_and_sync_commands_through_the_real_runtime(running):
     app, handle = running
     url = handle.url
+    c = engineer(app, url)
     # Sync needs the sync output, which this appliance does not have.
-    status_code, body, _ = http("POST", url + "/api/sync/now", {})
+    status_code, body, _ = c.request("POST", "/api/sync/now", {})
     assert status_code == 409 and "sync is not enabled" in body["error"]
-    status_code, body, _ = http("POST", url + "/api/model/promote", {"user": "eve"})
+    status_code, body, _ = c.request("POST", "/api/model/promote", {})
     assert status_code == 409 and "no candidate" in body["error"]
-    assert http("POST", url + "/api/model/explode", {"user": "eve"})[0] == 404
+    assert c.request("POST", "/api/model/explode", {})[0] == 404
 
     # A candidate in shadow, promoted by hand through the API, then rolled back.
     candidate = MeanDetector()
     candidate.version = "mean-2"
     loop = app._loop
     asyncio.run_coroutine_threadsafe(_begin(app, candidate), loop).result(10)
-    assert http("GET", url + "/api/status")[1]["model"]["shadow"]["candidate"] == "mean-2"
-    status_code, body, _ = http("POST", url + "/api/model/promote", {"user": "eve"})
+    assert c.request("GET", "/api/status")[1]["model"]["shadow"]["candidate"] == "mean-2"
+    status_code, body, _ = c.request("POST", "/api/model/promote", {})
     assert status_code == 200 and body["records"] == [{"model": "mean-2"}]
-    status = http("GET", url + "/api/status")[1]["model"]
+    status = c.request("GET", "/api/status")[1]["model"]
     assert status["version"] == "mean-2" and status["previous"] == "mean-1" and status["shadow"] is None
-    status_code, body, _ = http("POST", url + "/api/model/rollback", {"user": "eve", "note": "back"})
+    status_code, body, _ = c.request("POST", "/api/model/rollback", {"note": "back"})
     assert status_code == 200 and body["records"] == [{"model": "mean-1"}]
+    wait_until(lambda: len(c.request("GET", "/api/model")[1]["changes"]) >= 3, what="model changes stored")
+    changes = c.request("GET", "/api/model")[1]["changes"]
+    assert [(m["event"], m["user"]) for m in changes[:2]] == [("rolled_back", "eve"), ("promoted", "eve")]
 
 
 async def _begin(app, candidate):
@@ -242,12 +294,19 @@ async def _begin(app, candidate):
     app.begin_shadow(candidate, ShadowBounds(duration_s=3600), user="eve")
 
 
-def test_sync_now_from_the_cli_asks_the_running_appliance(running, capsys):
+def test_sync_now_from_the_cli_asks_the_running_appliance(running, capsys, tmp_path):
     from appliance.cli import main
 
     app, handle = running
-    assert main(["sync", "now", "--url", handle.url]) == 1
+    engineer(app, handle.url, "eve")
+    secret = tmp_path / "eve.pw"
+    secret.write_text(PASSWORD + "\n")
+    args = ["sync", "now", "--url", handle.url, "--user", "eve", "--password-file", str(secret)]
+    assert main(args) == 1
     assert "sync now refused: sync is not enabled" in capsys.readouterr().err
+    secret.write_text("not the password\n")
+    assert main(args) == 1
+    assert "sign-in refused: wrong user name or password" in capsys.readouterr().err
     handle.stop()
-    assert main(["sync", "now", "--url", handle.url]) == 2
+    assert main(args) == 2
     assert "did not answer" in capsys.readouterr().err

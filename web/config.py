@@ -1,13 +1,68 @@
-"""``[web]``: where the dashboard listens."""
+"""``[web]``: where the dashboard listens, who may reach it, and how long a sign-in lasts."""
 
 from __future__ import annotations
 
-from pydantic import Field
+import ipaddress
+import re
 
-from appliance.settings import Section
+from pydantic import Field, field_validator, model_validator
+
+from appliance.settings import DAY_S, Section
+
+#: Host names the dashboard always answers to (the Host header is checked: DNS rebinding).
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+_HOST_RE = re.compile(r"\.?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?")
 
 
 class WebConfig(Section):
     enabled: bool = True
-    host: str = Field("127.0.0.1", min_length=1, max_length=253)
+    host: str = Field("127.0.0.1", min_length=1, max_length=253,
+                      description="address to listen on; for a tablet, the gateway's LAN address (or 0.0.0.0), "
+                                  "and its name or address in trusted_hosts")
     port: int = Field(8080, ge=0, le=65535)
+    accounts: str | None = Field(None, description="accounts file, relative to data_dir "
+                                                   "(default: accounts.db beside the store)")
+    trusted_hosts: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="names and addresses the browser may use to reach the dashboard, besides localhost and the "
+                    "listening address; '.example.com' also accepts every subdomain")
+    idle_timeout_s: float = Field(1800.0, ge=60, le=DAY_S, description="sign out after this long without use")
+    session_max_s: float = Field(12 * 3600.0, ge=300, le=7 * DAY_S, description="sign out this long after signing in")
+    secure_cookies: bool = Field(False, description="always mark the session cookie Secure (it is anyway when the "
+                                                    "request came over TLS)")
+    trusted_proxy: str | None = Field(None, description="address of a TLS-terminating reverse proxy whose "
+                                                        "X-Forwarded-Proto/-For headers are believed")
+    metrics_token_file: str | None = Field(None, description="file holding a bearer token that /metrics then "
+                                                             "requires (relative to data_dir)")
+    threads: int = Field(8, ge=1, le=64, description="requests worked on at once (more get a quick 503)")
+    live_streams: int = Field(8, ge=0, le=64, description="live-update connections (server-sent events) at once")
+
+    @field_validator("trusted_hosts")
+    @classmethod
+    def _hosts_ok(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if not (_HOST_RE.fullmatch(h) or _is_ip(h)):
+                raise ValueError(f"{h!r} is not a host name or IP address (no port, no scheme)")
+        return v
+
+    @model_validator(mode="after")
+    def _timeouts_ordered(self):
+        if self.idle_timeout_s > self.session_max_s:
+            raise ValueError("idle_timeout_s must be <= session_max_s")
+        return self
+
+    def allowed_hosts(self) -> list[str]:
+        """Every Host the dashboard answers to: localhost, the listening address, ``trusted_hosts``."""
+        hosts = list(LOCAL_HOSTS)
+        if self.host not in ("0.0.0.0", "::", ""):
+            hosts.append(self.host)
+        hosts += self.trusted_hosts
+        return list(dict.fromkeys(hosts))
+
+
+def _is_ip(h: str) -> bool:
+    try:
+        ipaddress.ip_address(h.strip("[]"))
+    except ValueError:
+        return False
+    return True

@@ -10,6 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from appliance.store import StoreReader
 from web import metrics as web_metrics
+from web.live import LiveHub
+from web.system import ProcessMeter
 from web.validation import ApiError
 
 log = logging.getLogger(__name__)
@@ -31,11 +33,28 @@ class WebContext:
     """The appliance, its store (read only) and the metrics source of one web app."""
 
     def __init__(self, appliance: ApplianceLike, store_path: str | Path,
-                 metrics_provider: Callable[[], str | bytes] | None = None):
+                 metrics_provider: Callable[[], str | bytes] | None = None, max_streams: int = 8):
         self.appliance = appliance
         self.store = StoreReader(store_path)
         self.metrics_provider = metrics_provider
         self.registry = None if metrics_provider is not None else web_metrics.status_registry(self.status)
+        self.live = LiveHub(max_streams)
+        self.meter = ProcessMeter()
+        listen = getattr(appliance, "add_event_listener", None)
+        if callable(listen):
+            listen(self.live.on_change)
+
+    def close(self) -> None:
+        """The server is stopping: end the live streams so their threads are free."""
+        self.live.close()
+
+    def history(self):
+        """The appliance's history sink (local trends), if it has one."""
+        out = self.appliance.output("history") if hasattr(self.appliance, "output") else None
+        return getattr(out, "history", None)
+
+    def detector(self):
+        return getattr(self.appliance, "detector", None)
 
     def status(self) -> dict:
         """A status snapshot taken from a web thread.

@@ -59,7 +59,7 @@ class StatusCollector(Collector):
     def collect(self) -> Iterator:
         s = self._status()
         names = set()
-        for fam in (*self._appliance(s), *self._alarms(s), *self._components(s)):
+        for fam in (*self._appliance(s), *self._alarms(s), *self._ingest(s), *self._components(s)):
             # A counter whose name collides with a fixed metric would make the whole
             # exposition invalid for the scraper; keep the first and drop the clash.
             if fam.name not in names:
@@ -141,6 +141,32 @@ class StatusCollector(Collector):
         yield state
         yield active
         yield peak
+
+    @staticmethod
+    def _ingest(s: dict) -> Iterator:
+        """Gaps in the inputs' data (readings lost upstream), from each input's ``gaps`` status."""
+        gaps = CounterMetricFamily("appliance_ingest_gaps", "Gaps found in sensors' data, per input",
+                                   labels=["input"])
+        missing = CounterMetricFamily("appliance_ingest_missing_readings",
+                                      "Readings missing in those gaps (estimated from each sensor's period)",
+                                      labels=["input"])
+        per_sensor = CounterMetricFamily("appliance_ingest_sensor_gaps", "Gaps per sensor (the worst sensors)",
+                                         labels=["input", "asset", "sensor"])
+        for name, st in sorted((s.get("inputs") or {}).items()):
+            g = st.get("gaps") if isinstance(st, dict) else None
+            if not isinstance(g, dict):
+                continue
+            if _number(g.get("gaps")) is not None:
+                gaps.add_metric([str(name)], _number(g["gaps"]))
+            if _number(g.get("missing_estimate")) is not None:
+                missing.add_metric([str(name)], _number(g["missing_estimate"]))
+            for item in g.get("by_sensor") or ():
+                if isinstance(item, dict) and _number(item.get("gaps")) is not None:
+                    per_sensor.add_metric([str(name), str(item.get("asset", "")), str(item.get("sensor", ""))],
+                                          _number(item["gaps"]))
+        yield gaps
+        yield missing
+        yield per_sensor
 
     @staticmethod
     def _components(s: dict) -> Iterator:

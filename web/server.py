@@ -1,9 +1,12 @@
-"""Serve the web app on a background thread, away from the appliance's event loop.
+"""Serve the web app with waitress on its own threads, away from the appliance's event loop.
 
-Werkzeug's threaded server handles each request on its own thread, so a slow
-client or a store query never blocks detection. On a 2-core gateway the number
-of requests worked on at once is still bounded (:class:`ConcurrencyLimit`): past
-the bound a request gets a quick 503 instead of piling up threads.
+Waitress (a production WSGI server, pure Python, no C build on a Raspberry Pi)
+reads requests on one I/O thread and runs the app on a fixed pool of worker
+threads, so a slow client or a store query never blocks detection, and the
+number of threads never grows with the number of clients. The app sees at most
+``max_concurrent`` requests at once (:class:`ConcurrencyLimit`): past that a
+request gets a quick 503 instead of waiting in line. Live-update streams hold a
+worker each for their (bounded) life, so the pool has room for them on top.
 """
 
 from __future__ import annotations
@@ -13,22 +16,11 @@ import logging
 import socket
 import threading
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, get_sockaddr, make_server, select_address_family
-
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENT_REQUESTS = 16
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """Per-request access lines at DEBUG: a dashboard polling every 2 s would flood INFO."""
-
-    def log_request(self, code="-", size="-") -> None:
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("web: request method=%s path=%s code=%s", self.command, self.path, code)
-
-    def log_error(self, format: str, *args) -> None:
-        log.info("web: connection problem client=%s %s", self.address_string(), format % args)
+MAX_REQUEST_BODY = 1024 * 1024  # waitress's own bound, above the app's 64 KiB (which answers 413 itself)
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class ConcurrencyLimit:
@@ -49,8 +41,8 @@ class ConcurrencyLimit:
             return [body]
         try:
             # The app returns once it has done its work (status, store query,
-            # command); only static files stream afterwards, which costs no
-            # appliance work, so the slot is released here.
+            # command); only static files and live streams go on afterwards,
+            # which cost no appliance work, so the slot is released here.
             return self.app(environ, start_response)
         finally:
             self._slots.release()
@@ -59,11 +51,13 @@ class ConcurrencyLimit:
 class ServerHandle:
     """A running dashboard server: ``host``, bound ``port``, ``url``, and ``stop()``."""
 
-    def __init__(self, server: BaseWSGIServer, thread: threading.Thread):
+    def __init__(self, server, thread: threading.Thread, host: str, port: int, app=None):
         self._server = server
         self._thread = thread
-        self.host = server.host
-        self.port = server.port  # the bound port, also when 0 was asked for
+        self._app = app
+        self._stopped = False
+        self.host = host
+        self.port = port  # the bound port, also when 0 was asked for
 
     @property
     def url(self) -> str:
@@ -77,38 +71,85 @@ class ServerHandle:
         return self._thread.is_alive()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """End live streams, let the workers finish, then close every connection and the listening socket."""
+        if self._stopped:
+            return
+        self._stopped = True
+        ctx = getattr(self._app, "extensions", {}).get("appliance_web") if self._app is not None else None
+        if ctx is not None:
+            ctx.close()  # live streams end, so their worker threads are free to stop
+        server = self._server
+        # Workers first: a worker finishing a response wakes the I/O thread through the trigger,
+        # which must still be open then.
+        server.task_dispatcher.shutdown(timeout=timeout)
         if self._thread.is_alive():
-            self._server.shutdown()
+            done = threading.Event()
+
+            def close_everything() -> None:
+                # Runs on waitress's I/O thread (through its trigger), where closing channels is safe.
+                try:
+                    for channel in list(server._map.values()):
+                        if channel is not server.trigger:
+                            channel.close()
+                    server.trigger.close()
+                finally:
+                    done.set()
+
+            try:
+                server.trigger.pull_trigger(close_everything)
+                done.wait(timeout)
+            except OSError:  # the trigger is gone already
+                pass
             self._thread.join(timeout)
-        self._server.server_close()
+        sock = getattr(server, "socket", None)
+        if sock is not None:  # the I/O loop never ran, or did not close it
+            try:
+                sock.close()
+            except OSError:
+                pass
         log.info("web: dashboard stopped port=%d", self.port)
 
 
-def serve(app, host: str = "127.0.0.1", port: int = 8080,
-          max_concurrent: int = MAX_CONCURRENT_REQUESTS) -> ServerHandle:
-    """Start ``app`` on ``host:port`` (0 = any free port) and return at once.
+def serve(app, host: str = "127.0.0.1", port: int = 8080, max_concurrent: int = MAX_CONCURRENT_REQUESTS, *,
+          threads: int | None = None, live_streams: int | None = None,
+          trusted_proxy: str | None = None) -> ServerHandle:
+    """Start ``app`` on ``host:port`` (0 = any free port) with waitress and return at once.
 
     Binding happens here, so a port already in use raises ``OSError`` to the
-    caller. The socket is bound by this function, not by werkzeug, because
-    werkzeug answers a bind failure with ``sys.exit(1)``, which would take the
-    whole appliance down over a dashboard port.
+    caller (the appliance keeps running; the demo takes another port).
+    ``threads`` workers run the app (default: ``max_concurrent`` plus room for
+    the live streams); ``trusted_proxy`` is the address of a TLS-terminating
+    reverse proxy whose ``X-Forwarded-Proto``/``-For`` are believed (the session
+    cookie is then marked Secure for HTTPS clients).
     """
-    family = select_address_family(host, port)
+    from waitress.server import create_server
+
+    if live_streams is None:
+        ctx = getattr(app, "extensions", {}).get("appliance_web")
+        live_streams = ctx.live.max_streams if ctx is not None else 0
+    threads = threads or (max_concurrent + live_streams + 1)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         # A restart must not wait for the previous process's TIME_WAIT sockets.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(get_sockaddr(host, port, family))
-        sock.listen(64)
-        server = make_server(host, port, ConcurrencyLimit(app, max_concurrent), threaded=True,
-                             request_handler=_QuietHandler, fd=sock.fileno())
-    finally:
-        sock.close()  # werkzeug works on its own duplicate of the descriptor
-    # Request threads must not keep a stopping appliance alive.
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
-                              name="web-server", daemon=True)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    bound_port = sock.getsockname()[1]
+    proxy = {}
+    if trusted_proxy:
+        proxy = {"trusted_proxy": trusted_proxy, "trusted_proxy_count": 1,
+                 "trusted_proxy_headers": {"x-forwarded-proto", "x-forwarded-for", "x-forwarded-host"}}
+    server = create_server(
+        ConcurrencyLimit(app, max_concurrent), sockets=[sock], threads=threads, ident="appliance",
+        max_request_body_size=MAX_REQUEST_BODY, max_request_header_size=MAX_HEADER_BYTES,
+        channel_timeout=120, cleanup_interval=30, connection_limit=200, expose_tracebacks=False,
+        clear_untrusted_proxy_headers=True, asyncore_use_poll=True, **proxy)
+    thread = threading.Thread(target=server.run, name="web-server", daemon=True)
     thread.start()
-    handle = ServerHandle(server, thread)
-    log.info("web: dashboard listening url=%s", handle.url)
+    handle = ServerHandle(server, thread, host, bound_port, app)
+    log.info("web: dashboard listening url=%s threads=%d", handle.url, threads)
     return handle

@@ -102,25 +102,86 @@ def check_name(value: Any, field: str, max_len: int = MAX_NAME) -> str:
     return value
 
 
+MAX_JSON_DEPTH = 16  # every command body is flat; deep nesting is an attack on the parser
+
+
+def json_depth(raw: bytes, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deep ``[`` and ``{`` nest in ``raw`` (strings skipped), counting no further than ``limit + 1``.
+
+    >>> json_depth(b'{"a": [1, {"b": "[[[["}]}'), json_depth(b"[" * 30000, 16)
+    (3, 17)
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for c in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:  # quote
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        elif c in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
 def json_body(request) -> dict:
     """The request's JSON object.
 
-    Commands must be sent as ``application/json``: a browser cannot send that
-    cross-origin without a CORS preflight we never grant, so another web page
-    open on the technician's tablet cannot acknowledge alarms behind their back.
+    Commands must be sent as ``application/json`` with the session's CSRF token
+    (checked before this); the body is at most ``MAX_CONTENT_LENGTH`` (413
+    beyond) and nests at most ``MAX_JSON_DEPTH`` deep (400 beyond, before the
+    parser sees it: Python's parser would otherwise recurse until it fails).
+    The acting user is the one signed in: a ``user`` field is refused.
     """
     if not request.is_json:
         raise ApiError("the body must be JSON (Content-Type: application/json)", "body", status=415)
-    data = request.get_json(silent=True)
+    raw = request.get_data(cache=True)
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise ApiError(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels", "body")
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # belt and braces: the depth check above should have caught it
+        data = None
     if not isinstance(data, dict):
         raise ApiError("the body must be a JSON object", "body")
+    if "user" in data:
+        raise ApiError("commands are given in the name of the signed-in user; do not send a user field", "user")
     return data
 
 
-def user_field(body: Mapping[str, Any]) -> str:
-    if "user" not in body:
-        raise ApiError("user is required: the name of the person giving the command", "user")
-    return check_name(body["user"], "user")
+def text_field(body: Mapping[str, Any], field: str = "text", max_len: int = 1000) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(f"{field} is required: a non-empty string", field)
+    if len(value) > max_len:
+        raise ApiError(f"{field} must be at most {max_len} characters", field)
+    return value.strip()
+
+
+def bool_field(body: Mapping[str, Any], field: str) -> bool:
+    value = body.get(field)
+    if not isinstance(value, bool):
+        raise ApiError(f"{field} must be true or false", field)
+    return value
+
+
+def choice_arg(args: Mapping[str, str], field: str, choices, default: str) -> str:
+    raw = args.get(field)
+    if raw is None or raw == "":
+        return default
+    if raw not in choices:
+        raise ApiError(f"{field} must be one of {', '.join(choices)}; got {raw[:40]!r}", field)
+    return raw
 
 
 def note_field(body: Mapping[str, Any]) -> str:

@@ -20,6 +20,8 @@ from typing import Mapping
 
 import numpy as np
 
+from appliance.core.severity import severity
+
 
 class Quality(enum.IntEnum):
     """Data quality carried with each reading (OPC-UA style, coarse)."""
@@ -64,6 +66,8 @@ class DeadLetterCode(enum.StrEnum):
     BAD_QUALITY = "bad_quality"
     BAD_HISTORICAL = "bad_historical"
     UNKNOWN_SENSOR = "unknown_sensor"
+    UNKNOWN_ASSET = "unknown_asset"
+    OUT_OF_RANGE = "out_of_range"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,9 @@ class DeadLetter:
     code: DeadLetterCode
     detail: str
     received_at: float
+    # How many refusals this one record stands for: repeats of the same refusal (many
+    # unknown sensors in one message, one bad message resent) are kept once, counted.
+    count: int = 1
 
     @property
     def reason(self) -> str:
@@ -126,6 +133,11 @@ class Score:
     @property
     def ratio(self) -> float:
         return self.value / self.threshold if self.threshold > 0 else float("inf")
+
+    @property
+    def severity(self) -> int:
+        """0-100, 50 at the threshold: see :mod:`appliance.core.severity`."""
+        return severity(self.ratio)
 
     def top_sensors(self, n: int = 3) -> tuple[str, ...]:
         ranked = sorted(self.contributions.items(), key=lambda kv: kv[1], reverse=True)

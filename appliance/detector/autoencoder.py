@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -48,6 +48,25 @@ TRAIN_BLAS_THREADS = 1
 
 # Opset 17 is what onnxruntime >= 1.14 fully supports, including on aarch64 wheels.
 ONNX_OPSET = 17
+
+
+class _EpochMLP(MLPRegressor):
+    """``MLPRegressor`` that calls ``self.on_epoch_(self)`` after every epoch; a true answer ends the fit.
+
+    Hooking the per-epoch bookkeeping keeps scikit-learn's own training loop (and its
+    results) unchanged, while adding progress reports and early stopping on windows
+    chosen by time rather than by ``early_stopping``'s random split.
+    """
+
+    stopped_early_ = False
+
+    def _update_no_improvement_count(self, *args, **kwargs):
+        super()._update_no_improvement_count(*args, **kwargs)
+        hook = getattr(self, "on_epoch_", None)
+        if hook is not None and hook(self):
+            self.stopped_early_ = True
+            # Adam's trigger_stopping always stops once the count passes n_iter_no_change.
+            self._no_improvement_count = self.n_iter_no_change + 1
 
 
 def check_windows(X, name: str = "X", window: int | None = None,
@@ -88,7 +107,13 @@ class WindowAutoencoder(BaseEstimator):
     alpha : L2 penalty (keeps weights small, which also keeps INT8 ranges tight).
     noise : standard deviation of Gaussian input noise for denoising training
         (0 disables); a denoising AE generalises better from few normal rows.
-    max_iter, batch_size, learning_rate_init, tol : Adam training settings.
+    max_iter, batch_size, learning_rate_init, tol : Adam training settings;
+        training stops when the training loss has not improved by ``tol`` for
+        10 epochs, or at ``max_iter`` epochs (``stopped_`` says which).
+    patience : with validation windows given to :meth:`fit` (``X_val``, normal
+        windows the model does not learn from), stop once their loss has not
+        improved for this many epochs and keep the weights of the best epoch
+        (early stopping on held-back data). None: never.
     threshold_quantile : quantile of training errors used as the default
         ``offset_`` for :meth:`decision_function` and :meth:`predict`. The
         appliance calibrates its real threshold on held-back windows instead.
@@ -97,7 +122,8 @@ class WindowAutoencoder(BaseEstimator):
 
     def __init__(self, hidden: Sequence[int] = (64, 16), alpha: float = 1e-4, noise: float = 0.0,
                  max_iter: int = 200, batch_size: int = 128, learning_rate_init: float = 1e-3,
-                 tol: float = 1e-5, threshold_quantile: float = 0.99, random_state: int = 0):
+                 tol: float = 1e-5, threshold_quantile: float = 0.99, random_state: int = 0,
+                 patience: int | None = None):
         self.hidden = hidden
         self.alpha = alpha
         self.noise = noise
@@ -107,6 +133,7 @@ class WindowAutoencoder(BaseEstimator):
         self.tol = tol
         self.threshold_quantile = threshold_quantile
         self.random_state = random_state
+        self.patience = patience
 
     def _validate_params(self) -> tuple[int, ...]:
         try:
@@ -132,17 +159,28 @@ class WindowAutoencoder(BaseEstimator):
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if not isinstance(self.random_state, (int, np.integer)) or isinstance(self.random_state, bool):
             raise ValueError(f"random_state must be an int, got {self.random_state!r}")
+        if self.patience is not None and (not isinstance(self.patience, (int, np.integer))
+                                          or isinstance(self.patience, bool) or self.patience < 1):
+            raise ValueError(f"patience must be None or a positive int, got {self.patience!r}")
         return hidden
 
-    def fit(self, X, y=None) -> "WindowAutoencoder":
+    def fit(self, X, y=None, *, X_val=None, progress: Callable[[dict], None] | None = None) -> "WindowAutoencoder":
+        """Fit on windows ``X``; ``X_val``: held-back normal windows for early stopping (see ``patience``).
+
+        ``progress`` is called after every epoch with ``epoch``, ``max_epochs``,
+        ``loss`` (training) and, with ``X_val``, ``val_loss``.
+        """
         hidden = self._validate_params()
         X = check_windows(X)
         n, w, s = X.shape
         if n < 2:
             raise ValueError(f"need at least 2 windows to fit, got {n}")
+        val = None
+        if X_val is not None:
+            val = check_windows(X_val, "X_val", window=w, n_sensors=s).reshape(len(X_val), w * s)
         flat = X.reshape(n, w * s)
         layers = hidden + tuple(reversed(hidden[:-1]))
-        self.mlp_ = MLPRegressor(
+        self.mlp_ = _EpochMLP(
             hidden_layer_sizes=layers, activation="relu", solver="adam", alpha=self.alpha,
             batch_size=min(self.batch_size, n), learning_rate_init=self.learning_rate_init,
             max_iter=self.max_iter, tol=self.tol, n_iter_no_change=10, shuffle=True,
@@ -152,6 +190,25 @@ class WindowAutoencoder(BaseEstimator):
             # One fixed noisy copy per window (seeded): denoising without a custom training loop.
             rng = np.random.default_rng(self.random_state)
             inputs = flat + rng.normal(0.0, self.noise, flat.shape).astype(np.float32)
+        best = {"loss": np.inf, "epoch": 0, "weights": None}
+        self.val_loss_curve_: list[float] = []
+
+        def on_epoch(mlp: MLPRegressor) -> bool:
+            info = {"epoch": int(mlp.n_iter_), "max_epochs": self.max_iter, "loss": float(mlp.loss_)}
+            stop = False
+            if val is not None:
+                val_loss = float(((mlp.predict(val) - val) ** 2).mean())
+                self.val_loss_curve_.append(val_loss)
+                info["val_loss"] = val_loss
+                if val_loss < best["loss"]:
+                    best.update(loss=val_loss, epoch=int(mlp.n_iter_),
+                                weights=([c.copy() for c in mlp.coefs_], [b.copy() for b in mlp.intercepts_]))
+                stop = self.patience is not None and mlp.n_iter_ - best["epoch"] >= self.patience
+            if progress is not None:
+                progress(info)
+            return stop
+
+        self.mlp_.on_epoch_ = on_epoch
         # One BLAS thread: each Adam step multiplies small matrices, where more threads only add
         # hand-offs, and on a loaded 2-core machine spinning BLAS threads wait for each other
         # (a CLI training test took over 600 s instead of 20 s with the default pool).
@@ -159,12 +216,24 @@ class WindowAutoencoder(BaseEstimator):
             # Stopping at max_iter is the intended budget on a small gateway, not a fault.
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.mlp_.fit(inputs, flat)
-            self.window_, self.n_sensors_ = w, s
+            del self.mlp_.on_epoch_  # a closure over the data; the fitted model must not hold it
             self.n_iter_ = int(self.mlp_.n_iter_)
+            if self.mlp_.stopped_early_:
+                self.stopped_ = "held-back loss"
+            elif self.n_iter_ < self.max_iter:
+                self.stopped_ = "tolerance"
+            else:
+                self.stopped_ = "epoch cap"
+            self.converged_ = self.stopped_ != "epoch cap"
+            self.best_epoch_ = self.n_iter_
+            if val is not None and best["weights"] is not None and self.patience is not None:
+                self.mlp_.coefs_, self.mlp_.intercepts_ = best["weights"]
+                self.best_epoch_ = best["epoch"]
+            self.window_, self.n_sensors_ = w, s
             train_err = self.errors(X)
         self.offset_ = -float(np.quantile(train_err, self.threshold_quantile))
-        logger.debug("autoencoder fitted windows=%d window=%d sensors=%d layers=%s iters=%d loss=%.5g",
-                     n, w, s, layers, self.n_iter_, self.mlp_.loss_)
+        logger.debug("autoencoder fitted windows=%d window=%d sensors=%d layers=%s iters=%d best=%d stopped=%s "
+                     "loss=%.5g", n, w, s, layers, self.n_iter_, self.best_epoch_, self.stopped_, self.mlp_.loss_)
         return self
 
     def _check_fitted(self) -> None:

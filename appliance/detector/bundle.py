@@ -10,7 +10,8 @@
 
 ``bundle.json`` keys: ``format_version``, ``model_version`` (UTC time + content
 hash), ``created_at``, ``sensors`` (ordered), ``window`` (rows), ``stride``,
-``period_s``, ``scaler`` (robust per-sensor ``center``/``scale``), ``level_free``
+``period_s``, ``staleness_s`` and ``lateness_s`` (the grid the model was trained on;
+optional, older bundles lack them), ``scaler`` (robust per-sensor ``center``/``scale``), ``level_free``
 (sensors shown to the model with their window mean removed; format 2),
 ``training.prior`` (another normal record the model also learned from, if any),
 ``threshold`` (INT8) with ``thresholds`` per precision and ``threshold_calibration``
@@ -126,6 +127,9 @@ class Bundle:
     model_version: str
     models: dict[str, Path] = field(default_factory=dict)
     level_free: tuple[str, ...] = ()
+    # The grid tolerances the model was trained with; None for bundles older than them.
+    staleness_s: float | None = None
+    lateness_s: float | None = None
 
     def threshold(self, precision: str = "int8") -> float:
         return self.thresholds[precision]
@@ -172,6 +176,11 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
     stride = _require(meta, "stride", int, where, lambda v: v >= 1, "at least 1")
     period_s = _require(meta, "period_s", (int, float), where, _finite_positive, "finite and > 0")
     model_version = _require(meta, "model_version", str, where, bool, "non-empty")
+    tolerances = {}
+    for key in ("staleness_s", "lateness_s"):
+        if key in meta:
+            tolerances[key] = float(_require(meta, key, (int, float), where,
+                                             lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"))
     level_free = ()
     if version >= 2:
         level_free = tuple(_require(meta, "level_free", list, where, lambda v: all(
@@ -208,7 +217,8 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
         models[precision] = p
     return Bundle(path=root, meta=meta, sensors=tuple(sensors), window=window, stride=stride,
                   period_s=float(period_s), scaler=Scaler(center, scale, str(sc.get("kind", "robust"))),
-                  thresholds=thresholds, model_version=model_version, models=models, level_free=level_free)
+                  thresholds=thresholds, model_version=model_version, models=models, level_free=level_free,
+                  **tolerances)
 
 
 def _check_model_shape(path: Path, per_window: list[int]) -> None:

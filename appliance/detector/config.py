@@ -12,8 +12,11 @@ from appliance.settings import DAY_S, Section
 class WindowConfig(Section):
     period_s: float | None = Field(None, ge=0.001, le=DAY_S,
                                    description="alignment grid; default from the model bundle")
-    staleness_s: float = Field(5.0, gt=0, le=7 * DAY_S, description="a held value older than this is missing")
-    lateness_s: float = Field(2.0, ge=0, le=DAY_S, description="how long a grid row waits for late readings")
+    staleness_s: float = Field(5.0, gt=0, le=7 * DAY_S,
+                               description="a held value older than this is missing; unset: this or the model's, "
+                                           "whichever is longer")
+    lateness_s: float = Field(2.0, ge=0, le=DAY_S,
+                              description="how long a grid row waits for late readings")
     stride: int | None = Field(None, ge=1, le=100_000,
                                description="rows between windows; default from the model bundle")
 

@@ -128,6 +128,10 @@ def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np
                 int8_path, per_channel, list(nodes_to_exclude), len(calibration))
 
 
+# Fewest probe windows the check judges on.
+MIN_PROBES = 1000
+
+
 @dataclass(frozen=True)
 class CheckLimits:
     """Acceptance limits for INT8 against FP32.
@@ -210,7 +214,11 @@ def verify_int8(fp32: ort.InferenceSession, int8: ort.InferenceSession, holdout:
     threshold).
     """
     holdout = np.ascontiguousarray(holdout, dtype=np.float32)
-    probes = probe_windows(holdout, max_shift=probe_shift, seed=seed)
+    # At least MIN_PROBES probes (held-back windows reused with other shifts): with the few dozen
+    # held-back windows of a few hundred training rows, one flip would otherwise be several percent.
+    reps = max(1, math.ceil(MIN_PROBES / len(holdout)))
+    probes = probe_windows(np.tile(holdout, (reps, 1, 1)) if reps > 1 else holdout, max_shift=probe_shift,
+                           seed=seed)
     report: dict = {"limits": asdict(limits), "windows": int(len(holdout)), "probe_shift": probe_shift}
     failures = []
     for name, data in (("holdout", holdout), ("probe", probes)):

@@ -20,7 +20,6 @@ Every choice is one validated :class:`TrainSettings`. Steps of :func:`train_bund
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import math
@@ -29,7 +28,7 @@ import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Iterable, Literal, Sequence
+from typing import Annotated, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 import onnx
@@ -44,114 +43,24 @@ from appliance.detector.features import TREND_LIMIT, center_levels, trending_sen
 from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, gemm_nodes, probe_shift_for,
                                          probe_windows, quantize_model, verify_int8)
 from appliance.detector.session import make_session, sensor_errors
+# Re-exported: training's callers read their CSV files from here.
+from appliance.detector.tables import LABEL_COLUMNS, TIME_COLUMNS, parse_time, read_csv, read_csv_rows  # noqa: F401
 from appliance.detector.windowing import GridRows, grid_rows, rows_as_readings
 
 logger = logging.getLogger(__name__)
 
-LABEL_COLUMNS = frozenset({"anomaly", "changepoint"})
-TIME_COLUMNS = ("datetime", "ts", "timestamp", "time")
+def infer_period(ts: np.ndarray) -> float:
+    """The sample period of recorded rows: the median spacing of their timestamps (6 significant digits).
 
-
-# ---------------------------------------------------------------- CSV input
-
-def parse_time(text: str, where: str) -> float:
-    """UNIX seconds or ISO 8601 (naive = UTC) from a text cell; ValueError names ``where``."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{where}: cannot parse time {text!r} (UNIX seconds or ISO 8601 expected)") from None
-    if dt.tzinfo is None:
-        # Naive timestamps (SKAB) are taken as UTC: the gateway never guesses a local zone.
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
-
-
-def read_csv(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """One CSV file: ``(sensors, ts, rows, labels)``; ``labels`` holds the dropped label columns.
-
-    The delimiter is ``;`` (SKAB) or ``,``; the time column is ``datetime``,
-    ``ts``, ``timestamp`` or ``time`` (UNIX seconds or ISO 8601, naive = UTC).
+    >>> infer_period(np.array([0.0, 180.0, 360.0, 545.0, 720.0]))
+    180.0
     """
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ValueError(f"{p}: cannot read ({e.strerror or e})") from None
-    lines = text.splitlines()
-    if not lines:
-        raise ValueError(f"{p}: empty file")
-    delimiter = ";" if lines[0].count(";") > lines[0].count(",") else ","
-    reader = csv.reader(lines, delimiter=delimiter)
-    header = [h.strip() for h in next(reader)]
-    lower = [h.lower() for h in header]
-    time_idx = next((lower.index(c) for c in TIME_COLUMNS if c in lower), None)
-    if time_idx is None:
-        raise ValueError(f"{p}: no time column (one of {', '.join(TIME_COLUMNS)}) in header {header}")
-    label_idx = [i for i, h in enumerate(lower) if h in LABEL_COLUMNS]
-    sensor_idx = [i for i in range(len(header)) if i != time_idx and i not in label_idx]
-    sensors = [header[i] for i in sensor_idx]
-    if not sensors:
-        raise ValueError(f"{p}: no sensor columns")
-    if len(set(sensors)) != len(sensors) or any(not s for s in sensors):
-        raise ValueError(f"{p}: sensor column names must be non-empty and unique, got {sensors}")
-    ts, rows, labels = [], [], {header[i].lower(): [] for i in label_idx}
-    for lineno, rec in enumerate(reader, start=2):
-        if not rec or all(not c.strip() for c in rec):
-            continue
-        where = f"{p}:{lineno}"
-        if len(rec) != len(header):
-            raise ValueError(f"{where}: {len(rec)} fields, header has {len(header)}")
-        ts.append(parse_time(rec[time_idx], where))
-        try:
-            rows.append([float(rec[i]) for i in sensor_idx])
-            for i in label_idx:
-                labels[header[i].lower()].append(float(rec[i]) if rec[i].strip() else 0.0)
-        except ValueError:
-            bad = next(header[i] for i in sensor_idx + label_idx if not _is_float(rec[i]))
-            raise ValueError(f"{where}: column {bad!r} is not a number") from None
-    if not rows:
-        raise ValueError(f"{p}: no data rows")
-    return (sensors, np.asarray(ts, dtype=np.float64), np.asarray(rows, dtype=np.float64),
-            {k: np.asarray(v) for k, v in labels.items()})
-
-
-def _is_float(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
-def read_csv_rows(paths: str | Path | Iterable[str | Path]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Read one or more CSV files into ``(sensors, ts[n], rows[n, n_sensors])``.
-
-    Files are concatenated in the order given; every file must carry the same
-    sensors (columns are reordered by name to the first file's order).
-    """
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    paths = list(paths)
-    if not paths:
-        raise ValueError("no CSV files given")
-    sensors: list[str] | None = None
-    all_ts, all_rows = [], []
-    for p in paths:
-        s, ts, rows, _ = read_csv(p)
-        if sensors is None:
-            sensors = s
-        elif set(s) != set(sensors):
-            raise ValueError(f"{p}: sensors {s} differ from the first file's {sensors}")
-        else:
-            rows = rows[:, [s.index(name) for name in sensors]]
-        all_ts.append(ts)
-        all_rows.append(rows)
-    return sensors, np.concatenate(all_ts), np.concatenate(all_rows)
+    ts = np.sort(np.asarray(ts, dtype=np.float64))
+    steps = np.diff(ts)
+    steps = steps[steps > 0]
+    if not len(steps):
+        raise ValueError("cannot tell the sample period: fewer than two distinct timestamps (give --period)")
+    return float(f"{float(np.median(steps)):.6g}")
 
 
 # ---------------------------------------------------------------- windows
@@ -226,6 +135,35 @@ def calibrate_threshold(errors: np.ndarray, method: str = "pot", risk: float = 1
     return threshold, info
 
 
+def matched_threshold(e32: np.ndarray, e8: np.ndarray, threshold_fp32: float) -> float:
+    """The INT8 threshold that puts the most windows on the same side as FP32 does at ``threshold_fp32``.
+
+    INT8 adds a roughly constant error floor to small reconstruction errors, so
+    a multiplicative carry-over of the FP32 threshold can land far off when the
+    normal errors are small (few training rows). Matching decisions on paired
+    windows (held-back ones and probes around the threshold) avoids that.
+
+    >>> e32 = np.linspace(0.0, 2.0, 201); e8 = e32 + 0.3
+    >>> 1.29 < matched_threshold(e32, e8, 1.0) < 1.32
+    True
+    """
+    e32, e8 = np.asarray(e32, dtype=np.float64), np.asarray(e8, dtype=np.float64)
+    over = e32 > threshold_fp32
+    order = np.argsort(e8)
+    # Threshold just above the k smallest INT8 errors: disagreements = over among them + not over above them.
+    over_sorted = over[order]
+    over_below = np.concatenate([[0], np.cumsum(over_sorted)])
+    under_above = (~over_sorted)[::-1].cumsum()[::-1]
+    under_above = np.concatenate([under_above, [0]])
+    k = int(np.argmin(over_below + under_above))
+    sorted_e8 = e8[order]
+    if k == 0:
+        return float(sorted_e8[0] * 0.999) if sorted_e8[0] > 0 else float(threshold_fp32)
+    if k == len(sorted_e8):
+        return float(sorted_e8[-1] * 1.001)
+    return float((sorted_e8[k - 1] + sorted_e8[k]) / 2)
+
+
 # ---------------------------------------------------------------- settings
 
 def _whole_number(v):
@@ -240,12 +178,50 @@ def _whole_number(v):
 Whole = Annotated[int, BeforeValidator(_whole_number)]
 
 
+# The rule that sizes windows and the grid from the sample period (see grid_defaults).
+WINDOW_SPAN_S = 30.0
+WINDOW_ROWS = (8, 30)
+STALENESS_PERIODS = 5.0
+LATENESS_PERIODS = 2.0
+
+
+def grid_defaults(period_s: float) -> dict:
+    """Window length and grid tolerances derived from the sample period (each overridable).
+
+    * ``window``: the rows covering about 30 s of process time, kept within 8-30
+      rows: 30 rows at 1 s and faster (a model of 30 x sensors inputs stays small
+      enough for a gateway and for a few hundred training rows), 8 rows for a slow
+      process (at 3 min a 30-row window would span 90 minutes and hold a fault
+      in its memory for as long; 8 rows still show a short shape);
+    * ``staleness_s``: 5 periods: a held value may miss four reports before the
+      cell counts as missing (5 s at 1 s, the appliance's default);
+    * ``lateness_s``: 2 periods to wait for late readings (2 s at 1 s).
+
+    >>> grid_defaults(1.0), grid_defaults(180.0)["window"], grid_defaults(0.01)["window"]
+    ({'window': 30, 'staleness_s': 5.0, 'lateness_s': 2.0}, 8, 30)
+    >>> grid_defaults(5.0)
+    {'window': 8, 'staleness_s': 25.0, 'lateness_s': 10.0}
+    """
+    if not (isinstance(period_s, (int, float)) and math.isfinite(period_s) and period_s > 0):
+        raise ValueError(f"period_s must be finite and > 0, got {period_s!r}")
+    lo, hi = WINDOW_ROWS
+    return {"window": int(min(hi, max(lo, round(WINDOW_SPAN_S / period_s)))),
+            "staleness_s": STALENESS_PERIODS * period_s, "lateness_s": LATENESS_PERIODS * period_s}
+
+
 class TrainSettings(BaseModel):
     """Every choice :func:`train_bundle` makes, validated when the settings are built.
 
     Alignment (``period_s``, ``staleness_s``, ``lateness_s``): the grid the rows
     are put on, as the live window builder puts readings on it; give the
-    appliance's ``[windows]`` values.
+    appliance's ``[windows]`` values. ``window``, ``staleness_s`` and ``lateness_s``
+    left out (or None) follow from ``period_s`` by :func:`grid_defaults`.
+    ``early_stopping``: the autoencoder stops once its loss on the held-back
+    windows has not improved for ``patience`` epochs and keeps its best epoch;
+    the out-of-fold models then train for that many epochs.
+    ``shrink_on_int8_refusal``: when the INT8 check refuses the model, train
+    again with every hidden width halved (until it passes or the widths reach 2),
+    recording each refusal in ``training.model.int8_refused``.
     ``holdout_at``: where the held-back share is taken. ``"start"`` (default)
     holds back the oldest rows, so the model is fitted on the most recent ones,
     the closest to the process it is about to watch.
@@ -283,10 +259,10 @@ class TrainSettings(BaseModel):
 
     # grid alignment
     period_s: float = Field(1.0, gt=0)
-    staleness_s: float = Field(5.0, gt=0)
-    lateness_s: float = Field(2.0, ge=0)
+    staleness_s: float = Field(None, gt=0)  # None: from period_s (grid_defaults)
+    lateness_s: float = Field(None, ge=0)
     # windows and split
-    window: Whole = Field(30, ge=2)
+    window: Whole = Field(None, ge=2)
     stride: Whole = Field(1, ge=1)
     train_stride: Whole = Field(1, ge=1)
     holdout: float = Field(0.2, gt=0, lt=1)
@@ -296,6 +272,9 @@ class TrainSettings(BaseModel):
     alpha: float = Field(1e-4, ge=0)
     noise: float = Field(0.0, ge=0)
     max_iter: Whole = Field(200, ge=1)
+    early_stopping: bool = False
+    shrink_on_int8_refusal: bool = True
+    patience: Whole = Field(20, ge=1)
     batch_size: Whole = Field(128, ge=1)
     learning_rate_init: float = Field(1e-3, gt=0)
     seed: Whole = Field(0, ge=0)
@@ -321,6 +300,18 @@ class TrainSettings(BaseModel):
     level_free_scale: Literal["window", "overall"] = "window"
     prior_stride: Whole = Field(5, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_period(cls, data):
+        if not isinstance(data, dict):
+            return data
+        period = data.get("period_s", 1.0)
+        if not (isinstance(period, (int, float)) and not isinstance(period, bool)
+                and math.isfinite(period) and period > 0):
+            return data  # the field's own validation names the problem
+        derived = grid_defaults(float(period))
+        return {**data, **{k: v for k, v in derived.items() if data.get(k) is None}}
+
     @field_validator("level_free", mode="before")
     @classmethod
     def _names(cls, v):
@@ -339,14 +330,15 @@ class TrainSettings(BaseModel):
     @model_validator(mode="after")
     def _grid(self):
         if self.staleness_s < self.period_s:
-            raise ValueError(f"staleness_s ({self.staleness_s}) must be >= period_s ({self.period_s})")
+            raise ValueError(f"staleness_s ({self.staleness_s}) must be >= period_s ({self.period_s}): "
+                             "a value held for less than one period makes every row missing")
         return self
 
     def autoencoder(self) -> WindowAutoencoder:
         """The (unfitted) autoencoder these settings describe."""
         return WindowAutoencoder(hidden=self.hidden, alpha=self.alpha, noise=self.noise, max_iter=self.max_iter,
                                  batch_size=self.batch_size, learning_rate_init=self.learning_rate_init,
-                                 random_state=self.seed)
+                                 random_state=self.seed, patience=self.patience if self.early_stopping else None)
 
 
 # ---------------------------------------------------------------- training
@@ -363,8 +355,8 @@ def _clip_spans(spans: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[in
 
 
 def _cv_errors(scaled: np.ndarray, train_spans, held_spans, window: int, train_stride: int,
-               folds: int, make_ae, prepare=lambda x: x, extra: np.ndarray | None = None
-               ) -> tuple[np.ndarray, list[int]]:
+               folds: int, make_ae, prepare=lambda x: x, extra: np.ndarray | None = None,
+               progress: Callable[[int, dict], None] | None = None) -> tuple[np.ndarray, list[int]]:
     """Out-of-fold errors over the training part, in ``folds - 1`` contiguous time blocks.
 
     Each block is scored by a model fitted on every other block (the held-back
@@ -372,11 +364,12 @@ def _cv_errors(scaled: np.ndarray, train_spans, held_spans, window: int, train_s
     With a few hundred rows the held-back block alone gives too few windows for a
     stable threshold; this multiplies them by ``folds``. ``extra`` windows (from
     another normal record) join every fold's fit, as they join the final model's.
+    ``progress(fold, epoch_info)`` is called after every epoch of fold 1, 2, ...
     """
     start, end = min(a for a, _ in train_spans), max(b for _, b in train_spans)
     bounds = np.linspace(start, end, folds).round().astype(int)
     errors, sizes = [], []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for fold, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]), start=1):
         inside = _clip_spans(train_spans, lo, hi)
         outside = _clip_spans(train_spans, start, lo) + _clip_spans(train_spans, hi, end) + list(held_spans)
         X_fit = prepare(windows_in(scaled, outside, window, train_stride))
@@ -385,13 +378,15 @@ def _cv_errors(scaled: np.ndarray, train_spans, held_spans, window: int, train_s
             continue
         if extra is not None and len(extra):
             X_fit = np.concatenate([X_fit, extra])
-        errors.append(make_ae().fit(X_fit).errors(X_oof))
+        report = None if progress is None else (lambda info, fold=fold: progress(fold, info))
+        errors.append(make_ae().fit(X_fit, progress=report).errors(X_oof))
         sizes.append(len(X_oof))
     return (np.concatenate(errors) if errors else np.empty(0)), sizes
 
 
 def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, settings: TrainSettings | None = None, *,
-                 ts: np.ndarray | None = None, prior_rows: np.ndarray | None = None) -> Path:
+                 ts: np.ndarray | None = None, prior_rows: np.ndarray | None = None,
+                 progress: Callable[[dict], None] | None = None) -> Path:
     """Fit, export, quantize, check and write a bundle; return its path.
 
     ``rows`` is ``(n, n_sensors)`` normal-operation data. Without ``ts`` the rows
@@ -404,6 +399,10 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, settings: Tr
     grid. Each record is scaled by its own robust scaler, so the model learns
     normal shapes and cross-sensor relations from both while the threshold is
     calibrated on ``rows`` alone; ``settings.prior_stride`` thins its windows.
+    ``progress`` is called after every training epoch with a dict: ``stage``
+    (``"model"`` or ``"fold k/n"``), ``epoch``, ``max_epochs``, ``loss``
+    (``val_loss`` with early stopping), ``elapsed_s`` and ``left_s`` (an upper
+    bound: every remaining fit run to the epoch cap).
     """
     settings = _settings(settings)
     rows = np.asarray(rows, dtype=np.float64)
@@ -426,11 +425,18 @@ def train_bundle(rows, sensors: Sequence[str], out_dir: str | Path, settings: Tr
             raise ValueError("ts contains NaN or infinite values")
         grid = grid_rows(rows_as_readings("training", sensors, ts, rows), sensors, settings.period_s,
                          settings.staleness_s, settings.lateness_s)
-    return _train(grid, out_dir, settings, prior_rows, source_rows=rows)
+        spacing = float(np.median(np.diff(np.sort(ts)))) if len(ts) > 1 else 0.0
+        if spacing > settings.staleness_s:
+            # Every step between two rows leaves the held values stale: no two grid rows join.
+            raise ValueError(
+                f"the rows are {spacing:g} s apart (median) but a value older than staleness_s="
+                f"{settings.staleness_s:g} s counts as missing, so every step is a gap and no window can form; "
+                f"give the data's period (--period {spacing:g}), from which window and staleness follow")
+    return _train(grid, out_dir, settings, prior_rows, source_rows=rows, progress=progress)
 
 
 def train_grid(grid: GridRows, out_dir: str | Path, settings: TrainSettings | None = None, *,
-               prior_rows: np.ndarray | None = None) -> Path:
+               prior_rows: np.ndarray | None = None, progress: Callable[[dict], None] | None = None) -> Path:
     """:func:`train_bundle` on rows already on the grid (:func:`grid_rows`), e.g. an asset's recorded readings.
 
     ``settings.period_s`` must be the grid's period; the bundle records it for the live builder.
@@ -442,7 +448,8 @@ def train_grid(grid: GridRows, out_dir: str | Path, settings: TrainSettings | No
     if values.shape != (len(grid.ts), len(sensors)) or not np.isfinite(values).all():
         raise ValueError(f"grid values must be finite, shape ({len(grid.ts)}, {len(sensors)}); got {values.shape}")
     prior_rows = _check_data(sensors, settings, prior_rows)
-    return _train(replace(grid, values=values), out_dir, settings, prior_rows, source_rows=values)
+    return _train(replace(grid, values=values), out_dir, settings, prior_rows, source_rows=values,
+                  progress=progress)
 
 
 def _settings(settings: TrainSettings | None) -> TrainSettings:
@@ -477,15 +484,70 @@ def _check_data(sensors: list[str], settings: TrainSettings, prior_rows: np.ndar
 
 
 def _train(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_rows: np.ndarray | None,
-           source_rows: np.ndarray) -> Path:
+           source_rows: np.ndarray, progress: Callable[[dict], None] | None = None) -> Path:
     # One BLAS thread for the whole training (scaler, folds, final fit, checks): a loaded
     # 2-core gateway must not make it many times slower, and no caller has to remember it.
+    refused: list[dict] = []
     with threadpool_limits(limits=TRAIN_BLAS_THREADS):
-        return _train_pinned(grid, out_dir, s, prior_rows, source_rows)
+        while True:
+            try:
+                return _train_pinned(grid, out_dir, s, prior_rows, source_rows, progress, refused)
+            except QuantizationCheckError as e:
+                smaller = tuple(max(2, h // 2) for h in s.hidden)
+                if not s.shrink_on_int8_refusal or smaller == s.hidden:
+                    raise
+                # INT8 could not follow this model (typically a wide model on few rows, whose
+                # small normal errors sit near INT8's resolution): a narrower one is easier to
+                # quantize and less able to overfit; the refusal is recorded in the bundle.
+                logger.warning("int8 check refused hidden=%s; retrying with hidden=%s: %s", list(s.hidden),
+                               list(smaller), e)
+                refused.append({"hidden": list(s.hidden), "reason": str(e)})
+                s = s.model_copy(update={"hidden": smaller})
+
+
+def _windows_reason(grid: GridRows, s: TrainSettings, n_train: int, n_held: int) -> str:
+    """Why too few windows could be cut: the grid's runs against the window length."""
+    runs = [b - a for a, b in grid.runs]
+    if not runs:
+        return (f"no complete grid row: every row had a sensor value older than staleness_s={s.staleness_s:g} s "
+                f"(period_s={s.period_s:g} s); is the period right?")
+    longest = max(runs)
+    why = (f"{len(grid)} complete grid rows in {len(runs)} runs, the longest {longest} rows; a window needs "
+           f"{s.window} consecutive rows")
+    if len(runs) > 1:
+        why += (f"; runs break where a value is older than staleness_s={s.staleness_s:g} s or readings stop "
+                f"(period_s={s.period_s:g} s)")
+    return why + f"; {n_train} training and {n_held} held-back windows"
+
+
+class _Progress:
+    """Turns per-epoch reports into ``progress`` dicts with elapsed time and an upper bound of time left."""
+
+    def __init__(self, report: Callable[[dict], None] | None, fits: int, max_epochs: int):
+        self.report, self.fits, self.max_epochs = report, fits, max_epochs
+        self.started = time.monotonic()
+        self.epochs_done = 0
+        self.fit_index = 0
+
+    def stage(self, name: str, max_epochs: int | None = None) -> Callable[[dict], None] | None:
+        if self.report is None:
+            return None
+        self.fit_index += 1
+        base = self.epochs_done
+        cap = max_epochs or self.max_epochs
+
+        def on_epoch(info: dict) -> None:
+            self.epochs_done = base + info["epoch"]
+            elapsed = time.monotonic() - self.started
+            remaining = (cap - info["epoch"]) + (self.fits - self.fit_index) * cap
+            self.report({**info, "max_epochs": cap, "stage": name, "elapsed_s": elapsed,
+                         "left_s": elapsed / max(self.epochs_done, 1) * remaining})
+        return on_epoch
 
 
 def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_rows: np.ndarray | None,
-                  source_rows: np.ndarray) -> Path:
+                  source_rows: np.ndarray, progress: Callable[[dict], None] | None,
+                  refused: list[dict] | None = None) -> Path:
     started = time.monotonic()
     sensors = list(grid.sensors)
     window = s.window
@@ -528,16 +590,32 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
     X_held = prepare(windows_in(scaled, held_spans, window, 1))
     need = f"(window={window}, holdout={s.holdout}, rows={len(source_rows)})"
     if len(X_train) < 10:
-        raise ValueError(f"only {len(X_train)} training windows; need >= 10 {need}")
+        raise ValueError(f"only {len(X_train)} training windows; need >= 10 {need}: "
+                         + _windows_reason(grid, s, len(X_train), len(X_held)))
     if len(X_held) < 5:
-        raise ValueError(f"only {len(X_held)} held-back windows; need >= 5 {need}")
+        raise ValueError(f"only {len(X_held)} held-back windows; need >= 5 {need}: "
+                         + _windows_reason(grid, s, len(X_train), len(X_held)))
 
-    ae.fit(X_train if X_prior is None else np.concatenate([X_train, X_prior]))
     use_cv = s.calibration == "cv" or (s.calibration == "auto" and len(X_held) < 1000)
+    tracker = _Progress(progress, 1 + (s.cv_folds - 1 if use_cv else 0), s.max_iter)
+    ae.fit(X_train if X_prior is None else np.concatenate([X_train, X_prior]),
+           X_val=X_held if s.early_stopping else None, progress=tracker.stage("model"))
     oof, oof_sizes = np.empty(0), []
     if use_cv:
+        # Fold models train as long as the final one did (its best epoch with early stopping),
+        # so their out-of-fold errors describe a model of the same fit.
+        fold_epochs = ae.best_epoch_ if s.early_stopping else s.max_iter
+        fold_ae = clone(ae).set_params(max_iter=fold_epochs, patience=None)
+        folds = s.cv_folds - 1
+        stages = {}
+
+        def fold_progress(fold: int, info: dict) -> None:
+            if fold not in stages:
+                stages[fold] = tracker.stage(f"fold {fold}/{folds}", fold_epochs)
+            stages[fold](info)
         oof, oof_sizes = _cv_errors(scaled, train_spans, held_spans, window, s.train_stride, s.cv_folds,
-                                    lambda: clone(ae), prepare, X_prior)
+                                    lambda: clone(fold_ae), prepare, X_prior,
+                                    progress=fold_progress if progress is not None else None)
     fit_s = time.monotonic() - started
     calib = X_train[np.linspace(0, len(X_train) - 1, min(len(X_train), s.max_calibration_windows)).astype(int)]
 
@@ -555,7 +633,25 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             info.update(calibration="cv" if use_cv else "holdout", holdout_windows=int(len(held_errors)),
                         oof_windows=int(len(oof_errors)), cv_blocks=oof_sizes,
                         threshold_scale=s.threshold_scale, unscaled_threshold=th)
-            return th * s.threshold_scale, info
+            # What the threshold promises on normal data the model did not see: the design rate
+            # (the tail fit's risk) and the share over it of each unseen time block (out-of-fold
+            # blocks, then the held-back part); their spread shows how much a new day may differ.
+            final = th * s.threshold_scale
+            blocks = np.split(oof_errors, np.cumsum(oof_sizes)[:-1]) if len(oof_errors) else []
+            blocks = [b for b in blocks if len(b)] + [held_errors]
+            info.update(expected_window_exceedance=s.risk,
+                        unseen_window_exceedance=float(np.mean(np.concatenate(blocks) > final)),
+                        block_window_exceedance=[round(float(np.mean(b > final)), 5) for b in blocks])
+            if len(blocks) >= 3:
+                # Each block against a threshold calibrated without it: how a threshold learned
+                # from some stretches of normal operation fares on the next one.
+                shares = []
+                for k in range(len(blocks)):
+                    rest = np.concatenate([b for i, b in enumerate(blocks) if i != k])
+                    th_k = calibrate_threshold(rest, s.threshold_method, s.risk, s.init_quantile, s.margin)[0]
+                    shares.append(float(np.mean(blocks[k] > th_k * s.threshold_scale)))
+                info["next_block_window_exceedance"] = [round(v, 5) for v in shares]
+            return final, info
 
         th32, info32 = threshold(e32, oof)
         shift = probe_shift_for(th32, len(sensors), reach=s.probe_reach)
@@ -569,7 +665,9 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
         else:
             attempts = [tuple(s.int8_exclude)]
         failure: QuantizationCheckError | None = None
-        for exclude in attempts:
+        # First the INT8 threshold carried over by the error ratio; if the check refuses that,
+        # the threshold at which INT8 decides like FP32 (see matched_threshold).
+        for mapping, exclude in [(m, e) for m in ("ratio", "matched") for e in attempts]:
             quantize_model(fp32_path, int8_path, calib, per_channel=s.per_channel,
                            nodes_to_exclude=exclude, calibrate_method=s.calibrate_method)
             s8 = make_session(int8_path)
@@ -579,13 +677,19 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             ratio = float(np.median(e8 / np.maximum(e32, 1e-12)))
             th8, info8 = threshold(e8, oof * ratio)
             info8["int8_over_fp32_error_ratio"] = ratio
+            if mapping == "matched":
+                pairs = np.concatenate([X_held, probe_windows(X_held, max_shift=shift, seed=s.seed + 2)])
+                th8 = matched_threshold(sensor_errors(s32, pairs).mean(axis=1),
+                                        sensor_errors(s8, pairs).mean(axis=1), th32)
+                info8.update(int8_mapping="matched", threshold_before_matching=info8["unscaled_threshold"])
             try:
                 check = verify_int8(s32, s8, X_held, th32, th8, s.check_limits, seed=s.seed, probe_shift=shift)
             except QuantizationCheckError as e:
-                logger.warning("int8 check failed excluded=%s: %s", list(exclude), e)
+                logger.warning("int8 check failed excluded=%s threshold=%s: %s", list(exclude), mapping, e)
                 failure = e
                 continue
             check["fp32_nodes"] = list(exclude)
+            check["threshold_mapping"] = mapping
             failure = None
             break
         if failure is not None:
@@ -601,11 +705,21 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             "window": window,
             "stride": s.stride,
             "period_s": float(s.period_s),
+            "staleness_s": float(s.staleness_s),
+            "lateness_s": float(s.lateness_s),
             "scaler": scaler.to_dict(),
             "level_free": level_free,
             "threshold": th8,
             "thresholds": {"int8": th8, "fp32": th32},
             "threshold_calibration": {"int8": info8, "fp32": info32},
+            # Share of windows of normal operation expected over the threshold (before debounce).
+            "expected_window_exceedance": {
+                "design": s.risk, "unseen_blocks": info8["unseen_window_exceedance"],
+                "worst_block": max(info8["block_window_exceedance"]),
+                "next_block": (float(np.mean(info8["next_block_window_exceedance"]))
+                               if "next_block_window_exceedance" in info8 else None),
+                "next_block_worst": (max(info8["next_block_window_exceedance"])
+                                     if "next_block_window_exceedance" in info8 else None)},
             "score": "mean squared reconstruction error of the scaled window",
             "training": {
                 "data_sha256": data_sha256(sensors, source_rows),
@@ -625,6 +739,9 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
                 "seed": s.seed,
                 "model": {"type": "dense_autoencoder", "hidden": [int(h) for h in s.hidden],
                           "alpha": s.alpha, "noise": s.noise, "max_iter": s.max_iter, "epochs": ae.n_iter_,
+                          "int8_refused": list(refused or []),
+                          "best_epoch": ae.best_epoch_, "stopped": ae.stopped_, "converged": ae.converged_,
+                          "early_stopping": s.early_stopping, "patience": s.patience,
                           "batch_size": s.batch_size, "learning_rate_init": s.learning_rate_init},
                 "quantization": {"format": "QDQ", "activations": "int8", "weights": "int8", "output": "float",
                                  "per_channel": s.per_channel, "calibrate_method": s.calibrate_method,

@@ -11,5 +11,7 @@ class StoreConfig(Section):
     path: str = Field("appliance.db", min_length=1, description="relative to data_dir")
     retention_days: float = Field(7.0, gt=0, le=3660)
     max_readings: int = Field(5_000_000, ge=1000, le=10_000_000_000)
-    max_dead_letters: int = Field(100_000, ge=100, le=100_000_000)
+    max_dead_letters: int = Field(100_000, ge=100, le=100_000_000, description="rows, enforced on every write")
+    dead_letter_collapse_s: float = Field(60.0, ge=0, le=86400.0,
+                                          description="an identical refusal within this is counted, not stored again")
     max_in_flight: int = Field(20_000, ge=10, le=10_000_000, description="readings accepted but not yet on disk")

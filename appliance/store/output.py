@@ -58,4 +58,5 @@ class StoreOutput(Output):
 
     def status(self) -> dict:
         return {"queued": self.store.queued(), "committed_batches": self.store.committed_batches,
-                "write_errors": self.store.write_errors, "last_error": self.store.last_error}
+                "write_errors": self.store.write_errors, "last_error": self.store.last_error,
+                "dead_letters_collapsed": self.store.dead_letters_collapsed}

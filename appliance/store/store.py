@@ -14,6 +14,14 @@ Readings are unique per (asset, sensor, ts): a message delivered twice (QoS 1
 after a crash) is stored once. Retention keeps the newest ``max_readings`` rows
 and drops rows received more than ``retention_days`` ago.
 
+Dead letters are bounded at all times, not only at retention: every batch that
+adds some trims the table to the newest ``max_dead_letters`` in the same
+transaction, and a refusal identical to one stored less than
+``dead_letter_collapse_s`` earlier (same source, code and detail) adds to that
+row's ``count`` (and moves its ``last_at``) instead of adding a row. The WAL file
+is truncated back to ``JOURNAL_SIZE_LIMIT`` after a checkpoint, so a burst of
+writes does not leave a multi-gigabyte file behind.
+
 Readers (dashboard, tests, CLI) go through :class:`StoreReader`, read-only, on their own
 connections.
 """
@@ -24,6 +32,7 @@ import copy
 import json
 import logging
 import queue
+from collections import OrderedDict
 import sqlite3
 import threading
 import time
@@ -46,7 +55,11 @@ CREATE TABLE IF NOT EXISTS mode_changes (
 """
 
 # The schema's version, kept in SQLite's user_version; _migrate brings an older file up to it.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Bytes the WAL file is truncated to after a checkpoint (SQLite otherwise keeps its largest size).
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+# Distinct refusals remembered for collapsing repeats (older ones are simply stored anew).
+_DEAD_RECENT_MAX = 1024
 
 SCHEMA = _MODE_CHANGES + """
 CREATE TABLE IF NOT EXISTS readings (
@@ -79,7 +92,7 @@ CREATE INDEX IF NOT EXISTS mode_changes_asset ON mode_changes (asset, ts);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     source TEXT NOT NULL, payload BLOB NOT NULL, code TEXT NOT NULL, detail TEXT NOT NULL,
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL, count INTEGER NOT NULL DEFAULT 1, last_at REAL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_code ON dead_letters (code);
 CREATE TABLE IF NOT EXISTS model_changes (
@@ -128,6 +141,12 @@ UPDATE alarm_events
     WHERE json_extract(snapshot, '$.alarm.peak_score') IS NOT NULL;
 """
 
+# Version 2 (until 2026-12): a dead letter was one refusal; repeats are now counted in one row.
+_MIGRATE_2_TO_3 = """
+ALTER TABLE dead_letters ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE dead_letters ADD COLUMN last_at REAL;
+"""
+
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Create the schema, or bring a store written by an earlier release up to it."""
@@ -139,10 +158,12 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise RuntimeError(f"store schema version {version} is newer than this release's ({SCHEMA_VERSION})")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if version == 1:
-            for stmt in (_MODE_CHANGES + _MIGRATE_1_TO_2).split(";"):
+        steps = {1: _MODE_CHANGES + _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3}
+        while version in steps:
+            for stmt in steps[version].split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
+            version += 1
         for stmt in SCHEMA.split(";"):
             if stmt.strip():
                 conn.execute(stmt)
@@ -163,6 +184,7 @@ def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
     conn.execute("PRAGMA busy_timeout=10000")
     return conn
 
@@ -175,13 +197,17 @@ def open_reader(path: str | Path) -> sqlite3.Connection:
 
 class Store:
     def __init__(self, path: str | Path, retention_days: float = 7.0, max_readings: int = 5_000_000,
-                 max_dead_letters: int = 100_000, batch_max: int = 2000):
+                 max_dead_letters: int = 100_000, batch_max: int = 2000, dead_letter_collapse_s: float = 60.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retention_s = retention_days * 86400
         self.max_readings = max_readings
         self.max_dead_letters = max_dead_letters
         self.batch_max = batch_max
+        self.dead_letter_collapse_s = dead_letter_collapse_s
+        # (source, code, detail) -> [row id, received_at of the row's first refusal]; writer thread only
+        self._dead_recent: OrderedDict[tuple, list] = OrderedDict()
+        self.dead_letters_collapsed = 0
         conn = _connect(self.path)
         try:
             _migrate(conn)
@@ -196,7 +222,8 @@ class Store:
 
     @classmethod
     def from_config(cls, cfg, path: Path) -> "Store":
-        return cls(path, cfg.retention_days, cfg.max_readings, cfg.max_dead_letters)
+        return cls(path, cfg.retention_days, cfg.max_readings, cfg.max_dead_letters,
+                   dead_letter_collapse_s=cfg.dead_letter_collapse_s)
 
     # -- writer side ----------------------------------------------------------
     def start(self) -> None:
@@ -285,7 +312,7 @@ class Store:
             elif kind == "alarm_event":
                 events.append(item)
             elif kind == "dead":
-                dead.append((item.source, item.payload, item.code.value, item.detail, item.received_at))
+                dead.append(item)
             elif kind == "alarm":
                 alarms.append(item)
             elif kind == "mode":
@@ -300,8 +327,7 @@ class Store:
                 conn.executemany("INSERT OR IGNORE INTO scores (asset, t_end, value, threshold,"
                                  " contributions, model_version, historical, received)"
                                  " VALUES (?,?,?,?,?,?,?,?)", scores)
-                conn.executemany("INSERT INTO dead_letters (source, payload, code, detail, received_at)"
-                                 " VALUES (?,?,?,?,?)", dead)
+                recent = self._write_dead_letters(conn, dead) if dead else None
                 for a in alarms:
                     self._write_alarm(conn, a, now)
                 for e in events:
@@ -312,6 +338,8 @@ class Store:
                                  " VALUES (?,?,?,?,?,?)", models)
                 conn.execute("COMMIT")
                 self.committed_batches += 1
+                if recent is not None:
+                    self._remember_dead(recent)
                 return callbacks
             except sqlite3.Error as exc:
                 # Disk full or locked: keep the batch and retry; the source is not
@@ -324,6 +352,38 @@ class Store:
                 except sqlite3.Error:
                     pass
                 time.sleep(1.0)
+
+    def _write_dead_letters(self, conn: sqlite3.Connection, dead: list[DeadLetter]) -> dict[tuple, list]:
+        """Store (or count into a recent identical row) ``dead``, then trim the table to its bound.
+
+        Returns what this batch adds to the map of recent refusals, applied once committed."""
+        added: dict[tuple, list] = {}
+        window = self.dead_letter_collapse_s
+        for d in dead:
+            key = (d.source, d.code.value, d.detail)
+            row = added.get(key) or self._dead_recent.get(key)
+            if row is not None and window > 0 and d.received_at - row[1] < window:
+                cur = conn.execute("UPDATE dead_letters SET count = count + ?, last_at = max(coalesce(last_at, 0), ?)"
+                                   " WHERE id = ?", (d.count, d.received_at, row[0]))
+                if cur.rowcount:
+                    self.dead_letters_collapsed += d.count
+                    continue
+            cur = conn.execute("INSERT INTO dead_letters (source, payload, code, detail, received_at, count)"
+                               " VALUES (?,?,?,?,?,?)", (d.source, d.payload, d.code.value, d.detail,
+                                                         d.received_at, d.count))
+            added[key] = [cur.lastrowid, d.received_at]
+        if added:
+            conn.execute("DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?",
+                         (self.max_dead_letters,))
+        return added
+
+    def _remember_dead(self, added: dict[tuple, list]) -> None:
+        recent = self._dead_recent
+        for key, row in added.items():
+            recent[key] = row
+            recent.move_to_end(key)
+        while len(recent) > _DEAD_RECENT_MAX:
+            recent.popitem(last=False)
 
     @staticmethod
     def _write_alarm(conn: sqlite3.Connection, a: Alarm, now: float) -> None:
@@ -569,13 +629,15 @@ class StoreReader:
         """Rejected input, latest first; ``code`` keeps one :class:`~appliance.core.DeadLetterCode` value.
 
         Each has ``id``, ``source``, ``code``, ``detail``, ``received_at``, ``size``
-        (of the whole payload, in bytes) and ``payload`` (bytes; only the first
-        ``payload_bytes`` when given, so a list of large payloads stays cheap).
+        (of the payload copy kept, in bytes), ``payload`` (bytes; only the first
+        ``payload_bytes`` when given, so a list of large payloads stays cheap),
+        ``count`` (refusals this row stands for: identical repeats are counted, not
+        stored again) and ``last_at`` (when the latest of them arrived).
         """
         # A payload stored as text (an older writer) is read as its UTF-8 bytes, like a blob.
         head = "CAST(payload AS BLOB)" if payload_bytes is None else "substr(CAST(payload AS BLOB), 1, ?)"
-        sql = (f"SELECT id, source, code, detail, received_at, length(CAST(payload AS BLOB)) AS size, {head} AS head"
-               " FROM dead_letters")
+        sql = (f"SELECT id, source, code, detail, received_at, count, coalesce(last_at, received_at) AS last_at,"
+               f" length(CAST(payload AS BLOB)) AS size, {head} AS head FROM dead_letters")
         args: list = [] if payload_bytes is None else [payload_bytes]
         where = []
         if since is not None:
@@ -587,7 +649,8 @@ class StoreReader:
         sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
         args.append(limit)
         return [{"id": r["id"], "source": r["source"], "code": r["code"], "detail": r["detail"],
-                 "received_at": r["received_at"], "size": r["size"], "payload": bytes(r["head"] or b"")}
+                 "received_at": r["received_at"], "size": r["size"], "payload": bytes(r["head"] or b""),
+                 "count": r["count"], "last_at": r["last_at"]}
                 for r in self._rows(sql, args)]
 
     # -- commissioning reads (appliance.commission) ---------------------------------
@@ -629,3 +692,25 @@ class StoreReader:
             args.append(until)
         with self._connection() as conn:
             yield from conn.execute(sql + order, args)
+
+    # -- trends (the dashboard's asset page) ------------------------------------------
+    def reading_buckets(self, asset: str, sensor: str, since: float, until: float,
+                        width: float) -> list[tuple[float, float, float, float, int]]:
+        """Live readings of one series in ``(since, until]`` in buckets of ``width`` seconds, oldest first.
+
+        Each is ``(bucket start, mean, min, max, count)`` over the finite values; one
+        index range scan, aggregated in SQLite, so an hour at 10 Hz is not a
+        hundred thousand rows in Python.
+        """
+        rows = self._rows("SELECT CAST((ts - ?) / ? AS INTEGER) AS k, AVG(value), MIN(value), MAX(value), "
+                          "COUNT(value) FROM readings WHERE asset = ? AND sensor = ? AND ts > ? AND ts <= ? "
+                          "AND historical = 0 GROUP BY k ORDER BY k", (since, width, asset, sensor, since, until))
+        return [(since + k * width, mean, lo, hi, n) for k, mean, lo, hi, n in rows if n]
+
+    def score_buckets(self, asset: str, since: float, until: float, width: float) -> list[tuple[float, float, int]]:
+        """Live scores of one asset in ``(since, until]`` in buckets of ``width`` seconds, oldest first:
+        ``(bucket start, highest value / threshold, count)``, so no short peak is averaged away."""
+        rows = self._rows("SELECT CAST((t_end - ?) / ? AS INTEGER) AS k, MAX(value / threshold), COUNT(*) "
+                          "FROM scores WHERE asset = ? AND t_end > ? AND t_end <= ? AND historical = 0 "
+                          "AND threshold > 0 GROUP BY k ORDER BY k", (since, width, asset, since, until))
+        return [(since + k * width, hi, n) for k, hi, n in rows if n]

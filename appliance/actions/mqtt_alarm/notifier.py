@@ -18,8 +18,19 @@ from appliance.actions.mqtt_alarm.config import MqttAlarmConfig
 from appliance.connections.config import MqttBroker
 from appliance.connections.mqtt import configure_paho
 from appliance.core import AlarmEvent, ModeChange, Output, OutputContext
+from appliance.core.severity import band, severity
 
 log = logging.getLogger(__name__)
+
+
+def severity_fields(peak_ratio: float) -> dict:
+    """The alarm's peak as a technician reads it: 0-100 (50 = threshold) and its band.
+
+    >>> severity_fields(3.8)
+    {'severity': 93, 'band': 'critical'}
+    """
+    sev = severity(peak_ratio)
+    return {"severity": sev, "band": band(sev)}
 
 
 class MqttAlarmNotifier(Output):
@@ -60,12 +71,15 @@ class MqttAlarmNotifier(Output):
         self.client.loop_stop()
 
     def on_alarm_event(self, event: AlarmEvent) -> None:
-        state = event.alarm.to_dict() | {"event": event.kind.value, "ts": event.ts}
-        self._publish(event.alarm.asset, event.to_dict(), state)
+        readable = severity_fields(event.alarm.peak_ratio)
+        state = event.alarm.to_dict() | readable | {"event": event.kind.value, "ts": event.ts}
+        payload = event.to_dict()
+        payload["alarm"] = payload["alarm"] | readable
+        self._publish(event.alarm.asset, payload, state)
 
     def on_mode_change(self, change: ModeChange) -> None:
         if change.alarm is not None:
-            state = change.alarm.to_dict()
+            state = change.alarm.to_dict() | severity_fields(change.alarm.peak_ratio)
         else:  # no occurrence yet: the point's mode is its whole state
             state = {"asset": change.asset, "active": False, "state": "normal",
                      "shelved_until": change.shelved_until}

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -32,9 +33,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from appliance.connections.backoff import jittered_backoff
 from appliance.connections.config import MqttBroker
 from appliance.connections.mqtt import build_tls_context, configure_paho
+from appliance.connectors.guard import Admission, ValueRange, dead_letter
 from appliance.connectors.mqtt.config import MqttInputConfig
-from appliance.connectors.mqtt.payload import DEAD_LETTER_MAX_BYTES, TopicRoute, TopicRouter, parse_payload
+from appliance.connectors.mqtt.payload import TopicRoute, TopicRouter, parse_payload
 from appliance.core import AckCallback, Counters, DeadLetter, DeadLetterCode, IngestSink, Input
+from appliance.ingest_health import Gap, GapDetector, LogLimiter
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,125 @@ log = logging.getLogger(__name__)
 # WARNING again; the ones in between go to DEBUG so a long outage stays quiet.
 _FAIL_LOG_EVERY = 10
 _STOP_PUBLISH_TIMEOUT_S = 2.0
+# A message callback slower than this is counted (and logged, rate-limited): paho's
+# network thread runs it, and while it runs no keepalive goes out.
+SLOW_CALLBACK_S = 1.0
+
+
+class _Client(paho.Client):
+    """paho's client, with three of its per-message costs taken out.
+
+    Stock paho 2.x reads each packet with three ``recv`` calls after a ``select``
+    of its own, matches every topic against filtered callbacks (this connector
+    never registers one), and writes every PUBACK with its own ``send`` after
+    waking its thread through a socket pair. At tens of thousands of messages a
+    second those system calls are most of its cost. Here reads go through a
+    64 KiB read-ahead buffer and every packet already received is handled before
+    the next ``select``; ``on_message`` is called directly; acknowledgements
+    queued with :meth:`queue_ack` leave in one packet per wake-up of the network
+    thread. Private methods of paho 2.x are overridden (paho is pinned ``<3``);
+    the connector tests exercise each path against a real broker.
+    """
+
+    READ_AHEAD = 65536
+    # After this many packets read in a row, writes (acks, pings) get their turn.
+    MAX_PACKETS_PER_READ = 1000
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._rsock = None
+        self._rbuf = b""
+        self._rpos = 0
+        self._acks_out: list[int] = []
+        self._acks_lock = threading.Lock()
+        self.after_read: Callable[[], None] | None = None  # called after each burst of reads
+
+    # -- reading
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rsock is not self._sock:  # a new connection: nothing buffered belongs to it
+            self._rsock, self._rbuf, self._rpos = self._sock, b"", 0
+        buf, pos = self._rbuf, self._rpos
+        if pos >= len(buf):
+            buf = super()._sock_recv(max(bufsize, self.READ_AHEAD))  # BlockingIOError when nothing came
+            if len(buf) <= bufsize:
+                self._rbuf, self._rpos = b"", 0
+                return buf
+            pos = 0
+        out = buf[pos:pos + bufsize]
+        self._rbuf, self._rpos = buf, pos + len(out)
+        return out
+
+    def _buffered(self) -> bool:
+        return self._rsock is self._sock and self._rpos < len(self._rbuf)
+
+    def loop_read(self, max_packets: int = 1) -> paho.MQTTErrorCode:
+        # Every packet received so far, not one per select(): select() cannot see the buffer,
+        # so the buffer is always emptied before returning (the cap only stops fresh reads).
+        n = 0
+        try:
+            while True:
+                if self._sock is None:
+                    return paho.MQTTErrorCode.MQTT_ERR_NO_CONN
+                if n >= self.MAX_PACKETS_PER_READ and not self._buffered():
+                    return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+                rc = self._packet_read()
+                if rc > 0:
+                    return self._loop_rc_handle(rc)
+                if rc == paho.MQTTErrorCode.MQTT_ERR_AGAIN:
+                    return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+                n += 1
+        finally:
+            if self.after_read is not None:
+                self.after_read()
+
+    def _handle_on_message(self, message) -> None:
+        on_message = self.on_message
+        if on_message is None:
+            return
+        with self._in_callback_mutex:
+            try:
+                on_message(self, self._userdata, message)
+            except Exception as err:
+                self._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                if not self.suppress_exceptions:
+                    raise
+
+    def message_callback_add(self, sub, callback) -> None:
+        raise NotImplementedError("this client calls on_message for every topic (no per-topic callbacks)")
+
+    # -- acknowledging
+    def queue_acks(self, mids: list[int]) -> None:
+        """PUBACK ``mids`` (QoS 1) with the acks queued around them, in one packet, from the network thread."""
+        with self._acks_lock:
+            woken = bool(self._acks_out)
+            self._acks_out.extend(mids)
+            if woken:
+                return  # the network thread is already woken for the first ones
+        sock = self._sockpairW
+        if sock is not None:
+            try:
+                sock.send(b"0")
+            except (BlockingIOError, OSError):
+                pass
+
+    def clear_acks(self) -> int:
+        """Forget acks not yet handed to the socket (their connection is gone); how many."""
+        with self._acks_lock:
+            n = len(self._acks_out)
+            self._acks_out = []
+            return n
+
+    def want_write(self) -> bool:
+        return bool(self._acks_out) or super().want_write()
+
+    def loop_write(self) -> paho.MQTTErrorCode:
+        with self._acks_lock:
+            mids, self._acks_out = self._acks_out, []
+        if mids and self._sock is not None:
+            packet = b"".join(struct.pack("!BBH", paho.PUBACK, 2, mid) for mid in mids)
+            self._out_packet.append({"command": paho.PUBACK, "mid": 0, "qos": 1, "pos": 0,
+                                     "to_process": len(packet), "packet": packet, "info": None})
+        return super().loop_write()
 
 
 class _AckSequencer:
@@ -51,32 +173,44 @@ class _AckSequencer:
     and a PUBACK must never reach a later connection: packet ids are per
     connection, so a stale id could acknowledge a different, unstored message.
     Each connection is a new generation; callbacks from an older one are dropped
-    (the broker redelivers those messages anyway).
+    (the broker redelivers those messages anyway). A ticket covers the messages
+    of one burst, in order; the acks that become due together go out together.
     """
 
-    def __init__(self, send: Callable[[int], None], counters: Counters, lock: threading.Lock):
+    def __init__(self, send: Callable[[list[int]], None]):
         self._send = send
-        self._counters = counters
-        self._lock = lock
+        self.counters = Counters()  # guarded by the sequencer's own lock
+        self._lock = threading.Lock()
         self._gen = 0
-        self._pending: deque[list] = deque()  # [mid, stored] in receive order
+        self._pending: deque[list] = deque()  # [mids, stored] in receive order
+        self._unacked = 0
 
-    def new_generation(self) -> int:
+    def generation(self) -> int:
+        return self._gen
+
+    def new_generation(self, clear: Callable[[], int] | None = None) -> int:
         with self._lock:
             self._gen += 1
-            dropped = len(self._pending)
+            dropped = self._unacked
             self._pending.clear()
+            self._unacked = 0
+            if clear is not None:
+                clear()  # acks queued for the old connection never reach the next one
             return dropped
 
     def pending(self) -> int:
         with self._lock:
-            return len(self._pending)
+            return self._unacked
 
-    def ticket(self, mid: int) -> AckCallback:
-        entry = [mid, False]
+    def ticket(self, mids: list[int], gen: int | None = None) -> AckCallback:
+        """The callback that acknowledges ``mids`` once stored; ``gen``: the connection they came on."""
+        entry = [mids, False]
         with self._lock:
-            gen = self._gen
-            self._pending.append(entry)
+            if gen is None:
+                gen = self._gen
+            if gen == self._gen:
+                self._pending.append(entry)
+                self._unacked += len(mids)
 
         def on_stored() -> None:
             self._stored(gen, entry)
@@ -87,18 +221,37 @@ class _AckSequencer:
         # Sending under the lock keeps two storing threads from reordering acks.
         with self._lock:
             if gen != self._gen:
-                self._counters.inc("acks_stale")
+                self.counters.inc("acks_stale", len(entry[0]))
                 return
             if entry[1]:
                 return
             entry[1] = True
-            while self._pending and self._pending[0][1]:
-                mid = self._pending.popleft()[0]
-                try:
-                    self._send(mid)
-                    self._counters.inc("acks")
-                except Exception:  # noqa: BLE001 - a failed ack only means a redelivery
-                    self._counters.inc("ack_errors")
+            ready: list[int] = []
+            pending = self._pending
+            while pending and pending[0][1]:
+                ready.extend(pending.popleft()[0])
+            if not ready:
+                return
+            self._unacked -= len(ready)
+            try:
+                self._send(ready)
+                self.counters.inc("acks", len(ready))
+            except Exception:  # noqa: BLE001 - a failed ack only means a redelivery
+                self.counters.inc("ack_errors", len(ready))
+
+
+class _Burst:
+    """Messages read in one go by the network thread, handed to the sink together."""
+
+    __slots__ = ("gen", "messages", "readings", "dead", "mids", "now")
+
+    def __init__(self, gen: int):
+        self.gen = gen
+        self.messages = 0
+        self.readings: list = []
+        self.dead: list = []
+        self.mids: list[int] = []
+        self.now = 0.0
 
 
 class MqttConnector(Input):
@@ -116,7 +269,8 @@ class MqttConnector(Input):
         self._lock = threading.Lock()
         self._counters = Counters()
         self._dead_by_reason = Counters()
-        self._acks = _AckSequencer(self._send_ack, self._counters, self._lock)
+        self._acks = _AckSequencer(self._send_acks)
+        self._burst: _Burst | None = None
         self._stop = threading.Event()
         self._disconnected = threading.Event()
         self._thread: threading.Thread | None = None
@@ -132,6 +286,15 @@ class MqttConnector(Input):
         self._last_error_at: float | None = None
         self._fail_streak = 0
         self._requested_disconnect: str | None = None
+        # Hostile or broken publishers: bounded assets/sensors, physical ranges, few log lines.
+        self.admission = Admission(cfg.assets, cfg.max_assets, cfg.max_sensors_per_asset)
+        self.value_range = ValueRange(cfg.max_abs_value, cfg.ranges)
+        self._logs = LogLimiter(log)
+        g = cfg.gaps
+        self.gaps = GapDetector(g.expected_period_s, g.periods, g.factor, g.min_gap_s,
+                                max_series=cfg.max_assets * cfg.max_sensors_per_asset,
+                                on_gap=self._on_gap) if g.enabled else None
+        self._callback_max_s = 0.0
 
     # -- Connector protocol -------------------------------------------------
 
@@ -162,10 +325,12 @@ class MqttConnector(Input):
             return self._connected and not self._pending_subacks
 
     def status(self) -> dict:
+        pending = self._acks.pending()
+        acks = self._acks.counters.values
         with self._lock:
             counters = dict(self._counters.values)
+            counters.update(acks)
             dead = dict(self._dead_by_reason.values)
-            pending = len(self._acks._pending)
             return {
                 "name": self.name,
                 "kind": "mqtt",
@@ -190,6 +355,11 @@ class MqttConnector(Input):
                 "ack_errors": counters.get("ack_errors", 0),
                 "sink_errors": counters.get("sink_errors", 0),
                 "internal_errors": counters.get("internal_errors", 0),
+                "slow_callbacks": counters.get("slow_callbacks", 0),
+                "callback_max_ms": round(self._callback_max_s * 1000, 1),
+                "admission": self.admission.status(),
+                "values_out_of_range": self.value_range.refused,
+                "gaps": self.gaps.status() if self.gaps is not None else None,
                 "last_message_at": self._last_message_at,
                 "last_error": self._last_error,
                 "last_error_at": self._last_error_at,
@@ -199,7 +369,7 @@ class MqttConnector(Input):
 
     def _make_client(self) -> paho.Client:
         cfg = self.cfg
-        client = paho.Client(
+        client = _Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
             clean_session=False,
@@ -215,6 +385,7 @@ class MqttConnector(Input):
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.after_read = self._flush
         client.on_subscribe = self._on_subscribe
         return client
 
@@ -232,10 +403,14 @@ class MqttConnector(Input):
             doc["reason"] = reason
         return json.dumps(doc)
 
-    def _send_ack(self, mid: int) -> None:
+    def _send_acks(self, mids: list[int]) -> None:
         client = self._client
         if client is not None:
-            client.ack(mid, 1)
+            client.queue_acks(mids)
+
+    def _clear_acks(self) -> int:
+        client = self._client
+        return client.clear_acks() if client is not None else 0
 
     def _error(self, text: str) -> None:
         with self._lock:
@@ -257,7 +432,7 @@ class MqttConnector(Input):
             self._disconnected.clear()
             self._accepted = False
             # Acks still arriving for the previous connection must not reach this one.
-            self._acks.new_generation()
+            self._acks.new_generation(self._clear_acks)
             try:
                 client.connect(b.host, b.port, keepalive=b.keepalive_s)
             except Exception as e:  # noqa: BLE001 - DNS, refused, TLS, ...: all mean retry later
@@ -306,7 +481,7 @@ class MqttConnector(Input):
             client.disconnect()
             self._disconnected.wait(_STOP_PUBLISH_TIMEOUT_S)
         client.loop_stop()
-        self._acks.new_generation()
+        self._acks.new_generation(self._clear_acks)
 
     # -- callbacks (paho network thread) ------------------------------------
 
@@ -344,7 +519,7 @@ class MqttConnector(Input):
             self._error("broker had no persistent session on reconnect")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        dropped = self._acks.new_generation()
+        dropped = self._acks.new_generation(self._clear_acks)
         with self._lock:
             was_connected = self._connected
             self._connected = False
@@ -364,6 +539,7 @@ class MqttConnector(Input):
 
     def _on_message(self, client, userdata, msg) -> None:
         # Nothing may raise into paho: an exception there would kill the network loop.
+        started = time.monotonic()
         now = time.time()
         try:
             topic = msg.topic
@@ -372,35 +548,83 @@ class MqttConnector(Input):
         try:
             readings, dead = self._parse(topic, msg, now)
         except Exception as e:  # noqa: BLE001 - e.g. a known_sensors callback failing
-            log.exception("mqtt message_failed name=%s topic=%r", self.name, topic)
+            self._logs.log(logging.ERROR, ("message_failed", type(e)), "mqtt message_failed name=%s topic=%r: %r",
+                           self.name, topic, e, exc_info=True)
             self._inc("internal_errors")
             self._error(f"message handling failed on {topic!r}: {e!r}")
             # Kept as a dead letter (and acknowledged once stored) rather than
             # left unacknowledged, which would stall every ack behind it.
             readings, dead = [], [self._dead(topic, msg, now, DeadLetterCode.INTERNAL_ERROR, repr(e))]
-        on_stored = self._acks.ticket(msg.mid) if msg.qos > 0 else None
+        gaps = self.gaps
+        if gaps is not None:
+            for r in readings:
+                if not r.historical:
+                    gaps.observe(r.asset, r.sensor, r.ts)
+        burst = self._burst
+        if burst is None:
+            # The connection the burst arrived on: a burst read before a disconnect is never
+            # acknowledged on the next connection, even if it is stored after it.
+            burst = self._burst = _Burst(self._acks.generation())
+        burst.messages += 1
+        if readings:
+            burst.readings.extend(readings)
+        if dead:
+            burst.dead.extend(dead)
+        if msg.qos > 0:
+            burst.mids.append(msg.mid)
+        burst.now = now
+        self._took(time.monotonic() - started, topic)
+
+    def _flush(self) -> None:
+        """Hand the burst just read to the sink (the network thread calls this after each read)."""
+        burst, self._burst = self._burst, None
+        if burst is None:
+            return
+        started = time.monotonic()
+        on_stored = self._acks.ticket(burst.mids, burst.gen) if burst.mids else None
         with self._lock:
-            self._counters.inc("messages")
-            self._counters.inc("readings", len(readings))
-            for d in dead:
-                self._dead_by_reason.inc(d.code.value)
-            self._last_message_at = now
+            c = self._counters
+            c.inc("messages", burst.messages)
+            c.inc("readings", len(burst.readings))
+            for d in burst.dead:
+                self._dead_by_reason.inc(d.code.value, d.count)
+            self._last_message_at = burst.now
         try:
-            self._sink.submit(readings, dead, on_stored=on_stored)
+            self._sink.submit(burst.readings, burst.dead, on_stored=on_stored)
         except Exception as e:  # noqa: BLE001
-            # The message stays unacknowledged and blocks the acks behind it, so
+            # The messages stay unacknowledged and block the acks behind them, so
             # reconnect: the broker then delivers everything unacked again.
             self._inc("sink_errors")
             self._error(f"sink refused a batch: {e!r}")
-            log.error("mqtt sink_failed name=%s topic=%s error=%r; reconnecting for redelivery",
-                      self.name, topic, e)
+            log.error("mqtt sink_failed name=%s messages=%d error=%r; reconnecting for redelivery",
+                      self.name, burst.messages, e)
             self._requested_disconnect = "sink failure, reconnecting for redelivery"
-            client.disconnect()
+            client = self._client
+            if client is not None:
+                client.disconnect()
+        self._took(time.monotonic() - started, None)
+
+    def _took(self, seconds: float, topic: str | None) -> None:
+        if seconds > self._callback_max_s:
+            self._callback_max_s = seconds
+        if seconds > SLOW_CALLBACK_S:
+            self._inc("slow_callbacks")
+            self._logs.log(logging.WARNING, "slow_callback", "mqtt slow_callback name=%s took_s=%.2f topic=%r "
+                           "(the network thread sends no keepalive meanwhile; the store may be falling behind)",
+                           self.name, seconds, topic)
+
+    def _on_gap(self, gap: Gap) -> None:
+        # Alarm-grade: readings that should be here are not, and nothing else will say so.
+        self._logs.log(logging.WARNING, ("gap", gap.asset, gap.sensor),
+                       "mqtt DATA GAP name=%s asset=%s sensor=%s gap_s=%.3f expected_period_s=%.6g%s "
+                       "missing_estimate=%d from=%.3f to=%.3f (readings lost upstream: broker queue limit, "
+                       "publisher buffer or link; see the connector README)", self.name, gap.asset, gap.sensor,
+                       gap.span_s, gap.period_s, "" if gap.learned else " (configured)", gap.missing,
+                       gap.start, gap.end)
 
     def _dead(self, topic: str | None, msg, now: float, code: DeadLetterCode, detail: str) -> DeadLetter:
         source = topic if topic is not None else repr(msg._topic)
-        return DeadLetter(source=source, payload=bytes(msg.payload[:DEAD_LETTER_MAX_BYTES]),
-                          code=code, detail=detail, received_at=now)
+        return dead_letter(source, msg.payload, code, detail, now)
 
     def _parse(self, topic: str | None, msg, now: float):
         if topic is None:
@@ -410,8 +634,17 @@ class MqttConnector(Input):
             # Reachable through a retained message or broker-side topic mapping;
             # kept, not silently dropped.
             return [], [self._dead(topic, msg, now, DeadLetterCode.BAD_TOPIC, f"{topic!r} matches no configured pattern")]
-        known = self._known_sensors(route.asset) if self._known_sensors is not None else None
+        asset = route.asset
+        if asset:
+            why = self.admission.asset(asset)
+            if why is not None:
+                return [], [self._dead(topic, msg, now, DeadLetterCode.UNKNOWN_ASSET, why)]
+            known = (self._known_sensors(asset) if self._known_sensors is not None
+                     else self.admission.sensors(asset))
+        else:
+            known = None  # refused by parse_payload as an empty asset level
+        cfg = self.cfg
         return parse_payload(route, msg.payload, now, topic=topic, source=self.name, known_sensors=known,
-                             min_timestamp=self.cfg.min_timestamp,
-                             max_future_skew_s=self.cfg.max_future_skew_s,
-                             max_payload_bytes=self.cfg.max_payload_bytes)
+                             min_timestamp=cfg.min_timestamp, max_future_skew_s=cfg.max_future_skew_s,
+                             max_payload_bytes=cfg.max_payload_bytes, ts_unit=cfg.ts_unit,
+                             value_range=self.value_range)

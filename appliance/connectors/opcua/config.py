@@ -19,6 +19,14 @@ class OpcuaNode(Section):
     deadband: float = Field(0.0, ge=0, le=1e12, description="0 = every change; absolute units or percent of EURange")
     deadband_type: Literal["absolute", "percent"] = "absolute"
     sampling_interval_ms: float | None = Field(None, ge=0, le=DAY_S * 1000, description="default: the connector's")
+    min_value: float | None = Field(None, description="physical range: a value below is refused (dead letter)")
+    max_value: float | None = Field(None, description="physical range: a value above is refused (dead letter)")
+
+    @model_validator(mode="after")
+    def _range_ok(self):
+        if self.min_value is not None and self.max_value is not None and self.min_value >= self.max_value:
+            raise ValueError(f"min_value {self.min_value} must be below max_value {self.max_value}")
+        return self
 
     @field_validator("node")
     @classmethod
@@ -35,6 +43,8 @@ class OpcuaInputConfig(Section):
         "source", description="which clock stamps readings (falls back to the next one when absent)")
     watchdog_s: float = Field(10.0, gt=0, le=DAY_S, description="no data for this long forces a full reconnect")
     reconnect: BackoffConfig = BackoffConfig()
+    max_abs_value: float = Field(1e12, gt=0, le=1e300,
+                                 description="a value with |v| above this is refused, unless the node sets a range")
     # Default: the PLC simulator's pump (firmware-sim/plc.py), so the demo switches to
     # OPC-UA with ``inputs.opcua.enabled = true`` alone.
     nodes: tuple[OpcuaNode, ...] = Field(tuple(

@@ -44,6 +44,7 @@ from appliance.connections.backoff import jittered_backoff, sleep_backoff
 from appliance.connections.opcua import (OpcuaSecurityError, UntrustedServerCertificate, close_client, open_client,
                                          quality_of, quiet_asyncua, status_name, to_unix)
 from appliance.connections.config import OpcuaEndpointConfig
+from appliance.connectors.guard import ValueRange, dead_letter
 from appliance.connectors.opcua.config import OpcuaInputConfig, OpcuaNode
 from appliance.core import Counters, DeadLetter, DeadLetterCode, IngestSink, Input, Quality, Reading
 
@@ -83,6 +84,10 @@ class OpcuaConnector(Input):
         self._dead: list[DeadLetter] = []
         self._flush_scheduled = False
         self._probe_interval = max(0.5, min(cfg.watchdog_s / 2, 5.0))
+        self.value_range = ValueRange(cfg.max_abs_value, {
+            f"{n.asset}/{n.sensor}": (-math.inf if n.min_value is None else n.min_value,
+                                      math.inf if n.max_value is None else n.max_value)
+            for n in cfg.nodes if n.min_value is not None or n.max_value is not None})
 
     # -- Connector protocol
 
@@ -369,11 +374,20 @@ class OpcuaConnector(Input):
             value = math.nan
         else:
             self.counters.inc("dead_letters")
-            self._queue_dead(DeadLetter(
-                source=self.name, payload=repr(raw).encode()[:1024],
-                code=DeadLetterCode.BAD_VALUE, detail=f"{n.node}: non-numeric value of type {type(raw).__name__} "
-                       f"(status {status_name(status)})", received_at=now))
+            self._queue_dead(dead_letter(
+                self.name, repr(raw).encode(), DeadLetterCode.BAD_VALUE,
+                f"{n.node}: non-numeric value of type {type(raw).__name__} (status {status_name(status)})", now))
             return True
+        if math.isfinite(value):
+            out = self.value_range.check(n.asset, n.sensor, value)
+            if out is not None:
+                # A value no sensor can read (a PLC register misread, a unit mix-up) would
+                # poison every window holding it: kept as a dead letter, never scored.
+                self.counters.inc("dead_letters")
+                self.counters.inc("out_of_range")
+                self._queue_dead(dead_letter(self.name, repr(raw).encode(), DeadLetterCode.OUT_OF_RANGE,
+                                             f"{n.node} ({n.asset}/{n.sensor}): {out}", now))
+                return True
         if quality is Quality.GOOD and not math.isfinite(value):
             # A PLC reporting NaN/inf with a good status is broken; never feed it to the model as good.
             quality = Quality.BAD

@@ -1,13 +1,10 @@
-// Technician dashboard: polls the gateway's JSON API and updates the page in place.
-// Plain JavaScript, no framework and no build step, so it runs offline from the gateway itself.
-// Every value from the API is written with textContent (never innerHTML): asset and sensor
-// names come from the field and must not be able to inject markup.
+// The overview: every asset as a card (state, severity, sparkline, commands), recent alarms, dead letters.
+// Refreshed by polling and at once when the live stream reports an alarm event or a mode change.
 "use strict";
 
 (function () {
-  const POLL_MS = Number(document.body.dataset.pollMs) || 2000;
+  const { $, api, post, can, applyRoles, fmtTime, fmtUptime, fmtNum, setText, el, emptyRow, toast } = window.GW;
   const SLOW_EVERY = 5; // alarm history and dead letters: every 5th poll, or when their counters move
-  const FETCH_TIMEOUT_MS = 8000;
   const SPARK_W = 300, SPARK_H = 64, SPARK_N = 120;
 
   const STATE_TEXT = {
@@ -23,93 +20,10 @@
     in_service: "In service", shelved: "Shelved", suppressed: "Suppressed", out_of_service: "Out of service",
   };
 
-  const $ = (id) => document.getElementById(id);
   const cards = new Map(); // asset -> card elements, kept across polls so inputs keep their values
-  let tick = 0;
-  let lastOk = null;
   let lastSlowKey = "";
   let modeChanges = 0; // mode changes the appliance counted; a new one re-asks who made it
-
-  // -- helpers ----------------------------------------------------------------
-  async function api(url, options) {
-    const ctrl = new AbortController();
-    const timer = setTimeout(() => ctrl.abort(), FETCH_TIMEOUT_MS);
-    try {
-      const resp = await fetch(url, Object.assign({ cache: "no-store", signal: ctrl.signal }, options || {}));
-      let body = null;
-      try { body = await resp.json(); } catch (_) { /* a non-JSON error page */ }
-      if (!resp.ok) {
-        const err = new Error((body && body.error) || ("HTTP " + resp.status));
-        err.status = resp.status;
-        throw err;
-      }
-      return body;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  function fmtTime(ts) {
-    if (ts === null || ts === undefined) return "–";
-    const d = new Date(ts * 1000);
-    const time = d.toLocaleTimeString([], { hour12: false });
-    return d.toDateString() === new Date().toDateString() ? time : d.toLocaleDateString() + " " + time;
-  }
-
-  function fmtUptime(s) {
-    if (typeof s !== "number") return "–";
-    s = Math.floor(s);
-    const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
-    if (d) return d + " d " + h + " h";
-    if (h) return h + " h " + String(m).padStart(2, "0") + " min";
-    if (m) return m + " min " + String(s % 60).padStart(2, "0") + " s";
-    return s + " s";
-  }
-
-  function fmtNum(n) {
-    return typeof n === "number" ? n.toLocaleString() : "0";
-  }
-
-  function setText(el, text) {
-    if (el.textContent !== text) el.textContent = text;
-  }
-
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined) e.textContent = text;
-    return e;
-  }
-
-  let toastTimer = null;
-  function toast(message, ok) {
-    const t = $("toast");
-    t.textContent = message;
-    t.className = "toast " + (ok ? "toast-ok" : "toast-bad");
-    t.hidden = false;
-    clearTimeout(toastTimer);
-    toastTimer = setTimeout(() => { t.hidden = true; }, ok ? 6000 : 12000);
-  }
-
-  function setLink(ok, err) {
-    const link = $("link");
-    const banner = $("offline");
-    if (ok) {
-      lastOk = new Date();
-      link.textContent = "Live";
-      link.className = "link link-ok";
-      banner.hidden = true;
-      document.querySelector("main").classList.remove("stale");
-    } else {
-      link.textContent = "Offline";
-      link.className = "link link-bad";
-      banner.textContent = (lastOk ? "No answer from the gateway since " + fmtTime(lastOk / 1000)
-        : "Cannot reach the gateway") + " (" + (err && err.message ? err.message : "error") +
-        "). The values below may be out of date.";
-      banner.hidden = false;
-      document.querySelector("main").classList.add("stale");
-    }
-  }
+  let loop = null;
 
   // -- status -----------------------------------------------------------------
   function renderStatus(st) {
@@ -154,6 +68,8 @@
     };
     root.dataset.asset = asset;
     card.name.textContent = asset;
+    card.name.href = "/assets/" + encodeURIComponent(asset);
+    applyRoles(root);
     q(".spark-svg").setAttribute("aria-label", "Recent anomaly scores of " + asset);
     for (const [action, button] of Object.entries(card.buttons)) {
       button.addEventListener("click", () => command(asset, action, card));
@@ -180,8 +96,10 @@
       setText(card.level, alarm.level);
       card.level.className = "level-badge" + (alarm.level === "critical" ? " level-critical" : "");
     }
-    setText(card.peak, alarm && typeof alarm.peak_ratio === "number"
-      ? alarm.peak_ratio.toFixed(2) + " × threshold" : "–");
+    setText(card.peak, alarm && typeof alarm.peak_severity === "number"
+      ? alarm.peak_severity + " (" + alarm.peak_band + ")" : "–");
+    card.peak.title = alarm && typeof alarm.peak_ratio === "number"
+      ? "score " + alarm.peak_ratio.toFixed(2) + " × threshold" : "";
     const top = alarm && alarm.top_sensors && alarm.top_sensors.length ? alarm.top_sensors : null;
     const topKey = top ? top.join("\n") : "";
     if (card.top.dataset.key !== topKey) {
@@ -201,11 +119,11 @@
     renderMode(card);
 
     if (!card.busy) {
-      card.buttons.ack.disabled = !(alarm && !alarm.acked_by && alarm.state !== "normal");
-      card.buttons.shelve.disabled = false;
-      card.dur.disabled = false;
-      card.buttons.in_service.disabled = mode === "in_service";
-      card.buttons.out_of_service.disabled = mode === "out_of_service";
+      card.buttons.ack.disabled = !can("technician") || !(alarm && !alarm.acked_by && alarm.state !== "normal");
+      card.buttons.shelve.disabled = !can("technician");
+      card.dur.disabled = !can("technician");
+      card.buttons.in_service.disabled = !can("technician") || mode === "in_service";
+      card.buttons.out_of_service.disabled = !can("engineer") || mode === "out_of_service";
     }
   }
 
@@ -249,27 +167,27 @@
   }
 
   function drawSpark(card, rows) {
-    const pts = rows.filter((r) => typeof r.ratio === "number" && isFinite(r.ratio));
+    const pts = rows.filter((r) => typeof r.severity === "number");
     if (!pts.length) {
       card.line.setAttribute("points", "");
       setText(card.cap, "No scores yet.");
       return;
     }
-    // The threshold line must always be on the chart, so the scale never ends below 2x threshold.
-    const top = Math.max(2, ...pts.map((p) => p.ratio)) * 1.1;
-    const y = (r) => (SPARK_H - (Math.min(r, top) / top) * SPARK_H).toFixed(1);
+    // Severity is 0-100 with the threshold at GW.thresholdSeverity: the scale is fixed, never rescaled.
+    const y = (s) => (SPARK_H - (Math.max(0, Math.min(100, s)) / 100) * SPARK_H).toFixed(1);
     const t0 = pts[0].t_end, t1 = pts[pts.length - 1].t_end;
     const x = (p, i) => (t1 > t0 ? ((p.t_end - t0) / (t1 - t0)) * SPARK_W
       : (pts.length > 1 ? (i / (pts.length - 1)) * SPARK_W : SPARK_W)).toFixed(1);
-    const points = pts.map((p, i) => x(p, i) + "," + y(p.ratio)).join(" ");
-    card.line.setAttribute("points", pts.length === 1 ? "0," + y(pts[0].ratio) + " " + points : points);
-    const yThr = y(1);
+    const points = pts.map((p, i) => x(p, i) + "," + y(p.severity)).join(" ");
+    card.line.setAttribute("points", pts.length === 1 ? "0," + y(pts[0].severity) + " " + points : points);
+    const yThr = y(window.GW.thresholdSeverity);
     card.thr.setAttribute("y1", yThr);
     card.thr.setAttribute("y2", yThr);
     card.over.setAttribute("height", yThr);
     const last = pts[pts.length - 1];
-    setText(card.cap, "Score ÷ threshold, last " + pts.length + " windows — now " + last.ratio.toFixed(2) +
-      " at " + fmtTime(last.t_end));
+    card.root.dataset.severity = String(last.severity);
+    setText(card.cap, "Severity, last " + pts.length + " windows — now " + last.severity + " (" + last.band +
+      ") at " + fmtTime(last.t_end));
   }
 
   // -- slower panels ----------------------------------------------------------
@@ -281,7 +199,7 @@
       const st = el("td");
       st.append(el("span", "pill st-" + a.state, STATE_TEXT[a.state] || a.state));
       tr.append(st, el("td", null, fmtTime(a.start)), el("td", null, a.active ? "active" : fmtTime(a.end)),
-        el("td", null, typeof a.peak_ratio === "number" ? a.peak_ratio.toFixed(2) : "–"),
+        el("td", null, typeof a.peak_severity === "number" ? a.peak_severity + " " + a.peak_band : "–"),
         el("td", null, a.acked_by || "–"));
       return tr;
     });
@@ -302,27 +220,10 @@
     $("dead-rows").replaceChildren(...(rows.length ? rows : [emptyRow(4, "None.")]));
   }
 
-  function emptyRow(span, text) {
-    const tr = el("tr");
-    const td = el("td", "muted", text);
-    td.colSpan = span;
-    tr.append(td);
-    return tr;
-  }
 
   // -- commands ---------------------------------------------------------------
   async function command(asset, action, card) {
-    const userInput = $("user");
-    const user = userInput.value.trim();
-    if (!user) {
-      userInput.classList.add("need");
-      userInput.focus();
-      toast("Enter your name before giving a command.", false);
-      return;
-    }
-    userInput.classList.remove("need");
-    try { localStorage.setItem("dashboard.user", user); } catch (_) { /* private mode */ }
-    const body = { user: user, note: $("note").value.trim() };
+    const body = { note: $("note").value.trim() };
     const base = "/api/alarms/" + encodeURIComponent(asset);
     let url, done;
     if (action === "ack") {
@@ -344,48 +245,33 @@
     card.busy = true;
     Object.values(card.buttons).forEach((b) => { b.disabled = true; });
     try {
-      await api(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-      toast(done + ": " + asset + " (" + user + ")", true);
+      await post(url, body);
+      toast(done + ": " + asset + " (" + document.body.dataset.user + ")", true);
       $("note").value = "";
     } catch (err) {
       toast(asset + ": " + err.message, false);
     } finally {
       card.busy = false;
     }
-    await refresh(true);
+    if (loop) loop.now();
   }
 
   // -- polling ----------------------------------------------------------------
-  async function refresh(slow) {
-    let st;
-    try {
-      st = await api("/api/status");
-    } catch (err) {
-      setLink(false, err);
-      return;
-    }
-    setLink(true);
+  async function refresh(info) {
+    const st = await api("/api/status");
     const c = st.counters || {};
     modeChanges = Object.keys(c).filter((k) => k.startsWith("mode_")).reduce((n, k) => n + (Number(c[k]) || 0), 0);
     const assets = renderStatus(st);
     const slowKey = [c.dead_letters, c.alarm_raised, c.alarm_acknowledged, c.alarm_cleared].join("/");
     const tasks = [refreshScores(assets), refreshModes(assets)];
-    if (slow || slowKey !== lastSlowKey) {
+    if (info.tick % SLOW_EVERY === 0 || info.reason !== "poll" || slowKey !== lastSlowKey) {
       lastSlowKey = slowKey;
       tasks.push(refreshAlarmHistory(), refreshDeadLetters());
     }
     await Promise.all(tasks.map((p) => p.catch(() => {})));
   }
 
-  async function loop() {
-    await refresh(tick % SLOW_EVERY === 0);
-    tick += 1;
-    setTimeout(loop, POLL_MS);
-  }
-
   document.addEventListener("DOMContentLoaded", () => {
-    try { $("user").value = localStorage.getItem("dashboard.user") || ""; } catch (_) { /* private mode */ }
-    $("user").addEventListener("input", (e) => e.target.classList.remove("need"));
-    loop();
+    loop = window.GW.start(refresh);
   });
 })();

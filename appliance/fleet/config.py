@@ -1,0 +1,62 @@
+"""``[fleet]``: how a gateway takes part in fleet learning and how the fleet server runs rounds.
+
+Only the server reads the round, strategy and privacy keys; a client takes its
+training settings from each round's instructions, so one file serves both.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from appliance.settings import DAY_S, Section
+
+
+class FleetDpConfig(Section):
+    """Central differential privacy on client updates (Flower's client-side fixed clipping wrapper).
+
+    Each client clips its update (new weights minus the round's global weights) to
+    L2 norm ``clipping_norm``; the server adds Gaussian noise of standard deviation
+    ``noise_multiplier * clipping_norm / clients`` to the average. The privacy
+    spent is reported per round and in total for ``delta`` (``docs/fleet.md``).
+    """
+
+    enabled: bool = False
+    noise_multiplier: float = Field(1.0, gt=0, le=1000, description="noise std / clipping norm (per client)")
+    clipping_norm: float = Field(1.0, gt=0, le=1e6, description="L2 bound of one client's update")
+    delta: float = Field(1e-5, gt=0, lt=1, description="the delta the epsilon is reported for")
+
+
+class FleetConfig(Section):
+    server_address: str = Field("127.0.0.1:9092", min_length=3, description="host:port the server listens on")
+    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    proximal_mu: float = Field(0.1, ge=0, le=1000, description="FedProx: weight of the pull to the global model")
+    rounds: int = Field(5, ge=1, le=10_000)
+    clients: int = Field(2, ge=1, le=100_000, description="gateways the server waits for before a round starts")
+    min_results: int = Field(1, ge=1, le=100_000, description="fewest replies a round is aggregated from")
+    join_timeout_s: float = Field(600.0, gt=0, le=DAY_S, description="how long a round waits for `clients`")
+    round_timeout_s: float = Field(600.0, gt=0, le=DAY_S, description="a client not done by then is dropped")
+    local_epochs: int = Field(5, ge=1, le=10_000, description="passes over its windows a client makes per round")
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    batch_size: int = Field(128, ge=1, le=1_000_000)
+    holdout: float = Field(0.2, gt=0, lt=1, description="oldest share of a client's rows kept for evaluation")
+    threshold: Literal["median", "max"] = Field(
+        "median", description="how the clients' own calibrated thresholds become the fleet model's")
+    seed: int = Field(0, ge=0)
+    # TLS for Flower's gRPC: the server presents cert_file/key_file; clients verify it against ca_file.
+    # Without ca_file the traffic is plain gRPC (keep it inside the site's VPN then).
+    ca_file: str | None = Field(None, min_length=1, description="PEM CA the server certificate is checked against")
+    cert_file: str | None = Field(None, min_length=1, description="server only: PEM certificate")
+    key_file: str | None = Field(None, min_length=1, description="server only: PEM private key")
+    dp: FleetDpConfig = FleetDpConfig()
+
+    @model_validator(mode="after")
+    def _counts(self):
+        if self.min_results > self.clients:
+            raise ValueError(f"min_results ({self.min_results}) must be <= clients ({self.clients})")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (the server's TLS certificate and its key)")
+        if self.cert_file is not None and self.ca_file is None:
+            raise ValueError("a TLS server needs ca_file too (Flower hands it to gRPC with the certificate)")
+        return self

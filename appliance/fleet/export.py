@@ -1,0 +1,131 @@
+"""The fleet's weights as an ordinary model bundle, ready for ``appliance release add``.
+
+The server holds no gateway's data, so two things a bundle needs come from elsewhere:
+
+* the **threshold**: every client calibrates the global model's threshold on its
+  own held-back normal windows (the detector's POT calibration) and reports that
+  one number; the fleet's FP32 threshold is their median (``[fleet] threshold``;
+  ``max`` makes the fleet model quiet on every participating gateway's normal data
+  at the price of sensitivity). A gateway whose own data disagrees finds out in its
+  shadow run and keeps its model.
+* the **INT8 calibration** (activation ranges) and the INT8-vs-FP32 check: a
+  reference record of normal rows at the engineer (e.g. the commissioning record
+  the seed bundle was trained on), as ``appliance train`` uses its own rows. Its
+  errors also carry the FP32 threshold to INT8 (median INT8/FP32 error ratio).
+
+The result is checked by the detector's own loader before it is written
+(:func:`appliance.detector.bundle.write_bundle`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+from threadpoolctl import threadpool_limits
+
+from appliance.detector.autoencoder import TRAIN_BLAS_THREADS
+from appliance.detector.bundle import FORMAT_VERSION, data_sha256, write_bundle
+from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, gemm_nodes, probe_shift_for,
+                                         probe_windows, quantize_model, verify_int8)
+from appliance.detector.session import make_session, sensor_errors
+from appliance.detector.train import calibrate_threshold
+from appliance.fleet.model import ModelSpec, autoencoder, client_windows
+
+MAX_CALIBRATION_WINDOWS = 2000
+
+
+def fleet_threshold(client_thresholds: Sequence[float], rule: str) -> float:
+    """The fleet's FP32 threshold from the clients' own ones.
+
+    >>> fleet_threshold([1.0, 2.0, 10.0], "median"), fleet_threshold([1.0, 2.0, 10.0], "max")
+    (2.0, 10.0)
+    """
+    values = [float(t) for t in client_thresholds if np.isfinite(t) and t > 0]
+    if not values:
+        raise ValueError("no client reported a usable threshold")
+    return max(values) if rule == "max" else float(statistics.median(values))
+
+
+def write_fleet_bundle(spec: ModelSpec, weights: Sequence[np.ndarray], out_dir: str | Path, *,
+                       reference_rows: np.ndarray, reference_sensors: Sequence[str],
+                       reference_ts: np.ndarray | None = None, client_thresholds: Sequence[float] = (),
+                       threshold_rule: str = "median", fleet_info: dict | None = None, seed: int = 0) -> Path:
+    """Export, quantize, check and write the fleet model as a bundle; return its path."""
+    with threadpool_limits(limits=TRAIN_BLAS_THREADS):
+        return _write(spec, weights, Path(out_dir), reference_rows, reference_sensors, reference_ts,
+                      list(client_thresholds), threshold_rule, fleet_info or {}, seed)
+
+
+def _write(spec, weights, out_dir, rows, sensors, ts, client_thresholds, rule, fleet_info, seed) -> Path:
+    X_train, X_held = client_windows(spec, sensors, rows, ts, holdout=0.3)
+    ae = autoencoder(spec, weights)
+    ref_rows = np.asarray(rows, dtype=np.float64)[:, [list(sensors).index(s) for s in spec.sensors]]
+    with tempfile.TemporaryDirectory(prefix="appliance-fleet-") as tmpdir:
+        fp32_path, int8_path = Path(tmpdir) / "model.fp32.onnx", Path(tmpdir) / "model.int8.onnx"
+        model = ae.to_onnx()
+        onnx.save(model, str(fp32_path))
+        s32 = make_session(fp32_path)
+        e32 = sensor_errors(s32, X_held).mean(axis=1)
+        ref_th, ref_info = calibrate_threshold(e32)
+        if client_thresholds:
+            th32 = fleet_threshold(client_thresholds, rule)
+            info32 = {"method": f"fleet_{rule}", "client_thresholds": client_thresholds,
+                      "reference_threshold": ref_th, "reference": ref_info}
+        else:
+            th32, info32 = ref_th, dict(ref_info, method=f"reference_{ref_info['method']}")
+        calib = X_train[np.linspace(0, len(X_train) - 1, min(len(X_train), MAX_CALIBRATION_WINDOWS)).astype(int)]
+        shift = probe_shift_for(th32, len(spec.sensors))
+        calib = np.concatenate([calib, probe_windows(calib, max_shift=shift, seed=seed + 1)])
+        failure: QuantizationCheckError | None = None
+        for exclude in [(), (gemm_nodes(model)[-1],)]:
+            quantize_model(fp32_path, int8_path, calib, nodes_to_exclude=exclude)
+            s8 = make_session(int8_path)
+            e8 = sensor_errors(s8, X_held).mean(axis=1)
+            ratio = float(np.median(e8 / np.maximum(e32, 1e-12)))
+            th8 = th32 * ratio
+            try:
+                check = verify_int8(s32, s8, X_held, th32, th8, CheckLimits(), seed=seed, probe_shift=shift)
+            except QuantizationCheckError as e:
+                failure = e
+                continue
+            check["fp32_nodes"] = list(exclude)
+            failure = None
+            break
+        if failure is not None:
+            raise failure
+        digest = hashlib.sha256(fp32_path.read_bytes() + int8_path.read_bytes()).hexdigest()
+        created = datetime.now(timezone.utc)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "model_version": f"{created:%Y%m%dT%H%M%SZ}-fleet-{digest[:12]}",
+            "created_at": created.isoformat(timespec="seconds"),
+            "sensors": list(spec.sensors),
+            "window": spec.window,
+            "stride": spec.stride,
+            "period_s": float(spec.period_s),
+            "scaler": spec.scaler.to_dict(),
+            "level_free": list(spec.level_free),
+            "threshold": th8,
+            "thresholds": {"int8": th8, "fp32": th32},
+            "threshold_calibration": {"fp32": info32,
+                                      "int8": {"method": "fp32_times_ratio", "int8_over_fp32_error_ratio": ratio}},
+            "score": "mean squared reconstruction error of the scaled window",
+            "training": {
+                "fleet": fleet_info,
+                "reference": {"rows": int(len(ref_rows)), "data_sha256": data_sha256(list(spec.sensors), ref_rows),
+                              "holdout_windows": int(len(X_held))},
+                "model": {"type": "dense_autoencoder", "hidden": list(spec.hidden), "alpha": spec.alpha},
+                "quantization": {"format": "QDQ", "activations": "int8", "weights": "int8", "output": "float",
+                                 "per_channel": True, "calibrate_method": "minmax",
+                                 "calibration_windows": int(len(calib))},
+            },
+            "int8_check": check,
+        }
+        return write_bundle(out_dir, meta, {"fp32": fp32_path, "int8": int8_path})

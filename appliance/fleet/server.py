@@ -1,0 +1,250 @@
+"""The fleet server: Flower rounds over the gateways, then the fleet model as a bundle.
+
+Runs Flower's gRPC server (``flwr.server.start_server``: the one-process mode,
+deprecated by Flower in favour of SuperLink/SuperNode deployments but still
+shipped in ``flwr.compat``) with FedAvg or FedProx, optionally wrapped by Flower's
+``DifferentialPrivacyClientSideFixedClipping``. Importing this module imports flwr.
+
+A client that drops out does not stall the fleet: a round waits at most
+``round_timeout_s`` for replies and aggregates the ones it got (``accept_failures``)
+when there are at least ``min_results``; later rounds go on with the gateways
+still connected. Only the first round waits (up to ``join_timeout_s``) for all
+``clients`` to join. With DP, Flower's wrapper discards a round that had a
+failure (its privacy analysis assumes a fixed number of clipped updates); the
+global model then stays as it was and the round spends no privacy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from flwr.common import FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import Server, ServerConfig, SimpleClientManager, start_server
+from flwr.server.strategy import (DifferentialPrivacyClientSideFixedClipping, FedAvg, FedProx, Strategy)
+
+from appliance.fleet.config import FleetConfig
+from appliance.fleet.model import ModelSpec, update_norm
+from appliance.fleet.privacy import epsilon, gdp_mu, round_multiplier
+
+logger = logging.getLogger(__name__)
+
+
+def _nbytes(p: Parameters) -> int:
+    return int(sum(len(t) for t in p.tensors))
+
+
+class FleetClientManager(SimpleClientManager):
+    """Sampling that never waits longer than the connectivity window allows.
+
+    The first round waits up to ``join_timeout_s`` for ``expected`` gateways; every
+    round takes all gateways connected then, and is skipped (no clients) when fewer
+    than ``min_results`` are there after waiting.
+    """
+
+    def __init__(self, expected: int, min_results: int, join_timeout_s: float):
+        super().__init__()
+        self.expected, self.min_results, self.join_timeout_s = expected, min_results, join_timeout_s
+        self._first = True
+
+    def sample(self, num_clients, min_num_clients=None, criterion=None):
+        want = self.expected if self._first else self.min_results
+        self._first = False
+        self.wait_for(want, timeout=self.join_timeout_s)
+        available = [cid for cid in self.clients if criterion is None or criterion.select(self.clients[cid])]
+        if len(available) < self.min_results:
+            logger.warning("round skipped: %d gateways connected, min_results=%d", len(available), self.min_results)
+            return []
+        return [self.clients[cid] for cid in available]
+
+
+@dataclass
+class RunRecord:
+    """What happened in each round; written as the run report (JSON)."""
+
+    rounds: dict[int, dict] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def round(self, r: int) -> dict:
+        with self.lock:
+            return self.rounds.setdefault(r, {"round": r, "clients": [], "failures": 0, "released": False,
+                                              "evaluation": []})
+
+
+def _strategy_class(base: type):
+    class FleetStrategy(base):
+        """``base`` (FedAvg or FedProx) that sends the model spec and local settings, and records each round."""
+
+        def __init__(self, *, cfg: FleetConfig, spec: ModelSpec, record: RunRecord, uniform: bool, **kw):
+            super().__init__(**kw)
+            self.cfg, self.spec, self.record, self.uniform = cfg, spec, record, uniform
+            self._global: dict[int, list[np.ndarray]] = {}
+
+        def _settings(self, server_round: int) -> dict:
+            c = self.cfg
+            return {"spec": self.spec.to_json(), "round": server_round, "epochs": c.local_epochs,
+                    "learning_rate": c.learning_rate, "batch_size": c.batch_size, "holdout": c.holdout,
+                    "seed": c.seed + server_round}
+
+        def configure_fit(self, server_round, parameters, client_manager):
+            instructions = super().configure_fit(server_round, parameters, client_manager)
+            self._global[server_round] = parameters_to_ndarrays(parameters)
+            rec = self.record.round(server_round)
+            rec["sampled"] = len(instructions)
+            rec["bytes_down_per_client"] = _nbytes(parameters)
+            for _, ins in instructions:
+                ins.config.update(self._settings(server_round))
+                if base is FedAvg:
+                    ins.config["proximal_mu"] = 0.0
+            return instructions
+
+        def aggregate_fit(self, server_round, results, failures):
+            rec = self.record.round(server_round)
+            rec["failures"] = len(failures)
+            start = self._global.pop(server_round)
+            fixed = []
+            for proxy, res in results:
+                m = res.metrics
+                rec["clients"].append({
+                    "name": str(m.get("name", proxy.cid)), "bytes_up": _nbytes(res.parameters),
+                    "update_norm": update_norm(parameters_to_ndarrays(res.parameters), start),
+                    "update_norm_before_clip": float(m.get("update_norm", math.nan)),
+                    "train_loss": float(m.get("train_loss", math.nan)),
+                    "train_windows": int(res.num_examples), "peak_rss_kb": int(m.get("peak_rss_kb", 0))})
+                # DP's sensitivity analysis holds for a plain average of clipped updates.
+                fixed.append((proxy, FitRes(res.status, res.parameters, 1, res.metrics) if self.uniform else res))
+            if len(fixed) < self.cfg.min_results:
+                logger.warning("round %d: %d results < min_results=%d; the model is kept", server_round,
+                               len(fixed), self.cfg.min_results)
+                return None, {}
+            params, metrics = super().aggregate_fit(server_round, fixed, failures)
+            if params is not None:
+                rec["noise_free"] = parameters_to_ndarrays(params)
+            return params, metrics
+
+        def configure_evaluate(self, server_round, parameters, client_manager):
+            instructions = super().configure_evaluate(server_round, parameters, client_manager)
+            for _, ins in instructions:
+                ins.config.update(self._settings(server_round))
+            return instructions
+
+        def aggregate_evaluate(self, server_round, results, failures):
+            rec = self.record.round(server_round)
+            rec["evaluation"] = [{"name": str(r.metrics.get("name", p.cid)), "loss": float(r.loss),
+                                  "threshold": float(r.metrics.get("threshold", math.nan)),
+                                  "windows": int(r.num_examples)} for p, r in results]
+            return super().aggregate_evaluate(server_round, results, failures)
+
+    return FleetStrategy
+
+
+class _Released(Strategy):
+    """Delegates to the real strategy and keeps what each round released (after any DP noise)."""
+
+    def __init__(self, inner: Strategy, record: RunRecord):
+        super().__init__()
+        self.inner, self.record = inner, record
+
+    def initialize_parameters(self, client_manager):
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round, results, failures):
+        params, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        rec = self.record.round(server_round)
+        rec["released"] = params is not None
+        if params is not None:
+            rec["released_weights"] = parameters_to_ndarrays(params)
+        return params, metrics
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(self, server_round, parameters):
+        return self.inner.evaluate(server_round, parameters)
+
+
+@dataclass
+class FleetResult:
+    weights: list[np.ndarray]
+    report: dict
+
+
+def run_server(cfg: FleetConfig, spec: ModelSpec, weights: Sequence[np.ndarray], address: str | None = None
+               ) -> FleetResult:
+    """Run ``cfg.rounds`` Flower rounds from ``weights``; return the final weights and the run report."""
+    weights = spec.check(weights)
+    record = RunRecord()
+    base = FedProx if cfg.strategy == "fedprox" else FedAvg
+    kw = dict(fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=cfg.min_results,
+              min_evaluate_clients=cfg.min_results, min_available_clients=cfg.min_results, accept_failures=True,
+              initial_parameters=ndarrays_to_parameters(weights))
+    if base is FedProx:
+        kw["proximal_mu"] = cfg.proximal_mu
+    strategy: Strategy = _strategy_class(base)(cfg=cfg, spec=spec, record=record, uniform=cfg.dp.enabled, **kw)
+    if cfg.dp.enabled:
+        strategy = DifferentialPrivacyClientSideFixedClipping(strategy, noise_multiplier=cfg.dp.noise_multiplier,
+                                                              clipping_norm=cfg.dp.clipping_norm,
+                                                              num_sampled_clients=cfg.clients)
+    strategy = _Released(strategy, record)
+    manager = FleetClientManager(cfg.clients, cfg.min_results, cfg.join_timeout_s)
+    server = Server(client_manager=manager, strategy=strategy)
+    certificates = None
+    if cfg.cert_file is not None:
+        certificates = tuple(Path(p).read_bytes() for p in (cfg.ca_file, cfg.cert_file, cfg.key_file))
+    start_server(server_address=address or cfg.server_address, server=server, certificates=certificates,
+                 config=ServerConfig(num_rounds=cfg.rounds, round_timeout=cfg.round_timeout_s))
+    final = parameters_to_ndarrays(server.parameters) if server.parameters.tensors else weights
+    return FleetResult(weights=spec.check(final), report=_report(cfg, record))
+
+
+def _report(cfg: FleetConfig, record: RunRecord) -> dict:
+    rounds, multipliers = [], []
+    for r in sorted(record.rounds):
+        rec = dict(record.rounds[r])
+        noise_free, released = rec.pop("noise_free", None), rec.pop("released_weights", None)
+        if cfg.dp.enabled:
+            dp = {"noise_multiplier": cfg.dp.noise_multiplier, "clipping_norm": cfg.dp.clipping_norm,
+                  "noise_std": cfg.dp.noise_multiplier * cfg.dp.clipping_norm / cfg.clients}
+            if rec["released"]:
+                z = round_multiplier(cfg.dp.noise_multiplier, cfg.clients, len(rec["clients"]))
+                multipliers.append(z)
+                mu = gdp_mu([z])
+                dp.update(effective_noise_multiplier=z, mu=mu, epsilon=epsilon(mu, cfg.dp.delta), delta=cfg.dp.delta)
+                if noise_free is not None and released is not None:
+                    dp["noise_l2"] = update_norm(released, noise_free)
+                    dp["parameters"] = int(sum(a.size for a in released))
+            else:
+                dp.update(epsilon=0.0, delta=0.0, note="not released: no privacy spent")
+            rec["dp"] = dp
+        losses = [(e["loss"], e["windows"]) for e in rec["evaluation"]]
+        rec["eval_loss"] = (sum(v * n for v, n in losses) / sum(n for _, n in losses)) if losses else None
+        rounds.append(rec)
+    report: dict = {"strategy": cfg.strategy, "proximal_mu": cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
+                    "rounds_planned": cfg.rounds, "rounds_released": sum(1 for r in rounds if r["released"]),
+                    "rounds": rounds}
+    if cfg.dp.enabled:
+        mu = gdp_mu(multipliers)
+        report["privacy"] = {"accountant": "Gaussian DP (Dong, Roth, Su 2019), client-level, no sampling "
+                                           "amplification", "delta": cfg.dp.delta, "mu": mu,
+                             "epsilon": epsilon(mu, cfg.dp.delta) if multipliers else 0.0,
+                             "rounds_accounted": len(multipliers)}
+    return report
+
+
+def write_report(report: dict, path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    return p

@@ -1,0 +1,358 @@
+"""The appliance side by side with Node-RED on the peer rig's workload, in one invocation.
+
+The rig (``../shared/bench/peer_nodered/``, its README says everything) publishes
+``{"ts": epoch_ms, "value": v}`` at QoS 1 on 32 topics through a private
+Mosquitto on loopback: a warm-up, 20 s at 1,000 msg/s for latency, then N
+messages flat out. This script installs what the rig needs (its ``setup.sh``:
+Mosquitto, Node-RED 4.1.8 from npm into a cache directory outside the
+repository), then runs each subject ``--runs`` times, alternating, and prints
+both side by side and writes the JSON:
+
+    .venv/bin/python benchmarks/peer.py [--runs 3] [--n 200000] [--out peer.json]
+
+Node-RED runs the rig's flow (a 60-value window per topic, mean and mean
+squared deviation per message). The appliance runs what a deployment runs: the
+MQTT connector (persistent session, PUBACK only once stored), the SQLite store
+(``synchronous=FULL``), windows, INT8 scoring of every window, decisions and
+alarms (stored, and published by the MQTT alarm notifier). A message counts as
+processed when its reading is committed to the store; the latency echo for
+``plant/lat/*`` is published as soon as the reading went through the detection
+path (windows, scoring, decision): publish-to-decision.
+
+The appliance subject is this file too (``peer.py subject``), started by the
+rig with ``SUBJECT_CMD``; it speaks the rig's subject contract (``bench/out``,
+``bench/count``, ``bench/ctl``, ``bench/lat``) through a small output plugin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from appliance.core import Output  # noqa: E402
+
+RIG = ROOT.parent / "shared" / "bench" / "peer_nodered"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-appliance-bench"
+SENSORS = [f"s{i}" for i in range(8)]  # the rig's plant/<asset>/s0..s7
+# The rig's value generator (load.py), to train a model on what it will see.
+VALUES = [20.0 + 5.0 * math.sin(i * 0.05) + 0.37 * ((i * 7919) % 13 - 6) for i in range(4096)]
+
+
+# ============================================================================ the appliance as a rig subject
+
+class CountingSink:
+    """Between the MQTT connector and the appliance: counts a message once its readings are stored."""
+
+    def __init__(self, app, bench: "BenchOutput"):
+        self.app = app
+        self.bench = bench
+
+    def submit(self, readings, dead_letters=(), on_stored=None):
+        n = len(readings) + len(dead_letters)
+        bench = self.bench
+
+        def stored():
+            bench.processed(n)
+            if on_stored is not None:
+                on_stored()
+
+        self.app.submit(readings, dead_letters, on_stored=stored)
+
+
+class BenchOutput(Output):
+    """The rig's subject contract: counts, resets, echoes (see the rig's README)."""
+
+    name = "bench"
+
+    def __init__(self, host: str, port: int):
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.count = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._loop = None
+        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                                  client_id=f"appliance-bench-{os.getpid()}", protocol=paho.MQTTv311)
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.on_connect = lambda c, *a: c.subscribe("bench/ctl", 1)
+        self.client.on_message = self._on_ctl
+        self.client.connect(host, port, keepalive=60)
+        self.client.loop_start()
+        self._reporter = threading.Thread(target=self._report, daemon=True, name="bench-count")
+
+    async def start(self, ctx) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._reporter.start()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # -- counting (the store writer thread calls this after each commit)
+    def processed(self, n: int) -> None:
+        with self._lock:
+            before = self.count
+            self.count = after = before + n
+        if after // 1000 != before // 1000:
+            self._publish("bench/out", {"count": after - after % 1000, "t": time.time() * 1000.0})
+
+    def _publish(self, topic: str, doc: dict) -> None:
+        self.client.publish(topic, json.dumps(doc), qos=1)
+
+    def _report(self, ctl=None) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                n = self.count
+            self._publish("bench/count", {"count": n, "t": time.time() * 1000.0, "ctl": None})
+
+    def _on_ctl(self, client, userdata, msg) -> None:
+        if msg.payload == b"reset":
+            with self._lock:
+                self.count = 0
+            self._publish("bench/count", {"count": 0, "t": time.time() * 1000.0, "ctl": "reset"})
+
+    # -- latency echo, after the detection path handled the reading
+    def on_reading(self, reading) -> None:
+        if reading.asset == "lat":
+            self._loop.call_soon(self._publish, "bench/lat", {"ts": reading.ts * 1000.0})
+
+    def on_dead_letter(self, dead) -> None:
+        if dead.source.startswith("plant/lat/"):  # the rig's readiness probe (sensor 'probe')
+            try:
+                ts = json.loads(dead.payload)["ts"]
+            except (ValueError, KeyError, TypeError):
+                return
+            self._loop.call_soon(self._publish, "bench/lat", {"ts": ts})
+
+
+def subject_config(data: Path, host: str, port: int, bundle: Path, period_s: float):
+    from appliance.config import parse_config
+
+    return parse_config({
+        "data_dir": str(data),
+        "log_level": "WARNING",
+        "connections": {"mqtt": {"host": host, "port": port, "keepalive_s": 30}},
+        "inputs": {"mqtt": {"client_id": "appliance-peer-bench", "topics": [{"pattern": "plant/{asset}/{sensor}"}]}},
+        "detector": {"bundle": str(bundle), "precision": "int8"},
+        "windows": {"period_s": period_s},
+        "web": {"enabled": False},
+        "outputs": {"history": {"enabled": False}},
+    }, "peer-bench")
+
+
+async def run_subject(args) -> None:
+    from appliance.core import PluginEnv
+    from appliance.detector.scorer import Detector
+    from appliance.registry import build_inputs, build_outputs
+    from appliance.runtime import Appliance
+    from appliance.store import Store
+
+    host, port = os.environ.get("MQTT_HOST", "127.0.0.1"), int(os.environ["MQTT_PORT"])
+    data = Path(args.data)
+    data.mkdir(parents=True, exist_ok=True)
+    cfg = subject_config(data, host, port, Path(args.bundle), args.period)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    detector = Detector.load(cfg.path(cfg.detector.bundle), precision="int8", threads=1)
+    store = Store.from_config(cfg.store, cfg.path(cfg.store.path))
+    env = PluginEnv(config=cfg, data_dir=cfg.path("."), sensors=tuple(detector.sensors))
+    inputs = build_inputs(cfg.inputs, env)
+    bench = BenchOutput(host, port)
+    app = Appliance(cfg, detector, store, inputs=[], outputs=[*build_outputs(cfg.outputs, env), bench])
+    await app.start()
+    sink = CountingSink(app, bench)
+    for c in inputs:
+        await c.start(sink)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for c in inputs:
+        await c.stop()
+    await app.shutdown()
+    print(json.dumps({"summary": app.summary(), "counters": app.counters.values,
+                      "inputs": {c.name: c.status() for c in inputs}}, default=str), flush=True)
+
+
+# ============================================================================ the side-by-side run
+
+def ensure_bundle(window: int, period_s: float) -> Path:
+    """A model of the rig's eight sensors (cached): the data the generator sends, on the appliance's grid."""
+    import numpy as np
+
+    from appliance.detector.train import TrainSettings, train_bundle
+
+    out = CACHE / f"bundle-w{window}-p{period_s:g}"
+    if (out / "bundle.json").exists():
+        return out
+    # Message i goes to topic i % 32 with VALUES[i & 4095]; asset0's sensor j sees i = 32 r + j.
+    rows = np.array([[VALUES[(32 * r + j) & 4095] for j in range(8)] for r in range(4000)])
+    tmp = out.with_suffix(".tmp")
+    train_bundle(rows, SENSORS, tmp, TrainSettings(period_s=period_s, window=window, max_iter=30, seed=1))
+    tmp.rename(out)
+    return out
+
+
+def setup(nodered_dir: Path) -> None:
+    env = dict(os.environ, NODE_RED_DIR=str(nodered_dir), PY=sys.executable)
+    subprocess.run(["bash", str(RIG / "setup.sh")], env=env, check=True)
+
+
+def one_run(label: str, out: Path, args, bundle: Path, nodered_dir: Path) -> dict:
+    env = dict(os.environ, RUNS="1", N=str(args.n), OUT=str(out), NODE_RED_DIR=str(nodered_dir), PY=sys.executable,
+               LAT_SECS=str(args.lat_secs), LAT_RATE=str(args.lat_rate), WARMUP=str(args.warmup),
+               SUBJECT_LABEL=label)
+    env.pop("SUBJECT_CMD", None)
+    if label == "appliance":
+        env["SUBJECT_CMD"] = (f"{sys.executable} {Path(__file__).resolve()} subject --bundle {bundle} "
+                              f"--data {out / 'data'} --period {args.period}")
+        env["PYTHONPATH"] = str(ROOT)
+    print(f"== {label}: {out}", flush=True)
+    subprocess.run(["bash", str(RIG / "run_bench.sh")], env=env, timeout=args.n / 200 + 1200)
+    result_file = out / "run1.json"
+    res = json.loads(result_file.read_text()) if result_file.exists() else {"error": "no result", "phases": []}
+    env_txt = out / "env.txt"
+    for line in env_txt.read_text().splitlines() if env_txt.exists() else ():
+        if "background_busy_pct=" in line:  # other jobs on the machine depress every figure
+            res["background_busy_pct"] = float(line.rsplit("=", 1)[1])
+    if label == "appliance":
+        db = out / "data" / "appliance.db"
+        if db.exists():
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            res["store"] = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                            for t in ("readings", "scores", "alarms", "dead_letters")}
+            conn.close()
+    return res
+
+
+def phase(res: dict, name: str) -> dict:
+    return next((p for p in res.get("phases", []) if p.get("phase") == name), {})
+
+
+def figures(res: dict) -> dict:
+    th, lat = phase(res, "throughput"), phase(res, "latency")
+    return {
+        "ok": bool(th.get("ok")) and bool(lat.get("ok")),
+        "msg_s": th.get("rate"),
+        "cpu_ms_per_1k": None if th.get("subj_cpu_s_per_1k_msgs") is None else 1000 * th["subj_cpu_s_per_1k_msgs"],
+        "peak_rss_mib": (res.get("subject_end") or {}).get("hwm_mib"),
+        "idle_rss_mib": (res.get("subject_idle") or {}).get("rss_mib"),
+        "lat_p50_ms": lat.get("p50_ms"),
+        "lat_p99_ms": lat.get("p99_ms"),
+        "cpu_pct_at_lat_rate": (lat.get("proc") or {}).get("subj_cpu_pct"),
+        "final_count": th.get("final_count"),
+        "background_busy_pct": res.get("background_busy_pct"),
+        "store": res.get("store"),
+    }
+
+
+ROWS = [("msg/s", "msg_s", "{:,.0f}"), ("CPU ms per 1k msgs", "cpu_ms_per_1k", "{:.1f}"),
+        ("peak RSS MiB", "peak_rss_mib", "{:.0f}"), ("idle RSS MiB", "idle_rss_mib", "{:.0f}"),
+        ("latency p50 ms @1k msg/s", "lat_p50_ms", "{:.2f}"), ("latency p99 ms @1k msg/s", "lat_p99_ms", "{:.2f}"),
+        ("CPU % of a core @1k msg/s", "cpu_pct_at_lat_rate", "{:.1f}"),
+        ("machine busy % before the run (other jobs)", "background_busy_pct", "{:.0f}")]
+
+
+def cell(values: list, fmt: str) -> str:
+    vals = [v for v in values if isinstance(v, (int, float))]
+    if not vals:
+        return "n/a"
+    med = statistics.median(vals)
+    if len(vals) == 1:
+        return fmt.format(med)
+    return f"{fmt.format(med)} ({fmt.format(min(vals))}-{fmt.format(max(vals))})"
+
+
+def table(summary: dict) -> str:
+    labels = list(summary)
+    lines = ["| median (min-max) | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for title, key, fmt in ROWS:
+        lines.append(f"| {title} | " + " | ".join(cell([f[key] for f in summary[lb]], fmt) for lb in labels) + " |")
+    lines.append("| runs ok (exact count, every echo) | " + " | ".join(
+        f"{sum(f['ok'] for f in summary[lb])}/{len(summary[lb])}" for lb in labels) + " |")
+    return "\n".join(lines)
+
+
+def run_side_by_side(args) -> int:
+    nodered_dir = Path(args.nodered_dir)
+    setup(nodered_dir)
+    bundle = ensure_bundle(args.window, args.period)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="peer-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    raw: dict[str, list] = {label: [] for label in args.subjects}
+    for i in range(args.runs):
+        # Alternating order: a slow drift of the machine costs both subjects alike.
+        order = args.subjects if i % 2 == 0 else list(reversed(args.subjects))
+        for label in order:
+            raw[label].append(one_run(label, work / f"{label}-run{i + 1}", args, bundle, nodered_dir))
+    summary = {label: [figures(r) for r in runs] for label, runs in raw.items()}
+    text = table(summary)
+    print()
+    print(text)
+    doc = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
+           "cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+           "params": {"runs": args.runs, "n": args.n, "warmup": args.warmup, "lat_rate": args.lat_rate,
+                      "lat_secs": args.lat_secs, "appliance_window": args.window, "appliance_period_s": args.period},
+           "summary": summary, "table": text, "runs": raw, "work_dir": str(work)}
+    Path(args.out).write_text(json.dumps(doc, indent=2, default=str))
+    print(f"\nJSON: {args.out}   rig output: {work}")
+    return 0 if all(f["ok"] for runs in summary.values() for f in runs) else 2
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd")
+    s = sub.add_parser("subject", help="(internal) the appliance as the rig's subject")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--period", type=float, default=0.01)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--n", type=int, default=200_000, help="messages in each throughput phase (multiple of 1000)")
+    ap.add_argument("--warmup", type=int, default=20_000)
+    ap.add_argument("--lat-rate", type=float, default=1000.0)
+    ap.add_argument("--lat-secs", type=float, default=20.0)
+    ap.add_argument("--window", type=int, default=60, help="appliance model window (rows), as Node-RED's 60 values")
+    ap.add_argument("--period", type=float, default=0.01, help="appliance grid period (s)")
+    ap.add_argument("--subjects", nargs="+", default=["nodered", "appliance"], choices=["nodered", "appliance"])
+    ap.add_argument("--nodered-dir", default=str(CACHE / "nodered"), help="where npm installs Node-RED")
+    ap.add_argument("--work", help="where the rig's per-run output goes (default: a new temp dir)")
+    ap.add_argument("--out", default="peer.json")
+    args = ap.parse_args(argv)
+    if args.cmd == "subject":
+        asyncio.run(run_subject(args))
+        return 0
+    return run_side_by_side(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
