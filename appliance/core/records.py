@@ -294,7 +294,8 @@ class MitigationAction:
     (``guard`` says which), ``failed`` (the PLC refused or the read-back did not
     match), ``unchanged`` (already at the value), ``expired``, ``withdrawn``,
     ``deferred`` (a revert put off by a stop, re-armed at the next start).
-    ``kind`` is ``mitigate`` or ``revert``.
+    ``kind`` is ``mitigate`` or ``revert``; or ``arm`` / ``disarm`` (status ``armed`` /
+    ``disarmed``, an engineer switching writes on or off at run time; old and new value 0/1).
     """
 
     proposal_id: str

@@ -146,6 +146,9 @@ class Mitigator:
         self._written: dict[str, list[_Written]] = {}  # alarm id -> writes to revert
         self._lock = asyncio.Lock()
         self._closed = False
+        # Starts as configured; an engineer may arm or disarm at run time (audited). Not kept
+        # across a restart: a gateway comes back in the state its configuration says.
+        self.armed = cfg.armed
         for r in cfg.rules:
             if r.node not in self._targets:
                 logger.warning("mitigation rule=%s node=%s is not in mitigation.targets; guard allow_list "
@@ -175,7 +178,7 @@ class Mitigator:
                               reason=self._reason(event, rule), created_mono=time.monotonic())
                 self.counters.inc("proposals")
                 if alarm.state in _BLOCKING_STATES:
-                    records.append(await self._record(p, "mitigate", "refused" if self.cfg.armed else "advised",
+                    records.append(await self._record(p, "mitigate", "refused" if self.armed else "advised",
                                                       self.cfg.actor, rule.node, None, None, guard="alarm_state",
                                                       detail=f"alarm is {alarm.state.value}"))
                     continue
@@ -207,6 +210,20 @@ class Mitigator:
             return await self._record(p, "mitigate", "rejected", user.strip(), p.rule.node, None, None,
                                       detail=note or "rejected by technician")
 
+    async def set_armed(self, armed: bool, user: str, note: str = "") -> MitigationAction:
+        """Arm (guarded writes allowed) or disarm (advice only); audited in ``user``'s name."""
+        async with self._lock:
+            previous, self.armed = self.armed, bool(armed)
+            kind = "arm" if self.armed else "disarm"
+            rec = MitigationAction(proposal_id=f"{kind}-{uuid.uuid4().hex[:12]}", ts=time.time(), kind=kind,
+                                   status="armed" if self.armed else "disarmed", actor=user, rule="", asset="",
+                                   alarm_id=None, node="", old_value=float(previous), new_value=float(self.armed),
+                                   reason="operator", guard=None, detail=note, armed=self.armed)
+            await asyncio.to_thread(self.audit.append, rec.to_dict())
+        logger.warning("mitigation %s by user=%s (was armed=%s) note=%s", "armed" if self.armed else "disarmed",
+                       user, previous, note)
+        return rec
+
     def pending(self) -> list[dict]:
         now = time.monotonic()
         return [{"proposal_id": p.id, "rule": p.rule.name, "asset": p.asset, "alarm_id": p.alarm_id,
@@ -216,7 +233,7 @@ class Mitigator:
     def status(self) -> dict:
         return {
             "enabled": self.cfg.enabled,
-            "armed": self.cfg.armed,
+            "armed": self.armed,
             "rules": [r.name for r in self.cfg.rules],
             "targets": sorted(self._targets),
             "pending_approval": self.pending(),
@@ -259,7 +276,7 @@ class Mitigator:
                               reason=f"written before the restart at {row['written_at']:.0f}",
                               created_mono=time.monotonic())
                 w = _Written(p, row["node"], row["old_value"], row["new_value"])
-                if not self.cfg.armed:
+                if not self.armed:
                     out.append(await self._record(p, "revert", "refused", self.cfg.actor, w.node, w.new, w.old,
                                                   guard="armed", detail=f"mitigation is not armed; PLC left at "
                                                                         f"{_fmt(w.new)}"))
@@ -402,7 +419,7 @@ class Mitigator:
 
     async def _execute(self, p: _Proposal, actor: str, approved: bool) -> MitigationAction:
         node = p.rule.node
-        armed = self.cfg.armed
+        armed = self.armed
         try:
             old, new, target = await self._evaluate(p, approved or not armed)
         except _Refusal as r:
@@ -585,7 +602,7 @@ class Mitigator:
                           created_mono=time.monotonic())
             why = ("the rule is no longer configured" if rule is None
                    else "the alarm ended while the appliance was down" if row["alarm_id"] not in open_ids
-                   else "mitigation is not armed" if not self.cfg.armed else None)
+                   else "mitigation is not armed" if not self.armed else None)
             if why is not None:
                 await asyncio.to_thread(self.audit.approval_settled, p.id)
                 out.append(await self._record(p, "mitigate", "withdrawn", self.cfg.actor, p.rule.node, None, None,
@@ -603,7 +620,7 @@ class Mitigator:
         return MitigationAction(proposal_id=p.id, ts=time.time(), kind=kind, status=status, actor=actor,
                             rule=p.rule.name, asset=p.asset, alarm_id=p.alarm_id, node=node,
                             old_value=old, new_value=new, reason=p.reason, guard=guard, detail=detail,
-                            armed=self.cfg.armed)
+                            armed=self.armed)
 
     def _record_sync(self, p: _Proposal, kind: str, status: str, actor: str, node: str, old, new,
                      guard: str | None = None, detail: str = "") -> MitigationAction:

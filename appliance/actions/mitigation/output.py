@@ -45,7 +45,10 @@ class MitigationOutput(Output):
             log.exception("%s failed", what)
 
     def commands(self) -> Mapping[str, Command]:
-        return {"approve_action": self._approve, "reject_action": self._reject}
+        return {"approve_action": self._approve, "reject_action": self._reject, "set_armed": self._set_armed}
+
+    async def _set_armed(self, armed: bool, user: str, note: str = "") -> list[MitigationAction]:
+        return self._published(await self.mitigator.set_armed(armed, user=user, note=note))
 
     async def _approve(self, proposal_id: str, user: str) -> list[MitigationAction]:
         return self._published(await self.mitigator.approve(proposal_id=proposal_id, user=user))
