@@ -129,7 +129,8 @@ class _Client(paho.Client):
                     raise
 
     def message_callback_add(self, sub, callback) -> None:
-        raise NotImplementedError("this client calls on_message for every topic (no per-topic callbacks)")
+        # The fast path dispatches every message to on_message without topic matching.
+        raise TypeError("per-topic callbacks are not supported: this client calls on_message for every topic")
 
     # -- acknowledging
     def queue_acks(self, mids: list[int]) -> None:
