@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
@@ -103,6 +104,45 @@ def test_an_appliance_started_inside_a_window_opens_it_at_once_for_what_is_left(
         finally:
             await w.stop()
         assert not w.is_open()
+
+    asyncio.run(scenario())
+
+
+def test_a_stepped_wall_clock_re_anchors_the_schedule_in_both_directions():
+    """A gateway without RTC is stepped by NTP: the schedule follows the new time at once.
+
+    APScheduler times its wake-up as a wall-clock delay; without the re-anchoring a
+    clock stepped back would leave the next window asleep for the size of the step.
+    The fake wall clock runs ahead of the real one, so every re-anchored start is in
+    APScheduler's (real) future and nothing fires by itself during the test.
+    """
+    real = time.time()
+    clock = {"offset": (1800 - real % 3600) % 3600 + 3600}  # fake now: half past some hour, outside the window
+
+    def wall() -> float:
+        return time.time() + clock["offset"]
+
+    def hour_after(t: float) -> float:
+        return t - t % 3600 + 3600
+
+    async def scenario():
+        w = ConnectivityWindows([SyncWindowConfig(every_s=3600, duration_s=600)], clock=wall)
+        await w.start()
+        try:
+            assert not w.is_open()
+            clock["offset"] += 2000  # forward into the first 600 s of the next hour
+            await wait_until_async(lambda: w.is_open(), timeout=60, what="the window the new time falls inside")
+            assert w.current.reason == "clock_step:0"
+            assert 350 <= w.time_left() <= 401
+            assert w.status()["clock_steps"] == 1
+            assert w.next_start() == pytest.approx(hour_after(wall()), abs=1)
+            w.end_window()
+            clock["offset"] -= 2000  # and back: the next start moves back with it
+            await wait_until_async(lambda: w.status()["clock_steps"] == 2, timeout=60, what="the backward step")
+            assert w.next_start() == pytest.approx(hour_after(wall()), abs=1)
+            assert not w.is_open()
+        finally:
+            await w.stop()
 
     asyncio.run(scenario())
 

@@ -147,10 +147,11 @@ class Episode:
     model_versions: list[str] = field(default_factory=list)
     end: float | None = None          # source time of the clear (or of the superseding raise)
     closed_at: float | None = None    # wall time the alarm closed (reported; saved)
-    # Waiting for the after-context is timed on the monotonic clock and not saved: a wall
-    # clock that steps (no RTC, NTP catching up) must neither stall nor rush an episode.
+    # Waiting for the after-context is timed on the uplink's SteadyClock and not saved: a
+    # clock that steps or leaps (no RTC, NTP catching up, a VM resumed) must neither stall
+    # nor rush an episode.
     closing_since: float | None = None
-    ready_at: float | None = None     # monotonic time the after-context was seen complete (+ settle)
+    ready_at: float | None = None     # steady time the after-context was seen complete (+ settle)
     recovered: bool = False           # rebuilt after a restart: its score series comes from the store
     scores: Thinned | None = None     # not saved: a restart refills the series from the store
     finalizing: bool = False          # its items are being made: what comes now goes up as late notes
@@ -169,9 +170,9 @@ class Episode:
     def closed(self) -> bool:
         return self.closed_at is not None
 
-    def close(self, end: float, wall: float, mono: float) -> None:
+    def close(self, end: float, wall: float, steady: float) -> None:
         """The alarm is over at source time ``end``; its after-context is awaited from now."""
-        self.end, self.closed_at, self.closing_since = end, wall, mono
+        self.end, self.closed_at, self.closing_since = end, wall, steady
 
     # -- collecting ---------------------------------------------------------------
     def add_event(self, event: AlarmEvent) -> None:

@@ -51,6 +51,7 @@ from typing import Any, Callable, Mapping, Sequence
 from appliance.connections.backoff import jittered_backoff
 from appliance.core import (AlarmEvent, EventKind, MitigationAction, ModeChange, Output, OutputContext, PluginError,
                             Reading, Score)
+from appliance.core.clock import SteadyClock
 from appliance.sync.config import SyncConfig, SyncHttpsConfig, SyncMqttConfig
 from appliance.sync.episodes import (ZLIB_LEVEL, Episode, ScoreTrail, compress, note_item, raised_item, reading_items,
                                      score_items, thin_readings)
@@ -468,6 +469,8 @@ class SyncUplink(Output):
         self.queue_path = Path(queue_path)
         self._transport_factory = transport_factory
         self._clock = clock
+        # Waits (an episode's after-context, pacing) are timed on this; the finalizer reads it every poll.
+        self._steady = SteadyClock()
         self.windows = ConnectivityWindows(cfg.windows, cfg.timezone, cfg.sync_now_s)
         self.max_item_bytes = cfg.max_message_bytes - TRANSPORT_ALLOWANCE
         self.queue: UploadQueue | None = None
@@ -573,7 +576,7 @@ class SyncUplink(Output):
             previous = self._open_by_asset.pop(a.asset, None)
             if previous is not None and not previous.closed:
                 # Its clear never reached us (an output error upstream): close it at the new raise.
-                previous.close(a.start, self._clock(), time.monotonic())
+                previous.close(a.start, self._clock(), self._steady())
                 self._closing[previous.alarm_id] = previous
                 self._persist(previous)
             trail = self._trail.since(a.asset, a.start - self.cfg.context_before_s)
@@ -596,7 +599,7 @@ class SyncUplink(Output):
             else:
                 trail = self._trail.since(a.asset, a.start)
                 end = trail[-1].t_end if trail else a.start
-            ep.close(end, self._clock(), time.monotonic())
+            ep.close(end, self._clock(), self._steady())
             if self._open_by_asset.get(a.asset) is ep:
                 del self._open_by_asset[a.asset]
             self._closing[a.id] = ep
@@ -745,10 +748,10 @@ class SyncUplink(Output):
             if not ep.closed and alarm_id not in open_alarm_ids:
                 # It closed while the uplink was not looking (or before the crash).
                 ep.close(ep.alarm.get("end") or (events[-1]["ts"] if events else ep.start), self._clock(),
-                         time.monotonic())
+                         self._steady())
             if ep.closed:
                 if ep.closing_since is None:  # closed before the restart: its wait starts over
-                    ep.closing_since = time.monotonic()
+                    ep.closing_since = self._steady()
                 self._closing[alarm_id] = ep
             else:
                 self._open_by_asset[ep.asset] = ep
@@ -764,7 +767,7 @@ class SyncUplink(Output):
     async def _finalizer(self) -> None:
         while True:
             await asyncio.sleep(FINALIZE_POLL_S)
-            now = time.monotonic()
+            now = self._steady()
             for ep in list(self._closing.values()):
                 if ep.ready_at is None:
                     seen = self._newest.get(ep.asset, -math.inf)
@@ -961,7 +964,7 @@ class SyncUplink(Output):
         rate = self.cfg.max_rate_bytes_per_s
         if not rate:
             return True
-        now = time.monotonic()
+        now = self._steady()
         start = max(now, self._pace_next)
         self._pace_next = start + wire / rate
         if start > now and await self.windows.wait_closed(start - now):

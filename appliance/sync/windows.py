@@ -20,7 +20,11 @@ Durations are measured on the monotonic clock once a window is open, so a wall
 clock step during a window neither shortens nor stretches it. The starts follow
 the wall clock: a gateway with no real-time clock runs its cron windows on
 whatever time it has until NTP sets it; ``sync_now`` and the uploader's queue do
-not depend on it.
+not depend on it. APScheduler times its next wake-up as a delay computed on the
+wall clock, so a clock stepped back would leave the schedule asleep for the size
+of the step: the wall clock is checked against the monotonic one every
+``CLOCK_CHECK_S``, and on a step every start is recomputed from the new time (and
+a window the new time falls inside opens for what is left of it).
 """
 
 from __future__ import annotations
@@ -33,12 +37,16 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
+from appliance.core.clock import StepDetector
 from appliance.sync.config import SyncWindowConfig, parse_cron
 
 log = logging.getLogger(__name__)
 
 # Windows kept in status() (most recent last), for the dashboard and the tests.
 HISTORY = 20
+# How often the wall clock is compared with the monotonic one, and the offset change that counts as a step.
+CLOCK_CHECK_S = 1.0
+CLOCK_STEP_S = 2.0
 
 
 @dataclass
@@ -46,7 +54,7 @@ class Window:
     """One open (or past) window. Times are wall-clock UNIX seconds, for people."""
 
     seq: int
-    reason: str          # "schedule:<index>", "startup:<index>" or "sync_now"
+    reason: str          # "schedule:<index>", "startup:<index>", "clock_step:<index>" or "sync_now"
     opened_at: float
     closes_at: float
     closed_at: float | None = None
@@ -118,6 +126,8 @@ class ConnectivityWindows:
         self._opened: asyncio.Event | None = None
         self._closed: asyncio.Event | None = None
         self._seq = 0
+        self._clock_watch: asyncio.Task | None = None
+        self.clock_steps = 0
         self.history: deque[Window] = deque(maxlen=HISTORY)
 
     # -- lifecycle ------------------------------------------------------------
@@ -141,17 +151,50 @@ class ConnectivityWindows:
             self._scheduler.add_job(self._fire, trigger, args=(i,), id=f"sync-window-{i}", coalesce=True,
                                     max_instances=1, misfire_grace_time=max(1, int(w.duration_s)))
         self._scheduler.start()
-        now = self._clock()
-        for i, (w, trigger) in enumerate(zip(self.configs, self._triggers)):
-            end = window_end(trigger, w.duration_s, now)
-            if end is not None:
-                self._open(f"startup:{i}", end - now)
+        self._open_due("startup")
+        self._clock_watch = asyncio.create_task(self._watch_clock(StepDetector(self._clock, self._mono,
+                                                                               CLOCK_STEP_S)),
+                                                name="sync-window-clock")
 
     async def stop(self) -> None:
+        if self._clock_watch is not None:
+            self._clock_watch.cancel()
+            await asyncio.gather(self._clock_watch, return_exceptions=True)
+            self._clock_watch = None
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         self._scheduler = None
         self._close("stopped")
+
+    def _open_due(self, reason: str) -> None:
+        """Open the scheduled windows that the current wall time falls inside, for what is left of them."""
+        now = self._clock()
+        for i, (w, trigger) in enumerate(zip(self.configs, self._triggers)):
+            end = window_end(trigger, w.duration_s, now)
+            if end is not None:
+                self._open(f"{reason}:{i}", end - now)
+
+    async def _watch_clock(self, detector: StepDetector) -> None:
+        while True:
+            await asyncio.sleep(CLOCK_CHECK_S)
+            step = detector.check()
+            if step:
+                self.clock_stepped(step)
+
+    def clock_stepped(self, step_s: float) -> None:
+        """The wall clock moved by ``step_s`` against the monotonic one: re-anchor the schedule on it."""
+        self.clock_steps += 1
+        now = self._clock()
+        log.warning("sync windows: wall clock stepped by %+.1f s; schedule recomputed from the new time", step_s)
+        if self._current is not None and self.is_open():
+            self._current.closes_at = now + self.time_left()
+        if self._scheduler is None:
+            return
+        at = datetime.fromtimestamp(now, tz=timezone.utc)
+        for i, trigger in enumerate(self._triggers):
+            # modify_job wakes the scheduler, which then sleeps for a delay measured from the new time.
+            self._scheduler.modify_job(f"sync-window-{i}", next_run_time=trigger.get_next_fire_time(None, at))
+        self._open_due("clock_step")
 
     async def _fire(self, index: int) -> None:
         w = self.configs[index]
@@ -216,6 +259,7 @@ class ConnectivityWindows:
             "time_left_s": round(self.time_left(), 3) if cur is not None else 0.0,
             "next_start": self.next_start(),
             "opened": self._seq,
+            "clock_steps": self.clock_steps,
             "scheduled": [w.model_dump(exclude_none=True) for w in self.configs],
             "recent": [asdict(w) for w in self.history],
         }

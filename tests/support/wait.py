@@ -8,6 +8,9 @@ else runs); they only bound how long a broken test takes to say so.
 Code running on an event loop awaits :func:`wait_until_async` instead: a
 blocking poll there would freeze the very loop (connector, mitigator) it waits
 for. Both share the deadline and the failure message.
+
+The deadline runs on a :class:`~appliance.core.clock.SteadyClock`: a clock that
+leaps (a VM paused and resumed) must not fail a wait that never got its time.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import inspect
 import time
 from typing import Any, Callable
 
+from appliance.core.clock import SteadyClock
+
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_INTERVAL_S = 0.02
 
@@ -24,10 +29,11 @@ DEFAULT_INTERVAL_S = 0.02
 class _Deadline:
     def __init__(self, timeout: float, what: str, detail: Callable[[], str] | None):
         self.timeout, self.what, self.detail = timeout, what, detail
-        self.end = time.monotonic() + timeout
+        self.clock = SteadyClock()
+        self.end = timeout
 
     def passed(self) -> bool:
-        return time.monotonic() > self.end
+        return self.clock() > self.end
 
     def fail(self, last: Any) -> AssertionError:
         shown = repr(last)
