@@ -521,7 +521,11 @@ def build(cfg, detector=None) -> Appliance:
         detector = Detector.load(bundle, precision=cfg.detector.precision, threads=cfg.detector.threads)
     store = Store.from_config(cfg.store, cfg.path(cfg.store.path))
     env = PluginEnv(config=cfg, data_dir=data_dir, sensors=tuple(detector.sensors))
-    return Appliance(cfg, detector, store, build_inputs(cfg.inputs, env), build_outputs(cfg.outputs, env))
+    outputs = build_outputs(cfg.outputs, env)
+    if cfg.fleet.participate:  # fleet learning inside the sync's connectivity windows (docs/fleet.md)
+        from appliance.fleet.participant import for_appliance
+        outputs.append(for_appliance(cfg, outputs))
+    return Appliance(cfg, detector, store, build_inputs(cfg.inputs, env), outputs)
 
 
 def start_web(app, host: str, port: int):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 EXTRA_HINT = "flwr is not installed: pip install 'edge-anomaly-appliance[fleet]' (or .[fleet] from the source tree)"
 
@@ -95,25 +96,47 @@ def cmd_server(args) -> int:
     return 0
 
 
+def _store_source(args, cfg):
+    from appliance.fleet.data import StoreSource
+
+    f, w = cfg.fleet, cfg.windows
+    return StoreSource(db_path=Path(args.store) if args.store else cfg.path(cfg.store.path), asset=args.from_store,
+                       recent_s=args.recent if args.recent is not None else f.recent_s,
+                       margin_s=args.alarm_margin if args.alarm_margin is not None else f.alarm_margin_s,
+                       staleness_s=args.staleness if args.staleness is not None else w.staleness_s,
+                       lateness_s=args.lateness if args.lateness is not None else w.lateness_s)
+
+
 def cmd_client(args) -> int:
     cfg = _config(args)
-    _logging(cfg.log_level)
+    _logging(args.log_level or cfg.log_level)
     if not _flwr():
         return 2
+    from appliance.commission import CommissionError
     from appliance.detector.train import read_csv_rows
     from appliance.fleet.client import GatewayClient, run_client
 
+    ca_file = args.ca_file or cfg.fleet.ca_file
+    name = args.name or cfg.fleet.name or cfg.site
     try:
-        sensors, ts, rows = read_csv_rows(args.data)
-        _readable(cfg.fleet.ca_file)
-        ca = open(cfg.fleet.ca_file, "rb").read() if cfg.fleet.ca_file else None
-    except (ValueError, OSError) as e:
+        _readable(ca_file)
+        ca = open(ca_file, "rb").read() if ca_file else None
+        if args.from_store:
+            source = _store_source(args, cfg)
+            source.check()
+            client = GatewayClient(name, source=source)
+        else:
+            sensors, ts, rows = read_csv_rows(args.data)
+            client = GatewayClient(name, sensors, rows, ts)
+    except (CommissionError, ValueError, OSError) as e:
         print(f"appliance fleet client: {e}", file=sys.stderr)
         return 2
-    client = GatewayClient(args.name or cfg.site, sensors, rows, ts)
-    run_client(client, args.server or cfg.fleet.server_address, root_certificates=ca,
-               max_wait_s=cfg.fleet.join_timeout_s)
-    print(f"fleet client {client.name}: run ended by the server")
+    max_wait = args.max_wait if args.max_wait is not None else cfg.fleet.join_timeout_s
+    how = run_client(client, args.server or cfg.fleet.server_address, root_certificates=ca, max_wait_s=max_wait)
+    if how == "left":
+        print(f"fleet client {client.name}: left the run (window closed) after {client.rounds} rounds")
+    else:
+        print(f"fleet client {client.name}: run ended by the server")
     return 0
 
 
@@ -134,8 +157,22 @@ def add_fleet_commands(subparsers) -> None:
     s.set_defaults(fn=cmd_server)
 
     c = fsub.add_parser("client", help="take part in a fleet run with this gateway's normal data")
-    c.add_argument("--config", "-c", help="TOML config (site, [fleet].server_address)")
-    c.add_argument("--data", required=True, nargs="+", help="CSV files of this gateway's normal operation")
-    c.add_argument("--name", help="this gateway's name in reports (default: site)")
+    c.add_argument("--config", "-c", help="TOML config (site, store, [windows], [fleet])")
+    data = c.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", nargs="+", help="CSV files of this gateway's normal operation")
+    data.add_argument("--from-store", metavar="ASSET",
+                      help="train on ASSET's recent normal rows in this gateway's store (alarms left out)")
+    c.add_argument("--store", help="--from-store: the store file (default: the config's store.path)")
+    c.add_argument("--recent", type=float, metavar="S", help="--from-store: seconds of recent operation "
+                                                             "(default: fleet.recent_s)")
+    c.add_argument("--alarm-margin", type=float, metavar="S",
+                   help="--from-store: also leave out S seconds around each alarm (default: fleet.alarm_margin_s)")
+    c.add_argument("--staleness", type=float, metavar="S", help="--from-store: grid staleness (windows.staleness_s)")
+    c.add_argument("--lateness", type=float, metavar="S", help="--from-store: grid lateness (windows.lateness_s)")
+    c.add_argument("--name", help="this gateway's name in reports (default: fleet.name, else site)")
     c.add_argument("--server", help="host:port of the fleet server (default: fleet.server_address)")
+    c.add_argument("--ca-file", help="PEM CA of the server's TLS certificate (default: fleet.ca_file)")
+    c.add_argument("--max-wait", type=float, metavar="S",
+                   help="give up connecting after S seconds (default: fleet.join_timeout_s)")
+    c.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: the config's")
     c.set_defaults(fn=cmd_client)

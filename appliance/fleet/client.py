@@ -6,9 +6,15 @@ server runs with DP) and, when asked to evaluate, the mean held-back error and
 the threshold it would calibrate on its own held-back windows. Importing this
 module imports flwr.
 
-Transport: Flower's one-process client (``flwr.compat``), over gRPC; the
-SuperNode deployment Flower now recommends needs a SuperLink and app bundles (FABs),
-more than a gateway in a connectivity window should run.
+The rows are either given (CSV files: ``appliance fleet client --data``, the
+benchmark) or read from the gateway's own store at each run
+(:class:`~appliance.fleet.data.StoreSource`: its recent normal operation, alarms
+left out). A SIGTERM makes the client leave the run at once, mid-round too
+(:class:`WindowClosed`): the appliance sends it when the connectivity window
+closes (:mod:`appliance.fleet.participant`).
+
+Transport: Flower's one-process client (``flwr.compat``), over gRPC; why not the
+SuperNode deployment Flower now recommends: ``docs/fleet.md``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import resource
+import signal
 import sys
 import time
 from typing import Sequence
@@ -29,7 +36,8 @@ from flwr.app.message_type import MessageType
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from appliance.detector.train import calibrate_threshold
-from appliance.fleet.model import ModelSpec, autoencoder, client_windows, train_local, update_norm
+from appliance.fleet.data import StoreSource
+from appliance.fleet.model import ModelSpec, autoencoder, client_windows, run_windows, train_local, update_norm
 
 logger = logging.getLogger(__name__)
 
@@ -39,19 +47,41 @@ def peak_rss_kb() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-class GatewayClient(NumPyClient):
-    """One gateway's normal rows (``sensors``, ``rows``, optional ``ts``) behind Flower's NumPyClient."""
+class WindowClosed(BaseException):
+    """The gateway's connectivity window closed: leave the run now.
 
-    def __init__(self, name: str, sensors: Sequence[str], rows: np.ndarray, ts: np.ndarray | None = None):
-        self.name, self.sensors, self.rows, self.ts = name, list(sensors), rows, ts
+    A BaseException, so neither Flower's handling of a failing ClientApp nor
+    scikit-learn catches it: it unwinds to :func:`run_client`, closing the gRPC
+    channel on its way (the server counts a round left mid-way as a failure).
+    """
+
+
+class GatewayClient(NumPyClient):
+    """One gateway's normal rows behind Flower's NumPyClient.
+
+    Either given (``sensors``, ``rows``, optional ``ts``) or read from the store
+    (``source``) once the first instruction brings the model's sensors and grid.
+    """
+
+    def __init__(self, name: str, sensors: Sequence[str] = (), rows: np.ndarray | None = None,
+                 ts: np.ndarray | None = None, *, source: StoreSource | None = None):
+        if (rows is None) == (source is None):
+            raise ValueError("give either rows or a store source")
+        self.name, self.sensors, self.rows, self.ts, self.source = name, list(sensors), rows, ts, source
         self._windows: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
+        self.data_info: dict = {}
         self.rounds = 0  # rounds this gateway trained in
 
     def windows(self, config) -> tuple[ModelSpec, np.ndarray, np.ndarray]:
         spec = ModelSpec.from_json(str(config["spec"]))
         key = (str(config["spec"]), float(config["holdout"]))
         if key not in self._windows:
-            self._windows = {key: client_windows(spec, self.sensors, self.rows, self.ts, float(config["holdout"]))}
+            if self.source is not None:
+                grid, self.data_info = self.source.normal_grid(spec.sensors, spec.period_s)
+                self._windows = {key: run_windows(spec, grid.values, grid.runs, float(config["holdout"]))}
+            else:
+                self._windows = {key: client_windows(spec, self.sensors, self.rows, self.ts,
+                                                     float(config["holdout"]))}
         return spec, *self._windows[key]
 
     def fit(self, parameters, config):
@@ -64,6 +94,9 @@ class GatewayClient(NumPyClient):
                                 batch_size=int(config["batch_size"]), seed=int(config["seed"]))
         metrics = {"name": self.name, "train_loss": loss, "update_norm": update_norm(new, spec.check(parameters)),
                    "peak_rss_kb": peak_rss_kb()}
+        if self.data_info:
+            metrics |= {"normal_rows": int(self.data_info["normal_rows"]),
+                        "alarms_left_out": int(self.data_info["alarms_left_out"])}
         self.rounds += 1
         logger.info("fleet client %s: fit round=%s done loss=%.5g", self.name, config.get("round"), loss)
         _flush()
@@ -95,25 +128,44 @@ def _flush() -> None:
     sys.stderr.flush()
 
 
+def _leave_on_sigterm() -> None:
+    def leave(signum, frame):
+        raise WindowClosed()
+
+    signal.signal(signal.SIGTERM, leave)
+
+
 def run_client(client: GatewayClient, server_address: str, *, root_certificates: bytes | None = None,
-               max_wait_s: float | None = None) -> None:
-    """Take part in the fleet run at ``server_address`` until the server ends it."""
+               max_wait_s: float | None = None, leave_on_sigterm: bool = True) -> str:
+    """Take part in the fleet run at ``server_address``; return ``"ended"`` (by the server) or ``"left"``.
+
+    ``leave_on_sigterm``: a SIGTERM (the connectivity window closed) makes this
+    gateway leave at once, the gRPC channel closed, and returns ``"left"``.
+    """
     import grpc
 
+    if leave_on_sigterm:
+        _leave_on_sigterm()
     app = ClientApp(client_fn=lambda context: client.to_client(), mods=[clip_when_asked])
     deadline = None if max_wait_s is None else time.monotonic() + max_wait_s
-    while True:
-        try:
-            start_client_internal(server_address=server_address, node_config={},
-                                  load_client_app_fn=lambda *_: app, root_certificates=root_certificates,
-                                  insecure=root_certificates is None, max_wait_time=max_wait_s,
-                                  max_retries=None if max_wait_s is None else max(1, math.ceil(max_wait_s)))
-            return
-        except grpc.RpcError as e:
-            # A gateway may open its window before the server listens: wait for it. Once this
-            # gateway took part, a lost server ends its run (the server goes on without it).
-            if client.rounds or (deadline is not None and time.monotonic() > deadline):
-                raise
-            logger.info("fleet client %s: server %s not reachable yet (%s); retrying", client.name,
-                        server_address, e.code() if hasattr(e, "code") else e)
-            time.sleep(1.0)
+    try:
+        while True:
+            try:
+                start_client_internal(server_address=server_address, node_config={},
+                                      load_client_app_fn=lambda *_: app, root_certificates=root_certificates,
+                                      insecure=root_certificates is None, max_wait_time=max_wait_s,
+                                      max_retries=None if max_wait_s is None else max(1, math.ceil(max_wait_s)))
+                return "ended"
+            except grpc.RpcError as e:
+                # A gateway may open its window before the server listens: wait for it. Once this
+                # gateway took part, a lost server ends its run (the server goes on without it).
+                if client.rounds or (deadline is not None and time.monotonic() > deadline):
+                    raise
+                logger.info("fleet client %s: server %s not reachable yet (%s); retrying", client.name,
+                            server_address, e.code() if hasattr(e, "code") else e)
+                time.sleep(1.0)
+    except WindowClosed:
+        logger.info("fleet client %s: left the run (connectivity window closed) after %d rounds", client.name,
+                    client.rounds)
+        _flush()
+        return "left"

@@ -44,6 +44,21 @@ class FleetConfig(Section):
     threshold: Literal["median", "max"] = Field(
         "median", description="how the clients' own calibrated thresholds become the fleet model's")
     seed: int = Field(0, ge=0)
+    # A gateway inside the appliance (`appliance run`): its client takes part only while a
+    # connectivity window of [outputs.sync] is open, on the normal rows its own store recorded.
+    participate: bool = Field(False, description="this gateway joins fleet runs in its connectivity windows")
+    asset: str | None = Field(None, min_length=1, description="the asset whose recorded rows the gateway trains on")
+    name: str | None = Field(None, min_length=1, description="this gateway's name in the server's report (site)")
+    recent_s: float = Field(7 * DAY_S, gt=0, le=366 * DAY_S,
+                            description="span of recent recorded operation a gateway trains on")
+    alarm_margin_s: float = Field(300.0, ge=0, le=DAY_S,
+                                  description="rows this long before an alarm's start and after its end are "
+                                              "left out too (a fault begins before the alarm is raised)")
+    leave_grace_s: float = Field(10.0, gt=0, le=600, description="a client still running this long after its "
+                                                                 "window closed is killed")
+    rejoin_timeout_s: float = Field(0.0, ge=0, le=DAY_S,
+                                    description="server: how long a later round waits for gateways that left "
+                                                "(their window closed) to come back; 0: go on with those there")
     # TLS for Flower's gRPC: the server presents cert_file/key_file; clients verify it against ca_file.
     # Without ca_file the traffic is plain gRPC (keep it inside the site's VPN then).
     ca_file: str | None = Field(None, min_length=1, description="PEM CA the server certificate is checked against")
@@ -59,4 +74,6 @@ class FleetConfig(Section):
             raise ValueError("cert_file and key_file go together (the server's TLS certificate and its key)")
         if self.cert_file is not None and self.ca_file is None:
             raise ValueError("a TLS server needs ca_file too (Flower hands it to gRPC with the certificate)")
+        if self.participate and self.asset is None:
+            raise ValueError("participate = true needs asset (whose recorded normal rows the gateway trains on)")
         return self

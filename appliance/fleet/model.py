@@ -164,8 +164,17 @@ def client_windows(spec: ModelSpec, sensors: Sequence[str], rows: np.ndarray, ts
         grid = grid_rows(rows_as_readings("fleet", list(spec.sensors), np.asarray(ts, dtype=np.float64), rows),
                          list(spec.sensors), spec.period_s, max(5.0, spec.period_s), 2.0)
         values, runs = grid.values, list(grid.runs)
-    train, held = _split_runs(runs, len(values), holdout)
-    scaled = spec.scaler.transform(values)
+    return run_windows(spec, values, runs, holdout)
+
+
+def run_windows(spec: ModelSpec, values: np.ndarray, runs: Sequence[tuple[int, int]], holdout: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Training and held-back windows of ``spec`` from grid rows (columns: the spec's sensors) and their runs.
+
+    No window crosses the end of a run (a gap, a missing value, a span left out).
+    """
+    train, held = _split_runs(list(runs), len(values), holdout)
+    scaled = spec.scaler.transform(np.asarray(values, dtype=np.float64))
     cols = np.array([spec.sensors.index(s) for s in spec.level_free], dtype=int)
     X_train = center_levels(windows_in(scaled, train, spec.window, 1), cols)
     X_held = center_levels(windows_in(scaled, held, spec.window, 1), cols)

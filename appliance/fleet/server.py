@@ -8,8 +8,9 @@ shipped in ``flwr.compat``) with FedAvg or FedProx, optionally wrapped by Flower
 A client that drops out does not stall the fleet: a round waits at most
 ``round_timeout_s`` for replies and aggregates the ones it got (``accept_failures``)
 when there are at least ``min_results``; later rounds go on with the gateways
-still connected. Only the first round waits (up to ``join_timeout_s``) for all
-``clients`` to join. With DP, Flower's wrapper discards a round that had a
+still connected, or wait up to ``rejoin_timeout_s`` for those whose connectivity
+window closed to come back. The first round waits (up to ``join_timeout_s``) for
+all ``clients`` to join. With DP, Flower's wrapper discards a round that had a
 failure (its privacy analysis assumes a fixed number of clipped updates); the
 global model then stays as it was and the round spends no privacy.
 """
@@ -41,22 +42,32 @@ def _nbytes(p: Parameters) -> int:
 
 
 class FleetClientManager(SimpleClientManager):
-    """Sampling that never waits longer than the connectivity window allows.
+    """Sampling that never waits longer than the connectivity windows allow.
 
-    The first round waits up to ``join_timeout_s`` for ``expected`` gateways; every
-    round takes all gateways connected then, and is skipped (no clients) when fewer
-    than ``min_results`` are there after waiting.
+    The first round waits up to ``join_timeout_s`` for ``expected`` gateways. A
+    later round waits up to ``join_timeout_s`` for ``min_results`` of them and then,
+    with ``rejoin_timeout_s > 0``, up to that long for the others to come back
+    (gateways leave when their window closes and rejoin in the next one). Every
+    round takes all gateways connected then, and is skipped (no clients) when
+    fewer than ``min_results`` are there.
     """
 
-    def __init__(self, expected: int, min_results: int, join_timeout_s: float):
+    def __init__(self, expected: int, min_results: int, join_timeout_s: float, rejoin_timeout_s: float = 0.0):
         super().__init__()
         self.expected, self.min_results, self.join_timeout_s = expected, min_results, join_timeout_s
+        self.rejoin_timeout_s = rejoin_timeout_s
         self._first = True
 
     def sample(self, num_clients, min_num_clients=None, criterion=None):
-        want = self.expected if self._first else self.min_results
+        if self._first:
+            self.wait_for(self.expected, timeout=self.join_timeout_s)
+        else:
+            self.wait_for(self.min_results, timeout=self.join_timeout_s)
+            if self.rejoin_timeout_s > 0 and len(self) < self.expected:
+                logger.info("%d of %d gateways connected; waiting up to %.0f s for the others to rejoin",
+                            len(self), self.expected, self.rejoin_timeout_s)
+                self.wait_for(self.expected, timeout=self.rejoin_timeout_s)
         self._first = False
-        self.wait_for(want, timeout=self.join_timeout_s)
         available = [cid for cid in self.clients if criterion is None or criterion.select(self.clients[cid])]
         if len(available) < self.min_results:
             logger.warning("round skipped: %d gateways connected, min_results=%d", len(available), self.min_results)
@@ -116,7 +127,8 @@ def _strategy_class(base: type):
                     "update_norm": update_norm(parameters_to_ndarrays(res.parameters), start),
                     "update_norm_before_clip": float(m.get("update_norm", math.nan)),
                     "train_loss": float(m.get("train_loss", math.nan)),
-                    "train_windows": int(res.num_examples), "peak_rss_kb": int(m.get("peak_rss_kb", 0))})
+                    "train_windows": int(res.num_examples), "peak_rss_kb": int(m.get("peak_rss_kb", 0))}
+                    | {k: int(m[k]) for k in ("normal_rows", "alarms_left_out") if k in m})
                 # DP's sensitivity analysis holds for a plain average of clipped updates.
                 fixed.append((proxy, FitRes(res.status, res.parameters, 1, res.metrics) if self.uniform else res))
             if len(fixed) < self.cfg.min_results:
@@ -198,7 +210,7 @@ def run_server(cfg: FleetConfig, spec: ModelSpec, weights: Sequence[np.ndarray],
                                                               clipping_norm=cfg.dp.clipping_norm,
                                                               num_sampled_clients=cfg.clients)
     strategy = _Released(strategy, record)
-    manager = FleetClientManager(cfg.clients, cfg.min_results, cfg.join_timeout_s)
+    manager = FleetClientManager(cfg.clients, cfg.min_results, cfg.join_timeout_s, cfg.rejoin_timeout_s)
     server = Server(client_manager=manager, strategy=strategy)
     certificates = None
     if cfg.cert_file is not None:
