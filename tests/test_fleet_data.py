@@ -13,28 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.core import Alarm, AlarmState, Level, PluginError, Reading
+from appliance.core import Alarm, AlarmState, Level, PluginError
 from appliance.fleet.data import StoreSource
 from appliance.fleet.model import ModelSpec, run_windows
-from appliance.store import Store
-from tests.support.detector import SENSORS, normal_rows
+from tests.support.detector import SENSORS, normal_rows, record_rows
 
 ASSET = "pump-f"
 T0 = 1_700_000_000.0
 
 
 def record(db: Path, rows: np.ndarray, alarms=(), asset: str = ASSET) -> Path:
-    """Write ``rows`` (one a second from T0) and ``alarms`` through the store, as the running appliance does."""
-    store = Store(db)
-    store.start()
-    for i, row in enumerate(rows):
-        for s, v in zip(SENSORS, row):
-            store.put_reading(Reading(asset, s, T0 + i, float(v)))
-    for a in alarms:
-        store.put_alarm(a)
-    assert store.flush()
-    store.close()
-    return db
+    return record_rows(db, rows, asset, T0, alarms)
 
 
 def alarm(alarm_id: str, start: float, end: float | None, historical: bool = False) -> Alarm:

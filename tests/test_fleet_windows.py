@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.core import Alarm, AlarmState, Level, Reading
-from appliance.store import Store
-from tests.support.detector import SENSORS, normal_rows
+from appliance.core import Alarm, AlarmState, Level
+from tests.support.detector import SENSORS, normal_rows, record_rows
 from tests.support.wait import wait_until_async
 
 pytestmark = pytest.mark.integration
@@ -46,16 +45,7 @@ def free_port() -> int:
 
 
 def record(db: Path, rows: np.ndarray, alarms=()) -> Path:
-    store = Store(db)
-    store.start()
-    for i, row in enumerate(rows):
-        for s, v in zip(SENSORS, row):
-            store.put_reading(Reading(ASSET, s, T0 + i, float(v)))
-    for a in alarms:
-        store.put_alarm(a)
-    assert store.flush(120)
-    store.close()
-    return db
+    return record_rows(db, rows, ASSET, T0, alarms)
 
 
 class ManualClock:

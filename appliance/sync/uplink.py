@@ -965,9 +965,14 @@ class SyncUplink(Output):
         if not rate:
             return True
         now = self._steady()
-        start = max(now, self._pace_next)
+        booked = self._pace_next
+        start = max(now, booked)
         self._pace_next = start + wire / rate
         if start > now and await self.windows.wait_closed(start - now):
+            # Not sent: its share of the link goes back. Kept, it would push every later
+            # window's first send further out (with windows as far apart as one batch's
+            # share, no window would ever send again).
+            self._pace_next = booked
             return False
         return True
 

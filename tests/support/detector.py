@@ -28,3 +28,21 @@ def make_window(values, sensors, mask=None):
     """A live window of pump1 holding ``values`` (rows x sensors); every value present unless ``mask`` says."""
     mask = np.ones(values.shape, dtype=bool) if mask is None else mask
     return Window(asset="pump1", t_end=1234.0, period=1.0, sensors=tuple(sensors), values=values, mask=mask)
+
+
+def record_rows(db, rows: np.ndarray, asset: str, t0: float, alarms=()):
+    """Write ``rows`` (one a second from ``t0``, columns :data:`SENSORS`) and ``alarms`` through the store,
+    as the running appliance does; returns ``db``."""
+    from appliance.core import Reading
+    from appliance.store import Store
+
+    store = Store(db)
+    store.start()
+    for i, row in enumerate(rows):
+        for s, v in zip(SENSORS, row):
+            store.put_reading(Reading(asset, s, t0 + i, float(v)))
+    for a in alarms:
+        store.put_alarm(a)
+    assert store.flush(120), "the store did not commit the recorded rows"
+    store.close()
+    return db
