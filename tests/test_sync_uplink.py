@@ -143,8 +143,14 @@ class Harness:
 
     async def drained(self, what: str = "the upload queue to drain") -> None:
         up = self.uplink
+        def detail() -> str:
+            st = up.status()
+            return json.dumps({"state": st["state"], "transport": st["transport"], "queue": st["queue"],
+                               "recent_windows": st["recent_windows"][-4:], "last_error": up.last_error,
+                               "window": {k: v for k, v in st["window"].items() if k != "recent"}}, default=str)
+
         await wait_until_async(lambda: up.status()["queue"]["items"] == 0 and up.queue.in_flight() == 0,
-                               timeout=120, what=what, detail=lambda: json.dumps(up.status(), default=str)[:1200])
+                               timeout=120, what=what, detail=detail)
 
 
 def expected_keys(queue_keys: list[str]) -> set[str]:
