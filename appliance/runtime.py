@@ -137,7 +137,7 @@ class Appliance:
         self.in_flight = InFlight(cfg.store.max_in_flight)
         self.started_at = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: asyncio.Queue | None = None
+        self._scheduled = 0  # batches handed to the loop and not yet through the detection path
         # Submissions from input threads wait here for the loop, which is woken once per burst.
         self._handoff: list = []
         self._handoff_lock = threading.Lock()
@@ -168,7 +168,8 @@ class Appliance:
             self.counters.inc("overbooked", n)
         item = (readings, dead_letters, on_stored, n)
         if on_loop:
-            self._inbox.put_nowait([item])
+            self._scheduled += 1
+            loop.call_soon(self._process, [item])
             return
         # From an input's thread: one wake-up of the loop per burst of messages, not one per message.
         with self._handoff_lock:
@@ -182,7 +183,8 @@ class Appliance:
         with self._handoff_lock:
             items, self._handoff = self._handoff, []
             self._handoff_pending = False
-        self._inbox.put_nowait(items)
+        self._scheduled += 1
+        self._process(items)
 
     def add_event_listener(self, fn: Callable[[AlarmEvent | ModeChange], None]) -> None:
         """Called on the event loop for each alarm event and mode change (dashboard live view, tests)."""
@@ -199,7 +201,6 @@ class Appliance:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._inbox = asyncio.Queue()
         open_alarms = self.store.open_alarms()
         for asset, (mode, until) in self.store.point_modes().items():
             self.alarms.restore_mode(asset, mode, until)
@@ -209,8 +210,7 @@ class Appliance:
                             publish_action=self._publish_action, spawn=self._spawn, begin_shadow=self.begin_shadow)
         for o in self.outputs:
             await o.start(ctx)
-        self._tasks = [asyncio.create_task(self._pipeline(), name="pipeline"),
-                       asyncio.create_task(self._housekeeping(), name="housekeeping")]
+        self._tasks = [asyncio.create_task(self._housekeeping(), name="housekeeping")]
         for c in self.inputs:
             await c.start(self)
         log.info("appliance started model=%s sensors=%d window=%d stride=%d inputs=%s outputs=%s",
@@ -250,34 +250,36 @@ class Appliance:
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait until everything submitted so far went through the detection path."""
         deadline = time.monotonic() + timeout
-        while (self._inbox is not None and (not self._inbox.empty() or self._handoff_pending)
-               and time.monotonic() < deadline):
+        while (self._scheduled or self._handoff_pending) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0)
 
     # -- detection path ---------------------------------------------------------
-    async def _pipeline(self) -> None:
+    def _process(self, batch: list) -> None:
+        """Run a batch of submissions through the detection path (on the loop, in submission order).
+
+        Called straight from the loop's wake-up for the batch: a queue and a task in
+        between would cost a second loop iteration for every burst of messages."""
+        self._scheduled -= 1  # nothing else runs on the loop until the batch is through
         on_dead = self._hooks["on_dead_letter"]
-        while True:
-            batch = await self._inbox.get()
-            total, acks = 0, []
-            for readings, dead, on_stored, n in batch:
-                for d in dead:
-                    self.counters.inc("dead_letters", d.count)
-                    self.dead_by_reason.inc(d.code.value, d.count)
-                    self._call(on_dead, d)
-                for r in readings:
-                    try:
-                        self._on_reading(r)
-                    except Exception:
-                        # One bad reading must not stop the pipeline nor cost its neighbours.
-                        self.counters.inc("pipeline_errors")
-                        log.exception("pipeline: error on reading asset=%s sensor=%s", r.asset, r.sensor)
-                total += n
-                if on_stored is not None:
-                    acks.append(on_stored)
-            # One store callback per batch: in-flight released, then each input's acks in arrival order.
-            self.store.after_commit(_stored_callback(self.in_flight, total, acks))
+        total, acks = 0, []
+        for readings, dead, on_stored, n in batch:
+            for d in dead:
+                self.counters.inc("dead_letters", d.count)
+                self.dead_by_reason.inc(d.code.value, d.count)
+                self._call(on_dead, d)
+            for r in readings:
+                try:
+                    self._on_reading(r)
+                except Exception:
+                    # One bad reading must not stop the pipeline nor cost its neighbours.
+                    self.counters.inc("pipeline_errors")
+                    log.exception("pipeline: error on reading asset=%s sensor=%s", r.asset, r.sensor)
+            total += n
+            if on_stored is not None:
+                acks.append(on_stored)
+        # One store callback per batch: in-flight released, then each input's acks in arrival order.
+        self.store.after_commit(_stored_callback(self.in_flight, total, acks))
 
     def _on_reading(self, r: Reading) -> None:
         t0 = time.perf_counter()

@@ -8,7 +8,7 @@ Mosquitto, Node-RED 4.1.8 from npm into a cache directory outside the
 repository), then runs each subject ``--runs`` times, alternating, and prints
 both side by side and writes the JSON:
 
-    .venv/bin/python benchmarks/peer.py [--runs 3] [--n 200000] [--out peer.json]
+    .venv/bin/python benchmarks/peer.py [--runs 3] [--n 200000] [--out benchmarks/results/peer.json]
 
 Node-RED runs the rig's flow (a 60-value window per topic, mean and mean
 squared deviation per message). The appliance runs what a deployment runs: the
@@ -19,20 +19,25 @@ processed when its reading is committed to the store; the latency echo for
 ``plant/lat/*`` is published as soon as the reading went through the detection
 path (windows, scoring, decision): publish-to-decision.
 
+The table's rows: msg/s flat out, CPU per 1,000 messages flat out, peak and
+idle RSS, latency p50/p99 and CPU % of one core during the paced 1,000 msg/s
+phase (the cost of a moderate steady rate, where per-message wake-ups rather
+than parsing dominate), and how busy the machine was before each run.
+
 The appliance subject is this file too (``peer.py subject``), started by the
 rig with ``SUBJECT_CMD``; it speaks the rig's subject contract (``bench/out``,
-``bench/count``, ``bench/ctl``, ``bench/lat``) through a small output plugin.
+``bench/count``, ``bench/ctl``, ``bench/lat``) through a small output plugin
+whose MQTT traffic runs on the appliance's event loop, as Node-RED's runs on its
+one JavaScript thread (see :class:`BenchOutput` and :class:`EchoWriter`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import math
 import os
-import platform
 import signal
 import sqlite3
 import statistics
@@ -47,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from appliance.core import Output  # noqa: E402
+from benchmarks.common import RESULTS, parser, write_results  # noqa: E402
 
 RIG = ROOT.parent / "shared" / "bench" / "peer_nodered"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-appliance-bench"
@@ -76,8 +82,74 @@ class CountingSink:
         self.app.submit(readings, dead_letters, on_stored=stored)
 
 
+class EchoWriter:
+    """The latency echo's own MQTT 3.1.1 connection: QoS 1 PUBLISH packets written straight to the socket.
+
+    The same wire traffic as a client library's publish, for ~1/5 of paho's CPU
+    per message (the rig's own publisher does the same, see its README); the
+    broker's PUBACKs are read in bulk once a second rather than waking the loop
+    for each. The echo is the benchmark's instrument, not the appliance's work:
+    it should cost no more than Node-RED's echo does (one call into its MQTT
+    client on its event loop).
+    """
+
+    def __init__(self, host: str, port: int, client_id: str):
+        import socket
+        import struct
+
+        self._struct = struct
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        body = (struct.pack("!H", 4) + b"MQTT" + bytes([4, 0x02]) + struct.pack("!H", 0)  # 3.1.1, clean, no keepalive
+                + struct.pack("!H", len(client_id)) + client_id.encode())
+        self.sock.sendall(bytes([0x10, len(body)]) + body)
+        ack = self.sock.recv(4)
+        if len(ack) < 4 or ack[0] != 0x20 or ack[3] != 0:
+            raise RuntimeError(f"echo connection refused: {ack!r}")
+        self.sock.setblocking(False)
+        self._mid = 0
+        self._pending = b""
+
+    def publish(self, topic: bytes, payload: bytes) -> None:
+        self._mid = self._mid % 65535 + 1
+        rest = 2 + len(topic) + 2 + len(payload)  # < 128: a one-byte remaining length
+        pack = self._struct.pack
+        self.flush(bytes([0x32, rest]) + pack("!H", len(topic)) + topic + pack("!H", self._mid) + payload)
+
+    def flush(self, packet: bytes = b"") -> None:
+        data = self._pending + packet
+        try:
+            sent = self.sock.send(data) if data else 0
+        except BlockingIOError:
+            sent = 0
+        self._pending = data[sent:]  # what the socket did not take goes with the next write
+
+    def read_acks(self) -> None:
+        while True:
+            try:
+                if not self.sock.recv(65536):
+                    return
+            except (BlockingIOError, InterruptedError):
+                return
+
+    def close(self) -> None:
+        try:
+            self.sock.setblocking(True)
+            self.sock.sendall(self._pending + b"\xe0\x00")  # DISCONNECT
+        except OSError:
+            pass
+        self.sock.close()
+
+
 class BenchOutput(Output):
-    """The rig's subject contract: counts, resets, echoes (see the rig's README)."""
+    """The rig's subject contract: counts, resets, echoes (see the rig's README).
+
+    Its paho client runs on the appliance's event loop (paho's external-loop
+    mode: the socket is watched with ``add_reader``), not on a thread of its own:
+    the echo is published on the loop where the decision was made, as Node-RED
+    echoes on its one JavaScript thread, instead of costing two thread wake-ups
+    per message (the publish, then its PUBACK) that no deployment pays.
+    """
 
     name = "bench"
 
@@ -85,28 +157,54 @@ class BenchOutput(Output):
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
+        self.host, self.port = host, port
         self.count = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._loop = None
+        self._tasks: list = []
         self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                                   client_id=f"appliance-bench-{os.getpid()}", protocol=paho.MQTTv311)
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         self.client.on_connect = lambda c, *a: c.subscribe("bench/ctl", 1)
         self.client.on_message = self._on_ctl
-        self.client.connect(host, port, keepalive=60)
-        self.client.loop_start()
-        self._reporter = threading.Thread(target=self._report, daemon=True, name="bench-count")
+        self.client.on_socket_open = self._socket_open
+        self.client.on_socket_close = self._socket_close
+        self.echo = EchoWriter(host, port, f"appliance-echo-{os.getpid()}")
 
     async def start(self, ctx) -> None:
         self._loop = asyncio.get_running_loop()
-        self._reporter.start()
+        self.client.connect(self.host, self.port, keepalive=60)
+        self._tasks = [asyncio.create_task(self._report(), name="bench-count")]
 
     async def stop(self) -> None:
-        self._stop.set()
+        for t in self._tasks:
+            t.cancel()
         self.client.disconnect()
-        self.client.loop_stop()
+        self.echo.close()
+
+    # -- paho on the event loop
+    def _socket_open(self, client, userdata, sock) -> None:
+        self._loop.add_reader(sock, client.loop_read)
+
+    def _socket_close(self, client, userdata, sock) -> None:
+        self._loop.remove_reader(sock)
+        self._loop.remove_writer(sock)
+
+    def _flush_writes(self) -> None:
+        # publish() writes at once when it can; what the socket did not take is written when it can.
+        client = self.client
+        client.loop_write()
+        sock = client.socket()
+        if sock is not None and not client.want_write():
+            self._loop.remove_writer(sock)
+
+    def _publish(self, topic: str, doc: dict) -> None:
+        client = self.client
+        client.publish(topic, json.dumps(doc), qos=1)
+        sock = client.socket()
+        if sock is not None and client.want_write():
+            self._loop.add_writer(sock, self._flush_writes)
 
     # -- counting (the store writer thread calls this after each commit)
     def processed(self, n: int) -> None:
@@ -114,13 +212,15 @@ class BenchOutput(Output):
             before = self.count
             self.count = after = before + n
         if after // 1000 != before // 1000:
-            self._publish("bench/out", {"count": after - after % 1000, "t": time.time() * 1000.0})
+            self._loop.call_soon_threadsafe(self._publish, "bench/out",
+                                            {"count": after - after % 1000, "t": time.time() * 1000.0})
 
-    def _publish(self, topic: str, doc: dict) -> None:
-        self.client.publish(topic, json.dumps(doc), qos=1)
-
-    def _report(self, ctl=None) -> None:
-        while not self._stop.wait(1.0):
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.client.loop_misc()  # keepalive
+            self.echo.read_acks()
+            self.echo.flush()
             with self._lock:
                 n = self.count
             self._publish("bench/count", {"count": n, "t": time.time() * 1000.0, "ctl": None})
@@ -131,10 +231,10 @@ class BenchOutput(Output):
                 self.count = 0
             self._publish("bench/count", {"count": 0, "t": time.time() * 1000.0, "ctl": "reset"})
 
-    # -- latency echo, after the detection path handled the reading
+    # -- latency echo, after the detection path handled the reading (on the event loop)
     def on_reading(self, reading) -> None:
         if reading.asset == "lat":
-            self._loop.call_soon(self._publish, "bench/lat", {"ts": reading.ts * 1000.0})
+            self.echo.publish(b"bench/lat", b'{"ts":%r}' % (reading.ts * 1000.0))
 
     def on_dead_letter(self, dead) -> None:
         if dead.source.startswith("plant/lat/"):  # the rig's readiness probe (sensor 'probe')
@@ -142,13 +242,14 @@ class BenchOutput(Output):
                 ts = json.loads(dead.payload)["ts"]
             except (ValueError, KeyError, TypeError):
                 return
-            self._loop.call_soon(self._publish, "bench/lat", {"ts": ts})
+            self.echo.publish(b"bench/lat", json.dumps({"ts": ts}).encode())
 
 
-def subject_config(data: Path, host: str, port: int, bundle: Path, period_s: float):
+def subject_config(data: Path, host: str, port: int, bundle: Path, period_s: float, store: dict | None = None):
     from appliance.config import parse_config
 
     return parse_config({
+        "store": store or {},
         "data_dir": str(data),
         "log_level": "WARNING",
         "connections": {"mqtt": {"host": host, "port": port, "keepalive_s": 30}},
@@ -170,7 +271,8 @@ async def run_subject(args) -> None:
     host, port = os.environ.get("MQTT_HOST", "127.0.0.1"), int(os.environ["MQTT_PORT"])
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
-    cfg = subject_config(data, host, port, Path(args.bundle), args.period)
+    store = {} if args.commit_linger_ms is None else {"commit_linger_ms": args.commit_linger_ms}
+    cfg = subject_config(data, host, port, Path(args.bundle), args.period, store)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     detector = Detector.load(cfg.path(cfg.detector.bundle), precision="int8", threads=1)
     store = Store.from_config(cfg.store, cfg.path(cfg.store.path))
@@ -191,6 +293,7 @@ async def run_subject(args) -> None:
         await c.stop()
     await app.shutdown()
     print(json.dumps({"summary": app.summary(), "counters": app.counters.values,
+                      "store": {"commits": store.committed_batches, "lingers": store.lingers},
                       "inputs": {c.name: c.status() for c in inputs}}, default=str), flush=True)
 
 
@@ -309,33 +412,22 @@ def run_side_by_side(args) -> int:
     text = table(summary)
     print()
     print(text)
-    doc = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
-           "cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-           "params": {"runs": args.runs, "n": args.n, "warmup": args.warmup, "lat_rate": args.lat_rate,
+    doc = {"params": {"runs": args.runs, "n": args.n, "warmup": args.warmup, "lat_rate": args.lat_rate,
                       "lat_secs": args.lat_secs, "appliance_window": args.window, "appliance_period_s": args.period},
            "summary": summary, "table": text, "runs": raw, "work_dir": str(work)}
-    Path(args.out).write_text(json.dumps(doc, indent=2, default=str))
+    write_results(args.out, doc)
     print(f"\nJSON: {args.out}   rig output: {work}")
     return 0 if all(f["ok"] for runs in summary.values() for f in runs) else 2
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, RESULTS / "peer.json")
     sub = ap.add_subparsers(dest="cmd")
     s = sub.add_parser("subject", help="(internal) the appliance as the rig's subject")
     s.add_argument("--bundle", required=True)
     s.add_argument("--data", required=True)
     s.add_argument("--period", type=float, default=0.1)
+    s.add_argument("--commit-linger-ms", type=float, help="[store] commit_linger_ms (default: the store's)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--n", type=int, default=200_000, help="messages in each throughput phase (multiple of 1000)")
     ap.add_argument("--warmup", type=int, default=20_000)
@@ -346,7 +438,6 @@ def main(argv=None) -> int:
     ap.add_argument("--subjects", nargs="+", default=["nodered", "appliance"], choices=["nodered", "appliance"])
     ap.add_argument("--nodered-dir", default=str(CACHE / "nodered"), help="where npm installs Node-RED")
     ap.add_argument("--work", help="where the rig's per-run output goes (default: a new temp dir)")
-    ap.add_argument("--out", default="peer.json")
     args = ap.parse_args(argv)
     if args.cmd == "subject":
         asyncio.run(run_subject(args))

@@ -15,10 +15,7 @@ The appliance runs as its own process (`appliance run`), as in the field.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import signal
 import sqlite3
 import statistics
@@ -37,18 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.broker import Mosquitto  # noqa: E402
 from appliance.detector.train import read_csv_rows, train_bundle  # noqa: E402
+from benchmarks.common import RESULTS, machine, parser, write_results  # noqa: E402
 
 SKAB_FREE = ROOT.parent / "shared" / "datasets" / "skab" / "anomaly-free" / "anomaly-free.csv"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def start_appliance(tmp: Path, port: int, bundle: Path) -> subprocess.Popen:
@@ -172,12 +160,11 @@ def measure_throughput(port: int, db: Path, sensors, rows, n_rows: int) -> tuple
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, RESULTS / "pipeline.json")
     ap.add_argument("--bundle", type=Path, help="model bundle (default: train one on SKAB anomaly-free)")
     ap.add_argument("--cycles", type=int, default=60, help="fault episodes for the latency measurement")
     ap.add_argument("--row-interval", type=float, default=0.02, help="seconds between rows while measuring latency")
     ap.add_argument("--rows", type=int, default=20000, help="rows (x8 readings) for the throughput measurement")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline.json")
     args = ap.parse_args()
 
     sensors, _, rows = read_csv_rows([SKAB_FREE])
@@ -197,7 +184,6 @@ def main() -> int:
                 proc.wait(60)
     lat_ms = sorted(x * 1000 for x in lat)
     result = {
-        "cpu": cpu_model(), "machine": platform.machine(), "cores": os.cpu_count(),
         "latency_publish_to_alarm_ms": {
             "n": len(lat_ms),
             "p50": round(statistics.median(lat_ms), 2) if lat_ms else None,
@@ -206,15 +192,15 @@ def main() -> int:
         },
         "throughput_readings_per_s": round(rate, 1), "throughput_readings": n,
     }
-    print(f"CPU: {result['cpu']} ({result['machine']}, {result['cores']} cores)")
+    m = machine()
+    print(f"CPU: {m['cpu']} ({m['machine']}, {m['cores']} cores)")
     print(f"{'measure':45s} {'value':>12s}")
     L = result["latency_publish_to_alarm_ms"]
     print(f"{'publish -> alarm event, p50 (ms)':45s} {L['p50']!s:>12s}")
     print(f"{'publish -> alarm event, p99 (ms)':45s} {L['p99']!s:>12s}")
     print(f"{'alarm episodes measured':45s} {L['n']:>12d}")
     print(f"{'sustained readings/s (broker -> SQLite)':45s} {result['throughput_readings_per_s']:>12.0f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_results(args.out, result)
     print(f"written {args.out}")
     return 0
 

@@ -26,7 +26,6 @@ disruption ended).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -45,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from appliance.broker import Mosquitto, free_port, stop_process  # noqa: E402
+from benchmarks.common import RESULTS, parser, write_results  # noqa: E402
 
 ASSETS = [f"asset{a}" for a in range(4)]
 SENSORS = [f"s{s}" for s in range(8)]
@@ -345,13 +345,13 @@ def main_run(args) -> int:
             subject.end_life(signal.SIGTERM)
         broker.stop()
     print(json.dumps({k: v for k, v in report.items() if k != "rss"}, indent=2))
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    write_results(args.out, report)
     print(f"JSON: {args.out}  work: {work}")
     return 0 if report.get("lost") == 0 else 2
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, RESULTS / "soak.json")
     sub = ap.add_subparsers(dest="cmd")
     s = sub.add_parser("subject", help="(internal) the appliance under test")
     s.add_argument("--config", required=True)
@@ -365,7 +365,6 @@ def main(argv=None) -> int:
     ap.add_argument("--down-s", type=float, default=2.0, help="how long the broker stays down")
     ap.add_argument("--rss-every", type=float, default=10.0, help="seconds between RSS samples")
     ap.add_argument("--work")
-    ap.add_argument("--out", default="soak.json")
     args = ap.parse_args(argv)
     if args.cmd == "subject":
         subject_main(args)

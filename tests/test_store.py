@@ -4,6 +4,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 from appliance.actions.alarms import AlarmBook
@@ -26,6 +27,60 @@ def test_readings_are_stored_once_and_callbacks_follow_commit(tmp_path):
     assert acked == list(range(100))
     c = st.counts()
     assert c["readings"] == 100 and c["dead_letters"] == 1
+    st.close()
+
+
+def test_group_commit_acknowledges_only_what_is_on_disk(tmp_path):
+    # A lingering writer still runs each callback after the commit that holds its readings.
+    st = Store(tmp_path / "a.db", commit_linger_s=0.01, commit_linger_items=16)
+    st.start()
+    seen = []
+
+    def check(i):
+        conn = open_reader(st.path)
+        seen.append(conn.execute("SELECT COUNT(*) FROM readings WHERE ts <= ?", (1000.0 + i,)).fetchone()[0] == i + 1)
+        conn.close()
+
+    for i in range(40):
+        st.put_reading(Reading("p", "a", 1000.0 + i, float(i)))
+        st.after_commit(lambda i=i: check(i))
+        if i % 7 == 0:
+            time.sleep(0.002)  # some arrive alone, some in bursts
+    assert st.flush()
+    assert seen == [True] * 40
+    st.close()
+
+
+def test_a_burst_ends_the_commit_linger(tmp_path):
+    # An hour's linger: only the burst reaching commit_linger_items can let the commit through.
+    st = Store(tmp_path / "a.db", commit_linger_s=3600.0, commit_linger_items=8)
+    st.start()
+    done = threading.Event()
+    st.put_reading(Reading("p", "a", 1000.0, 1.0))
+    time.sleep(0.05)  # the writer took the first reading and lingers for more
+    for i in range(1, 8):
+        st.put_reading(Reading("p", "a", 1000.0 + i, 1.0))
+    st.after_commit(done.set)
+    assert done.wait(60)
+    assert st.counts()["readings"] == 8
+    st.put_reading(Reading("p", "a", 2000.0, 1.0))
+    time.sleep(0.05)  # lingering again: close() must not wait it out
+    st.close()
+    assert st.counts()["readings"] == 9
+
+
+def test_the_linger_backs_off_when_arrivals_stall(tmp_path):
+    # One message at a time, each waiting for its ack (a broker with one message in flight):
+    # lingering would only slow it down, so after two fruitless waits the writer stops.
+    st = Store(tmp_path / "a.db", commit_linger_s=0.2, commit_linger_items=1000)
+    st.start()
+    for i in range(12):
+        acked = threading.Event()
+        st.put_reading(Reading("p", "a", 1000.0 + i, 1.0))
+        st.after_commit(acked.set)
+        assert acked.wait(60)
+    assert st.committed_batches >= 12
+    assert st.lingers <= 4  # without the back-off, all 12 would have lingered
     st.close()
 
 

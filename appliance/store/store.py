@@ -10,6 +10,17 @@ power cut, and a ``kill -9`` at any moment leaves a consistent database (SQLite'
 journal guarantees it). What can be lost is only what was queued and not yet
 committed; the source still holds those (they were not acknowledged).
 
+Group commit: every commit is a ``fsync``, and at a moderate steady rate (a
+message every millisecond) committing each one as it comes costs a wake-up of the
+writer, a ``fsync`` and a wake-up of the connector's network thread to send its
+PUBACK, per message. So when a batch is small the writer waits up to
+``commit_linger_s`` for more before committing; it stops waiting as soon as
+``commit_linger_items`` are queued (a burst: waiting would only delay it), and it
+stops lingering for a while when a wait gathered nothing late in it (arrivals had
+stalled: a broker that keeps few messages in flight waits for our acks, and
+lingering would only slow it down). Acknowledgements wait for the commit, never
+the other way round.
+
 Readings are unique per (asset, sensor, ts): a message delivered twice (QoS 1
 after a crash) is stored once. Retention keeps the newest ``max_readings`` rows
 and drops rows received more than ``retention_days`` ago.
@@ -175,6 +186,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 _STOP = object()
+# After a linger that gathered nothing late in it, this many commits go out without one.
+_LINGER_BACKOFF = 64
 
 
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -197,7 +210,8 @@ def open_reader(path: str | Path) -> sqlite3.Connection:
 
 class Store:
     def __init__(self, path: str | Path, retention_days: float = 7.0, max_readings: int = 5_000_000,
-                 max_dead_letters: int = 100_000, batch_max: int = 2000, dead_letter_collapse_s: float = 60.0):
+                 max_dead_letters: int = 100_000, batch_max: int = 2000, dead_letter_collapse_s: float = 60.0,
+                 commit_linger_s: float = 0.004, commit_linger_items: int = 16):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retention_s = retention_days * 86400
@@ -205,6 +219,16 @@ class Store:
         self.max_dead_letters = max_dead_letters
         self.batch_max = batch_max
         self.dead_letter_collapse_s = dead_letter_collapse_s
+        self.commit_linger_s = commit_linger_s
+        self.commit_linger_items = commit_linger_items
+        # Group commit (see the module doc): the writer waits on _more; after_commit sets it early.
+        self._more = threading.Event()
+        self._linger_need: int | None = None  # queued items that end the current linger; None: not lingering
+        self._last_arrival = 0.0
+        self._linger_skip = 0
+        self._stalls = 0
+        self._closing = False
+        self.lingers = 0
         # (source, code, detail) -> [row id, received_at of the row's first refusal]; writer thread only
         self._dead_recent: OrderedDict[tuple, list] = OrderedDict()
         self.dead_letters_collapsed = 0
@@ -223,17 +247,21 @@ class Store:
     @classmethod
     def from_config(cls, cfg, path: Path) -> "Store":
         return cls(path, cfg.retention_days, cfg.max_readings, cfg.max_dead_letters,
-                   dead_letter_collapse_s=cfg.dead_letter_collapse_s)
+                   dead_letter_collapse_s=cfg.dead_letter_collapse_s, commit_linger_s=cfg.commit_linger_ms / 1000.0,
+                   commit_linger_items=cfg.commit_linger_items)
 
     # -- writer side ----------------------------------------------------------
     def start(self) -> None:
+        self._closing = False
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         """Flush everything queued, then stop the writer."""
         if self._thread is not None:
+            self._closing = True
             self._q.put(_STOP)
+            self._more.set()  # a lingering writer commits now
             self._thread.join(timeout=60)
             self._thread = None
 
@@ -263,6 +291,11 @@ class Store:
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once everything queued before it is committed."""
         self._q.put(("callback", callback))
+        need = self._linger_need
+        if need is not None:  # the writer is lingering for more: an input's batch is more
+            self._last_arrival = time.monotonic()
+            if self._q.qsize() >= need:
+                self._more.set()
 
     def flush(self, timeout: float = 30.0) -> bool:
         done = threading.Event()
@@ -272,16 +305,47 @@ class Store:
     def queued(self) -> int:
         return self._q.qsize()
 
+    def _take(self, batch: list) -> None:
+        while len(batch) < self.batch_max:
+            try:
+                batch.append(self._q.get_nowait())
+            except queue.Empty:
+                return
+
+    def _linger(self, batch: list) -> None:
+        """Group commit: wait a little for more to commit with ``batch`` (see the module doc)."""
+        if self._linger_skip:
+            self._linger_skip -= 1
+            return
+        started = time.monotonic()
+        self._more.clear()
+        self._linger_need = max(1, self.commit_linger_items - len(batch))
+        # after_commit or close() may have come before the flag was set or the event cleared
+        enough = self._closing or self._q.qsize() >= self._linger_need
+        if not enough:
+            enough = self._more.wait(self.commit_linger_s)
+        self._linger_need = None
+        self.lingers += 1
+        if not enough and self._last_arrival < started + self.commit_linger_s / 4:
+            # Nothing came in the last three quarters of the wait: arrivals stalled (or are rare).
+            # Twice in a row (once is a scheduling hiccup), and lingering delays acks for nothing.
+            self._stalls += 1
+            if self._stalls >= 2:
+                self._stalls = 0
+                self._linger_skip = _LINGER_BACKOFF
+        else:
+            self._stalls = 0
+        self._take(batch)
+
     def _run(self) -> None:
         conn = _connect(self.path)
         stopping = False
         while not stopping:
             batch = [self._q.get()]
-            while len(batch) < self.batch_max:
-                try:
-                    batch.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
+            self._take(batch)
+            if (self.commit_linger_s > 0 and len(batch) < self.commit_linger_items
+                    and batch[-1] is not _STOP):
+                self._linger(batch)
             if batch[-1] is _STOP or _STOP in batch:
                 stopping = True
                 batch = [b for b in batch if b is not _STOP]
