@@ -21,13 +21,16 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what the platform module knows."""
+    """The CPU's model name (``/proc/cpuinfo``; a Raspberry Pi or Jetson names it ``Model`` or ``Hardware``),
+    else what the platform module knows."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        info = ""
+    for key in ("model name", "Model", "Hardware"):
+        for line in info.splitlines():
+            if line.split(":")[0].strip() == key:
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 

@@ -31,23 +31,12 @@ sys.path.insert(0, str(ROOT))
 import onnxruntime as ort  # noqa: E402
 
 from appliance.core import Window  # noqa: E402
+from benchmarks.common import cpu_model  # noqa: E402
 from appliance.detector.scorer import Detector  # noqa: E402
 from appliance.detector.session import ONNX_INPUT, ONNX_OUTPUT, takes_flat_windows  # noqa: E402
 from appliance.detector.train import TrainSettings, read_csv_rows, sliding_windows, train_bundle  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "skab" / "anomaly-free" / "anomaly-free.csv"
-
-
-def cpu_model() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    for key in ("model name", "Model", "Hardware"):
-        for line in info.splitlines():
-            if line.split(":")[0].strip() == key:
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def synthetic_rows(n: int = 10_000, sensors: int = 8, seed: int = 0) -> tuple[list[str], np.ndarray]:
