@@ -127,6 +127,16 @@ def cmd_train(args) -> int:
                               ("lateness_s", args.lateness), ("max_iter", args.max_epochs)) if v is not None}
     if args.early_stopping:
         opts["early_stopping"] = True
+    if args.settings:
+        try:
+            extra = json.loads(args.settings)
+        except ValueError as e:
+            print(f"appliance train: --settings is not JSON: {e}", file=sys.stderr)
+            return 2
+        if not isinstance(extra, dict):
+            print("appliance train: --settings must be a JSON object of TrainSettings fields", file=sys.stderr)
+            return 2
+        opts.update(extra)
     level_free = list(args.level_free or [])
     if args.no_trend_check:
         opts["trend_limit"] = None
@@ -320,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--max-epochs", type=int, help="training epoch cap (default 200)")
     t.add_argument("--early-stopping", action="store_true",
                    help="stop when the loss on held-back normal rows stops improving; keep the best epoch")
+    t.add_argument("--settings", metavar="JSON",
+                   help='any other training settings as a JSON object, e.g. \'{"threshold_rule": "pooled"}\' '
+                        "(fields of appliance.detector.train.TrainSettings; for ablations)")
     t.add_argument("--level-free", action="append", metavar="SENSOR",
                    help="sensor whose slow level is not learned, only its shape within a window (repeatable)")
     t.add_argument("--level-free-from", nargs="+", metavar="CSV",

@@ -84,9 +84,9 @@ def test_a_slow_process_trains_with_window_and_staleness_derived_from_its_period
     out = tmp_path / "bundle"
     assert main(["train", "--data", str(data), "--period", "180", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "window 8 rows (1440 s), staleness 900 s" in printed
+    assert "window 3 rows (540 s), staleness 900 s" in printed
     meta = json.loads((out / "bundle.json").read_text())
-    assert (meta["period_s"], meta["window"], meta["staleness_s"], meta["lateness_s"]) == (180.0, 8, 900.0, 360.0)
+    assert (meta["period_s"], meta["window"], meta["staleness_s"], meta["lateness_s"]) == (180.0, 3, 900.0, 360.0)
     assert meta["training"]["model"]["stopped"] in ("tolerance", "epoch cap", "held-back loss")
 
 
