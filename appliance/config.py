@@ -19,7 +19,7 @@ from appliance.actions.config import DecisionConfig
 from appliance.connections.config import ConnectionsConfig
 from appliance.detector.config import DetectorConfig, WindowConfig
 from appliance.fleet.config import FleetConfig
-from appliance.registry import INPUTS, OUTPUTS
+from appliance.registry import INPUTS, OUTPUTS, config_sections, unmet_needs
 from appliance.settings import Section
 from appliance.store.config import StoreConfig
 from appliance.watchdog import WatchdogConfig
@@ -29,9 +29,9 @@ from web.config import WebConfig
 MAX_CONFIG_BYTES = 1024 * 1024
 
 InputsConfig = create_model("InputsConfig", __base__=Section,
-                            **{p.key: (p.config, p.config()) for p in INPUTS})
+                            **{k: (c, c()) for k, c in config_sections(INPUTS).items()})
 OutputsConfig = create_model("OutputsConfig", __base__=Section,
-                             **{p.key: (p.config, p.config()) for p in OUTPUTS})
+                             **{k: (c, c()) for k, c in config_sections(OUTPUTS).items()})
 
 
 class Config(Section):
@@ -47,7 +47,7 @@ class Config(Section):
     store: StoreConfig = StoreConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
     web: WebConfig = WebConfig()
-    fleet: FleetConfig = FleetConfig()
+    fleet: FleetConfig = FleetConfig()  # the fleet server's too; the gateway's part is the registry's "fleet"
 
     def path(self, p: str) -> Path:
         """Resolve a configured path relative to ``data_dir``."""
@@ -94,7 +94,7 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     if moved:
         raise ConfigError(source, moved)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except RecursionError:
         raise ConfigError(source, ["(top level): nested too deeply"]) from None
     except ValidationError as e:
@@ -107,6 +107,11 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
                 msg = "must be a finite number (not nan or inf)"
             problems.append(f"{_key(err['loc'])}: {msg}")
         raise ConfigError(source, problems) from None
+    # A plugin that works on another's part (the fleet on the sync's windows) is refused here, not at start.
+    unmet = unmet_needs(config)
+    if unmet:
+        raise ConfigError(source, unmet)
+    return config
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -530,9 +530,6 @@ def build(cfg, detector=None) -> Appliance:
     store = Store.from_config(cfg.store, cfg.path(cfg.store.path))
     env = PluginEnv(config=cfg, data_dir=data_dir, sensors=tuple(detector.sensors))
     outputs = build_outputs(cfg.outputs, env)
-    if cfg.fleet.participate:  # fleet learning inside the sync's connectivity windows (docs/fleet.md)
-        from appliance.fleet.participant import for_appliance
-        outputs.append(for_appliance(cfg, outputs))
     return Appliance(cfg, detector, store, build_inputs(cfg.inputs, env), outputs)
 
 

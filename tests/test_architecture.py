@@ -7,8 +7,10 @@ inside functions), so a rule broken in a rarely used code path still fails here.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -87,7 +89,8 @@ def test_the_core_imports_no_other_part():
 
 
 @pytest.mark.parametrize("output_pkg", ["appliance.actions", "appliance.history", "appliance.store",
-                                        "appliance.connections"])
+                                        "appliance.connections", "appliance.sync", "appliance.fleet",
+                                        "appliance.release", "web"])
 def test_no_output_or_shared_connection_imports_an_input(output_pkg):
     offenders = {m: sorted(n for n in GRAPH[m] if n.startswith("appliance.connectors"))
                  for m in GRAPH if m.startswith(output_pkg)}
@@ -95,7 +98,9 @@ def test_no_output_or_shared_connection_imports_an_input(output_pkg):
 
 
 def test_plugins_do_not_import_each_other():
-    folders = {p.factory.partition(":")[0] for p in INPUTS + OUTPUTS}
+    # A plugin's folder is where its README is (the sync's factory is appliance.sync.uplink, its folder
+    # appliance/sync/); what one needs of another comes through its registry entry (Plugin.needs).
+    folders = {".".join(Path(p.readme).parent.parts) for p in INPUTS + OUTPUTS}
 
     def inside(m, folder):
         return m == folder or m.startswith(folder + ".")
@@ -106,6 +111,44 @@ def test_plugins_do_not_import_each_other():
             assert others == set(), f"{m} imports another plugin: {sorted(others)}"
 
 
+# The live path: windowing, the ONNX Runtime session, scoring, decisions, alarms, the runtime and every
+# plugin the registry can build (their factories are imported by name, so they are roots of their own).
+LIVE_ROOTS = ("appliance.runtime", "appliance.detector.windowing", "appliance.detector.session",
+              "appliance.detector.scorer", "appliance.actions.decide", "appliance.actions.alarms",
+              "appliance.registry", *(p.factory.partition(":")[0] for p in INPUTS + OUTPUTS))
+TRAINING_SIDE = ("appliance.detector.train", "appliance.detector.quantize", "appliance.detector.autoencoder",
+                 "appliance.eval", "appliance.commission", "appliance.fleet.client", "appliance.fleet.server",
+                 "appliance.fleet.model", "appliance.fleet.export", "firmware_sim")
+TRAINING_LIBRARIES = ("onnxruntime.quantization", "sklearn", "flwr")
+
+
+def external_imports(module: str) -> set[str]:
+    """Full names of the modules outside appliance/web ``module`` imports (``onnxruntime.quantization``)."""
+    return external_imports_of(source_of(module))
+
+
+def external_imports_of(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return {n for n in names if n.split(".")[0] not in PACKAGES}
+
+
+@pytest.mark.parametrize("root", LIVE_ROOTS)
+def test_the_live_path_never_imports_training_or_quantization(root):
+    # Read from the source, imports inside functions too; tests/test_detector_live_path.py checks the
+    # same in a running interpreter that really scores.
+    assert root in GRAPH, f"{root} is not a module (a renamed live-path module or plugin factory?)"
+    modules = reachable(root) | {root}
+    assert sorted(m for m in modules if m.startswith(TRAINING_SIDE)) == []
+    libraries = {m: sorted(n for n in external_imports(m) if n.startswith(TRAINING_LIBRARIES)) for m in modules}
+    assert {m: v for m, v in libraries.items() if v} == {}
+
+
 def test_the_appliance_package_never_imports_the_simulator():
     offenders = {m: sorted(n for n in GRAPH[m] | imports_of_path(m) if n.startswith("firmware_sim"))
                  for m in GRAPH if m.startswith("appliance")}
@@ -113,9 +156,7 @@ def test_the_appliance_package_never_imports_the_simulator():
 
 
 def imports_of_path(module: str) -> set[str]:
-    path = ROOT / Path(*module.split("."))
-    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-    return imports_of(path)
+    return imports_of(source_of(module))
 
 
 def test_only_the_parts_that_own_a_database_speak_sql():
@@ -126,14 +167,24 @@ def test_only_the_parts_that_own_a_database_speak_sql():
               "appliance.accounts")
     users = sorted(m for m in GRAPH if "sqlite3" in imports_of_any(m) and not m.startswith(owners))
     assert users == []
+    # Nor does anybody else write SQL for someone else's connection (the dashboard and commissioning
+    # read the store through StoreReader's methods).
+    statement = re.compile(r"\s*(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE (TABLE|INDEX))\b")
+    speakers = sorted(m for m in GRAPH if not m.startswith(owners) and any(
+        isinstance(n, ast.Constant) and isinstance(n.value, str) and statement.match(n.value)
+        for n in ast.walk(ast.parse(source_of(m).read_text()))))
+    assert speakers == []
+
+
+def source_of(module: str) -> Path:
+    path = ROOT / Path(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
 def imports_of_any(module: str) -> set[str]:
     """Top-level names of everything ``module`` imports (standard library included)."""
-    path = ROOT / Path(*module.split("."))
-    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(source_of(module).read_text())):
         if isinstance(node, ast.Import):
             names.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
@@ -146,7 +197,7 @@ def test_every_registered_plugin_builds_the_right_kind_and_has_its_folder():
         for p in plugins:
             folder = ROOT / Path(p.readme).parent
             assert (folder / "config.py").exists() and (folder / "__init__.py").exists(), folder
-            assert p.config().enabled in (True, False)
+            assert getattr(p.config(), p.switch) in (True, False)
     # The interfaces are what the plugins really are, not a protocol nothing checks.
     from appliance.actions.mitigation.output import MitigationOutput
     from appliance.actions.mqtt_alarm.notifier import MqttAlarmNotifier
@@ -155,7 +206,51 @@ def test_every_registered_plugin_builds_the_right_kind_and_has_its_folder():
     from appliance.history.output import HistoryOutput
     from appliance.store.output import StoreOutput
     assert all(issubclass(c, Input) for c in (MqttConnector, OpcuaConnector))
-    assert all(issubclass(c, Output) for c in (MitigationOutput, MqttAlarmNotifier, HistoryOutput, StoreOutput))
+    from appliance.fleet.participant import FleetParticipant
+    from appliance.sync.uplink import SyncUplink
+    assert all(issubclass(c, Output) for c in (MitigationOutput, MqttAlarmNotifier, HistoryOutput, StoreOutput,
+                                               SyncUplink, FleetParticipant))
+
+
+def test_what_a_plugin_needs_comes_from_an_output_built_before_it():
+    # build_outputs goes in registry order; a need on a later (or unknown) output could never be met.
+    for i, p in enumerate(OUTPUTS):
+        for source in p.needs.values():
+            key, _, attribute = source.partition(".")
+            assert key in {q.key for q in OUTPUTS[:i]} and attribute, f"{p.key} needs {source}"
+
+
+def test_an_output_that_needs_another_is_refused_without_it_by_the_config_check():
+    from appliance.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"fleet.participate: needs \[outputs.sync\] enabled \(for its windows\)"):
+        parse_config({"fleet": {"participate": True, "asset": "pump"}, "outputs": {"sync": {"enabled": False}}})
+    assert parse_config({"fleet": {"participate": True, "asset": "pump"},
+                         "outputs": {"sync": {"enabled": True}}}).fleet.participate
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_every_package_folder_is_packaged():
+    # An explicit list: a new folder left out of it imports in the tree and fails on an installed gateway.
+    packaged = set(pyproject()["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for pkg in PACKAGES
+               for p in (ROOT / pkg).rglob("__init__.py")}
+    assert sorted(folders - packaged) == []
+
+
+# Distribution names whose import name differs.
+IMPORT_NAMES = {"scikit-learn": "sklearn", "paho-mqtt": "paho", "flask-wtf": "flask_wtf", "argon2-cffi": "argon2",
+                "influxdb-client": "influxdb_client", "prometheus-client": "prometheus_client"}
+
+
+def test_every_declared_dependency_is_imported():
+    sources = [p for folder in (*PACKAGES, "firmware-sim") for p in (ROOT / folder).rglob("*.py")]
+    used = {n.split(".")[0] for path in sources for n in external_imports_of(path)}
+    declared = {re.split(r"[<>=\[ ;]", d, maxsplit=1)[0].lower() for d in pyproject()["project"]["dependencies"]}
+    assert sorted(d for d in declared if IMPORT_NAMES.get(d, d) not in used) == []
 
 
 def test_importing_the_appliance_loads_no_simulator_code():

@@ -1,7 +1,10 @@
 import re
+import typing
 from pathlib import Path
 
+import annotated_types
 import pytest
+from pydantic import BaseModel
 
 from appliance.cli import main
 from appliance.config import ConfigError, Config, load_config, parse_config
@@ -64,6 +67,7 @@ def test_moved_keys_say_where_they_went():
     ("[decision]\ncritical_ratio = inf\n", "decision.critical_ratio"),
     ("[windows]\nstaleness_s = 1e300\n", "windows.staleness_s"),
     ("[store]\nmax_in_flight = 99999999999\n", "store.max_in_flight"),
+    ("[fleet]\nseed = 99999999999\n", "fleet.seed"),
     ("[outputs.mitigation]\n[[outputs.mitigation.targets]]\nnode = \"ns=2;s=SP\"\nmin = nan\nmax = 100.0\n",
      "outputs.mitigation.targets.0.min"),
     ("[outputs.mitigation]\n[[outputs.mitigation.targets]]\nnode = \"ns=2;s=SP\"\nmin = 0.0\nmax = inf\n",
@@ -75,6 +79,35 @@ def test_every_number_must_be_finite_and_sane(tmp_path, toml, key):
     with pytest.raises(ConfigError) as e:
         load_config(f)
     assert any(p.startswith(key + ":") for p in e.value.problems), e.value.problems
+
+
+# Numbers in the plant's own units (a PLC target's limits, a rule's set value): any finite value may be
+# right, so they are bounded by the Section's finite rule and their own validators, not by a range here.
+PROCESS_VALUES = {"inputs.mqtt.gaps.periods", "inputs.opcua.nodes.min_value", "inputs.opcua.nodes.max_value",
+                  "outputs.mitigation.targets.min", "outputs.mitigation.targets.max",
+                  "outputs.mitigation.targets.max_rate_per_min", "outputs.mitigation.rules.set_value",
+                  "outputs.mitigation.rules.change_by"}
+
+
+def numeric_fields(model: type[BaseModel], prefix: str = ""):
+    """``(key, field)`` of every int or float setting below ``model``, lists and optional sections included."""
+    for name, f in model.model_fields.items():
+        args = typing.get_args(f.annotation) or (f.annotation,)
+        for a in args:
+            if isinstance(a, type) and issubclass(a, BaseModel):
+                yield from numeric_fields(a, f"{prefix}{name}.")
+        if any(a in (int, float) for a in args) and bool not in args:
+            yield prefix + name, f
+
+
+def test_every_numeric_setting_has_a_range():
+    def bounded(f, kinds):
+        return any(isinstance(m, kinds) for m in f.metadata)
+
+    open_ended = sorted(key for key, f in numeric_fields(Config)
+                        if not (bounded(f, (annotated_types.Ge, annotated_types.Gt))
+                                and bounded(f, (annotated_types.Le, annotated_types.Lt))))
+    assert set(open_ended) <= PROCESS_VALUES, sorted(set(open_ended) - PROCESS_VALUES)
 
 
 @pytest.mark.parametrize("content, reason", [
@@ -100,14 +133,17 @@ def toml_blocks(readme: Path) -> list[str]:
     return re.findall(r"```toml\n(.*?)```", readme.read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize("plugin", INPUTS + OUTPUTS, ids=lambda p: p.key)
-def test_every_plugin_readme_sample_passes_config_check(tmp_path, capsys, plugin):
-    readme = Path(plugin.readme)
-    blocks = toml_blocks(readme)
+# Every plugin's README, and the store's (an output that is always on, so not in the registry).
+README_SAMPLES = [(p.readme, p.section or f"{'inputs' if p in INPUTS else 'outputs'}.{p.key}")
+                  for p in INPUTS + OUTPUTS] + [("appliance/store/README.md", "store")]
+
+
+@pytest.mark.parametrize("readme,section", README_SAMPLES, ids=[s for _, s in README_SAMPLES])
+def test_every_plugin_readme_sample_passes_config_check(tmp_path, capsys, readme, section):
+    blocks = toml_blocks(Path(readme))
     assert blocks, f"{readme} has no ```toml sample"
     for i, block in enumerate(blocks):
-        f = tmp_path / f"{plugin.key}-{i}.toml"
+        f = tmp_path / f"{section}-{i}.toml"
         f.write_text(block)
         assert main(["config", "check", str(f)]) == 0, capsys.readouterr().err
-        section = "inputs" if plugin in INPUTS else "outputs"
-        assert f"[{section}.{plugin.key}" in block, f"{readme} sample {i} does not configure [{section}.{plugin.key}]"
+        assert f"[{section}" in block, f"{readme} sample {i} does not configure [{section}]"

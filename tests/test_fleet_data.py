@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from appliance.config import ConfigError
 from appliance.core import Alarm, AlarmState, Level, PluginError
 from appliance.fleet.data import StoreSource
 from appliance.fleet.model import ModelSpec, run_windows
@@ -97,14 +98,17 @@ def test_the_appliance_runs_its_fleet_client_on_the_sync_windows(tmp_path, relea
     assert argv[argv.index("--store") + 1] == str(cfg.path(cfg.store.path))
     assert argv[argv.index("--max-wait") + 1] == "1234.0" and argv[argv.index("--server") + 1] == "10.0.0.5:9092"
     assert fleet.status()["state"] == "waiting"
-    # Without participate nothing of it is there; without the sync's windows it is refused.
+    # Without participate nothing of it is there; without the sync's windows it is refused, by the
+    # config check already and by the registry for a config built by hand.
     assert build(appliance_config(tmp_path, bundle=release_bundles[0], sync=True)).output("fleet") is None
-    with pytest.raises(PluginError, match="needs \\[outputs.sync\\] enabled"):
-        build(appliance_config(tmp_path, bundle=release_bundles[0], sync=False, participate=True, asset=ASSET))
+    with pytest.raises(ConfigError, match="fleet.participate: needs \\[outputs.sync\\] enabled"):
+        appliance_config(tmp_path, bundle=release_bundles[0], sync=False, participate=True, asset=ASSET)
+    unchecked = cfg.model_copy(update={"outputs": cfg.outputs.model_copy(
+        update={"sync": cfg.outputs.sync.model_copy(update={"enabled": False})})})
+    with pytest.raises(PluginError, match="\\[fleet\\] participate = true needs \\[outputs.sync\\] enabled"):
+        build(unchecked)
 
 
 def test_participate_needs_an_asset(tmp_path):
-    from appliance.config import ConfigError
-
     with pytest.raises(ConfigError, match="participate = true needs asset"):
         appliance_config(tmp_path, bundle="x", sync=True, participate=True)

@@ -83,3 +83,26 @@ def test_the_appliance_runs_without_flwr_and_the_fleet_command_says_how_to_get_i
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2, p.stderr
     assert "pip install" in p.stderr and "[fleet]" in p.stderr
+
+
+def test_the_fleet_bundle_is_written_by_the_detectors_int8_path(release_bundles, tmp_path):
+    # The fleet's weights go through the detector's quantize-check-write (quantize.write_int8_bundle):
+    # the INT8 check, the common metadata and the loader's own validation are the detector's.
+    from appliance.detector.bundle import load_bundle
+    from appliance.fleet.export import write_fleet_bundle
+
+    spec, weights = seed_from_bundle(release_bundles[0])
+    seed = load_bundle(release_bundles[0])
+    out = write_fleet_bundle(spec, weights, tmp_path / "fleet", reference_rows=normal_rows(600, 7),
+                             reference_sensors=SENSORS, client_thresholds=[1.0, 2.0, 10.0],
+                             fleet_info={"rounds": 1}, seed=1)
+    bundle = load_bundle(out)
+    assert "-fleet-" in bundle.model_version and bundle.meta["format_version"] == seed.meta["format_version"]
+    assert bundle.thresholds["fp32"] == 2.0  # the median of the clients' own
+    assert bundle.meta["threshold_calibration"]["fp32"]["method"] == "fleet_median"
+    ratio = bundle.meta["threshold_calibration"]["int8"]["int8_over_fp32_error_ratio"]
+    assert bundle.thresholds["int8"] == pytest.approx(2.0 * ratio)
+    assert bundle.meta["int8_check"]["passed"] is True and bundle.meta["int8_check"]["threshold_mapping"] == "ratio"
+    assert bundle.meta["training"]["fleet"] == {"rounds": 1}
+    assert bundle.meta["training"]["quantization"]["calibration_windows"] > 0
+    assert (bundle.sensors, bundle.window) == (seed.sensors, seed.window)

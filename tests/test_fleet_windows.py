@@ -66,7 +66,7 @@ class Gateway:
 
         self.folder, self.name = folder, name
         cfg = parse_config({"data_dir": str(folder), "site": name, "log_level": "INFO",
-                            "store": {"path": str(db)},
+                            "store": {"path": str(db)}, "outputs": {"sync": {"enabled": True}},
                             "fleet": {"participate": True, "asset": ASSET, "server_address": server,
                                       "alarm_margin_s": 10.0, "recent_s": 86400.0}}, name)
         self.clock = ManualClock()

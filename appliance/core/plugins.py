@@ -16,7 +16,7 @@ its config section and a README.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Collection, Coroutine, Mapping, Protocol, Sequence
 
@@ -144,12 +144,15 @@ class PluginEnv:
 
     ``config`` is the whole validated configuration (for the shared
     ``connections``); ``data_dir`` resolves relative paths; ``sensors`` lists the
-    model's sensors (an input may refuse others early).
+    model's sensors (an input may refuse others early); ``needs`` holds what the
+    plugin's registry entry asked of outputs built before it (the fleet
+    participant: the sync's connectivity ``windows``).
     """
 
     config: Any
     data_dir: Path
     sensors: Collection[str]
+    needs: Mapping[str, Any] = field(default_factory=dict)
 
     def path(self, p: str) -> Path:
         q = Path(p)

@@ -21,12 +21,14 @@ and never imports this module (nor ``onnxruntime.quantization``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import tempfile
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -35,7 +37,8 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       QuantType, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from appliance.detector.session import ONNX_INPUT, sensor_errors
+from appliance.detector.bundle import FORMAT_VERSION, MODEL_FILES, write_bundle
+from appliance.detector.session import ONNX_INPUT, make_session, sensor_errors
 
 logger = logging.getLogger(__name__)
 
@@ -250,3 +253,79 @@ def verify_int8(fp32: ort.InferenceSession, int8: ort.InferenceSession, holdout:
     if failures:
         raise QuantizationCheckError("INT8 model refused: " + "; ".join(failures), report)
     return report
+
+
+# How an INT8 threshold is found for one attempt: (INT8 session, its held-back errors, the median
+# INT8/FP32 error ratio, the mapping's name) -> (threshold, how it was calibrated).
+Int8Threshold = Callable[[ort.InferenceSession, np.ndarray, float, str], tuple[float, dict]]
+
+
+def _ratio_threshold(threshold_fp32: float) -> Int8Threshold:
+    def carry(_session, _errors, ratio: float, mapping: str) -> tuple[float, dict]:
+        if mapping != "ratio":
+            raise ValueError(f"no INT8 threshold rule given for mapping {mapping!r}")
+        return threshold_fp32 * ratio, {"method": "fp32_times_ratio", "int8_over_fp32_error_ratio": ratio}
+    return carry
+
+
+def write_int8_bundle(out_dir: str | Path, fp32_path: Path, fp32: ort.InferenceSession,
+                      meta: dict | Callable[[dict], dict], *, calibration: np.ndarray, holdout: np.ndarray,
+                      threshold_fp32: float, fp32_calibration: dict, int8_threshold: Int8Threshold | None = None,
+                      attempts: Sequence[Sequence[str]] | None = None, mappings: Sequence[str] = ("ratio",),
+                      limits: CheckLimits = CheckLimits(), seed: int = 0, probe_shift: float = 4.0,
+                      per_channel: bool = True, calibrate_method: str = "minmax", version_tag: str = "") -> Path:
+    """Quantize the FP32 model at ``fp32_path`` to INT8, check it, and write the bundle; return its path.
+
+    Tries each threshold ``mapping`` with each ``attempts`` entry (the nodes kept in
+    FP32; default: none, then the output Gemm) until :func:`verify_int8` passes on
+    ``holdout``, or raises the last :class:`QuantizationCheckError`. The INT8 model is
+    written beside ``fp32_path``. ``int8_threshold`` gives each attempt's INT8
+    threshold (default: the FP32 one times the median INT8/FP32 error ratio).
+
+    ``meta`` is the model's own part of ``bundle.json`` (sensors, window, scaler,
+    ``training`` ...), or a function returning it from what every bundle says the
+    same way and this writes anyway: format and model version, creation time,
+    ``threshold``, ``thresholds`` and ``threshold_calibration`` (INT8 and FP32), the
+    score, the INT8 check. What ``meta`` gives wins (a bundle with more models says
+    its own format version and thresholds); ``training.quantization`` is added.
+    """
+    fp32_path = Path(fp32_path)
+    int8_path = fp32_path.with_name(MODEL_FILES["int8"])
+    if attempts is None:
+        attempts = [(), (gemm_nodes(onnx.load(str(fp32_path)))[-1],)]
+    threshold_of = int8_threshold or _ratio_threshold(threshold_fp32)
+    e32 = sensor_errors(fp32, holdout).mean(axis=1)
+    failure: QuantizationCheckError | None = None
+    for mapping, exclude in [(m, tuple(e)) for m in mappings for e in attempts]:
+        quantize_model(fp32_path, int8_path, calibration, per_channel=per_channel, nodes_to_exclude=exclude,
+                       calibrate_method=calibrate_method)
+        s8 = make_session(int8_path)
+        e8 = sensor_errors(s8, holdout).mean(axis=1)
+        ratio = float(np.median(e8 / np.maximum(e32, 1e-12)))
+        th8, info8 = threshold_of(s8, e8, ratio, mapping)
+        try:
+            check = verify_int8(fp32, s8, holdout, threshold_fp32, th8, limits, seed=seed, probe_shift=probe_shift)
+        except QuantizationCheckError as e:
+            logger.warning("int8 check failed excluded=%s threshold=%s: %s", list(exclude), mapping, e)
+            failure = e
+            continue
+        check.update(fp32_nodes=list(exclude), threshold_mapping=mapping)
+        break
+    else:
+        raise failure if failure is not None else ValueError("no INT8 attempt to make")
+
+    digest = hashlib.sha256(fp32_path.read_bytes() + int8_path.read_bytes()).hexdigest()
+    created = datetime.now(timezone.utc)
+    common = {"format_version": FORMAT_VERSION,
+              "model_version": f"{created:%Y%m%dT%H%M%SZ}-{version_tag + '-' if version_tag else ''}{digest[:12]}",
+              "created_at": created.isoformat(timespec="seconds"),
+              "threshold": th8,
+              "thresholds": {"int8": th8, "fp32": threshold_fp32},
+              "threshold_calibration": {"int8": info8, "fp32": fp32_calibration},
+              "score": "mean squared reconstruction error of the scaled window",
+              "int8_check": check}
+    full = {**common, **(meta(common) if callable(meta) else meta)}
+    full["training"] = {**full.get("training", {}), "quantization": {
+        "format": "QDQ", "activations": "int8", "weights": "int8", "output": "float", "per_channel": per_channel,
+        "calibrate_method": calibrate_method, "calibration_windows": int(len(calibration))}}
+    return write_bundle(out_dir, full, {"fp32": fp32_path, "int8": int8_path})

@@ -43,7 +43,7 @@ class FleetConfig(Section):
     holdout: float = Field(0.2, gt=0, lt=1, description="oldest share of a client's rows kept for evaluation")
     threshold: Literal["median", "max"] = Field(
         "median", description="how the clients' own calibrated thresholds become the fleet model's")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="random state of the fleet's training (numpy, scikit-learn)")
     # A gateway inside the appliance (`appliance run`): its client takes part only while a
     # connectivity window of [outputs.sync] is open, on the normal rows its own store recorded.
     participate: bool = Field(False, description="this gateway joins fleet runs in its connectivity windows")

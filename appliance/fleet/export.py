@@ -13,16 +13,15 @@ The server holds no gateway's data, so two things a bundle needs come from elsew
   the seed bundle was trained on), as ``appliance train`` uses its own rows. Its
   errors also carry the FP32 threshold to INT8 (median INT8/FP32 error ratio).
 
-The result is checked by the detector's own loader before it is written
-(:func:`appliance.detector.bundle.write_bundle`).
+Quantization, the INT8 check and what every bundle records are the detector's
+(:func:`appliance.detector.quantize.write_int8_bundle`); the result is checked by the
+detector's own loader before it is written.
 """
 
 from __future__ import annotations
 
-import hashlib
 import statistics
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -31,9 +30,8 @@ import onnx
 from threadpoolctl import threadpool_limits
 
 from appliance.detector.autoencoder import TRAIN_BLAS_THREADS
-from appliance.detector.bundle import FORMAT_VERSION, data_sha256, write_bundle
-from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, gemm_nodes, probe_shift_for,
-                                         probe_windows, quantize_model, verify_int8)
+from appliance.detector.bundle import MODEL_FILES, data_sha256
+from appliance.detector.quantize import probe_shift_for, probe_windows, write_int8_bundle
 from appliance.detector.session import make_session, sensor_errors
 from appliance.detector.train import calibrate_threshold
 from appliance.fleet.model import ModelSpec, autoencoder, client_windows
@@ -68,12 +66,10 @@ def _write(spec, weights, out_dir, rows, sensors, ts, client_thresholds, rule, f
     ae = autoencoder(spec, weights)
     ref_rows = np.asarray(rows, dtype=np.float64)[:, [list(sensors).index(s) for s in spec.sensors]]
     with tempfile.TemporaryDirectory(prefix="appliance-fleet-") as tmpdir:
-        fp32_path, int8_path = Path(tmpdir) / "model.fp32.onnx", Path(tmpdir) / "model.int8.onnx"
-        model = ae.to_onnx()
-        onnx.save(model, str(fp32_path))
+        fp32_path = Path(tmpdir) / MODEL_FILES["fp32"]
+        onnx.save(ae.to_onnx(), str(fp32_path))
         s32 = make_session(fp32_path)
-        e32 = sensor_errors(s32, X_held).mean(axis=1)
-        ref_th, ref_info = calibrate_threshold(e32)
+        ref_th, ref_info = calibrate_threshold(sensor_errors(s32, X_held).mean(axis=1))
         if client_thresholds:
             th32 = fleet_threshold(client_thresholds, rule)
             info32 = {"method": f"fleet_{rule}", "client_thresholds": client_thresholds,
@@ -83,49 +79,20 @@ def _write(spec, weights, out_dir, rows, sensors, ts, client_thresholds, rule, f
         calib = X_train[np.linspace(0, len(X_train) - 1, min(len(X_train), MAX_CALIBRATION_WINDOWS)).astype(int)]
         shift = probe_shift_for(th32, len(spec.sensors))
         calib = np.concatenate([calib, probe_windows(calib, max_shift=shift, seed=seed + 1)])
-        failure: QuantizationCheckError | None = None
-        for exclude in [(), (gemm_nodes(model)[-1],)]:
-            quantize_model(fp32_path, int8_path, calib, nodes_to_exclude=exclude)
-            s8 = make_session(int8_path)
-            e8 = sensor_errors(s8, X_held).mean(axis=1)
-            ratio = float(np.median(e8 / np.maximum(e32, 1e-12)))
-            th8 = th32 * ratio
-            try:
-                check = verify_int8(s32, s8, X_held, th32, th8, CheckLimits(), seed=seed, probe_shift=shift)
-            except QuantizationCheckError as e:
-                failure = e
-                continue
-            check["fp32_nodes"] = list(exclude)
-            failure = None
-            break
-        if failure is not None:
-            raise failure
-        digest = hashlib.sha256(fp32_path.read_bytes() + int8_path.read_bytes()).hexdigest()
-        created = datetime.now(timezone.utc)
         meta = {
-            "format_version": FORMAT_VERSION,
-            "model_version": f"{created:%Y%m%dT%H%M%SZ}-fleet-{digest[:12]}",
-            "created_at": created.isoformat(timespec="seconds"),
             "sensors": list(spec.sensors),
             "window": spec.window,
             "stride": spec.stride,
             "period_s": float(spec.period_s),
             "scaler": spec.scaler.to_dict(),
             "level_free": list(spec.level_free),
-            "threshold": th8,
-            "thresholds": {"int8": th8, "fp32": th32},
-            "threshold_calibration": {"fp32": info32,
-                                      "int8": {"method": "fp32_times_ratio", "int8_over_fp32_error_ratio": ratio}},
-            "score": "mean squared reconstruction error of the scaled window",
             "training": {
                 "fleet": fleet_info,
                 "reference": {"rows": int(len(ref_rows)), "data_sha256": data_sha256(list(spec.sensors), ref_rows),
                               "holdout_windows": int(len(X_held))},
                 "model": {"type": "dense_autoencoder", "hidden": list(spec.hidden), "alpha": spec.alpha},
-                "quantization": {"format": "QDQ", "activations": "int8", "weights": "int8", "output": "float",
-                                 "per_channel": True, "calibrate_method": "minmax",
-                                 "calibration_windows": int(len(calib))},
             },
-            "int8_check": check,
         }
-        return write_bundle(out_dir, meta, {"fp32": fp32_path, "int8": int8_path})
+        return write_int8_bundle(out_dir, fp32_path, s32, meta, calibration=calib, holdout=X_held,
+                                 threshold_fp32=th32, fp32_calibration=info32, seed=seed, probe_shift=shift,
+                                 version_tag="fleet")

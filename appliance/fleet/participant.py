@@ -1,8 +1,9 @@
 """A gateway's part in fleet learning, run by the appliance: its Flower client, only inside connectivity windows.
 
-With ``[fleet] participate = true`` the appliance adds this output beside
-``[outputs.sync]`` and follows the sync's :class:`~appliance.sync.windows.ConnectivityWindows`
-(its public API only: ``is_open``, ``wait_open``, ``wait_closed``, ``time_left``):
+With ``[fleet] participate = true`` the appliance adds this output (its entry in
+:mod:`appliance.registry` asks for the windows of ``[outputs.sync]``) and follows the
+sync's :class:`~appliance.sync.windows.ConnectivityWindows` (its public API only:
+``is_open``, ``wait_open``, ``wait_closed``, ``time_left``):
 
 * a window opens: start the fleet client (``appliance fleet client --from-store``)
   as a child process, which trains on the recent normal rows of this gateway's
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from appliance.core import Output, OutputContext, PluginError
+from appliance.core import Output, OutputContext, PluginEnv
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +169,8 @@ def client_command(cfg) -> Callable[[float], list[str]]:
     return command
 
 
-def for_appliance(cfg, outputs: Sequence[Output]) -> FleetParticipant:
-    """The participant of a configured appliance, on the connectivity windows of its sync output."""
-    sync = next((o for o in outputs if o.name == "sync"), None)
-    if sync is None:
-        raise PluginError("[fleet] participate = true needs [outputs.sync] enabled: a gateway takes part in "
-                          "fleet learning only inside its connectivity windows")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return FleetParticipant(sync.windows, client_command(cfg), cfg.path("fleet/client.log"),
-                            leave_grace_s=cfg.fleet.leave_grace_s, env=env)
+def build(section, env: PluginEnv) -> FleetParticipant:
+    """The registry's factory: the participant on the sync output's connectivity windows (``env.needs``)."""
+    cfg = env.config
+    return FleetParticipant(env.needs["windows"], client_command(cfg), env.path("fleet/client.log"),
+                            leave_grace_s=section.leave_grace_s, env=dict(os.environ, PYTHONUNBUFFERED="1"))

@@ -42,7 +42,8 @@ class HistoryOutboxConfig(Section):
     path: str = Field("history_outbox.db", description="relative to data_dir")
     max_bytes: int = Field(256 * 1024 * 1024, ge=16 * 1024, le=1024 ** 4,
                            description="payload bound; raw readings then scores are dropped beyond it")
-    max_age_s: float = Field(7 * 86400.0, gt=0, le=10 * YEAR_S, description="readings/scores older than this are dropped")
+    max_age_s: float = Field(7 * 86400.0, gt=0, le=10 * YEAR_S,
+                             description="readings/scores older than this are dropped")
     commit_interval_s: float = Field(0.5, gt=0, le=10, description="how often buffered points are committed")
     fsync: Literal["commit", "interval"] = Field(
         "commit", description="commit: every commit survives a power cut; interval: the last "

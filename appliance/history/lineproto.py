@@ -145,8 +145,8 @@ class Encoder:
         tags = self._tags(asset=_need("asset", r.asset), sensor=_need("sensor", r.sensor))
         if r.historical:
             tags["historical"] = "true"
-        return _line(MEASUREMENT["reading"], tags,
-                     [("quality", f"quality={int(r.quality)}i"), ("value", _field("value", _as_float(r.value)))], ts_ns(r.ts))
+        fields = [("quality", f"quality={int(r.quality)}i"), ("value", _field("value", _as_float(r.value)))]
+        return _line(MEASUREMENT["reading"], tags, fields, ts_ns(r.ts))
 
     def score(self, s: Score) -> bytes:
         tags = self._tags(asset=_need("asset", s.asset))

@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -198,37 +198,26 @@ class History:
                 self._cond.notify_all()
 
     def add_alarm_event(self, e: AlarmEvent) -> None:
-        if self.outbox is None:
-            return
-        try:
-            line = self._encoder.alarm_event(e)
-        except (EncodeError, AttributeError, TypeError) as err:
-            self._invalid(Kind.ALARM, err)
-            return
-        self._add_event(Kind.ALARM, line)
+        self._encode_event(Kind.ALARM, self._encoder.alarm_event, e)
 
     def add_mode_change(self, m: ModeChange) -> None:
-        if self.outbox is None:
-            return
-        try:
-            line = self._encoder.mode_change(m)
-        except (EncodeError, AttributeError, TypeError) as err:
-            self._invalid(Kind.ALARM, err)
-            return
-        self._add_event(Kind.ALARM, line)
+        self._encode_event(Kind.ALARM, self._encoder.mode_change, m)
 
     def add_audit(self, record: Mapping[str, Any]) -> None:
         """An action audit record (a flat-ish dict); its ``ts`` (UNIX seconds) is the
         point's time, or now if it has none."""
+        ts = record.get("ts", time.time()) if isinstance(record, Mapping) else time.time()
+        self._encode_event(Kind.AUDIT, self._encoder.audit, record, ts)
+
+    def _encode_event(self, kind: Kind, encode: Callable[..., bytes], *record) -> None:
         if self.outbox is None:
             return
         try:
-            ts = record.get("ts", time.time()) if isinstance(record, Mapping) else time.time()
-            line = self._encoder.audit(record, ts)
+            line = encode(*record)
         except (EncodeError, AttributeError, TypeError) as err:
-            self._invalid(Kind.AUDIT, err)
+            self._invalid(kind, err)
             return
-        self._add_event(Kind.AUDIT, line)
+        self._add_event(kind, line)
 
     def _add_event(self, kind: Kind, line: bytes) -> None:
         with self._cond:
@@ -419,16 +408,10 @@ class _Collector:
     def collect(self):
         st = self.h.status()
         p = "appliance_history_"
-        g = GaugeMetricFamily(p + "pending_points", "Points buffered in memory, not yet accepted",
-                              labels=["kind"])
-        for k, n in st["pending"].items():
-            g.add_metric([k], n)
-        yield g
-        c = CounterMetricFamily(p + "points_accepted", "Points committed to the outbox since start",
-                                labels=["kind"])
-        for k, n in st["accepted"].items():
-            c.add_metric([k], n)
-        yield c
+        yield _by_kind(GaugeMetricFamily, p + "pending_points", "Points buffered in memory, not yet accepted",
+                       st["pending"])
+        yield _by_kind(CounterMetricFamily, p + "points_accepted", "Points committed to the outbox since start",
+                       st["accepted"])
         yield GaugeMetricFamily(p + "accept_rate_points_per_second",
                                 "Points accepted per second over the last minute", value=st["accepted_per_s"])
         yield GaugeMetricFamily(p + "store_error", "1 while the outbox cannot commit",
@@ -436,10 +419,7 @@ class _Collector:
         if not st["enabled"]:
             return
         ob, fw = st["outbox"], st["forwarder"]
-        g = GaugeMetricFamily(p + "outbox_points", "Points waiting in the outbox", labels=["kind"])
-        for k, n in ob["by_kind"].items():
-            g.add_metric([k], n)
-        yield g
+        yield _by_kind(GaugeMetricFamily, p + "outbox_points", "Points waiting in the outbox", ob["by_kind"])
         yield GaugeMetricFamily(p + "outbox_bytes", "Outbox payload bytes (bounded)", value=ob["bytes"])
         yield GaugeMetricFamily(p + "outbox_max_bytes", "Outbox byte bound", value=ob["max_bytes"])
         yield GaugeMetricFamily(p + "outbox_oldest_age_seconds", "Age of the oldest waiting point",
@@ -450,11 +430,8 @@ class _Collector:
             for reason, n in reasons.items():
                 c.add_metric([kind, reason], n)
         yield c
-        c = CounterMetricFamily(p + "points_sent", "Points acknowledged by the server since start",
-                                labels=["kind"])
-        for k, n in fw["sent"].items():
-            c.add_metric([k], n)
-        yield c
+        yield _by_kind(CounterMetricFamily, p + "points_sent", "Points acknowledged by the server since start",
+                       fw["sent"])
         yield CounterMetricFamily(p + "batches_sent", "Write requests acknowledged", value=fw["batches"])
         yield CounterMetricFamily(p + "write_errors", "Write requests that failed", value=fw["requests_failed"])
         yield GaugeMetricFamily(p + "write_rate_points_per_second",
@@ -463,3 +440,10 @@ class _Collector:
                                 value=0 if fw["consecutive_failures"] else 1)
         yield GaugeMetricFamily(p + "last_success_timestamp_seconds", "UNIX time of the last acknowledged write",
                                 value=fw["last_success_at"] or 0.0)
+
+
+def _by_kind(family, name: str, documentation: str, counts: Mapping[str, float]):
+    metric = family(name, documentation, labels=["kind"])
+    for kind, n in counts.items():
+        metric.add_metric([kind], n)
+    return metric
