@@ -244,12 +244,13 @@ def run_gateway(folder: Path, current: Path, rows: np.ndarray, source: str, root
     from appliance.store import StoreReader
     from appliance.sync.models import ModelSync
     from appliance.sync.shadow import ShadowBounds
+    from tests.support.detector import NO_LATENCY_BOUND
     from tests.support.tuf_repo import gateway
 
     updater = gateway(folder / "gateway", source, root, ca_file=ca_file)
     app = build(shadow_config(folder / "data", current, updater.trusted_root), detector=Detector.load(current))
     # A strict site: a candidate may not raise a single alarm more than its current model.
-    sync = ModelSync(updater, ShadowBounds(duration_s=0, min_windows=60, max_extra_alarms=0))
+    sync = ModelSync(updater, ShadowBounds(**NO_LATENCY_BOUND, duration_s=0, min_windows=60, max_extra_alarms=0))
 
     def feed(part, start):
         for i, row in enumerate(part):

@@ -17,6 +17,7 @@ from appliance.core import Reading, Score
 from appliance.runtime import build
 from appliance.store import StoreReader
 from appliance.sync.shadow import ModelCommandError, ShadowBounds
+from tests.support.detector import NO_LATENCY_BOUND
 
 SENSORS = ("a", "b")
 
@@ -71,7 +72,7 @@ def test_a_quiet_candidate_is_promoted_by_hot_swap_and_no_window_goes_unscored(t
         try:
             feed(app, 0, 10)
             await settle(app)
-            app.begin_shadow(candidate, ShadowBounds(duration_s=0, min_windows=20))
+            app.begin_shadow(candidate, ShadowBounds(**NO_LATENCY_BOUND, duration_s=0, min_windows=20))
             feed(app, 10, 40)
             await settle(app)
         finally:
@@ -95,7 +96,7 @@ def test_a_candidate_that_would_alarm_on_normal_data_is_rejected(tmp_path):
     async def go():
         await app.start()
         try:
-            app.begin_shadow(noisy, ShadowBounds(duration_s=0, min_windows=10, max_extra_alarms=0))
+            app.begin_shadow(noisy, ShadowBounds(**NO_LATENCY_BOUND, duration_s=0, min_windows=10, max_extra_alarms=0))
             feed(app, 0, 30)
             await settle(app)
         finally:
@@ -125,7 +126,7 @@ def test_an_incompatible_candidate_is_refused_with_the_reason(tmp_path):
 def test_a_promoted_model_that_misbehaves_in_probation_is_rolled_back(tmp_path):
     current, flaky = ScaledDetector("v1"), ScaledDetector("v2")
     app = make_app(tmp_path, current)
-    bounds = ShadowBounds(duration_s=0, min_windows=5, probation_s=3600, max_probation_alarms=0)
+    bounds = ShadowBounds(**NO_LATENCY_BOUND, duration_s=0, min_windows=5, probation_s=3600, max_probation_alarms=0)
 
     async def go():
         await app.start()
@@ -155,7 +156,7 @@ def test_an_engineer_promotes_or_rolls_back_by_hand(tmp_path):
         try:
             with pytest.raises(ModelCommandError, match="no candidate"):
                 app._model_command("promote_model", user="eve")
-            app.begin_shadow(candidate, ShadowBounds(duration_s=3600, min_windows=10_000))
+            app.begin_shadow(candidate, ShadowBounds(**NO_LATENCY_BOUND, duration_s=3600, min_windows=10_000))
             feed(app, 0, 8)
             await settle(app)
             assert app.detector is current  # the run is not over

@@ -20,7 +20,7 @@ from appliance.runtime import build
 from appliance.store import StoreReader
 from appliance.sync.models import ModelSync, active_bundle
 from appliance.sync.shadow import ShadowBounds
-from tests.support.detector import SENSORS, normal_rows
+from tests.support.detector import NO_LATENCY_BOUND, SENSORS, normal_rows
 from tests.support.tuf_repo import Publisher, gateway
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ def test_a_signed_release_is_installed_run_in_shadow_promoted_and_kept_across_a_
     cfg = config(data, release_bundles[0], updater.trusted_root)
     current = Detector.load(release_bundles[0])
     app = build(cfg, detector=current)
-    sync = ModelSync(updater, ShadowBounds(duration_s=0, min_windows=30))
+    sync = ModelSync(updater, ShadowBounds(**NO_LATENCY_BOUND, duration_s=0, min_windows=30))
     rows = normal_rows(200, 11)
 
     async def go():

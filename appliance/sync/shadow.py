@@ -12,6 +12,12 @@ within bounds:
 * its p99 scoring latency stayed under ``max_latency_p99_us`` (the edge target);
 * it scored every window the current model scored (none failed).
 
+Beside the raises it keeps both models' score ratios (score / own threshold) on
+the same windows: ``status()`` and the verdict's reason show their quantiles, the
+share of windows at or above the threshold (each model's alarm-level rate) and
+the alarm rate per hour, so an engineer sees how the candidate's scores sit
+against the current model's, not only whether it passed.
+
 Once promoted, :class:`Probation` watches the new model for ``probation_s``: if it
 raises more than ``max_probation_alarms``, the runtime rolls back to the kept
 previous model. Nothing here trains or quantizes: it is part of the live path.
@@ -19,7 +25,7 @@ previous model. Nothing here trains or quantizes: it is part of the live path.
 >>> b = ShadowBounds(duration_s=0, min_windows=2, max_alarm_factor=1.0, max_extra_alarms=0)
 >>> r = ShadowResult(windows=3, failed=0, current_raises=1, candidate_raises=2, latency_p99_us=40.0)
 >>> r.verdict(b)
-(False, 'candidate would raise 2 alarms where the current model raised 1 (allowed 1)')
+(False, 'candidate would raise 2 alarms where the current model raised 1 (allowed 1) over 3 windows')
 """
 
 from __future__ import annotations
@@ -66,6 +72,30 @@ def compatibility(current: Any, candidate: Any) -> str | None:
     return None
 
 
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+def quantiles(values, qs=QUANTILES) -> list[float | None]:
+    """Nearest-rank quantiles of ``values`` (None when empty); small and dependency-free on the live path."""
+    v = sorted(values)
+    if not v:
+        return [None for _ in qs]
+    return [v[min(len(v) - 1, int(q * len(v)))] for q in qs]
+
+
+def distribution(ratios) -> dict:
+    """How one model's score ratios sit: p50/p90/p99 and the share of windows at or above the threshold."""
+    ratios = list(ratios)
+    p50, p90, p99 = quantiles(ratios)
+    over = sum(1 for r in ratios if r >= 1.0)
+    return {"p50": _round(p50), "p90": _round(p90), "p99": _round(p99),
+            "over_threshold": round(over / len(ratios), 4) if ratios else None}
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else float(f"{x:.4g}")
+
+
 @dataclass(frozen=True)
 class ShadowResult:
     windows: int
@@ -73,19 +103,31 @@ class ShadowResult:
     current_raises: int
     candidate_raises: int
     latency_p99_us: float
+    current_scores: dict | None = None     # distribution() of the current model's ratios on the same windows
+    candidate_scores: dict | None = None
+    elapsed_s: float | None = None
+
+    def scores_line(self) -> str:
+        """``; score ratio p50/p99 0.41/0.92 vs current 0.38/0.88`` (empty when nothing was kept)."""
+        c, k = self.candidate_scores, self.current_scores
+        if not c or not k or c["p50"] is None or k["p50"] is None:
+            return ""
+        return (f"; score ratio p50/p99 {c['p50']:g}/{c['p99']:g} vs current {k['p50']:g}/{k['p99']:g}, "
+                f"windows over threshold {c['over_threshold']:.1%} vs {k['over_threshold']:.1%}")
 
     def verdict(self, bounds: ShadowBounds) -> tuple[bool, str]:
         allowed = int(bounds.max_alarm_factor * self.current_raises) + bounds.max_extra_alarms
+        scores = self.scores_line()
         if self.failed:
             return False, f"candidate failed to score {self.failed} of {self.windows} windows"
         if self.candidate_raises > allowed:
             return False, (f"candidate would raise {self.candidate_raises} alarms where the current model raised "
-                           f"{self.current_raises} (allowed {allowed})")
+                           f"{self.current_raises} (allowed {allowed}) over {self.windows} windows{scores}")
         if self.latency_p99_us > bounds.max_latency_p99_us:
             return False, (f"candidate p99 latency {self.latency_p99_us:.0f} us exceeds "
-                           f"{bounds.max_latency_p99_us:.0f} us")
+                           f"{bounds.max_latency_p99_us:.0f} us{scores}")
         return True, (f"within bounds over {self.windows} windows: {self.candidate_raises} raises against "
-                      f"{self.current_raises}, p99 {self.latency_p99_us:.0f} us")
+                      f"{self.current_raises}, p99 {self.latency_p99_us:.0f} us{scores}")
 
 
 @dataclass
@@ -103,6 +145,8 @@ class ShadowRun:
     candidate_raises: int = 0
     last_error: str | None = None
     _latency_us: deque = field(default_factory=lambda: deque(maxlen=10_000))
+    _current_ratios: deque = field(default_factory=lambda: deque(maxlen=10_000))
+    _candidate_ratios: deque = field(default_factory=lambda: deque(maxlen=10_000))
     _deciders: dict[tuple[str, str], Decider] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -112,6 +156,7 @@ class ShadowRun:
         """Score ``window`` with the candidate too and count what each model would have raised."""
         self.windows += 1
         self.current_raises += self._raised("current", current)
+        self._current_ratios.append(current.ratio)
         t0 = time.perf_counter()
         try:
             score = self.candidate.score_one(window)
@@ -120,6 +165,7 @@ class ShadowRun:
             self.last_error = f"{type(e).__name__}: {e}"
             return
         self._latency_us.append((time.perf_counter() - t0) * 1e6)
+        self._candidate_ratios.append(score.ratio)
         self.candidate_raises += self._raised("candidate", score)
 
     def _raised(self, who: str, score: Score) -> int:
@@ -130,20 +176,33 @@ class ShadowRun:
         return int(d.update(score).change == "raised")
 
     def result(self) -> ShadowResult:
-        lat = sorted(self._latency_us)
-        p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else 0.0
-        return ShadowResult(self.windows, self.failed, self.current_raises, self.candidate_raises, p99)
+        p99 = quantiles(self._latency_us, (0.99,))[0] or 0.0
+        return ShadowResult(self.windows, self.failed, self.current_raises, self.candidate_raises, p99,
+                            distribution(self._current_ratios), distribution(self._candidate_ratios),
+                            round(self.clock() - self.started, 1))
 
     def done(self) -> bool:
         return self.clock() - self.started >= self.bounds.duration_s and self.windows >= self.bounds.min_windows
 
     def status(self) -> dict:
         lat = list(self._latency_us)
+        elapsed = self.clock() - self.started
+        p99 = quantiles(lat, (0.99,))[0]
         return {"candidate": getattr(self.candidate, "version", "?"), "windows": self.windows, "failed": self.failed,
                 "current_raises": self.current_raises, "candidate_raises": self.candidate_raises,
+                # raises per hour of shadow run: each model's alarm rate on the same live windows
+                "alarm_rate_per_h": {"current": _per_hour(self.current_raises, elapsed),
+                                     "candidate": _per_hour(self.candidate_raises, elapsed)},
+                "scores": {"current": distribution(self._current_ratios),
+                           "candidate": distribution(self._candidate_ratios)},
                 "latency_p50_us": round(statistics.median(lat), 1) if lat else None,
-                "elapsed_s": round(self.clock() - self.started, 1), "duration_s": self.bounds.duration_s,
+                "latency_p99_us": None if p99 is None else round(p99, 1),
+                "elapsed_s": round(elapsed, 1), "duration_s": self.bounds.duration_s,
                 "last_error": self.last_error}
+
+
+def _per_hour(count: int, elapsed_s: float) -> float | None:
+    return round(count * 3600.0 / elapsed_s, 2) if elapsed_s > 0 else None
 
 
 @dataclass

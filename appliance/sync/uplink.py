@@ -894,6 +894,11 @@ class SyncUplink(Output):
                 self._state = "uploading"
                 while (transport.connected and len(inflight) < transport.max_inflight and windows.is_open()
                        and not stats["budget_exhausted"]):
+                    # Book acknowledgements as they come, not once the pace lets the last batch out:
+                    # an item acknowledged and still queued would be sent again after a kill -9.
+                    if not await self._settle_finished(inflight, stats):
+                        await windows.wait_closed(next(delays))
+                        break
                     room = min(cfg.max_message_bytes, budget - stats["sent_bytes"])
                     batch = await self._run_io(queue.next_batch, int(room) - transport.overhead - len(MAGIC))
                     if not batch:
@@ -944,6 +949,13 @@ class SyncUplink(Output):
         stats["closed_at"] = self._clock()
         stats["left_items"] = self.queue.waiting()
         self._state = "waiting"
+
+    async def _settle_finished(self, inflight: dict, stats: dict) -> bool:
+        """Settle the sends already finished; False if one was not acknowledged (the caller backs off)."""
+        ok = True
+        for task in [t for t in inflight if t.done()]:
+            ok = await self._settle(task, *inflight.pop(task), stats) and ok
+        return ok
 
     async def _settle(self, task: asyncio.Task, batch: list[Queued], wire: int, stats: dict) -> bool:
         """Book one finished send: acknowledged (delete, count) or not (release). True if acknowledged."""
