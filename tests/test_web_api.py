@@ -511,6 +511,47 @@ def test_asset_trend_buckets_the_store_and_shades_alarm_episodes(client, book_ap
     assert client.get("/api/assets/nosuch/trend?range=7d").get_json()["score"]["t"] == []
 
 
+class LocalHistoryOutput:
+    """The history output's shape as the dashboard reads it (``output("history").history.local``)."""
+
+    def __init__(self, local):
+        self.history = type("History", (), {"local": local})()
+
+    def status(self) -> dict:
+        return {"local": self.history.local.stats()}
+
+
+def test_asset_trend_reads_the_local_history_raw_then_its_minute_rollups(client, book_appliance, tmp_path):
+    from appliance.core import Reading, Score
+    from appliance.history.local import LocalHistory
+
+    local = LocalHistory(tmp_path / "local.db", raw_retention_s=86400, rollup_retention_s=30 * 86400)
+    book_appliance.outputs["history"] = LocalHistoryOutput(local)
+    now = time.time()
+    t0 = now - 3 * 3600  # three hours at 1 Hz: raw for a day, one-minute rollups beside
+    readings = [Reading("pump1", "Current", t0 + i, float(i % 60)) for i in range(3 * 3600)]
+    scores = [Score("pump1", t0 + i, 2.0 if 3 * 3600 - 300 <= i < 3 * 3600 - 240 else 0.2, 1.0,
+                    {"Current": 1.0}, "m1") for i in range(3 * 3600)]
+    local.insert(readings, scores, now=now)
+    try:
+        raw = client.get("/api/assets/pump1/trend?range=15m").get_json()
+        assert raw["source"] == "local history (raw)" and raw["bucket_s"] == 1.5
+        cur = raw["sensors"]["Current"]
+        assert 590 <= len(cur["t"]) <= 600 and min(cur["min"]) == 0.0 and max(cur["max"]) == 59.0
+        assert max(raw["score"]["severity"]) == 75 and min(raw["score"]["severity"]) < 50
+        # Past six hours the rollups: each minute's mean, min and max, and the minute's worst score.
+        day = client.get("/api/assets/pump1/trend?range=24h").get_json()
+        assert day["source"] == "local history (1m)" and day["bucket_s"] == 144.0
+        cur = day["sensors"]["Current"]
+        assert 70 <= len(cur["t"]) <= 80 and min(cur["min"]) == 0.0 and max(cur["max"]) == 59.0
+        # Whole minutes of a 0..59 ramp; only the first and last bucket hold a part of one.
+        assert all(m == pytest.approx(29.5) for m in cur["mean"][1:-1]), cur["mean"]
+        assert max(day["score"]["severity"]) == 75  # one alarm minute is not averaged away
+        assert day["sensors"]["Pressure"]["t"] == []
+    finally:
+        local.close()
+
+
 def test_alarm_journal_interleaves_transitions_mode_changes_and_comments(client, app, book_appliance):
     alarm_id = raise_alarm(book_appliance)
     client.post("/api/alarms/pump1/ack", json={"note": "on my way"})

@@ -322,6 +322,39 @@ def test_model_and_system_pages(page, served, shots):
     assert page.problems == []
 
 
+TABLET = {"landscape": {"width": 1280, "height": 800}, "portrait": {"width": 800, "height": 1280}}
+LAYOUT = """() => {
+    const wide = document.scrollingElement.scrollWidth - window.innerWidth;
+    const small = [...document.querySelectorAll('button, select, input:not([type=hidden]), textarea')]
+        .filter(e => e.offsetParent !== null)
+        // A checkbox is tapped through its label: the label is the target.
+        .map(e => [e.id || e.className || e.tagName,
+                   (e.type === 'checkbox' && e.closest('label') || e).getBoundingClientRect().height])
+        .filter(([, h]) => h < 40);
+    return {overflow_px: wide, small_targets: small,
+            font_px: parseFloat(getComputedStyle(document.body).fontSize)};
+}"""
+
+
+@pytest.mark.parametrize("orientation", TABLET)
+def test_every_main_page_fits_a_ten_inch_tablet(browser, served, orientation):
+    """No sideways scrolling, text at least 16 px, every control at least 40 px tall (a gloved finger)."""
+    context = browser.new_context(viewport=TABLET[orientation], has_touch=True)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    try:
+        sign_in(pg, served, "eve")
+        for path in ("/", "/assets/pump1", "/alarms", "/mitigation", "/model", "/system"):
+            pg.goto(served.url + path)
+            expect(pg.locator("#who")).to_have_text("eve")
+            pg.wait_for_load_state("load")
+            pg.wait_for_timeout(500)  # the page's first data has been drawn
+            got = pg.evaluate(LAYOUT)
+            assert got["overflow_px"] <= 0 and got["small_targets"] == [] and got["font_px"] >= 16, (path, got)
+    finally:
+        context.close()
+
+
 def test_gateway_gone_shows_offline(page, served):
     sign_in(page, served, "vic")
     expect(page.locator("#link")).to_have_text("Live")

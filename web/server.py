@@ -48,6 +48,34 @@ class ConcurrencyLimit:
             self._slots.release()
 
 
+def _one_line_error_channel():
+    """Waitress's channel, whose own refusals read like the app's: JSON with a one-line reason.
+
+    Waitress answers some requests before the app sees them: a body over
+    ``MAX_REQUEST_BODY``, a header block over ``MAX_HEADER_BYTES``, a request it
+    cannot parse. Its stock answer is a three-paragraph text page; a client of the
+    API gets ``{"error": "...", "status": N}`` like every other refusal instead.
+    """
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class OneLineErrorTask(ErrorTask):
+        def execute(self) -> None:
+            err = self.request.error
+            reason = " ".join(f"{err.reason}: {err.body}".split())[:300]
+            body = json.dumps({"error": reason, "status": err.code}).encode()
+            self.status = f"{err.code} {err.reason}"
+            self.response_headers.append(("Content-Type", "application/json"))
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class OneLineErrorChannel(HTTPChannel):
+        error_task_class = OneLineErrorTask
+
+    return OneLineErrorChannel
+
+
 class ServerHandle:
     """A running dashboard server: ``host``, bound ``port``, ``url``, and ``stop()``."""
 
@@ -148,6 +176,7 @@ def serve(app, host: str = "127.0.0.1", port: int = 8080, max_concurrent: int = 
         max_request_body_size=MAX_REQUEST_BODY, max_request_header_size=MAX_HEADER_BYTES,
         channel_timeout=120, cleanup_interval=30, connection_limit=200, expose_tracebacks=False,
         clear_untrusted_proxy_headers=True, asyncore_use_poll=True, **proxy)
+    server.channel_class = _one_line_error_channel()  # one server (one socket): its class makes each channel
     thread = threading.Thread(target=server.run, name="web-server", daemon=True)
     thread.start()
     handle = ServerHandle(server, thread, host, bound_port, app)
