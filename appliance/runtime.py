@@ -2,8 +2,9 @@
 
 Concurrency model: one asyncio event loop runs the detection path (windows ->
 detector -> decisions -> alarm events) on a single task, so no part needs locks.
-Inputs may run their own threads (paho) and hand readings in through
-:meth:`Appliance.submit`, which is thread-safe. Disk and network never sit on
+Inputs hand readings in through :meth:`Appliance.submit`, from the loop (MQTT
+and OPC-UA both run on it) or from a thread of their own (it is thread-safe).
+Disk and network never sit on
 the detection path: every output queues its own work (the store writes on its
 own thread, notifiers queue their publishes, history has its own outbox,
 mitigation runs as background tasks).
@@ -14,9 +15,11 @@ everything is on its queue before any other output sees it.
 
 Bound and drop rule: at most ``store.max_in_flight`` readings may be accepted
 but not yet on disk. When that many are in flight, ``submit`` from an input
-thread waits (backpressure: MQTT keeps the unacknowledged QoS 1 messages at the
-broker); nothing is dropped. Submissions from the event loop itself (asyncio
-inputs such as OPC-UA) cannot wait there and are counted as ``overbooked``.
+thread waits; nothing is dropped. Submissions from the event loop itself cannot
+wait there: an input on the loop bounds what it has handed on and not yet seen
+stored (MQTT stops reading its socket at ``max_unstored`` and leaves the
+unacknowledged QoS 1 messages at the broker), and what still goes beyond the
+bound is counted as ``overbooked``.
 """
 
 from __future__ import annotations

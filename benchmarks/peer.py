@@ -22,7 +22,9 @@ path (windows, scoring, decision): publish-to-decision.
 The table's rows: msg/s flat out, CPU per 1,000 messages flat out, peak and
 idle RSS, latency p50/p99 and CPU % of one core during the paced 1,000 msg/s
 phase (the cost of a moderate steady rate, where per-message wake-ups rather
-than parsing dominate), and how busy the machine was before each run.
+than parsing dominate), the subject's voluntary context switches per message in
+that phase (how many thread hand-offs a message costs; see :class:`Wakeups`),
+and how busy the machine was before each run.
 
 The appliance subject is this file too (``peer.py subject``), started by the
 rig with ``SUBJECT_CMD``; it speaks the rig's subject contract (``bench/out``,
@@ -331,13 +333,22 @@ def one_run(label: str, out: Path, args, bundle: Path, nodered_dir: Path) -> dic
                               f"--data {out / 'data'} --period {args.period}")
         env["PYTHONPATH"] = str(ROOT)
     print(f"== {label}: {out}", flush=True)
-    subprocess.run(["bash", str(RIG / "run_bench.sh")], env=env, timeout=args.n / 200 + 1200)
+    rig = subprocess.Popen(["bash", str(RIG / "run_bench.sh")], env=env)
+    wakeups = Wakeups(rig.pid)
+    wakeups.start()
+    try:
+        rig.wait(timeout=args.n / 200 + 1200)
+    except subprocess.TimeoutExpired:
+        rig.kill()
+        rig.wait()
+    wakeups.stop()
     result_file = out / "run1.json"
     res = json.loads(result_file.read_text()) if result_file.exists() else {"error": "no result", "phases": []}
     env_txt = out / "env.txt"
     for line in env_txt.read_text().splitlines() if env_txt.exists() else ():
         if "background_busy_pct=" in line:  # other jobs on the machine depress every figure
             res["background_busy_pct"] = float(line.rsplit("=", 1)[1])
+    res["wakeups"] = wakeups.result()
     if label == "appliance":
         db = out / "data" / "appliance.db"
         if db.exists():
@@ -348,12 +359,137 @@ def one_run(label: str, out: Path, args, bundle: Path, nodered_dir: Path) -> dic
     return res
 
 
+def _children(pid: int) -> list[int]:
+    kids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                kids.append(int(d))
+    return kids
+
+
+def _switches(pid: int) -> tuple[int, int] | None:
+    """Voluntary and involuntary context switches of all the threads of ``pid`` so far."""
+    vol = invol = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for t in tasks:
+        try:
+            for line in Path(f"/proc/{pid}/task/{t}/status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches"):
+                    vol += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches"):
+                    invol += int(line.split()[1])
+        except OSError:
+            continue
+    return vol, invol
+
+
+class Wakeups(threading.Thread):
+    """The subject's context switches over the rig's paced phase (its ``plant/lat/s*`` messages).
+
+    Every thread a message passes through is woken for it at a moderate rate, so
+    voluntary context switches per message say how many hand-offs the ingest path
+    makes (read from ``/proc/<pid>/task/*/status`` 20 times a second). The phase's
+    first and last message are seen by a QoS 0 subscriber of our own on the rig's
+    broker (found in the subject's environment), which costs the broker the same
+    in both subjects' runs.
+    """
+
+    def __init__(self, rig_pid: int):
+        super().__init__(name="wakeups", daemon=True)
+        self.rig_pid = rig_pid
+        self.samples: list[tuple[float, int, int]] = []
+        self.first: float | None = None
+        self.last: float | None = None
+        self.n = 0
+        self._stop_flag = threading.Event()
+        self._client = None
+
+    def _subject(self) -> int | None:
+        level, found = [self.rig_pid], []
+        for _ in range(3):  # the rig's shell, a subshell, the exec'd subject
+            level = [kid for parent in level for kid in _children(parent)]
+            found += level
+        for pid in found:
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"red.js" in cmd or b"peer.py\x00subject" in cmd:
+                return pid
+        return None
+
+    def _on_message(self, client, userdata, msg) -> None:
+        if msg.topic != "plant/lat/probe":
+            now = time.time()
+            if self.first is None:
+                self.first = now
+            self.last = now
+            self.n += 1
+
+    def run(self) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        pid = None
+        while pid is None and not self._stop_flag.wait(0.2):
+            pid = self._subject()
+        if pid is None:
+            return
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\x00")
+        port = int(next(e for e in env if e.startswith(b"MQTT_PORT=")).split(b"=", 1)[1])
+        client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"wakeups-{os.getpid()}")
+        client.on_connect = lambda c, *a: c.subscribe("plant/lat/+", 0)
+        client.on_message = self._on_message
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        self._client = client
+        while not self._stop_flag.wait(0.05):
+            sw = _switches(pid)
+            if sw is None:
+                break
+            self.samples.append((time.time(), *sw))
+
+    def stop(self) -> None:
+        self._stop_flag.set()
+        self.join(10)
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    def result(self) -> dict | None:
+        if self.first is None or self.last is None or self.last - self.first < 1 or len(self.samples) < 2:
+            return None
+        inside = [s for s in self.samples if self.first <= s[0] <= self.last]
+        if len(inside) < 2:
+            return None
+        (t0, v0, i0), (t1, v1, i1) = inside[0], inside[-1]
+        msgs = self.n * (t1 - t0) / (self.last - self.first)  # the messages of the sampled span
+        return {"seconds": round(t1 - t0, 2), "messages": round(msgs), "voluntary_per_s": round((v1 - v0) / (t1 - t0)),
+                "involuntary_per_s": round((i1 - i0) / (t1 - t0)), "voluntary_per_msg": round((v1 - v0) / msgs, 2)}
+
+
 def phase(res: dict, name: str) -> dict:
     return next((p for p in res.get("phases", []) if p.get("phase") == name), {})
 
 
+# A subject whose latency echo took longer than this was starved of CPU by other jobs in the paced phase:
+# it handled backlogs instead of single messages, so its switches per message say nothing about hand-offs.
+WAKEUPS_VALID_P99_MS = 1000.0
+
+
 def figures(res: dict) -> dict:
     th, lat = phase(res, "throughput"), phase(res, "latency")
+    wakeups = res.get("wakeups") or {}
+    if (lat.get("p99_ms") or 0.0) > WAKEUPS_VALID_P99_MS:
+        wakeups = {}
     return {
         "ok": bool(th.get("ok")) and bool(lat.get("ok")),
         "msg_s": th.get("rate"),
@@ -366,6 +502,8 @@ def figures(res: dict) -> dict:
         "final_count": th.get("final_count"),
         "background_busy_pct": res.get("background_busy_pct"),
         "store": res.get("store"),
+        "ctx_switches_per_msg_at_lat_rate": wakeups.get("voluntary_per_msg"),
+        "ctx_switches_per_s_at_lat_rate": wakeups.get("voluntary_per_s"),
     }
 
 
@@ -373,6 +511,8 @@ ROWS = [("msg/s", "msg_s", "{:,.0f}"), ("CPU ms per 1k msgs", "cpu_ms_per_1k", "
         ("peak RSS MiB", "peak_rss_mib", "{:.0f}"), ("idle RSS MiB", "idle_rss_mib", "{:.0f}"),
         ("latency p50 ms @1k msg/s", "lat_p50_ms", "{:.2f}"), ("latency p99 ms @1k msg/s", "lat_p99_ms", "{:.2f}"),
         ("CPU % of a core @1k msg/s", "cpu_pct_at_lat_rate", "{:.1f}"),
+        ("voluntary context switches per msg @1k msg/s (runs with p99 < 1 s)", "ctx_switches_per_msg_at_lat_rate",
+         "{:.2f}"),
         ("machine busy % before the run (other jobs)", "background_busy_pct", "{:.0f}")]
 
 

@@ -19,6 +19,7 @@ from appliance.settings import BackoffConfig
 from appliance.store.store import StoreReader
 from tests.support.appliance import Publisher, RunningAppliance, make_config
 from tests.support.fakes import MemorySink
+from tests.support.loop import on_loop
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration  # a real Mosquitto, the appliance end to end
@@ -169,18 +170,14 @@ def connector_cfg(port: int, **kw) -> tuple[MqttInputConfig, MqttBroker]:
 
 
 def run_connector(cfg, sink):
-    import asyncio
-
     conn = MqttConnector(*cfg)
-    asyncio.run(conn.start(sink))
+    on_loop(conn.start(sink))  # the connector runs on the loop that started it
     wait_until(lambda: conn.status()["subscribed"], what="connector subscribed")
     return conn
 
 
 def stop_connector(conn):
-    import asyncio
-
-    asyncio.run(conn.stop())
+    on_loop(conn.stop())
 
 
 def test_every_timestamp_unit_arrives_as_the_same_instant(mosquitto):

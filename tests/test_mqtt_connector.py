@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -23,6 +22,7 @@ from appliance.settings import BackoffConfig, TlsConfig
 from appliance.connectors.mqtt import connector as mqtt_module
 from appliance.connectors.mqtt.connector import MqttConnector
 from tests.support.fakes import MemorySink
+from tests.support.loop import on_loop
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration  # a real Mosquitto per test
@@ -75,7 +75,7 @@ def make_cfg(port: int, client_id: str = "test-ingest", **kw) -> tuple[MqttInput
 
 
 def start(conn, sink, wait_connected=True):
-    asyncio.run(conn.start(sink))
+    on_loop(conn.start(sink))  # the connector runs on the loop that started it
     if wait_connected:
         wait_until(lambda: conn.status()["subscribed"], what="connector to connect and subscribe")
         # Subscriptions are sent right after CONNACK; a retained probe proves they are active.
@@ -83,7 +83,7 @@ def start(conn, sink, wait_connected=True):
 
 
 def stop(conn):
-    asyncio.run(conn.stop())
+    on_loop(conn.stop())
 
 
 def subscribed(conn, pub: Publisher, sink: MemorySink):
@@ -403,7 +403,7 @@ def test_reconnect_backoff_is_jittered_and_connects_when_broker_appears(tmp_path
             stop(conn)
             broker.stop()
     finally:
-        if conn._thread is not None:
+        if conn._task is not None:
             stop(conn)
 
 
@@ -548,5 +548,125 @@ def test_fixed_asset_and_historical_topic(mosquitto, pub):
         r = sink.readings[0]
         assert (r.asset, r.sensor, r.value, r.historical) == ("press7", "Pressure", 0.38, True)
         assert r.ts == 1583748873.0
+    finally:
+        stop(conn)
+
+
+def test_backpressure_stops_reading_until_the_sink_has_stored_half(mosquitto, pub):
+    # max_unstored=3: after three readings handed on and not stored, the socket is not read.
+    holding = MemorySink(ack=False)
+    conn = start(MqttConnector(*make_cfg(mosquitto.port, max_unstored=3)), holding)
+    try:
+        now = time.time()
+        for i in range(3):  # one at a time: one burst each
+            pub.publish("plant/pump1/Current", {"ts": now + i, "value": i})
+            wait_until(lambda: len(holding.values()) == i + 1, what=f"message {i}")
+        st = conn.status()
+        assert st["reading_paused"] and st["backpressure_pauses"] == 1 and st["unstored"] == 3
+        for i in range(3, 6):
+            pub.publish("plant/pump1/Current", {"ts": now + i, "value": i})
+        pub.flush()  # the broker has them; the connector does not read them
+        holding.held[0]()  # 2 unstored: above half of 3, still paused
+        wait_until(lambda: conn.status()["acks"] == 1, what="the first ack")
+        time.sleep(0.3)
+        assert holding.values() == [0.0, 1.0, 2.0] and conn.status()["reading_paused"]
+        holding.held[1]()  # 1 unstored: reading resumes, and what waited arrives
+        wait_until(lambda: len(holding.values()) == 6, what="the messages held back by the broker")
+        assert holding.values() == [float(i) for i in range(6)]
+        for cb in holding.held[2:]:
+            cb()
+        wait_until(lambda: conn.status()["acks"] == 6, what="every ack")
+        st = conn.status()
+        assert st["acks_pending"] == 0 and st["unstored"] == 0 and st["unstored_peak"] >= 3
+    finally:
+        stop(conn)
+    # Everything was acknowledged: nothing comes again.
+    sink = MemorySink()
+    conn = start(MqttConnector(*make_cfg(mosquitto.port)), sink)
+    try:
+        pub.publish("plant/pump1/Current", {"ts": time.time(), "value": 99})
+        wait_until(lambda: sink.values() == [99.0], what="only the new message")
+    finally:
+        stop(conn)
+
+
+_KILL9_STORE_CHILD = r"""
+import asyncio, json, sys
+from appliance.connections.config import MqttBroker
+from appliance.connectors.mqtt.config import MqttInputConfig
+from appliance.settings import BackoffConfig
+from appliance.connectors.mqtt.connector import MqttConnector
+from appliance.store import Store
+
+port, db, commit_first = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+store = Store(db)
+store.start()
+
+class StoreSink:
+    # Readings of the first commit_first messages are stored and acknowledged after their commit
+    # (from the store's writer thread); the rest are "in flight" when the process dies.
+    def submit(self, readings, dead_letters=(), on_stored=None):
+        for r in readings:
+            print(json.dumps(r.value), flush=True)
+        if all(r.value < commit_first for r in readings):
+            for r in readings:
+                store.put_reading(r)
+            if on_stored:
+                store.after_commit(on_stored)
+
+async def main():
+    conn = MqttConnector(MqttInputConfig(client_id="kill9-store"),
+                         MqttBroker(port=port, reconnect=BackoffConfig(initial_s=0.05, max_s=0.5)))
+    await conn.start(StoreSink())
+    while conn.status()["acks"] < commit_first:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # the loop writes the PUBACKs the writer thread released
+    print("ACKED", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_kill9_before_commit_redelivers_and_committed_messages_stay_acknowledged(mosquitto, pub, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    db = tmp_path / "child.db"
+    child = subprocess.Popen([sys.executable, "-c", _KILL9_STORE_CHILD, str(mosquitto.port), str(db), "10"],
+                             stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    lines: list = []
+    reader = threading.Thread(target=lambda: lines.extend(line.strip() for line in child.stdout), daemon=True)
+    reader.start()
+    watcher = StatusWatcher(mosquitto.port)
+    try:
+        wait_until(lambda: watcher.last().get("state") == "online", what="online status")
+        now = time.time()
+        for i in range(10):  # these are stored and acknowledged ...
+            pub.publish("plant/pump1/Current", {"ts": now + i, "value": i})
+        pub.flush()
+        wait_until(lambda: "ACKED" in lines, what="the child's first ten committed and acknowledged")
+        for i in range(10, 30):  # ... these arrive, and the process dies before their commit
+            pub.publish("plant/pump1/Current", {"ts": now + i, "value": i})
+        pub.flush()
+        wait_until(lambda: len(lines) >= 31, what="the child to receive all 30")
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+        reader.join(5)
+        child.stdout.close()
+        watcher.close()
+    import sqlite3
+
+    conn_db = sqlite3.connect(db)
+    stored = sorted(v for (v,) in conn_db.execute("SELECT value FROM readings"))
+    conn_db.close()
+    assert stored == [float(i) for i in range(10)]  # committed before their acks
+    sink = MemorySink()
+    conn = start(MqttConnector(*make_cfg(mosquitto.port, client_id="kill9-store")), sink)
+    try:
+        wait_until(lambda: set(sink.values()) >= set(range(10, 30)), what="redelivery of what was never committed")
+        assert set(sink.values()) <= set(range(30))
     finally:
         stop(conn)

@@ -25,6 +25,7 @@ from firmware_sim.publisher import MqttPublisher, run_pump
 from firmware_sim.pump import SENSORS
 from firmware_sim.replay import read_rows, replay_csv
 from tests.support.fakes import MemorySink
+from tests.support.loop import on_loop
 from tests.support.sim import ROOT, SKAB_SAMPLE, run_cli
 from tests.support.wait import wait_until
 
@@ -36,13 +37,13 @@ def start_connector(port: int, sink: MemorySink) -> MqttConnector:
     broker = MqttBroker(host="127.0.0.1", port=port, keepalive_s=5,
                         reconnect=BackoffConfig(initial_s=0.05, max_s=0.5))
     conn = MqttConnector(MqttInputConfig(client_id="sim-test-ingest"), broker, known_sensors=lambda a: SENSORS)
-    asyncio.run(conn.start(sink))
+    on_loop(conn.start(sink))  # the connector runs on the loop that started it
     wait_until(lambda: conn.status()["subscribed"], what="connector to connect and subscribe")
     return conn
 
 
 def stop_connector(conn: MqttConnector) -> None:
-    asyncio.run(conn.stop())
+    on_loop(conn.stop())
 
 
 class Subscriber:

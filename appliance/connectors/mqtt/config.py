@@ -94,6 +94,10 @@ class MqttInputConfig(Section):
     ranges: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="physical [min, max] per 'sensor' or 'asset/sensor'; outside is refused")
     gaps: GapConfig = GapConfig()
+    max_unstored: int = Field(10_000, ge=1, le=10_000_000,
+                              description="readings (and dead letters) handed on and not yet stored; at this many "
+                                          "the socket is not read until half are stored (keep it under "
+                                          "[store] max_in_flight)")
 
     @field_validator("assets")
     @classmethod

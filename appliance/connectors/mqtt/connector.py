@@ -7,11 +7,19 @@ messages while the appliance is down, and every message is acknowledged
 that point, even ``kill -9``, leaves the message unacknowledged, and the broker
 delivers it again on the next connection.
 
-Threads: paho's network thread runs the callbacks (parsing and ``sink.submit``
-happen there, so a sink applying backpressure simply slows the socket); a
-supervisor thread owns connecting and reconnecting, because paho's own
-reconnect backoff has no jitter and a fleet of gateways that lost the same
-broker must not come back in lock-step.
+Threads: none of its own. paho runs in its external-loop mode on the asyncio
+event loop that called :meth:`MqttConnector.start`: the socket is watched with
+``add_reader``/``add_writer``, a read hands the whole burst it parsed to the sink
+on the same thread (no wake-up of another thread per message), and a 1 s timer
+does paho's keepalive. Only the blocking part of connecting (TCP connect and the
+TLS handshake) runs in a worker thread. The sink's ``on_stored`` callback may
+come from any thread (the store's writer): the PUBACKs it releases are written
+by the loop, woken once for all the acks that became due together.
+Backpressure: while ``max_unstored`` readings are handed over and not yet
+stored, the socket is not read (the broker holds the rest).
+Reconnecting is a task on the loop, with a jittered backoff of its own, because
+paho's has no jitter and a fleet of gateways that lost the same broker must not
+come back in lock-step.
 """
 
 from __future__ import annotations
@@ -45,28 +53,31 @@ log = logging.getLogger(__name__)
 # WARNING again; the ones in between go to DEBUG so a long outage stays quiet.
 _FAIL_LOG_EVERY = 10
 _STOP_PUBLISH_TIMEOUT_S = 2.0
-# A message callback slower than this is counted (and logged, rate-limited): paho's
-# network thread runs it, and while it runs no keepalive goes out.
+# paho's keepalive bookkeeping (PINGREQ when quiet, a dead broker noticed) runs this often.
+_MISC_INTERVAL_S = 1.0
+# A read of the socket slower than this is counted (and logged, rate-limited): it runs
+# on the event loop, and while it runs neither the detection path nor keepalives do.
 SLOW_CALLBACK_S = 1.0
 
 
 class _Client(paho.Client):
-    """paho's client, with three of its per-message costs taken out.
+    """paho's client, run on an asyncio loop, with three of its per-message costs taken out.
 
-    Stock paho 2.x reads each packet with three ``recv`` calls after a ``select``
-    of its own, matches every topic against filtered callbacks (this connector
-    never registers one), and writes every PUBACK with its own ``send`` after
-    waking its thread through a socket pair. At tens of thousands of messages a
+    Stock paho 2.x reads each packet with three ``recv`` calls, matches every
+    topic against filtered callbacks (this connector never registers one), and
+    writes every PUBACK with its own ``send``. At tens of thousands of messages a
     second those system calls are most of its cost. Here reads go through a
-    64 KiB read-ahead buffer and every packet already received is handled before
-    the next ``select``; ``on_message`` is called directly; acknowledgements
-    queued with :meth:`queue_ack` leave in one packet per wake-up of the network
-    thread. Private methods of paho 2.x are overridden (paho is pinned ``<3``);
-    the connector tests exercise each path against a real broker.
+    64 KiB read-ahead buffer and every packet already received is handled in one
+    ``loop_read``; ``on_message`` is called directly; acknowledgements handed to
+    :meth:`send_acks` leave in one packet. The socket is opened by paho's own
+    code (proxy, TLS, hostname check) in a worker thread and adopted by
+    ``reconnect`` on the loop (:meth:`open_socket`, :meth:`adopt`). Private
+    methods of paho 2.x are overridden (paho is pinned ``<3``); the connector
+    tests exercise each path against a real broker.
     """
 
     READ_AHEAD = 65536
-    # After this many packets read in a row, writes (acks, pings) get their turn.
+    # After this many packets read in a row, the loop's other work (and writes) get their turn.
     MAX_PACKETS_PER_READ = 1000
 
     def __init__(self, *args, **kwargs):
@@ -74,9 +85,23 @@ class _Client(paho.Client):
         self._rsock = None
         self._rbuf = b""
         self._rpos = 0
-        self._acks_out: list[int] = []
-        self._acks_lock = threading.Lock()
+        self._adopted = None
         self.after_read: Callable[[], None] | None = None  # called after each burst of reads
+
+    # -- connecting
+    def open_socket(self):
+        """paho's connected (and TLS-wrapped) socket for the host set by ``connect_async``; blocks."""
+        return super()._create_socket()
+
+    def adopt(self, sock) -> None:
+        """The socket the next ``reconnect`` uses instead of opening one."""
+        self._adopted = sock
+
+    def _create_socket(self):
+        sock, self._adopted = self._adopted, None
+        if sock is None:
+            raise ConnectionError("no socket opened for this connection")
+        return sock
 
     # -- reading
     def _sock_recv(self, bufsize: int) -> bytes:
@@ -97,8 +122,8 @@ class _Client(paho.Client):
         return self._rsock is self._sock and self._rpos < len(self._rbuf)
 
     def loop_read(self, max_packets: int = 1) -> paho.MQTTErrorCode:
-        # Every packet received so far, not one per select(): select() cannot see the buffer,
-        # so the buffer is always emptied before returning (the cap only stops fresh reads).
+        # Every packet received so far, not one per wake-up: the loop's selector cannot see
+        # the buffer, so it is always emptied before returning (the cap only stops fresh reads).
         n = 0
         try:
             while True:
@@ -132,39 +157,15 @@ class _Client(paho.Client):
         # The fast path dispatches every message to on_message without topic matching.
         raise TypeError("per-topic callbacks are not supported: this client calls on_message for every topic")
 
-    # -- acknowledging
-    def queue_acks(self, mids: list[int]) -> None:
-        """PUBACK ``mids`` (QoS 1) with the acks queued around them, in one packet, from the network thread."""
-        with self._acks_lock:
-            woken = bool(self._acks_out)
-            self._acks_out.extend(mids)
-            if woken:
-                return  # the network thread is already woken for the first ones
-        sock = self._sockpairW
-        if sock is not None:
-            try:
-                sock.send(b"0")
-            except (BlockingIOError, OSError):
-                pass
-
-    def clear_acks(self) -> int:
-        """Forget acks not yet handed to the socket (their connection is gone); how many."""
-        with self._acks_lock:
-            n = len(self._acks_out)
-            self._acks_out = []
-            return n
-
-    def want_write(self) -> bool:
-        return bool(self._acks_out) or super().want_write()
-
-    def loop_write(self) -> paho.MQTTErrorCode:
-        with self._acks_lock:
-            mids, self._acks_out = self._acks_out, []
-        if mids and self._sock is not None:
-            packet = b"".join(struct.pack("!BBH", paho.PUBACK, 2, mid) for mid in mids)
-            self._out_packet.append({"command": paho.PUBACK, "mid": 0, "qos": 1, "pos": 0,
-                                     "to_process": len(packet), "packet": packet, "info": None})
-        return super().loop_write()
+    # -- acknowledging (on the loop)
+    def send_acks(self, mids: list[int]) -> None:
+        """PUBACK ``mids`` (QoS 1) in one packet, written now if the socket takes it."""
+        if self._sock is None or not mids:
+            return
+        packet = b"".join(struct.pack("!BBH", paho.PUBACK, 2, mid) for mid in mids)
+        self._out_packet.append({"command": paho.PUBACK, "mid": 0, "qos": 1, "pos": 0,
+                                 "to_process": len(packet), "packet": packet, "info": None})
+        self.loop_write()  # what the socket does not take now waits for add_writer (paho registers it)
 
 
 class _AckSequencer:
@@ -242,7 +243,7 @@ class _AckSequencer:
 
 
 class _Burst:
-    """Messages read in one go by the network thread, handed to the sink together."""
+    """Messages read in one go from the socket, handed to the sink together."""
 
     __slots__ = ("gen", "messages", "readings", "dead", "mids", "now")
 
@@ -272,10 +273,12 @@ class MqttConnector(Input):
         self._dead_by_reason = Counters()
         self._acks = _AckSequencer(self._send_acks)
         self._burst: _Burst | None = None
-        self._stop = threading.Event()
-        self._disconnected = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._client: paho.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._task: asyncio.Task | None = None
+        self._stop: asyncio.Event | None = None
+        self._disconnected: asyncio.Event | None = None
+        self._client: _Client | None = None
         self._sink: IngestSink | None = None
         self._connected = False
         self._pending_subacks: set[int] = set()
@@ -287,6 +290,17 @@ class MqttConnector(Input):
         self._last_error_at: float | None = None
         self._fail_streak = 0
         self._requested_disconnect: str | None = None
+        self._misc_timer: asyncio.TimerHandle | None = None
+        # What the sink's on_stored callbacks (any thread) leave for the loop, under _out_lock:
+        # acks to write, and the count of readings handed over and not yet stored.
+        self._out_lock = threading.Lock()
+        self._ack_out: list[int] = []
+        self._woken = False  # a _drain_out is scheduled on the loop
+        self._unstored = 0
+        self._unstored_peak = 0
+        self._resume_at = cfg.max_unstored // 2
+        self._paused = False  # the socket is not being read: the sink is behind
+        self._reading = None  # the socket add_reader watches
         # Hostile or broken publishers: bounded assets/sensors, physical ranges, few log lines.
         self.admission = Admission(cfg.assets, cfg.max_assets, cfg.max_sensors_per_asset)
         self.value_range = ValueRange(cfg.max_abs_value, cfg.ranges)
@@ -297,28 +311,33 @@ class MqttConnector(Input):
                                 on_gap=self._on_gap) if g.enabled else None
         self._callback_max_s = 0.0
 
-    # -- Connector protocol -------------------------------------------------
+    # -- core.Input -------------------------------------------------
 
     async def start(self, sink: IngestSink) -> None:
-        if self._thread is not None:
+        """Run on the calling event loop until :meth:`stop` (the loop must outlive the connector)."""
+        if self._task is not None:
             raise RuntimeError(f"connector {self.name!r} already started")
         self._sink = sink
-        self._stop.clear()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._stop = asyncio.Event()
+        self._disconnected = asyncio.Event()
         self._client = self._make_client()
-        self._thread = threading.Thread(target=self._supervise, name=f"{self.name}-supervisor",
-                                        daemon=True)
-        self._thread.start()
+        self._task = asyncio.create_task(self._supervise(), name=f"{self.name}-supervisor")
         log.info("mqtt started name=%s broker=%s:%d client_id=%s subscriptions=%s", self.name,
                  self.broker.host, self.broker.port, self.cfg.client_id,
                  ",".join(self.router.subscriptions))
 
     async def stop(self) -> None:
-        thread = self._thread
-        if thread is None:
+        task, loop = self._task, self._loop
+        if task is None or loop is None:
+            return
+        if asyncio.get_running_loop() is not loop:  # stopped from another loop (a test's, say)
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.stop(), loop))
             return
         self._stop.set()
-        await asyncio.to_thread(thread.join)
-        self._thread = None
+        await task
+        self._task = None
         log.info("mqtt stopped name=%s", self.name)
 
     def ready(self) -> bool:
@@ -328,6 +347,8 @@ class MqttConnector(Input):
     def status(self) -> dict:
         pending = self._acks.pending()
         acks = self._acks.counters.values
+        with self._out_lock:
+            unstored, unstored_peak = self._unstored, self._unstored_peak
         with self._lock:
             counters = dict(self._counters.values)
             counters.update(acks)
@@ -358,6 +379,11 @@ class MqttConnector(Input):
                 "internal_errors": counters.get("internal_errors", 0),
                 "slow_callbacks": counters.get("slow_callbacks", 0),
                 "callback_max_ms": round(self._callback_max_s * 1000, 1),
+                # backpressure: readings handed to the sink and not yet stored; reading paused meanwhile
+                "unstored": unstored,
+                "unstored_peak": unstored_peak,
+                "reading_paused": self._paused,
+                "backpressure_pauses": counters.get("backpressure_pauses", 0),
                 "admission": self.admission.status(),
                 "values_out_of_range": self.value_range.refused,
                 "gaps": self.gaps.status() if self.gaps is not None else None,
@@ -368,7 +394,7 @@ class MqttConnector(Input):
 
     # -- paho client --------------------------------------------------------
 
-    def _make_client(self) -> paho.Client:
+    def _make_client(self) -> _Client:
         cfg = self.cfg
         client = _Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -388,6 +414,10 @@ class MqttConnector(Input):
         client.on_message = self._on_message
         client.after_read = self._flush
         client.on_subscribe = self._on_subscribe
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
         return client
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -404,15 +434,6 @@ class MqttConnector(Input):
             doc["reason"] = reason
         return json.dumps(doc)
 
-    def _send_acks(self, mids: list[int]) -> None:
-        client = self._client
-        if client is not None:
-            client.queue_acks(mids)
-
-    def _clear_acks(self) -> int:
-        client = self._client
-        return client.clear_acks() if client is not None else 0
-
     def _error(self, text: str) -> None:
         with self._lock:
             self._last_error = text
@@ -422,44 +443,182 @@ class MqttConnector(Input):
         with self._lock:
             self._counters.inc(name, by)
 
-    # -- supervisor thread --------------------------------------------------
+    # -- the socket on the event loop ---------------------------------------
 
-    def _supervise(self) -> None:
+    def _on_socket_open(self, client, userdata, sock) -> None:
+        if not self._paused:
+            self._watch(sock)
+
+    def _on_socket_close(self, client, userdata, sock) -> None:
+        self._unwatch()
+        self._loop.remove_writer(sock)
+
+    def _on_register_write(self, client, userdata, sock) -> None:
+        self._loop.add_writer(sock, self._on_writable)
+
+    def _on_unregister_write(self, client, userdata, sock) -> None:
+        self._loop.remove_writer(sock)
+
+    def _watch(self, sock) -> None:
+        self._unwatch()
+        self._loop.add_reader(sock, self._on_readable)
+        self._reading = sock
+
+    def _unwatch(self) -> None:
+        sock, self._reading = self._reading, None
+        if sock is not None:
+            self._loop.remove_reader(sock)
+
+    def _on_readable(self) -> None:
+        client = self._client
+        client.loop_read()
+        sock = client.socket()
+        # TLS may hold decrypted bytes the selector cannot see; read them now, not on the next packet.
+        if sock is not None and self._reading is sock and getattr(sock, "pending", None) and sock.pending():
+            self._loop.call_soon(self._on_readable)
+
+    def _on_writable(self) -> None:
+        self._client.loop_write()  # unregisters the writer (our callback) once everything is out
+
+    def _misc(self) -> None:
+        self._misc_timer = None
+        client = self._client
+        if client is None or client.socket() is None:
+            return
+        client.loop_misc()  # PINGREQ when quiet; closes a connection whose broker stopped answering
+        if client.socket() is not None:
+            self._misc_timer = self._loop.call_later(_MISC_INTERVAL_S, self._misc)
+
+    # -- acknowledgements and backpressure (on_stored comes from any thread) --
+
+    def _send_acks(self, mids: list[int]) -> None:
+        # Called by the ack sequencer, under its lock, on whatever thread stored the batch.
+        with self._out_lock:
+            self._ack_out.extend(mids)
+            if self._woken:
+                return  # the loop is already woken for the acks before these
+            self._woken = True
+        self._wake()
+
+    def _clear_acks(self) -> int:
+        with self._out_lock:
+            n = len(self._ack_out)
+            self._ack_out = []
+            return n
+
+    def _wake(self) -> None:
+        loop = self._loop
+        try:
+            if threading.get_ident() == self._loop_thread:
+                loop.call_soon(self._drain_out)
+            else:
+                loop.call_soon_threadsafe(self._drain_out)
+        except RuntimeError:  # the loop is closed: no connection left to acknowledge on
+            with self._out_lock:
+                self._woken = False
+
+    def _drain_out(self) -> None:
+        with self._out_lock:
+            mids, self._ack_out = self._ack_out, []
+            self._woken = False
+            unstored = self._unstored
+        client = self._client
+        if mids and client is not None:
+            client.send_acks(mids)
+        if self._paused and unstored <= self._resume_at:
+            self._resume()
+
+    def _stored_callback(self, on_ack: AckCallback | None, units: int) -> AckCallback:
+        def on_stored() -> None:
+            if on_ack is not None:
+                on_ack()
+            with self._out_lock:
+                self._unstored -= units
+                wake = self._paused and self._unstored <= self._resume_at and not self._woken
+                if wake:
+                    self._woken = True
+            if wake:
+                self._wake()
+        return on_stored
+
+    def _pause(self) -> None:
+        self._paused = True
+        self._unwatch()
+        self._inc("backpressure_pauses")
+        self._logs.log(logging.INFO, "backpressure", "mqtt reading_paused name=%s unstored=%d max_unstored=%d "
+                       "(the store is behind; the broker holds the rest)", self.name, self._unstored,
+                       self.cfg.max_unstored)
+
+    def _resume(self) -> None:
+        self._paused = False
+        client = self._client
+        sock = client.socket() if client is not None else None
+        if sock is not None:
+            self._watch(sock)
+            self._loop.call_soon(self._on_readable)  # what arrived meanwhile, TLS-buffered bytes included
+
+    # -- connecting and reconnecting (a task on the loop) -------------------
+
+    async def _supervise(self) -> None:
         b = self.broker
         delays = jittered_backoff(b.reconnect.initial_s, b.reconnect.max_s)
         client = self._client
         assert client is not None
-        while not self._stop.is_set():
-            self._disconnected.clear()
-            self._accepted = False
-            # Acks still arriving for the previous connection must not reach this one.
-            self._acks.new_generation(self._clear_acks)
-            try:
-                client.connect(b.host, b.port, keepalive=b.keepalive_s)
-            except Exception as e:  # noqa: BLE001 - DNS, refused, TLS, ...: all mean retry later
-                self._connect_failed(f"connect to {b.host}:{b.port} failed: {e}")
-                if self._wait_backoff(delays):
+        try:
+            while not self._stop.is_set():
+                self._disconnected.clear()
+                self._accepted = False
+                # Acks still arriving for the previous connection must not reach this one.
+                self._acks.new_generation(self._clear_acks)
+                try:
+                    await self._connect(client)
+                except Exception as e:  # noqa: BLE001 - DNS, refused, TLS, ...: all mean retry later
+                    self._connect_failed(f"connect to {b.host}:{b.port} failed: {e}")
+                    if await self._wait_backoff(delays):
+                        break
+                    continue
+                self._misc_timer = self._loop.call_later(_MISC_INTERVAL_S, self._misc)
+                stop_wait = asyncio.ensure_future(self._stop.wait())
+                lost_wait = asyncio.ensure_future(self._disconnected.wait())
+                try:
+                    await asyncio.wait((stop_wait, lost_wait), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop_wait.cancel()
+                    lost_wait.cancel()
+                if self._stop.is_set():
+                    await self._shutdown(client)
                     break
-                continue
-            client.loop_start()
-            while not self._stop.is_set() and not self._disconnected.wait(0.25):
-                pass
-            if self._stop.is_set():
-                self._shutdown(client)
-                break
-            client.loop_stop()
-            if self._accepted:
-                # The broker accepted us, so the outage that follows starts a fresh backoff.
-                delays = jittered_backoff(b.reconnect.initial_s, b.reconnect.max_s)
-            if self._wait_backoff(delays):
-                break
-        with self._lock:
-            self._connected = False
+                self._close(client)
+                if self._accepted:
+                    # The broker accepted us, so the outage that follows starts a fresh backoff.
+                    delays = jittered_backoff(b.reconnect.initial_s, b.reconnect.max_s)
+                if await self._wait_backoff(delays):
+                    break
+        finally:
+            self._close(client)
+            self._acks.new_generation(self._clear_acks)
+            with self._lock:
+                self._connected = False
 
-    def _wait_backoff(self, delays) -> bool:
+    async def _connect(self, client: _Client) -> None:
+        b = self.broker
+        client.connect_async(b.host, b.port, keepalive=b.keepalive_s)
+        # TCP connect and TLS handshake block: a worker thread does them, with paho's own code.
+        sock = await asyncio.to_thread(client.open_socket)
+        if self._stop.is_set():
+            sock.close()
+            raise ConnectionError("stopping")
+        client.adopt(sock)
+        client.reconnect()  # adopts the socket, registers it (on_socket_open), queues CONNECT
+
+    async def _wait_backoff(self, delays) -> bool:
         delay = next(delays)
         log.debug("mqtt reconnect_wait name=%s delay_s=%.2f", self.name, delay)
-        return self._stop.wait(delay)
+        try:
+            await asyncio.wait_for(self._stop.wait(), delay)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     def _connect_failed(self, text: str) -> None:
         self._inc("connect_failures")
@@ -469,22 +628,34 @@ class MqttConnector(Input):
         log.log(level, "mqtt connect_failed name=%s attempts=%d error=%s", self.name,
                 self._fail_streak, text)
 
-    def _shutdown(self, client: paho.Client) -> None:
+    def _close(self, client: _Client) -> None:
+        """Whatever is left of a connection: the keepalive timer, the socket and its watchers."""
+        timer, self._misc_timer = self._misc_timer, None
+        if timer is not None:
+            timer.cancel()
+        client._sock_close()  # on_socket_close removes the watchers
+        self._unwatch()
+
+    async def _shutdown(self, client: _Client) -> None:
         """Leave cleanly: a retained 'offline' (the broker does not send the will on
         a clean disconnect), then DISCONNECT, keeping the session for next start."""
         if self._connected:
+            deadline = time.monotonic() + _STOP_PUBLISH_TIMEOUT_S
             try:
                 info = client.publish(self.cfg.status_topic, self._status_payload("offline", "stopped"),
                                       qos=1, retain=True)
-                info.wait_for_publish(_STOP_PUBLISH_TIMEOUT_S)
+                while not info.is_published() and client.socket() is not None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
             except (RuntimeError, ValueError) as e:
                 log.debug("mqtt offline_status_not_sent name=%s error=%s", self.name, e)
             client.disconnect()
-            self._disconnected.wait(_STOP_PUBLISH_TIMEOUT_S)
-        client.loop_stop()
-        self._acks.new_generation(self._clear_acks)
+            try:
+                await asyncio.wait_for(self._disconnected.wait(), _STOP_PUBLISH_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                pass
+        self._close(client)
 
-    # -- callbacks (paho network thread) ------------------------------------
+    # -- callbacks (paho, on the loop) --------------------------------------
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         b = self.broker
@@ -577,12 +748,13 @@ class MqttConnector(Input):
         self._took(time.monotonic() - started, topic)
 
     def _flush(self) -> None:
-        """Hand the burst just read to the sink (the network thread calls this after each read)."""
+        """Hand the burst just read to the sink (after each read of the socket, on the loop)."""
         burst, self._burst = self._burst, None
         if burst is None:
             return
         started = time.monotonic()
-        on_stored = self._acks.ticket(burst.mids, burst.gen) if burst.mids else None
+        units = max(1, len(burst.readings) + len(burst.dead))
+        on_ack = self._acks.ticket(burst.mids, burst.gen) if burst.mids else None
         with self._lock:
             c = self._counters
             c.inc("messages", burst.messages)
@@ -590,9 +762,15 @@ class MqttConnector(Input):
             for d in burst.dead:
                 self._dead_by_reason.inc(d.code.value, d.count)
             self._last_message_at = burst.now
+        with self._out_lock:  # counted before submit: a sink may call on_stored inside it
+            self._unstored += units
+            if self._unstored > self._unstored_peak:
+                self._unstored_peak = self._unstored
         try:
-            self._sink.submit(burst.readings, burst.dead, on_stored=on_stored)
+            self._sink.submit(burst.readings, burst.dead, on_stored=self._stored_callback(on_ack, units))
         except Exception as e:  # noqa: BLE001
+            with self._out_lock:
+                self._unstored -= units  # never to be stored: its callback will not come
             # The messages stay unacknowledged and block the acks behind them, so
             # reconnect: the broker then delivers everything unacked again.
             self._inc("sink_errors")
@@ -603,6 +781,9 @@ class MqttConnector(Input):
             client = self._client
             if client is not None:
                 client.disconnect()
+        else:
+            if not self._paused and self._unstored >= self.cfg.max_unstored:
+                self._pause()
         self._took(time.monotonic() - started, None)
 
     def _took(self, seconds: float, topic: str | None) -> None:
@@ -611,7 +792,7 @@ class MqttConnector(Input):
         if seconds > SLOW_CALLBACK_S:
             self._inc("slow_callbacks")
             self._logs.log(logging.WARNING, "slow_callback", "mqtt slow_callback name=%s took_s=%.2f topic=%r "
-                           "(the network thread sends no keepalive meanwhile; the store may be falling behind)",
+                           "(the event loop did nothing else meanwhile, keepalives included)",
                            self.name, seconds, topic)
 
     def _on_gap(self, gap: Gap) -> None:
@@ -634,7 +815,8 @@ class MqttConnector(Input):
         if route is None:
             # Reachable through a retained message or broker-side topic mapping;
             # kept, not silently dropped.
-            return [], [self._dead(topic, msg, now, DeadLetterCode.BAD_TOPIC, f"{topic!r} matches no configured pattern")]
+            why = f"{topic!r} matches no configured pattern"
+            return [], [self._dead(topic, msg, now, DeadLetterCode.BAD_TOPIC, why)]
         asset = route.asset
         if asset:
             why = self.admission.asset(asset)
