@@ -33,6 +33,7 @@ from typing import Awaitable, TypeVar
 
 from appliance.broker import Mosquitto, free_port
 from appliance.config import parse_config
+from appliance.core import AlarmEvent, EventKind, ModeChange
 
 log = logging.getLogger(__name__)
 
@@ -351,11 +352,13 @@ async def _run(cfg, seconds, fault_at, fault, with_cloud=True) -> int:
     def say(text: str) -> None:
         print(f"demo: {clock.label()} {text}", flush=True)
 
-    def on_event(e):
+    def on_event(e: AlarmEvent | ModeChange) -> None:
         events.append((time.monotonic(), e))
-        if getattr(e, "kind", None) == "raised":
+        if not isinstance(e, AlarmEvent):  # a mode change: nothing the demo reports
+            return
+        if e.kind is EventKind.RAISED:
             alarm_raised.set()
-        if getattr(e, "kind", None) in ("raised", "escalated", "cleared"):
+        if e.kind in (EventKind.RAISED, EventKind.ESCALATED, EventKind.CLEARED):
             a = e.alarm
             print(f"demo: {clock.label()} ALARM {e.kind.upper()} asset={a.asset} "
                   f"level={a.level.name.lower()} peak={a.peak_ratio:.2f}x threshold "
@@ -440,7 +443,7 @@ async def _run(cfg, seconds, fault_at, fault, with_cloud=True) -> int:
         print(f"demo: ERROR: {problem or 'stopped before the appliance was built'}", flush=True)
         return 1
 
-    raised = [clock.since(t) for t, e in events if getattr(e, "kind", None) == "raised"]
+    raised = [clock.since(t) for t, e in events if isinstance(e, AlarmEvent) and e.kind is EventKind.RAISED]
     before = [t for t in raised if t < fault_at]
     after = [t for t in raised if t >= fault_at]
     c = app.counters

@@ -12,7 +12,7 @@ import pytest
 
 from appliance.actions.mitigation import build as build_mitigation
 from appliance.actions.mitigation.config import MitigationInterlock, MitigationRule
-from appliance.actions.mitigation.mitigator import MitigationError, Mitigator
+from appliance.actions.mitigation.mitigator import Guard, MitigationError, Mitigator
 from appliance.config import parse_config
 from appliance.core import AlarmState, Level, PluginEnv
 from tests.support.mitigation import RUNNING, SP, VALVE, audit_rows, event, make_cfg, refused, writer_for
@@ -47,7 +47,8 @@ def test_advise_only_proposes_and_audits_but_never_writes(fresh_plc, tmp_path):
         await fresh_plc.call("Stop")
         await wait_until_async(lambda: _running_is(fresh_plc, False), what="pump stopped")
         recs2 = await m.on_alarm_event(event(kind="escalated", level=Level.CRITICAL))
-        assert recs2[0].status == "advised" and recs2[0].guard == "interlock:running"
+        assert recs2[0].status == "advised" and recs2[0].guard is Guard.INTERLOCK
+        assert "would be refused by interlock: running: ns=2;s=Pump1.Running == True is false" in recs2[0].detail
         await asyncio.sleep(0.5)
         assert await fresh_plc.read("SpeedSetpoint") == 100.0
         assert m.status()["armed"] is False and m.status()["counters"]["advised"] == 2
@@ -55,7 +56,7 @@ def test_advise_only_proposes_and_audits_but_never_writes(fresh_plc, tmp_path):
     run_mitigator(fresh_plc, tmp_path, make_cfg(armed=False), body)
     rows = audit_rows(tmp_path)
     assert [r["status"] for r in rows] == ["advised", "advised"]
-    assert "would be refused by interlock:running" in rows[1]["detail"]
+    assert rows[1]["guard"] == "interlock" and "would be refused by interlock: running:" in rows[1]["detail"]
 
 
 def test_armed_write_lands_is_verified_and_audited(fresh_plc, tmp_path):
@@ -142,12 +143,13 @@ def test_guard_interlock_false(fresh_plc, tmp_path):
     async def body(m):
         await fresh_plc.call("Stop")
         await wait_until_async(lambda: _running_is(fresh_plc, False), what="pump stopped")
-        rec = await refused(m, event(), "interlock:running")
-        assert "Running == True is false" in rec.detail
+        rec = await refused(m, event(), Guard.INTERLOCK)
+        assert rec.detail.startswith("running: ") and "Running == True is false" in rec.detail
         assert await fresh_plc.read("SpeedSetpoint") == 100.0
 
     run_mitigator(fresh_plc, tmp_path, make_cfg(), body)
-    assert audit_rows(tmp_path)[-1]["guard"] == "interlock:running"
+    row = audit_rows(tmp_path)[-1]
+    assert (row["guard"], row["detail"].split(": ")[0]) == ("interlock", "running")
 
 
 def test_guard_interlock_data_quality(fresh_plc, tmp_path):
@@ -157,8 +159,8 @@ def test_guard_interlock_data_quality(fresh_plc, tmp_path):
     async def body(m):
         await fresh_plc.call("SetSensorStatus", "Accelerometer1RMS", "BadSensorFailure")
         await wait_until_async(lambda: _bad(fresh_plc, "Accelerometer1RMS"), what="bad sensor")
-        rec = await refused(m, event(), "interlock:vibration-sensor")
-        assert "quality BAD" in rec.detail
+        rec = await refused(m, event(), Guard.INTERLOCK)
+        assert rec.detail.startswith("vibration-sensor: ") and "quality BAD" in rec.detail
         await fresh_plc.call("SetSensorStatus", "Accelerometer1RMS", "Good")
         await wait_until_async(lambda: _bad(fresh_plc, "Accelerometer1RMS", False), what="good sensor")
         assert (await m.on_alarm_event(event(alarm_id="alarm-2")))[0].status == "written"

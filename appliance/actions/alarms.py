@@ -78,7 +78,7 @@ class AlarmBook:
         d = p.decider.update(score)
         events: list[AlarmEvent] = []
         ratio = score.ratio
-        if d.change == "raised":
+        if d.change is EventKind.RAISED:
             if p.alarm is not None and p.alarm.state != AlarmState.NORMAL:
                 p.alarm.active = False
                 p.alarm.state = AlarmState.NORMAL
@@ -98,10 +98,10 @@ class AlarmBook:
                 p.alarm.top_sensors = score.top_sensors(self._top_n)
                 if self._on_peak is not None:
                     self._on_peak(copy.copy(p.alarm))
-            if d.change == "escalated":
+            if d.change is EventKind.ESCALATED:
                 p.alarm.level = d.level
                 events.append(self._event(EventKind.ESCALATED, p))
-            elif d.change == "cleared":
+            elif d.change is EventKind.CLEARED:
                 p.alarm.active = False
                 p.alarm.end = score.t_end
                 self._refresh(p)

@@ -8,8 +8,11 @@ does not chatter. The level only escalates while an alarm is active (anomaly ->
 critical); it is reset when the alarm clears.
 
 >>> d = Decider(raise_k=2, raise_n=3, clear_n=2, clear_ratio=0.8, critical_ratio=2.0)
->>> [d.update_ratio(r).change for r in (1.2, 0.5, 1.1, 3.0, 0.9, 0.7, 0.7)]
-[None, None, 'raised', 'escalated', None, None, 'cleared']
+>>> changes = [d.update_ratio(r).change for r in (1.2, 0.5, 1.1, 3.0, 0.9, 0.7, 0.7)]
+>>> [c.name if c else None for c in changes]
+[None, None, 'RAISED', 'ESCALATED', None, None, 'CLEARED']
+>>> changes[2] is EventKind.RAISED
+True
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from appliance.core import Level, Score
+from appliance.core import EventKind, Level, Score
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     level: Level
     active: bool
-    change: str | None  # "raised", "escalated", "cleared" or None
+    change: EventKind | None  # RAISED, ESCALATED, CLEARED, or None when nothing changed
 
 
 class Decider:
@@ -64,15 +67,15 @@ class Decider:
         change = None
         if not self.active:
             if sum(self._over) >= self.raise_k:
-                self.active, change = True, "raised"
+                self.active, change = True, EventKind.RAISED
                 self.level = max(level_now, Level.ANOMALY)
                 self._below = 0
         else:
             self._below = self._below + 1 if ratio < self.clear_ratio else 0
             if self._below >= self.clear_n:
-                self.active, change = False, "cleared"
+                self.active, change = False, EventKind.CLEARED
                 self.level = Level.NORMAL
                 self._over.clear()
             elif level_now > self.level:
-                self.level, change = level_now, "escalated"
+                self.level, change = level_now, EventKind.ESCALATED
         return Decision(self.level, self.active, change)

@@ -1,31 +1,14 @@
-"""The one small interface every input plugin implements (Telegraf-style).
+"""Reconnect pacing shared by every connection that retries a server.
 
-A connector turns its protocol into :class:`~appliance.core.Reading` records and
-hands them to an :class:`~appliance.core.IngestSink`. Anything it cannot turn
-into a reading (bad payload, bad quality it must not pass on as good, unknown
-sensor) goes to the sink as a :class:`~appliance.core.DeadLetter` with a reason.
+Inputs (MQTT, OPC-UA) and outputs (InfluxDB history, cloud uplink) that lose
+their server wait between attempts with :func:`jittered_backoff`; a loop that
+must also notice shutdown sleeps with :func:`sleep_backoff`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from typing import Protocol
-
-from appliance.core import IngestSink
-
-
-class Connector(Protocol):
-    name: str
-
-    async def start(self, sink: IngestSink) -> None:
-        """Connect and begin delivering readings; returns once started (not connected)."""
-
-    async def stop(self) -> None:
-        """Stop delivering and release the connection."""
-
-    def status(self) -> dict:
-        """Counters and connection state for the status API."""
 
 
 def jittered_backoff(initial_s: float, max_s: float):

@@ -29,10 +29,10 @@ def check_node_ref(v: str, what: str = "node") -> str:
 
     >>> check_node_ref("ns=2;s=Pump1.Current")
     'ns=2;s=Pump1.Current'
-    >>> check_node_ref("Pump1.Current")
+    >>> check_node_ref("Pump1.Current")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: node 'Pump1.Current' is neither a NodeId (ns=2;s=Pump1.Current) nor a browse path (0:Objects/2:PumpLine/2:Pump1/2:Current)
+    ValueError: node 'Pump1.Current' is neither a NodeId (ns=2;s=Pump1.Current) nor a browse path (0:Objects/...)
     """
     v = v.strip()
     if _NODEID_RE.match(v):

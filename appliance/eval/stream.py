@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from appliance.config import parse_config
+from appliance.core import AlarmEvent, EventKind, ModeChange
 from appliance.detector.train import read_csv, train_from_csv
 from appliance.eval.common import (EvalSettings, confusion, episode_delays, experiment_files, scores_from,
                                    with_level_free, write_outputs)
@@ -99,11 +100,13 @@ async def _stream(files: list[tuple[str, Path]], bundle: Path, work: Path, setti
         intervals: dict[str, list] = {}
         raised: dict[str, float] = {}
 
-        def on_event(e) -> None:
+        def on_event(e: AlarmEvent | ModeChange) -> None:
+            if not isinstance(e, AlarmEvent):  # nobody shelves a point during an evaluation
+                return
             a = e.alarm
-            if e.kind == "raised":
+            if e.kind is EventKind.RAISED:
                 raised[a.asset] = a.start
-            elif e.kind == "cleared" and a.asset in raised:
+            elif e.kind is EventKind.CLEARED and a.asset in raised:
                 intervals.setdefault(a.asset, []).append((raised.pop(a.asset), a.end))
 
         app.add_event_listener(on_event)

@@ -39,7 +39,7 @@ from typing import Any, Callable
 from pydantic import Field
 
 from appliance.actions.decide import Decider
-from appliance.core import Score, Window
+from appliance.core import EventKind, Score, Window
 from appliance.settings import DAY_S, Section
 
 
@@ -173,7 +173,7 @@ class ShadowRun:
         d = self._deciders.get(key)
         if d is None:
             d = self._deciders[key] = self.new_decider()
-        return int(d.update(score).change == "raised")
+        return int(d.update(score).change is EventKind.RAISED)
 
     def result(self) -> ShadowResult:
         p99 = quantiles(self._latency_us, (0.99,))[0] or 0.0

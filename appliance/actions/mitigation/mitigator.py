@@ -15,12 +15,15 @@ refuses the write and is named in the audit record:
 ``cooldown``     the node was written less than ``cooldown_s`` ago
 ``plc_read``     the current value and interlocks could not be read
 ``quality``      the node's current value is not of good quality
-``interlock:<name>``  an interlock read just before the write is false or not good
+``interlock``    an interlock read just before the write is false or not good (the detail names it)
 ``limits``       the new value is outside the target's ``[min, max]``
 ``max_step``     the change exceeds ``max_step``
 ``max_rate``     the changes within the last 60 s would exceed ``max_rate_per_min``
 ``approval``     a technician's approval is required (proposal pending) or expired
 ``readback``     after the write, the PLC does not hold the written value
+
+The audit record's ``guard`` is one of these codes (:class:`Guard`), never more:
+what the guard judged (which interlock, which values) is in ``detail``.
 
 Then: the write, the read-back verification, and, if the rule says so, an
 automatic revert (after ``revert_after_s`` or when the alarm clears). A revert
@@ -38,6 +41,7 @@ re-arms the remaining ``revert_after_s`` time and reverts at once a
 from __future__ import annotations
 
 import asyncio
+import enum
 import fnmatch
 import logging
 import math
@@ -74,6 +78,24 @@ class PlcWriter(Protocol):
     async def write(self, node: str, value: float) -> None: ...
 
 
+class Guard(enum.StrEnum):
+    """Why a mitigation was not done: a stable code to count and filter by (the detail says the rest)."""
+
+    ALARM_STATE = "alarm_state"
+    ALLOW_LIST = "allow_list"
+    COOLDOWN = "cooldown"
+    PLC_READ = "plc_read"
+    QUALITY = "quality"
+    INTERLOCK = "interlock"
+    LIMITS = "limits"
+    MAX_STEP = "max_step"
+    MAX_RATE = "max_rate"
+    APPROVAL = "approval"
+    READBACK = "readback"
+    CHANGED_EXTERNALLY = "changed_externally"  # a revert: someone changed the value since our write
+    ARMED = "armed"  # a revert owed from before a restart while mitigation is no longer armed
+
+
 class MitigationError(Exception):
     """A command that does not apply (unknown proposal, already decided...)."""
 
@@ -103,11 +125,11 @@ class _Written:
 
 
 class _Refusal(Exception):
-    """A guard said no; carries the guard's name and the values it judged."""
+    """A guard said no: which guard (``code``), what it judged (``detail``) and the values."""
 
-    def __init__(self, guard: str, detail: str, old: float | None = None, new: float | None = None):
-        super().__init__(f"{guard}: {detail}")
-        self.guard, self.detail, self.old, self.new = guard, detail, old, new
+    def __init__(self, code: Guard, detail: str, old: float | None = None, new: float | None = None):
+        super().__init__(f"{code.value}: {detail}")
+        self.code, self.detail, self.old, self.new = code, detail, old, new
 
 
 @dataclass(slots=True)
@@ -179,7 +201,7 @@ class Mitigator:
                 self.counters.inc("proposals")
                 if alarm.state in _BLOCKING_STATES:
                     records.append(await self._record(p, "mitigate", "refused" if self.armed else "advised",
-                                                      self.cfg.actor, rule.node, None, None, guard="alarm_state",
+                                                      self.cfg.actor, rule.node, None, None, guard=Guard.ALARM_STATE,
                                                       detail=f"alarm is {alarm.state.value}"))
                     continue
                 records.append(await self._execute(p, actor=self.cfg.actor, approved=False))
@@ -278,7 +300,7 @@ class Mitigator:
                 w = _Written(p, row["node"], row["old_value"], row["new_value"])
                 if not self.armed:
                     out.append(await self._record(p, "revert", "refused", self.cfg.actor, w.node, w.new, w.old,
-                                                  guard="armed", detail=f"mitigation is not armed; PLC left at "
+                                                  guard=Guard.ARMED, detail=f"mitigation is not armed; PLC left at "
                                                                         f"{_fmt(w.new)}"))
                     await asyncio.to_thread(self.audit.revert_settled, p.id)
                 elif row["revert_on_clear"] and row["alarm_id"] not in open_ids:
@@ -346,12 +368,12 @@ class Mitigator:
         rule = p.rule
         target = self._targets.get(rule.node)
         if target is None:
-            raise _Refusal("allow_list", f"{rule.node} is not an allowed mitigation target")
+            raise _Refusal(Guard.ALLOW_LIST, f"{rule.node} is not an allowed mitigation target")
         hist = self._history.get(rule.node)
         now = time.monotonic()
         if hist and hist.last_write_mono is not None and now - hist.last_write_mono < target.cooldown_s:
-            raise _Refusal("cooldown", f"{rule.node} was written {now - hist.last_write_mono:.1f}s ago; "
-                                       f"cooldown is {target.cooldown_s:g}s")
+            raise _Refusal(Guard.COOLDOWN, f"{rule.node} was written {now - hist.last_write_mono:.1f}s ago; "
+                                             f"cooldown is {target.cooldown_s:g}s")
         old, interlocks = await self._read_state(rule.node, list(self.cfg.interlocks) + list(rule.interlocks))
         new = rule.set_value if rule.set_value is not None else old + (rule.change_by or 0.0)
         self._check_interlocks(interlocks)
@@ -359,47 +381,46 @@ class Mitigator:
         if target.max_rate_per_min is not None:
             moved = self._moved_recently(rule.node, now)
             if moved + abs(new - old) > target.max_rate_per_min + 1e-9:
-                raise _Refusal("max_rate", f"{rule.node} moved {moved:g} in the last {RATE_WINDOW_S:g}s; "
-                                           f"another {abs(new - old):g} exceeds {target.max_rate_per_min:g}/min",
+                raise _Refusal(Guard.MAX_RATE, f"{rule.node} moved {moved:g} in the last {RATE_WINDOW_S:g}s; "
+                                                 f"another {abs(new - old):g} exceeds {target.max_rate_per_min:g}/min",
                                old, new)
         need_approval = rule.require_approval if rule.require_approval is not None else self.cfg.require_approval
         if need_approval and not approved:
-            raise _Refusal("approval", "technician approval required", old, new)
+            raise _Refusal(Guard.APPROVAL, "technician approval required", old, new)
         return old, new, target
 
     async def _read_state(self, node: str, interlocks: list[MitigationInterlock]):
         if self.writer is None:
-            raise _Refusal("plc_read", "no PLC connection configured")
+            raise _Refusal(Guard.PLC_READ, "no PLC connection configured")
         nodes = [node] + [i.node for i in interlocks]
         try:
             values = await self.writer.read(nodes)
         except Exception as e:  # noqa: BLE001 - any failure to read means: do not write
-            raise _Refusal("plc_read", f"reading {', '.join(nodes)} failed: {e}") from None
+            raise _Refusal(Guard.PLC_READ, f"reading {', '.join(nodes)} failed: {e}") from None
         old, q = values[0]
         if old is None or q is not Quality.GOOD or not math.isfinite(old):
-            raise _Refusal("quality", f"{node} reads {_fmt(old)} with quality {q.name}")
+            raise _Refusal(Guard.QUALITY, f"{node} reads {_fmt(old)} with quality {q.name}")
         return old, list(zip(interlocks, values[1:]))
 
     @staticmethod
     def _check_interlocks(interlocks) -> None:
         for il, (v, q) in interlocks:
-            guard = f"interlock:{il.name}"
             if v is None or q is not Quality.GOOD:
-                raise _Refusal(guard, f"{il.node} reads {_fmt(v)} with quality {q.name}")
+                raise _Refusal(Guard.INTERLOCK, f"{il.name}: {il.node} reads {_fmt(v)} with quality {q.name}")
             want = float(il.value)
             ok = (math.isclose(v, want, abs_tol=1e-9) if il.op == "==" else
                   not math.isclose(v, want, abs_tol=1e-9) if il.op == "!=" else _OPS[il.op](v, want))
             if not ok:
-                raise _Refusal(guard, f"{il.node} {il.op} {il.value} is false (reads {_fmt(v)})")
+                raise _Refusal(Guard.INTERLOCK, f"{il.name}: {il.node} {il.op} {il.value} is false (reads {_fmt(v)})")
 
     @staticmethod
     def _check_limits(target: MitigationTarget, old: float, new: float) -> None:
         if not math.isfinite(new) or new < target.min or new > target.max:
-            raise _Refusal("limits", f"{_fmt(new)} is outside [{target.min:g}, {target.max:g}] for {target.node}",
+            raise _Refusal(Guard.LIMITS, f"{_fmt(new)} is outside [{target.min:g}, {target.max:g}] for {target.node}",
                            old, new)
         if target.max_step is not None and abs(new - old) > target.max_step + 1e-9:
-            raise _Refusal("max_step", f"change {_fmt(old)} -> {_fmt(new)} ({abs(new - old):g}) exceeds "
-                                       f"max_step {target.max_step:g}", old, new)
+            raise _Refusal(Guard.MAX_STEP, f"change {_fmt(old)} -> {_fmt(new)} ({abs(new - old):g}) exceeds "
+                                             f"max_step {target.max_step:g}", old, new)
 
     def _moved_recently(self, node: str, now: float) -> float:
         hist = self._history.get(node)
@@ -425,19 +446,19 @@ class Mitigator:
         except _Refusal as r:
             if not armed:
                 self.counters.inc("advised")
-                return await self._record(p, "mitigate", "advised", actor, node, r.old, r.new, guard=r.guard,
-                                          detail=f"advise-only; would be refused by {r.guard}: {r.detail}")
-            if r.guard == "approval":
+                return await self._record(p, "mitigate", "advised", actor, node, r.old, r.new, guard=r.code,
+                                          detail=f"advise-only; would be refused by {r.code.value}: {r.detail}")
+            if r.code is Guard.APPROVAL:
                 await self._hold(p, self.cfg.approval_timeout_s)
                 self.counters.inc("pending_approval")
                 return await self._record(p, "mitigate", "pending_approval", actor, node, r.old, r.new,
-                                          guard="approval",
+                                          guard=Guard.APPROVAL,
                                           detail=f"waiting for approval, expires in {self.cfg.approval_timeout_s:g}s")
             self.counters.inc("refused")
-            self.counters.inc(f"refused_{r.guard.split(':')[0]}")
+            self.counters.inc(f"refused_{r.code.value}")
             logger.warning("mitigation refused rule=%s node=%s guard=%s detail=%s", p.rule.name, node,
-                           r.guard, r.detail)
-            return await self._record(p, "mitigate", "refused", actor, node, r.old, r.new, guard=r.guard,
+                           r.code.value, r.detail)
+            return await self._record(p, "mitigate", "refused", actor, node, r.old, r.new, guard=r.code,
                                       detail=r.detail)
         if not armed:
             self.counters.inc("advised")
@@ -477,7 +498,7 @@ class Mitigator:
         if rb is None or q is not Quality.GOOD or abs(rb - new) > target.tolerance:
             self.counters.inc("readback_failed")
             logger.error("mitigation read-back mismatch node=%s %s", node, detail)
-            return await self._record(p, kind, "failed", actor, node, old, new, guard="readback", detail=detail)
+            return await self._record(p, kind, "failed", actor, node, old, new, guard=Guard.READBACK, detail=detail)
         self.counters.inc("written" if kind == "mitigate" else "reverted")
         logger.warning("mitigation %s node=%s old=%s new=%s actor=%s rule=%s", kind, node, _fmt(old), _fmt(new),
                        actor, p.rule.name)
@@ -531,7 +552,7 @@ class Mitigator:
 
     async def _revert(self, w: _Written, why: str) -> MitigationAction:
         rec = await self._try_revert(w, why)
-        if rec.guard == "plc_read" and self.writer is not None and not self._closed:
+        if rec.guard == Guard.PLC_READ and self.writer is not None and not self._closed:
             # Nothing was written and nothing decided: the PLC could not be read. Still owed.
             delay = min(REVERT_RETRY_S * 2 ** min(w.retries, 20), REVERT_RETRY_MAX_S)
             w.retries += 1
@@ -550,21 +571,21 @@ class Mitigator:
         target = self._targets.get(w.node)
         if target is None:
             return await self._record(p, "revert", "refused", self.cfg.actor, w.node, w.new, w.old,
-                                      guard="allow_list", detail=f"{w.node} is no longer an allowed target")
+                                      guard=Guard.ALLOW_LIST, detail=f"{w.node} is no longer an allowed target")
         try:
             current, interlocks = await self._read_state(
                 w.node, list(self.cfg.interlocks) + list(w.proposal.rule.interlocks))
             if abs(current - w.new) > target.tolerance:
-                raise _Refusal("changed_externally",
+                raise _Refusal(Guard.CHANGED_EXTERNALLY,
                                f"{w.node} is {_fmt(current)}, not the {_fmt(w.new)} we wrote; leaving it", current,
                                w.old)
             self._check_interlocks(interlocks)
             self._check_limits(target, current, w.old)
         except _Refusal as r:
             self.counters.inc("revert_refused")
-            logger.warning("mitigation revert refused node=%s guard=%s detail=%s", w.node, r.guard, r.detail)
+            logger.warning("mitigation revert refused node=%s guard=%s detail=%s", w.node, r.code.value, r.detail)
             return await self._record(p, "revert", "refused", self.cfg.actor, w.node, r.old if r.old is not None
-                                      else w.new, w.old, guard=r.guard, detail=r.detail)
+                                      else w.new, w.old, guard=r.code, detail=r.detail)
         return await self._write_verified(p, "revert", self.cfg.actor, target, current, w.old)
 
     async def _hold(self, p: _Proposal, timeout_s: float) -> None:
@@ -589,7 +610,7 @@ class Mitigator:
                 await self._take_pending(pid)
                 self.counters.inc("approval_expired")
                 out.append(await self._record(p, "mitigate", "expired", self.cfg.actor, p.rule.node, None, None,
-                                              guard="approval", detail="nobody approved it in time"))
+                                              guard=Guard.APPROVAL, detail="nobody approved it in time"))
         return out
 
     async def _resume_approvals(self, open_ids: set[str], rules: dict[str, MitigationRule]) -> list[MitigationAction]:
@@ -616,20 +637,20 @@ class Mitigator:
     # ------------------------------------------------------------------ audit
 
     def _make(self, p: _Proposal, kind: str, status: str, actor: str, node: str, old, new,
-              guard: str | None, detail: str) -> MitigationAction:
+              guard: Guard | None, detail: str) -> MitigationAction:
         return MitigationAction(proposal_id=p.id, ts=time.time(), kind=kind, status=status, actor=actor,
                             rule=p.rule.name, asset=p.asset, alarm_id=p.alarm_id, node=node,
                             old_value=old, new_value=new, reason=p.reason, guard=guard, detail=detail,
                             armed=self.armed)
 
     def _record_sync(self, p: _Proposal, kind: str, status: str, actor: str, node: str, old, new,
-                     guard: str | None = None, detail: str = "") -> MitigationAction:
+                     guard: Guard | None = None, detail: str = "") -> MitigationAction:
         rec = self._make(p, kind, status, actor, node, old, new, guard, detail)
         self.audit.append(rec.to_dict())
         return rec
 
     async def _record(self, p: _Proposal, kind: str, status: str, actor: str, node: str, old, new,
-                      guard: str | None = None, detail: str = "") -> MitigationAction:
+                      guard: Guard | None = None, detail: str = "") -> MitigationAction:
         rec = self._make(p, kind, status, actor, node, old, new, guard, detail)
         # Off the event loop: a commit with FULL sync can take tens of ms on an SD card.
         await asyncio.to_thread(self.audit.append, rec.to_dict())

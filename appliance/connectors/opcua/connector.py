@@ -32,9 +32,11 @@ Sessions, security and certificates: :mod:`appliance.connections.opcua`.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from asyncua import Client, ua
@@ -49,6 +51,25 @@ from appliance.connectors.opcua.config import OpcuaInputConfig, OpcuaNode
 from appliance.core import Counters, DeadLetter, DeadLetterCode, IngestSink, Input, Quality, Reading
 
 logger = logging.getLogger(__name__)
+
+
+class SessionEnd(enum.StrEnum):
+    """Why a session stopped delivering: a stable code for the ``rebuild_<code>`` counters."""
+
+    STOP = "stop"
+    WATCHDOG = "watchdog"
+    CONNECTION = "connection"
+    SUBSCRIPTION = "subscription"
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    code: SessionEnd
+    detail: str = ""
+
+    def __str__(self) -> str:
+        """``code: detail``, for people reading the log or the status API."""
+        return f"{self.code.value}: {self.detail}" if self.detail else self.code.value
 
 
 class OpcuaConnector(Input):
@@ -89,7 +110,7 @@ class OpcuaConnector(Input):
                                       math.inf if n.max_value is None else n.max_value)
             for n in cfg.nodes if n.min_value is not None or n.max_value is not None})
 
-    # -- Connector protocol
+    # -- Input interface (appliance.core.Input)
 
     async def start(self, sink: IngestSink) -> None:
         if self._task is not None and not self._task.done():
@@ -168,7 +189,7 @@ class OpcuaConnector(Input):
 
         self._state = "connecting"
         got_data = False
-        reason = ""
+        ended: _Ended | None = None
         client: Client | None = None
         self.counters.inc("connect_attempts")
         try:
@@ -183,11 +204,11 @@ class OpcuaConnector(Input):
             logger.info("opcua connected name=%s endpoint=%s security=%s/%s nodes=%d",
                         self.name, self.endpoint.endpoint, self.endpoint.security_policy, self.endpoint.security_mode,
                         self._subscribed)
-            reason, got_data = await self._deliver(sub, lost, lost_reason)
-            self.counters.inc(f"rebuild_{reason.split(':')[0]}")
-            if reason != "stop":
-                logger.warning("opcua connection lost name=%s reason=%s; rebuilding session", self.name, reason)
-                self._last_error = reason
+            ended, got_data = await self._deliver(sub, lost, lost_reason)
+            self.counters.inc(f"rebuild_{ended.code.value}")
+            if ended.code is not SessionEnd.STOP:
+                logger.warning("opcua connection lost name=%s reason=%s; rebuilding session", self.name, ended)
+                self._last_error = str(ended)
         except UntrustedServerCertificate as e:
             self.counters.inc("untrusted_server_cert")
             self._log_error(f"refused: {e}", level=logging.ERROR)
@@ -210,7 +231,7 @@ class OpcuaConnector(Input):
             self._subscribed = 0
             if got_data:
                 self._session_ended_mono = time.monotonic()
-        return got_data and not reason.startswith("watchdog")
+        return got_data and (ended is None or ended.code is not SessionEnd.WATCHDOG)
 
     def _log_error(self, msg: str, level: int = logging.WARNING) -> None:
         # Repeats of the same failure during a long outage go to DEBUG: one line per change.
@@ -293,8 +314,8 @@ class OpcuaConnector(Input):
             raise ConnectionError("no configured node could be subscribed")
         return sub
 
-    async def _deliver(self, sub, lost: asyncio.Event, lost_reason: list[str]) -> tuple[str, bool]:
-        """Consume the subscription until the data watchdog, a loss or stop. Returns (reason, got_data)."""
+    async def _deliver(self, sub, lost: asyncio.Event, lost_reason: list[str]) -> tuple[_Ended, bool]:
+        """Consume the subscription until the data watchdog, a loss or stop. Returns (why, got_data)."""
         state = {"got": False, "status": None}
         session_start = time.monotonic()
         self._last_data_mono_session = session_start
@@ -321,18 +342,18 @@ class OpcuaConnector(Input):
                 remaining = self.cfg.watchdog_s - (time.monotonic() - self._last_data_mono_session)
                 if remaining <= 0:
                     self.counters.inc("watchdog_trips")
-                    return f"watchdog: no data for {self.cfg.watchdog_s:g}s", state["got"]
+                    return _Ended(SessionEnd.WATCHDOG, f"no data for {self.cfg.watchdog_s:g}s"), state["got"]
                 done, _ = await asyncio.wait({consumer, lost_w, stop_w}, timeout=remaining,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if stop_w in done:
-                    return "stop", state["got"]
+                    return _Ended(SessionEnd.STOP), state["got"]
                 if lost_w in done:
-                    return f"connection: {lost_reason[0] if lost_reason else 'lost'}", state["got"]
+                    return _Ended(SessionEnd.CONNECTION, lost_reason[0] if lost_reason else "lost"), state["got"]
                 if consumer in done:
                     exc = consumer.exception()
                     if exc is not None:
-                        return f"subscription: {exc!r}", state["got"]
-                    return f"subscription: {state['status'] or 'closed'}", state["got"]
+                        return _Ended(SessionEnd.SUBSCRIPTION, repr(exc)), state["got"]
+                    return _Ended(SessionEnd.SUBSCRIPTION, state["status"] or "closed"), state["got"]
         finally:
             for t in (consumer, lost_w, stop_w):
                 t.cancel()
