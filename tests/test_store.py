@@ -10,6 +10,7 @@ import time
 from appliance.actions.alarms import AlarmBook
 from appliance.actions.decide import Decider
 from appliance.core import DeadLetter, DeadLetterCode, PointMode, Reading, Score
+from appliance.core.clock import AgeCutoff
 from appliance.store import Store, open_reader
 from appliance.store.store import SCHEMA_VERSION
 
@@ -187,6 +188,31 @@ def test_retention_keeps_newest(tmp_path):
     conn.close()
     rows = open_reader(st.path).execute("SELECT MIN(ts), COUNT(*) FROM readings").fetchone()
     assert rows[1] == 1000 and rows[0] == 3000.0
+    st.close()
+
+
+
+def test_a_clock_stepped_forward_does_not_age_the_rows_of_this_run(tmp_path):
+    # A gateway without a real-time clock, stepped forward 90 days by NTP a minute after it started.
+    st = Store(tmp_path / "a.db", retention_days=7)
+    start = time.time()
+    clock = {"wall": start, "mono": 0.0}
+    st._age_cutoff = AgeCutoff(st.retention_s, wall=lambda: clock["wall"], monotonic=lambda: clock["mono"])
+    st.start()
+    for i in range(10):
+        st.put_reading(Reading("p", "a", start + i, float(i)))
+    st.flush()
+    conn = sqlite3.connect(st.path, isolation_level=None)
+
+    def kept(wall_s, mono_s):
+        clock.update(wall=start + wall_s, mono=mono_s)
+        st._retention(conn)
+        return open_reader(st.path).execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+
+    day = 86400.0
+    assert kept(90 * day, 60.0) == 10  # a minute into the run: nothing it received is a week old
+    assert kept(98 * day, 8 * day) == 0  # eight days into the run (by the monotonic clock) the week is over
+    conn.close()
     st.close()
 
 

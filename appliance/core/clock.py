@@ -70,3 +70,41 @@ class StepDetector:
         step = offset - self._offset
         self._offset = offset
         return step if abs(step) > self.tolerance_s else 0.0
+
+
+class AgeCutoff:
+    """The wall time before which stored rows are old enough to drop: ``now - keep_s``,
+    except for rows received since this cutoff was made, until it has lived ``keep_s``.
+
+    Rows are stamped with the wall clock when they arrive. A gateway without a
+    real-time clock that NTP steps forward by months would otherwise find all it
+    received before the step "months old" and drop it at once, rows not yet
+    forwarded included. Nothing received in this run is older than the run itself
+    (monotonic), so until the run is ``keep_s`` old the cutoff stays at or below the
+    lowest wall time seen in it.
+
+    >>> wall = iter([1000.0, 1000.0 + 90 * 86400, 1000.0 + 91 * 86400])
+    >>> mono = iter([5.0, 65.0, 86400.0 + 65.0])
+    >>> cutoff = AgeCutoff(86400.0, wall=lambda: next(wall), monotonic=lambda: next(mono))
+    >>> cutoff()  # 90 days later by the wall clock, one minute by the monotonic one: keep this run's rows
+    1000.0
+    >>> cutoff() == 1000.0 + 90 * 86400  # a day into the run the wall clock rules again
+    True
+    """
+
+    def __init__(self, keep_s: float, wall: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic):
+        if not keep_s > 0:
+            raise ValueError(f"keep_s must be > 0, got {keep_s!r}")
+        self.keep_s = float(keep_s)
+        self._wall, self._mono = wall, monotonic
+        self._lowest_wall = wall()
+        self._born = monotonic()
+
+    def __call__(self) -> float:
+        now = self._wall()
+        self._lowest_wall = min(self._lowest_wall, now)
+        cutoff = now - self.keep_s
+        if self._mono() - self._born < self.keep_s:
+            cutoff = min(cutoff, self._lowest_wall)
+        return cutoff

@@ -23,7 +23,8 @@ the other way round.
 
 Readings are unique per (asset, sensor, ts): a message delivered twice (QoS 1
 after a crash) is stored once. Retention keeps the newest ``max_readings`` rows
-and drops rows received more than ``retention_days`` ago.
+and drops rows received more than ``retention_days`` ago (never, within a run's
+first ``retention_days``, a row received in it: see :class:`~appliance.core.clock.AgeCutoff`).
 
 Dead letters are bounded at all times, not only at retention: every batch that
 adds some trims the table to the newest ``max_dead_letters`` in the same
@@ -53,6 +54,7 @@ from typing import Callable, Iterable, Iterator
 
 from appliance.core import (Alarm, AlarmEvent, AlarmState, DeadLetter, Level, ModeChange, ModelChange, PointMode,
                             Quality, Reading, Score)
+from appliance.core.clock import AgeCutoff
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +245,7 @@ class Store:
         self.write_errors = 0
         self.last_error: str | None = None
         self._last_retention = 0.0
+        self._age_cutoff = AgeCutoff(self.retention_s)
 
     @classmethod
     def from_config(cls, cfg, path: Path) -> "Store":
@@ -479,7 +482,7 @@ class Store:
 
     def _retention(self, conn: sqlite3.Connection) -> None:
         self._last_retention = time.monotonic()
-        cutoff = time.time() - self.retention_s
+        cutoff = self._age_cutoff()  # a clock stepped forward does not age this run's rows at once
         try:
             for table, keep in (("readings", self.max_readings), ("scores", self.max_readings),
                                 ("dead_letters", self.max_dead_letters)):
