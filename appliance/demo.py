@@ -273,8 +273,7 @@ def demo_account(cfg) -> tuple[str, str]:
     return DEMO_USER, password
 
 
-def _announce_dashboard(dcfg, port: int) -> None:
-    name, password = demo_account(dcfg)
+def _announce_dashboard(dcfg, port: int, name: str, password: str) -> None:
     host = dcfg.web.host if dcfg.web.host not in ("0.0.0.0", "::") else "127.0.0.1"
     print(f"demo: dashboard on http://{host}:{port}/ - sign in as {name} / {password} (engineer; "
           f"a new password each run; more accounts: appliance user add NAME --role technician)", flush=True)
@@ -399,12 +398,14 @@ async def _run(cfg, seconds, fault_at, fault, with_cloud=True) -> int:
             if not await _unless_stopped(stop, app.wait_inputs_ready(60)):
                 print("demo: WARNING: inputs not ready after 60 s; starting the simulator anyway", flush=True)
             if dcfg.web.enabled:
+                # The account first: a dashboard that starts with none warns that nobody can sign in.
+                name, password = demo_account(dcfg)
                 try:
                     web = start_web(app, dcfg.web.host, dcfg.web.port)
                 except OSError:  # the usual port is taken: any free one will do for a demo
                     web = start_web(app, dcfg.web.host, 0)
                 stack.callback(web.stop)
-                _announce_dashboard(dcfg, web.port)
+                _announce_dashboard(dcfg, web.port, name, password)
             if plc_port is None:
                 sim = SimProcess("pump-sim", _pump_args(broker.port, fault, fault_at), PUMP_READY, clock)
                 # Registered last, so stopped first; the pause lets its last readings reach the appliance.
