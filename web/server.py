@@ -48,6 +48,43 @@ class ConcurrencyLimit:
             self._slots.release()
 
 
+class _MostRecentlyIdleFirst(threading.Condition):
+    """A condition whose ``notify`` wakes the worker that went idle last, not the one idle longest.
+
+    Waitress hands each request to whichever worker ``notify`` wakes, and
+    ``threading.Condition`` wakes the longest waiter, so even one visitor's
+    requests rotate through all ~17-25 workers. Every worker then warms its own
+    stack pages and glibc malloc arena, and the process's RSS crept up by about
+    2 MiB per 20,000 requests for as long as we measured (tracemalloc saw almost
+    nothing: it is allocator memory, not Python objects). Waking the most
+    recently idle worker keeps a light load on the same one or two warm threads;
+    the others are touched only when requests really overlap, so RSS follows
+    the peak concurrency instead of the request count.
+    """
+
+    def notify(self, n: int = 1) -> None:
+        if not self._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        waiters = self._waiters
+        while waiters and n > 0:
+            waiter = waiters.pop()  # the newest waiter; the stock class takes waiters[0]
+            try:
+                waiter.release()
+            except RuntimeError:  # it timed out meanwhile (waitress waits without a timeout)
+                continue
+            n -= 1
+
+
+def _dispatcher(threads: int):
+    """Waitress's task dispatcher with ``threads`` workers, waking them most-recently-idle first."""
+    from waitress.task import ThreadedTaskDispatcher
+
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.queue_cv = _MostRecentlyIdleFirst(dispatcher.lock)  # before any worker waits on it
+    dispatcher.set_thread_count(threads)
+    return dispatcher
+
+
 def _one_line_error_channel():
     """Waitress's channel, whose own refusals read like the app's: JSON with a one-line reason.
 
@@ -172,7 +209,8 @@ def serve(app, host: str = "127.0.0.1", port: int = 8080, max_concurrent: int = 
         proxy = {"trusted_proxy": trusted_proxy, "trusted_proxy_count": 1,
                  "trusted_proxy_headers": {"x-forwarded-proto", "x-forwarded-for", "x-forwarded-host"}}
     server = create_server(
-        ConcurrencyLimit(app, max_concurrent), sockets=[sock], threads=threads, ident="appliance",
+        ConcurrencyLimit(app, max_concurrent), _dispatcher=_dispatcher(threads), sockets=[sock], threads=threads,
+        ident="appliance",
         max_request_body_size=MAX_REQUEST_BODY, max_request_header_size=MAX_HEADER_BYTES,
         channel_timeout=120, cleanup_interval=30, connection_limit=200, expose_tracebacks=False,
         clear_untrusted_proxy_headers=True, asyncore_use_poll=True, **proxy)
