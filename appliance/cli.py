@@ -127,6 +127,8 @@ def cmd_train(args) -> int:
                               ("lateness_s", args.lateness), ("max_iter", args.max_epochs)) if v is not None}
     if args.early_stopping:
         opts["early_stopping"] = True
+    if args.pca_member:
+        opts["pca_member"] = True
     if args.settings:
         try:
             extra = json.loads(args.settings)
@@ -167,6 +169,11 @@ def cmd_train(args) -> int:
     from appliance.detector.bundle import load_bundle
     bundle = load_bundle(out)
     print(f"bundle written: {out} (level-free sensors: {', '.join(bundle.level_free) or 'none'})")
+    if bundle.members:
+        pca = bundle.meta["members"]["pca"]
+        print(f"pca member: {pca['components']} components of the {pca['inputs']} "
+              f"({100 * pca['explained_variance']:.1f} % of their variance), threshold "
+              f"{bundle.member_thresholds['pca']:.4g}; the score is the larger ratio to its own threshold")
     model = bundle.meta["training"]["model"]
     if model.get("converged") is False:
         print(f"note: the model hit the epoch cap ({model['max_iter']} epochs) before its training loss settled; "
@@ -281,7 +288,17 @@ def cmd_eval(args) -> int:
         print("appliance eval skab: --learn-from-anomaly-free is a protocol-mode variant "
               "(stream mode already trains on anomaly-free.csv)", file=sys.stderr)
         return 2
-    settings = EvalSettings(prior_from_anomaly_free=args.learn_from_anomaly_free)
+    bundle = {}
+    if args.settings:
+        try:
+            bundle = json.loads(args.settings)
+        except ValueError as e:
+            print(f"appliance eval skab: --settings is not JSON: {e}", file=sys.stderr)
+            return 2
+        if not isinstance(bundle, dict):
+            print("appliance eval skab: --settings must be a JSON object of TrainSettings fields", file=sys.stderr)
+            return 2
+    settings = EvalSettings(prior_from_anomaly_free=args.learn_from_anomaly_free, bundle=bundle)
     run_skab_eval(args.data, mode=args.mode, predictions_out=args.predictions_out,
                   json_out=args.json_out, settings=settings)
     return 0
@@ -330,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--max-epochs", type=int, help="training epoch cap (default 200)")
     t.add_argument("--early-stopping", action="store_true",
                    help="stop when the loss on held-back normal rows stops improving; keep the best epoch")
+    t.add_argument("--pca-member", action="store_true",
+                   help="also fit a linear PCA-Q member beside the autoencoder (see docs/detector.md: off by "
+                        "default, it raised false alarms on independent normal runs of the process rig)")
     t.add_argument("--settings", metavar="JSON",
                    help='any other training settings as a JSON object, e.g. \'{"threshold_rule": "pooled"}\' '
                         "(fields of appliance.detector.train.TrainSettings; for ablations)")
@@ -358,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     sk.add_argument("--mode", choices=("protocol", "stream"), default="protocol")
     sk.add_argument("--predictions-out")
     sk.add_argument("--json-out")
+    sk.add_argument("--settings", metavar="JSON",
+                    help="TrainSettings fields for every bundle, e.g. '{\"pca_member\": true}' (variants only)")
     sk.add_argument("--learn-from-anomaly-free", action="store_true",
                     help="variant, not the leaderboard protocol: every bundle also learns from all of "
                          "anomaly-free.csv (scaled on its own); no drift allowance")

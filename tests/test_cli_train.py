@@ -120,3 +120,17 @@ def test_too_few_windows_names_the_reason(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "only 0 training windows" in err and "40 runs, the longest 5 rows" in err and "needs 8" in err
     assert not out.exists()
+
+
+def test_pca_member_flag_writes_a_format_4_bundle_with_its_threshold(tmp_path, capsys):
+    from appliance.detector.bundle import load_bundle
+
+    data = slow_process_csv(tmp_path / "normal.csv", n=300)
+    out = tmp_path / "bundle"
+    assert main(["train", "--data", str(data), "--period", "180", "--out", str(out), "--max-epochs", "5",
+                 "--pca-member"]) == 0
+    printed = capsys.readouterr().out
+    assert "pca member:" in printed and "components of the rows" in printed
+    bundle = load_bundle(out)
+    assert bundle.meta["format_version"] == 4 and set(bundle.members) == {"pca"}
+    assert bundle.member_thresholds["pca"] == bundle.meta["thresholds"]["pca"] > 0

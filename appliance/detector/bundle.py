@@ -6,6 +6,7 @@
       model.int8.onnx   static-INT8 autoencoder (what the gateway runs)
       model.fp32.onnx   the same model in FP32 (reference, fallback)
                         (format 3: windows in and out flattened, [N, window * sensors])
+      model.pca.onnx    format 4 only: the linear PCA-Q member (FP32 in both precisions)
       bundle.json       metadata below
 
 ``bundle.json`` keys: ``format_version``, ``model_version`` (UTC time + content
@@ -17,6 +18,12 @@ optional, older bundles lack them), ``scaler`` (robust per-sensor ``center``/``s
 ``threshold`` (INT8) with ``thresholds`` per precision and ``threshold_calibration``
 (how), ``training`` (data sha256, row count, window counts, model settings),
 ``int8_check`` (INT8-vs-FP32 results), ``files`` (sha256 of each ONNX file).
+Format 4 adds ``members``: models scored beside the autoencoder on the same
+input (``{"pca": {"file": "model.pca.onnx", "kind": "pca_q", ...}}``), each
+with its own threshold in ``thresholds`` under its name (``thresholds.pca``), so
+the signed release's decision values cover it; the detector's score is the
+autoencoder's threshold times the largest ratio of a member's error to its
+own threshold (see :mod:`appliance.detector.scorer`).
 
 :func:`load_bundle` validates all of it and fails with :class:`BundleError`
 naming the file and the problem, so a half-copied or hand-edited bundle is
@@ -44,12 +51,19 @@ from appliance.detector.session import ONNX_INPUT, ONNX_OUTPUT
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 3
+# Bundles with members beside the autoencoder (a PCA-Q model) are written as format 4, so an
+# appliance that does not know members refuses them instead of silently scoring without them;
+# bundles without members stay format 3, readable by every appliance since format 3.
+MEMBERS_FORMAT_VERSION = 4
 # Version 1 bundles predate ``level_free``; they load with no level-free sensors.
 # Versions 1-2 models take (N, window, sensors); version 3 models take windows
 # flattened to (N, window * sensors), which spares ONNX Runtime an output copy.
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 META_FILE = "bundle.json"
 MODEL_FILES = {"int8": "model.int8.onnx", "fp32": "model.fp32.onnx"}
+# Members a bundle may carry, by name: their ONNX file (FP32, used by both precisions) and kinds.
+MEMBER_FILES = {"pca": "model.pca.onnx"}
+MEMBER_KINDS = {"pca": "pca_q"}
 
 
 class BundleError(ValueError):
@@ -130,6 +144,9 @@ class Bundle:
     # The grid tolerances the model was trained with; None for bundles older than them.
     staleness_s: float | None = None
     lateness_s: float | None = None
+    # Format 4: members scored beside the autoencoder (name -> ONNX file) and their thresholds.
+    members: dict[str, Path] = field(default_factory=dict)
+    member_thresholds: dict[str, float] = field(default_factory=dict)
 
     def threshold(self, precision: str = "int8") -> float:
         return self.thresholds[precision]
@@ -215,10 +232,42 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
                 raise BundleError(f"{p}: sha256 does not match bundle.json (corrupt or replaced file)")
         _check_model_shape(p, [window * len(sensors)] if version >= 3 else [window, len(sensors)])
         models[precision] = p
+    members, member_thresholds = _load_members(root, meta, version, th, files, window * len(sensors),
+                                               verify_hashes, where)
     return Bundle(path=root, meta=meta, sensors=tuple(sensors), window=window, stride=stride,
                   period_s=float(period_s), scaler=Scaler(center, scale, str(sc.get("kind", "robust"))),
                   thresholds=thresholds, model_version=model_version, models=models, level_free=level_free,
-                  **tolerances)
+                  members=members, member_thresholds=member_thresholds, **tolerances)
+
+
+def _load_members(root: Path, meta: dict, version: int, th: dict, files: dict, per_window: int,
+                  verify_hashes: bool, where: str) -> tuple[dict[str, Path], dict[str, float]]:
+    """Format 4's ``members``, each with its file, kind and threshold checked; none before format 4."""
+    if version < MEMBERS_FORMAT_VERSION:
+        if "members" in meta:
+            raise BundleError(f"{where}: key 'members' needs format_version >= {MEMBERS_FORMAT_VERSION} "
+                              f"(this bundle says {version}; an older appliance would ignore its members)")
+        return {}, {}
+    declared = _require(meta, "members", dict, where, lambda v: len(v) > 0, "at least one member in format 4")
+    members, thresholds = {}, {}
+    for name, spec in declared.items():
+        if name not in MEMBER_FILES:
+            raise BundleError(f"{where}: unknown member {name!r} (this appliance knows {sorted(MEMBER_FILES)})")
+        if not isinstance(spec, dict) or spec.get("file") != MEMBER_FILES[name] \
+                or spec.get("kind") != MEMBER_KINDS[name]:
+            raise BundleError(f"{where}: members.{name} must name file {MEMBER_FILES[name]!r} and kind "
+                              f"{MEMBER_KINDS[name]!r}, got {spec!r}")
+        v = th.get(name)
+        if not _finite_positive(v):
+            raise BundleError(f"{where}: thresholds.{name} must be finite and > 0, got {v!r}")
+        p = root / MEMBER_FILES[name]
+        if not p.is_file():
+            raise BundleError(f"{p}: missing member model file")
+        if verify_hashes and files.get(p.name) != sha256_file(p):
+            raise BundleError(f"{p}: sha256 does not match bundle.json (corrupt or replaced file)")
+        _check_model_shape(p, [per_window])
+        members[name], thresholds[name] = p, float(v)
+    return members, thresholds
 
 
 def _check_model_shape(path: Path, per_window: list[int]) -> None:
@@ -237,8 +286,11 @@ def _check_model_shape(path: Path, per_window: list[int]) -> None:
                               f"[N, {', '.join(map(str, per_window))}]")
 
 
-def write_bundle(out_dir: str | Path, meta: dict, model_files: dict[str, Path]) -> Path:
+def write_bundle(out_dir: str | Path, meta: dict, model_files: dict[str, Path],
+                 member_files: dict[str, Path] | None = None) -> Path:
     """Write a bundle atomically: build it in a temp dir beside ``out_dir``, then rename.
+
+    ``member_files``: member name -> ONNX file (see :data:`MEMBER_FILES`), for format 4.
 
     An existing bundle at ``out_dir`` is moved aside first and removed only after
     the new one is in place, so a crash leaves either the old or the new bundle
@@ -250,8 +302,9 @@ def write_bundle(out_dir: str | Path, meta: dict, model_files: dict[str, Path]) 
     try:
         meta = dict(meta)
         meta["files"] = {}
-        for precision, name in MODEL_FILES.items():
-            src = model_files[precision]
+        copies = [(model_files[p], name) for p, name in MODEL_FILES.items()]
+        copies += [(src, MEMBER_FILES[m]) for m, src in (member_files or {}).items()]
+        for src, name in copies:
             shutil.copyfile(src, tmp / name)
             meta["files"][name] = sha256_file(tmp / name)
         data = json.dumps(meta, indent=2, sort_keys=True) + "\n"
@@ -259,7 +312,7 @@ def write_bundle(out_dir: str | Path, meta: dict, model_files: dict[str, Path]) 
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        for name in MODEL_FILES.values():
+        for _, name in copies:
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         load_bundle(tmp)  # never publish a bundle the loader would refuse

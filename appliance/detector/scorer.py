@@ -6,6 +6,14 @@ complete :class:`~appliance.core.Window` into a :class:`~appliance.core.Score`
 whose ``value`` is the mean squared reconstruction error of the scaled window
 (level-free sensors with their window mean removed, as in training) and whose
 ``contributions`` are each sensor's share of that error (summing to 1).
+
+A bundle with members (format 4, e.g. the PCA-Q model of
+:mod:`appliance.detector.pca`) is scored by every model on the same scaled
+window; each model's error is divided by its own threshold, and the score is
+the autoencoder's threshold times the largest of those ratios, so
+``value / threshold`` is "how far past its own threshold the most alarmed model
+is" and stays 1 at the alarm level. The contributions are those of that model.
+Bundles without members score exactly as before.
 The session is safe to share between threads (ONNX Runtime's ``run`` is).
 """
 
@@ -60,6 +68,9 @@ class Detector:
         self._flat = takes_flat_windows(self._session)
         self._index = {s: i for i, s in enumerate(self.sensors)}
         self._level_free = np.array([self._index[s] for s in bundle.level_free], dtype=int)
+        # Members are FP32 in both precisions; each scores against its own threshold.
+        self._members = [(name, make_session(p, threads=threads), bundle.member_thresholds[name])
+                         for name, p in sorted(bundle.members.items())]
         logger.info("detector loaded bundle=%s version=%s precision=%s threads=%d sensors=%d window=%d",
                     bundle.path, self.version, precision, threads, len(self.sensors), self.window)
 
@@ -115,9 +126,23 @@ class Detector:
             raise ValueError("values contain NaN or infinite cells")
         center_levels(x, self._level_free)  # x is scale()'s own new array
         sensor_err = np.empty((len(x), len(self.sensors)), dtype=np.float32)
+        member_err = [np.empty_like(sensor_err) for _ in self._members]
         for i in range(0, len(x), batch):
             chunk = np.ascontiguousarray(x[i:i + batch])
             recon = reconstruct(self._session, chunk, self._flat)
             sensor_err[i:i + batch] = ((chunk - recon) ** 2).mean(axis=1)
-        errors = sensor_err.mean(axis=1)
-        return errors.astype(np.float64), contributions_from(sensor_err.astype(np.float64))
+            for (_, session, _), out in zip(self._members, member_err):
+                out[i:i + batch] = ((chunk - reconstruct(session, chunk, True)) ** 2).mean(axis=1)
+        errors = sensor_err.mean(axis=1).astype(np.float64)
+        sensor_err = sensor_err.astype(np.float64)
+        if self._members:
+            # In units of the autoencoder's threshold: value / threshold is the largest model's ratio.
+            ratio = errors / self.threshold
+            for (_, _, threshold), m_err in zip(self._members, member_err):
+                m_err = m_err.astype(np.float64)
+                m_ratio = m_err.mean(axis=1) / threshold
+                wins = m_ratio > ratio
+                ratio = np.where(wins, m_ratio, ratio)
+                sensor_err[wins] = m_err[wins]
+            errors = ratio * self.threshold
+        return errors, contributions_from(sensor_err)

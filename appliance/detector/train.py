@@ -15,6 +15,9 @@ Every choice is one validated :class:`TrainSettings`. Steps of :func:`train_bund
 5. Calibrate one threshold per precision on held-back errors (see
    :func:`calibrate_threshold`).
 6. Check INT8 against FP32 on held-back and probe windows; refuse on failure.
+   With ``pca_member``, a linear PCA-Q member (:mod:`appliance.detector.pca`) is
+   fitted on the same windows, cross-validated on the same time blocks,
+   calibrated by the same rule and exported as a second (FP32) ONNX file.
 7. Write the bundle atomically (temp dir + rename).
 """
 
@@ -38,8 +41,9 @@ from sklearn.base import clone
 from threadpoolctl import threadpool_limits
 
 from appliance.detector.autoencoder import TRAIN_BLAS_THREADS, WindowAutoencoder
-from appliance.detector.bundle import FORMAT_VERSION, Scaler, data_sha256, write_bundle
+from appliance.detector.bundle import FORMAT_VERSION, MEMBERS_FORMAT_VERSION, Scaler, data_sha256, write_bundle
 from appliance.detector.features import TREND_LIMIT, center_levels, trending_sensors
+from appliance.detector.pca import PcaMember
 from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, gemm_nodes, probe_shift_for,
                                          probe_windows, quantize_model, verify_int8)
 from appliance.detector.session import make_session, sensor_errors
@@ -285,6 +289,12 @@ class TrainSettings(BaseModel):
     its deviations from the window mean, ``"overall"`` by its whole spread (drift
     included, so its shape weighs less).
     ``prior_stride`` thins the windows of ``prior_rows`` (see :func:`train_bundle`).
+    ``pca_member``: also fit a linear member, PCA of each row's sensor vector scored
+    by its standardized Q residual (:mod:`appliance.detector.pca`), keeping the
+    fewest components that explain ``pca_variance`` of the training rows'
+    variance; it gets its own threshold by the same calibration rule and the
+    detector alarms on whichever model is further past its own threshold.
+    ``pca_inputs="changes"`` fits it to the row-to-row changes inside the window.
     ``int8_exclude``: ``"auto"`` quantizes everything and, only if the INT8 check
     fails, retries with the output layer kept in FP32; a list names the nodes to
     keep in FP32; ``()`` never keeps any.
@@ -345,6 +355,10 @@ class TrainSettings(BaseModel):
     trend_limit: float | None = Field(TREND_LIMIT, gt=0)
     level_free_scale: Literal["window", "overall"] = "window"
     prior_stride: Whole = Field(5, ge=1)
+    # the linear member (see docs/detector.md for the evidence behind the default)
+    pca_member: bool = False
+    pca_variance: float = Field(0.99, gt=0, lt=1)
+    pca_inputs: Literal["rows", "changes"] = "rows"
 
     @model_validator(mode="before")
     @classmethod
@@ -662,6 +676,15 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
         oof, oof_sizes = _cv_errors(scaled, train_spans, held_spans, window, s.train_stride, s.cv_folds,
                                     lambda: clone(fold_ae), prepare, X_prior,
                                     progress=fold_progress if progress is not None else None)
+    pca, pca_oof = None, np.empty(0)
+    if s.pca_member:
+        pca = PcaMember(s.pca_variance, s.pca_inputs).fit(
+            X_train if X_prior is None else np.concatenate([X_train, X_prior]))
+        if use_cv:
+            pca_oof, pca_sizes = _cv_errors(scaled, train_spans, held_spans, window, s.train_stride, s.cv_folds,
+                                            lambda: PcaMember(s.pca_variance, s.pca_inputs), prepare, X_prior)
+            if pca_sizes != oof_sizes:  # same blocks and windows as the autoencoder's, by construction
+                raise RuntimeError(f"pca member blocks {pca_sizes} differ from the autoencoder's {oof_sizes}")
     fit_s = time.monotonic() - started
     calib = X_train[np.linspace(0, len(X_train) - 1, min(len(X_train), s.max_calibration_windows)).astype(int)]
 
@@ -699,7 +722,7 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             if len(blocks) >= 3:
                 # Each block against a threshold calibrated without it: how a threshold learned
                 # from some stretches of normal operation fares on the next one.
-                shares = []
+                shares, block_thresholds = [], []
                 for k in range(len(blocks)):
                     rest = np.concatenate([b for i, b in enumerate(blocks) if i != k])
                     th_k = calibrate_threshold(rest, s.threshold_method, s.risk, s.init_quantile, s.margin)[0]
@@ -707,7 +730,9 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
                         others = [b for i, b in enumerate(blocks) if i != k]
                         th_k = max(th_k, next_block_threshold(others, s.block_risk, s.block_confidence)[0])
                     shares.append(float(np.mean(blocks[k] > th_k * s.threshold_scale)))
+                    block_thresholds.append(th_k * s.threshold_scale)
                 info["next_block_window_exceedance"] = [round(v, 5) for v in shares]
+                info["_block_thresholds"] = block_thresholds
             return final, info
 
         th32, info32 = threshold(e32, oof)
@@ -751,11 +776,48 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             break
         if failure is not None:
             raise failure
+        info32.pop("_block_thresholds", None)
+        ae_blocks = (np.split(oof * ratio, np.cumsum(oof_sizes)[:-1]) if len(oof) else []) + [e8]
+        ae_blocks = [b for b in ae_blocks if len(b)]
+        ae_block_th = info8.pop("_block_thresholds", None)
+        expected = {
+            "design": info8["expected_window_exceedance"], "rule": info8["rule"],
+            "unseen_blocks": info8["unseen_window_exceedance"],
+            "worst_block": max(info8["block_window_exceedance"]),
+            "next_block": (float(np.mean(info8["next_block_window_exceedance"]))
+                           if "next_block_window_exceedance" in info8 else None),
+            "next_block_worst": (max(info8["next_block_window_exceedance"])
+                                 if "next_block_window_exceedance" in info8 else None)}
+        members, member_files, member_meta, infop = {}, {}, {}, None
+        if pca is not None:
+            pca_path = tmp / "model.pca.onnx"
+            onnx.save(pca.to_onnx(), str(pca_path))
+            sp = make_session(pca_path)
+            ep = sensor_errors(sp, X_held).mean(axis=1)
+            thp, infop = threshold(ep, pca_oof)
+            pca_block_th = infop.pop("_block_thresholds", None)
+            members["pca"] = thp
+            member_files["pca"] = pca_path
+            member_meta["pca"] = {"file": "model.pca.onnx", **pca.summary()}
+            pca_blocks = [b for b in ((np.split(pca_oof, np.cumsum(oof_sizes)[:-1]) if len(pca_oof) else [])
+                                      + [ep]) if len(b)]
+            # The detector alarms when either model is past its own threshold: the combined share.
+            either = [(a > th8) | (b > thp) for a, b in zip(ae_blocks, pca_blocks)]
+            expected["by_model"] = {"autoencoder": dict(expected), "pca": {
+                "unseen_blocks": infop["unseen_window_exceedance"],
+                "next_block": (float(np.mean(infop["next_block_window_exceedance"]))
+                               if "next_block_window_exceedance" in infop else None)}}
+            expected.update(unseen_blocks=float(np.mean(np.concatenate(either))),
+                            worst_block=max(float(np.mean(e)) for e in either))
+            if ae_block_th is not None and pca_block_th is not None:
+                nb = [float(np.mean((a > ta) | (b > tb)))
+                      for a, b, ta, tb in zip(ae_blocks, pca_blocks, ae_block_th, pca_block_th)]
+                expected.update(next_block=float(np.mean(nb)), next_block_worst=max(nb))
 
         digest = hashlib.sha256(fp32_path.read_bytes() + int8_path.read_bytes()).hexdigest()
         created = datetime.now(timezone.utc)
         meta = {
-            "format_version": FORMAT_VERSION,
+            "format_version": MEMBERS_FORMAT_VERSION if members else FORMAT_VERSION,
             "model_version": f"{created:%Y%m%dT%H%M%SZ}-{digest[:12]}",
             "created_at": created.isoformat(timespec="seconds"),
             "sensors": sensors,
@@ -767,18 +829,14 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             "scaler": scaler.to_dict(),
             "level_free": level_free,
             "threshold": th8,
-            "thresholds": {"int8": th8, "fp32": th32},
-            "threshold_calibration": {"int8": info8, "fp32": info32},
+            "thresholds": {"int8": th8, "fp32": th32, **members},
+            "threshold_calibration": {"int8": info8, "fp32": info32, **({"pca": infop} if infop else {})},
             # Share of windows of normal operation expected over the threshold (before debounce).
-            "expected_window_exceedance": {
-                "design": info8["expected_window_exceedance"], "rule": info8["rule"],
-                "unseen_blocks": info8["unseen_window_exceedance"],
-                "worst_block": max(info8["block_window_exceedance"]),
-                "next_block": (float(np.mean(info8["next_block_window_exceedance"]))
-                               if "next_block_window_exceedance" in info8 else None),
-                "next_block_worst": (max(info8["next_block_window_exceedance"])
-                                     if "next_block_window_exceedance" in info8 else None)},
-            "score": "mean squared reconstruction error of the scaled window",
+            "expected_window_exceedance": expected,
+            "score": ("autoencoder threshold x the largest ratio of a model's error to its own threshold "
+                      "(autoencoder: mean squared reconstruction error of the scaled window; pca: mean squared "
+                      "standardized Q residual of its rows)" if members
+                      else "mean squared reconstruction error of the scaled window"),
             "training": {
                 "data_sha256": data_sha256(sensors, source_rows),
                 "rows": int(len(source_rows)),
@@ -808,7 +866,9 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             },
             "int8_check": check,
         }
-        out = write_bundle(out_dir, meta, {"fp32": fp32_path, "int8": int8_path})
+        if members:
+            meta["members"] = member_meta
+        out = write_bundle(out_dir, meta, {"fp32": fp32_path, "int8": int8_path}, member_files)
     logger.info("trained bundle=%s rows=%d windows=%d threshold_int8=%.5g seconds=%.1f",
                 out, len(source_rows), len(X_train), th8, time.monotonic() - started)
     return out
