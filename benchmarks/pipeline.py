@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from appliance.broker import Mosquitto  # noqa: E402
 from appliance.detector.train import read_csv_rows, train_bundle  # noqa: E402
 from benchmarks.common import RESULTS, machine, parser, write_results  # noqa: E402
+from tests.support.store_peek import count_rows  # noqa: E402
 
 SKAB_FREE = ROOT.parent / "shared" / "datasets" / "skab" / "anomaly-free" / "anomaly-free.csv"
 
@@ -71,14 +71,7 @@ enabled = false
 
 
 def stored_readings(db: Path) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return 0
+    return count_rows(db, "readings")
 
 
 def publisher(port: int, client_id: str) -> mqtt.Client:

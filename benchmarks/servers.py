@@ -1,22 +1,17 @@
-"""Real peers for benchmarks: the cloud (TLS Mosquitto + intake) and a TLS static file host.
+"""A real peer for benchmarks: the cloud (TLS Mosquitto + intake).
 
-    from benchmarks.servers import CloudPeer, StaticHttps
+    from benchmarks.servers import CloudPeer
 
-Benchmarks do not import from ``tests/``; these are the same parts the tests
-start, built from the product's own pieces: ``appliance.broker.tls_mosquitto``
-(mutual TLS, the certificate's name as the user), ``firmware_sim.cloud_pki``
-(a CA, the broker's certificate for 127.0.0.1, client certificates) and
-``firmware_sim.cloud_intake`` (stores what arrives, once per item id).
-:class:`StaticHttps` is Python's ``http.server`` behind TLS, serving a folder
-(a published TUF repository) as any static host would, with ``Range`` support.
+The same parts the tests start, built from the product's own pieces:
+``appliance.broker.tls_mosquitto`` (mutual TLS, the certificate's name as the
+user), ``firmware_sim.cloud_pki`` (a CA, the broker's certificate for
+127.0.0.1, client certificates) and ``firmware_sim.cloud_intake`` (stores what
+arrives, once per item id). A TLS static file host is the tests' own
+``tests.support.tuf_repo.TlsStaticServer``.
 """
 
 from __future__ import annotations
 
-import http.server
-import re
-import ssl
-import threading
 import time
 from pathlib import Path
 
@@ -70,71 +65,3 @@ class CloudPeer:
         self.intake.stop()
         self.broker.stop()
         self.store.close()
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, fmt, *args):
-        pass
-
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        size = path.stat().st_size
-        start, end, status = 0, size - 1, 200
-        m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
-        if m:
-            start, end, status = int(m[1]), min(size - 1, int(m[2])) if m[2] else size - 1, 206
-            if start >= size or end < start:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-        self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(end + 1 - start))
-        self.send_header("Accept-Ranges", "bytes")
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.end_headers()
-        with open(path, "rb") as f:
-            f.seek(start)
-            self.wfile.write(f.read(end + 1 - start))
-        self.server.bytes_sent += end + 1 - start
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    bytes_sent = 0
-
-
-class StaticHttps:
-    """Serve ``root`` over HTTPS on a free loopback port with ``cert``/``key`` (a certificate for 127.0.0.1)."""
-
-    def __init__(self, root: Path, cert: Path, key: Path):
-        self.root = Path(root)
-        root_s = str(self.root)
-        self._httpd = _Server(("127.0.0.1", 0), lambda *a, **kw: _Handler(*a, directory=root_s, **kw))
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert, key)
-        self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="static-https", daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    @property
-    def bytes_sent(self) -> int:
-        return self._httpd.bytes_sent
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()

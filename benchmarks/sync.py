@@ -2,9 +2,10 @@
 
     .venv/bin/python -m benchmarks.sync [--out benchmarks/results/sync.json]
 
-Peers (benchmarks/servers.py): a TLS Mosquitto requiring client certificates as
-the cloud broker, the cloud intake storing items by id, and Python's http.server
-over TLS serving the engineer's TUF repository.
+Peers: a TLS Mosquitto requiring client certificates as the cloud broker, the
+cloud intake storing items by id (benchmarks/servers.py), and Python's
+http.server over TLS serving the engineer's TUF repository (the tests'
+TlsStaticServer, tests/support/tuf_repo.py).
 
 1. **A simulated hour with injected faults** (accelerated): one pump
    (firmware-sim's PumpModel, 8 sensors at 1 Hz) with three 2-minute faults,
@@ -33,85 +34,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, parser, write_results  # noqa: E402
-from benchmarks.servers import CloudPeer, StaticHttps  # noqa: E402
+from benchmarks.servers import CloudPeer  # noqa: E402
 
 T0 = 1_760_000_000.0
 SYNC_PACKAGES = ("tuf", "securesystemslib", "apscheduler")
 
 
 # -- 1 and 2: the uplink on a simulated hour --------------------------------------------------------------------
-
-class Plant:
-    """One pump through the hooks of ``outputs``, with a stand-in score (this part is about the uplink)."""
-
-    BLAME = {"Accelerometer1RMS": 0.35, "Accelerometer2RMS": 0.3, "Current": 0.2, "Temperature": 0.15}
-
-    def __init__(self, outputs, asset: str = "pump1", seed: int = 7):
-        from appliance.actions.alarms import AlarmBook
-        from appliance.actions.decide import Decider
-        from firmware_sim.pump import PumpModel
-
-        self.outputs, self.asset, self.t = outputs, asset, T0
-        self.model = PumpModel(seed=seed)
-        self.book = AlarmBook(Decider(raise_k=3, raise_n=5, clear_n=5), clock=lambda: self.t)
-        self.alarms = 0
-
-    def run(self, seconds: int, faulty: bool = False) -> None:
-        from appliance.core import EventKind, Reading, Score
-
-        for _ in range(seconds):
-            self.t += 1.0
-            for sensor, value in self.model.step(1.0).items():
-                r = Reading(self.asset, sensor, self.t, value)
-                for o in self.outputs:
-                    o.on_reading(r)
-            ratio = (3.0 if faulty else 0.3) + 0.05 * math.sin(self.t / 7.0)
-            contributions = self.BLAME if faulty else {s: 0.25 for s in self.BLAME}
-            score = Score(self.asset, self.t, ratio, 1.0, contributions, model_version="m-1")
-            for o in self.outputs:
-                o.on_score(score)
-            for event in self.book.on_score(score):
-                self.alarms += event.kind is EventKind.RAISED
-                for o in self.outputs:
-                    o.on_alarm_event(event)
-
-    def hour(self) -> None:
-        for _ in range(3):
-            self.run(900)
-            self.model.inject("bearing_wear")
-            self.run(120, faulty=True)
-            self.model.clear_faults()
-            self.run(180)
-        self.run(3600 - 3 * 1200)
-
-
-class Spawner:
-    """``OutputContext.spawn`` as the runtime does it."""
-
-    def __init__(self):
-        self.tasks: set[asyncio.Task] = set()
-
-    def spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def drain(self) -> None:
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
-
 
 async def until(cond, timeout: float, what: str, poll: float = 0.01, detail=None) -> float:
     """Wait on the loop for ``cond()``; returns the monotonic time it became true."""
@@ -126,11 +64,12 @@ async def until(cond, timeout: float, what: str, poll: float = 0.01, detail=None
 
 async def simulated_hour(work: Path, cloud: CloudPeer, cut: bool) -> dict:
     """See the module docstring, part 1 (and part 2 when ``cut``)."""
-    from appliance.core import OutputContext, PluginEnv
     from appliance.store import Store
     from appliance.store.output import StoreOutput
     from appliance.sync.config import SyncConfig
     from appliance.sync.uplink import build
+    from tests.support.cloud import Spawner, plugin_env
+    from tests.support.plant import Plant
 
     work.mkdir(parents=True)
     pace = {"max_message_bytes": 4096, "max_rate_bytes_per_s": 1000, "budget_bytes_per_window": 0} if cut else {}
@@ -139,11 +78,9 @@ async def simulated_hour(work: Path, cloud: CloudPeer, cut: bool) -> dict:
     store_path = work / "store.db"
     store = Store(store_path)
     store_out = StoreOutput(store)
-    env = PluginEnv(config=SimpleNamespace(site="bench", store=SimpleNamespace(path=str(store_path))),
-                    data_dir=work, sensors=())
-    uplink = build(section, env)
+    uplink = build(section, plugin_env(store_path, work, site="bench"))
     spawner = Spawner()
-    ctx = OutputContext(open_alarm_ids=frozenset(), publish_action=lambda a: None, spawn=spawner.spawn)
+    ctx = spawner.context()
     await store_out.start(ctx)
     await uplink.start(ctx)
     # An asset of its own per run: alarm ids (the intake's keys) follow from asset and time.
@@ -212,7 +149,7 @@ async def simulated_hour(work: Path, cloud: CloudPeer, cut: bool) -> dict:
     out |= {"readings": status["observed"]["readings"], "raw_bytes": status["observed"]["raw_bytes"],
             "uploaded_bytes": status["uploaded"]["bytes"], "sent_bytes": status["uploaded"]["sent_bytes"],
             "upload_ratio": status["upload_ratio"], "messages": status["uploaded"]["messages"],
-            "items": len(queued), "episodes": plant.alarms,
+            "items": len(queued), "episodes": len(plant.alarm_ids),
             "episodes_upstream": len(set(cloud.store.ids("episode")) - episodes_before),
             "resent_bytes": sum(w.get("resent_bytes", 0) for w in windows),
             "windows": len(windows),
@@ -265,25 +202,6 @@ def bundles(work: Path) -> dict[str, Path]:
     return out
 
 
-class Feeder(threading.Thread):
-    """One row of readings per simulated second from its own thread, as an input submits them."""
-
-    def __init__(self, app, rows, pace_s: float = 0.002):
-        super().__init__(name="feeder", daemon=True)
-        self.app, self.rows, self.pace_s = app, rows, pace_s
-        self.sent, self.stop_after = 0, None
-
-    def run(self) -> None:
-        from appliance.core import Reading
-
-        for i, row in enumerate(self.rows):
-            if self.stop_after is not None and i >= self.stop_after:
-                return
-            self.app.submit([Reading("pump1", s, T0 + i, float(v)) for s, v in zip(SENSORS, row)])
-            self.sent = i + 1
-            time.sleep(self.pace_s)
-
-
 async def model_scenario(work: Path, cloud: CloudPeer, repo_url: str, root: Path, bundle: Path, shadow: dict,
                          verdict: str) -> dict:
     """One gateway, one sync window, a release through shadow to ``verdict`` (an event of model_changes)."""
@@ -292,6 +210,7 @@ async def model_scenario(work: Path, cloud: CloudPeer, repo_url: str, root: Path
     from appliance.runtime import build
     from appliance.store import StoreReader
     from appliance.sync.uplink import SyncUplink
+    from tests.support.feeder import Feeder
 
     data = work / "data"
     (data / "tuf").mkdir(parents=True)
@@ -305,7 +224,7 @@ async def model_scenario(work: Path, cloud: CloudPeer, repo_url: str, root: Path
                                     "sync": sync}})
     app = build(cfg, detector=Detector.load(bundle))
     (uplink,) = [o for o in app.outputs if isinstance(o, SyncUplink)]
-    feeder = Feeder(app, normal_rows(20_000, 21))
+    feeder = Feeder(app, normal_rows(20_000, 21), SENSORS, T0)
     reader = StoreReader(app.store.path)
     snapshots: list[dict] = []
     marks: dict[str, float] = {}
@@ -329,13 +248,15 @@ async def model_scenario(work: Path, cloud: CloudPeer, repo_url: str, root: Path
             marks["window_opened"] = time.monotonic()
             uplink.sync_now(600)
             await until(reached, 300, f"the release to be {verdict}", poll=0.05,
-                        detail=lambda: json.dumps({"fed": feeder.sent, "model": app.status()["model"],
-                                                   "sync": uplink.status()["models"],
+                        detail=lambda: json.dumps({"fed": feeder.sent, "feeder_error": repr(feeder.error),
+                                                   "model": app.status()["model"], "sync": uplink.status()["models"],
                                                    "changes": reader.model_changes()}, default=str)[:4000])
             marks.setdefault(verdict if verdict in {c["event"] for c in reader.model_changes()} else "rejected",
                              time.monotonic())
             feeder.stop_after = feeder.sent + 100
             await asyncio.to_thread(feeder.join, 120)
+            if feeder.error is not None:
+                raise feeder.error
             await app.drain()
             assert app.store.flush(60)
         finally:
@@ -366,11 +287,12 @@ async def model_scenario(work: Path, cloud: CloudPeer, repo_url: str, root: Path
 
 async def models_part(work: Path, cloud: CloudPeer) -> dict:
     from appliance.release.repo import add_release, copy_repository, init_repository, publish
+    from tests.support.tuf_repo import TlsFiles, TlsStaticServer
 
     made = bundles(work / "bundles")
     repo, keys, www = work / "engineer" / "repo", work / "engineer" / "keys", work / "www"
     root = init_repository(repo, [keys])
-    server = StaticHttps(www, cloud.pki.server_cert, cloud.pki.server_key)
+    server = TlsStaticServer(www, TlsFiles(cloud.pki.ca, cloud.pki.server_cert, cloud.pki.server_key)).start()
 
     def release(bundle: Path, version: int) -> None:
         add_release(repo, bundle, version, [keys], name="pump")
@@ -389,9 +311,9 @@ async def models_part(work: Path, cloud: CloudPeer) -> dict:
                                       {"duration_s": 0, "min_windows": 30, "max_extra_alarms": 5,
                                        "probation_s": 3600, "max_probation_alarms": 0, **LOOSE_LATENCY},
                                       "rolled_back")
-        repo_bytes = server.bytes_sent
+        repo_bytes = server.bytes_sent()
     finally:
-        server.close()
+        server.stop()
     return {"promoted": promoted, "rejected": rejected, "rolled_back": rolled,
             "archive_bytes": {k: sum(f.stat().st_size for f in p.iterdir()) for k, p in made.items()},
             "repository_bytes_served": repo_bytes}

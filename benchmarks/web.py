@@ -51,10 +51,10 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.broker import Mosquitto, free_port, stop_process  # noqa: E402
 from benchmarks.common import RESULTS, parser, write_results  # noqa: E402
+from tests.support.browser import CHROMIUM, HEADLESS_ARGS  # noqa: E402
+from tests.support.store_peek import count_rows  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [*HEADLESS_ARGS, "--disable-quic"]
 ASSET = "pump1"
 PAGES = {"overview": "/", "asset": f"/assets/{ASSET}", "alarms": "/alarms", "mitigation": "/mitigation",
          "model": "/model", "system": "/system"}
@@ -107,14 +107,11 @@ bundle = "{bundle}"
 {web}""")
         self.proc: subprocess.Popen | None = None
         self.log = self.dir / "appliance.log"
+        self.store = self.dir / "data" / "appliance.db"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
-
-    @property
-    def store(self) -> Path:
-        return self.dir / "data" / "appliance.db"
 
     def add_user(self, name: str, role: str, password: str) -> None:
         pw = self.dir / "password"
@@ -151,28 +148,10 @@ bundle = "{bundle}"
         raise SystemExit(f"the dashboard of {self.name} did not answer in {timeout:.0f}s")
 
     def scores(self) -> int:
-        import sqlite3
-
-        try:
-            conn = sqlite3.connect(f"file:{self.store}?mode=ro", uri=True, timeout=5)
-            try:
-                return conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            return 0
+        return count_rows(self.store, "scores")
 
     def alarms(self) -> int:
-        import sqlite3
-
-        try:
-            conn = sqlite3.connect(f"file:{self.store}?mode=ro", uri=True, timeout=5)
-            try:
-                return conn.execute("SELECT COUNT(*) FROM alarms").fetchone()[0]
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            return 0
+        return count_rows(self.store, "alarms")
 
     def memory(self) -> dict:
         """RSS, PSS (MiB) and threads of the process now."""

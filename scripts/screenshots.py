@@ -26,9 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+from tests.support.browser import CHROMIUM, HEADLESS_ARGS  # noqa: E402
+
+ARGS = [*HEADLESS_ARGS, "--hide-scrollbars"]
 
 
 def rss_mib() -> float:

@@ -93,6 +93,30 @@ def subscribed(conn, pub: Publisher, sink: MemorySink):
     wait_until(lambda: len(sink.dead) > n, what="subscription to become active")
 
 
+def assert_only_new_messages(port: int, pub: Publisher) -> None:
+    """A new session of the default client gets what is published now and nothing from before."""
+    sink = MemorySink()
+    conn = start(MqttConnector(*make_cfg(port)), sink)
+    try:
+        pub.publish("plant/pump1/Current", {"ts": time.time(), "value": 99})
+        wait_until(lambda: sink.values() == [99.0], what="only the new message")
+        time.sleep(0.3)  # a late redelivery would land after the new message
+        assert sink.values() == [99.0]
+    finally:
+        stop(conn)
+
+
+def assert_redelivered(port: int, client_id: str, must, only, what: str) -> None:
+    """The session of ``client_id``, started again, gets every value in ``must`` and none outside ``only``."""
+    sink = MemorySink()
+    conn = start(MqttConnector(*make_cfg(port, client_id=client_id)), sink)
+    try:
+        wait_until(lambda: set(sink.values()) >= set(must), what=what)
+        assert set(sink.values()) <= set(only)
+    finally:
+        stop(conn)
+
+
 @pytest.fixture
 def pub(mosquitto):
     p = Publisher(mosquitto.port)
@@ -241,15 +265,7 @@ def test_unacked_messages_are_redelivered_after_reconnect_and_stale_acks_dropped
     finally:
         stop(conn)
     # Everything acknowledged: a new session start gets nothing old.
-    sink = MemorySink()
-    conn = start(MqttConnector(*make_cfg(mosquitto.port)), sink)
-    try:
-        pub.publish("plant/pump1/Current", {"ts": time.time(), "value": 99})
-        wait_until(lambda: sink.values() == [99.0], what="only the new message")
-        time.sleep(0.3)
-        assert sink.values() == [99.0]
-    finally:
-        stop(conn)
+    assert_only_new_messages(mosquitto.port, pub)
 
 
 def test_acks_go_out_in_receive_order_even_if_stored_out_of_order(mosquitto, pub):
@@ -354,13 +370,8 @@ def test_kill9_redelivers_unstored_messages_and_fires_last_will(mosquitto, pub):
         assert late.states[0][0] is True and late.states[0][1]["state"] == "offline"
     finally:
         late.close()
-    sink = MemorySink()
-    conn = start(MqttConnector(*make_cfg(mosquitto.port, client_id="kill9-ingest")), sink)
-    try:
-        wait_until(lambda: set(sink.values()) >= set(range(10, 30)), what="redelivery after kill -9")
-        assert set(sink.values()) <= set(range(30))
-    finally:
-        stop(conn)
+    assert_redelivered(mosquitto.port, "kill9-ingest", must=range(10, 30), only=range(30),
+                       what="redelivery after kill -9")
 
 
 def test_online_status_retained_and_graceful_stop_says_stopped(mosquitto):
@@ -581,13 +592,7 @@ def test_backpressure_stops_reading_until_the_sink_has_stored_half(mosquitto, pu
     finally:
         stop(conn)
     # Everything was acknowledged: nothing comes again.
-    sink = MemorySink()
-    conn = start(MqttConnector(*make_cfg(mosquitto.port)), sink)
-    try:
-        pub.publish("plant/pump1/Current", {"ts": time.time(), "value": 99})
-        wait_until(lambda: sink.values() == [99.0], what="only the new message")
-    finally:
-        stop(conn)
+    assert_only_new_messages(mosquitto.port, pub)
 
 
 _KILL9_STORE_CHILD = r"""
@@ -663,10 +668,5 @@ def test_kill9_before_commit_redelivers_and_committed_messages_stay_acknowledged
     stored = sorted(v for (v,) in conn_db.execute("SELECT value FROM readings"))
     conn_db.close()
     assert stored == [float(i) for i in range(10)]  # committed before their acks
-    sink = MemorySink()
-    conn = start(MqttConnector(*make_cfg(mosquitto.port, client_id="kill9-store")), sink)
-    try:
-        wait_until(lambda: set(sink.values()) >= set(range(10, 30)), what="redelivery of what was never committed")
-        assert set(sink.values()) <= set(range(30))
-    finally:
-        stop(conn)
+    assert_redelivered(mosquitto.port, "kill9-store", must=range(10, 30), only=range(30),
+                       what="redelivery of what was never committed")

@@ -19,20 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from appliance.config import parse_config
-from appliance.core import Reading
 from appliance.detector.scorer import Detector
 from appliance.runtime import build
 from appliance.store import StoreReader
 from appliance.sync.uplink import SyncUplink
 from tests.support.cloud import cloud_peer
 from tests.support.detector import NO_LATENCY_BOUND, SENSORS, normal_rows
+from tests.support.feeder import Feeder
 from tests.support.tuf_repo import Publisher, gateway
 from tests.support.wait import wait_until_async
 
@@ -57,28 +55,6 @@ def noisy_bundle(tmp_path_factory, release_bundles) -> Path:
              model_version=f"{meta['model_version']}-noisy")
     return write_bundle(tmp_path_factory.mktemp("noisy") / "pump-noisy", m,
                         {p: first / n for p, n in MODEL_FILES.items()})
-
-
-class Feeder(threading.Thread):
-    """Submits one row of normal readings per simulated second from its own thread until told to stop."""
-
-    def __init__(self, app, rows, pace_s: float = 0.002):
-        super().__init__(name="feeder", daemon=True)
-        self.app, self.rows, self.pace_s = app, rows, pace_s
-        self.sent = 0
-        self.stop_after: int | None = None  # rows
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            for i, row in enumerate(self.rows):
-                if self.stop_after is not None and i >= self.stop_after:
-                    return
-                self.app.submit([Reading("pump1", s, T0 + i, float(v)) for s, v in zip(SENSORS, row)])
-                self.sent = i + 1
-                time.sleep(self.pace_s)
-        except BaseException as e:  # reported by the test, not lost in a thread
-            self.error = e
 
 
 def make_gateway(tmp_path, cloud, tuf_server, tls_files, pub: Publisher, bundle, shadow: dict):
@@ -141,7 +117,7 @@ def test_a_release_promoted_under_load_leaves_no_window_unscored(tmp_path, cloud
     app, uplink = make_gateway(tmp_path, cloud, tuf_server, tls_files, pub, release_bundles[0],
                                {"duration_s": 0, "min_windows": 150, **NO_LATENCY_BOUND})
     v1, v2 = app.detector.version, Detector.load(release_bundles[1]).version
-    feeder = Feeder(app, normal_rows(6000, 21))
+    feeder = Feeder(app, normal_rows(6000, 21), SENSORS, T0)
 
     async def go():
         await app.start()
@@ -168,7 +144,7 @@ def test_a_release_that_alarms_on_normal_data_is_rejected_in_shadow(tmp_path, cl
     app, uplink = make_gateway(tmp_path, cloud, tuf_server, tls_files, pub, release_bundles[0],
                                {"duration_s": 0, "min_windows": 120, "max_extra_alarms": 0})
     v1 = app.detector.version
-    feeder = Feeder(app, normal_rows(6000, 22))
+    feeder = Feeder(app, normal_rows(6000, 22), SENSORS, T0)
     seen_shadow: list[dict] = []
 
     def rejected() -> bool:
@@ -210,7 +186,7 @@ def test_a_promoted_release_that_alarms_in_probation_is_rolled_back_by_itself(tm
                                {"duration_s": 0, "min_windows": 20, "max_extra_alarms": 5, **NO_LATENCY_BOUND,
                                 "probation_s": 3600, "max_probation_alarms": 0})
     v1, noisy = app.detector.version, Detector.load(noisy_bundle).version
-    feeder = Feeder(app, normal_rows(6000, 23))
+    feeder = Feeder(app, normal_rows(6000, 23), SENSORS, T0)
 
     async def go():
         await app.start()

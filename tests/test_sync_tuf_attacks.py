@@ -11,19 +11,9 @@ import shutil
 
 import pytest
 
-from tests.support.tuf_repo import Publisher, gateway
+from tests.support.tuf_repo import gw_fixture, pub_fixture  # noqa: F401  (registers the fixtures)
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pub(tmp_path, tuf_server):
-    return Publisher(tmp_path / "engineer", www=tuf_server.root)
-
-
-@pytest.fixture
-def gw(tmp_path, tuf_server, tls_files, pub):
-    return gateway(tmp_path / "gateway", tuf_server.url, pub.root, ca_file=str(tls_files.ca_file))
 
 
 def newest(www, role: str) -> tuple[int, object]:

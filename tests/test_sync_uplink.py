@@ -21,76 +21,24 @@ from pathlib import Path
 
 import pytest
 
-from appliance.actions.alarms import AlarmBook
-from appliance.actions.decide import Decider
-from appliance.core import EventKind, MitigationAction, Reading, Score
+from appliance.core import MitigationAction, Reading
 from appliance.store import Store, StoreReader
 from appliance.store.output import StoreOutput
 from appliance.sync.config import SyncConfig
-from appliance.sync.uplink import SyncError, SyncUplink, build, raw_size
-from firmware_sim.pump import PumpModel
+from appliance.sync.uplink import SyncError, SyncUplink, build
 from tests.support.cloud import Spawner, cloud_peer, plugin_env
+from tests.support.plant import Plant
 from tests.support.wait import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
-T0 = 1_760_000_000.0
-# Fault-specific shares of the reconstruction error: which sensors the "detector" blames.
-BLAME = {"Accelerometer1RMS": 0.35, "Accelerometer2RMS": 0.3, "Current": 0.2, "Temperature": 0.15}
 
 
 @pytest.fixture
 def cloud(tmp_path):
     """The cloud broker and intake (``tests/support/cloud.py``)."""
     yield from cloud_peer(tmp_path / "cloud")
-
-
-class Plant:
-    """One pump, one reading per sensor per simulated second, through the hooks of ``outputs``.
-
-    The score is the detector's stand-in (this test is about the uplink): 0.3 of
-    the threshold in normal running, 3x while a fault is injected; the alarm book
-    (debounce, hysteresis) turns it into real alarm events.
-    """
-
-    def __init__(self, outputs, asset: str = "pump1", seed: int = 7):
-        self.outputs = outputs
-        self.asset = asset
-        self.model = PumpModel(seed=seed)
-        self.t = T0
-        self.book = AlarmBook(Decider(raise_k=3, raise_n=5, clear_n=5), clock=lambda: self.t)
-        self.alarm_ids: list[str] = []
-        self.readings = 0
-        self.raw_bytes = 0
-
-    def run(self, seconds: int, faulty: bool = False) -> None:
-        for _ in range(seconds):
-            self.t += 1.0
-            for sensor, value in self.model.step(1.0).items():
-                r = Reading(self.asset, sensor, self.t, value)
-                self.readings += 1
-                self.raw_bytes += raw_size(self.asset, sensor)
-                for o in self.outputs:
-                    o.on_reading(r)
-            wobble = 0.05 * math.sin(self.t / 7.0)
-            ratio = (3.0 if faulty else 0.3) + wobble
-            contributions = BLAME if faulty else {s: 0.25 for s in list(BLAME)}
-            score = Score(self.asset, self.t, ratio, 1.0, contributions, model_version="m-1")
-            for o in self.outputs:
-                o.on_score(score)
-            for event in self.book.on_score(score):
-                if event.kind is EventKind.RAISED:
-                    self.alarm_ids.append(event.alarm.id)
-                for o in self.outputs:
-                    o.on_alarm_event(event)
-
-    def episode(self, before: int = 40, fault: int = 60, after: int = 40, kind: str = "bearing_wear") -> None:
-        self.run(before)
-        self.model.inject(kind)
-        self.run(fault, faulty=True)
-        self.model.clear_faults()
-        self.run(after)
 
 
 class Harness:
@@ -425,9 +373,7 @@ def test_bytes_uploaded_against_raw_bytes_observed_on_a_simulated_hour(tmp_path,
         await h.start()
         try:
             # One hour at 8 sensors x 1 Hz with three 2-minute faults.
-            for _ in range(3):
-                h.plant.episode(before=900, fault=120, after=180)
-            h.plant.run(3600 - 3 * 1200)
+            h.plant.hour()
             assert h.store.flush(60)
             await h.queued()
             h.uplink.sync_now(120)

@@ -16,20 +16,11 @@ from appliance.detector.bundle import load_bundle
 from appliance.detector.scorer import Detector
 from appliance.release.repo import copy_repository, rotate_key
 from appliance.sync.trust import RELEASE_RECORD
-from tests.support.tuf_repo import Publisher, edit_signed_custom, gateway, republish_as_newest, resign
+from tests.support.tuf_repo import edit_signed_custom, gateway, republish_as_newest, resign
+from tests.support.tuf_repo import gw_fixture, pub_fixture  # noqa: F401  (registers the fixtures)
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pub(tmp_path, tuf_server):
-    return Publisher(tmp_path / "engineer", www=tuf_server.root)
-
-
-@pytest.fixture
-def gw(tmp_path, tuf_server, tls_files, pub):
-    return gateway(tmp_path / "gateway", tuf_server.url, pub.root, ca_file=str(tls_files.ca_file))
 
 
 def one_line(result) -> str:

@@ -240,6 +240,11 @@ class TlsStaticServer:
     def target_bytes_sent(self) -> int:
         return sum(r.body_bytes for r in self.target_requests())
 
+    def bytes_sent(self) -> int:
+        """Body bytes of every response so far, metadata and targets."""
+        with self.lock:
+            return sum(r.body_bytes for r in self.requests)
+
     def __enter__(self):
         return self.start()
 
@@ -261,6 +266,18 @@ def tuf_server_fixture(tmp_path, tls_files):
     server = TlsStaticServer(www, tls_files).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(name="pub")
+def pub_fixture(tmp_path, tuf_server) -> "Publisher":
+    """The engineer, publishing into ``tuf_server``'s folder."""
+    return Publisher(tmp_path / "engineer", www=tuf_server.root)
+
+
+@pytest.fixture(name="gw")
+def gw_fixture(tmp_path, tuf_server, tls_files, pub):
+    """A gateway's updater trusting ``pub``'s root, fetching from ``tuf_server`` over TLS."""
+    return gateway(tmp_path / "gateway", tuf_server.url, pub.root, ca_file=str(tls_files.ca_file))
 
 
 # -- bundles and the engineer's repository ----------------------------------------------------------------------
