@@ -124,10 +124,10 @@ def test_a_gateway_takes_part_only_inside_its_windows_and_rejoins_in_the_next(tm
     def server_text() -> str:
         return (server_dir / "server.log").read_text(errors="replace")[-3000:]
 
-    gw1 = Gateway(tmp_path / "gw1", "gw1", gw1_db, f"127.0.0.1:{port}")
-    slow = Gateway(tmp_path / "slow", "slow", slow_db, f"127.0.0.1:{port}")
-
     async def scenario():
+        # Built inside the server's try/finally: a gateway that fails to build must not leave the server running.
+        gw1 = Gateway(tmp_path / "gw1", "gw1", gw1_db, f"127.0.0.1:{port}")
+        slow = Gateway(tmp_path / "slow", "slow", slow_db, f"127.0.0.1:{port}")
         await gw1.start()
         await slow.start()
         try:
@@ -165,9 +165,10 @@ def test_a_gateway_takes_part_only_inside_its_windows_and_rejoins_in_the_next(tm
         finally:
             await slow.stop()
             await gw1.stop()
+        return slow
 
     try:
-        asyncio.run(scenario())
+        slow = asyncio.run(scenario())
     finally:
         if server.poll() is None:
             server.kill()
