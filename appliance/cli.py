@@ -119,6 +119,19 @@ def cmd_config_check(args) -> int:
     return 0
 
 
+def _settings_object(text: str, command: str) -> dict | None:
+    """``--settings``: a JSON object of TrainSettings fields; None (after saying why on stderr) if it is not one."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        print(f"{command}: --settings is not JSON: {e}", file=sys.stderr)
+        return None
+    if not isinstance(value, dict):
+        print(f"{command}: --settings must be a JSON object of TrainSettings fields", file=sys.stderr)
+        return None
+    return value
+
+
 def cmd_train(args) -> int:
     from pydantic import ValidationError
 
@@ -130,13 +143,8 @@ def cmd_train(args) -> int:
     if args.pca_member:
         opts["pca_member"] = True
     if args.settings:
-        try:
-            extra = json.loads(args.settings)
-        except ValueError as e:
-            print(f"appliance train: --settings is not JSON: {e}", file=sys.stderr)
-            return 2
-        if not isinstance(extra, dict):
-            print("appliance train: --settings must be a JSON object of TrainSettings fields", file=sys.stderr)
+        extra = _settings_object(args.settings, "appliance train")
+        if extra is None:
             return 2
         opts.update(extra)
     level_free = list(args.level_free or [])
@@ -290,13 +298,8 @@ def cmd_eval(args) -> int:
         return 2
     bundle = {}
     if args.settings:
-        try:
-            bundle = json.loads(args.settings)
-        except ValueError as e:
-            print(f"appliance eval skab: --settings is not JSON: {e}", file=sys.stderr)
-            return 2
-        if not isinstance(bundle, dict):
-            print("appliance eval skab: --settings must be a JSON object of TrainSettings fields", file=sys.stderr)
+        bundle = _settings_object(args.settings, "appliance eval skab")
+        if bundle is None:
             return 2
     settings = EvalSettings(prior_from_anomaly_free=args.learn_from_anomaly_free, bundle=bundle)
     run_skab_eval(args.data, mode=args.mode, predictions_out=args.predictions_out,
