@@ -699,11 +699,12 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
         def threshold(held_errors: np.ndarray, oof_errors: np.ndarray) -> tuple[float, dict]:
             th, info = calibrate_threshold(np.concatenate([oof_errors, held_errors]), s.threshold_method,
                                            s.risk, s.init_quantile, s.margin)
-            unseen = np.split(oof_errors, np.cumsum(oof_sizes)[:-1]) if len(oof_errors) else []
-            unseen = [b for b in unseen if len(b)] + [held_errors]
+            # The unseen time blocks: out-of-fold blocks, then the held-back part.
+            blocks = np.split(oof_errors, np.cumsum(oof_sizes)[:-1]) if len(oof_errors) else []
+            blocks = [b for b in blocks if len(b)] + [held_errors]
             info["rule"] = "pooled"
-            if s.threshold_rule == "next_block" and len(unseen) >= 3:
-                bound, binfo = next_block_threshold(unseen, s.block_risk, s.block_confidence)
+            if s.threshold_rule == "next_block" and len(blocks) >= 3:
+                bound, binfo = next_block_threshold(blocks, s.block_risk, s.block_confidence)
                 info.update(next_block_bound=binfo, pooled_threshold=th)
                 if bound > th:
                     th, info["rule"] = bound, "next_block"
@@ -714,8 +715,6 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             # (the tail fit's risk) and the share over it of each unseen time block (out-of-fold
             # blocks, then the held-back part); their spread shows how much a new day may differ.
             final = th * s.threshold_scale
-            blocks = np.split(oof_errors, np.cumsum(oof_sizes)[:-1]) if len(oof_errors) else []
-            blocks = [b for b in blocks if len(b)] + [held_errors]
             info.update(expected_window_exceedance=s.risk if info["rule"] == "pooled" else s.block_risk,
                         unseen_window_exceedance=float(np.mean(np.concatenate(blocks) > final)),
                         block_window_exceedance=[round(float(np.mean(b > final)), 5) for b in blocks])
@@ -724,10 +723,10 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
                 # from some stretches of normal operation fares on the next one.
                 shares, block_thresholds = [], []
                 for k in range(len(blocks)):
-                    rest = np.concatenate([b for i, b in enumerate(blocks) if i != k])
-                    th_k = calibrate_threshold(rest, s.threshold_method, s.risk, s.init_quantile, s.margin)[0]
+                    others = [b for i, b in enumerate(blocks) if i != k]
+                    th_k = calibrate_threshold(np.concatenate(others), s.threshold_method, s.risk,
+                                               s.init_quantile, s.margin)[0]
                     if s.threshold_rule == "next_block" and len(blocks) >= 4:
-                        others = [b for i, b in enumerate(blocks) if i != k]
                         th_k = max(th_k, next_block_threshold(others, s.block_risk, s.block_confidence)[0])
                     shares.append(float(np.mean(blocks[k] > th_k * s.threshold_scale)))
                     block_thresholds.append(th_k * s.threshold_scale)
