@@ -135,7 +135,7 @@ def _settings_object(text: str, command: str) -> dict | None:
 def cmd_train(args) -> int:
     from pydantic import ValidationError
 
-    opts = {k: v for k, v in (("window", args.window), ("stride", args.stride),
+    opts = {k: v for k, v in (("window", args.window), ("horizon", args.horizon), ("stride", args.stride),
                               ("period_s", args.period), ("staleness_s", args.staleness),
                               ("lateness_s", args.lateness), ("max_iter", args.max_epochs)) if v is not None}
     if args.early_stopping:
@@ -147,7 +147,12 @@ def cmd_train(args) -> int:
         if extra is None:
             return 2
         opts.update(extra)
-    level_free = list(args.level_free or [])
+    # Sensors named by --level-free, --level-free-from and --settings' "level_free" all count.
+    given = opts.pop("level_free", None)
+    if isinstance(given, str) or not isinstance(given, (list, tuple, type(None))):
+        print(f"appliance train: level_free must be a list of sensor names, got {given!r}", file=sys.stderr)
+        return 2
+    level_free = list(dict.fromkeys([*(args.level_free or []), *(given or [])]))
     if args.no_trend_check:
         opts["trend_limit"] = None
     try:
@@ -200,7 +205,9 @@ def _train_from_csv_files(args, opts: dict, level_free: list[str]):
         opts = {**opts, "period_s": infer_period(ts)}
         print(f"period: {opts['period_s']:g} s (median spacing of the timestamps; --period overrides)")
     settings = TrainSettings(**opts, level_free=level_free)
-    print(f"grid: window {settings.window} rows ({settings.window * settings.period_s:g} s), staleness "
+    averaged = (f", score averaged over {settings.horizon} windows "
+                f"({(settings.window + settings.horizon - 1) * settings.period_s:g} s)" if settings.horizon > 1 else "")
+    print(f"grid: window {settings.window} rows ({settings.window * settings.period_s:g} s){averaged}, staleness "
           f"{settings.staleness_s:g} s, lateness {settings.lateness_s:g} s; {len(rows)} rows of {len(sensors)} sensors")
     with TerminalProgress(sys.stderr) as progress:
         return train_bundle(rows, sensors, args.out, settings, ts=ts, progress=progress)
@@ -338,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--allow-alarms", action="store_true",
                    help="with --from-store: train even if the asset was in alarm during the span")
     t.add_argument("--out", required=True, help="bundle directory to write")
-    t.add_argument("--window", type=int, help="rows per window (default: about 30 s of data, 8 to 30 rows)")
+    t.add_argument("--window", type=int, help="rows per window (default: about 30 s of data, 3 to 30 rows)")
+    t.add_argument("--horizon", type=int,
+                   help="average the score over this many consecutive windows (default: from the period)")
     t.add_argument("--stride", type=int)
     t.add_argument("--period", type=float,
                    help="sampling period of the data in seconds (default: median spacing of the timestamps); "

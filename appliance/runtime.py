@@ -482,7 +482,8 @@ class Appliance:
             "site": self.cfg.site,
             "uptime_s": round(time.time() - self.started_at, 1),
             "model": {"version": self.detector.version, "sensors": list(self.detector.sensors),
-                      "window": self.detector.window, "threshold": self.detector.threshold,
+                      "window": self.detector.window, "horizon": getattr(self.detector, "horizon", 1),
+                      "threshold": self.detector.threshold,
                       "shadow": self._shadow.status() if self._shadow is not None else None,
                       "previous": getattr(self._previous, "version", None),
                       "probation": (None if self._probation is None else

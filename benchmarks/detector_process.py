@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--normal-runs", type=int, default=6)
     ap.add_argument("--fault-seeds", type=int, default=2, help="runs per fault class (different seeds and targets)")
     ap.add_argument("--train-seed", type=int, default=1)
+    ap.add_argument("--run-spread", type=float, default=0.25,
+                    help="how much runs differ beyond noise (operating point, disturbance spread); 0: one point")
     ap.add_argument("--train-args", default="", help="extra arguments for appliance train (ablations)")
     ap.add_argument("--label", default="default")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "detector_process.json"))
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-process-") as tmpdir:
         work = Path(tmpdir)
-        normal = write_process_csv(work / "normal.csv", a.train_rows, seed=a.train_seed)
+        normal = write_process_csv(work / "normal.csv", a.train_rows, seed=a.train_seed,
+                                   run_spread=a.run_spread)
         started = time.perf_counter()
         train = run_cli(["train", "--data", str(normal), "--period", "180", "--out", str(work / "B"),
                          *shlex.split(a.train_args)])
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
         normal_share = []
         for k in range(a.normal_runs):
-            run = write_process_csv(work / f"normal_{k}.csv", a.run_rows, seed=1000 + k)
+            run = write_process_csv(work / f"normal_{k}.csv", a.run_rows, seed=1000 + k, run_spread=a.run_spread)
             normal_share.append(float(score(run).mean()))
         detection: dict[str, list[float]] = {}
         before_fault = []
@@ -90,14 +93,14 @@ def main(argv: list[str] | None = None) -> int:
             for j in range(a.fault_seeds):
                 fault = Fault(kind, a.fault_at, 1.0, target=j + 1)
                 run = write_process_csv(work / f"{kind}_{j}.csv", a.run_rows, seed=2000 + 10 * j + FAULTS.index(kind),
-                                        fault=fault)
+                                        fault=fault, run_spread=a.run_spread)
                 alarm = score(run)
                 detection.setdefault(kind, []).append(float(alarm[a.fault_at:].mean()))
                 before_fault.append(float(alarm[:a.fault_at].mean()))
 
     detectable = [k for k in FAULTS if k not in UNDETECTABLE]
     result = {
-        "label": a.label, "train_args": a.train_args, "train_seconds": round(train_s, 1),
+        "label": a.label, "train_args": a.train_args, "run_spread": a.run_spread, "train_seconds": round(train_s, 1),
         "train_output": train.stdout.strip().splitlines(),
         "window": meta["window"], "hidden": meta["training"]["model"]["hidden"],
         "epochs": meta["training"]["model"]["epochs"], "stopped": meta["training"]["model"].get("stopped"),

@@ -178,11 +178,15 @@ class ProcessModel:
 
 
 def write_process_csv(path: str | Path, rows: int, seed: int, period_s: float = 180.0, fault: Fault | None = None,
-                      t0: float = DEFAULT_T0, plant_seed: int = 14) -> Path:
-    """One run as a CSV (``ts`` in UNIX seconds, then the 52 sensors), written atomically."""
+                      t0: float = DEFAULT_T0, plant_seed: int = 14, run_spread: float = 0.25) -> Path:
+    """One run as a CSV (``ts`` in UNIX seconds, then the 52 sensors), written atomically.
+
+    ``run_spread``: how much runs differ beyond noise (see :class:`ProcessModel`); 0 gives
+    runs of one operating point and disturbance spread that differ only by their draws."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    values = ProcessModel(seed=seed, period_s=period_s, plant_seed=plant_seed, fault=fault).run(rows)
+    values = ProcessModel(seed=seed, period_s=period_s, plant_seed=plant_seed, run_spread=run_spread,
+                          fault=fault).run(rows)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("w", newline="") as f:

@@ -84,9 +84,10 @@ def test_a_slow_process_trains_with_window_and_staleness_derived_from_its_period
     out = tmp_path / "bundle"
     assert main(["train", "--data", str(data), "--period", "180", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "window 3 rows (540 s), staleness 900 s" in printed
+    assert "window 3 rows (540 s), score averaged over 20 windows (3960 s), staleness 900 s" in printed
     meta = json.loads((out / "bundle.json").read_text())
     assert (meta["period_s"], meta["window"], meta["staleness_s"], meta["lateness_s"]) == (180.0, 3, 900.0, 360.0)
+    assert meta["horizon"] == 20 and meta["format_version"] == 5
     assert meta["training"]["model"]["stopped"] in ("tolerance", "epoch cap", "held-back loss")
 
 
@@ -122,8 +123,14 @@ def test_too_few_windows_names_the_reason(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_pca_member_flag_writes_a_format_4_bundle_with_its_threshold(tmp_path, capsys):
+def test_pca_member_flag_writes_a_bundle_with_its_threshold_averaged_over_the_horizon(tmp_path, capsys):
+    """At 3 min the member comes with the default horizon (format 5): each model's error is averaged over
+    the horizon before the larger ratio is taken, against thresholds calibrated on averaged errors."""
+    from dataclasses import replace
+
     from appliance.detector.bundle import load_bundle
+    from appliance.detector.scorer import Detector
+    from appliance.detector.train import moving_mean, read_csv_rows, sliding_windows
 
     data = slow_process_csv(tmp_path / "normal.csv", n=300)
     out = tmp_path / "bundle"
@@ -132,5 +139,16 @@ def test_pca_member_flag_writes_a_format_4_bundle_with_its_threshold(tmp_path, c
     printed = capsys.readouterr().out
     assert "pca member:" in printed and "components of the rows" in printed
     bundle = load_bundle(out)
-    assert bundle.meta["format_version"] == 4 and set(bundle.members) == {"pca"}
+    assert bundle.meta["format_version"] == 5 and set(bundle.members) == {"pca"} and bundle.horizon == 20
     assert bundle.member_thresholds["pca"] == bundle.meta["thresholds"]["pca"] > 0
+    assert bundle.meta["threshold_calibration"]["pca"]["horizon"] == 20
+    _, _, rows = read_csv_rows(data)
+    th, th_pca = bundle.thresholds["int8"], bundle.member_thresholds["pca"]
+    both, _ = Detector(bundle).score_batch(sliding_windows(rows, bundle.span))
+    ae_alone, _ = Detector(replace(bundle, horizon=1, members={}, member_thresholds={})).score_batch(
+        sliding_windows(rows, bundle.window))
+    pca_only = replace(bundle, horizon=1, thresholds={"int8": 1e30, "fp32": 1e30})  # member's ratio always wins
+    pca_alone, _ = Detector(pca_only).score_batch(sliding_windows(rows, bundle.window))
+    pca_alone = pca_alone / 1e30 * th_pca  # back from "AE threshold x ratio" to the member's own error
+    expected = th * np.maximum(moving_mean(ae_alone, 20) / th, moving_mean(pca_alone, 20) / th_pca)
+    np.testing.assert_allclose(both, expected, rtol=1e-4)

@@ -70,7 +70,7 @@ def test_missing_model_file(copy):
         load_bundle(copy)
 
 
-@pytest.mark.parametrize("version", [5, 0, None, "1", True])
+@pytest.mark.parametrize("version", [6, 0, None, "1", True])
 def test_wrong_format_version(copy, version):
     edit_meta(copy, lambda m: m.update(format_version=version))
     with pytest.raises(BundleError, match="format_version .* not supported"):

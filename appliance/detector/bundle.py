@@ -24,6 +24,10 @@ with its own threshold in ``thresholds`` under its name (``thresholds.pca``), so
 the signed release's decision values cover it; the detector's score is the
 autoencoder's threshold times the largest ratio of a member's error to its
 own threshold (see :mod:`appliance.detector.scorer`).
+Format 5 adds ``horizon``: the score is the mean error of that many consecutive
+model windows (stride 1), so the live windows span ``window + horizon - 1``
+rows (:attr:`Bundle.span`) and the thresholds are calibrated on errors averaged
+the same way; ``members`` become optional.
 
 :func:`load_bundle` validates all of it and fails with :class:`BundleError`
 naming the file and the problem, so a half-copied or hand-edited bundle is
@@ -55,10 +59,14 @@ FORMAT_VERSION = 3
 # appliance that does not know members refuses them instead of silently scoring without them;
 # bundles without members stay format 3, readable by every appliance since format 3.
 MEMBERS_FORMAT_VERSION = 4
+# Bundles that average the error over several consecutive model windows (``horizon`` > 1) are
+# format 5: their thresholds are calibrated on averaged errors, and an appliance that ignored
+# the horizon would score single windows against them. Members are optional in format 5.
+HORIZON_FORMAT_VERSION = 5
 # Version 1 bundles predate ``level_free``; they load with no level-free sensors.
 # Versions 1-2 models take (N, window, sensors); version 3 models take windows
 # flattened to (N, window * sensors), which spares ONNX Runtime an output copy.
-READABLE_VERSIONS = (1, 2, 3, 4)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 META_FILE = "bundle.json"
 MODEL_FILES = {"int8": "model.int8.onnx", "fp32": "model.fp32.onnx"}
 # Members a bundle may carry, by name: their ONNX file (FP32, used by both precisions) and kinds.
@@ -147,6 +155,13 @@ class Bundle:
     # Format 4: members scored beside the autoencoder (name -> ONNX file) and their thresholds.
     members: dict[str, Path] = field(default_factory=dict)
     member_thresholds: dict[str, float] = field(default_factory=dict)
+    # Format 5: the score is the mean error of ``horizon`` consecutive model windows.
+    horizon: int = 1
+
+    @property
+    def span(self) -> int:
+        """Rows of the windows the detector scores: ``horizon`` model windows, stride 1, overlapping."""
+        return self.window + self.horizon - 1
 
     def threshold(self, precision: str = "int8") -> float:
         return self.thresholds[precision]
@@ -198,6 +213,12 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
         if key in meta:
             tolerances[key] = float(_require(meta, key, (int, float), where,
                                              lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"))
+    horizon = 1
+    if version >= HORIZON_FORMAT_VERSION:
+        horizon = _require(meta, "horizon", int, where, lambda v: v >= 1, "at least 1 window")
+    elif "horizon" in meta:
+        raise BundleError(f"{where}: key 'horizon' needs format_version >= {HORIZON_FORMAT_VERSION} "
+                          f"(this bundle says {version}; an older appliance would ignore it)")
     level_free = ()
     if version >= 2:
         level_free = tuple(_require(meta, "level_free", list, where, lambda v: all(
@@ -237,18 +258,22 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
     return Bundle(path=root, meta=meta, sensors=tuple(sensors), window=window, stride=stride,
                   period_s=float(period_s), scaler=Scaler(center, scale, str(sc.get("kind", "robust"))),
                   thresholds=thresholds, model_version=model_version, models=models, level_free=level_free,
-                  members=members, member_thresholds=member_thresholds, **tolerances)
+                  members=members, member_thresholds=member_thresholds, horizon=horizon, **tolerances)
 
 
 def _load_members(root: Path, meta: dict, version: int, th: dict, files: dict, per_window: int,
                   verify_hashes: bool, where: str) -> tuple[dict[str, Path], dict[str, float]]:
-    """Format 4's ``members``, each with its file, kind and threshold checked; none before format 4."""
+    """``members``, each with its file, kind and threshold checked: none before format 4, at least
+    one in format 4, any number from format 5."""
     if version < MEMBERS_FORMAT_VERSION:
         if "members" in meta:
             raise BundleError(f"{where}: key 'members' needs format_version >= {MEMBERS_FORMAT_VERSION} "
                               f"(this bundle says {version}; an older appliance would ignore its members)")
         return {}, {}
-    declared = _require(meta, "members", dict, where, lambda v: len(v) > 0, "at least one member in format 4")
+    if version > MEMBERS_FORMAT_VERSION and "members" not in meta:
+        return {}, {}
+    declared = _require(meta, "members", dict, where, lambda v: len(v) > 0 or version > MEMBERS_FORMAT_VERSION,
+                        "at least one member in format 4")
     members, thresholds = {}, {}
     for name, spec in declared.items():
         if name not in MEMBER_FILES:

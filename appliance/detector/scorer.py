@@ -14,6 +14,12 @@ the autoencoder's threshold times the largest of those ratios, so
 ``value / threshold`` is "how far past its own threshold the most alarmed model
 is" and stays 1 at the alarm level. The contributions are those of that model.
 Bundles without members score exactly as before.
+
+A bundle with a ``horizon`` above 1 (format 5) scores windows of ``window +
+horizon - 1`` rows (``Detector.window``): each of its ``horizon`` overlapping
+model windows is reconstructed, and every model's per-sensor errors are averaged
+over them before the ratios are taken, as training calibrated them. The
+scoring stays stateless: a model swap or a gap needs no history but the window.
 The session is safe to share between threads (ONNX Runtime's ``run`` is).
 """
 
@@ -57,7 +63,10 @@ class Detector:
         self.precision = precision
         self.threads = threads
         self.sensors: tuple[str, ...] = bundle.sensors
-        self.window: int = bundle.window
+        # The rows of a scored window; the model itself sees ``model_window`` of them at a time.
+        self.window: int = bundle.span
+        self.model_window: int = bundle.window
+        self.horizon: int = bundle.horizon
         self.stride: int = bundle.stride
         self.period_s: float = bundle.period_s
         self.threshold: float = bundle.threshold(precision)
@@ -71,8 +80,9 @@ class Detector:
         # Members are FP32 in both precisions; each scores against its own threshold.
         self._members = [(name, make_session(p, threads=threads), bundle.member_thresholds[name])
                          for name, p in sorted(bundle.members.items())]
-        logger.info("detector loaded bundle=%s version=%s precision=%s threads=%d sensors=%d window=%d",
-                    bundle.path, self.version, precision, threads, len(self.sensors), self.window)
+        logger.info("detector loaded bundle=%s version=%s precision=%s threads=%d sensors=%d window=%d horizon=%d",
+                    bundle.path, self.version, precision, threads, len(self.sensors), self.model_window,
+                    self.horizon)
 
     @classmethod
     def load(cls, path: str | Path, precision: str = "int8", threads: int = 1) -> "Detector":
@@ -124,15 +134,23 @@ class Detector:
         x = self.scale(values.astype(np.float32, copy=False))
         if not np.isfinite(x).all():
             raise ValueError("values contain NaN or infinite cells")
-        center_levels(x, self._level_free)  # x is scale()'s own new array
-        sensor_err = np.empty((len(x), len(self.sensors)), dtype=np.float32)
+        n, h, w = len(x), self.horizon, self.model_window
+        sensor_err = np.empty((n, len(self.sensors)), dtype=np.float32)
         member_err = [np.empty_like(sensor_err) for _ in self._members]
-        for i in range(0, len(x), batch):
-            chunk = np.ascontiguousarray(x[i:i + batch])
+        step = max(1, batch // h)  # windows per run: at most ``batch`` model windows
+        for i in range(0, n, step):
+            chunk = x[i:i + step]
+            m = len(chunk)
+            if h > 1:
+                # The horizon's overlapping model windows, one after another: (m * h, w, sensors).
+                chunk = np.lib.stride_tricks.sliding_window_view(chunk, w, axis=1).transpose(0, 1, 3, 2)
+            chunk = np.ascontiguousarray(chunk).reshape(m * h, w, -1)
+            center_levels(chunk, self._level_free)  # chunk is a copy when h > 1, else a slice of x
             recon = reconstruct(self._session, chunk, self._flat)
-            sensor_err[i:i + batch] = ((chunk - recon) ** 2).mean(axis=1)
+            sensor_err[i:i + m] = ((chunk - recon) ** 2).mean(axis=1).reshape(m, h, -1).mean(axis=1)
             for (_, session, _), out in zip(self._members, member_err):
-                out[i:i + batch] = ((chunk - reconstruct(session, chunk, True)) ** 2).mean(axis=1)
+                out[i:i + m] = ((chunk - reconstruct(session, chunk, True)) ** 2).mean(axis=1).reshape(
+                    m, h, -1).mean(axis=1)
         errors = sensor_err.mean(axis=1).astype(np.float64)
         sensor_err = sensor_err.astype(np.float64)
         if self._members:

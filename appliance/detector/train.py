@@ -41,7 +41,8 @@ from sklearn.base import clone
 from threadpoolctl import threadpool_limits
 
 from appliance.detector.autoencoder import TRAIN_BLAS_THREADS, WindowAutoencoder
-from appliance.detector.bundle import FORMAT_VERSION, MEMBERS_FORMAT_VERSION, Scaler, data_sha256, write_bundle
+from appliance.detector.bundle import (FORMAT_VERSION, HORIZON_FORMAT_VERSION, MEMBERS_FORMAT_VERSION, Scaler,
+                                       data_sha256, write_bundle)
 from appliance.detector.features import TREND_LIMIT, center_levels, trending_sensors
 from appliance.detector.pca import PcaMember
 from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, gemm_nodes, probe_shift_for,
@@ -169,6 +170,21 @@ def next_block_threshold(blocks: Sequence[np.ndarray], risk: float = 0.01,
                    "confidence": confidence, "student_t": round(t, 4), "log_sd": round(float(logs.std(ddof=1)), 5)}
 
 
+def moving_mean(errors: np.ndarray, horizon: int) -> np.ndarray:
+    """The mean of every ``horizon`` consecutive errors: the live score of a bundle with that horizon.
+
+    >>> moving_mean(np.array([1.0, 2.0, 3.0, 4.0]), 2).tolist(), len(moving_mean(np.ones(2), 3))
+    ([1.5, 2.5, 3.5], 0)
+    """
+    e = np.asarray(errors, dtype=np.float64)
+    if horizon == 1:
+        return e
+    if len(e) < horizon:
+        return e[:0]
+    total = np.cumsum(np.concatenate([[0.0], e]))
+    return (total[horizon:] - total[:-horizon]) / horizon
+
+
 def matched_threshold(e32: np.ndarray, e8: np.ndarray, threshold_fp32: float) -> float:
     """The INT8 threshold that puts the most windows on the same side as FP32 does at ``threshold_fp32``.
 
@@ -217,6 +233,9 @@ WINDOW_SPAN_S = 30.0
 WINDOW_ROWS = (3, 30)
 STALENESS_PERIODS = 5.0
 LATENESS_PERIODS = 2.0
+# A decision looks at this many rows at least: short windows (slow processes) are averaged over
+# consecutive windows until their span reaches it (see grid_defaults).
+DECISION_ROWS = 22
 
 
 def grid_defaults(period_s: float) -> dict:
@@ -231,19 +250,28 @@ def grid_defaults(period_s: float) -> dict:
       windows: on the 52-sensor process simulator 3 rows detected 38.9 % of
       faulty rows against 27.8 % with 8, both with no false alarm,
       ``benchmarks/detector_process.py``);
+    * ``horizon``: windows shorter than 22 rows have their score averaged over
+      consecutive windows until a decision spans 22 rows (3-row windows at 3 min:
+      20 windows, 66 minutes): one short window of a slow process holds too few
+      rows for a small persistent change to stand out of the noise, and the
+      average lets it; a large fault still crosses within a few windows, since
+      one window far over the threshold lifts the average (measured with 10, 20
+      windows on the process simulator, docs/detector.md); 30-row windows (1 s
+      and faster, SKAB) are not averaged;
     * ``staleness_s``: 5 periods: a held value may miss four reports before the
       cell counts as missing (5 s at 1 s, the appliance's default);
     * ``lateness_s``: 2 periods to wait for late readings (2 s at 1 s).
 
     >>> grid_defaults(1.0), grid_defaults(180.0)["window"], grid_defaults(0.01)["window"]
-    ({'window': 30, 'staleness_s': 5.0, 'lateness_s': 2.0}, 3, 30)
-    >>> grid_defaults(5.0)
-    {'window': 6, 'staleness_s': 25.0, 'lateness_s': 10.0}
+    ({'window': 30, 'horizon': 1, 'staleness_s': 5.0, 'lateness_s': 2.0}, 3, 30)
+    >>> grid_defaults(5.0), grid_defaults(180.0)["horizon"]
+    ({'window': 6, 'horizon': 17, 'staleness_s': 25.0, 'lateness_s': 10.0}, 20)
     """
     if not (isinstance(period_s, (int, float)) and math.isfinite(period_s) and period_s > 0):
         raise ValueError(f"period_s must be finite and > 0, got {period_s!r}")
     lo, hi = WINDOW_ROWS
-    return {"window": int(min(hi, max(lo, round(WINDOW_SPAN_S / period_s)))),
+    window = int(min(hi, max(lo, round(WINDOW_SPAN_S / period_s))))
+    return {"window": window, "horizon": max(1, DECISION_ROWS - window + 1),
             "staleness_s": STALENESS_PERIODS * period_s, "lateness_s": LATENESS_PERIODS * period_s}
 
 
@@ -316,6 +344,7 @@ class TrainSettings(BaseModel):
     lateness_s: float = Field(None, ge=0)
     # windows and split
     window: Whole = Field(None, ge=2)
+    horizon: Whole = Field(None, ge=1, le=1000)  # None: from period_s (grid_defaults)
     stride: Whole = Field(1, ge=1)
     train_stride: Whole = Field(1, ge=1)
     holdout: float = Field(0.2, gt=0, lt=1)
@@ -652,8 +681,9 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
     if len(X_train) < 10:
         raise ValueError(f"only {len(X_train)} training windows; need >= 10 {need}: "
                          + _windows_reason(grid, s, len(X_train), len(X_held)))
-    if len(X_held) < 5:
-        raise ValueError(f"only {len(X_held)} held-back windows; need >= 5 {need}: "
+    if len(X_held) < 4 + s.horizon:
+        raise ValueError(f"only {len(X_held)} held-back windows; need >= {4 + s.horizon} (horizon "
+                         f"{s.horizon}) {need}: "
                          + _windows_reason(grid, s, len(X_train), len(X_held)))
 
     use_cv = s.calibration == "cv" or (s.calibration == "auto" and len(X_held) < 1000)
@@ -696,19 +726,22 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
         s32 = make_session(fp32_path)
         e32 = sensor_errors(s32, X_held).mean(axis=1)
 
-        def threshold(held_errors: np.ndarray, oof_errors: np.ndarray) -> tuple[float, dict]:
-            th, info = calibrate_threshold(np.concatenate([oof_errors, held_errors]), s.threshold_method,
-                                           s.risk, s.init_quantile, s.margin)
-            # The unseen time blocks: out-of-fold blocks, then the held-back part.
+        def threshold(held_errors: np.ndarray, oof_errors: np.ndarray, horizon: int = 1) -> tuple[float, dict]:
+            # The unseen time blocks: out-of-fold blocks, then the held-back part, each averaged
+            # over ``horizon`` consecutive windows as the live score is.
             blocks = np.split(oof_errors, np.cumsum(oof_sizes)[:-1]) if len(oof_errors) else []
-            blocks = [b for b in blocks if len(b)] + [held_errors]
+            blocks = [moving_mean(b, horizon) for b in [*blocks, held_errors]]
+            blocks = [b for b in blocks if len(b)]
+            th, info = calibrate_threshold(np.concatenate(blocks), s.threshold_method,
+                                           s.risk, s.init_quantile, s.margin)
             info["rule"] = "pooled"
             if s.threshold_rule == "next_block" and len(blocks) >= 3:
                 bound, binfo = next_block_threshold(blocks, s.block_risk, s.block_confidence)
                 info.update(next_block_bound=binfo, pooled_threshold=th)
                 if bound > th:
                     th, info["rule"] = bound, "next_block"
-            info.update(calibration="cv" if use_cv else "holdout", holdout_windows=int(len(held_errors)),
+            info.update(calibration="cv" if use_cv else "holdout", horizon=horizon,
+                        holdout_windows=int(len(held_errors)),
                         oof_windows=int(len(oof_errors)), cv_blocks=oof_sizes,
                         threshold_scale=s.threshold_scale, unscaled_threshold=th)
             # What the threshold promises on normal data the model did not see: the design rate
@@ -775,9 +808,21 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             break
         if failure is not None:
             raise failure
+        if s.horizon > 1:
+            # The check above judged single windows against single-window thresholds (where INT8's
+            # agreement with FP32 is decided); the bundle's thresholds are for the averaged score.
+            single = {"fp32": th32, "int8": th8}
+            th32, info32 = threshold(e32, oof, s.horizon)
+            th8_averaged, info8_averaged = threshold(e8, oof * ratio, s.horizon)
+            info8_averaged.update({k: v for k, v in info8.items() if k.startswith("int8_")})
+            if check["threshold_mapping"] == "matched":
+                # INT8 follows FP32 only through the matched mapping: keep its ratio.
+                th8_averaged = th32 * single["int8"] / single["fp32"]
+            th8, info8 = th8_averaged, info8_averaged
+            info32["single_window_threshold"], info8["single_window_threshold"] = single["fp32"], single["int8"]
         info32.pop("_block_thresholds", None)
         ae_blocks = (np.split(oof * ratio, np.cumsum(oof_sizes)[:-1]) if len(oof) else []) + [e8]
-        ae_blocks = [b for b in ae_blocks if len(b)]
+        ae_blocks = [b for b in (moving_mean(b, s.horizon) for b in ae_blocks) if len(b)]
         ae_block_th = info8.pop("_block_thresholds", None)
         expected = {
             "design": info8["expected_window_exceedance"], "rule": info8["rule"],
@@ -793,13 +838,14 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             onnx.save(pca.to_onnx(), str(pca_path))
             sp = make_session(pca_path)
             ep = sensor_errors(sp, X_held).mean(axis=1)
-            thp, infop = threshold(ep, pca_oof)
+            thp, infop = threshold(ep, pca_oof, s.horizon)
             pca_block_th = infop.pop("_block_thresholds", None)
             members["pca"] = thp
             member_files["pca"] = pca_path
             member_meta["pca"] = {"file": "model.pca.onnx", **pca.summary()}
-            pca_blocks = [b for b in ((np.split(pca_oof, np.cumsum(oof_sizes)[:-1]) if len(pca_oof) else [])
-                                      + [ep]) if len(b)]
+            pca_blocks = [moving_mean(b, s.horizon) for b in
+                          (np.split(pca_oof, np.cumsum(oof_sizes)[:-1]) if len(pca_oof) else []) + [ep]]
+            pca_blocks = [b for b in pca_blocks if len(b)]
             # The detector alarms when either model is past its own threshold: the combined share.
             either = [(a > th8) | (b > thp) for a, b in zip(ae_blocks, pca_blocks)]
             expected["by_model"] = {"autoencoder": dict(expected), "pca": {
@@ -816,11 +862,13 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
         digest = hashlib.sha256(fp32_path.read_bytes() + int8_path.read_bytes()).hexdigest()
         created = datetime.now(timezone.utc)
         meta = {
-            "format_version": MEMBERS_FORMAT_VERSION if members else FORMAT_VERSION,
+            "format_version": (HORIZON_FORMAT_VERSION if s.horizon > 1
+                               else MEMBERS_FORMAT_VERSION if members else FORMAT_VERSION),
             "model_version": f"{created:%Y%m%dT%H%M%SZ}-{digest[:12]}",
             "created_at": created.isoformat(timespec="seconds"),
             "sensors": sensors,
             "window": window,
+            **({"horizon": s.horizon} if s.horizon > 1 else {}),
             "stride": s.stride,
             "period_s": float(s.period_s),
             "staleness_s": float(s.staleness_s),

@@ -171,7 +171,7 @@ def replay_file(rel: str, sensors: list[str], ts: np.ndarray, rows: np.ndarray, 
             for k in ("pca_t2q", "iforest")}
 
     deciders = {k: _new_decider(cfg) for k in (*detectors, *refs)}
-    builder = WindowBuilder(bundle.sensors, period_s=period_s, window=bundle.window, stride=stride,
+    builder = WindowBuilder(bundle.sensors, period_s=period_s, window=bundle.span, stride=stride,
                             staleness_s=cfg.windows.staleness_s, lateness_s=cfg.windows.lateness_s)
     cols = [sensors.index(s) for s in bundle.sensors]
     t_end: list[float] = []

@@ -138,6 +138,8 @@ def decision_values(meta: dict) -> dict:
                        "center": [num(v) for v in scaler["center"]],
                        "scale": [num(v) for v in scaler["scale"]]},
             "model_files": {str(k): v for k, v in sorted(files.items())},
+            # Format 5: the score averages this many windows; older bundles have no key (and sign none).
+            **({"horizon": _int(meta["horizon"], "horizon")} if "horizon" in meta else {}),
         }
     except KeyError as e:
         raise ReleaseCheckError(f"{META_FILE} lacks {e.args[0]!r}") from None
