@@ -98,6 +98,8 @@ def test_the_fleet_bundle_is_written_by_the_detectors_int8_path(release_bundles,
                              fleet_info={"rounds": 1}, seed=1)
     bundle = load_bundle(out)
     assert "-fleet-" in bundle.model_version and bundle.meta["format_version"] == seed.meta["format_version"]
+    # The frozen-sensor check comes from the reference rows (noisy sensors: all watched), on single windows.
+    assert bundle.horizon == 1 and bundle.frozen is not None and set(bundle.frozen.allowed) == set(SENSORS)
     assert bundle.thresholds["fp32"] == 2.0  # the median of the clients' own
     assert bundle.meta["threshold_calibration"]["fp32"]["method"] == "fleet_median"
     ratio = bundle.meta["threshold_calibration"]["int8"]["int8_over_fp32_error_ratio"]

@@ -27,7 +27,9 @@ own threshold (see :mod:`appliance.detector.scorer`).
 Format 5 adds ``horizon``: the score is the mean error of that many consecutive
 model windows (stride 1), so the live windows span ``window + horizon - 1``
 rows (:attr:`Bundle.span`) and the thresholds are calibrated on errors averaged
-the same way; ``members`` become optional.
+the same way; ``members`` become optional; and an optional ``frozen``
+(``{"allowed_run": {sensor: rows}}``, see :mod:`appliance.detector.frozen`):
+sensors whose value may not repeat for longer than that.
 
 :func:`load_bundle` validates all of it and fails with :class:`BundleError`
 naming the file and the problem, so a half-copied or hand-edited bundle is
@@ -50,6 +52,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
+from appliance.detector.frozen import FrozenCheck
 from appliance.detector.session import ONNX_INPUT, ONNX_OUTPUT
 
 logger = logging.getLogger(__name__)
@@ -157,6 +160,8 @@ class Bundle:
     member_thresholds: dict[str, float] = field(default_factory=dict)
     # Format 5: the score is the mean error of ``horizon`` consecutive model windows.
     horizon: int = 1
+    # Format 5, optional: the sensors watched for a frozen value and their allowed runs.
+    frozen: FrozenCheck | None = None
 
     @property
     def span(self) -> int:
@@ -216,9 +221,11 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
     horizon = 1
     if version >= HORIZON_FORMAT_VERSION:
         horizon = _require(meta, "horizon", int, where, lambda v: v >= 1, "at least 1 window")
-    elif "horizon" in meta:
-        raise BundleError(f"{where}: key 'horizon' needs format_version >= {HORIZON_FORMAT_VERSION} "
-                          f"(this bundle says {version}; an older appliance would ignore it)")
+    for key in ("horizon", "frozen"):
+        if version < HORIZON_FORMAT_VERSION and key in meta:
+            raise BundleError(f"{where}: key {key!r} needs format_version >= {HORIZON_FORMAT_VERSION} "
+                              f"(this bundle says {version}; an older appliance would ignore it)")
+    frozen = _load_frozen(meta, sensors, where) if "frozen" in meta else None
     level_free = ()
     if version >= 2:
         level_free = tuple(_require(meta, "level_free", list, where, lambda v: all(
@@ -258,7 +265,18 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
     return Bundle(path=root, meta=meta, sensors=tuple(sensors), window=window, stride=stride,
                   period_s=float(period_s), scaler=Scaler(center, scale, str(sc.get("kind", "robust"))),
                   thresholds=thresholds, model_version=model_version, models=models, level_free=level_free,
-                  members=members, member_thresholds=member_thresholds, horizon=horizon, **tolerances)
+                  members=members, member_thresholds=member_thresholds, horizon=horizon, frozen=frozen,
+                  **tolerances)
+
+
+def _load_frozen(meta: dict, sensors: list[str], where: str) -> FrozenCheck:
+    spec = _require(meta, "frozen", dict, where)
+    allowed = spec.get("allowed_run")
+    if not isinstance(allowed, dict) or not all(
+            s in sensors and isinstance(v, int) and not isinstance(v, bool) and v >= 2 for s, v in allowed.items()):
+        raise BundleError(f"{where}: frozen.allowed_run must map the bundle's sensors to runs of at least 2 rows, "
+                          f"got {allowed!r}")
+    return FrozenCheck(dict(allowed))
 
 
 def _load_members(root: Path, meta: dict, version: int, th: dict, files: dict, per_window: int,

@@ -20,6 +20,11 @@ horizon - 1`` rows (``Detector.window``): each of its ``horizon`` overlapping
 model windows is reconstructed, and every model's per-sensor errors are averaged
 over them before the ratios are taken, as training calibrated them. The
 scoring stays stateless: a model swap or a gap needs no history but the window.
+
+A bundle may also watch sensors for a frozen value (:mod:`appliance.detector.frozen`):
+a watched sensor whose value has repeated at the end of the window for longer
+than its allowed run scores ``threshold x run / allowed`` when that is higher,
+and gets the contributions, so the alarm names it.
 The session is safe to share between threads (ONNX Runtime's ``run`` is).
 """
 
@@ -78,6 +83,7 @@ class Detector:
         self._index = {s: i for i, s in enumerate(self.sensors)}
         self._level_free = np.array([self._index[s] for s in bundle.level_free], dtype=int)
         # Members are FP32 in both precisions; each scores against its own threshold.
+        self._frozen = bundle.frozen
         self._members = [(name, make_session(p, threads=threads), bundle.member_thresholds[name])
                          for name, p in sorted(bundle.members.items())]
         logger.info("detector loaded bundle=%s version=%s precision=%s threads=%d sensors=%d window=%d horizon=%d",
@@ -163,4 +169,10 @@ class Detector:
                 ratio = np.where(wins, m_ratio, ratio)
                 sensor_err[wins] = m_err[wins]
             errors = ratio * self.threshold
+        if self._frozen is not None:
+            frozen = self._frozen.ratios(values, self.sensors)
+            worst = frozen.max(axis=1)
+            wins = worst * self.threshold > errors
+            errors = np.where(wins, worst * self.threshold, errors)
+            sensor_err[wins] = frozen[wins]
         return errors, contributions_from(sensor_err)

@@ -44,6 +44,7 @@ from appliance.detector.autoencoder import TRAIN_BLAS_THREADS, WindowAutoencoder
 from appliance.detector.bundle import (FORMAT_VERSION, HORIZON_FORMAT_VERSION, MEMBERS_FORMAT_VERSION, Scaler,
                                        data_sha256, write_bundle)
 from appliance.detector.features import TREND_LIMIT, center_levels, trending_sensors
+from appliance.detector.frozen import FrozenCheck
 from appliance.detector.pca import PcaMember
 from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, gemm_nodes, probe_shift_for,
                                          probe_windows, quantize_model, verify_int8)
@@ -323,6 +324,8 @@ class TrainSettings(BaseModel):
     variance; it gets its own threshold by the same calibration rule and the
     detector alarms on whichever model is further past its own threshold.
     ``pca_inputs="changes"`` fits it to the row-to-row changes inside the window.
+    ``frozen_check``: watch every sensor that never stood still for long in the
+    training rows for a value that stops changing (:mod:`appliance.detector.frozen`).
     ``int8_exclude``: ``"auto"`` quantizes everything and, only if the INT8 check
     fails, retries with the output layer kept in FP32; a list names the nodes to
     keep in FP32; ``()`` never keeps any.
@@ -388,6 +391,8 @@ class TrainSettings(BaseModel):
     pca_member: bool = False
     pca_variance: float = Field(0.99, gt=0, lt=1)
     pca_inputs: Literal["rows", "changes"] = "rows"
+    # sensors whose value stops changing (see appliance/detector/frozen.py)
+    frozen_check: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -859,16 +864,23 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
                       for a, b, ta, tb in zip(ae_blocks, pca_blocks, ae_block_th, pca_block_th)]
                 expected.update(next_block=float(np.mean(nb)), next_block_worst=max(nb))
 
+        frozen = None
+        if s.frozen_check:
+            frozen = FrozenCheck.fit(grid_values, sensors, staleness_rows=int(s.staleness_s // s.period_s),
+                                     span=window + s.horizon - 1, spans=runs)
+        watched = frozen is not None and bool(frozen.allowed)
+        fmt = (HORIZON_FORMAT_VERSION if s.horizon > 1 or watched
+               else MEMBERS_FORMAT_VERSION if members else FORMAT_VERSION)
         digest = hashlib.sha256(fp32_path.read_bytes() + int8_path.read_bytes()).hexdigest()
         created = datetime.now(timezone.utc)
         meta = {
-            "format_version": (HORIZON_FORMAT_VERSION if s.horizon > 1
-                               else MEMBERS_FORMAT_VERSION if members else FORMAT_VERSION),
+            "format_version": fmt,
             "model_version": f"{created:%Y%m%dT%H%M%SZ}-{digest[:12]}",
             "created_at": created.isoformat(timespec="seconds"),
             "sensors": sensors,
             "window": window,
-            **({"horizon": s.horizon} if s.horizon > 1 else {}),
+            **({"horizon": s.horizon} if fmt >= HORIZON_FORMAT_VERSION else {}),
+            **({"frozen": frozen.to_dict()} if watched else {}),
             "stride": s.stride,
             "period_s": float(s.period_s),
             "staleness_s": float(s.staleness_s),

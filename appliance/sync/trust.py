@@ -106,6 +106,13 @@ def _names(v: Any, what: str) -> list[str]:
     return list(v)
 
 
+def _frozen(v: Any) -> dict:
+    allowed = v.get("allowed_run") if isinstance(v, dict) else None
+    if not isinstance(allowed, dict):
+        raise ReleaseCheckError(f"frozen must hold an allowed_run object, got {v!r}")
+    return {"allowed_run": {str(k): _int(n, f"frozen.allowed_run.{k}") for k, n in sorted(allowed.items())}}
+
+
 def decision_values(meta: dict) -> dict:
     """The values of a ``bundle.json`` that decide what alarms, in their signed form."""
     if not isinstance(meta, dict):
@@ -140,6 +147,7 @@ def decision_values(meta: dict) -> dict:
             "model_files": {str(k): v for k, v in sorted(files.items())},
             # Format 5: the score averages this many windows; older bundles have no key (and sign none).
             **({"horizon": _int(meta["horizon"], "horizon")} if "horizon" in meta else {}),
+            **({"frozen": _frozen(meta["frozen"])} if "frozen" in meta else {}),
         }
     except KeyError as e:
         raise ReleaseCheckError(f"{META_FILE} lacks {e.args[0]!r}") from None

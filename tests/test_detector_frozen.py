@@ -1,0 +1,123 @@
+"""Frozen sensors: a value that stops changing is caught by the bundle's frozen check (format 5), named in the
+score's contributions, not confused with a value the window builder held over a few missing reports, validated
+on load and covered by the signed release values. The 52-sensor process simulator at 3 min, fixed seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from appliance.cli import main
+from appliance.detector.bundle import BundleError, load_bundle
+from appliance.detector.frozen import FrozenCheck, longest_runs, trailing_runs
+from appliance.detector.scorer import Detector
+from appliance.detector.train import TrainSettings, read_csv_rows, sliding_windows, train_bundle
+from appliance.sync.trust import compare_values, decision_values
+from firmware_sim.process import Fault, ProcessModel, write_process_csv
+
+FAULT_AT = 100
+T0_ON_GRID = 180.0 * 9_444_444  # rows on the 180 s grid's cells
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    work = tmp_path_factory.mktemp("frozen")
+    sensors, ts, rows = read_csv_rows(write_process_csv(work / "normal.csv", 400, seed=1))
+    bundle = train_bundle(rows, sensors, work / "B", TrainSettings(period_s=180.0, max_iter=60), ts=ts)
+    return work, bundle
+
+
+def _edit(src, dst, fn):
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "bundle.json").read_text())
+    fn(meta)
+    (dst / "bundle.json").write_text(json.dumps(meta))
+    return dst
+
+
+def test_runs_are_counted_within_runs_of_the_grid_only():
+    rows = np.array([[1.0], [1.0], [1.0], [1.0], [2.0]])
+    assert longest_runs(rows).tolist() == [4]
+    assert longest_runs(rows, [(0, 2), (2, 5)]).tolist() == [2]  # a gap splits the repeat
+    assert trailing_runs(np.array([[[3.0], [1.0], [1.0]], [[1.0], [1.0], [2.0]]])).tolist() == [[2], [1]]
+    check = FrozenCheck.fit(rows, ["a"], staleness_rows=5, span=22)
+    assert check.allowed == {"a": 8}  # twice the longest training run
+
+
+def test_every_noisy_sensor_is_watched_with_room_for_held_values(rig):
+    _, bundle = rig
+    b = load_bundle(bundle)
+    assert b.meta["format_version"] == 5 and b.frozen is not None
+    # Every simulated sensor is noisy (no repeats in training): all watched, each allowed the 5 cells
+    # the window builder may hold over missing reports (staleness 900 s / 180 s) plus one.
+    assert b.frozen.allowed == {s: 6 for s in b.sensors}
+    assert b.meta["frozen"]["allowed_run"] == b.frozen.allowed
+
+
+def test_a_stuck_sensor_is_caught_and_named_and_a_held_value_is_not(rig):
+    _, bundle = rig
+    det = Detector.load(bundle)
+    stuck = 4
+    raw = ProcessModel(seed=2004, fault=Fault("stuck_sensor", FAULT_AT, 1.0, target=stuck)).run(200)
+    scores, contrib = det.score_batch(sliding_windows(raw, det.window))
+    ends = np.arange(det.window - 1, len(raw))  # the row each window ends at
+    over = scores > det.threshold
+    frozen_for = ends - FAULT_AT + 1  # rows the value has repeated by the window's end
+    assert over[frozen_for > 6].all()
+    assert (np.array(det.sensors)[contrib[frozen_for > 6].argmax(axis=1)] == det.sensors[stuck]).all()
+    without = Detector(load_bundle(_edit(bundle, bundle.parent / "no_check", lambda m: m.pop("frozen"))))
+    alone, _ = without.score_batch(sliding_windows(raw, det.window))
+    assert (alone[frozen_for > 6] <= det.threshold).mean() >= 0.9  # the autoencoder alone misses it
+    # A value the builder held over 5 missing reports (the staleness allows it) is not a frozen sensor.
+    held = ProcessModel(seed=7).run(120)
+    for start in range(30, 110, 20):
+        held[start + 1:start + 6, stuck] = held[start, stuck]
+    held_scores, _ = det.score_batch(sliding_windows(held, det.window))
+    normal_scores, _ = det.score_batch(sliding_windows(ProcessModel(seed=7).run(120), det.window))
+    np.testing.assert_allclose(held_scores[held_scores > det.threshold],
+                               normal_scores[held_scores > det.threshold])
+
+
+def test_appliance_score_raises_the_alarm_on_a_stuck_sensor(rig):
+    work, bundle = rig
+    run = write_process_csv(work / "stuck.csv", 200, seed=2104, t0=T0_ON_GRID,
+                            fault=Fault("stuck_sensor", FAULT_AT, 1.0, target=9))
+    without = _edit(bundle, work / "without", lambda m: m.pop("frozen"))
+
+    def alarms(b):
+        out = work / f"{b.name}.scores.csv"
+        assert main(["score", "--bundle", str(b), "--data", str(run), "--out", str(out)]) == 0
+        with out.open() as f:
+            return np.array([int(r["alarm"]) for r in csv.DictReader(f)])
+    with_check, alone = alarms(bundle), alarms(without)
+    assert (with_check[:FAULT_AT] == alone[:FAULT_AT]).all()  # nothing frozen yet: the same decisions
+    assert with_check[FAULT_AT + 12:].all()  # 7 repeats, then 3 of 5 windows to raise
+    assert alone[FAULT_AT + 12:].mean() < 0.5
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["frozen"]["allowed_run"].update(nowhere=6), "frozen.allowed_run must map"),
+    (lambda m: m["frozen"]["allowed_run"].update(meas01=1), "frozen.allowed_run must map"),
+    (lambda m: m.update(frozen=[]), "'frozen' must be dict"),
+    (lambda m: m.update(format_version=4), "'horizon' needs format_version >= 5"),
+])
+def test_loader_refuses_a_bad_frozen_check(rig, tmp_path, change, message):
+    _, bundle = rig
+    with pytest.raises(BundleError, match=message):
+        load_bundle(_edit(bundle, tmp_path / "bad", change))
+
+
+def test_allowed_runs_are_signed_decision_values(rig, tmp_path):
+    _, bundle = rig
+    signed = decision_values(load_bundle(bundle).meta)
+    assert signed["frozen"]["allowed_run"]["meas01"] == 6
+    looser = _edit(bundle, tmp_path / "looser", lambda m: m["frozen"]["allowed_run"].update(meas01=20))
+    diff = compare_values(signed, decision_values(load_bundle(looser).meta))
+    assert diff is not None and diff.startswith("frozen")
+    off = _edit(bundle, tmp_path / "off", lambda m: m.pop("frozen"))
+    assert compare_values(signed, decision_values(load_bundle(off).meta)) is not None
