@@ -96,6 +96,12 @@ class LatencyStats:
 
 
 
+def _allow_held(detector, rows: int) -> None:
+    allow = getattr(detector, "allow_held", None)  # stand-in detectors of tests may lack it
+    if allow is not None:
+        allow(rows)
+
+
 def grid_limits(windows, detector) -> tuple[float, float]:
     """``(staleness_s, lateness_s)`` of the live grid.
 
@@ -133,6 +139,9 @@ class Appliance:
         w = cfg.windows
         self.windows = WindowBuilder(detector.sensors, w.period_s or detector.period_s, detector.window,
                                      w.stride or detector.stride, *grid_limits(w, detector))
+        # Cells this grid may fill by holding a value over missing reports: never a frozen sensor.
+        self._held_rows = int(self.windows.staleness_s // self.windows.period_s)
+        _allow_held(detector, self._held_rows)
         self.alarms = AlarmBook(lambda: Decider.from_config(cfg.decision), on_peak=self._on_peak)
         self.watchdog = SensorWatchdog(detector.sensors, cfg.watchdog.silence_s)
         self.counters = Counters()
@@ -351,6 +360,7 @@ class Appliance:
     def begin_shadow(self, candidate, bounds: ShadowBounds, user: str = "appliance") -> None:
         """Run ``candidate`` (a loaded Detector) in shadow; promoted or rejected when the run ends."""
         why = compatibility(self.detector, candidate)
+        _allow_held(candidate, self._held_rows)
         if why is not None:
             self._model_change("rejected", candidate, why, user)
             raise ModelCommandError(why)

@@ -121,3 +121,23 @@ def test_allowed_runs_are_signed_decision_values(rig, tmp_path):
     assert diff is not None and diff.startswith("frozen")
     off = _edit(bundle, tmp_path / "off", lambda m: m.pop("frozen"))
     assert compare_values(signed, decision_values(load_bundle(off).meta)) is not None
+
+
+def test_a_runtime_grid_holding_values_longer_raises_the_allowed_run(rig):
+    """A runtime configured with a longer staleness than training may hold a value over more missing
+    reports; the detector is told so (``allow_held``) and does not call those repeats frozen."""
+    _, bundle = rig
+    det = Detector.load(bundle)
+    models_only = Detector(load_bundle(_edit(bundle, bundle.parent / "models_only", lambda m: m.pop("frozen"))))
+    raw = ProcessModel(seed=11).run(60)
+    raw[30:45, 3] = raw[29, 3]  # held over 15 missing reports (a 45-minute outage at 3 min)
+    windows = sliding_windows(raw, det.window)
+    plain, _ = models_only.score_batch(windows)
+    strict, contrib = det.score_batch(windows)
+    flagged = strict > plain
+    assert flagged.any() and (np.array(det.sensors)[contrib[flagged].argmax(axis=1)] == det.sensors[3]).all()
+    det.allow_held(16)
+    relaxed, _ = det.score_batch(windows)
+    np.testing.assert_allclose(relaxed, plain)
+    with pytest.raises(ValueError, match="rows must be an int"):
+        det.allow_held(-1)

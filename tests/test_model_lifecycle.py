@@ -172,3 +172,30 @@ def test_an_engineer_promotes_or_rolls_back_by_hand(tmp_path):
     run(go())
     users = [(c["event"], c["user"]) for c in StoreReader(app.store.path).model_changes()]
     assert users[:2] == [("rolled_back", "eve"), ("promoted", "eve")]
+
+
+class HeldRecorder(ScaledDetector):
+    """Records what the runtime tells it about values its grid may hold (see Detector.allow_held)."""
+
+    held = None
+
+    def allow_held(self, rows: int) -> None:
+        self.held = rows
+
+
+def test_every_model_learns_how_long_the_live_grid_may_hold_a_value(tmp_path):
+    """The frozen-sensor check must not read a value held over missing reports as frozen: the runtime tells
+    the running model and every candidate its grid's staleness in periods (5 s at 1 s by default)."""
+    current, candidate = HeldRecorder("v1"), HeldRecorder("v2")
+    app = make_app(tmp_path, current)
+    assert current.held == 5
+
+    async def go():
+        await app.start()
+        try:
+            app.begin_shadow(candidate, ShadowBounds(**NO_LATENCY_BOUND))
+            assert candidate.held == 5
+        finally:
+            await app.shutdown()
+
+    run(go())

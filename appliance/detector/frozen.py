@@ -88,15 +88,19 @@ class FrozenCheck:
         allowed = np.maximum(np.maximum(2 * longest, staleness_rows + 1), MIN_ALLOWED_RUN)
         return cls({s: int(a) for s, a in zip(sensors, allowed) if a < span})
 
-    def ratios(self, windows: np.ndarray, sensors: Sequence[str]) -> np.ndarray:
-        """``(n, sensors)``: ``run / allowed`` where a watched sensor's trailing run exceeds it, else 0."""
+    def ratios(self, windows: np.ndarray, sensors: Sequence[str], held_rows: int = 0) -> np.ndarray:
+        """``(n, sensors)``: ``run / allowed`` where a watched sensor's trailing run exceeds it, else 0.
+
+        ``held_rows``: cells the live grid may fill by holding a value (its staleness in
+        periods); the allowed run is at least one more than that.
+        """
         windows = np.asarray(windows)
         out = np.zeros((len(windows), len(sensors)))
         cols = [i for i, s in enumerate(sensors) if s in self.allowed]
         if not cols:
             return out
         runs = trailing_runs(windows[:, :, cols])
-        limit = np.array([self.allowed[sensors[i]] for i in cols])
+        limit = np.array([max(self.allowed[sensors[i]], held_rows + 1) for i in cols])
         out[:, cols] = np.where(runs > limit, runs / limit, 0.0)
         return out
 

@@ -84,11 +84,22 @@ class Detector:
         self._level_free = np.array([self._index[s] for s in bundle.level_free], dtype=int)
         # Members are FP32 in both precisions; each scores against its own threshold.
         self._frozen = bundle.frozen
+        self.held_rows = 0
         self._members = [(name, make_session(p, threads=threads), bundle.member_thresholds[name])
                          for name, p in sorted(bundle.members.items())]
         logger.info("detector loaded bundle=%s version=%s precision=%s threads=%d sensors=%d window=%d horizon=%d",
                     bundle.path, self.version, precision, threads, len(self.sensors), self.model_window,
                     self.horizon)
+
+    def allow_held(self, rows: int) -> None:
+        """The live grid may hold a value over ``rows`` missing reports: such a repeat is never frozen.
+
+        The bundle's allowed runs already cover its training grid's staleness; a runtime
+        configured with a longer ``[windows] staleness_s`` raises them to match.
+        """
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise ValueError(f"rows must be an int >= 0, got {rows!r}")
+        self.held_rows = rows
 
     @classmethod
     def load(cls, path: str | Path, precision: str = "int8", threads: int = 1) -> "Detector":
@@ -170,7 +181,7 @@ class Detector:
                 sensor_err[wins] = m_err[wins]
             errors = ratio * self.threshold
         if self._frozen is not None:
-            frozen = self._frozen.ratios(values, self.sensors)
+            frozen = self._frozen.ratios(values, self.sensors, self.held_rows)
             worst = frozen.max(axis=1)
             wins = worst * self.threshold > errors
             errors = np.where(wins, worst * self.threshold, errors)
