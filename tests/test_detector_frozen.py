@@ -6,19 +6,17 @@ on load and covered by the signed release values. The 52-sensor process simulato
 from __future__ import annotations
 
 import csv
-import json
-import shutil
 
 import numpy as np
 import pytest
 
 from appliance.cli import main
-from appliance.detector.bundle import BundleError, load_bundle
+from appliance.detector.bundle import load_bundle
 from appliance.detector.frozen import FrozenCheck, longest_runs, trailing_runs
 from appliance.detector.scorer import Detector
 from appliance.detector.train import TrainSettings, read_csv_rows, sliding_windows, train_bundle
-from appliance.sync.trust import compare_values, decision_values
 from firmware_sim.process import Fault, ProcessModel, write_process_csv
+from tests.support.detector import edited_bundle
 
 FAULT_AT = 100
 T0_ON_GRID = 180.0 * 9_444_444  # rows on the 180 s grid's cells
@@ -30,14 +28,6 @@ def rig(tmp_path_factory):
     sensors, ts, rows = read_csv_rows(write_process_csv(work / "normal.csv", 400, seed=1))
     bundle = train_bundle(rows, sensors, work / "B", TrainSettings(period_s=180.0, max_iter=60), ts=ts)
     return work, bundle
-
-
-def _edit(src, dst, fn):
-    shutil.copytree(src, dst)
-    meta = json.loads((dst / "bundle.json").read_text())
-    fn(meta)
-    (dst / "bundle.json").write_text(json.dumps(meta))
-    return dst
 
 
 def test_runs_are_counted_within_runs_of_the_grid_only():
@@ -70,7 +60,7 @@ def test_a_stuck_sensor_is_caught_and_named_and_a_held_value_is_not(rig):
     frozen_for = ends - FAULT_AT + 1  # rows the value has repeated by the window's end
     assert over[frozen_for > 6].all()
     assert (np.array(det.sensors)[contrib[frozen_for > 6].argmax(axis=1)] == det.sensors[stuck]).all()
-    without = Detector(load_bundle(_edit(bundle, bundle.parent / "no_check", lambda m: m.pop("frozen"))))
+    without = Detector(load_bundle(edited_bundle(bundle, bundle.parent / "no_check", lambda m: m.pop("frozen"))))
     alone, _ = without.score_batch(sliding_windows(raw, det.window))
     assert (alone[frozen_for > 6] <= det.threshold).mean() >= 0.9  # the autoencoder alone misses it
     # A value the builder held over 5 missing reports (the staleness allows it) is not a frozen sensor.
@@ -87,7 +77,7 @@ def test_appliance_score_raises_the_alarm_on_a_stuck_sensor(rig):
     work, bundle = rig
     run = write_process_csv(work / "stuck.csv", 200, seed=2104, t0=T0_ON_GRID,
                             fault=Fault("stuck_sensor", FAULT_AT, 1.0, target=9))
-    without = _edit(bundle, work / "without", lambda m: m.pop("frozen"))
+    without = edited_bundle(bundle, work / "without", lambda m: m.pop("frozen"))
 
     def alarms(b):
         out = work / f"{b.name}.scores.csv"
@@ -100,35 +90,12 @@ def test_appliance_score_raises_the_alarm_on_a_stuck_sensor(rig):
     assert alone[FAULT_AT + 12:].mean() < 0.5
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda m: m["frozen"]["allowed_run"].update(nowhere=6), "frozen.allowed_run must map"),
-    (lambda m: m["frozen"]["allowed_run"].update(meas01=1), "frozen.allowed_run must map"),
-    (lambda m: m.update(frozen=[]), "'frozen' must be dict"),
-    (lambda m: m.update(format_version=4), "'horizon' needs format_version >= 5"),
-])
-def test_loader_refuses_a_bad_frozen_check(rig, tmp_path, change, message):
-    _, bundle = rig
-    with pytest.raises(BundleError, match=message):
-        load_bundle(_edit(bundle, tmp_path / "bad", change))
-
-
-def test_allowed_runs_are_signed_decision_values(rig, tmp_path):
-    _, bundle = rig
-    signed = decision_values(load_bundle(bundle).meta)
-    assert signed["frozen"]["allowed_run"]["meas01"] == 6
-    looser = _edit(bundle, tmp_path / "looser", lambda m: m["frozen"]["allowed_run"].update(meas01=20))
-    diff = compare_values(signed, decision_values(load_bundle(looser).meta))
-    assert diff is not None and diff.startswith("frozen")
-    off = _edit(bundle, tmp_path / "off", lambda m: m.pop("frozen"))
-    assert compare_values(signed, decision_values(load_bundle(off).meta)) is not None
-
-
 def test_a_runtime_grid_holding_values_longer_raises_the_allowed_run(rig):
     """A runtime configured with a longer staleness than training may hold a value over more missing
     reports; the detector is told so (``allow_held``) and does not call those repeats frozen."""
     _, bundle = rig
     det = Detector.load(bundle)
-    models_only = Detector(load_bundle(_edit(bundle, bundle.parent / "models_only", lambda m: m.pop("frozen"))))
+    models_only = Detector(load_bundle(edited_bundle(bundle, bundle.parent / "models_only", lambda m: m.pop("frozen"))))
     raw = ProcessModel(seed=11).run(60)
     raw[30:45, 3] = raw[29, 3]  # held over 15 missing reports (a 45-minute outage at 3 min)
     windows = sliding_windows(raw, det.window)

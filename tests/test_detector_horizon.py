@@ -7,8 +7,6 @@ release values, and replayed by ``appliance score`` from the first full span on.
 from __future__ import annotations
 
 import csv
-import json
-import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -20,9 +18,9 @@ from appliance.detector.scorer import Detector
 from appliance.detector.train import moving_mean, read_csv_rows, sliding_windows
 from appliance.sync.trust import compare_values, decision_values
 from firmware_sim.process import Fault, ProcessModel, write_process_csv
-from tests.support.detector import make_window
+from tests.support.detector import edited_bundle, make_window
 
-HORIZON = 4
+HORIZON = 8
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +32,6 @@ def rig(tmp_path_factory):
     assert main(["train", "--data", str(normal), "--period", "180", "--horizon", str(HORIZON),
                  "--settings", '{"level_free": ["meas01"], "max_iter": 60}', "--out", str(out)]) == 0
     return work, out
-
-
-def _edit(src, dst, fn):
-    shutil.copytree(src, dst)
-    meta = json.loads((dst / "bundle.json").read_text())
-    fn(meta)
-    (dst / "bundle.json").write_text(json.dumps(meta))
-    return dst
 
 
 def test_bundle_records_the_horizon_and_scores_windows_of_its_span(rig):
@@ -84,23 +74,30 @@ def test_score_is_the_mean_of_its_model_windows_errors(rig):
     (lambda m: m.update(horizon=0), "'horizon'=0 is invalid"),
     (lambda m: m.update(horizon=2.5), "'horizon' must be int"),
     (lambda m: m.update(format_version=3), "'horizon' needs format_version >= 5"),
+    (lambda m: m["frozen"]["allowed_run"].update(nowhere=6), "frozen.allowed_run must map"),
+    (lambda m: m["frozen"]["allowed_run"].update(meas01=1), "frozen.allowed_run must map"),
+    (lambda m: m.update(frozen=[]), "'frozen' must be dict"),
+    (lambda m: (m.pop("horizon"), m.update(format_version=3)), "'frozen' needs format_version >= 5"),
 ])
-def test_loader_refuses_a_bad_horizon(rig, tmp_path, change, message):
+def test_loader_refuses_bad_format_5_keys(rig, tmp_path, change, message):
     _, bundle = rig
     with pytest.raises(BundleError, match=message):
-        load_bundle(_edit(bundle, tmp_path / "bad", change))
+        load_bundle(edited_bundle(bundle, tmp_path / "bad", change))
 
 
-def test_horizon_is_a_signed_decision_value(rig, tmp_path):
+def test_horizon_and_allowed_runs_are_signed_decision_values(rig, tmp_path):
     _, bundle = rig
     signed = decision_values(load_bundle(bundle).meta)
-    assert signed["horizon"] == HORIZON
-    longer = _edit(bundle, tmp_path / "longer", lambda m: m.update(horizon=HORIZON + 6))
-    diff = compare_values(signed, decision_values(load_bundle(longer).meta))
-    assert diff is not None and diff.startswith("horizon")
-    # Bundles without a horizon sign none, so releases signed before it still compare equal.
-    without = {k: v for k, v in load_bundle(bundle).meta.items() if k != "horizon"}
-    assert "horizon" not in decision_values(without)
+    assert signed["horizon"] == HORIZON and signed["frozen"]["allowed_run"]["meas02"] == 6
+    for name, change, names in (("longer", lambda m: m.update(horizon=HORIZON + 6), "horizon"),
+                                ("looser", lambda m: m["frozen"]["allowed_run"].update(meas02=20), "frozen"),
+                                ("unwatched", lambda m: m.pop("frozen"), "frozen")):
+        edited = load_bundle(edited_bundle(bundle, tmp_path / name, change))
+        diff = compare_values(signed, decision_values(edited.meta))
+        assert diff is not None and diff.startswith(names), (name, diff)
+    # Bundles without them sign none, so releases signed before format 5 still compare equal.
+    without = {k: v for k, v in load_bundle(bundle).meta.items() if k not in ("horizon", "frozen")}
+    assert "horizon" not in decision_values(without) and "frozen" not in decision_values(without)
 
 
 def test_replay_scores_from_the_first_full_span(rig):

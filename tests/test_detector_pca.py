@@ -21,6 +21,7 @@ from appliance.detector.session import make_session, sensor_errors
 from appliance.detector.train import TrainSettings, read_csv_rows, sliding_windows, train_bundle
 from appliance.sync.trust import ReleaseCheckError, check_sane, compare_values, decision_values
 from firmware_sim.process import Fault, ProcessModel, write_process_csv
+from tests.support.detector import edited_bundle
 
 
 def _correlated_windows(seed: int, n: int = 400, window: int = 3) -> np.ndarray:
@@ -70,14 +71,6 @@ def rig(tmp_path_factory):
     return work, bundle, ae_only
 
 
-def _edit(src, dst, fn):
-    shutil.copytree(src, dst)
-    meta = json.loads((dst / "bundle.json").read_text())
-    fn(meta)
-    (dst / "bundle.json").write_text(json.dumps(meta))
-    return dst
-
-
 def test_bundle_records_the_member_and_its_threshold(rig):
     _, bundle, ae_only = rig
     b = load_bundle(bundle)
@@ -97,25 +90,25 @@ def test_bundle_records_the_member_and_its_threshold(rig):
                                             (None, "thresholds.pca must be finite and > 0")])
 def test_invalid_member_threshold_refused(rig, tmp_path, value, message):
     _, bundle, _ = rig
-    bad = _edit(bundle, tmp_path / "bad", lambda m: m["thresholds"].update(pca=value))
+    bad = edited_bundle(bundle, tmp_path / "bad", lambda m: m["thresholds"].update(pca=value))
     with pytest.raises(BundleError, match=message):
         load_bundle(bad)
 
 
 def test_member_files_and_keys_checked(rig, tmp_path):
     _, bundle, _ = rig
-    gone = _edit(bundle, tmp_path / "gone", lambda m: None)
+    gone = edited_bundle(bundle, tmp_path / "gone", lambda m: None)
     (gone / "model.pca.onnx").unlink()
     with pytest.raises(BundleError, match="missing member model file"):
         load_bundle(gone)
-    swapped = _edit(bundle, tmp_path / "swapped", lambda m: None)
+    swapped = edited_bundle(bundle, tmp_path / "swapped", lambda m: None)
     shutil.copyfile(bundle / "model.fp32.onnx", swapped / "model.pca.onnx")
     with pytest.raises(BundleError, match="model.pca.onnx: sha256 does not match"):
         load_bundle(swapped)
-    old_format = _edit(bundle, tmp_path / "v3", lambda m: m.update(format_version=3))
+    old_format = edited_bundle(bundle, tmp_path / "v3", lambda m: m.update(format_version=3))
     with pytest.raises(BundleError, match="'members' needs format_version >= 4"):
         load_bundle(old_format)
-    unknown = _edit(bundle, tmp_path / "unknown", lambda m: m["members"].update(tsquared={"file": "x.onnx"}))
+    unknown = edited_bundle(bundle, tmp_path / "unknown", lambda m: m["members"].update(tsquared={"file": "x.onnx"}))
     with pytest.raises(BundleError, match="unknown member 'tsquared'"):
         load_bundle(unknown)
 
@@ -126,10 +119,11 @@ def test_tampered_member_threshold_is_refused_by_the_signed_values(rig, tmp_path
     signed = decision_values(load_bundle(bundle).meta)
     assert "pca" in signed["thresholds"] and "model.pca.onnx" in signed["model_files"]
     check_sane(signed, "int8")
-    raised = _edit(bundle, tmp_path / "raised", lambda m: m["thresholds"].update(pca=m["thresholds"]["pca"] * 100))
+    raised = edited_bundle(bundle, tmp_path / "raised",
+                           lambda m: m["thresholds"].update(pca=m["thresholds"]["pca"] * 100))
     diff = compare_values(signed, decision_values(load_bundle(raised).meta))
     assert diff is not None and diff.startswith("thresholds.pca is ")
-    never = _edit(bundle, tmp_path / "never", lambda m: m["thresholds"].update(pca=1e9))
+    never = edited_bundle(bundle, tmp_path / "never", lambda m: m["thresholds"].update(pca=1e9))
     with pytest.raises(ReleaseCheckError, match="thresholds.pca"):
         check_sane(decision_values(json.loads((never / "bundle.json").read_text())), "int8")
 

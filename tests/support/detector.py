@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 
 from appliance.core import Window
@@ -49,3 +52,12 @@ def record_rows(db, rows: np.ndarray, asset: str, t0: float, alarms=()):
     assert store.flush(120), "the store did not commit the recorded rows"
     store.close()
     return db
+
+
+def edited_bundle(src, dst, change):
+    """A copy of bundle directory ``src`` at ``dst`` with ``change(meta)`` applied to its bundle.json."""
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "bundle.json").read_text())
+    change(meta)
+    (dst / "bundle.json").write_text(json.dumps(meta))
+    return dst
