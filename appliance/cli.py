@@ -140,8 +140,8 @@ def cmd_train(args) -> int:
                               ("lateness_s", args.lateness), ("max_iter", args.max_epochs)) if v is not None}
     if args.early_stopping:
         opts["early_stopping"] = True
-    if args.pca_member:
-        opts["pca_member"] = True
+    if args.pca_member is not None:
+        opts["pca_member"] = args.pca_member
     if args.settings:
         extra = _settings_object(args.settings, "appliance train")
         if extra is None:
@@ -359,9 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--max-epochs", type=int, help="training epoch cap (default 200)")
     t.add_argument("--early-stopping", action="store_true",
                    help="stop when the loss on held-back normal rows stops improving; keep the best epoch")
-    t.add_argument("--pca-member", action="store_true",
-                   help="also fit a linear PCA-Q member beside the autoencoder (see docs/detector.md: off by "
-                        "default, it raised false alarms on independent normal runs of the process rig)")
+    t.add_argument("--pca-member", action=argparse.BooleanOptionalAction, default=None,
+                   help="a linear PCA-Q member of the row-to-row changes beside the autoencoder (default: on "
+                        "where the score is averaged over several windows, i.e. slow processes; docs/detector.md)")
     t.add_argument("--settings", metavar="JSON",
                    help='any other training settings as a JSON object, e.g. \'{"threshold_rule": "pooled"}\' '
                         "(fields of appliance.detector.train.TrainSettings; for ablations)")

@@ -123,9 +123,10 @@ def test_too_few_windows_names_the_reason(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_pca_member_flag_writes_a_bundle_with_its_threshold_averaged_over_the_horizon(tmp_path, capsys):
-    """At 3 min the member comes with the default horizon (format 5): each model's error is averaged over
-    the horizon before the larger ratio is taken, against thresholds calibrated on averaged errors."""
+def test_a_slow_process_gets_the_changes_member_averaged_over_the_horizon(tmp_path, capsys):
+    """At 3 min the changes member comes with the default horizon (format 5): each model's error is averaged
+    over the horizon before the larger ratio is taken, against thresholds calibrated on averaged errors;
+    ``--no-pca-member`` leaves it out."""
     from dataclasses import replace
 
     from appliance.detector.bundle import load_bundle
@@ -134,10 +135,9 @@ def test_pca_member_flag_writes_a_bundle_with_its_threshold_averaged_over_the_ho
 
     data = slow_process_csv(tmp_path / "normal.csv", n=300)
     out = tmp_path / "bundle"
-    assert main(["train", "--data", str(data), "--period", "180", "--out", str(out), "--max-epochs", "5",
-                 "--pca-member"]) == 0
+    assert main(["train", "--data", str(data), "--period", "180", "--out", str(out), "--max-epochs", "5"]) == 0
     printed = capsys.readouterr().out
-    assert "pca member:" in printed and "components of the rows" in printed
+    assert "pca member:" in printed and "components of the changes" in printed
     bundle = load_bundle(out)
     assert bundle.meta["format_version"] == 5 and set(bundle.members) == {"pca"} and bundle.horizon == 20
     assert bundle.member_thresholds["pca"] == bundle.meta["thresholds"]["pca"] > 0
@@ -152,3 +152,6 @@ def test_pca_member_flag_writes_a_bundle_with_its_threshold_averaged_over_the_ho
     pca_alone = pca_alone / 1e30 * th_pca  # back from "AE threshold x ratio" to the member's own error
     expected = th * np.maximum(moving_mean(ae_alone, 20) / th, moving_mean(pca_alone, 20) / th_pca)
     np.testing.assert_allclose(both, expected, rtol=1e-4)
+    assert main(["train", "--data", str(data), "--period", "180", "--out", str(tmp_path / "alone"), "--max-epochs",
+                 "5", "--no-pca-member"]) == 0
+    assert load_bundle(tmp_path / "alone").members == {}

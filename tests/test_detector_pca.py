@@ -58,7 +58,8 @@ def rig(tmp_path_factory):
     """A bundle with the member, trained as ``appliance train --period 180`` would, and its AE-only twin."""
     work = tmp_path_factory.mktemp("pca")
     sensors, ts, rows = read_csv_rows(write_process_csv(work / "normal.csv", 500, seed=1))
-    bundle = train_bundle(rows, sensors, work / "B", TrainSettings(period_s=180.0, horizon=1, pca_member=True), ts=ts)
+    bundle = train_bundle(rows, sensors, work / "B", TrainSettings(period_s=180.0, horizon=1, pca_member=True,
+                                                                     pca_inputs="rows"), ts=ts)
     # The same autoencoder without its member: a format-3 bundle, as written before members existed.
     ae_only = work / "ae_only"
     shutil.copytree(bundle, ae_only)

@@ -318,12 +318,15 @@ class TrainSettings(BaseModel):
     its deviations from the window mean, ``"overall"`` by its whole spread (drift
     included, so its shape weighs less).
     ``prior_stride`` thins the windows of ``prior_rows`` (see :func:`train_bundle`).
-    ``pca_member``: also fit a linear member, PCA of each row's sensor vector scored
-    by its standardized Q residual (:mod:`appliance.detector.pca`), keeping the
-    fewest components that explain ``pca_variance`` of the training rows'
-    variance; it gets its own threshold by the same calibration rule and the
-    detector alarms on whichever model is further past its own threshold.
-    ``pca_inputs="changes"`` fits it to the row-to-row changes inside the window.
+    ``pca_member``: also fit a linear member, a PCA scored by its standardized Q
+    residual (:mod:`appliance.detector.pca`), keeping the fewest components that
+    explain ``pca_variance`` of the training data's variance; it gets its own
+    threshold by the same calibration rule and the detector alarms on whichever
+    model is further past its own threshold. Left out (None), it is on where the
+    score is averaged over several windows (``horizon`` > 1, slow processes) and
+    off otherwise. ``pca_inputs="changes"`` (default) fits it to the row-to-row
+    changes inside the window, ``"rows"`` to each row's sensor vector (which
+    alarmed on independent normal runs at other operating points, docs/detector.md).
     ``frozen_check``: watch every sensor that never stood still for long in the
     training rows for a value that stops changing (:mod:`appliance.detector.frozen`).
     ``int8_exclude``: ``"auto"`` quantizes everything and, only if the INT8 check
@@ -388,9 +391,9 @@ class TrainSettings(BaseModel):
     level_free_scale: Literal["window", "overall"] = "window"
     prior_stride: Whole = Field(5, ge=1)
     # the linear member (see docs/detector.md for the evidence behind the default)
-    pca_member: bool = False
+    pca_member: bool = None  # None: on where horizon > 1 (see _from_period)
     pca_variance: float = Field(0.99, gt=0, lt=1)
-    pca_inputs: Literal["rows", "changes"] = "rows"
+    pca_inputs: Literal["rows", "changes"] = "changes"
     # sensors whose value stops changing (see appliance/detector/frozen.py)
     frozen_check: bool = True
 
@@ -404,7 +407,12 @@ class TrainSettings(BaseModel):
                 and math.isfinite(period) and period > 0):
             return data  # the field's own validation names the problem
         derived = grid_defaults(float(period))
-        return {**data, **{k: v for k, v in derived.items() if data.get(k) is None}}
+        data = {**data, **{k: v for k, v in derived.items() if data.get(k) is None}}
+        horizon = data["horizon"]
+        if data.get("pca_member") is None and isinstance(horizon, int) and not isinstance(horizon, bool):
+            # Averaged windows are where the changes member measurably helped (docs/detector.md).
+            data["pca_member"] = horizon > 1
+        return data
 
     @field_validator("level_free", mode="before")
     @classmethod
