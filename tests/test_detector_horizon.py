@@ -115,3 +115,11 @@ def test_replay_scores_from_the_first_full_span(rig):
     _, _, rows = read_csv_rows(run)
     batch, _ = Detector(b).score_batch(sliding_windows(rows, b.span))
     np.testing.assert_allclose([float(s) for s in scores[b.span - 1:]], batch, rtol=1e-4)
+
+
+def test_too_few_rows_for_the_horizon_says_what_would_do(tmp_path, capsys):
+    data = write_process_csv(tmp_path / "short.csv", 100, seed=3)
+    assert main(["train", "--data", str(data), "--period", "180", "--out", str(tmp_path / "B")]) == 2
+    err = capsys.readouterr().err
+    assert "only 18 held-back windows; need >= 24" in err and "a shorter --horizon (now 20)" in err
+    assert "Traceback" not in err

@@ -695,9 +695,9 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
         raise ValueError(f"only {len(X_train)} training windows; need >= 10 {need}: "
                          + _windows_reason(grid, s, len(X_train), len(X_held)))
     if len(X_held) < 4 + s.horizon:
-        raise ValueError(f"only {len(X_held)} held-back windows; need >= {4 + s.horizon} (horizon "
-                         f"{s.horizon}) {need}: "
-                         + _windows_reason(grid, s, len(X_train), len(X_held)))
+        shorter = f"; more rows or a shorter --horizon (now {s.horizon}) would do" if s.horizon > 1 else ""
+        raise ValueError(f"only {len(X_held)} held-back windows; need >= {4 + s.horizon} {need}: "
+                         + _windows_reason(grid, s, len(X_train), len(X_held)) + shorter)
 
     use_cv = s.calibration == "cv" or (s.calibration == "auto" and len(X_held) < 1000)
     tracker = _Progress(progress, 1 + (s.cv_folds - 1 if use_cv else 0), s.max_iter)
