@@ -38,6 +38,7 @@ from appliance.actions.alarms import AlarmBook, AlarmCommandError
 from appliance.actions.decide import Decider
 from appliance.core import (HOOKS, Alarm, AlarmEvent, Counters, DeadLetter, EventKind, Input, MitigationAction,
                             ModeChange, ModelChange, Output, OutputContext, PluginEnv, Quality, Reading, overrides)
+from appliance.detector.frozen import held_rows
 from appliance.detector.windowing import WindowBuilder
 from appliance.ingest_health import log_sensor_changes
 from appliance.store import Store
@@ -140,7 +141,7 @@ class Appliance:
         self.windows = WindowBuilder(detector.sensors, w.period_s or detector.period_s, detector.window,
                                      w.stride or detector.stride, *grid_limits(w, detector))
         # Cells this grid may fill by holding a value over missing reports: never a frozen sensor.
-        self._held_rows = int(self.windows.staleness_s // self.windows.period_s)
+        self._held_rows = held_rows(self.windows.staleness_s, self.windows.period_s)
         _allow_held(detector, self._held_rows)
         self.alarms = AlarmBook(lambda: Decider.from_config(cfg.decision), on_peak=self._on_peak)
         self.watchdog = SensorWatchdog(detector.sensors, cfg.watchdog.silence_s)

@@ -32,12 +32,23 @@ again clears at once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 MIN_ALLOWED_RUN = 3
+
+
+def held_rows(staleness_s: float, period_s: float) -> int:
+    """Grid cells a window builder may fill by holding a value over missing reports.
+
+    >>> held_rows(900.0, 180.0), held_rows(5.0, 0.1)
+    (5, 50)
+    """
+    # Divide, then floor with a tolerance: 5.0 // 0.1 is 49.0 in binary floating point.
+    return int(math.floor(staleness_s / period_s + 1e-9))
 
 
 def longest_runs(rows: np.ndarray, spans: Sequence[tuple[int, int]] | None = None) -> np.ndarray:

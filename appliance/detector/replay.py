@@ -32,6 +32,7 @@ import numpy as np
 
 from appliance.actions.decide import Decider
 from appliance.detector.bundle import load_bundle
+from appliance.detector.frozen import held_rows
 from appliance.detector.scorer import Detector
 from appliance.detector.tables import read_table
 from appliance.detector.windowing import WindowBuilder, rows_as_readings
@@ -79,7 +80,7 @@ def replay_rows(detector: Detector, sensors: Sequence[str], ts: np.ndarray, rows
                             staleness_s if staleness_s is not None else (bundle.staleness_s or 5.0),
                             lateness_s if lateness_s is not None else (bundle.lateness_s if bundle.lateness_s
                                                                         is not None else 2.0))
-    detector.allow_held(int(builder.staleness_s // builder.period_s))  # as the runtime does
+    detector.allow_held(held_rows(builder.staleness_s, builder.period_s))  # as the runtime does
     cols = [sensors.index(s) for s in detector.sensors]
     t_end, value, active = [], [], []
     scored = incomplete = raised = over = 0

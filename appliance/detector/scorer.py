@@ -58,6 +58,13 @@ def contributions_from(sensor_err: np.ndarray) -> np.ndarray:
     return shares
 
 
+def _horizon_errors(windows: np.ndarray, recon: np.ndarray, horizon: int) -> np.ndarray:
+    """Per sensor, the mean squared error over each model window's rows, then over each run of
+    ``horizon`` consecutive model windows: ``(len(windows) // horizon, sensors)``."""
+    err = ((windows - recon) ** 2).mean(axis=1)
+    return err.reshape(len(err) // horizon, horizon, -1).mean(axis=1)
+
+
 class Detector:
     """Scores windows with a bundle's model. Build it with :meth:`load`."""
 
@@ -82,9 +89,9 @@ class Detector:
         self._flat = takes_flat_windows(self._session)
         self._index = {s: i for i, s in enumerate(self.sensors)}
         self._level_free = np.array([self._index[s] for s in bundle.level_free], dtype=int)
-        # Members are FP32 in both precisions; each scores against its own threshold.
         self._frozen = bundle.frozen
         self.held_rows = 0
+        # Members are FP32 in both precisions; each scores against its own threshold.
         self._members = [(name, make_session(p, threads=threads), bundle.member_thresholds[name])
                          for name, p in sorted(bundle.members.items())]
         logger.info("detector loaded bundle=%s version=%s precision=%s threads=%d sensors=%d window=%d horizon=%d",
@@ -163,11 +170,9 @@ class Detector:
                 chunk = np.lib.stride_tricks.sliding_window_view(chunk, w, axis=1).transpose(0, 1, 3, 2)
             chunk = np.ascontiguousarray(chunk).reshape(m * h, w, -1)
             center_levels(chunk, self._level_free)  # chunk is a copy when h > 1, else a slice of x
-            recon = reconstruct(self._session, chunk, self._flat)
-            sensor_err[i:i + m] = ((chunk - recon) ** 2).mean(axis=1).reshape(m, h, -1).mean(axis=1)
+            sensor_err[i:i + m] = _horizon_errors(chunk, reconstruct(self._session, chunk, self._flat), h)
             for (_, session, _), out in zip(self._members, member_err):
-                out[i:i + m] = ((chunk - reconstruct(session, chunk, True)) ** 2).mean(axis=1).reshape(
-                    m, h, -1).mean(axis=1)
+                out[i:i + m] = _horizon_errors(chunk, reconstruct(session, chunk, True), h)
         errors = sensor_err.mean(axis=1).astype(np.float64)
         sensor_err = sensor_err.astype(np.float64)
         if self._members:

@@ -44,7 +44,7 @@ from appliance.detector.autoencoder import TRAIN_BLAS_THREADS, WindowAutoencoder
 from appliance.detector.bundle import (FORMAT_VERSION, HORIZON_FORMAT_VERSION, MEMBERS_FORMAT_VERSION, Scaler,
                                        data_sha256, write_bundle)
 from appliance.detector.features import TREND_LIMIT, center_levels, trending_sensors
-from appliance.detector.frozen import FrozenCheck
+from appliance.detector.frozen import FrozenCheck, held_rows
 from appliance.detector.pca import PcaMember
 from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, gemm_nodes, probe_shift_for,
                                          probe_windows, quantize_model, verify_int8)
@@ -872,11 +872,9 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
                       for a, b, ta, tb in zip(ae_blocks, pca_blocks, ae_block_th, pca_block_th)]
                 expected.update(next_block=float(np.mean(nb)), next_block_worst=max(nb))
 
-        frozen = None
-        if s.frozen_check:
-            frozen = FrozenCheck.fit(grid_values, sensors, staleness_rows=int(s.staleness_s // s.period_s),
-                                     span=window + s.horizon - 1, spans=runs)
-        watched = frozen is not None and bool(frozen.allowed)
+        frozen = (FrozenCheck.fit(grid_values, sensors, staleness_rows=held_rows(s.staleness_s, s.period_s),
+                                  span=window + s.horizon - 1, spans=runs) if s.frozen_check else None)
+        watched = bool(frozen and frozen.allowed)
         fmt = (HORIZON_FORMAT_VERSION if s.horizon > 1 or watched
                else MEMBERS_FORMAT_VERSION if members else FORMAT_VERSION)
         digest = hashlib.sha256(fp32_path.read_bytes() + int8_path.read_bytes()).hexdigest()

@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 
 from appliance.detector.autoencoder import TRAIN_BLAS_THREADS
 from appliance.detector.bundle import HORIZON_FORMAT_VERSION, MODEL_FILES, data_sha256
-from appliance.detector.frozen import FrozenCheck
+from appliance.detector.frozen import FrozenCheck, held_rows
 from appliance.detector.quantize import probe_shift_for, probe_windows, write_int8_bundle
 from appliance.detector.session import make_session, sensor_errors
 from appliance.detector.train import STALENESS_PERIODS, calibrate_threshold
@@ -96,7 +96,8 @@ def _write(spec, weights, out_dir, rows, sensors, ts, client_thresholds, rule, f
         }
         # The frozen-sensor check is the model's neighbour, not part of it: learned from this
         # gateway's reference rows, on single windows (fleet thresholds are single-window ones).
-        frozen = FrozenCheck.fit(ref_rows, spec.sensors, staleness_rows=int(STALENESS_PERIODS), span=spec.window)
+        frozen = FrozenCheck.fit(ref_rows, spec.sensors, span=spec.window,
+                                 staleness_rows=held_rows(STALENESS_PERIODS * spec.period_s, spec.period_s))
         if frozen.allowed:
             meta.update(format_version=HORIZON_FORMAT_VERSION, horizon=1, frozen=frozen.to_dict())
         return write_int8_bundle(out_dir, fp32_path, s32, meta, calibration=calib, holdout=X_held,
