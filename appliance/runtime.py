@@ -182,8 +182,10 @@ class Appliance:
             self.counters.inc("overbooked", n)
         item = (readings, dead_letters, on_stored, n)
         if on_loop:
+            # Right away, in the input's own callback: a call_soon would cost every message a
+            # second turn of the loop (one more epoll_wait) before its decision.
             self._scheduled += 1
-            loop.call_soon(self._process, [item])
+            self._process([item])
             return
         # From an input's thread: one wake-up of the loop per burst of messages, not one per message.
         with self._handoff_lock:

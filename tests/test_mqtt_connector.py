@@ -670,3 +670,98 @@ def test_kill9_before_commit_redelivers_and_committed_messages_stay_acknowledged
     assert stored == [float(i) for i in range(10)]  # committed before their acks
     assert_redelivered(mosquitto.port, "kill9-store", must=range(10, 30), only=range(30),
                        what="redelivery of what was never committed")
+
+
+class _ScriptedBroker:
+    """Just enough of an MQTT 3.1.1 broker on a real socket to control how packets are cut into TCP writes."""
+
+    def __init__(self):
+        import socket
+
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.conn = None
+
+    def _read_packet(self) -> tuple[int, bytes]:
+        def exactly(n: int) -> bytes:
+            data = b""
+            while len(data) < n:
+                chunk = self.conn.recv(n - len(data))
+                assert chunk, "client closed the connection"
+                data += chunk
+            return data
+
+        first = exactly(1)[0]
+        length, shift = 0, 0
+        while True:
+            byte = exactly(1)[0]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        return first >> 4, exactly(length)
+
+    def accept_and_subscribe(self) -> None:
+        import struct
+
+        self.conn, _ = self.server.accept()
+        kind, _ = self._read_packet()
+        assert kind == 1, f"expected CONNECT, got packet type {kind}"
+        self.conn.sendall(b"\x20\x02\x00\x00")
+        kind, body = self._read_packet()
+        assert kind == 8, f"expected SUBSCRIBE, got packet type {kind}"
+        (mid,) = struct.unpack("!H", body[:2])
+        self.conn.sendall(b"\x90\x03" + struct.pack("!H", mid) + b"\x00")
+
+    @staticmethod
+    def publish_packet(topic: str, payload: bytes) -> bytes:
+        import struct
+
+        body = struct.pack("!H", len(topic)) + topic.encode() + payload  # QoS 0: no packet id
+        n, length = len(body), b""
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            length += bytes([byte | (0x80 if n else 0)])
+            if not n:
+                break
+        return b"\x30" + length + body
+
+    def close(self) -> None:
+        for s in (self.conn, self.server):
+            if s is not None:
+                s.close()
+
+
+def test_packets_cut_across_tcp_writes_and_larger_than_the_read_ahead_all_arrive():
+    # A read that took less than it asked for ends the wake-up without asking the kernel again;
+    # whatever arrives later (the rest of a packet, the next one) must still be read on the next one.
+    broker = _ScriptedBroker()
+    sink = MemorySink()
+    conn = MqttConnector(*make_cfg(broker.port))
+    accepting = threading.Thread(target=broker.accept_and_subscribe, daemon=True)
+    accepting.start()
+    try:
+        start(conn, sink)
+        accepting.join(30)
+
+        def value(v: float, pad: int = 0) -> bytes:
+            return json.dumps({"ts": time.time(), "value": v, "note": "x" * pad}).encode()
+
+        a = broker.publish_packet("plant/p1/Current", value(1.0))
+        b = broker.publish_packet("plant/p1/Current", value(2.0))
+        c = broker.publish_packet("plant/p1/Current", value(3.0))
+        big = broker.publish_packet("plant/p1/Current", value(4.0, pad=3 * mqtt_module._Client.READ_AHEAD))
+        broker.conn.sendall(a + b[:3])  # a whole packet and the start of the next one's header
+        wait_until(lambda: sink.values() == [1.0], what="the whole packet")
+        time.sleep(0.05)
+        broker.conn.sendall(b[3:] + c[:len(c) // 2])
+        wait_until(lambda: sink.values() == [1.0, 2.0], what="the packet whose header was cut")
+        time.sleep(0.05)
+        broker.conn.sendall(c[len(c) // 2:])
+        wait_until(lambda: sink.values() == [1.0, 2.0, 3.0], what="the packet cut in its payload")
+        broker.conn.sendall(big + a)
+        wait_until(lambda: len(sink.values()) + len(sink.dead) >= 5, what="a packet of several read-aheads and the next")
+        assert sink.values()[-1] == 1.0
+    finally:
+        stop(conn)
+        broker.close()

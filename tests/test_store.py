@@ -85,6 +85,29 @@ def test_the_linger_backs_off_when_arrivals_stall(tmp_path):
     st.close()
 
 
+def test_a_steady_trickle_is_grouped_and_the_writer_rests_when_it_stops(tmp_path):
+    # At a steady rate each wait starts as the last commit ends (no wake-up for the first item);
+    # once a wait gathers nothing the writer goes back to sleeping until something comes.
+    st = Store(tmp_path / "a.db", commit_linger_s=0.02, commit_linger_items=10_000)
+    st.start()
+    acked = []
+    for i in range(60):
+        st.put_reading(Reading("p", "a", 1000.0 + i, 1.0))
+        st.after_commit(lambda i=i: acked.append(i))
+        time.sleep(0.002)
+    assert st.flush()
+    assert acked == list(range(60))
+    assert st.counts()["readings"] == 60
+    assert st.committed_batches < 60  # grouped: some commits held several messages
+    resting = st.lingers
+    time.sleep(0.3)  # fifteen linger times with nothing queued
+    assert st.lingers <= resting + 1  # at most the one wait that found nothing, no spinning
+    st.put_reading(Reading("p", "a", 5000.0, 1.0))
+    assert st.flush()
+    assert st.counts()["readings"] == 61
+    st.close()
+
+
 def test_alarm_events_and_restore(tmp_path):
     st = Store(tmp_path / "a.db")
     st.start()

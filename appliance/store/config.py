@@ -14,7 +14,7 @@ class StoreConfig(Section):
     max_dead_letters: int = Field(100_000, ge=100, le=100_000_000, description="rows, enforced on every write")
     dead_letter_collapse_s: float = Field(60.0, ge=0, le=86400.0,
                                           description="an identical refusal within this is counted, not stored again")
-    commit_linger_ms: float = Field(4.0, ge=0, le=100.0,
+    commit_linger_ms: float = Field(10.0, ge=0, le=100.0,
                                     description="a small batch waits this long for more before its commit "
                                                 "(group commit; 0: commit at once)")
     commit_linger_items: int = Field(16, ge=1, le=100_000,

@@ -85,6 +85,7 @@ class _Client(paho.Client):
         self._rsock = None
         self._rbuf = b""
         self._rpos = 0
+        self._drained = False
         self._adopted = None
         self.after_read: Callable[[], None] | None = None  # called after each burst of reads
 
@@ -106,10 +107,17 @@ class _Client(paho.Client):
     # -- reading
     def _sock_recv(self, bufsize: int) -> bytes:
         if self._rsock is not self._sock:  # a new connection: nothing buffered belongs to it
-            self._rsock, self._rbuf, self._rpos = self._sock, b"", 0
+            self._rsock, self._rbuf, self._rpos, self._drained = self._sock, b"", 0, False
         buf, pos = self._rbuf, self._rpos
         if pos >= len(buf):
-            buf = super()._sock_recv(max(bufsize, self.READ_AHEAD))  # BlockingIOError when nothing came
+            if self._drained:
+                # The last read took less than it asked for: the kernel had no more then, and the
+                # selector (level-triggered) wakes the loop for whatever came since. Asking again
+                # now would cost one more system call per wake-up only to hear "nothing".
+                raise BlockingIOError
+            ask = max(bufsize, self.READ_AHEAD)
+            buf = super()._sock_recv(ask)  # BlockingIOError when nothing came
+            self._drained = 0 < len(buf) < ask
             if len(buf) <= bufsize:
                 self._rbuf, self._rpos = b"", 0
                 return buf
@@ -125,6 +133,7 @@ class _Client(paho.Client):
         # Every packet received so far, not one per wake-up: the loop's selector cannot see
         # the buffer, so it is always emptied before returning (the cap only stops fresh reads).
         n = 0
+        self._drained = False  # a fresh wake-up: the selector says there is something to read
         try:
             while True:
                 if self._sock is None:
