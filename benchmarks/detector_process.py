@@ -11,11 +11,17 @@ then every run is replayed with ``appliance score --bundle B --data run.csv
 * per fault class, the share of faulty rows in alarm (detection);
 * the bundle's own expected window exceedance, and training time.
 
+With several ``--train-seeds`` each seed's normal record trains its own bundle,
+and every figure is the mean over those bundles (each seed's own figures are in
+the JSON): one training record can be luckier than another, since 500 rows at
+3 min hold only a few excursions of disturbances that last hours.
+
 Goals (issue 14 item 7): rows in alarm on independent normal runs <= 2 %, mean
 detection over the detectable classes (all but ``small_step``) >= 80 %.
 
 Usage:
-  .venv/bin/python benchmarks/detector_process.py [--normal-runs 6] [--fault-seeds 2] [--out FILE] [--train-args ...]
+  .venv/bin/python benchmarks/detector_process.py [--train-seeds 1,7,42,99] [--normal-runs 6] [--fault-seeds 2]
+      [--out FILE] [--train-args ...]
 """
 
 from __future__ import annotations
@@ -60,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fault-at", type=int, default=160)
     ap.add_argument("--normal-runs", type=int, default=6)
     ap.add_argument("--fault-seeds", type=int, default=2, help="runs per fault class (different seeds and targets)")
-    ap.add_argument("--train-seed", type=int, default=1)
+    ap.add_argument("--train-seeds", default="1,7,42,99",
+                    help="comma-separated: one training record (and bundle) per seed; figures are their mean")
     ap.add_argument("--run-spread", type=float, default=0.25,
                     help="how much runs differ beyond noise (operating point, disturbance spread); 0: one point")
     ap.add_argument("--train-args", default="", help="extra arguments for appliance train (ablations)")
@@ -68,62 +75,88 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "detector_process.json"))
     a = ap.parse_args(argv)
 
+    seeds = [int(v) for v in a.train_seeds.split(",") if v.strip()]
+    detectable = [k for k in FAULTS if k not in UNDETECTABLE]
+    per_seed = []
     with tempfile.TemporaryDirectory(prefix="bench-process-") as tmpdir:
         work = Path(tmpdir)
-        normal = write_process_csv(work / "normal.csv", a.train_rows, seed=a.train_seed,
-                                   run_spread=a.run_spread)
-        started = time.perf_counter()
-        train = run_cli(["train", "--data", str(normal), "--period", "180", "--out", str(work / "B"),
-                         *shlex.split(a.train_args)])
-        train_s = time.perf_counter() - started
-        meta = json.loads((work / "B" / "bundle.json").read_text())
-
-        def score(run: Path) -> np.ndarray:
-            out = run.with_suffix(".scores.csv")
-            run_cli(["score", "--bundle", str(work / "B"), "--data", str(run), "--out", str(out)])
-            return alarms(out)
-
-        normal_share = []
-        for k in range(a.normal_runs):
-            run = write_process_csv(work / f"normal_{k}.csv", a.run_rows, seed=1000 + k, run_spread=a.run_spread)
-            normal_share.append(float(score(run).mean()))
-        detection: dict[str, list[float]] = {}
-        before_fault = []
+        runs = [write_process_csv(work / f"normal_{k}.csv", a.run_rows, seed=1000 + k, run_spread=a.run_spread)
+                for k in range(a.normal_runs)]
+        fault_runs = []
         for kind in FAULTS:
             for j in range(a.fault_seeds):
                 fault = Fault(kind, a.fault_at, 1.0, target=j + 1)
-                run = write_process_csv(work / f"{kind}_{j}.csv", a.run_rows, seed=2000 + 10 * j + FAULTS.index(kind),
-                                        fault=fault, run_spread=a.run_spread)
+                fault_runs.append((kind, write_process_csv(work / f"{kind}_{j}.csv", a.run_rows,
+                                                           seed=2000 + 10 * j + FAULTS.index(kind),
+                                                           fault=fault, run_spread=a.run_spread)))
+        for train_seed in seeds:
+            # Training seeds far from the runs' seeds (1000+, 2000+): no training record is also a test run.
+            normal = write_process_csv(work / f"train_{train_seed}.csv", a.train_rows, seed=train_seed,
+                                       run_spread=a.run_spread)
+            bundle = work / f"B{train_seed}"
+            started = time.perf_counter()
+            train = run_cli(["train", "--data", str(normal), "--period", "180", "--out", str(bundle),
+                             *shlex.split(a.train_args)])
+            train_s = time.perf_counter() - started
+            meta = json.loads((bundle / "bundle.json").read_text())
+
+            def score(run: Path) -> np.ndarray:
+                out = run.with_suffix(f".{train_seed}.scores.csv")
+                run_cli(["score", "--bundle", str(bundle), "--data", str(run), "--out", str(out)])
+                return alarms(out)
+
+            normal_share = [float(score(run).mean()) for run in runs]
+            detection: dict[str, list[float]] = {}
+            before_fault = []
+            for kind, run in fault_runs:
                 alarm = score(run)
                 detection.setdefault(kind, []).append(float(alarm[a.fault_at:].mean()))
                 before_fault.append(float(alarm[:a.fault_at].mean()))
+            one = {
+                "train_seed": train_seed, "train_seconds": round(train_s, 1),
+                "train_output": train.stdout.strip().splitlines(),
+                "window": meta["window"], "horizon": meta.get("horizon", 1),
+                "hidden": meta["training"]["model"]["hidden"],
+                "epochs": meta["training"]["model"]["epochs"], "stopped": meta["training"]["model"].get("stopped"),
+                "expected_window_exceedance": meta.get("expected_window_exceedance"),
+                "threshold_calibration": {k: v for k, v in meta["threshold_calibration"]["int8"].items()
+                                          if not isinstance(v, list)},
+                "normal_rows_in_alarm": normal_share, "normal_rows_in_alarm_mean": float(np.mean(normal_share)),
+                "prefault_rows_in_alarm_mean": float(np.mean(before_fault)),
+                "detection": {k: float(np.mean(v)) for k, v in detection.items()},
+                "detection_runs": detection,
+                "mean_detection_detectable": float(np.mean([np.mean(detection[k]) for k in detectable])),
+            }
+            per_seed.append(one)
+            print(f"train seed {train_seed}: normal rows in alarm {100 * one['normal_rows_in_alarm_mean']:.2f} % "
+                  f"(worst run {100 * max(normal_share):.1f} %), mean detection "
+                  f"{100 * one['mean_detection_detectable']:.1f} %, training {train_s:.1f} s", flush=True)
 
-    detectable = [k for k in FAULTS if k not in UNDETECTABLE]
+    all_normal = [v for one in per_seed for v in one["normal_rows_in_alarm"]]
     result = {
-        "label": a.label, "train_args": a.train_args, "run_spread": a.run_spread, "train_seconds": round(train_s, 1),
-        "train_output": train.stdout.strip().splitlines(),
-        "window": meta["window"], "hidden": meta["training"]["model"]["hidden"],
-        "epochs": meta["training"]["model"]["epochs"], "stopped": meta["training"]["model"].get("stopped"),
-        "expected_window_exceedance": meta.get("expected_window_exceedance"),
-        "threshold_calibration": {k: v for k, v in meta["threshold_calibration"]["int8"].items()
-                                  if not isinstance(v, list)},
-        "normal_rows_in_alarm": normal_share, "normal_rows_in_alarm_mean": float(np.mean(normal_share)),
-        "prefault_rows_in_alarm_mean": float(np.mean(before_fault)),
-        "detection": {k: float(np.mean(v)) for k, v in detection.items()},
-        "detection_runs": detection,
-        "mean_detection_detectable": float(np.mean([np.mean(detection[k]) for k in detectable])),
+        "label": a.label, "train_args": a.train_args, "run_spread": a.run_spread, "train_seeds": seeds,
+        "window": per_seed[0]["window"], "horizon": per_seed[0]["horizon"], "hidden": per_seed[0]["hidden"],
+        "train_seconds": [one["train_seconds"] for one in per_seed],
+        "normal_rows_in_alarm_mean": float(np.mean(all_normal)),
+        "normal_rows_in_alarm_worst_run": float(max(all_normal)),
+        "normal_rows_in_alarm_by_seed": {str(one["train_seed"]): one["normal_rows_in_alarm_mean"] for one in per_seed},
+        "prefault_rows_in_alarm_mean": float(np.mean([one["prefault_rows_in_alarm_mean"] for one in per_seed])),
+        "detection": {k: float(np.mean([one["detection"][k] for one in per_seed])) for k in FAULTS},
+        "mean_detection_detectable": float(np.mean([one["mean_detection_detectable"] for one in per_seed])),
+        "by_seed": per_seed,
     }
-    print(f"process benchmark ({a.label}): window {result['window']}, hidden {result['hidden']}, "
-          f"epochs {result['epochs']} ({result['stopped']}), training {train_s:.1f} s")
+    print(f"process benchmark ({a.label}): window {result['window']}, horizon {result['horizon']}, "
+          f"hidden {result['hidden']}, {len(seeds)} training seed(s), training {result['train_seconds']} s")
     print("| measure | value |\n|---|---|")
-    print(f"| rows in alarm, independent normal runs (mean; each) | {100 * result['normal_rows_in_alarm_mean']:.2f} % "
-          f"({', '.join(f'{100 * v:.1f}' for v in normal_share)}) |")
+    print(f"| rows in alarm, independent normal runs (mean over seeds and runs; worst run) | "
+          f"{100 * result['normal_rows_in_alarm_mean']:.2f} % ({100 * result['normal_rows_in_alarm_worst_run']:.1f} %) |")
+    print("| rows in alarm by training seed | " + ", ".join(
+        f"{k}: {100 * v:.2f} %" for k, v in result["normal_rows_in_alarm_by_seed"].items()) + " |")
     print(f"| rows in alarm before the fault (fault runs) | {100 * result['prefault_rows_in_alarm_mean']:.2f} % |")
     for k in FAULTS:
         print(f"| detection {k}{' (nearly invisible)' if k in UNDETECTABLE else ''} | "
               f"{100 * result['detection'][k]:.1f} % |")
     print(f"| mean detection, detectable classes | {100 * result['mean_detection_detectable']:.1f} % |")
-    print(f"| bundle's expected window exceedance | {result['expected_window_exceedance']} |")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
