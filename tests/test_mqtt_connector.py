@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -676,8 +678,6 @@ class _ScriptedBroker:
     """Just enough of an MQTT 3.1.1 broker on a real socket to control how packets are cut into TCP writes."""
 
     def __init__(self):
-        import socket
-
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.conn = None
@@ -702,8 +702,6 @@ class _ScriptedBroker:
         return first >> 4, exactly(length)
 
     def accept_and_subscribe(self) -> None:
-        import struct
-
         self.conn, _ = self.server.accept()
         kind, _ = self._read_packet()
         assert kind == 1, f"expected CONNECT, got packet type {kind}"
@@ -715,8 +713,6 @@ class _ScriptedBroker:
 
     @staticmethod
     def publish_packet(topic: str, payload: bytes) -> bytes:
-        import struct
-
         body = struct.pack("!H", len(topic)) + topic.encode() + payload  # QoS 0: no packet id
         n, length = len(body), b""
         while True:

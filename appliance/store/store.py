@@ -354,21 +354,15 @@ class Store:
         stopping = False
         steady = False
         while not stopping:
-            if steady:
-                # Arrivals went on through the last wait: the next one starts at once rather than
-                # at the next item, which saves the writer a wake-up per commit at a steady rate.
-                batch = []
-                self._take(batch)
-                steady = (len(batch) < self.commit_linger_items and _STOP not in batch
-                          and self._linger(batch))
-                if not batch:
-                    continue
-            else:
-                batch = [self._q.get()]
-                self._take(batch)
-                steady = (self.commit_linger_s > 0 and len(batch) < self.commit_linger_items
-                          and batch[-1] is not _STOP and self._linger(batch))
-            if batch[-1] is _STOP or _STOP in batch:
+            # While arrivals went on through the last wait, the next one starts at once rather than
+            # at the next item, which saves the writer a wake-up per commit at a steady rate.
+            batch = [] if steady else [self._q.get()]
+            self._take(batch)
+            steady = (self.commit_linger_s > 0 and len(batch) < self.commit_linger_items
+                      and _STOP not in batch and self._linger(batch))
+            if not batch:
+                continue
+            if _STOP in batch:
                 stopping = True
                 batch = [b for b in batch if b is not _STOP]
             callbacks = self._write_batch(conn, batch)
