@@ -232,7 +232,13 @@ class ConnectivityWindows:
         return self._current if self.is_open() else None
 
     async def wait_open(self) -> None:
-        await self._opened.wait()
+        """Until a window is open. One whose time ran out but whose close timer has not run yet is
+        not: returning for it would let a caller loop without ever yielding to that timer."""
+        while True:
+            await self._opened.wait()
+            if self.is_open():
+                return
+            await self._closed.wait()  # the close timer is due; let it run
 
     async def wait_closed(self, timeout: float | None = None) -> bool:
         """Wait until the window closes or ``timeout`` passes; True if it is closed."""
