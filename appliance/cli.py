@@ -140,8 +140,9 @@ def cmd_train(args) -> int:
                               ("lateness_s", args.lateness), ("max_iter", args.max_epochs)) if v is not None}
     if args.early_stopping:
         opts["early_stopping"] = True
-    if args.pca_member is not None:
-        opts["pca_member"] = args.pca_member
+    for member in ("pca_member", "distance_member"):
+        if getattr(args, member) is not None:
+            opts[member] = getattr(args, member)
     if args.settings:
         extra = _settings_object(args.settings, "appliance train")
         if extra is None:
@@ -182,11 +183,12 @@ def cmd_train(args) -> int:
     from appliance.detector.bundle import load_bundle
     bundle = load_bundle(out)
     print(f"bundle written: {out} (level-free sensors: {', '.join(bundle.level_free) or 'none'})")
-    if bundle.members:
-        pca = bundle.meta["members"]["pca"]
-        print(f"pca member: {pca['components']} components of the {pca['inputs']} "
-              f"({100 * pca['explained_variance']:.1f} % of their variance), threshold "
-              f"{bundle.member_thresholds['pca']:.4g}; the score is the larger ratio to its own threshold")
+    for name, member in bundle.meta.get("members", {}).items():
+        what = (f"{member['components']} components of the {member['inputs']} "
+                f"({100 * member['explained_variance']:.1f} % of their variance)" if member["kind"] == "pca_q"
+                else f"whitened distance of the {member['inputs']}")
+        print(f"{name} member: {what}, threshold {bundle.member_thresholds[name]:.4g}; "
+              "the score is the largest ratio of a model to its own threshold")
     model = bundle.meta["training"]["model"]
     if model.get("converged") is False:
         print(f"note: the model hit the epoch cap ({model['max_iter']} epochs) before its training loss settled; "
@@ -362,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--pca-member", action=argparse.BooleanOptionalAction, default=None,
                    help="a linear PCA-Q member of the row-to-row changes beside the autoencoder (default: on "
                         "where the score is averaged over several windows, i.e. slow processes; docs/detector.md)")
+    t.add_argument("--distance-member", action=argparse.BooleanOptionalAction, default=None,
+                   help="a member scoring the whitened distance of the row-to-row changes (a disturbance more "
+                        "lively than in training; default: on where --pca-member is)")
     t.add_argument("--settings", metavar="JSON",
                    help='any other training settings as a JSON object, e.g. \'{"threshold_rule": "pooled"}\' '
                         "(fields of appliance.detector.train.TrainSettings; for ablations)")

@@ -123,10 +123,10 @@ def test_too_few_windows_names_the_reason(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_a_slow_process_gets_the_changes_member_averaged_over_the_horizon(tmp_path, capsys):
-    """At 3 min the changes member comes with the default horizon (format 5): each model's error is averaged
-    over the horizon before the larger ratio is taken, against thresholds calibrated on averaged errors;
-    ``--no-pca-member`` leaves it out."""
+def test_a_slow_process_gets_the_changes_members_averaged_over_the_horizon(tmp_path, capsys):
+    """At 3 min both changes members (PCA-Q and the whitened distance) come with the default horizon
+    (format 5): each model's error is averaged over the horizon before the largest ratio is taken, against
+    thresholds calibrated on averaged errors; ``--no-pca-member --no-distance-member`` leaves them out."""
     from dataclasses import replace
 
     from appliance.detector.bundle import load_bundle
@@ -138,20 +138,25 @@ def test_a_slow_process_gets_the_changes_member_averaged_over_the_horizon(tmp_pa
     assert main(["train", "--data", str(data), "--period", "180", "--out", str(out), "--max-epochs", "5"]) == 0
     printed = capsys.readouterr().out
     assert "pca member:" in printed and "components of the changes" in printed
+    assert "distance member: whitened distance of the changes" in printed
     bundle = load_bundle(out)
-    assert bundle.meta["format_version"] == 5 and set(bundle.members) == {"pca"} and bundle.horizon == 20
-    assert bundle.member_thresholds["pca"] == bundle.meta["thresholds"]["pca"] > 0
-    assert bundle.meta["threshold_calibration"]["pca"]["horizon"] == 20
+    assert bundle.meta["format_version"] == 5 and set(bundle.members) == {"pca", "distance"} and bundle.horizon == 20
+    assert bundle.meta["members"]["distance"]["kind"] == "mahalanobis"
     _, _, rows = read_csv_rows(data)
-    th, th_pca = bundle.thresholds["int8"], bundle.member_thresholds["pca"]
-    both, _ = Detector(bundle).score_batch(sliding_windows(rows, bundle.span))
+    th = bundle.thresholds["int8"]
+    combined, _ = Detector(bundle).score_batch(sliding_windows(rows, bundle.span))
     ae_alone, _ = Detector(replace(bundle, horizon=1, members={}, member_thresholds={})).score_batch(
         sliding_windows(rows, bundle.window))
-    pca_only = replace(bundle, horizon=1, thresholds={"int8": 1e30, "fp32": 1e30})  # member's ratio always wins
-    pca_alone, _ = Detector(pca_only).score_batch(sliding_windows(rows, bundle.window))
-    pca_alone = pca_alone / 1e30 * th_pca  # back from "AE threshold x ratio" to the member's own error
-    expected = th * np.maximum(moving_mean(ae_alone, 20) / th, moving_mean(pca_alone, 20) / th_pca)
-    np.testing.assert_allclose(both, expected, rtol=1e-4)
+    ratios = [moving_mean(ae_alone, 20) / th]
+    for name, path in bundle.members.items():
+        own = bundle.member_thresholds[name]
+        assert own == bundle.meta["thresholds"][name] > 0
+        assert bundle.meta["threshold_calibration"][name]["horizon"] == 20
+        alone = replace(bundle, horizon=1, thresholds={"int8": 1e30, "fp32": 1e30},  # the member's ratio wins
+                        members={name: path}, member_thresholds={name: own})
+        errors, _ = Detector(alone).score_batch(sliding_windows(rows, bundle.window))
+        ratios.append(moving_mean(errors / 1e30 * own, 20) / own)  # back from "AE threshold x ratio"
+    np.testing.assert_allclose(combined, th * np.max(ratios, axis=0), rtol=1e-4)
     assert main(["train", "--data", str(data), "--period", "180", "--out", str(tmp_path / "alone"), "--max-epochs",
-                 "5", "--no-pca-member"]) == 0
+                 "5", "--no-pca-member", "--no-distance-member"]) == 0
     assert load_bundle(tmp_path / "alone").members == {}

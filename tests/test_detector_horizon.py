@@ -30,7 +30,8 @@ def rig(tmp_path_factory):
     normal = write_process_csv(work / "normal.csv", 400, seed=1)
     out = work / "B"
     assert main(["train", "--data", str(normal), "--period", "180", "--horizon", str(HORIZON),
-                 "--settings", '{"level_free": ["meas01"], "max_iter": 60, "pca_member": false}',
+                 "--settings", '{"level_free": ["meas01"], "max_iter": 60, "pca_member": false, '
+                 '"distance_member": false}',
                  "--out", str(out)]) == 0
     return work, out
 

@@ -24,10 +24,10 @@ from firmware_sim.process import Fault, ProcessModel, write_process_csv
 from tests.support.detector import edited_bundle
 
 
-def _correlated_windows(seed: int, n: int = 400, window: int = 3) -> np.ndarray:
+def _correlated_windows(seed: int, n: int = 400, window: int = 3, lively: float = 1.0) -> np.ndarray:
     mix = np.random.default_rng(99).standard_normal((3, 7))  # one process, several recordings
     rng = np.random.default_rng(seed)
-    latent = rng.standard_normal((n, 3))
+    latent = lively * rng.standard_normal((n, 3))
     rows = np.concatenate([latent, latent @ mix], axis=1) + 0.1 * rng.standard_normal((n, 10))
     return sliding_windows(rows, window).astype(np.float32)
 
@@ -178,3 +178,21 @@ def test_changes_member_exports_like_numpy_and_ignores_the_level():
     # A whole-window offset has no row-to-row change: the score does not move.
     np.testing.assert_allclose(member.errors(fresh + 3.0), member.errors(fresh), rtol=1e-4)
     assert float(member.errors(fresh[::5]).mean()) > 2 * float(member.errors(fresh[1::5]).mean())
+
+
+def test_distance_member_exports_like_numpy_and_sees_a_livelier_disturbance():
+    """The whitened distance of the changes: the graph scores as numpy does, a level offset does not move it,
+    and disturbances three times as lively along their usual directions do, where the Q residual stays put."""
+    X = _correlated_windows(2, window=5)
+    distance = PcaMember(inputs="changes", statistic="distance").fit(X)
+    q = PcaMember(variance=0.95, inputs="changes").fit(X)
+    assert distance.summary()["kind"] == "mahalanobis" and q.summary()["kind"] == "pca_q"
+    session = make_session(distance.to_onnx().SerializeToString())
+    fresh = _correlated_windows(3, window=5)
+    np.testing.assert_allclose(sensor_errors(session, fresh), distance.sensor_errors(fresh), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(distance.errors(fresh + 3.0), distance.errors(fresh), rtol=1e-4)
+    lively = _correlated_windows(3, window=5, lively=3.0)
+    gain = lambda m: float(m.errors(lively).mean() / m.errors(fresh).mean())  # noqa: E731
+    assert gain(distance) > 2.5 and gain(q) < 1.3, (gain(distance), gain(q))
+    with pytest.raises(ValueError, match="statistic must be one of"):
+        PcaMember(statistic="t2")

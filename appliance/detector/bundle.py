@@ -6,7 +6,8 @@
       model.int8.onnx   static-INT8 autoencoder (what the gateway runs)
       model.fp32.onnx   the same model in FP32 (reference, fallback)
                         (format 3: windows in and out flattened, [N, window * sensors])
-      model.pca.onnx    format 4 only: the linear PCA-Q member (FP32 in both precisions)
+      model.pca.onnx    formats 4-5: the linear PCA-Q member (FP32 in both precisions)
+      model.distance.onnx  format 5: the whitened distance of the row-to-row changes (FP32)
       bundle.json       metadata below
 
 ``bundle.json`` keys: ``format_version``, ``model_version`` (UTC time + content
@@ -73,8 +74,8 @@ READABLE_VERSIONS = (1, 2, 3, 4, 5)
 META_FILE = "bundle.json"
 MODEL_FILES = {"int8": "model.int8.onnx", "fp32": "model.fp32.onnx"}
 # Members a bundle may carry, by name: their ONNX file (FP32, used by both precisions) and kinds.
-MEMBER_FILES = {"pca": "model.pca.onnx"}
-MEMBER_KINDS = {"pca": "pca_q"}
+MEMBER_FILES = {"pca": "model.pca.onnx", "distance": "model.distance.onnx"}
+MEMBER_KINDS = {"pca": "pca_q", "distance": "mahalanobis"}
 
 
 class BundleError(ValueError):

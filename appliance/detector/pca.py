@@ -31,9 +31,16 @@ a run at another set point does not raise it, but blind to slow faults too; its
 graph is one ``Gemm`` on the flat window (the residual of each change is written
 to rows 1.. of the output, row 0 reproduces the input exactly).
 
-Hotelling's T² (the distance inside the subspace) was tried on the process rig
-and left out: it flagged 3.6 % of the rows of independent normal runs, which
-differ from the training run by their operating point (see docs/detector.md).
+``statistic="distance"`` scores the whole distance instead of the residual: each
+feature row is whitened by the training rows' covariance (``(f - mu) W`` with
+``W = V diag(1 / sd) V^T`` over every principal direction, ``sd`` floored), so
+the error is the squared Mahalanobis distance (Hotelling's T² over all
+directions), and a sensor's share is its component of the whitened row. On the
+rows it alarmed on independent normal runs at other operating points (3.6 % of
+their rows in a prototype); on the row-to-row changes it is blind to the
+operating point and sees a disturbance that varies more than it did in training
+*along* the directions it normally takes, which Q cannot (docs/detector.md). The
+graph is the same one ``Gemm``.
 
 Training only: the live path loads the exported graph, never this module.
 
@@ -47,6 +54,16 @@ Training only: the live path loads the exported graph, never this module.
 >>> stuck = X[100:101].copy(); stuck[0, :, 3] = 3.0
 >>> bool(m.errors(stuck)[0] > 20 * m.errors(X).mean())
 True
+
+The distance on the changes sees the same process move more than it did, along its usual directions:
+
+>>> d = PcaMember(inputs="changes", statistic="distance").fit(X)
+>>> q = PcaMember(variance=0.99, inputs="changes").fit(X)
+>>> lively = 3 * latent  # the same two disturbances, three times as lively
+>>> lively = np.concatenate([lively, lively @ [[1.0, 0.5], [0.3, -1.0]]], axis=1) + 0.05 * rng.standard_normal((400, 4))
+>>> L = np.stack([lively[i:i + 3] for i in range(397)]).astype(np.float32)
+>>> round(float(d.errors(L).mean() / d.errors(X).mean())), round(float(q.errors(L).mean() / q.errors(X).mean()))
+(5, 1)
 """
 
 from __future__ import annotations
@@ -66,18 +83,24 @@ logger = logging.getLogger(__name__)
 # A residual spread below this share of the median sensor's is floored: a sensor that the others
 # predict exactly (a duplicate, or a constant) must not turn rounding into a thousand-sigma error.
 SD_FLOOR = 0.05
+# What a member measures, by name, and the kind bundle.json records for it.
+STATISTICS = {"q": "pca_q", "distance": "mahalanobis"}
 
 
 class PcaMember:
-    """Per-row PCA with a standardized Q residual, fitted on scaled windows ``(n, window, sensors)``."""
+    """Per-row PCA with a standardized Q residual (or, ``statistic="distance"``, the whole whitened
+    distance), fitted on scaled windows ``(n, window, sensors)``."""
 
-    def __init__(self, variance: float = 0.99, inputs: str = "rows"):
+    def __init__(self, variance: float = 0.99, inputs: str = "rows", statistic: str = "q"):
         if not (isinstance(variance, float) and 0 < variance < 1):
             raise ValueError(f"variance must be a float in (0, 1), got {variance!r}")
         if inputs not in ("rows", "changes"):
             raise ValueError(f"inputs must be 'rows' or 'changes', got {inputs!r}")
+        if statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {sorted(STATISTICS)}, got {statistic!r}")
         self.variance = variance
         self.inputs = inputs
+        self.statistic = statistic
 
     def _features(self, X: np.ndarray) -> np.ndarray:
         """``(n, rows, sensors)`` float64: the window's rows, or its row-to-row changes."""
@@ -103,13 +126,23 @@ class PcaMember:
             raise ValueError("the training rows do not vary; a PCA member cannot be fitted")
         k = int(min(len(ev) - 1, np.searchsorted(np.cumsum(ev) / total, self.variance) + 1))
         k = max(k, 1)
-        P = vt[:k]
-        residual = (rows - mu) - (rows - mu) @ P.T @ P
-        sd = np.sqrt((residual ** 2).mean(axis=0))
-        floor = SD_FLOOR * float(np.median(sd)) if np.median(sd) > 0 else 1.0
-        self.mean_, self.components_ = mu, P
-        self.explained_variance_ratio_ = float(ev[:k].sum() / total)
-        self.residual_sd_ = np.maximum(sd, max(floor, 1e-9))
+        if self.statistic == "distance":
+            # Every direction counts, each in units of its own spread; a direction the training rows
+            # hardly move along is floored so that rounding cannot become a thousand-sigma distance.
+            spread = np.maximum(ev, max(SD_FLOOR ** 2 * float(np.median(ev)), 1e-12))
+            self.mean_, self.components_ = mu, vt
+            self.explained_variance_ratio_ = 1.0
+            self.residual_sd_ = np.sqrt(spread)  # per principal direction, not per sensor
+            self._map = vt.T @ (vt / self.residual_sd_[:, None])
+        else:
+            P = vt[:k]
+            residual = (rows - mu) - (rows - mu) @ P.T @ P
+            sd = np.sqrt((residual ** 2).mean(axis=0))
+            floor = SD_FLOOR * float(np.median(sd)) if np.median(sd) > 0 else 1.0
+            self.mean_, self.components_ = mu, P
+            self.explained_variance_ratio_ = float(ev[:k].sum() / total)
+            self.residual_sd_ = np.maximum(sd, max(floor, 1e-9))
+            self._map = (np.eye(s) - P.T @ P) / self.residual_sd_[None, :]
         self.window_, self.n_sensors_ = w, s
         self.best_epoch_ = 0  # read by cross-validation helpers written for the autoencoder
         logger.debug("pca member fitted rows=%d sensors=%d components=%d explained=%.4f", len(rows), s, k,
@@ -117,20 +150,14 @@ class PcaMember:
         return self
 
     def _linear(self) -> tuple[np.ndarray, np.ndarray]:
-        """``A, b`` with ``recon_row = row @ A + b`` (see the module docstring)."""
-        s = self.n_sensors_
-        residual_map = np.eye(s) - self.components_.T @ self.components_  # symmetric projector
-        inv_sd = 1.0 / self.residual_sd_
-        A = np.eye(s) - residual_map * inv_sd[None, :]
-        b = (self.mean_ @ residual_map) * inv_sd
-        return A, b
+        """``A, b`` with ``recon_row = row @ A + b``, so that ``row - recon_row = (row - mean) @ map``."""
+        return np.eye(self.n_sensors_) - self._map, self.mean_ @ self._map
 
     def sensor_errors(self, X) -> np.ndarray:
         """Mean squared standardized residual per window and sensor, ``(n, sensors)`` (float64, in numpy)."""
         X = check_windows(X, window=self.window_, n_sensors=self.n_sensors_)
         F = self._features(X)
-        residual = ((F - self.mean_) @ (np.eye(self.n_sensors_) - self.components_.T @ self.components_)
-                    / self.residual_sd_)
+        residual = (F - self.mean_) @ self._map
         # Summed over the feature rows and divided by the window's rows, as the graph's output is.
         return (residual ** 2).sum(axis=1) / self.window_
 
@@ -138,11 +165,13 @@ class PcaMember:
         return self.sensor_errors(X).mean(axis=1)
 
     def summary(self) -> dict:
-        return {"kind": "pca_q", "components": int(self.components_.shape[0]), "variance": self.variance,
+        return {"kind": STATISTICS[self.statistic], "components": int(self.components_.shape[0]),
+                "variance": self.variance,
                 "explained_variance": round(self.explained_variance_ratio_, 6),
                 "inputs": self.inputs,
                 "input": ("each row of the scaled window (the autoencoder's input)" if self.inputs == "rows" else
                           "each row-to-row change inside the scaled window (the autoencoder's input)"),
+                # q: each sensor's residual spread; distance: the spread along each principal direction
                 "residual_sd": [round(float(v), 6) for v in self.residual_sd_],
                 "precision": "fp32 (in both precisions)"}
 

@@ -41,8 +41,8 @@ from sklearn.base import clone
 from threadpoolctl import threadpool_limits
 
 from appliance.detector.autoencoder import TRAIN_BLAS_THREADS, WindowAutoencoder
-from appliance.detector.bundle import (FORMAT_VERSION, HORIZON_FORMAT_VERSION, MEMBERS_FORMAT_VERSION, Scaler,
-                                       data_sha256, write_bundle)
+from appliance.detector.bundle import (FORMAT_VERSION, HORIZON_FORMAT_VERSION, MEMBER_FILES,
+                                       MEMBERS_FORMAT_VERSION, Scaler, data_sha256, write_bundle)
 from appliance.detector.features import TREND_LIMIT, center_levels, trending_sensors
 from appliance.detector.frozen import FrozenCheck, held_rows
 from appliance.detector.pca import PcaMember
@@ -334,6 +334,17 @@ class TrainSettings(BaseModel):
     off otherwise. ``pca_inputs="changes"`` (default) fits it to the row-to-row
     changes inside the window, ``"rows"`` to each row's sensor vector (which
     alarmed on independent normal runs at other operating points, docs/detector.md).
+    ``distance_member``: also fit the whitened distance of the row-to-row changes
+    (``PcaMember(inputs="changes", statistic="distance")``, Hotelling's T² over every
+    direction): a disturbance that varies more than in training, along the
+    directions it usually takes, which neither the autoencoder nor Q sees. Left out
+    (None), on where ``horizon`` > 1, like ``pca_member``. Its error averages
+    hundreds of whitened changes, so it barely varies between the blocks of one
+    record, and a run whose disturbances are a little livelier sits just under
+    the calibrated threshold, where the debounce's clear level (0.8 x) holds an
+    alarm once raised; ``distance_margin`` raises its threshold by that factor
+    (1.05: the smallest that kept every training record of the process rig
+    under 2 % of normal rows in alarm, docs/detector.md).
     ``frozen_check``: watch every sensor that never stood still for long in the
     training rows for a value that stops changing (:mod:`appliance.detector.frozen`).
     ``int8_exclude``: ``"auto"`` quantizes everything and, only if the INT8 check
@@ -401,6 +412,8 @@ class TrainSettings(BaseModel):
     pca_member: bool = None  # None: on where horizon > 1 (see _from_period)
     pca_variance: float = Field(0.99, gt=0, lt=1)
     pca_inputs: Literal["rows", "changes"] = "changes"
+    distance_member: bool = None  # None: on where horizon > 1 (see _from_period)
+    distance_margin: float = Field(1.05, ge=1)
     # sensors whose value stops changing (see appliance/detector/frozen.py)
     frozen_check: bool = True
 
@@ -416,9 +429,11 @@ class TrainSettings(BaseModel):
         derived = grid_defaults(float(period))
         data = {**data, **{k: v for k, v in derived.items() if data.get(k) is None}}
         horizon = data["horizon"]
-        if data.get("pca_member") is None and isinstance(horizon, int) and not isinstance(horizon, bool):
-            # Averaged windows are where the changes member measurably helped (docs/detector.md).
-            data["pca_member"] = horizon > 1
+        if isinstance(horizon, int) and not isinstance(horizon, bool):
+            # Averaged windows are where the changes members measurably helped (docs/detector.md).
+            for member in ("pca_member", "distance_member"):
+                if data.get(member) is None:
+                    data[member] = horizon > 1
         if data.get("block_confidence") is None and isinstance(horizon, int) and not isinstance(horizon, bool):
             # Slow processes: a short record understates how far the next one goes (docs/detector.md).
             data["block_confidence"] = 0.99 if horizon > 1 else 0.95
@@ -446,11 +461,25 @@ class TrainSettings(BaseModel):
                              "a value held for less than one period makes every row missing")
         return self
 
+    def members(self) -> dict[str, Callable[[], PcaMember]]:
+        """The members these settings ask for, by bundle name: a maker of each (unfitted)."""
+        makers = {}
+        if self.pca_member:
+            makers["pca"] = lambda: PcaMember(self.pca_variance, self.pca_inputs)
+        if self.distance_member:
+            makers["distance"] = lambda: PcaMember(inputs="changes", statistic="distance")
+        return makers
+
     def autoencoder(self) -> WindowAutoencoder:
         """The (unfitted) autoencoder these settings describe."""
         return WindowAutoencoder(hidden=self.hidden, alpha=self.alpha, noise=self.noise, max_iter=self.max_iter,
                                  batch_size=self.batch_size, learning_rate_init=self.learning_rate_init,
                                  random_state=self.seed, patience=self.patience if self.early_stopping else None)
+
+
+# What each member's error is, for bundle.json's "score".
+MEMBER_SCORES = {"pca": "mean squared standardized Q residual of its rows or changes",
+                 "distance": "mean squared whitened row-to-row change (Mahalanobis)"}
 
 
 # ---------------------------------------------------------------- training
@@ -729,15 +758,15 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
         oof, oof_sizes = _cv_errors(scaled, train_spans, held_spans, window, s.train_stride, s.cv_folds,
                                     lambda: clone(fold_ae), prepare, X_prior,
                                     progress=fold_progress if progress is not None else None)
-    pca, pca_oof = None, np.empty(0)
-    if s.pca_member:
-        pca = PcaMember(s.pca_variance, s.pca_inputs).fit(
-            X_train if X_prior is None else np.concatenate([X_train, X_prior]))
+    fitted, member_oof = {}, {}
+    for name, make in s.members().items():
+        fitted[name] = make().fit(X_train if X_prior is None else np.concatenate([X_train, X_prior]))
+        member_oof[name] = np.empty(0)
         if use_cv:
-            pca_oof, pca_sizes = _cv_errors(scaled, train_spans, held_spans, window, s.train_stride, s.cv_folds,
-                                            lambda: PcaMember(s.pca_variance, s.pca_inputs), prepare, X_prior)
-            if pca_sizes != oof_sizes:  # same blocks and windows as the autoencoder's, by construction
-                raise RuntimeError(f"pca member blocks {pca_sizes} differ from the autoencoder's {oof_sizes}")
+            member_oof[name], sizes = _cv_errors(scaled, train_spans, held_spans, window, s.train_stride,
+                                                 s.cv_folds, make, prepare, X_prior)
+            if sizes != oof_sizes:  # same blocks and windows as the autoencoder's, by construction
+                raise RuntimeError(f"{name} member blocks {sizes} differ from the autoencoder's {oof_sizes}")
     fit_s = time.monotonic() - started
     calib = X_train[np.linspace(0, len(X_train) - 1, min(len(X_train), s.max_calibration_windows)).astype(int)]
 
@@ -749,7 +778,8 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
         s32 = make_session(fp32_path)
         e32 = sensor_errors(s32, X_held).mean(axis=1)
 
-        def threshold(held_errors: np.ndarray, oof_errors: np.ndarray, horizon: int = 1) -> tuple[float, dict]:
+        def threshold(held_errors: np.ndarray, oof_errors: np.ndarray, horizon: int = 1,
+                      scale: float = s.threshold_scale) -> tuple[float, dict]:
             # The unseen time blocks: out-of-fold blocks, then the held-back part, each averaged
             # over ``horizon`` consecutive windows as the live score is.
             blocks = np.split(oof_errors, np.cumsum(oof_sizes)[:-1]) if len(oof_errors) else []
@@ -766,11 +796,11 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             info.update(calibration="cv" if use_cv else "holdout", horizon=horizon,
                         holdout_windows=int(len(held_errors)),
                         oof_windows=int(len(oof_errors)), cv_blocks=oof_sizes,
-                        threshold_scale=s.threshold_scale, unscaled_threshold=th)
+                        threshold_scale=scale, unscaled_threshold=th)
             # What the threshold promises on normal data the model did not see: the design rate
             # (the tail fit's risk) and the share over it of each unseen time block (out-of-fold
             # blocks, then the held-back part); their spread shows how much a new day may differ.
-            final = th * s.threshold_scale
+            final = th * scale
             info.update(expected_window_exceedance=s.risk if info["rule"] == "pooled" else s.block_risk,
                         unseen_window_exceedance=float(np.mean(np.concatenate(blocks) > final)),
                         block_window_exceedance=[round(float(np.mean(b > final)), 5) for b in blocks])
@@ -784,8 +814,8 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
                                                s.init_quantile, s.margin)[0]
                     if s.threshold_rule == "next_block" and len(blocks) >= 4:
                         th_k = max(th_k, next_block_threshold(others, s.block_risk, s.block_confidence)[0])
-                    shares.append(float(np.mean(blocks[k] > th_k * s.threshold_scale)))
-                    block_thresholds.append(th_k * s.threshold_scale)
+                    shares.append(float(np.mean(blocks[k] > th_k * scale)))
+                    block_thresholds.append(th_k * scale)
                 info["next_block_window_exceedance"] = [round(v, 5) for v in shares]
                 info["_block_thresholds"] = block_thresholds
             return final, info
@@ -855,31 +885,34 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
                            if "next_block_window_exceedance" in info8 else None),
             "next_block_worst": (max(info8["next_block_window_exceedance"])
                                  if "next_block_window_exceedance" in info8 else None)}
-        members, member_files, member_meta, infop = {}, {}, {}, None
-        if pca is not None:
-            pca_path = tmp / "model.pca.onnx"
-            onnx.save(pca.to_onnx(), str(pca_path))
-            sp = make_session(pca_path)
-            ep = sensor_errors(sp, X_held).mean(axis=1)
-            thp, infop = threshold(ep, pca_oof, s.horizon)
-            pca_block_th = infop.pop("_block_thresholds", None)
-            members["pca"] = thp
-            member_files["pca"] = pca_path
-            member_meta["pca"] = {"file": "model.pca.onnx", **pca.summary()}
-            pca_blocks = [moving_mean(b, s.horizon) for b in
-                          (np.split(pca_oof, np.cumsum(oof_sizes)[:-1]) if len(pca_oof) else []) + [ep]]
-            pca_blocks = [b for b in pca_blocks if len(b)]
-            # The detector alarms when either model is past its own threshold: the combined share.
-            either = [(a > th8) | (b > thp) for a, b in zip(ae_blocks, pca_blocks)]
-            expected["by_model"] = {"autoencoder": dict(expected), "pca": {
-                "unseen_blocks": infop["unseen_window_exceedance"],
-                "next_block": (float(np.mean(infop["next_block_window_exceedance"]))
-                               if "next_block_window_exceedance" in infop else None)}}
+        members, member_files, member_meta, member_info = {}, {}, {}, {}
+        # Per model: its unseen blocks' averaged errors, its threshold, and each block's own threshold.
+        models = {"autoencoder": (ae_blocks, th8, ae_block_th)}
+        for name, member in fitted.items():
+            path = tmp / MEMBER_FILES[name]
+            onnx.save(member.to_onnx(), str(path))
+            held = sensor_errors(make_session(path), X_held).mean(axis=1)
+            th, info = threshold(held, member_oof[name], s.horizon,
+                                 s.threshold_scale * (s.distance_margin if name == "distance" else 1.0))
+            block_th = info.pop("_block_thresholds", None)
+            members[name], member_files[name], member_info[name] = th, path, info
+            member_meta[name] = {"file": MEMBER_FILES[name], **member.summary()}
+            blocks = (np.split(member_oof[name], np.cumsum(oof_sizes)[:-1]) if len(member_oof[name]) else [])
+            models[name] = ([b for b in (moving_mean(b, s.horizon) for b in [*blocks, held]) if len(b)], th, block_th)
+        if members:
+            # The detector alarms when any model is past its own threshold: the combined share.
+            expected["by_model"] = {"autoencoder": dict(expected), **{name: {
+                "unseen_blocks": info["unseen_window_exceedance"],
+                "next_block": (float(np.mean(info["next_block_window_exceedance"]))
+                               if "next_block_window_exceedance" in info else None)}
+                for name, info in member_info.items()}}
+            either = [np.any([blocks[i] > th for blocks, th, _ in models.values()], axis=0)
+                      for i in range(len(ae_blocks))]
             expected.update(unseen_blocks=float(np.mean(np.concatenate(either))),
                             worst_block=max(float(np.mean(e)) for e in either))
-            if ae_block_th is not None and pca_block_th is not None:
-                nb = [float(np.mean((a > ta) | (b > tb)))
-                      for a, b, ta, tb in zip(ae_blocks, pca_blocks, ae_block_th, pca_block_th)]
+            if all(block_th is not None for _, _, block_th in models.values()):
+                nb = [float(np.mean(np.any([blocks[i] > block_th[i] for blocks, _, block_th in models.values()],
+                                           axis=0))) for i in range(len(ae_blocks))]
                 expected.update(next_block=float(np.mean(nb)), next_block_worst=max(nb))
 
         frozen = (FrozenCheck.fit(grid_values, sensors, staleness_rows=held_rows(s.staleness_s, s.period_s),
@@ -905,12 +938,12 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             "level_free": level_free,
             "threshold": th8,
             "thresholds": {"int8": th8, "fp32": th32, **members},
-            "threshold_calibration": {"int8": info8, "fp32": info32, **({"pca": infop} if infop else {})},
+            "threshold_calibration": {"int8": info8, "fp32": info32, **member_info},
             # Share of windows of normal operation expected over the threshold (before debounce).
             "expected_window_exceedance": expected,
             "score": ("autoencoder threshold x the largest ratio of a model's error to its own threshold "
-                      "(autoencoder: mean squared reconstruction error of the scaled window; pca: mean squared "
-                      "standardized Q residual of its rows)" if members
+                      "(autoencoder: mean squared reconstruction error of the scaled window; "
+                      + "; ".join(f"{name}: {MEMBER_SCORES[name]}" for name in members) + ")" if members
                       else "mean squared reconstruction error of the scaled window"),
             "training": {
                 "data_sha256": data_sha256(sensors, source_rows),
