@@ -60,9 +60,12 @@ def run_cli(args: list[str]) -> subprocess.CompletedProcess:
     return done
 
 
-def alarms(scores_csv: Path) -> np.ndarray:
+def alarms(scores_csv: Path) -> tuple[np.ndarray, float]:
+    """The ``alarm`` column, and the share of scored windows over the threshold (before debounce)."""
     with scores_csv.open() as f:
-        return np.array([int(r["alarm"]) for r in csv.DictReader(f)])
+        rows = list(csv.DictReader(f))
+    scored = [float(r["score"]) > float(r["threshold"]) for r in rows if r["score"]]
+    return np.array([int(r["alarm"]) for r in rows]), float(np.mean(scored)) if scored else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,16 +109,17 @@ def main(argv: list[str] | None = None) -> int:
             train_s = time.perf_counter() - started
             meta = json.loads((bundle / "bundle.json").read_text())
 
-            def score(run: Path) -> np.ndarray:
+            def score(run: Path) -> tuple[np.ndarray, float]:
                 out = run.with_suffix(f".{train_seed}.scores.csv")
                 run_cli(["score", "--bundle", str(bundle), "--data", str(run), "--out", str(out)])
                 return alarms(out)
 
-            normal_share = [float(score(run).mean()) for run in runs]
+            normal = [score(run) for run in runs]
+            normal_share = [float(alarm.mean()) for alarm, _ in normal]
             detection: dict[str, list[float]] = {}
             before_fault = []
             for kind, run in fault_runs:
-                alarm = score(run)
+                alarm, _ = score(run)
                 detection.setdefault(kind, []).append(float(alarm[a.fault_at:].mean()))
                 before_fault.append(float(alarm[:a.fault_at].mean()))
             one = {
@@ -128,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                 "threshold_calibration": {k: v for k, v in meta["threshold_calibration"]["int8"].items()
                                           if not isinstance(v, list)},
                 "normal_rows_in_alarm": normal_share, "normal_rows_in_alarm_mean": float(np.mean(normal_share)),
+                # What the bundle promised (expected_window_exceedance) against what its windows did.
+                "normal_windows_over_threshold": float(np.mean([over for _, over in normal])),
                 "prefault_rows_in_alarm_mean": float(np.mean(before_fault)),
                 "detection": {k: float(np.mean(v)) for k, v in detection.items()},
                 "detection_runs": detection,
@@ -136,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
                                                                 if k != "small_step"])),
             }
             per_seed.append(one)
+            promised = one["expected_window_exceedance"] or {}
+            print(f"train seed {train_seed}: normal windows over the threshold "
+                  f"{100 * one['normal_windows_over_threshold']:.2f} % (the bundle expects "
+                  f"{100 * (promised.get('next_block') or 0):.2f} % next block, design "
+                  f"{100 * (promised.get('design') or 0):.2f} %)", flush=True)
             print(f"train seed {train_seed}: normal rows in alarm {100 * one['normal_rows_in_alarm_mean']:.2f} % "
                   f"(worst run {100 * max(normal_share):.1f} %), mean detection "
                   f"{100 * one['mean_detection_detectable']:.1f} %, training {train_s:.1f} s", flush=True)
@@ -149,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         "normal_rows_in_alarm_worst_run": float(max(all_normal)),
         "normal_rows_in_alarm_by_seed": {str(one["train_seed"]): one["normal_rows_in_alarm_mean"] for one in per_seed},
         "prefault_rows_in_alarm_mean": float(np.mean([one["prefault_rows_in_alarm_mean"] for one in per_seed])),
+        "normal_windows_over_threshold_mean": float(np.mean([one["normal_windows_over_threshold"]
+                                                             for one in per_seed])),
+        "expected_next_block_mean": float(np.mean([(one["expected_window_exceedance"] or {}).get("next_block") or 0.0
+                                                   for one in per_seed])),
         "detection": {k: float(np.mean([one["detection"][k] for one in per_seed])) for k in FAULTS},
         "detectable": detectable,
         "mean_detection_detectable": float(np.mean([one["mean_detection_detectable"] for one in per_seed])),
@@ -159,9 +174,13 @@ def main(argv: list[str] | None = None) -> int:
           f"hidden {result['hidden']}, {len(seeds)} training seed(s), training {result['train_seconds']} s")
     print("| measure | value |\n|---|---|")
     print(f"| rows in alarm, independent normal runs (mean over seeds and runs; worst run) | "
-          f"{100 * result['normal_rows_in_alarm_mean']:.2f} % ({100 * result['normal_rows_in_alarm_worst_run']:.1f} %) |")
+          f"{100 * result['normal_rows_in_alarm_mean']:.2f} % "
+          f"({100 * result['normal_rows_in_alarm_worst_run']:.1f} %) |")
     print("| rows in alarm by training seed | " + ", ".join(
         f"{k}: {100 * v:.2f} %" for k, v in result["normal_rows_in_alarm_by_seed"].items()) + " |")
+    print("| windows over the threshold, independent normal runs: observed / the bundles' next-block expectation | "
+          f"{100 * result['normal_windows_over_threshold_mean']:.2f} % / "
+          f"{100 * result['expected_next_block_mean']:.2f} % |")
     print(f"| rows in alarm before the fault (fault runs) | {100 * result['prefault_rows_in_alarm_mean']:.2f} % |")
     for k in FAULTS:
         print(f"| detection {k}{' (not detectable: oracle)' if k in UNDETECTABLE else ''} | "
