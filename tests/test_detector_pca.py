@@ -196,3 +196,17 @@ def test_distance_member_exports_like_numpy_and_sees_a_livelier_disturbance():
     assert gain(distance) > 2.5 and gain(q) < 1.3, (gain(distance), gain(q))
     with pytest.raises(ValueError, match="statistic must be one of"):
         PcaMember(statistic="t2")
+
+
+def test_distance_member_floors_directions_that_never_moved():
+    """Sensors that stood still in training (set points, switches) must not make every change infinite."""
+    X = _correlated_windows(4, window=5)
+    X[:, :, 3:] = 1.0  # seven of ten sensors constant
+    distance = PcaMember(inputs="changes", statistic="distance").fit(X)
+    normal = distance.errors(X)
+    # About one per moving sensor and change: 3 of 10 sensors, 4 changes in 5 rows.
+    assert np.isfinite(normal).all() and 0.15 < float(normal.mean()) < 0.4
+    moved = X[:20].copy()
+    moved[:, 2:, 5] += 0.01  # a still sensor steps by a hundredth of the moving sensors' spread
+    assert np.isfinite(distance.errors(moved)).all()
+    assert float(distance.errors(moved).max()) < 10  # unfloored: about 1e8

@@ -129,7 +129,9 @@ class PcaMember:
         if self.statistic == "distance":
             # Every direction counts, each in units of its own spread; a direction the training rows
             # hardly move along is floored so that rounding cannot become a thousand-sigma distance.
-            spread = np.maximum(ev, max(SD_FLOOR ** 2 * float(np.median(ev)), 1e-12))
+            # (Where most directions never move, e.g. mostly constant sensors, the mean is the typical one.)
+            typical = float(np.median(ev)) if np.median(ev) > 0 else float(np.mean(ev))
+            spread = np.maximum(ev, max(SD_FLOOR ** 2 * typical, 1e-12))
             self.mean_, self.components_ = mu, vt
             self.explained_variance_ratio_ = 1.0
             self.residual_sd_ = np.sqrt(spread)  # per principal direction, not per sensor
