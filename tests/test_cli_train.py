@@ -142,6 +142,10 @@ def test_a_slow_process_gets_the_changes_members_averaged_over_the_horizon(tmp_p
     bundle = load_bundle(out)
     assert bundle.meta["format_version"] == 5 and set(bundle.members) == {"pca", "distance"} and bundle.horizon == 20
     assert bundle.meta["members"]["distance"]["kind"] == "mahalanobis"
+    from appliance.sync.trust import decision_values
+    signed = decision_values(bundle.meta)  # a release signs both members' thresholds and files
+    assert {"pca", "distance"} <= set(signed["thresholds"])
+    assert {"model.pca.onnx", "model.distance.onnx"} <= set(signed["model_files"])
     _, _, rows = read_csv_rows(data)
     th = bundle.thresholds["int8"]
     combined, _ = Detector(bundle).score_batch(sliding_windows(rows, bundle.span))
