@@ -24,7 +24,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -34,8 +33,10 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "firmware-sim"))
 
+from benchmarks.common import write_results  # noqa: E402
 from process import FAULTS, Fault, ProcessModel  # noqa: E402
 
 SPAN = 22  # rows of one scored window at 3 min (3-row model windows x horizon 20)
@@ -96,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             result["detection"][kind] = found
             print(f"| {kind} | {100 * found['gradient_boosting']:.1f} % | {100 * found['logistic_regression']:.1f} % |",
                   flush=True)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"written {out}")
+    print(f"written {write_results(a.out, result)}")
     return 0
 
 

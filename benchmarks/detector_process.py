@@ -44,8 +44,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "firmware-sim"))
 
+from benchmarks.common import write_results  # noqa: E402
 from process import FAULTS, Fault, write_process_csv  # noqa: E402
 
 APPLIANCE = [sys.executable, "-m", "appliance.cli"]
@@ -188,10 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| mean detection, detectable classes ({', '.join(detectable)}) | "
           f"{100 * result['mean_detection_detectable']:.1f} % |")
     print(f"| mean detection, every class but small_step | {100 * result['mean_detection_but_small_step']:.1f} % |")
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"written {out}")
+    print(f"written {write_results(a.out, result)}")
     return 0
 
 
