@@ -142,6 +142,9 @@ def test_a_slow_process_gets_the_changes_members_averaged_over_the_horizon(tmp_p
     bundle = load_bundle(out)
     assert bundle.meta["format_version"] == 5 and set(bundle.members) == {"pca", "distance"} and bundle.horizon == 20
     assert bundle.meta["members"]["distance"]["kind"] == "mahalanobis"
+    calibration = bundle.meta["threshold_calibration"]
+    assert calibration["distance"]["threshold_scale"] == 1.05 and calibration["pca"]["threshold_scale"] == 1.0
+    assert bundle.member_thresholds["distance"] == pytest.approx(1.05 * calibration["distance"]["unscaled_threshold"])
     from appliance.sync.trust import decision_values
     signed = decision_values(bundle.meta)  # a release signs both members' thresholds and files
     assert {"pca", "distance"} <= set(signed["thresholds"])

@@ -461,13 +461,14 @@ class TrainSettings(BaseModel):
                              "a value held for less than one period makes every row missing")
         return self
 
-    def members(self) -> dict[str, Callable[[], PcaMember]]:
-        """The members these settings ask for, by bundle name: a maker of each (unfitted)."""
+    def members(self) -> dict[str, tuple[Callable[[], PcaMember], float]]:
+        """The members these settings ask for, by bundle name: a maker of each (unfitted), and the factor
+        on its calibrated threshold."""
         makers = {}
         if self.pca_member:
-            makers["pca"] = lambda: PcaMember(self.pca_variance, self.pca_inputs)
+            makers["pca"] = (lambda: PcaMember(self.pca_variance, self.pca_inputs), 1.0)
         if self.distance_member:
-            makers["distance"] = lambda: PcaMember(inputs="changes", statistic="distance")
+            makers["distance"] = (lambda: PcaMember(inputs="changes", statistic="distance"), self.distance_margin)
         return makers
 
     def autoencoder(self) -> WindowAutoencoder:
@@ -758,8 +759,8 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
         oof, oof_sizes = _cv_errors(scaled, train_spans, held_spans, window, s.train_stride, s.cv_folds,
                                     lambda: clone(fold_ae), prepare, X_prior,
                                     progress=fold_progress if progress is not None else None)
-    fitted, member_oof = {}, {}
-    for name, make in s.members().items():
+    fitted, member_oof, member_margin = {}, {}, {}
+    for name, (make, member_margin[name]) in s.members().items():
         fitted[name] = make().fit(X_train if X_prior is None else np.concatenate([X_train, X_prior]))
         member_oof[name] = np.empty(0)
         if use_cv:
@@ -892,8 +893,7 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             path = tmp / MEMBER_FILES[name]
             onnx.save(member.to_onnx(), str(path))
             held = sensor_errors(make_session(path), X_held).mean(axis=1)
-            th, info = threshold(held, member_oof[name], s.horizon,
-                                 s.threshold_scale * (s.distance_margin if name == "distance" else 1.0))
+            th, info = threshold(held, member_oof[name], s.horizon, s.threshold_scale * member_margin[name])
             block_th = info.pop("_block_thresholds", None)
             members[name], member_files[name], member_info[name] = th, path, info
             member_meta[name] = {"file": MEMBER_FILES[name], **member.summary()}
