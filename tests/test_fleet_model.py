@@ -6,6 +6,7 @@ itself runs when flwr cannot be imported at all.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,76 @@ def test_the_fleet_bundle_is_written_by_the_detectors_int8_path(release_bundles,
     assert bundle.meta["training"]["fleet"] == {"rounds": 1}
     assert bundle.meta["training"]["quantization"]["calibration_windows"] > 0
     assert (bundle.sensors, bundle.window) == (seed.sensors, seed.window)
+
+
+@pytest.fixture(scope="module")
+def slow_seed(tmp_path_factory):
+    """A seed bundle of a slow process (3 min, 3-row model windows averaged over a horizon of 8)."""
+    from appliance.detector.train import TrainSettings, read_csv_rows, train_bundle
+    from firmware_sim.process import write_process_csv
+
+    work = tmp_path_factory.mktemp("slow-fleet")
+    sensors, ts, rows = read_csv_rows(write_process_csv(work / "normal.csv", 400, seed=3))
+    bundle = train_bundle(rows, sensors, work / "seed", TrainSettings(
+        period_s=180.0, horizon=8, max_iter=40, pca_member=False, distance_member=False), ts=ts)
+    return bundle, sensors, ts, rows
+
+
+def test_a_slow_process_fleet_model_keeps_the_seeds_horizon_and_swaps_in_without_a_restart(slow_seed, tmp_path):
+    """The fleet model of a slow process averages its error over the seed's horizon, with thresholds on averaged
+    errors (the INT8 check still on single windows), so it scores the same span and a gateway can hot-swap it."""
+    from appliance.detector.bundle import load_bundle
+    from appliance.detector.train import calibrate_threshold, moving_mean
+    from appliance.fleet.export import write_fleet_bundle
+    from appliance.fleet.model import ModelSpec, averaged
+    from appliance.sync.shadow import compatibility
+
+    seed_dir, sensors, ts, rows = slow_seed
+    spec, weights = seed_from_bundle(seed_dir)
+    assert spec.horizon == 8 and ModelSpec.from_json(spec.to_json()) == spec
+    older = json.loads(spec.to_json())
+    del older["horizon"]  # a server from before horizons
+    assert ModelSpec.from_json(json.dumps(older)).horizon == 1
+    _, X_held = client_windows(spec, sensors, rows, ts, holdout=0.3)
+    errors = autoencoder(spec, weights).errors(X_held)
+    np.testing.assert_allclose(averaged(spec, errors), moving_mean(errors, 8))
+    client_th = calibrate_threshold(averaged(spec, errors))[0]  # what a client reports (client.py)
+
+    out = write_fleet_bundle(spec, weights, tmp_path / "fleet", reference_rows=rows, reference_sensors=sensors,
+                             reference_ts=ts, client_thresholds=[client_th, 2 * client_th, 3 * client_th], seed=1)
+    fleet, seed = load_bundle(out), load_bundle(seed_dir)
+    assert fleet.horizon == 8 and fleet.span == seed.span and fleet.meta["format_version"] == 5
+    assert compatibility(Detector(seed), Detector(fleet)) is None
+    assert fleet.thresholds["fp32"] == pytest.approx(2 * client_th)
+    calibration = fleet.meta["threshold_calibration"]
+    single_fp32, single_int8 = (calibration[p]["single_window_threshold"] for p in ("fp32", "int8"))
+    assert fleet.meta["int8_check"]["passed"] is True and calibration["int8"]["horizon"] == 8
+    assert fleet.thresholds["int8"] == pytest.approx(2 * client_th * single_int8 / single_fp32)
+    assert fleet.frozen is not None and max(fleet.frozen.allowed.values()) <= fleet.span
+    # The live score is the horizon's average, as the thresholds were calibrated.
+    span_windows = np.stack([rows[i:i + fleet.span] for i in range(0, 40)])
+    scores, _ = Detector(fleet, "fp32").score_batch(span_windows)
+    assert np.isfinite(scores).all()
+
+
+def test_too_few_held_back_windows_for_the_horizon_are_refused(slow_seed):
+    seed_dir, sensors, ts, rows = slow_seed
+    spec, _ = seed_from_bundle(seed_dir)
+    with pytest.raises(FleetModelError, match=r"need >= 10 and >= 12"):
+        client_windows(spec, sensors, rows[:60], ts[:60], holdout=0.1)
+
+
+def test_a_client_reports_the_threshold_of_averaged_errors(slow_seed):
+    pytest.importorskip("flwr", reason="the fleet extra (pip install .[fleet]) is not installed")
+    from appliance.detector.train import calibrate_threshold, moving_mean
+    from appliance.fleet.client import GatewayClient
+
+    seed_dir, sensors, ts, rows = slow_seed
+    spec, weights = seed_from_bundle(seed_dir)
+    loss, n, metrics = GatewayClient("g1", sensors, rows, ts).evaluate(weights, {"spec": spec.to_json(),
+                                                                                  "holdout": 0.3})
+    _, X_held = client_windows(spec, sensors, rows, ts, holdout=0.3)
+    errors = autoencoder(spec, weights).errors(X_held)
+    assert n == len(X_held) and loss == pytest.approx(float(np.mean(errors)))
+    assert metrics["threshold"] == pytest.approx(calibrate_threshold(moving_mean(errors, spec.horizon))[0])
+    assert metrics["threshold"] < calibrate_threshold(errors)[0]  # averaging narrows the normal spread

@@ -3,7 +3,8 @@
 Raw rows never leave the gateway: the client sends back the autoencoder's weights
 after ``epochs`` local passes (clipped by Flower's ``fixedclipping_mod`` when the
 server runs with DP) and, when asked to evaluate, the mean held-back error and
-the threshold it would calibrate on its own held-back windows. Importing this
+the threshold it would calibrate on its own held-back windows (their errors
+averaged over the model's horizon, as the live score is). Importing this
 module imports flwr.
 
 The rows are either given (CSV files: ``appliance fleet client --data``, the
@@ -37,7 +38,8 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from appliance.detector.train import calibrate_threshold
 from appliance.fleet.data import StoreSource
-from appliance.fleet.model import ModelSpec, autoencoder, client_windows, run_windows, train_local, update_norm
+from appliance.fleet.model import (ModelSpec, autoencoder, averaged, client_windows, run_windows, train_local,
+                                   update_norm)
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ class GatewayClient(NumPyClient):
     def evaluate(self, parameters, config):
         spec, _, X_held = self.windows(config)
         errors = autoencoder(spec, parameters).errors(X_held)
-        threshold, _ = calibrate_threshold(errors)
+        threshold, _ = calibrate_threshold(averaged(spec, errors))
         return float(np.mean(errors)), len(X_held), {"name": self.name, "threshold": float(threshold)}
 
 

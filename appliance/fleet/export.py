@@ -3,8 +3,9 @@
 The server holds no gateway's data, so two things a bundle needs come from elsewhere:
 
 * the **threshold**: every client calibrates the global model's threshold on its
-  own held-back normal windows (the detector's POT calibration) and reports that
-  one number; the fleet's FP32 threshold is their median (``[fleet] threshold``;
+  own held-back normal windows (the detector's POT calibration; on a slow process
+  their errors averaged over the seed bundle's ``horizon``, as the live score is)
+  and reports that one number; the fleet's FP32 threshold is their median (``[fleet] threshold``;
   ``max`` makes the fleet model quiet on every participating gateway's normal data
   at the price of sensitivity). A gateway whose own data disagrees finds out in its
   shadow run and keeps its model.
@@ -35,7 +36,7 @@ from appliance.detector.frozen import FrozenCheck, held_rows
 from appliance.detector.quantize import probe_shift_for, probe_windows, write_int8_bundle
 from appliance.detector.session import make_session, sensor_errors
 from appliance.detector.train import STALENESS_PERIODS, calibrate_threshold
-from appliance.fleet.model import ModelSpec, autoencoder, client_windows
+from appliance.fleet.model import ModelSpec, autoencoder, averaged, client_windows
 
 MAX_CALIBRATION_WINDOWS = 2000
 
@@ -70,15 +71,20 @@ def _write(spec, weights, out_dir, rows, sensors, ts, client_thresholds, rule, f
         fp32_path = Path(tmpdir) / MODEL_FILES["fp32"]
         onnx.save(ae.to_onnx(), str(fp32_path))
         s32 = make_session(fp32_path)
-        ref_th, ref_info = calibrate_threshold(sensor_errors(s32, X_held).mean(axis=1))
+        single = sensor_errors(s32, X_held).mean(axis=1)
+        ref_th, ref_info = calibrate_threshold(averaged(spec, single))
         if client_thresholds:
             th32 = fleet_threshold(client_thresholds, rule)
             info32 = {"method": f"fleet_{rule}", "client_thresholds": client_thresholds,
                       "reference_threshold": ref_th, "reference": ref_info}
         else:
             th32, info32 = ref_th, dict(ref_info, method=f"reference_{ref_info['method']}")
+        # INT8 is checked on single windows, where it agrees with FP32 or not, at the single-window
+        # threshold of the reference rows; a threshold on averaged errors is then carried over by the
+        # INT8 / FP32 threshold ratio the check settled on (as appliance train does).
+        check_th = th32 if spec.horizon == 1 else calibrate_threshold(single)[0]
         calib = X_train[np.linspace(0, len(X_train) - 1, min(len(X_train), MAX_CALIBRATION_WINDOWS)).astype(int)]
-        shift = probe_shift_for(th32, len(spec.sensors))
+        shift = probe_shift_for(check_th, len(spec.sensors))
         calib = np.concatenate([calib, probe_windows(calib, max_shift=shift, seed=seed + 1)])
         meta = {
             "sensors": list(spec.sensors),
@@ -95,11 +101,26 @@ def _write(spec, weights, out_dir, rows, sensors, ts, client_thresholds, rule, f
             },
         }
         # The frozen-sensor check is the model's neighbour, not part of it: learned from this
-        # gateway's reference rows, on single windows (fleet thresholds are single-window ones).
-        frozen = FrozenCheck.fit(ref_rows, spec.sensors, span=spec.window,
+        # gateway's reference rows, over the scored span.
+        frozen = FrozenCheck.fit(ref_rows, spec.sensors, span=spec.window + spec.horizon - 1,
                                  staleness_rows=held_rows(STALENESS_PERIODS * spec.period_s, spec.period_s))
+        if frozen.allowed or spec.horizon > 1:
+            meta.update(format_version=HORIZON_FORMAT_VERSION, horizon=spec.horizon)
         if frozen.allowed:
-            meta.update(format_version=HORIZON_FORMAT_VERSION, horizon=1, frozen=frozen.to_dict())
-        return write_int8_bundle(out_dir, fp32_path, s32, meta, calibration=calib, holdout=X_held,
-                                 threshold_fp32=th32, fp32_calibration=info32, seed=seed, probe_shift=shift,
-                                 version_tag="fleet")
+            meta["frozen"] = frozen.to_dict()
+        return write_int8_bundle(out_dir, fp32_path, s32, meta if spec.horizon == 1 else _averaged_meta(meta, th32),
+                                 calibration=calib, holdout=X_held, threshold_fp32=check_th, fp32_calibration=info32,
+                                 seed=seed, probe_shift=shift, version_tag="fleet")
+
+
+def _averaged_meta(meta: dict, th32: float):
+    """``meta`` for :func:`write_int8_bundle` when thresholds apply to averaged errors: the checked
+    single-window thresholds stay on record, and the INT8 one is carried over by their ratio."""
+    def complete(common: dict) -> dict:
+        single = common["thresholds"]
+        th8 = th32 * single["int8"] / single["fp32"]
+        calibration = {name: dict(info, single_window_threshold=single[name], horizon=meta["horizon"])
+                       for name, info in common["threshold_calibration"].items()}
+        return {**meta, "threshold": th8, "thresholds": {"int8": th8, "fp32": th32},
+                "threshold_calibration": calibration}
+    return complete

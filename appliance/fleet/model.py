@@ -39,7 +39,7 @@ from threadpoolctl import threadpool_limits
 from appliance.detector.autoencoder import TRAIN_BLAS_THREADS, WindowAutoencoder
 from appliance.detector.bundle import Scaler, load_bundle
 from appliance.detector.features import center_levels
-from appliance.detector.train import windows_in
+from appliance.detector.train import moving_mean, windows_in
 from appliance.detector.windowing import grid_rows, rows_as_readings
 
 
@@ -58,6 +58,9 @@ class ModelSpec:
     level_free: tuple[str, ...]
     hidden: tuple[int, ...]
     alpha: float = 1e-4
+    # Slow processes (format 5): thresholds are calibrated on the error averaged over this many
+    # consecutive windows, as the live score is; 1 where a single window is scored.
+    horizon: int = 1
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -78,7 +81,8 @@ class ModelSpec:
     def to_json(self) -> str:
         return json.dumps({"sensors": list(self.sensors), "window": self.window, "stride": self.stride,
                            "period_s": self.period_s, "center": list(self.center), "scale": list(self.scale),
-                           "level_free": list(self.level_free), "hidden": list(self.hidden), "alpha": self.alpha})
+                           "level_free": list(self.level_free), "hidden": list(self.hidden), "alpha": self.alpha,
+                           "horizon": self.horizon})
 
     @classmethod
     def from_json(cls, text: str) -> "ModelSpec":
@@ -88,12 +92,14 @@ class ModelSpec:
                        stride=int(d["stride"]), period_s=float(d["period_s"]),
                        center=tuple(float(v) for v in d["center"]), scale=tuple(float(v) for v in d["scale"]),
                        level_free=tuple(str(s) for s in d["level_free"]), hidden=tuple(int(h) for h in d["hidden"]),
-                       alpha=float(d["alpha"]))
+                       alpha=float(d["alpha"]), horizon=int(d.get("horizon", 1)))  # servers before horizons: 1
         except (KeyError, TypeError, ValueError) as e:
             raise FleetModelError(f"model spec from the server is malformed ({type(e).__name__}: {e})") from None
         if (len(spec.center) != len(spec.sensors) or len(spec.scale) != len(spec.sensors) or spec.window < 2
-                or not spec.hidden or min(spec.hidden) < 1 or not set(spec.level_free) <= set(spec.sensors)):
-            raise FleetModelError("model spec from the server is inconsistent (sensors, scaler, window, layers)")
+                or not spec.hidden or min(spec.hidden) < 1 or not set(spec.level_free) <= set(spec.sensors)
+                or not 1 <= spec.horizon <= 1000):
+            raise FleetModelError("model spec from the server is inconsistent (sensors, scaler, window, layers, "
+                                  "horizon)")
         return spec
 
     def check(self, weights: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -131,8 +137,14 @@ def seed_from_bundle(path: str | Path) -> tuple[ModelSpec, list[np.ndarray]]:
     model_meta = b.meta.get("training", {}).get("model", {})
     spec = ModelSpec(sensors=b.sensors, window=b.window, stride=b.stride, period_s=b.period_s,
                      center=tuple(float(v) for v in b.scaler.center), scale=tuple(float(v) for v in b.scaler.scale),
-                     level_free=b.level_free, hidden=hidden, alpha=float(model_meta.get("alpha", 1e-4)))
+                     level_free=b.level_free, hidden=hidden, alpha=float(model_meta.get("alpha", 1e-4)),
+                     horizon=b.horizon)
     return spec, spec.check(weights)
+
+
+def averaged(spec: ModelSpec, errors: np.ndarray) -> np.ndarray:
+    """Window errors as the live score sees them: averaged over the spec's horizon of consecutive windows."""
+    return moving_mean(np.asarray(errors, dtype=np.float64), spec.horizon)
 
 
 def _split_runs(runs: list[tuple[int, int]], n: int, holdout: float):
@@ -178,9 +190,10 @@ def run_windows(spec: ModelSpec, values: np.ndarray, runs: Sequence[tuple[int, i
     cols = np.array([spec.sensors.index(s) for s in spec.level_free], dtype=int)
     X_train = center_levels(windows_in(scaled, train, spec.window, 1), cols)
     X_held = center_levels(windows_in(scaled, held, spec.window, 1), cols)
-    if len(X_train) < 10 or len(X_held) < 5:
+    held_needed = max(5, spec.horizon + 4)  # a threshold on averaged errors needs a few averages
+    if len(X_train) < 10 or len(X_held) < held_needed:
         raise FleetModelError(f"{len(X_train)} training and {len(X_held)} held-back windows of {spec.window} rows; "
-                              f"need >= 10 and >= 5 (give more normal rows)")
+                              f"need >= 10 and >= {held_needed} (give more normal rows)")
     return X_train, X_held
 
 
