@@ -257,7 +257,8 @@ def _number(sensor: str, raw: object) -> tuple[float | None, tuple[DeadLetterCod
     if raw is None:
         return None, (DeadLetterCode.BAD_VALUE, f"sensor {sensor!r}: value is null")
     if not isinstance(raw, (int, float)):
-        return None, (DeadLetterCode.BAD_VALUE, f"sensor {sensor!r}: expected a number, got {type(raw).__name__} {_short(raw)}")
+        return None, (DeadLetterCode.BAD_VALUE,
+                      f"sensor {sensor!r}: expected a number, got {type(raw).__name__} {_short(raw)}")
     try:
         v = float(raw)
     except OverflowError:
@@ -349,17 +350,21 @@ def parse_payload(
     """
 
     if len(payload) > max_payload_bytes:
-        return _refuse(topic, payload, now, DeadLetterCode.TOO_LARGE, f"payload is {len(payload)} bytes, limit is {max_payload_bytes}")
+        return _refuse(topic, payload, now, DeadLetterCode.TOO_LARGE,
+                       f"payload is {len(payload)} bytes, limit is {max_payload_bytes}")
     asset = route.asset
     if not asset:
-        return _refuse(topic, payload, now, DeadLetterCode.BAD_TOPIC, f"empty asset level in pattern {route.pattern!r}")
+        return _refuse(topic, payload, now, DeadLetterCode.BAD_TOPIC,
+                       f"empty asset level in pattern {route.pattern!r}")
     if route.sensor is not None and not route.sensor:
-        return _refuse(topic, payload, now, DeadLetterCode.BAD_TOPIC, f"empty sensor level in pattern {route.pattern!r}")
+        return _refuse(topic, payload, now, DeadLetterCode.BAD_TOPIC,
+                       f"empty sensor level in pattern {route.pattern!r}")
     doc, why = _decode(payload)
     if why is not None:
         return _refuse(topic, payload, now, *why)
     if type(doc) is not dict:
-        return _refuse(topic, payload, now, DeadLetterCode.NOT_OBJECT, f"expected a JSON object, got {type(doc).__name__}")
+        return _refuse(topic, payload, now, DeadLetterCode.NOT_OBJECT,
+                       f"expected a JSON object, got {type(doc).__name__}")
 
     raw_ts = doc.get("ts", _NOT_PARSED)
     if raw_ts is _NOT_PARSED:
@@ -369,14 +374,15 @@ def parse_payload(
     except ValueError as e:
         return _refuse(topic, payload, now, DeadLetterCode.BAD_TS, f"{e}")
     if ts < min_timestamp:
-        return _refuse(topic, payload, now, DeadLetterCode.TS_TOO_OLD, f"ts {ts:.3f} ({_iso(ts)}) is before min_timestamp "
-                      f"{min_timestamp:.0f} ({_iso(min_timestamp)})")
+        return _refuse(topic, payload, now, DeadLetterCode.TS_TOO_OLD,
+                       f"ts {ts:.3f} ({_iso(ts)}) is before min_timestamp {min_timestamp:.0f} ({_iso(min_timestamp)})")
     if ts > now + max_future_skew_s:
         hint = ""
         if ts_unit != "auto" and not isinstance(raw_ts, str) and ts_unit_of(raw_ts) != ts_unit:
             hint = f"; looks like {ts_unit_of(raw_ts)}, but ts_unit is {ts_unit!r} (\"auto\" reads any)"
-        return _refuse(topic, payload, now, DeadLetterCode.TS_IN_FUTURE, f"ts {ts:.3f} ({_iso(ts)}) is {ts - now:.0f} s ahead of the "
-                      f"gateway clock, max_future_skew_s is {max_future_skew_s:g}{hint}")
+        return _refuse(topic, payload, now, DeadLetterCode.TS_IN_FUTURE,
+                       f"ts {ts:.3f} ({_iso(ts)}) is {ts - now:.0f} s ahead of the gateway clock, "
+                       f"max_future_skew_s is {max_future_skew_s:g}{hint}")
 
     quality = _GOOD
     if "quality" in doc:
@@ -386,7 +392,8 @@ def parse_payload(
             return _refuse(topic, payload, now, DeadLetterCode.BAD_QUALITY, str(e))
     historical = doc.get("historical", False)
     if historical is not False and historical is not True:
-        return _refuse(topic, payload, now, DeadLetterCode.BAD_HISTORICAL, f"'historical' must be true or false, got {_short(historical)}")
+        return _refuse(topic, payload, now, DeadLetterCode.BAD_HISTORICAL,
+                       f"'historical' must be true or false, got {_short(historical)}")
     historical = historical or route.historical
 
     has_one, has_many = "value" in doc, "values" in doc
@@ -394,17 +401,19 @@ def parse_payload(
         return _refuse(topic, payload, now, DeadLetterCode.AMBIGUOUS_VALUE, "payload has both 'value' and 'values'")
     if has_one:
         if route.sensor is None:
-            return _refuse(topic, payload, now, DeadLetterCode.SHAPE_MISMATCH, f"single 'value' on a topic without a {{sensor}} level "
-                          f"(pattern {route.pattern!r}); use 'values': {{sensor: value}}")
+            return _refuse(topic, payload, now, DeadLetterCode.SHAPE_MISMATCH,
+                           f"single 'value' on a topic without a {{sensor}} level (pattern {route.pattern!r}); "
+                           "use 'values': {sensor: value}")
         items = ((route.sensor, doc["value"]),)
     elif has_many:
         if route.sensor is not None:
-            return _refuse(topic, payload, now, DeadLetterCode.SHAPE_MISMATCH, f"'values' on a per-sensor topic (pattern {route.pattern!r}, "
-                          f"sensor {route.sensor!r}); use 'value'")
+            return _refuse(topic, payload, now, DeadLetterCode.SHAPE_MISMATCH,
+                           f"'values' on a per-sensor topic (pattern {route.pattern!r}, sensor {route.sensor!r}); "
+                           "use 'value'")
         values = doc["values"]
         if type(values) is not dict:
-            return _refuse(topic, payload, now, DeadLetterCode.BAD_VALUE, f"'values' must be an object of sensor: number, "
-                          f"got {type(values).__name__}")
+            return _refuse(topic, payload, now, DeadLetterCode.BAD_VALUE,
+                           f"'values' must be an object of sensor: number, got {type(values).__name__}")
         if not values:
             return _refuse(topic, payload, now, DeadLetterCode.EMPTY_VALUES, "'values' has no sensors")
         items = values.items()
