@@ -268,29 +268,30 @@ def _ratio_threshold(threshold_fp32: float) -> Int8Threshold:
     return carry
 
 
-def write_int8_bundle(out_dir: str | Path, fp32_path: Path, fp32: ort.InferenceSession,
-                      meta: dict | Callable[[dict], dict], *, calibration: np.ndarray, holdout: np.ndarray,
-                      threshold_fp32: float, fp32_calibration: dict, int8_threshold: Int8Threshold | None = None,
-                      attempts: Sequence[Sequence[str]] | None = None, mappings: Sequence[str] = ("ratio",),
-                      limits: CheckLimits = CheckLimits(), seed: int = 0, probe_shift: float = 4.0,
-                      per_channel: bool = True, calibrate_method: str = "minmax", version_tag: str = "") -> Path:
-    """Quantize the FP32 model at ``fp32_path`` to INT8, check it, and write the bundle; return its path.
+@dataclass
+class CheckedInt8:
+    """An INT8 model that passed :func:`verify_int8`: its session, held-back errors and threshold."""
+
+    session: ort.InferenceSession
+    errors: np.ndarray     # mean error of each held-back window
+    ratio: float           # median INT8 / FP32 error ratio on the held-back windows
+    threshold: float
+    calibration: dict      # how the threshold was found
+    check: dict            # verify_int8's report, with the nodes kept in FP32 and the mapping used
+
+
+def quantize_checked(fp32_path: Path, int8_path: Path, fp32: ort.InferenceSession, *, calibration: np.ndarray,
+                     holdout: np.ndarray, threshold_fp32: float, int8_threshold: Int8Threshold | None = None,
+                     attempts: Sequence[Sequence[str]] | None = None, mappings: Sequence[str] = ("ratio",),
+                     limits: CheckLimits = CheckLimits(), seed: int = 0, probe_shift: float = 4.0,
+                     per_channel: bool = True, calibrate_method: str = "minmax") -> CheckedInt8:
+    """Quantize the FP32 model at ``fp32_path`` to ``int8_path`` until :func:`verify_int8` passes.
 
     Tries each threshold ``mapping`` with each ``attempts`` entry (the nodes kept in
-    FP32; default: none, then the output Gemm) until :func:`verify_int8` passes on
-    ``holdout``, or raises the last :class:`QuantizationCheckError`. The INT8 model is
-    written beside ``fp32_path``. ``int8_threshold`` gives each attempt's INT8
+    FP32; default: none, then the output Gemm) on ``holdout``, or raises the last
+    :class:`QuantizationCheckError`. ``int8_threshold`` gives each attempt's INT8
     threshold (default: the FP32 one times the median INT8/FP32 error ratio).
-
-    ``meta`` is the model's own part of ``bundle.json`` (sensors, window, scaler,
-    ``training`` ...), or a function returning it from what every bundle says the
-    same way and this writes anyway: format and model version, creation time,
-    ``threshold``, ``thresholds`` and ``threshold_calibration`` (INT8 and FP32), the
-    score, the INT8 check. What ``meta`` gives wins (a bundle with more models says
-    its own format version and thresholds); ``training.quantization`` is added.
     """
-    fp32_path = Path(fp32_path)
-    int8_path = fp32_path.with_name(MODEL_FILES["int8"])
     if attempts is None:
         attempts = [(), (gemm_nodes(onnx.load(str(fp32_path)))[-1],)]
     threshold_of = int8_threshold or _ratio_threshold(threshold_fp32)
@@ -310,9 +311,33 @@ def write_int8_bundle(out_dir: str | Path, fp32_path: Path, fp32: ort.InferenceS
             failure = e
             continue
         check.update(fp32_nodes=list(exclude), threshold_mapping=mapping)
-        break
-    else:
-        raise failure if failure is not None else ValueError("no INT8 attempt to make")
+        return CheckedInt8(s8, e8, ratio, th8, info8, check)
+    raise failure if failure is not None else ValueError("no INT8 attempt to make")
+
+
+def write_int8_bundle(out_dir: str | Path, fp32_path: Path, fp32: ort.InferenceSession,
+                      meta: dict | Callable[[dict], dict], *, calibration: np.ndarray, holdout: np.ndarray,
+                      threshold_fp32: float, fp32_calibration: dict, int8_threshold: Int8Threshold | None = None,
+                      attempts: Sequence[Sequence[str]] | None = None, mappings: Sequence[str] = ("ratio",),
+                      limits: CheckLimits = CheckLimits(), seed: int = 0, probe_shift: float = 4.0,
+                      per_channel: bool = True, calibrate_method: str = "minmax", version_tag: str = "") -> Path:
+    """:func:`quantize_checked`, then write the bundle; return its path. The INT8 model is written
+    beside ``fp32_path``.
+
+    ``meta`` is the model's own part of ``bundle.json`` (sensors, window, scaler,
+    ``training`` ...), or a function returning it from what every bundle says the
+    same way and this writes anyway: format and model version, creation time,
+    ``threshold``, ``thresholds`` and ``threshold_calibration`` (INT8 and FP32), the
+    score, the INT8 check. What ``meta`` gives wins (a bundle with more models says
+    its own format version and thresholds); ``training.quantization`` is added.
+    """
+    fp32_path = Path(fp32_path)
+    int8_path = fp32_path.with_name(MODEL_FILES["int8"])
+    int8 = quantize_checked(fp32_path, int8_path, fp32, calibration=calibration, holdout=holdout,
+                            threshold_fp32=threshold_fp32, int8_threshold=int8_threshold, attempts=attempts,
+                            mappings=mappings, limits=limits, seed=seed, probe_shift=probe_shift,
+                            per_channel=per_channel, calibrate_method=calibrate_method)
+    th8, info8, check = int8.threshold, int8.calibration, int8.check
 
     digest = hashlib.sha256(fp32_path.read_bytes() + int8_path.read_bytes()).hexdigest()
     created = datetime.now(timezone.utc)

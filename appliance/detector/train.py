@@ -46,8 +46,8 @@ from appliance.detector.bundle import (FORMAT_VERSION, HORIZON_FORMAT_VERSION, M
 from appliance.detector.features import TREND_LIMIT, center_levels, trending_sensors
 from appliance.detector.frozen import FrozenCheck, held_rows
 from appliance.detector.pca import PcaMember
-from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, gemm_nodes, probe_shift_for,
-                                         probe_windows, quantize_model, verify_int8)
+from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, probe_shift_for, probe_windows,
+                                         quantize_checked)
 from appliance.detector.session import make_session, sensor_errors
 # Re-exported: training's callers read their CSV files from here.
 from appliance.detector.tables import LABEL_COLUMNS, TIME_COLUMNS, parse_time, read_csv, read_csv_rows  # noqa: F401
@@ -774,8 +774,7 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
     with tempfile.TemporaryDirectory(prefix="appliance-train-") as tmpdir:
         tmp = Path(tmpdir)
         fp32_path, int8_path = tmp / "model.fp32.onnx", tmp / "model.int8.onnx"
-        model = ae.to_onnx()
-        onnx.save(model, str(fp32_path))
+        onnx.save(ae.to_onnx(), str(fp32_path))
         s32 = make_session(fp32_path)
         e32 = sensor_errors(s32, X_held).mean(axis=1)
 
@@ -828,21 +827,9 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             # or INT8 clips exactly the windows that matter and its decisions drift from FP32's.
             calib = np.concatenate([calib, probe_windows(calib, max_shift=shift, seed=s.seed + 1)])
 
-        if s.int8_exclude == "auto":
-            attempts = [(), (gemm_nodes(model)[-1],)]
-        else:
-            attempts = [tuple(s.int8_exclude)]
-        failure: QuantizationCheckError | None = None
-        # First the INT8 threshold carried over by the error ratio; if the check refuses that,
-        # the threshold at which INT8 decides like FP32 (see matched_threshold).
-        for mapping, exclude in [(m, e) for m in ("ratio", "matched") for e in attempts]:
-            quantize_model(fp32_path, int8_path, calib, per_channel=s.per_channel,
-                           nodes_to_exclude=exclude, calibrate_method=s.calibrate_method)
-            s8 = make_session(int8_path)
-            e8 = sensor_errors(s8, X_held).mean(axis=1)
+        def int8_threshold(s8, e8: np.ndarray, ratio: float, mapping: str) -> tuple[float, dict]:
             # Out-of-fold errors come from FP32 fold models; carry them to INT8 by the
             # median INT8/FP32 error ratio of the final model on the held-back windows.
-            ratio = float(np.median(e8 / np.maximum(e32, 1e-12)))
             th8, info8 = threshold(e8, oof * ratio)
             info8["int8_over_fp32_error_ratio"] = ratio
             if mapping == "matched":
@@ -850,18 +837,16 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
                 th8 = matched_threshold(sensor_errors(s32, pairs).mean(axis=1),
                                         sensor_errors(s8, pairs).mean(axis=1), th32)
                 info8.update(int8_mapping="matched", threshold_before_matching=info8["unscaled_threshold"])
-            try:
-                check = verify_int8(s32, s8, X_held, th32, th8, s.check_limits, seed=s.seed, probe_shift=shift)
-            except QuantizationCheckError as e:
-                logger.warning("int8 check failed excluded=%s threshold=%s: %s", list(exclude), mapping, e)
-                failure = e
-                continue
-            check["fp32_nodes"] = list(exclude)
-            check["threshold_mapping"] = mapping
-            failure = None
-            break
-        if failure is not None:
-            raise failure
+            return th8, info8
+
+        # First the INT8 threshold carried over by the error ratio; if the check refuses that,
+        # the threshold at which INT8 decides like FP32 (see matched_threshold).
+        int8 = quantize_checked(fp32_path, int8_path, s32, calibration=calib, holdout=X_held, threshold_fp32=th32,
+                                int8_threshold=int8_threshold, mappings=("ratio", "matched"),
+                                attempts=None if s.int8_exclude == "auto" else [tuple(s.int8_exclude)],
+                                limits=s.check_limits, seed=s.seed, probe_shift=shift, per_channel=s.per_channel,
+                                calibrate_method=s.calibrate_method)
+        e8, ratio, th8, info8, check = int8.errors, int8.ratio, int8.threshold, int8.calibration, int8.check
         if s.horizon > 1:
             # The check above judged single windows against single-window thresholds (where INT8's
             # agreement with FP32 is decided); the bundle's thresholds are for the averaged score.
