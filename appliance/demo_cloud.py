@@ -42,6 +42,11 @@ WINDOW_S = 45.0
 class DemoCloud:
     root: Path
 
+    def __post_init__(self) -> None:
+        # Absolute: the updates source must be (a relative one would depend on the working directory),
+        # and the default data_dir ("var") is relative.
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
     @property
     def pki(self) -> Path:
         return self.root / "pki"
