@@ -760,7 +760,8 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
                                     lambda: clone(fold_ae), prepare, X_prior,
                                     progress=fold_progress if progress is not None else None)
     fitted, member_oof, member_margin = {}, {}, {}
-    for name, (make, member_margin[name]) in s.members().items():
+    for name, (make, margin) in s.members().items():
+        member_margin[name] = margin
         fitted[name] = make().fit(X_train if X_prior is None else np.concatenate([X_train, X_prior]))
         member_oof[name] = np.empty(0)
         if use_cv:
@@ -818,6 +819,7 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
                     block_thresholds.append(th_k * scale)
                 info["next_block_window_exceedance"] = [round(v, 5) for v in shares]
                 info["_block_thresholds"] = block_thresholds
+            info["_blocks"] = blocks  # private, like _block_thresholds: popped before bundle.json
             return final, info
 
         th32, info32 = threshold(e32, oof)
@@ -860,9 +862,8 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             th8, info8 = th8_averaged, info8_averaged
             info32["single_window_threshold"], info8["single_window_threshold"] = single["fp32"], single["int8"]
         info32.pop("_block_thresholds", None)
-        ae_blocks = (np.split(oof * ratio, np.cumsum(oof_sizes)[:-1]) if len(oof) else []) + [e8]
-        ae_blocks = [b for b in (moving_mean(b, s.horizon) for b in ae_blocks) if len(b)]
-        ae_block_th = info8.pop("_block_thresholds", None)
+        info32.pop("_blocks")
+        ae_blocks, ae_block_th = info8.pop("_blocks"), info8.pop("_block_thresholds", None)
         expected = {
             "design": info8["expected_window_exceedance"], "rule": info8["rule"],
             "unseen_blocks": info8["unseen_window_exceedance"],
@@ -879,11 +880,9 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
             onnx.save(member.to_onnx(), str(path))
             held = sensor_errors(make_session(path), X_held).mean(axis=1)
             th, info = threshold(held, member_oof[name], s.horizon, s.threshold_scale * member_margin[name])
-            block_th = info.pop("_block_thresholds", None)
+            models[name] = (info.pop("_blocks"), th, info.pop("_block_thresholds", None))
             members[name], member_files[name], member_info[name] = th, path, info
             member_meta[name] = {"file": MEMBER_FILES[name], **member.summary()}
-            blocks = (np.split(member_oof[name], np.cumsum(oof_sizes)[:-1]) if len(member_oof[name]) else [])
-            models[name] = ([b for b in (moving_mean(b, s.horizon) for b in [*blocks, held]) if len(b)], th, block_th)
         if members:
             # The detector alarms when any model is past its own threshold: the combined share.
             expected["by_model"] = {"autoencoder": dict(expected), **{name: {
