@@ -107,7 +107,7 @@ def reset_gateway(cloud: DemoCloud, data_dir: Path) -> None:
     The engineer's side (PKI, repository, the stick) is kept; the gateway's update state,
     its verified bundles and the record of a promotion go.
     """
-    from appliance.sync.models import ACTIVE_FILE
+    from appliance.lifecycle.active import ACTIVE_FILE
 
     for folder in (cloud.root / "gateway-updates", cloud.root / "gateway-releases", cloud.root / "broker"):
         shutil.rmtree(folder, ignore_errors=True)

@@ -13,6 +13,11 @@ by the fleet server too, switched by ``participate``). A plugin that works on
 something another output owns names it in ``needs`` (``{"windows": "sync.windows"}``:
 the ``windows`` of the ``sync`` output); it is built after that output and finds
 it in ``env.needs``, or is refused with one line saying which output to enable.
+
+A plugin that answers operator commands names them in ``commands`` (the names its
+output's ``commands()`` returns) with what to answer when it is not enabled
+(``not_enabled``), so the runtime refuses a disabled plugin's command in the
+plugin's own words without knowing any plugin.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class Plugin:
     section: str = ""  # where its config is when not at [inputs.<key>] / [outputs.<key>]
     switch: str = "enabled"  # the boolean key of its section that enables it
     needs: Mapping[str, str] = field(default_factory=dict)  # name -> "<output key>.<attribute>"
+    commands: tuple[str, ...] = ()  # the operator commands its output answers
+    not_enabled: str = ""  # the answer to one of them while the plugin is not enabled
 
     def section_of(self, sections: Any, env: PluginEnv) -> Any:
         """Its validated section: ``sections.<key>``, or ``env.config.<section>`` for one of its own."""
@@ -64,8 +71,10 @@ OUTPUTS: tuple[Plugin, ...] = (
            "appliance/actions/mqtt_alarm/README.md"),
     Plugin("history", HistoryConfig, "appliance.history:build", "appliance/history/README.md"),
     Plugin("mitigation", MitigationConfig, "appliance.actions.mitigation:build",
-           "appliance/actions/mitigation/README.md"),
-    Plugin("sync", SyncConfig, "appliance.sync.uplink:build", "appliance/sync/README.md"),
+           "appliance/actions/mitigation/README.md", commands=("approve_action", "reject_action"),
+           not_enabled="mitigation is not enabled"),
+    Plugin("sync", SyncConfig, "appliance.sync.uplink:build", "appliance/sync/README.md", commands=("sync_now",),
+           not_enabled="sync is not enabled (outputs.sync)"),
     # Fleet learning runs only inside the sync's connectivity windows (docs/fleet.md).
     Plugin("fleet", FleetConfig, "appliance.fleet.participant:build", "appliance/fleet/README.md",
            section="fleet", switch="participate", needs={"windows": "sync.windows"}),
@@ -113,6 +122,11 @@ def unmet_needs(config: Any) -> list[str]:
             if not getattr(config.outputs, key).enabled:
                 problems.append(f"{p.section or 'outputs.' + p.key}.{p.switch}: {_unmet(key, attribute)}")
     return problems
+
+
+def commands_not_enabled(plugins: tuple[Plugin, ...] = OUTPUTS) -> dict[str, str]:
+    """``command -> answer`` for every command a plugin declares; the runtime uses those no enabled output took."""
+    return {name: p.not_enabled or f"{p.key} is not enabled" for p in plugins for name in p.commands}
 
 
 def config_sections(plugins: tuple[Plugin, ...]) -> dict[str, type[Section]]:

@@ -32,27 +32,25 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from appliance.actions.alarms import AlarmBook, AlarmCommandError
 from appliance.actions.decide import Decider
-from appliance.core import (HOOKS, Alarm, AlarmEvent, Counters, DeadLetter, EventKind, Input, MitigationAction,
-                            ModeChange, ModelChange, Output, OutputContext, PluginEnv, Quality, Reading, overrides)
+from appliance.core import (HOOKS, Alarm, AlarmEvent, Counters, DeadLetter, Detector, EventKind, Input,
+                            MitigationAction, ModeChange, ModelChange, Output, OutputContext, PluginEnv, Quality,
+                            Reading, overrides)
 from appliance.detector.frozen import held_rows
 from appliance.detector.windowing import WindowBuilder
 from appliance.ingest_health import log_sensor_changes
 from appliance.store import Store
 from appliance.store.output import StoreOutput
-from appliance.sync.models import active_bundle, remember_active
-from appliance.sync.shadow import ModelCommandError, Probation, ShadowBounds, ShadowRun, compatibility
+from appliance.lifecycle.active import bundle_to_load
+from appliance.lifecycle.life import MODEL_COMMANDS, ModelLifecycle
 from appliance.watchdog import SensorWatchdog
 
 log = logging.getLogger(__name__)
 
 ALARM_COMMANDS = ("acknowledge", "shelve", "set_mode")
-MODEL_COMMANDS = ("promote_model", "reject_model", "rollback_model")
-
-
 
 class InFlight:
     """Counts readings accepted but not yet stored; blocks producers at the bound."""
@@ -96,14 +94,7 @@ class LatencyStats:
                 "p99_us": round(s[min(len(s) - 1, int(0.99 * len(s)))], 1), "max_us": round(s[-1], 1)}
 
 
-
-def _allow_held(detector, rows: int) -> None:
-    allow = getattr(detector, "allow_held", None)  # stand-in detectors of tests may lack it
-    if allow is not None:
-        allow(rows)
-
-
-def grid_limits(windows, detector) -> tuple[float, float]:
+def grid_limits(windows, detector: Detector) -> tuple[float, float]:
     """``(staleness_s, lateness_s)`` of the live grid.
 
     Staleness: what ``[windows]`` sets, else the longer of its default and the
@@ -111,19 +102,23 @@ def grid_limits(windows, detector) -> tuple[float, float]:
     default of seconds would make every cell of its live grid missing). Lateness is
     about the network, not the process: always ``[windows]``.
     """
-    trained = getattr(getattr(detector, "bundle", None), "staleness_s", None)
+    trained = detector.bundle.staleness_s if detector.bundle is not None else None
     staleness = windows.staleness_s
     if "staleness_s" not in windows.model_fields_set and trained is not None:
         staleness = max(staleness, float(trained))
     return staleness, windows.lateness_s
 
+
 class Appliance:
     """One running appliance: inputs -> windows -> detector -> decisions -> outputs.
 
     ``outputs`` are the enabled output plugins; the store is put in front of them.
+    ``not_enabled`` maps the commands of plugins that are not enabled to what to
+    answer (the registry's declarations, :func:`appliance.registry.commands_not_enabled`).
     """
 
-    def __init__(self, cfg, detector, store: Store, inputs: Sequence[Input] = (), outputs: Sequence[Output] = ()):
+    def __init__(self, cfg, detector: Detector, store: Store, inputs: Sequence[Input] = (),
+                 outputs: Sequence[Output] = (), not_enabled: Mapping[str, str] | None = None):
         self.cfg = cfg
         self.detector = detector
         self.store = store
@@ -134,15 +129,16 @@ class Appliance:
         self._commands: dict[str, Callable] = {}
         for o in self.outputs:
             for name, fn in o.commands().items():
-                if name in self._commands or name in ALARM_COMMANDS:
+                if name in self._commands or name in ALARM_COMMANDS or name in MODEL_COMMANDS:
                     raise ValueError(f"output {o.name}: command {name!r} is already taken")
                 self._commands[name] = fn
+        self._not_enabled = {name: why for name, why in (not_enabled or {}).items() if name not in self._commands}
         w = cfg.windows
         self.windows = WindowBuilder(detector.sensors, w.period_s or detector.period_s, detector.window,
                                      w.stride or detector.stride, *grid_limits(w, detector))
         # Cells this grid may fill by holding a value over missing reports: never a frozen sensor.
         self._held_rows = held_rows(self.windows.staleness_s, self.windows.period_s)
-        _allow_held(detector, self._held_rows)
+        detector.allow_held(self._held_rows)
         self.alarms = AlarmBook(lambda: Decider.from_config(cfg.decision), on_peak=self._on_peak)
         self.watchdog = SensorWatchdog(detector.sensors, cfg.watchdog.silence_s)
         self.counters = Counters()
@@ -161,10 +157,11 @@ class Appliance:
         self._background: set[asyncio.Task] = set()
         self._incomplete_logged: set[str] = set()
         self._loop_thread: int | None = None
-        # Model lifecycle: a candidate in shadow, the model kept for a rollback, the watch after a promotion.
-        self._shadow: ShadowRun | None = None
-        self._previous = None
-        self._probation: Probation | None = None
+        # The model's life (shadow, promotion, rollback) is the lifecycle's; the runtime swaps when told.
+        self.models = ModelLifecycle(current=lambda: self.detector, swap=self._swap_detector,
+                                     publish=self._publish_model_change, spawn=self._spawn,
+                                     new_decider=lambda: Decider.from_config(cfg.decision),
+                                     held_rows=self._held_rows, data_dir=cfg.path("."))
 
     def output(self, name: str) -> Output | None:
         """The enabled output called ``name`` (``store``, ``history``, ``mitigation`` ...), if any."""
@@ -223,7 +220,7 @@ class Appliance:
         for alarm in open_alarms:
             self.alarms.restore(alarm)
         ctx = OutputContext(open_alarm_ids=frozenset(a.id for a in open_alarms),
-                            publish_action=self._publish_action, spawn=self._spawn, begin_shadow=self.begin_shadow)
+                            publish_action=self._publish_action, spawn=self._spawn, models=self.models)
         for o in self.outputs:
             await o.start(ctx)
         self._tasks = [asyncio.create_task(self._housekeeping(), name="housekeeping")]
@@ -323,10 +320,7 @@ class Appliance:
             self.counters.inc("windows_scored")
             self._call(self._hooks["on_score"], score)
             self._emit(self.alarms.on_score(score))
-            if self._shadow is not None:
-                self._shadow.observe(w, score)
-                if self._shadow.done():
-                    self._conclude_shadow()
+            self.models.observe(w, score)
         if windows:
             self.latency.add(time.perf_counter() - t0)
 
@@ -349,7 +343,7 @@ class Appliance:
                 self.counters.inc(f"alarm_{c.kind.value}")
                 a = c.alarm
                 if c.kind is EventKind.RAISED and not a.historical:
-                    self._watch_probation()
+                    self.models.on_raise()
                 if c.kind is EventKind.RAISED:
                     log.warning("alarm raised asset=%s level=%s ratio=%.2f top=%s id=%s", a.asset,
                                 a.level.name.lower(), a.peak_ratio, ",".join(a.top_sensors), a.id)
@@ -359,65 +353,14 @@ class Appliance:
             for fn in self._event_listeners:
                 fn(c)
 
-    # -- the model's life: shadow, promotion, rollback (on the event loop) ---------------
-    def begin_shadow(self, candidate, bounds: ShadowBounds, user: str = "appliance") -> None:
-        """Run ``candidate`` (a loaded Detector) in shadow; promoted or rejected when the run ends."""
-        why = compatibility(self.detector, candidate)
-        _allow_held(candidate, self._held_rows)
-        if why is not None:
-            self._model_change("rejected", candidate, why, user)
-            raise ModelCommandError(why)
-        if self._shadow is not None:
-            self._model_change("rejected", self._shadow.candidate, "replaced by a newer candidate", user)
-        self._shadow = ShadowRun(candidate, bounds, lambda: Decider.from_config(self.cfg.decision))
-        self._model_change("shadow_started", candidate, f"for {bounds.duration_s:g} s and "
-                           f"at least {bounds.min_windows} windows", user)
-
-    def _conclude_shadow(self, user: str = "appliance", force: bool | None = None) -> None:
-        run, self._shadow = self._shadow, None
-        ok, why = run.result().verdict(run.bounds)
-        if force is not None:
-            ok, why = force, f"by hand ({why})"
-        if ok:
-            self._swap(run.candidate, "promoted", why, user)
-            self._probation = Probation(run.bounds)
-        else:
-            self._model_change("rejected", run.candidate, why, user)
-
-    def _swap(self, new, event: str, why: str, user: str) -> None:
+    # -- the model (the lifecycle decides, on the event loop) ----------------------------
+    def _swap_detector(self, new: Detector) -> None:
         # One assignment on the loop thread, between two readings: no window is scored by
         # neither model, and partial windows stay in the window builder.
-        old, self.detector = self.detector, new
-        self._previous = old
-        self._model_change(event, new, why, user, previous=old)
-        bundle = getattr(getattr(new, "bundle", None), "path", None)
-        if bundle is not None:  # the next start loads the model that scores now
-            self._spawn(asyncio.to_thread(remember_active, self.cfg.path("."), bundle))
+        self.detector = new
 
-    def rollback_model(self, reason: str, user: str = "appliance") -> None:
-        if self._previous is None:
-            raise ModelCommandError("no previous model to roll back to")
-        previous, self._probation = self._previous, None
-        self._swap(previous, "rolled_back", reason, user)
-        self._previous = None
-
-    def _watch_probation(self) -> None:
-        if self._probation is None:
-            return
-        if self._probation.over():
-            self._probation = None
-            return
-        breach = self._probation.on_raise()
-        if breach is not None:
-            self.rollback_model(breach)
-
-    def _model_change(self, event: str, model, reason: str, user: str, previous=None) -> None:
-        prev = previous if previous is not None else self.detector
-        change = ModelChange(ts=time.time(), event=event, version=getattr(model, "version", "?"),
-                             previous=getattr(prev, "version", "?"), reason=reason, user=user)
-        self.counters.inc(f"model_{event}")
-        log.warning("model %s version=%s previous=%s reason=%s user=%s", event, change.version, change.previous,
-                    reason, user)
+    def _publish_model_change(self, change: ModelChange) -> None:
+        self.counters.inc(f"model_{change.event}")
         self._call(self._hooks["on_model_change"], change)
 
     def _on_peak(self, alarm: Alarm) -> None:
@@ -444,8 +387,10 @@ class Appliance:
         """Run an operator command on the event loop, from any thread; returns the records it made.
 
         Alarm commands: ``acknowledge`` (alarm events), ``shelve``, ``set_mode``
-        (mode changes). Outputs add their own, e.g. mitigation's ``approve_action``
-        and ``reject_action`` with ``proposal_id`` (mitigation actions).
+        (mode changes); model commands (:data:`~appliance.lifecycle.life.MODEL_COMMANDS`)
+        go to the lifecycle. Outputs add their own, e.g. mitigation's ``approve_action``
+        and ``reject_action`` with ``proposal_id`` (mitigation actions); the command of a
+        plugin that is not enabled is refused with what its registry entry says.
         """
         if name in ALARM_COMMANDS:
             async def run():
@@ -454,26 +399,15 @@ class Appliance:
                 return changes
         elif name in MODEL_COMMANDS:
             async def run():
-                return self._model_command(name, **kwargs)
+                return self.models.command(name, **kwargs)
         elif name in self._commands:
             async def run():
                 return await self._commands[name](**kwargs)
-        elif name in ("approve_action", "reject_action"):
-            raise AlarmCommandError("mitigation is not enabled")
-        elif name == "sync_now":
-            raise AlarmCommandError("sync is not enabled (outputs.sync)")
+        elif name in self._not_enabled:
+            raise AlarmCommandError(self._not_enabled[name])
         else:
             raise ValueError(f"unknown command {name!r}")
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
-
-    def _model_command(self, name: str, user: str, note: str = "") -> list[dict]:
-        if name == "rollback_model":
-            self.rollback_model(note or "rolled back by hand", user)
-        elif self._shadow is None:
-            raise ModelCommandError("no candidate model is running in shadow")
-        else:
-            self._conclude_shadow(user, force=(name == "promote_model"))
-        return [{"model": self.detector.version}]
 
     # -- views ------------------------------------------------------------------
     def summary(self) -> str:
@@ -495,13 +429,8 @@ class Appliance:
             "site": self.cfg.site,
             "uptime_s": round(time.time() - self.started_at, 1),
             "model": {"version": self.detector.version, "sensors": list(self.detector.sensors),
-                      "window": self.detector.window, "horizon": getattr(self.detector, "horizon", 1),
-                      "threshold": self.detector.threshold,
-                      "shadow": self._shadow.status() if self._shadow is not None else None,
-                      "previous": getattr(self._previous, "version", None),
-                      "probation": (None if self._probation is None else
-                                    {"raises": self._probation.raises,
-                                     "allowed": self._probation.bounds.max_probation_alarms})},
+                      "window": self.detector.window, "horizon": self.detector.horizon,
+                      "threshold": self.detector.threshold, **self.models.status()},
             "counters": dict(self.counters.values),
             "dead_letters_by_reason": dict(self.dead_by_reason.values),
             "windows": self.windows.status(),
@@ -529,25 +458,21 @@ def _stored_callback(in_flight: InFlight, n: int, acks: list):
 
 def build(cfg, detector=None) -> Appliance:
     """Assemble an appliance from a validated config (plugins imported only when enabled)."""
-    from appliance.detector.scorer import Detector
-    from appliance.registry import build_inputs, build_outputs
+    from appliance.detector.scorer import Detector as OnnxDetector
+    from appliance.registry import build_inputs, build_outputs, commands_not_enabled
 
     data_dir = cfg.path(".")
     data_dir.mkdir(parents=True, exist_ok=True)
     if detector is None:
-        bundle = cfg.path(cfg.detector.bundle)
-        promoted, why = active_bundle(data_dir, cfg.path(cfg.outputs.sync.updates.trusted_root))
-        if why is not None:
-            log.error("promoted model not loaded, using detector.bundle instead: %s", why)
-        bundle = promoted or bundle
+        bundle = bundle_to_load(cfg)
         if not (bundle / "bundle.json").exists():
             raise FileNotFoundError(f"no model bundle at {bundle} (detector.bundle); "
                                     "train one with: appliance train --data CSV... --out " + str(bundle))
-        detector = Detector.load(bundle, precision=cfg.detector.precision, threads=cfg.detector.threads)
+        detector = OnnxDetector.load(bundle, precision=cfg.detector.precision, threads=cfg.detector.threads)
     store = Store.from_config(cfg.store, cfg.path(cfg.store.path))
     env = PluginEnv(config=cfg, data_dir=data_dir, sensors=tuple(detector.sensors))
     outputs = build_outputs(cfg.outputs, env)
-    return Appliance(cfg, detector, store, build_inputs(cfg.inputs, env), outputs)
+    return Appliance(cfg, detector, store, build_inputs(cfg.inputs, env), outputs, commands_not_enabled())
 
 
 def start_web(app, host: str, port: int):
@@ -557,11 +482,8 @@ def start_web(app, host: str, port: int):
     from web.metrics import render, status_registry
 
     def metrics() -> bytes:
-        body = render(status_registry(app.status))
-        history = app.output("history")
-        if history is not None:
-            body += history.metrics_text()
-        return body
+        # The status' metrics, then any an output keeps of its own (history's outbox).
+        return render(status_registry(app.status)) + b"".join(o.metrics_text() for o in app.outputs)
 
     web_cfg = app.cfg.web
     flask_app = create_app(app, app.store.path, metrics_provider=metrics, config=web_cfg, data_dir=app.cfg.path("."))

@@ -243,7 +243,7 @@ def run_gateway(folder: Path, current: Path, rows: np.ndarray, source: str, root
     from appliance.runtime import build
     from appliance.store import StoreReader
     from appliance.sync.models import ModelSync
-    from appliance.sync.shadow import ShadowBounds
+    from appliance.lifecycle.shadow import ShadowBounds
     from tests.support.detector import NO_LATENCY_BOUND
     from tests.support.tuf_repo import gateway
 
@@ -262,7 +262,7 @@ def run_gateway(folder: Path, current: Path, rows: np.ndarray, source: str, root
             feed(rows[:40], 0)
             await app.drain()
             ctx = OutputContext(open_alarm_ids=frozenset(), publish_action=lambda a: None, spawn=lambda c: None,
-                                begin_shadow=app.begin_shadow)
+                                models=app.models)
             await sync.run_window(ctx, deadline_mono=None)
             assert sync.last_refusal is None, sync.last_refusal
             feed(rows[40:], 40)

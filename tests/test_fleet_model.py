@@ -131,7 +131,7 @@ def test_a_slow_process_fleet_model_keeps_the_seeds_horizon_and_swaps_in_without
     from appliance.detector.train import calibrate_threshold, moving_mean
     from appliance.fleet.export import write_fleet_bundle
     from appliance.fleet.model import ModelSpec, averaged
-    from appliance.sync.shadow import compatibility
+    from appliance.lifecycle.shadow import compatibility
 
     seed_dir, sensors, ts, rows = slow_seed
     spec, weights = seed_from_bundle(seed_dir)

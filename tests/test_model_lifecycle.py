@@ -16,20 +16,17 @@ from appliance.config import parse_config
 from appliance.core import Reading, Score
 from appliance.runtime import build
 from appliance.store import StoreReader
-from appliance.sync.shadow import ModelCommandError, ShadowBounds
-from tests.support.detector import NO_LATENCY_BOUND
+from appliance.core import Detector
+from appliance.lifecycle.shadow import ModelCommandError, ShadowBounds
+from tests.support.detector import NO_LATENCY_BOUND, StandIn
 
 SENSORS = ("a", "b")
 
 
-class ScaledDetector:
+class ScaledDetector(StandIn):
     """Score = mean |value| x ``gain``: gain 1 is quiet on values of 0.5, gain 4 alarms on them."""
 
     sensors = SENSORS
-    window = 4
-    stride = 1
-    period_s = 1.0
-    threshold = 1.0
 
     def __init__(self, version: str, gain: float = 1.0, window: int = 4):
         self.version, self.gain, self.window = version, gain, window
@@ -72,7 +69,7 @@ def test_a_quiet_candidate_is_promoted_by_hot_swap_and_no_window_goes_unscored(t
         try:
             feed(app, 0, 10)
             await settle(app)
-            app.begin_shadow(candidate, ShadowBounds(**NO_LATENCY_BOUND, duration_s=0, min_windows=20))
+            app.models.begin_shadow(candidate, ShadowBounds(**NO_LATENCY_BOUND, duration_s=0, min_windows=20))
             feed(app, 10, 40)
             await settle(app)
         finally:
@@ -96,7 +93,7 @@ def test_a_candidate_that_would_alarm_on_normal_data_is_rejected(tmp_path):
     async def go():
         await app.start()
         try:
-            app.begin_shadow(noisy, ShadowBounds(**NO_LATENCY_BOUND, duration_s=0, min_windows=10, max_extra_alarms=0))
+            app.models.begin_shadow(noisy, ShadowBounds(**NO_LATENCY_BOUND, duration_s=0, min_windows=10, max_extra_alarms=0))
             feed(app, 0, 30)
             await settle(app)
         finally:
@@ -116,7 +113,7 @@ def test_an_incompatible_candidate_is_refused_with_the_reason(tmp_path):
         await app.start()
         try:
             with pytest.raises(ModelCommandError, match="window 8 differs .* needs a restart"):
-                app.begin_shadow(ScaledDetector("v2", window=8), ShadowBounds())
+                app.models.begin_shadow(ScaledDetector("v2", window=8), ShadowBounds())
         finally:
             await app.shutdown()
 
@@ -131,7 +128,7 @@ def test_a_promoted_model_that_misbehaves_in_probation_is_rolled_back(tmp_path):
     async def go():
         await app.start()
         try:
-            app.begin_shadow(flaky, bounds)
+            app.models.begin_shadow(flaky, bounds)
             feed(app, 0, 10)
             await settle(app)
             assert app.detector is flaky
@@ -155,17 +152,17 @@ def test_an_engineer_promotes_or_rolls_back_by_hand(tmp_path):
         await app.start()
         try:
             with pytest.raises(ModelCommandError, match="no candidate"):
-                app._model_command("promote_model", user="eve")
-            app.begin_shadow(candidate, ShadowBounds(**NO_LATENCY_BOUND, duration_s=3600, min_windows=10_000))
+                app.models.command("promote_model", user="eve")
+            app.models.begin_shadow(candidate, ShadowBounds(**NO_LATENCY_BOUND, duration_s=3600, min_windows=10_000))
             feed(app, 0, 8)
             await settle(app)
             assert app.detector is current  # the run is not over
-            app._model_command("promote_model", user="eve")
+            app.models.command("promote_model", user="eve")
             assert app.detector is candidate
-            app._model_command("rollback_model", user="eve", note="operators prefer v1")
+            app.models.command("rollback_model", user="eve", note="operators prefer v1")
             assert app.detector is current
             with pytest.raises(ModelCommandError, match="no previous model"):
-                app._model_command("rollback_model", user="eve")
+                app.models.command("rollback_model", user="eve")
         finally:
             await app.shutdown()
 
@@ -174,26 +171,17 @@ def test_an_engineer_promotes_or_rolls_back_by_hand(tmp_path):
     assert users[:2] == [("rolled_back", "eve"), ("promoted", "eve")]
 
 
-class HeldRecorder(ScaledDetector):
-    """Records what the runtime tells it about values its grid may hold (see Detector.allow_held)."""
-
-    held = None
-
-    def allow_held(self, rows: int) -> None:
-        self.held = rows
-
-
 def test_every_model_learns_how_long_the_live_grid_may_hold_a_value(tmp_path):
     """The frozen-sensor check must not read a value held over missing reports as frozen: the runtime tells
     the running model and every candidate its grid's staleness in periods (5 s at 1 s by default)."""
-    current, candidate = HeldRecorder("v1"), HeldRecorder("v2")
+    current, candidate = ScaledDetector("v1"), ScaledDetector("v2")
     app = make_app(tmp_path, current)
     assert current.held == 5
 
     async def go():
         await app.start()
         try:
-            app.begin_shadow(candidate, ShadowBounds(**NO_LATENCY_BOUND))
+            app.models.begin_shadow(candidate, ShadowBounds(**NO_LATENCY_BOUND))
             assert candidate.held == 5
         finally:
             await app.shutdown()

@@ -18,8 +18,9 @@ from appliance.core import Reading
 from appliance.detector.scorer import Detector
 from appliance.runtime import build
 from appliance.store import StoreReader
-from appliance.sync.models import ModelSync, active_bundle
-from appliance.sync.shadow import ShadowBounds
+from appliance.lifecycle.active import active_bundle
+from appliance.lifecycle.shadow import ShadowBounds
+from appliance.sync.models import ModelSync
 from tests.support.detector import NO_LATENCY_BOUND, SENSORS, normal_rows
 from tests.support.tuf_repo import Publisher, gateway
 
@@ -85,8 +86,8 @@ def test_a_signed_release_is_installed_run_in_shadow_promoted_and_kept_across_a_
 
 
 def app_ctx(app):
-    """The context outputs get from the runtime; ModelSync only needs ``begin_shadow``."""
+    """The context outputs get from the runtime; ModelSync only needs the model's lifecycle."""
     from appliance.core import OutputContext
 
     return OutputContext(open_alarm_ids=frozenset(), publish_action=lambda a: None, spawn=lambda c: None,
-                         begin_shadow=app.begin_shadow)
+                         models=app.models)

@@ -24,4 +24,4 @@ def test_what_the_config_sets_wins():
 
 def test_a_bundle_that_does_not_say_uses_the_config():
     assert grid_limits(WindowConfig(), model(None)) == (5.0, 2.0)
-    assert grid_limits(WindowConfig(), SimpleNamespace()) == (5.0, 2.0)
+    assert grid_limits(WindowConfig(), SimpleNamespace(bundle=None)) == (5.0, 2.0)  # a model not from a bundle

@@ -19,6 +19,7 @@ from web.server import serve
 from appliance.config import parse_config
 from appliance.core import DeadLetter, DeadLetterCode, Reading, Score
 from appliance.runtime import build
+from tests.support.detector import StandIn
 from tests.support.wait import wait_until
 from tests.support.web import PASSWORD, http, make_user
 from web.client import DashboardClient
@@ -138,18 +139,13 @@ def test_requests_beyond_the_bound_get_a_quick_503(store, accounts):
 
 
 # -- next to the real runtime -----------------------------------------------------------
-class MeanDetector:
+class MeanDetector(StandIn):
     """A transparent detector: the score is the window's mean absolute value.
 
     It stands in for the ONNX model so this test is about the web side and the
     runtime's command path, with scores fully under the test's control.
     """
 
-    sensors = ("a", "b")
-    window = 4
-    stride = 1
-    period_s = 1.0
-    threshold = 1.0
     version = "mean-1"
 
     def score_one(self, w) -> Score:
@@ -371,9 +367,9 @@ def test_an_approval_on_the_dashboard_writes_the_plc_in_the_engineers_name(fresh
 
 
 async def _begin(app, candidate):
-    from appliance.sync.shadow import ShadowBounds
+    from appliance.lifecycle.shadow import ShadowBounds
 
-    app.begin_shadow(candidate, ShadowBounds(duration_s=3600), user="eve")
+    app.models.begin_shadow(candidate, ShadowBounds(duration_s=3600), user="eve")
 
 
 def test_sync_now_from_the_cli_asks_the_running_appliance(running, capsys, tmp_path):

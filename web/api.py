@@ -65,7 +65,7 @@ from appliance.actions.alarms import AlarmCommandError
 from appliance.actions.mitigation.mitigator import MitigationError
 from appliance.core.severity import BANDS, EXPLANATION, band, severity
 from appliance.store import StoreUnavailable
-from appliance.sync.shadow import ModelCommandError
+from appliance.lifecycle.shadow import ModelCommandError
 from web import trends
 from web.auth import auth, current_user, public, requires
 from web.context import WebContext

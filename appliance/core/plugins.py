@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Collection, Coroutine, Mapping, Protocol, Sequence
 
+from appliance.core.detector import Detector
 from appliance.core.records import (Alarm, AlarmEvent, DeadLetter, MitigationAction, ModeChange, ModelChange,
                                     Reading, Score)
 
@@ -64,6 +65,23 @@ class Input(abc.ABC):
         return {}
 
 
+class ModelDesk(Protocol):
+    """What an output may ask of the model's lifecycle (:mod:`appliance.lifecycle`): the sync hands it
+    verified candidates and reports every update pass, refusals included."""
+
+    def begin_shadow(self, candidate: Detector, bounds: Any, user: str = "appliance") -> None:
+        """Run ``candidate`` in shadow; raises ValueError with the reason if it cannot run."""
+        ...
+
+    def note_update(self, outcome: str, line: str) -> None:
+        """How an update pass ended (``installed``, ``up_to_date``, ``refused`` ...), as one line."""
+        ...
+
+    def note_refusal(self, reason: str, kind: str, stage: str) -> None:
+        """A release was refused: by the updater before install, or after it (``stage``)."""
+        ...
+
+
 @dataclass(frozen=True)
 class OutputContext:
     """What the runtime gives an output when it starts.
@@ -72,14 +90,14 @@ class OutputContext:
     hands a mitigation record to every output (the store's audit, history).
     ``spawn`` runs a coroutine as a background task that the runtime awaits on
     shutdown, so slow work (a PLC write) never sits on the detection path.
-    ``begin_shadow(detector, bounds)`` hands a verified candidate model to the
-    runtime's shadow run (raises ValueError with the reason if it cannot run).
+    ``models`` is the model's lifecycle (a :class:`ModelDesk`): a verified
+    candidate goes to its shadow run, and every update and refusal is recorded there.
     """
 
     open_alarm_ids: frozenset[str]
     publish_action: Callable[[MitigationAction], None]
     spawn: Callable[[Coroutine[Any, Any, Any]], None]
-    begin_shadow: Callable[[Any, Any], None] | None = None
+    models: ModelDesk | None = None
 
 
 Command = Callable[..., Awaitable[list]]
@@ -125,8 +143,12 @@ class Output:
         return {}
 
     def status(self) -> dict:
-        """Counters and state for the status API."""
+        """Counters and state for the status API (its section ``outputs.<name>``)."""
         return {}
+
+    def metrics_text(self) -> bytes:
+        """Prometheus text lines of its own for ``/metrics`` beside the status ones (history's outbox)."""
+        return b""
 
 
 HOOKS = ("on_reading", "on_dead_letter", "on_score", "on_alarm_event", "on_alarm_peak", "on_mode_change",

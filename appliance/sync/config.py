@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from appliance.settings import DAY_S, YEAR_S, BackoffConfig, Section
-from appliance.sync.shadow import ShadowBounds
+from appliance.lifecycle.shadow import ShadowBounds
 from appliance.sync.updates_config import ModelUpdatesConfig
 
 KIB = 1024

@@ -1,4 +1,4 @@
-"""Small synthetic process data and windows the detector tests share."""
+"""Small synthetic process data and windows the detector tests share, and the stand-in detectors' base."""
 
 from __future__ import annotations
 
@@ -7,13 +7,38 @@ import shutil
 
 import numpy as np
 
-from appliance.core import Window
+from appliance.core import Score, Window
 
 SENSORS = ["Current", "Pressure", "Temperature", "Flow"]
 WINDOW = 16
 # Shadow bounds without the latency one: benchmarks judge scoring latency, and a loaded test
 # machine must not turn a shadow verdict.
 NO_LATENCY_BOUND = {"max_latency_p99_us": 10_000_000}
+
+
+class StandIn:
+    """The whole :class:`appliance.core.Detector` protocol for a transparent stand-in model.
+
+    A subclass sets ``sensors``, ``window`` ... and scores with :meth:`score_one`; it
+    has no bundle (never remembered as the model of the next start, no trained
+    staleness) and records what the runtime tells it about held values.
+    """
+
+    sensors: tuple[str, ...] = ("a", "b")
+    period_s = 1.0
+    window = 4
+    stride = 1
+    horizon = 1
+    threshold = 1.0
+    version = "stand-in"
+    bundle = None
+    held: int | None = None
+
+    def score_one(self, window: Window) -> Score:
+        raise NotImplementedError("a stand-in scores in its subclass")
+
+    def allow_held(self, rows: int) -> None:
+        self.held = rows
 
 
 def normal_rows(n: int, seed: int) -> np.ndarray:

@@ -19,8 +19,9 @@ the alarm rate per hour, so an engineer sees how the candidate's scores sit
 against the current model's, not only whether it passed.
 
 Once promoted, :class:`Probation` watches the new model for ``probation_s``: if it
-raises more than ``max_probation_alarms``, the runtime rolls back to the kept
-previous model. Nothing here trains or quantizes: it is part of the live path.
+raises more than ``max_probation_alarms``, the lifecycle (:mod:`appliance.lifecycle.life`)
+rolls back to the kept previous model. Nothing here trains or quantizes: it is part
+of the live path.
 
 >>> b = ShadowBounds(duration_s=0, min_windows=2, max_alarm_factor=1.0, max_extra_alarms=0)
 >>> r = ShadowResult(windows=3, failed=0, current_raises=1, candidate_raises=2, latency_p99_us=40.0)
@@ -34,12 +35,12 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from pydantic import Field
 
 from appliance.actions.decide import Decider
-from appliance.core import EventKind, Score, Window
+from appliance.core import Detector, EventKind, Score, Window
 from appliance.settings import DAY_S, Section
 
 
@@ -59,7 +60,7 @@ class ShadowBounds(Section):
     max_probation_alarms: int = Field(3, ge=0, le=10_000, description="more raises in probation roll back")
 
 
-def compatibility(current: Any, candidate: Any) -> str | None:
+def compatibility(current: Detector, candidate: Detector) -> str | None:
     """Why ``candidate`` cannot take ``current``'s place without a restart, or None.
 
     A hot swap keeps the window builder and every partial window, so the candidate
@@ -134,7 +135,7 @@ class ShadowResult:
 class ShadowRun:
     """Scores windows with ``candidate`` beside the live model; see the module docstring."""
 
-    candidate: Any
+    candidate: Detector
     bounds: ShadowBounds
     new_decider: Callable[[], Decider]
     clock: Callable[[], float] = time.monotonic
@@ -188,7 +189,7 @@ class ShadowRun:
         lat = list(self._latency_us)
         elapsed = self.clock() - self.started
         p99 = quantiles(lat, (0.99,))[0]
-        return {"candidate": getattr(self.candidate, "version", "?"), "windows": self.windows, "failed": self.failed,
+        return {"candidate": self.candidate.version, "windows": self.windows, "failed": self.failed,
                 "current_raises": self.current_raises, "candidate_raises": self.candidate_raises,
                 # raises per hour of shadow run: each model's alarm rate on the same live windows
                 "alarm_rate_per_h": {"current": _per_hour(self.current_raises, elapsed),
