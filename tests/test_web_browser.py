@@ -362,3 +362,70 @@ def test_gateway_gone_shows_offline(page, served):
     expect(page.locator("#offline")).to_be_visible()
     expect(page.locator("#offline")).to_contain_text("out of date")
     expect(page.locator("#link")).to_have_text("Offline")
+
+
+# -- the model page: a release refused before install ---------------------------------------------------------
+def test_a_tampered_release_refused_before_install_shows_in_status_and_on_the_model_page(
+        browser, tmp_path, tuf_server, tls_files, release_bundles):
+    """The updater refuses a release whose archive does not match its signed sha256 before installing it; the
+    refusal, with its reason, is in the lifecycle's status and on the model page, as the README promises."""
+    import asyncio
+    import threading
+
+    from appliance.config import parse_config
+    from appliance.core import OutputContext
+    from appliance.detector.scorer import Detector
+    from appliance.lifecycle.shadow import ShadowBounds
+    from appliance.runtime import build
+    from appliance.sync.models import ModelSync
+    from tests.support.tuf_repo import Publisher, gateway
+
+    pub = Publisher(tmp_path / "engineer", www=tuf_server.root)
+    pub.release(release_bundles[1], 2)
+    archive = pub.served_archive(2)
+    bad = bytearray(archive.read_bytes())
+    bad[len(bad) // 2] ^= 0xFF  # same length, one byte changed: the signed sha256 no longer fits
+    archive.write_bytes(bytes(bad))
+    updater = gateway(tmp_path / "gateway", tuf_server.url, pub.root, ca_file=str(tls_files.ca_file))
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "log_level": "WARNING", "web": {"enabled": False},
+                        "inputs": {"mqtt": {"enabled": False}}, "detector": {"bundle": str(release_bundles[0])},
+                        "outputs": {"mqtt_alarm": {"enabled": False}, "history": {"enabled": False},
+                                    "sync": {"updates": {"trusted_root": str(updater.trusted_root)}}}})
+    app = build(cfg, detector=Detector.load(release_bundles[0]))
+    sync = ModelSync(updater, ShadowBounds())
+    ctx = OutputContext(open_alarm_ids=frozenset(), publish_action=lambda a: None, spawn=lambda c: None,
+                        models=app.models)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def on_loop(coro):  # the runtime on its own loop, as `appliance run` has it beside the dashboard
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(120)
+
+    on_loop(app.start())
+    accounts = Accounts(tmp_path / "accounts.db", hasher=FAST_HASHER)
+    make_user(accounts, "eve", "engineer")
+    handle = serve(create_app(app, app.store.path, accounts=accounts), "127.0.0.1", 0)
+    pg = None
+    try:
+        on_loop(sync.run_window(ctx, deadline_mono=None))
+        refusal = app.status()["model"]["last_refusal"]
+        assert refusal["stage"] == "updater" and refusal["kind"] == "tampered", refusal
+        assert "sha256" in refusal["reason"] and sync.status()["last_refusal"] == refusal["reason"]
+        assert app.status()["model"]["last_update"]["outcome"] == "refused"
+        assert app.detector.version == Detector.load(release_bundles[0]).version  # it keeps its model
+
+        served = Served(handle, None, app, accounts)
+        pg = new_page(browser, served)
+        sign_in(pg, served, "eve", "/model")
+        expect(pg.locator("#m-refusal")).to_contain_text("before install (tampered)")
+        expect(pg.locator("#m-refusal")).to_contain_text("sha256")
+        expect(pg.locator("#m-update")).to_contain_text("model update refused")
+        assert pg.problems == []
+    finally:
+        if pg is not None:
+            pg.context.close()
+        handle.stop()
+        on_loop(app.shutdown())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)

@@ -1,9 +1,12 @@
-// The model: what runs, how it was trained, INT8 against FP32, the candidate in shadow, its history.
+// The model: what runs, how it was trained, INT8 against FP32, the candidate in shadow, the last update and
+// refusal, its history.
 "use strict";
 
 (function () {
   const { $, api, post, can, applyRoles, fmtTime, fmtBytes, setText, el, emptyRow, toast } = window.GW;
   let loop = null;
+  // Where a release was refused: by the updater before install, after install, or in its shadow run.
+  const STAGES = { updater: "before install", install: "after install", shadow: "in shadow" };
 
   function facts(dl, pairs) {
     const items = [];
@@ -48,6 +51,12 @@
     const sh = model.shadow;
     setText($("m-shadow"), sh ? "Candidate " + (sh.candidate || "?") + " in shadow: " + JSON.stringify(sh)
       : "No candidate in shadow." + (m.sync ? "" : " (Cloud sync is not enabled on this gateway.)"));
+    const up = model.last_update;
+    setText($("m-update"), up ? fmtTime(up.at) + ": " + up.line
+      : (m.sync ? "No update pass since the gateway started." : "Cloud sync is not enabled on this gateway."));
+    const no = model.last_refusal;
+    setText($("m-refusal"), no ? fmtTime(no.at) + ", " + (STAGES[no.stage] || no.stage) + " (" + no.kind + "): "
+      + no.reason : "None since the gateway started.");
     $("m-promote").disabled = $("m-reject").disabled = !can("engineer") || !sh;
     $("m-rollback").disabled = !can("engineer") || !model.previous;
     $("m-sync").disabled = !can("engineer") || !m.sync;
