@@ -35,25 +35,69 @@ def _load(path: str | None):
 
 def cmd_sync_now(args) -> int:
     """Ask the running appliance, through its dashboard API, to open a connectivity window now (as an engineer)."""
+    status, answer = _ask_dashboard(args, "sync now", "POST", "/api/sync/now",
+                                    {"duration_s": args.duration} if args.duration else {})
+    if status != 200:
+        return status
+    print(f"sync now: window opened {json.dumps(answer.get('records', []))}")
+    return 0
+
+
+MODEL_ACTIONS = ("promote", "reject", "rollback")
+
+
+def cmd_model(args) -> int:
+    """The running appliance's model lifecycle through its dashboard API: ``status``, or an engineer's
+    ``promote``/``reject`` of the candidate in shadow or ``rollback`` to the previous model."""
+    what = f"model {args.sub}"
+    if args.sub == "status":
+        status, answer = _ask_dashboard(args, what, "GET", "/api/model")
+        if status == 200:
+            print(model_status_text(answer.get("model") or {}))
+            return 0
+        return status
+    status, answer = _ask_dashboard(args, what, "POST", f"/api/model/{args.sub}", {"note": args.note or ""})
+    if status != 200:
+        return status
+    print(f"{what}: now running {json.dumps(answer.get('records', []))}")
+    return 0
+
+
+def model_status_text(model: dict) -> str:
+    """The lifecycle's state in a few lines: what runs, any candidate, the last update and refusal."""
+    shadow, probation = model.get("shadow"), model.get("probation")
+    update, refusal = model.get("last_update"), model.get("last_refusal")
+    lines = [f"model {model.get('version')} (previous: {model.get('previous') or 'none'})",
+             "shadow: " + (f"{shadow['candidate']} after {shadow['windows']} windows, {shadow['candidate_raises']} "
+                           f"raises against {shadow['current_raises']}" if shadow else "none"),
+             "probation: " + (f"{probation['raises']} of {probation['allowed']} raises" if probation else "none"),
+             "last update: " + (update["line"] if update else "none since start"),
+             "last refusal: " + (f"{refusal['stage']} ({refusal['kind']}): {refusal['reason']}" if refusal
+                                 else "none since start")]
+    return "\n".join(lines)
+
+
+def _ask_dashboard(args, what: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    """Sign in as ``args.user`` and send one request: ``(200, answer)``, or ``(1, {})`` when refused and
+    ``(2, {})`` when the appliance did not answer, with the line already printed."""
     from web.client import DashboardClient, DashboardError
 
     client = DashboardClient(args.url)
     try:
         password = _password(args, confirm=False)
         client.login(args.user, password)
-        status, answer = client.post("/api/sync/now", {"duration_s": args.duration} if args.duration else {})
+        status, answer = client.get(path) if method == "GET" else client.post(path, body)
     except DashboardError as e:
         if e.status is None:
-            print(f"sync now: {e}", file=sys.stderr)
-            return 2
-        print(f"sync now refused: {e}", file=sys.stderr)
-        return 1
+            print(f"{what}: {e}", file=sys.stderr)
+            return 2, {}
+        print(f"{what} refused: {e}", file=sys.stderr)
+        return 1, {}
     if status != 200:
         why = answer.get("error", status) if isinstance(answer, dict) else status
-        print(f"sync now refused: {why}", file=sys.stderr)
-        return 1
-    print(f"sync now: window opened {json.dumps(answer.get('records', []))}")
-    return 0
+        print(f"{what} refused: {why}", file=sys.stderr)
+        return 1, {}
+    return 200, answer if isinstance(answer, dict) else {}
 
 
 def _password(args, confirm: bool) -> str:
@@ -410,6 +454,20 @@ def main(argv: list[str] | None = None) -> int:
     sn.add_argument("--user", required=True, help="an engineer's dashboard account")
     sn.add_argument("--password-file", help="file whose first line is the password (default: asked for)")
     sn.set_defaults(fn=cmd_sync_now)
+
+    mo = sub.add_parser("model", help="the running appliance's model: status, promote, reject, roll back")
+    mosub = mo.add_subparsers(dest="sub", required=True)
+    for name, text in (("status", "what runs, any candidate in shadow, the last update and refusal"),
+                       ("promote", "promote the candidate in shadow now (engineer)"),
+                       ("reject", "reject the candidate in shadow (engineer)"),
+                       ("rollback", "roll back to the previous model (engineer)")):
+        mp = mosub.add_parser(name, help=text)
+        mp.add_argument("--url", default="http://127.0.0.1:8080", help="the appliance's dashboard")
+        mp.add_argument("--user", required=True, help="a dashboard account (an engineer's, but for status)")
+        mp.add_argument("--password-file", help="file whose first line is the password (default: asked for)")
+        if name in MODEL_ACTIONS:
+            mp.add_argument("--note", help="why, kept in the model's history")
+        mp.set_defaults(fn=cmd_model)
 
     u = sub.add_parser("user", help="dashboard accounts (viewer, technician, engineer)")
     usub = u.add_subparsers(dest="sub", required=True)

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from appliance.config import parse_config
-from appliance.core import Reading
+from appliance.core import Detector as DetectorProtocol, Reading
 from appliance.detector.scorer import Detector
 from appliance.runtime import build
 from appliance.store import StoreReader
@@ -47,6 +47,7 @@ def test_a_signed_release_is_installed_run_in_shadow_promoted_and_kept_across_a_
     data = tmp_path / "data"
     cfg = config(data, release_bundles[0], updater.trusted_root)
     current = Detector.load(release_bundles[0])
+    assert isinstance(current, DetectorProtocol)  # what the runtime and the lifecycle need of it, all of it
     app = build(cfg, detector=current)
     sync = ModelSync(updater, ShadowBounds(**NO_LATENCY_BOUND, duration_s=0, min_windows=30))
     rows = normal_rows(200, 11)

@@ -390,6 +390,29 @@ def test_sync_now_from_the_cli_asks_the_running_appliance(running, capsys, tmp_p
     assert "did not answer" in capsys.readouterr().err
 
 
+def test_the_model_commands_of_the_cli_go_to_the_running_appliances_lifecycle(running, capsys, tmp_path):
+    from appliance.cli import main
+
+    app, handle = running
+    engineer(app, handle.url, "eve")
+    secret = tmp_path / "eve.pw"
+    secret.write_text(PASSWORD + "\n")
+    login = ["--url", handle.url, "--user", "eve", "--password-file", str(secret)]
+    assert main(["model", "promote", *login]) == 1
+    assert "model promote refused: no candidate model is running in shadow" in capsys.readouterr().err
+    candidate = MeanDetector()
+    candidate.version = "mean-2"
+    asyncio.run_coroutine_threadsafe(_begin(app, candidate), app._loop).result(10)
+    assert main(["model", "status", *login]) == 0
+    assert "shadow: mean-2 after" in capsys.readouterr().out
+    assert main(["model", "promote", "--note", "field trial", *login]) == 0
+    assert '"model": "mean-2"' in capsys.readouterr().out and app.detector is candidate
+    assert main(["model", "status", *login]) == 0
+    assert "model mean-2 (previous: mean-1)" in capsys.readouterr().out
+    assert main(["model", "rollback", *login]) == 0
+    assert app.detector.version == "mean-1"
+
+
 def test_one_client_in_turn_is_served_by_few_warm_workers_not_the_whole_pool():
     # Waking the longest-idle worker spread even sequential requests over every
     # worker, each warming its own stack and malloc arena (RSS crept up with the
