@@ -227,6 +227,9 @@ def cmd_train(args) -> int:
     from appliance.detector.bundle import load_bundle
     bundle = load_bundle(out)
     print(f"bundle written: {out} (level-free sensors: {', '.join(bundle.level_free) or 'none'})")
+    if args.from_store:
+        from appliance.commission import going_live
+        print(going_live(_load(args.config), out))
     for name, member in bundle.meta.get("members", {}).items():
         what = (f"{member['components']} components of the {member['inputs']} "
                 f"({100 * member['explained_variance']:.1f} % of their variance)" if member["kind"] == "pca_q"

@@ -15,6 +15,11 @@ filled, and no window spans it. A span that overlaps an alarm of the asset is
 refused unless explicitly allowed: training "normal" on a fault is the one
 mistake commissioning must not make quietly. Every read goes through the
 store's own methods.
+
+The bundle goes live as any other model, through the model's lifecycle
+(:mod:`appliance.lifecycle`): signed as a release, run in shadow beside the model
+the gateway runs, promoted or rejected. :func:`going_live` says, when the bundle is
+written, whether the running gateway can take it that way or needs a restart.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from typing import Sequence
 from appliance.core import Alarm
 from appliance.detector.train import TrainSettings, train_grid
 from appliance.detector.windowing import GridRows, grid_rows
+from appliance.lifecycle.active import bundle_to_load
+from appliance.lifecycle.shadow import hot_swap_check
 from appliance.store import StoreReader
 
 
@@ -78,6 +85,22 @@ def describe(alarm: Alarm) -> str:
 def alarms_during(db_path: str | Path, asset: str, since: float, until: float) -> list[str]:
     """Live (not replayed) alarms of ``asset`` that were active at some time in ``[since, until]``."""
     return [describe(a) for a in _open(db_path).live_alarms_during(asset, since, until)]
+
+
+def going_live(cfg, bundle_dir: str | Path) -> str:
+    """One line: can the gateway configured by ``cfg`` take the bundle in ``bundle_dir`` without a restart?
+
+    Compared with the bundle that gateway loads at its next start (a promoted one, else ``detector.bundle``)
+    by the rule its shadow run applies (:func:`~appliance.lifecycle.shadow.hot_swap_check`).
+    """
+    running = bundle_to_load(cfg)
+    if not (running / "bundle.json").exists():
+        return f"no model at {running} to compare with: the appliance starts on this bundle as detector.bundle"
+    why = hot_swap_check(running, bundle_dir)
+    if why is not None:
+        return f"the running model ({running}) cannot be replaced without a restart: {why}"
+    return (f"the running model ({running}) reads the same sensors on the same grid: a signed release of this "
+            "bundle (appliance release add) runs in shadow beside it and is promoted or rejected there")
 
 
 def commission(db_path: str | Path, asset: str, out_dir: str | Path, settings: TrainSettings | None = None, *,

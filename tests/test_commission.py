@@ -50,7 +50,10 @@ def test_cli_trains_on_the_recorded_span_like_on_the_same_rows_from_csv(recorded
     root, csv, _ = recorded
     out = tmp_path / "bundle"
     assert main(["train", "--from-store", ASSET, "--config", str(root / "appliance.toml"), "--out", str(out)]) == 0
-    assert "bundle written" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "bundle written" in said
+    # The config names no model yet: the gateway's lifecycle would start on this one.
+    assert "no model at" in said and "the appliance starts on this bundle" in said
     stored, from_csv = load_bundle(out), load_bundle(train_from_csv([csv], tmp_path / "csv"))
     assert stored.sensors == from_csv.sensors
     grid_rows = [json.loads((b.path / "bundle.json").read_text())["training"]["grid_rows"] for b in (stored, from_csv)]
@@ -110,3 +113,16 @@ def test_bad_requests_get_a_clear_error_and_write_nothing(recorded, tmp_path, ca
 def test_missing_store_is_named(tmp_path):
     with pytest.raises(CommissionError, match="no appliance store here"):
         recorded_rows(tmp_path / "nothing.db", ASSET)
+
+
+def test_going_live_says_whether_the_running_gateway_takes_the_bundle_in_shadow_or_needs_a_restart(
+        tmp_path, release_bundles):
+    from appliance.commission import going_live
+    from appliance.config import parse_config
+    from tests.support.detector import edited_bundle
+
+    cfg = parse_config({"data_dir": str(tmp_path), "detector": {"bundle": str(release_bundles[0])}})
+    assert "runs in shadow beside it" in going_live(cfg, release_bundles[1])
+    strided = edited_bundle(release_bundles[1], tmp_path / "strided", lambda meta: meta.update(stride=4))
+    said = going_live(cfg, strided)
+    assert "cannot be replaced without a restart: candidate stride 4 differs" in said, said

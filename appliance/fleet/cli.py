@@ -91,6 +91,10 @@ def cmd_server(args) -> int:
         p = report["privacy"]
         line += f"; privacy spent epsilon={p['epsilon']:.3g} delta={p['delta']:g} ({p['rounds_accounted']} rounds)"
     print(line + f"; report {args.report}")
+    from appliance.lifecycle.shadow import hot_swap_check
+    why = hot_swap_check(args.init, out)  # as each gateway running the seed model will judge it
+    print(f"note: gateways running the seed model need a restart for it: {why}" if why else
+          "gateways running the seed model take it through their shadow run, without a restart")
     print(f"next: appliance release add REPO {out} --version N --keys KEYS && appliance release publish REPO "
           f"--keys KEYS")
     return 0

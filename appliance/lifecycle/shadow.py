@@ -35,6 +35,7 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from pydantic import Field
@@ -71,6 +72,15 @@ def compatibility(current: Detector, candidate: Detector) -> str | None:
             return (f"candidate {attr} {getattr(candidate, attr)!r} differs from the current model's "
                     f"{getattr(current, attr)!r}; installing it needs a restart")
     return None
+
+
+def hot_swap_check(running_bundle: str | Path, candidate_bundle: str | Path) -> str | None:
+    """:func:`compatibility` of two bundles on disk: why a gateway running ``running_bundle`` cannot take
+    ``candidate_bundle`` through its shadow run without a restart, or None. Commissioning and the fleet
+    server say it when they write a bundle, by the same rule the running gateway applies."""
+    from appliance.detector.scorer import Detector as OnnxDetector
+
+    return compatibility(OnnxDetector.load(running_bundle), OnnxDetector.load(candidate_bundle))
 
 
 QUANTILES = (0.5, 0.9, 0.99)
