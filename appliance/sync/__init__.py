@@ -4,7 +4,7 @@
   queued durably (``queue.py``, ``episodes.py``) and sent only inside the windows of
   ``windows.py``, over MQTT/TLS or HTTPS (README.md).
 * ``updates.py``, ``tuf_fetcher.py`` and ``trust.py`` take signed model releases
-  (The Update Framework); ``models.py`` hands a verified one to the runtime's shadow
-  run, and ``shadow.py`` judges it (docs/updates.md). The engineer's side is
-  ``appliance/release/``.
+  (The Update Framework); ``models.py`` hands a verified one, and every update pass
+  and refusal, to the model's lifecycle (``appliance/lifecycle/``, docs/updates.md).
+  The engineer's side is ``appliance/release/``.
 """
