@@ -7,6 +7,8 @@ import sqlite3
 
 import pytest
 
+from appliance.config import parse_config
+from appliance.runtime import build
 from appliance.store import AlarmComment, CommentError, Store, StoreUnavailable, import_comments, open_reader
 from appliance.store.comments import MAX_COMMENT
 from appliance.store.output import StoreOutput
@@ -107,3 +109,31 @@ def test_a_version_3_store_gains_the_comments_table(tmp_path):
     assert st.flush()
     st.close()
     assert [r["text"] for r in st.reader.alarm_comments("a1")] == ["greased"]
+
+
+class QuietDetector:
+    """Enough of a detector for the runtime to start; nothing is scored in this test."""
+
+    sensors = ("a", "b")
+    window, stride, period_s, threshold, version = 4, 1, 1.0, 1.0, "quiet-1"
+
+
+def test_the_runtime_answers_add_comment_from_a_web_thread(tmp_path):
+    cfg = parse_config({"data_dir": str(tmp_path), "log_level": "WARNING", "web": {"enabled": False},
+                        "inputs": {"mqtt": {"enabled": False}},
+                        "outputs": {"mqtt_alarm": {"enabled": False}, "history": {"enabled": False}}})
+    app = build(cfg, detector=QuietDetector())
+
+    async def go():
+        await app.start()
+        try:
+            # As a dashboard worker thread calls it: blocking, off the loop.
+            return await asyncio.to_thread(app.command, "add_comment", alarm_id="a1", asset="pump1", user="ana",
+                                           text="checked the coupling")
+        finally:
+            await app.shutdown()
+
+    (record,) = asyncio.run(go())
+    assert (record.user, record.text) == ("ana", "checked the coupling")
+    (row,) = app.store.reader.alarm_comments("a1")
+    assert (row["ts"], row["user"], row["asset"]) == (record.ts, "ana", "pump1")
