@@ -2,7 +2,9 @@
 
 The file (``accounts.db`` beside the store unless ``[web] accounts`` says
 otherwise) is the dashboard's own: it never holds plant data, and the store's
-writer never waits for it. It is created readable by its owner only.
+writer never waits for it. It is created readable by its owner only. (Releases
+before store schema 4 kept alarm comments here; the dashboard moves them to the
+store when it starts: :meth:`Accounts.legacy_comments`, :meth:`Accounts.drop_legacy_comments`.)
 
 Roles, each allowed what the one before it is:
 
@@ -62,7 +64,6 @@ FREE_TRIES = 3  # failed sign-ins before the back-off starts
 MAX_DELAY_S = 300.0
 TOUCH_EVERY_S = 15.0  # a session's last-seen time is written at most this often
 AUTH_LOG_KEEP = 20_000  # sign-in log rows kept (the oldest go first)
-MAX_COMMENT = 1000
 # OWASP password storage cheat sheet, Argon2id: one of its equivalent minimums (m=7 MiB, t=5, p=1), the one
 # with the least memory: a gateway keeps a hash's working memory resident once it has signed someone in.
 ARGON2_PARAMS = {"time_cost": 5, "memory_cost": 7 * 1024, "parallelism": 1}
@@ -100,15 +101,6 @@ CREATE TABLE IF NOT EXISTS auth_log(
     addr TEXT NOT NULL DEFAULT '',
     detail TEXT NOT NULL DEFAULT ''
 );
-CREATE TABLE IF NOT EXISTS comments(
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    alarm_id TEXT NOT NULL,
-    asset TEXT NOT NULL DEFAULT '',
-    name TEXT NOT NULL,
-    text TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS comments_alarm ON comments(alarm_id, seq);
 """
 
 
@@ -410,24 +402,21 @@ class Accounts:
                               (limit,)).fetchall()
         return [dict(r) for r in rows]
 
-    # -- alarm comments (a technician's notes on an alarm occurrence) -----------------------
-    def add_comment(self, alarm_id: str, asset: str, user: User, text: str) -> dict:
-        text = text.strip()
-        if not text or len(text) > MAX_COMMENT:
-            raise AccountError(f"a comment has 1 to {MAX_COMMENT} characters")
-        now = self.clock()
-        with self._db() as db:
-            seq = db.execute("INSERT INTO comments(ts, alarm_id, asset, name, text) VALUES (?, ?, ?, ?, ?)",
-                             (now, alarm_id, asset, user.name, text)).lastrowid
-        log.info("accounts: comment alarm=%s asset=%s user=%s", alarm_id, asset, user.name)
-        return {"seq": seq, "ts": now, "alarm_id": alarm_id, "asset": asset, "user": user.name, "text": text}
+    # -- alarm comments of an earlier release (now in the store) ---------------------------
+    def legacy_comments(self) -> list[dict] | None:
+        """Alarm comments this file still holds from a release before store schema 4, oldest first.
 
-    def comments(self, alarm_id: str | None = None, limit: int = 200) -> list[dict]:
+        Each has ``ts``, ``alarm_id``, ``asset``, ``user`` and ``text``. ``None``
+        when the file has no comments table (a new file, or one moved already).
+        """
         with self._db() as db:
-            if alarm_id is None:
-                rows = db.execute("SELECT * FROM comments ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
-            else:
-                rows = db.execute("SELECT * FROM comments WHERE alarm_id = ? ORDER BY seq LIMIT ?",
-                                  (alarm_id, limit)).fetchall()
-        return [{"seq": r["seq"], "ts": r["ts"], "alarm_id": r["alarm_id"], "asset": r["asset"], "user": r["name"],
-                 "text": r["text"]} for r in rows]
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'comments'").fetchone() is None:
+                return None
+            rows = db.execute("SELECT ts, alarm_id, asset, name, text FROM comments ORDER BY seq").fetchall()
+        return [{"ts": r["ts"], "alarm_id": r["alarm_id"], "asset": r["asset"], "user": r["name"], "text": r["text"]}
+                for r in rows]
+
+    def drop_legacy_comments(self) -> None:
+        """Forget the old comments table (call once its rows are committed in the store)."""
+        with self._db() as db:
+            db.execute("DROP TABLE IF EXISTS comments")  # its index goes with it

@@ -242,7 +242,7 @@ def test_a_version_2_store_gains_the_count_columns(tmp_path):
     conn.executescript("DROP TABLE dead_letters;" + V2_DEAD_LETTERS + "PRAGMA user_version = 2;")
     conn.close()
     st = Store(db)  # ... taken back to version 2's dead letters, then migrated
-    assert open_reader(db).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert open_reader(db).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     (row,) = st.reader.dead_letters()
     assert (row["code"], row["count"], row["last_at"]) == ("bad_json", 1, 5.0)
 

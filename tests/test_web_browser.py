@@ -306,6 +306,10 @@ def test_the_alarm_journal_takes_a_comment(page, served, shots):
     expect(page.locator("#toast")).to_contain_text("Comment added (ana)")
     expect(page.locator("tr.detail-row .entry-comment")).to_contain_text("bearing at 82 degC, grease ordered")
     expect(page.locator("tr.detail-row .entry-comment")).to_contain_text("by ana")
+    # It is the store's: with the alarm, by the signed-in technician.
+    (alarm,) = [a for a in served.appliance.book.alarms() if a.asset == "pump1"]
+    (stored,) = served.appliance.store.reader.alarm_comments(alarm.id)
+    assert (stored["user"], stored["text"]) == ("ana", "bearing at 82 degC, grease ordered")
     page.screenshot(path=str(shots / "alarm-journal.png"), full_page=True)
     assert page.problems == []
 

@@ -60,11 +60,11 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 from flask_wtf.csrf import generate_csrf
 
-from appliance.accounts import AccountError
 from appliance.actions.alarms import AlarmCommandError
 from appliance.actions.mitigation.mitigator import MitigationError
 from appliance.core.severity import BANDS, EXPLANATION, band, severity
-from appliance.store import StoreUnavailable
+from appliance.store import CommentError, StoreUnavailable
+from appliance.store.comments import MAX_COMMENT
 from appliance.lifecycle.shadow import ModelCommandError
 from web import trends
 from web.auth import auth, current_user, public, requires
@@ -299,7 +299,7 @@ def alarm_journal(alarm_id: str):
                 what = m["event"] + (f" until {m['shelved_until']}" if m.get("shelved_until") else "")
                 entries.append({"ts": m["ts"], "type": "mode", "what": what, "user": m["user"], "note": m["note"],
                                 "state": m["mode"], "shelved_until": m.get("shelved_until")})
-    for c in auth().accounts.comments(alarm_id):
+    for c in _read(ctx.store.alarm_comments, alarm_id):
         entries.append({"ts": c["ts"], "type": "comment", "what": "comment", "user": c["user"], "note": c["text"],
                         "state": None})
     entries.sort(key=lambda e: e["ts"])
@@ -309,18 +309,18 @@ def alarm_journal(alarm_id: str):
 @bp.post("/api/alarms/<alarm_id>/comments")
 @requires("technician")
 def add_comment(alarm_id: str):
+    """Store the signed-in user's comment with the alarm; answered once it is committed."""
     alarm_id = _alarm_id_arg(alarm_id)
     body = json_body(request)
-    text = text_field(body, "text", 1000)
+    text = text_field(body, "text", MAX_COMMENT)
     events = _read(_ctx().store.alarm_events, alarm_id)
     if events is None:
         raise ApiError(f"no alarm with id {alarm_id!r}", "alarm_id", status=404)
     asset = next(((e["alarm"] or {}).get("asset") for e in events if e["alarm"]), "")
     try:
-        record = auth().accounts.add_comment(alarm_id, asset or "", current_user(), text)
-    except AccountError as exc:
+        return _command("add_comment", alarm_id=alarm_id, asset=asset or "", text=text)
+    except CommentError as exc:
         raise ApiError(str(exc), "text") from None
-    return jsonify({"ok": True, "command": "comment", "records": [record]})
 
 
 @bp.get("/api/scores")

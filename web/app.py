@@ -15,6 +15,7 @@ from werkzeug.routing import RequestRedirect
 
 from appliance.accounts import FILE_NAME as ACCOUNTS_FILE
 from appliance.accounts import Accounts
+from appliance.store import AlarmComment, StoreUnavailable, import_comments
 from web.config import WebConfig
 from web.context import ApplianceLike, WebContext
 
@@ -58,6 +59,30 @@ class _StrictJSON(DefaultJSONProvider):
         return json.dumps(_plain(obj), allow_nan=False, **kwargs)
 
 
+def move_legacy_comments(accounts: Accounts, store_path: str | Path) -> int | None:
+    """Move the alarm comments an accounts file of an earlier release holds into the store; how many were new.
+
+    Copied first, in one committed transaction that skips what the store has
+    already, and only then dropped from the accounts file: a start interrupted
+    between the two copies them again at the next start and adds nothing. If the
+    store cannot take them now they stay where they are until a later start.
+    ``None`` when there was nothing to move.
+    """
+    legacy = accounts.legacy_comments()
+    if legacy is None:
+        return None
+    comments = [AlarmComment(c["alarm_id"], c["asset"] or "", float(c["ts"]), c["user"], c["text"]) for c in legacy]
+    try:
+        added = import_comments(store_path, comments)
+    except StoreUnavailable as exc:
+        log.warning("web: alarm comments stay in %s until the store can take them count=%d error=%s",
+                    accounts.path, len(comments), exc)
+        return None
+    accounts.drop_legacy_comments()
+    log.info("web: alarm comments moved from %s to the store count=%d new=%d", accounts.path, len(comments), added)
+    return added
+
+
 def create_app(appliance_like: ApplianceLike, store_path: str | Path,
                metrics_provider: Callable[[], str | bytes] | None = None, *,
                config: WebConfig | None = None, accounts: Accounts | str | Path | None = None,
@@ -88,6 +113,7 @@ def create_app(appliance_like: ApplianceLike, store_path: str | Path,
     if cfg.metrics_token_file:
         metrics_token = _read_token(base / cfg.metrics_token_file)
 
+    move_legacy_comments(accounts, store_path)
     if not accounts.users():
         log.warning("web: no dashboard accounts yet in %s; nobody can sign in until one is added: "
                     "appliance user add NAME --role engineer", accounts.path)

@@ -4,6 +4,7 @@ It owns its schema: every other part reads and writes through :class:`Store`'s
 methods, never with SQL of its own. See README.md.
 """
 
-from appliance.store.store import Store, StoreReader, StoreUnavailable, open_reader
+from appliance.store.comments import AlarmComment, CommentError
+from appliance.store.store import Store, StoreReader, StoreUnavailable, import_comments, open_reader
 
-__all__ = ["Store", "StoreReader", "StoreUnavailable", "open_reader"]
+__all__ = ["AlarmComment", "CommentError", "Store", "StoreReader", "StoreUnavailable", "import_comments", "open_reader"]

@@ -1,13 +1,24 @@
-"""The store as an :class:`~appliance.core.Output`: every record the detection path makes goes to SQLite."""
+"""The store as an :class:`~appliance.core.Output`: every record the detection path makes goes to SQLite.
+
+Its one operator command, ``add_comment`` (``alarm_id``, ``asset``, ``user``,
+``text``), stores a technician's comment on an alarm and answers once it is
+committed, so the journal read right after the answer shows it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 from appliance.core import (Alarm, AlarmEvent, DeadLetter, EventKind, ModeChange, ModelChange, Output, OutputContext,
                             Reading, Score)
+from appliance.core.plugins import Command
+from appliance.store.comments import AlarmComment
 from appliance.store.store import Store
+
+log = logging.getLogger(__name__)
 
 # An open alarm's row follows its rising peak at most this often: a growing fault
 # raises the peak on nearly every window, and the journal needs the trend, not each step.
@@ -55,6 +66,31 @@ class StoreOutput(Output):
 
     def on_model_change(self, change: ModelChange) -> None:
         self.store.put_model_change(change)
+
+    def commands(self) -> Mapping[str, Command]:
+        return {"add_comment": self._add_comment}
+
+    async def _add_comment(self, alarm_id: str, asset: str, user: str, text: str) -> list[AlarmComment]:
+        """Store ``user``'s comment on ``alarm_id`` (:class:`~appliance.store.comments.CommentError` if refused)."""
+        comment = AlarmComment.new(alarm_id, asset, user, text)
+        self.store.put_comment(comment)
+        await self._committed()
+        # The audit line: who commented on which alarm, and when (the text is in the store).
+        log.info("store: comment alarm=%s asset=%s user=%s ts=%.3f", comment.alarm_id, comment.asset, comment.user,
+                 comment.ts)
+        return [comment]
+
+    async def _committed(self) -> None:
+        """Wait, without holding the event loop, until everything queued so far is committed."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def wake() -> None:
+            if not done.done():  # the command may have been given up on meanwhile
+                done.set_result(None)
+
+        self.store.after_commit(lambda: loop.call_soon_threadsafe(wake))
+        await done
 
     def status(self) -> dict:
         return {"queued": self.store.queued(), "committed_batches": self.store.committed_batches,

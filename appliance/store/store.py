@@ -39,6 +39,10 @@ row's ``count`` (and moves its ``last_at``) instead of adding a row. The WAL fil
 is truncated back to ``JOURNAL_SIZE_LIMIT`` after a checkpoint, so a burst of
 writes does not leave a multi-gigabyte file behind.
 
+Alarm comments (a technician's notes on an occurrence, :mod:`appliance.store.comments`)
+go through the writer like every other record; those an accounts file of a release
+before schema version 4 still holds are copied in once by :func:`import_comments`.
+
 Readers (dashboard, tests, CLI) go through :class:`StoreReader`, read-only, on their own
 connections.
 """
@@ -60,6 +64,7 @@ from typing import Callable, Iterable, Iterator
 from appliance.core import (Alarm, AlarmEvent, AlarmState, DeadLetter, Level, ModeChange, ModelChange, PointMode,
                             Quality, Reading, Score)
 from appliance.core.clock import AgeCutoff
+from appliance.store.comments import AlarmComment
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +77,24 @@ CREATE TABLE IF NOT EXISTS mode_changes (
 );
 """
 
+# Technicians' notes on an alarm occurrence (until schema version 4 they were in the dashboard's accounts
+# file). One per author and instant on an alarm, so a comment copied twice is stored once.
+_ALARM_COMMENTS = """
+CREATE TABLE IF NOT EXISTS alarm_comments (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    alarm_id TEXT NOT NULL, asset TEXT NOT NULL, ts REAL NOT NULL, user TEXT NOT NULL, text TEXT NOT NULL,
+    UNIQUE (alarm_id, ts, user)
+);
+"""
+
 # The schema's version, kept in SQLite's user_version; _migrate brings an older file up to it.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Bytes the WAL file is truncated to after a checkpoint (SQLite otherwise keeps its largest size).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Distinct refusals remembered for collapsing repeats (older ones are simply stored anew).
 _DEAD_RECENT_MAX = 1024
 
-SCHEMA = _MODE_CHANGES + """
+SCHEMA = _MODE_CHANGES + _ALARM_COMMENTS + """
 CREATE TABLE IF NOT EXISTS readings (
     id INTEGER PRIMARY KEY,
     asset TEXT NOT NULL, sensor TEXT NOT NULL, ts REAL NOT NULL, value REAL,
@@ -165,6 +180,9 @@ ALTER TABLE dead_letters ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE dead_letters ADD COLUMN last_at REAL;
 """
 
+# Version 3 (until 2026-12): alarm comments were kept in the accounts file; see import_comments.
+_MIGRATE_3_TO_4 = _ALARM_COMMENTS
+
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Create the schema, or bring a store written by an earlier release up to it."""
@@ -176,7 +194,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise RuntimeError(f"store schema version {version} is newer than this release's ({SCHEMA_VERSION})")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        steps = {1: _MODE_CHANGES + _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3}
+        steps = {1: _MODE_CHANGES + _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3, 3: _MIGRATE_3_TO_4}
         while version in steps:
             for stmt in steps[version].split(";"):
                 if stmt.strip():
@@ -190,6 +208,38 @@ def _migrate(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def import_comments(path: str | Path, comments: Iterable[AlarmComment]) -> int:
+    """Copy alarm comments kept elsewhere (the accounts file of a release before schema 4) into the store.
+
+    A migration, so like :func:`_migrate` it writes on a connection of its own: it
+    runs once, when the dashboard starts, in one transaction of milliseconds (the
+    writer thread waits at most that long for its next commit). A comment the store
+    has already (same alarm, author and instant) is skipped, so copying again after
+    an interrupted move adds nothing. Returns how many were new. Raises
+    :class:`StoreUnavailable` unless ``path`` is a store of this release's schema
+    (it is never created here).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise StoreUnavailable(f"store file {path} does not exist yet")
+    rows = [(c.alarm_id, c.asset, c.ts, c.user, c.text) for c in comments]
+    try:
+        conn = _connect(path)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise StoreUnavailable(f"store schema version {version}, this release writes {SCHEMA_VERSION}")
+            conn.execute("BEGIN IMMEDIATE")
+            added = conn.executemany("INSERT OR IGNORE INTO alarm_comments (alarm_id, asset, ts, user, text)"
+                                     " VALUES (?,?,?,?,?)", rows).rowcount
+            conn.execute("COMMIT")
+            return max(0, added)
+        finally:
+            conn.close()  # an uncommitted transaction is rolled back
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(str(exc)) from exc
 
 
 _STOP = object()
@@ -296,6 +346,10 @@ class Store:
         """Record the change and the point's new mode (and the occurrence's new state, if any)."""
         self._q.put(("mode", m))
 
+    def put_comment(self, c: AlarmComment) -> None:
+        """Record a technician's comment on an alarm occurrence (see :mod:`appliance.store.comments`)."""
+        self._q.put(("comment", c))
+
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once everything queued before it is committed."""
         self._q.put(("callback", callback))
@@ -378,7 +432,7 @@ class Store:
     def _write_batch(self, conn: sqlite3.Connection, batch: list) -> list[Callable[[], None]]:
         callbacks = []
         now = time.time()
-        readings, scores, events, dead, modes, alarms, models = [], [], [], [], [], [], []
+        readings, scores, events, dead, modes, alarms, models, comments = [], [], [], [], [], [], [], []
         for kind, item in batch:
             if kind == "callback":
                 callbacks.append(item)
@@ -399,6 +453,8 @@ class Store:
                 modes.append(item)
             elif kind == "model":
                 models.append((item.ts, item.event, item.version, item.previous, item.reason, item.user))
+            elif kind == "comment":
+                comments.append((item.alarm_id, item.asset, item.ts, item.user, item.text))
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -416,6 +472,8 @@ class Store:
                     self._write_mode_change(conn, m, now)
                 conn.executemany("INSERT INTO model_changes (ts, event, version, previous, reason, user)"
                                  " VALUES (?,?,?,?,?,?)", models)
+                conn.executemany("INSERT OR IGNORE INTO alarm_comments (alarm_id, asset, ts, user, text)"
+                                 " VALUES (?,?,?,?,?)", comments)
                 conn.execute("COMMIT")
                 self.committed_batches += 1
                 if recent is not None:
@@ -648,6 +706,17 @@ class StoreReader:
         return [{"seq": r["seq"], "asset": r["asset"], "event": r["event"], "mode": r["mode"],
                  "previous": r["previous"], "ts": r["ts"], "user": r["user"], "note": r["note"],
                  "shelved_until": r["shelved_until"], "alarm_id": r["alarm_id"]} for r in rows]
+
+    def alarm_comments(self, alarm_id: str, limit: int = 500) -> list[dict]:
+        """The comments on one alarm occurrence, oldest first.
+
+        Each has ``seq``, ``alarm_id``, ``asset``, ``ts`` (when it was written),
+        ``user`` (who wrote it) and ``text``.
+        """
+        rows = self._rows("SELECT * FROM alarm_comments WHERE alarm_id = ? ORDER BY ts, seq LIMIT ?",
+                          (alarm_id, limit))
+        return [{"seq": r["seq"], "alarm_id": r["alarm_id"], "asset": r["asset"], "ts": r["ts"], "user": r["user"],
+                 "text": r["text"]} for r in rows]
 
     def model_changes(self, limit: int = 100) -> list[dict]:
         """The model's life on this gateway (shadow runs, promotions, rejections, rollbacks), latest first."""
