@@ -79,4 +79,3 @@ def unframe(payload: bytes) -> list[tuple[str, bytes]]:
             raise ValueError(f"damaged batch: {e}") from None
         return [(k, zlib.compress(body)) for k, body in _split_records(records, 0)]
     raise ValueError("not an uplink batch (bad magic)")
-
