@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from appliance.broker import free_port  # noqa: E402
 from appliance.detector.scorer import Detector  # noqa: E402
 from appliance.detector.train import TrainSettings, read_csv, sliding_windows, train_bundle  # noqa: E402
 from appliance.fleet.model import seed_from_bundle  # noqa: E402
@@ -130,12 +130,6 @@ def evaluate(bundle: Path, gw: dict) -> dict:
         fn += int(np.sum(~pred & y))
     f1 = 2 * tp / max(1, 2 * tp + fp + fn)
     return {"f1": round(f1, 3), "far": round(fp / max(1, fp + tn), 3), "mar": round(fn / max(1, fn + tp), 3)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_fleet(work: Path, name: str, gateways, seed: Path, reference: Path, csvs, fleet: dict) -> tuple[Path, dict]:

@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 from appliance.history.config import HistoryConfig  # noqa: E402
 from appliance.core import Reading, Score  # noqa: E402
 from appliance.history.sink import History  # noqa: E402
-from tests.support.mosquitto import free_port  # noqa: E402
-from tests.support.victoria import VictoriaMetrics, count_points  # noqa: E402
+from appliance.broker import free_port  # noqa: E402
+from rigs.victoria import VictoriaMetrics, count_points  # noqa: E402
 
 DEMO_SENSORS = [f"s{i}" for i in range(8)]  # the demo: 8 sensors at 1 Hz on one asset, 1 score/s
 

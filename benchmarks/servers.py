@@ -6,8 +6,8 @@ The same parts the tests start, built from the product's own pieces:
 ``appliance.broker.tls_mosquitto`` (mutual TLS, the certificate's name as the
 user), ``firmware_sim.cloud_pki`` (a CA, the broker's certificate for
 127.0.0.1, client certificates) and ``firmware_sim.cloud_intake`` (stores what
-arrives, once per item id). A TLS static file host is the tests' own
-``tests.support.tuf_repo.TlsStaticServer``.
+arrives, once per item id). A TLS static file host is
+``rigs.tls_server.TlsStaticServer``, the one the tests start too.
 """
 
 from __future__ import annotations

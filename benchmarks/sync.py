@@ -5,7 +5,7 @@
 Peers: a TLS Mosquitto requiring client certificates as the cloud broker, the
 cloud intake storing items by id (benchmarks/servers.py), and Python's
 http.server over TLS serving the engineer's TUF repository (the tests'
-TlsStaticServer, tests/support/tuf_repo.py).
+TlsStaticServer, rigs/tls_server.py).
 
 1. **A simulated hour with injected faults** (accelerated): one pump
    (firmware-sim's PumpModel, 8 sensors at 1 Hz) with three 2-minute faults,
@@ -68,8 +68,8 @@ async def simulated_hour(work: Path, cloud: CloudPeer, cut: bool) -> dict:
     from appliance.store.output import StoreOutput
     from appliance.sync.config import SyncConfig
     from appliance.sync.uplink import build
-    from tests.support.cloud import Spawner, plugin_env
-    from tests.support.plant import Plant
+    from rigs.outputs import Spawner, plugin_env
+    from rigs.plant import Plant
 
     work.mkdir(parents=True)
     pace = {"max_message_bytes": 4096, "max_rate_bytes_per_s": 1000, "budget_bytes_per_window": 0} if cut else {}
@@ -210,7 +210,7 @@ async def model_scenario(work: Path, cloud: CloudPeer, repo_url: str, root: Path
     from appliance.runtime import build
     from appliance.store import StoreReader
     from appliance.sync.uplink import SyncUplink
-    from tests.support.feeder import Feeder
+    from rigs.feeder import Feeder
 
     data = work / "data"
     (data / "tuf").mkdir(parents=True)
@@ -287,7 +287,7 @@ async def model_scenario(work: Path, cloud: CloudPeer, repo_url: str, root: Path
 
 async def models_part(work: Path, cloud: CloudPeer) -> dict:
     from appliance.release.repo import add_release, copy_repository, init_repository, publish
-    from tests.support.tuf_repo import TlsFiles, TlsStaticServer
+    from rigs.tls_server import TlsFiles, TlsStaticServer
 
     made = bundles(work / "bundles")
     repo, keys, www = work / "engineer" / "repo", work / "engineer" / "keys", work / "www"

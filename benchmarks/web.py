@@ -51,8 +51,8 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.broker import Mosquitto, free_port, stop_process  # noqa: E402
 from benchmarks.common import RESULTS, parser, write_results  # noqa: E402
-from tests.support.browser import CHROMIUM, HEADLESS_ARGS  # noqa: E402
-from tests.support.store_peek import count_rows  # noqa: E402
+from rigs.browser import CHROMIUM, HEADLESS_ARGS  # noqa: E402
+from rigs.store_peek import count_rows  # noqa: E402
 
 CHROMIUM_ARGS = [*HEADLESS_ARGS, "--disable-quic"]
 ASSET = "pump1"

@@ -155,6 +155,27 @@ def test_the_appliance_package_never_imports_the_simulator():
     assert {m: v for m, v in offenders.items() if v} == {}
 
 
+def test_benchmarks_and_rigs_never_import_the_tests():
+    # What a benchmark shares with the tests (a real peer, a harness) lives in rigs/, which tests/support
+    # re-exports: a benchmark importing tests/ would depend on test code (and pytest) for its figures.
+    offenders = {}
+    for folder in ("benchmarks", "rigs"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            found = sorted(n for n in external_imports_of(path) if n.split(".")[0] in ("tests", "benchmarks")
+                           and not (folder == "benchmarks" and n.startswith("benchmarks")))
+            if found:
+                offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}
+
+
+def test_the_product_never_imports_the_rigs():
+    # rigs/ is not packaged: an import of it works in the tree and fails on an installed gateway.
+    sources = [p for pkg in (*PACKAGES, "firmware-sim") for p in (ROOT / pkg).rglob("*.py")]
+    offenders = {str(p.relative_to(ROOT)): sorted(n for n in external_imports_of(p) if n.split(".")[0] == "rigs")
+                 for p in sources}
+    assert {p: v for p, v in offenders.items() if v} == {}
+
+
 def imports_of_path(module: str) -> set[str]:
     return imports_of(source_of(module))
 

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 
 from tests.support.detector import SENSORS, normal_rows
+from tests.support.ports import free_port
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -36,12 +36,6 @@ flwr = pytest.importorskip("flwr", reason="the fleet extra (pip install .[fleet]
 ROOT = Path(__file__).resolve().parents[1]
 # Bounds for a broken run only; a healthy one ends long before (two shared cores).
 RUN_TIMEOUT_S = 900.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_csv(path: Path, rows: np.ndarray, t0: float = 1_700_000_000.0) -> Path:

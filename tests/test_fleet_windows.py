@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 
 from appliance.core import Alarm, AlarmState, Level
 from tests.support.detector import SENSORS, normal_rows, record_rows
+from tests.support.ports import free_port
 from tests.support.wait import wait_until_async
 
 pytestmark = pytest.mark.integration
@@ -36,12 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 900.0  # bounds a broken run only
 T0 = 1_700_000_000.0
 ASSET = "pump"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def record(db: Path, rows: np.ndarray, alarms=()) -> Path:

@@ -37,12 +37,16 @@ import urllib3
 from tuf.api import exceptions
 from tuf.ngclient.fetcher import FetcherInterface
 
+from appliance.connections.tls import client_context
+
 logger = logging.getLogger(__name__)
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 # Statuses worth another attempt in the same call: the server or a proxy is
 # briefly unwell, not refusing the request.
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+# Where the fetcher's TLS files are configured: what a TlsFileError names.
+TLS_KEYS = "outputs.sync.updates"
 
 
 class DownloadPaused(exceptions.DownloadError):
@@ -62,7 +66,8 @@ class ResumableFetcher(FetcherInterface):
 
     ``ca_file`` is the CA bundle the repository host's certificate must chain
     to (None: the system's store); ``cert_file``/``key_file`` a client
-    certificate if the host asks for one. ``attempts`` bounds consecutive
+    certificate if the host asks for one (a file that cannot be loaded: a
+    :class:`~appliance.connections.tls.TlsFileError` naming the key). ``attempts`` bounds consecutive
     failures that bring no new bytes; a failure after progress does not count.
     Set :attr:`deadline` (a ``time.monotonic()`` value) and :attr:`byte_budget`
     before a call to stop cleanly at the end of a connectivity window.
@@ -84,9 +89,7 @@ class ResumableFetcher(FetcherInterface):
         self.bytes_received = 0
         self.resumed_from = 0
         self.restarts = 0
-        ctx = ssl.create_default_context(cafile=ca_file)
-        if cert_file:
-            ctx.load_cert_chain(cert_file, key_file)
+        ctx = client_context(ca_file, cert_file, key_file, keys=TLS_KEYS)
         # urllib3 retries connects itself; reads are ours (a retried read would start from byte 0).
         retries = urllib3.Retry(total=None, connect=2, read=0, status=0, other=0, redirect=5,
                                 raise_on_redirect=True, raise_on_status=False)

@@ -23,15 +23,14 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
 
 from appliance.broker import Mosquitto, find_mosquitto, tls_mosquitto
-from appliance.core import OutputContext, PluginEnv
 from appliance.sync.config import SyncConfig
 from firmware_sim.cloud_pki import Pki, make_pki
+from rigs.outputs import Spawner, plugin_env  # noqa: F401  (the tests take them from here)
 from tests.support.wait import wait_until
 
 
@@ -117,33 +116,7 @@ def cloud(tmp_path):
     yield from cloud_peer(tmp_path / "cloud")
 
 
-# -- running an uplink outside the runtime ------------------------------------------------------
-
-class Spawner:
-    """``OutputContext.spawn`` as the runtime does it: tasks kept until they finish, awaited at the end."""
-
-    def __init__(self):
-        self.tasks: set[asyncio.Task] = set()
-
-    def spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def drain(self) -> None:
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
-
-    def context(self, open_alarm_ids=frozenset()) -> OutputContext:
-        return OutputContext(open_alarm_ids=frozenset(open_alarm_ids), publish_action=lambda action: None,
-                             spawn=self.spawn)
-
-
-def plugin_env(store_path: Path, data_dir: Path, site: str = "test-site") -> PluginEnv:
-    """The part of a PluginEnv the uplink's factory reads: the site and the store's path."""
-    config = SimpleNamespace(site=site, store=SimpleNamespace(path=str(store_path)))
-    return PluginEnv(config=config, data_dir=data_dir, sensors=())
-
+# -- an uplink in a process of its own (the kill -9 test) -------------------------------------
 
 def uploader_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="tests.support.cloud")

@@ -1,0 +1,15 @@
+"""Rigs the tests and the benchmarks both drive: real peers and the harness around an output.
+
+* ``victoria.py``: a VictoriaMetrics server on a free loopback port (the history's peer);
+* ``tls_server.py``: a TLS static file server with a CA of its own (the model repository's host);
+* ``browser.py``: Debian's headless Chromium and its arguments;
+* ``outputs.py``, ``plant.py``, ``feeder.py``: an output run outside the runtime, a simulated
+  pump feeding its hooks, a thread submitting readings as an input does;
+* ``store_peek.py``: counting rows of a store another process writes.
+
+Not part of the product (not packaged; ``appliance/`` and ``web/`` never import it), and
+never importing ``tests/``: ``tests/support/`` re-exports what the tests take from here
+and adds the pytest fixtures, ``benchmarks/`` import it directly
+(``tests/test_architecture.py`` checks both rules). The broker and ``free_port`` are the
+appliance's own (``appliance/broker.py``, used by ``appliance demo``).
+"""
