@@ -2,7 +2,7 @@
 
 A private Mosquitto and an appliance (built from a config in this process, as
 ``tests/support/appliance.py`` runs it: connector, store, windows, scoring)
-receive ``--messages`` hostile messages of about 250 KB, each naming 21,000
+receive ``--messages`` hostile messages of about 230 KB, each naming 21,000
 unknown sensors, with two rows of good data from another asset after each. Before
 the fix one such burst cost 6.47 GB and a lost connection.
 
