@@ -1,5 +1,6 @@
 import re
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 
 import annotated_types
@@ -129,8 +130,48 @@ def test_a_directory_is_not_a_config_file(tmp_path, capsys):
     assert "is a directory" in capsys.readouterr().err
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+# A ```toml block is a gateway configuration, checked with `appliance config check`, unless the
+# line before it says otherwise and why, e.g. <!-- not config-checked: the fleet server's fleet.toml -->.
+# Unmarked is checked: a new sample is tested the day it is written.
+UNCHECKED = re.compile(r"<!--\s*not config-checked:(.*?)-->\s*$")
+FENCE = re.compile(r"^```toml\n(.*?)^```", flags=re.S | re.M)
+
+
+@dataclass(frozen=True)
+class TomlSample:
+    where: str            # file:line of the opening fence
+    text: str
+    unchecked: str | None  # why it is not a gateway configuration, if marked so
+
+
+def toml_samples(markdown: Path) -> list[TomlSample]:
+    text = markdown.read_text()
+    lines = text.splitlines()
+    samples = []
+    for m in FENCE.finditer(text):
+        line = text.count("\n", 0, m.start())  # 0-based index of the fence line
+        marker = UNCHECKED.search(lines[line - 1]) if line else None
+        why = marker.group(1).strip() if marker else None
+        if marker and not why:
+            raise AssertionError(f"{markdown}:{line + 1}: the not config-checked marker must say why")
+        shown = markdown.relative_to(ROOT) if markdown.is_relative_to(ROOT) else markdown
+        samples.append(TomlSample(f"{shown}:{line + 1}", m.group(1), why))
+    markers = sum(1 for ln in lines if UNCHECKED.search(ln))
+    assert markers == sum(s.unchecked is not None for s in samples), (
+        f"{markdown}: a not config-checked marker that is not right before a ```toml block")
+    return samples
+
+
 def toml_blocks(readme: Path) -> list[str]:
-    return re.findall(r"```toml\n(.*?)```", readme.read_text(), flags=re.S)
+    return [s.text for s in toml_samples(ROOT / readme) if s.unchecked is None]
+
+
+def assert_config_check_passes(tmp_path, capsys, sample: TomlSample) -> None:
+    f = tmp_path / "sample.toml"
+    f.write_text(sample.text)
+    assert main(["config", "check", str(f)]) == 0, f"{sample.where}: {capsys.readouterr().err}"
 
 
 # Every plugin's README, and the store's (an output that is always on, so not in the registry).
@@ -147,3 +188,29 @@ def test_every_plugin_readme_sample_passes_config_check(tmp_path, capsys, readme
         f.write_text(block)
         assert main(["config", "check", str(f)]) == 0, capsys.readouterr().err
         assert f"[{section}" in block, f"{readme} sample {i} does not configure [{section}]"
+
+
+# The README's and docs/'s samples: those a reader copies into a gateway's configuration.
+DOC_SAMPLES = [s for md in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))] for s in toml_samples(md)]
+
+
+@pytest.mark.parametrize("sample", [s for s in DOC_SAMPLES if s.unchecked is None],
+                         ids=lambda s: s.where)
+def test_every_toml_sample_of_the_docs_passes_config_check(tmp_path, capsys, sample):
+    assert_config_check_passes(tmp_path, capsys, sample)
+
+
+def test_a_docs_sample_is_checked_unless_marked_with_a_reason(tmp_path):
+    (tmp_path / "doc.md").write_text(
+        "A gateway's:\n\n```toml\n[web]\nport = 8081\n```\n\n"
+        "<!-- not config-checked: the fleet server's fleet.toml -->\n```toml\n[server]\nrounds = 3\n```\n")
+    checked, fleet = toml_samples(tmp_path / "doc.md")
+    assert (checked.text, checked.unchecked) == ("[web]\nport = 8081\n", None)
+    assert (fleet.text, fleet.unchecked) == ("[server]\nrounds = 3\n", "the fleet server's fleet.toml")
+    (tmp_path / "why.md").write_text("<!-- not config-checked: -->\n```toml\n[server]\n```\n")
+    with pytest.raises(AssertionError, match="must say why"):
+        toml_samples(tmp_path / "why.md")
+    (tmp_path / "stray.md").write_text("<!-- not config-checked: moved -->\n\n```toml\n[server]\n```\n")
+    with pytest.raises(AssertionError, match="not right before"):
+        toml_samples(tmp_path / "stray.md")
+

@@ -13,6 +13,7 @@ from appliance.core import DeadLetter, DeadLetterCode, PointMode, Reading, Score
 from appliance.core.clock import AgeCutoff
 from appliance.store import Store, open_reader
 from appliance.store.store import SCHEMA_VERSION
+from tests.support.wait import wait_until
 
 
 def test_readings_are_stored_once_and_callbacks_follow_commit(tmp_path):
@@ -52,20 +53,25 @@ def test_group_commit_acknowledges_only_what_is_on_disk(tmp_path):
     st.close()
 
 
+def lingering(st: Store) -> bool:
+    """The writer is waiting for more to commit with what it holds."""
+    return st._linger_need is not None
+
+
 def test_a_burst_ends_the_commit_linger(tmp_path):
     # An hour's linger: only the burst reaching commit_linger_items can let the commit through.
     st = Store(tmp_path / "a.db", commit_linger_s=3600.0, commit_linger_items=8)
     st.start()
     done = threading.Event()
     st.put_reading(Reading("p", "a", 1000.0, 1.0))
-    time.sleep(0.05)  # the writer took the first reading and lingers for more
+    wait_until(lambda: lingering(st), what="the writer to take the first reading and linger for more")
     for i in range(1, 8):
         st.put_reading(Reading("p", "a", 1000.0 + i, 1.0))
     st.after_commit(done.set)
     assert done.wait(60)
     assert st.counts()["readings"] == 8
     st.put_reading(Reading("p", "a", 2000.0, 1.0))
-    time.sleep(0.05)  # lingering again: close() must not wait it out
+    wait_until(lambda: lingering(st), what="the writer lingering again")  # close() must not wait it out
     st.close()
     assert st.counts()["readings"] == 9
 

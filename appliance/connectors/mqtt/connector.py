@@ -72,8 +72,9 @@ class _Client(paho.Client):
     :meth:`send_acks` leave in one packet. The socket is opened by paho's own
     code (proxy, TLS, hostname check) in a worker thread and adopted by
     ``reconnect`` on the loop (:meth:`open_socket`, :meth:`adopt`). Private
-    methods of paho 2.x are overridden (paho is pinned ``<3``); the connector
-    tests exercise each path against a real broker.
+    methods of paho 2.x are overridden (paho is pinned to the minor releases
+    tested, ``pyproject.toml``); ``tests/test_paho_internals.py`` checks each one
+    paho must still have, and the connector tests exercise each path against a real broker.
     """
 
     READ_AHEAD = 65536
