@@ -7,6 +7,10 @@ The simulators install as the package ``firmware_sim`` from the folder ``firmwar
 import (``from .pump import ...``) would fail to import. Here the doctests of that folder
 are collected from the module as installed, ``firmware_sim.pump``, like any user imports it.
 
+The fleet's Flower client and server import flwr at the top; without the fleet extra
+(Python 3.10, where Flower does not install) their doctests cannot be collected, and the
+fleet tests skip themselves (``pytest.importorskip``).
+
 The process settings of the whole suite (BLAS threads) stay in ``tests/conftest.py``;
 nothing here imports numpy.
 """
@@ -14,6 +18,7 @@ nothing here imports numpy.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -21,6 +26,8 @@ from _pytest.doctest import DoctestModule
 
 FIRMWARE_SIM = Path(__file__).resolve().parent / "firmware-sim"
 PACKAGE = "firmware_sim"
+
+collect_ignore = [] if importlib.util.find_spec("flwr") else ["appliance/fleet/client.py", "appliance/fleet/server.py"]
 
 
 class InstalledDoctestModule(DoctestModule):

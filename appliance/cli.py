@@ -346,6 +346,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from appliance.eval.datasets import skab_dir
     from appliance.eval.skab import EvalSettings, run_skab_eval
 
     if args.learn_from_anomaly_free and args.mode != "protocol":
@@ -358,7 +359,7 @@ def cmd_eval(args) -> int:
         if bundle is None:
             return 2
     settings = EvalSettings(prior_from_anomaly_free=args.learn_from_anomaly_free, bundle=bundle)
-    run_skab_eval(args.data, mode=args.mode, predictions_out=args.predictions_out,
+    run_skab_eval(args.data or skab_dir(), mode=args.mode, predictions_out=args.predictions_out,
                   json_out=args.json_out, settings=settings)
     return 0
 
@@ -438,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("eval", help="evaluate the detector")
     esub = e.add_subparsers(dest="bench", required=True)
     sk = esub.add_parser("skab", help="SKAB benchmark (published protocol)")
-    sk.add_argument("--data", default="../shared/datasets/skab")
+    sk.add_argument("--data", help="the SKAB folder (default: the repository's data/skab, or $SKAB_DIR)")
     sk.add_argument("--mode", choices=("protocol", "stream"), default="protocol")
     sk.add_argument("--predictions-out")
     sk.add_argument("--json-out")

@@ -9,7 +9,6 @@ each name the offending key and the reason, never with a traceback.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +16,7 @@ from pydantic import Field, ValidationError, create_model
 
 from appliance.actions.config import DecisionConfig
 from appliance.connections.config import ConnectionsConfig
+from appliance.core.compat import tomllib
 from appliance.detector.config import DetectorConfig, WindowConfig
 from appliance.fleet.config import FleetConfig
 from appliance.registry import INPUTS, OUTPUTS, config_sections, unmet_needs

@@ -16,6 +16,8 @@ import platform
 import time
 from pathlib import Path
 
+from appliance.eval.environment import library_versions
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -35,10 +37,10 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-    """Where and when a benchmark ran: host, CPU, cores, architecture, Python."""
+    """Where and when a benchmark ran: host, CPU, cores, architecture, Python, library versions."""
     return {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
             "cpu": cpu_model(), "machine": platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "libraries": library_versions()}
 
 
 def parser(doc: str | None, out: str | Path | None = None) -> argparse.ArgumentParser:

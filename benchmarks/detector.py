@@ -35,8 +35,9 @@ from benchmarks.common import cpu_model  # noqa: E402
 from appliance.detector.scorer import Detector  # noqa: E402
 from appliance.detector.session import ONNX_INPUT, ONNX_OUTPUT, takes_flat_windows  # noqa: E402
 from appliance.detector.train import TrainSettings, read_csv_rows, sliding_windows, train_bundle  # noqa: E402
+from appliance.eval.datasets import skab_dir  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "skab" / "anomaly-free" / "anomaly-free.csv"
+DEFAULT_DATA = skab_dir() / "anomaly-free" / "anomaly-free.csv"
 
 
 def synthetic_rows(n: int = 10_000, sensors: int = 8, seed: int = 0) -> tuple[list[str], np.ndarray]:

@@ -39,8 +39,9 @@ from appliance.detector.bundle import load_bundle  # noqa: E402
 from appliance.detector.replay import replay_rows  # noqa: E402
 from appliance.detector.scorer import Detector  # noqa: E402
 from appliance.detector.train import TrainSettings, read_csv, train_bundle  # noqa: E402
+from appliance.eval.datasets import skab_dir  # noqa: E402
 
-SKAB_FREE = ROOT.parent / "shared" / "datasets" / "skab" / "anomaly-free" / "anomaly-free.csv"
+SKAB_FREE = skab_dir() / "anomaly-free" / "anomaly-free.csv"
 
 
 def simulator_rows(rows: int, seed: int, speed: float = 1.0, valve: float = 1.0) -> tuple[list[str], np.ndarray]:

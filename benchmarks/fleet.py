@@ -46,9 +46,10 @@ sys.path.insert(0, str(ROOT))
 from appliance.broker import free_port  # noqa: E402
 from appliance.detector.scorer import Detector  # noqa: E402
 from appliance.detector.train import TrainSettings, read_csv, sliding_windows, train_bundle  # noqa: E402
+from appliance.eval.datasets import skab_dir  # noqa: E402
 from appliance.fleet.model import seed_from_bundle  # noqa: E402
 
-SKAB = ROOT.parent / "shared" / "datasets" / "skab"
+SKAB = skab_dir()
 SCALED = ("Current", "Pressure", "Volume Flow RateRMS")
 
 

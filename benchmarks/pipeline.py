@@ -33,10 +33,11 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.broker import Mosquitto  # noqa: E402
 from appliance.detector.train import read_csv_rows, train_bundle  # noqa: E402
+from appliance.eval.datasets import skab_dir  # noqa: E402
 from benchmarks.common import RESULTS, machine, parser, write_results  # noqa: E402
 from rigs.store_peek import count_rows  # noqa: E402
 
-SKAB_FREE = ROOT.parent / "shared" / "datasets" / "skab" / "anomaly-free" / "anomaly-free.csv"
+SKAB_FREE = skab_dir() / "anomaly-free" / "anomaly-free.csv"
 
 
 def start_appliance(tmp: Path, port: int, bundle: Path) -> subprocess.Popen:

@@ -1,13 +1,34 @@
 #!/usr/bin/env bash
-# Installs what the appliance needs on Debian / Raspberry Pi OS (aarch64 or x86_64):
-# Debian packages that are missing, then a venv with the package. Safe to re-run.
-#   scripts/setup.sh            runtime (mosquitto for the demo broker)
-#   scripts/setup.sh --test     plus test peers (victoria-metrics, chromium) and test extras
+# Installs what the appliance needs on Debian / Raspberry Pi OS / Ubuntu (aarch64 or x86_64):
+# Debian packages that are missing, then a venv with the package, at the versions constraints.txt
+# pins (every gateway of a release runs the same onnxruntime, numpy, cryptography). Safe to re-run.
+#   scripts/setup.sh                 runtime (mosquitto for the demo broker), in .venv with python3
+#   scripts/setup.sh --test          plus test peers (victoria-metrics, chromium) and test extras
+#   scripts/setup.sh --python 3.10   the venv .venv-3.10 with Python 3.10 instead (python3.10 on PATH,
+#                                    or pyenv's); for testing another supported Python (3.10-3.13)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
-[ "${1:-}" = "--test" ] && want_test=1
+version=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --test) want_test=1 ;;
+    --python) version="${2:?--python needs a version such as 3.10}"; shift ;;
+    *) echo "setup: unknown argument $1 (expected --test, --python X.Y)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+source scripts/python.sh  # find_python
+
+if [ -n "$version" ]; then
+  python=$(find_python "$version") || { echo "setup: no Python $version found (PATH or pyenv)" >&2; exit 1; }
+  venv=".venv-$version"
+else
+  python=python3
+  venv=.venv
+fi
 
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -18,17 +39,18 @@ if [ "$want_test" = 1 ]; then
   command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || pkgs+=(victoria-metrics)
   [ -x /usr/bin/chromium ] || pkgs+=(chromium)
 fi
-python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || pkgs+=(python3-venv)
+"$python" -c 'import venv, ensurepip' >/dev/null 2>&1 || pkgs+=(python3-venv)
 if [ "${#pkgs[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${pkgs[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${pkgs[@]}" >/dev/null
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+# -c: the release's pinned versions (markers choose per Python); pyproject.toml keeps the ranges.
 if [ "$want_test" = 1 ]; then
-  .venv/bin/python -m pip install -q -e '.[test,fleet]'
+  "$venv/bin/python" -m pip install -q -c constraints.txt -e '.[test,fleet]'
 else
-  .venv/bin/python -m pip install -q -e .
+  "$venv/bin/python" -m pip install -q -c constraints.txt -e .
 fi

@@ -19,6 +19,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from appliance.eval.datasets import skab_dir as skab_data_dir  # noqa: E402
 from appliance.store import Store  # noqa: E402
 # Shared fixtures live in tests/support/; importing them here registers them for every module.
 from tests.support.mosquitto import mosquitto  # noqa: E402, F401
@@ -27,7 +28,7 @@ from tests.support.victoria import victoria  # noqa: E402, F401
 from tests.support.tuf_repo import release_bundles_fixture, tls_files_fixture, tuf_server_fixture  # noqa: E402, F401
 from tests.support.web import accounts, book_appliance  # noqa: E402, F401
 
-SKAB = Path(os.environ.get("SKAB_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "skab"))
+SKAB = skab_data_dir()  # the repository's data/skab (GPL-3.0 data), or $SKAB_DIR
 
 
 @pytest.fixture(scope="session")

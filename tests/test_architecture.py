@@ -10,12 +10,12 @@ import ast
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from appliance.core import Input, Output
+from appliance.core.compat import tomllib
 from appliance.registry import INPUTS, OUTPUTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,7 +264,7 @@ def test_every_package_folder_is_packaged():
 
 # Distribution names whose import name differs.
 IMPORT_NAMES = {"scikit-learn": "sklearn", "paho-mqtt": "paho", "flask-wtf": "flask_wtf", "argon2-cffi": "argon2",
-                "influxdb-client": "influxdb_client", "prometheus-client": "prometheus_client"}
+                "influxdb-client": "influxdb_client", "prometheus-client": "prometheus_client", "python-dateutil": "dateutil"}
 
 
 def test_every_declared_dependency_is_imported():

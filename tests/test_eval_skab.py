@@ -95,6 +95,13 @@ def test_predictions_rescore_to_the_reported_numbers(run, skab_dir):
     assert json.loads((out / "summary.json").read_text())["detectors"]["ae_int8"]["f1"] == reported["f1"]
 
 
+def test_summary_json_records_the_library_versions(run):
+    from importlib.metadata import version
+    written = json.loads((run[1] / "summary.json").read_text())["environment"]
+    assert written["libraries"]["onnxruntime"] == version("onnxruntime")
+    assert written["libraries"]["numpy"] == version("numpy") and written["python"].count(".") == 2
+
+
 def test_summary_covers_all_detectors_and_test_rows(run):
     summary, _ = run
     assert summary["files"] == 3 and summary["test_rows"] == 3 * 300

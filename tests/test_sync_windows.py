@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -13,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
+from appliance.core.compat import tomllib
 from appliance.sync.config import SyncConfig, SyncWindowConfig, parse_cron
 from appliance.sync.windows import ConnectivityWindows, make_trigger, window_end
 from tests.support.wait import wait_until_async

@@ -20,6 +20,7 @@ from typing import Mapping
 
 import numpy as np
 
+from appliance.core.compat import StrEnum
 from appliance.core.severity import severity
 
 
@@ -44,7 +45,7 @@ class Reading:
     historical: bool = False
 
 
-class DeadLetterCode(enum.StrEnum):
+class DeadLetterCode(StrEnum):
     """Why input was refused: a stable code to count and filter by (the detail says the rest)."""
 
     INTERNAL_ERROR = "internal_error"
@@ -150,7 +151,7 @@ class Level(enum.IntEnum):
     CRITICAL = 2
 
 
-class PointMode(enum.StrEnum):
+class PointMode(StrEnum):
     """What an operator made of an asset's alarm point (ISA-18.2 shelving and suppression)."""
 
     IN_SERVICE = "in_service"
@@ -168,7 +169,7 @@ class PointMode(enum.StrEnum):
         return None if self is PointMode.IN_SERVICE else AlarmState(self.value)
 
 
-class EventKind(enum.StrEnum):
+class EventKind(StrEnum):
     """A transition of one alarm occurrence."""
 
     RAISED = "raised"
@@ -178,7 +179,7 @@ class EventKind(enum.StrEnum):
     SUPERSEDED = "superseded"
 
 
-class AlarmState(enum.StrEnum):
+class AlarmState(StrEnum):
     """ISA-18.2 alarm states."""
 
     NORMAL = "normal"

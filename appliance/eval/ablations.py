@@ -4,7 +4,7 @@ Every variant goes through :func:`run_skab_eval` (same code path, same data);
 the drift allowance is left out (it only rescales thresholds, reported by the
 main run) so that each variant takes about three minutes on two cores::
 
-    .venv/bin/python -m appliance.eval.ablations --data ../shared/datasets/skab --out docs/ablations.json
+    .venv/bin/python -m appliance.eval.ablations --out docs/ablations.json
 
 These numbers are for reporting only. The defaults were fixed before, from
 training rows and anomaly-free.csv; choosing among these variants by their test
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from appliance.actions.config import DecisionConfig
 from appliance.config import Config
+from appliance.eval.datasets import skab_dir
 from appliance.eval.skab import EvalSettings, run_skab_eval
 
 VARIANTS: dict[str, dict] = {
@@ -43,7 +44,7 @@ VARIANTS: dict[str, dict] = {
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="../shared/datasets/skab")
+    ap.add_argument("--data", default=skab_dir(), type=Path)
     ap.add_argument("--out", type=Path, default=Path("docs/ablations.json"))
     ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     args = ap.parse_args(argv)

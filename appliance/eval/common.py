@@ -22,6 +22,7 @@ import numpy as np
 from appliance.config import Config
 from appliance.detector.features import drifting_sensors
 from appliance.detector.train import TrainSettings, read_csv
+from appliance.eval.environment import environment
 
 logger = logging.getLogger(__name__)
 
@@ -190,10 +191,10 @@ def _json_dumps(obj) -> str:
 
 
 def write_outputs(summary: dict, results, predictions_out, json_out) -> None:
-    """Write per-file predictions (re-scorable) and the JSON summary, where asked to."""
+    """Write per-file predictions (re-scorable) and the JSON summary (with the library versions), where asked to."""
     if predictions_out is not None:
         write_predictions(results, predictions_out)
         summary["predictions_out"] = str(predictions_out)
     if json_out is not None:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(_json_dumps(summary))
+        Path(json_out).write_text(_json_dumps({**summary, "environment": environment()}))

@@ -2,7 +2,7 @@
 
 matplotlib is only needed here (docs), never on the gateway::
 
-    .venv/bin/python -m appliance.eval.plots --data ../shared/datasets/skab --out docs/img \\
+    .venv/bin/python -m appliance.eval.plots --out docs/img \\
         valve1/0.csv other/9.csv valve2/0.csv
 """
 
@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from appliance.eval.datasets import skab_dir
 from appliance.eval.skab import EvalSettings, run_skab_eval
 
 
@@ -63,7 +64,7 @@ def plot_file(result: dict, out_path: str | Path, allowance: float | None = None
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+", help="relative names, e.g. valve1/0.csv")
-    ap.add_argument("--data", default="../shared/datasets/skab")
+    ap.add_argument("--data", default=skab_dir(), type=Path)
     ap.add_argument("--out", default="docs/img")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -49,6 +49,7 @@ from appliance.detector.train import TrainSettings, calibrate_threshold, read_cs
 from appliance.detector.windowing import WindowBuilder, grid_rows, rows_as_readings
 from appliance.eval.common import (EvalSettings, anomaly_free_path, confusion, experiment_files,
                                    pooled_scores, scores_from, with_level_free, write_outputs)
+from appliance.eval.datasets import skab_dir
 from appliance.eval.stream import run_stream_eval
 
 logger = logging.getLogger(__name__)
@@ -500,5 +501,5 @@ def run_skab_eval(data_dir: str | Path, mode: str = "protocol", predictions_out:
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience for development
-    run_skab_eval(sys.argv[1] if len(sys.argv) > 1 else "../shared/datasets/skab")
+    run_skab_eval(sys.argv[1] if len(sys.argv) > 1 else skab_dir())
 

@@ -18,7 +18,7 @@ comes out. Its false alarms are dominated by the slow drift of normal
 operation, its misses by faults of a size chosen here; it ranks settings, it
 does not predict SKAB scores::
 
-    .venv/bin/python -m appliance.eval.validation --data ../shared/datasets/skab
+    .venv/bin/python -m appliance.eval.validation
     .venv/bin/python -m appliance.eval.validation --bundle '{"hidden": [32, 8]}'
 """
 
@@ -37,6 +37,8 @@ import numpy as np
 
 from appliance.detector.train import read_csv
 from appliance.eval.common import EvalSettings, anomaly_free_path, pooled_scores, with_level_free
+from appliance.eval.datasets import skab_dir
+from appliance.eval.environment import environment
 from appliance.eval.skab import evaluate_rows, run_jobs
 
 FAULT_KINDS = ("step", "ramp", "noise")
@@ -116,7 +118,7 @@ def run_validation(data_dir: str | Path, settings: EvalSettings | None = None, w
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="../shared/datasets/skab")
+    ap.add_argument("--data", default=skab_dir(), type=Path)
     ap.add_argument("--bundle", type=json.loads, default={}, help="TrainSettings overrides as JSON")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json-out", type=Path)
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     summary = run_validation(args.data, EvalSettings(bundle=args.bundle, drift_budget=None), seed=args.seed)
     if args.json_out:
-        args.json_out.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        args.json_out.write_text(json.dumps({**summary, "environment": environment()}, indent=2, default=str) + "\n")
     return 0
 
 

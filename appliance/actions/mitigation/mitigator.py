@@ -41,7 +41,6 @@ re-arms the remaining ``revert_after_s`` time and reverts at once a
 from __future__ import annotations
 
 import asyncio
-import enum
 import fnmatch
 import logging
 import math
@@ -56,6 +55,7 @@ from typing import Iterable, Protocol, Sequence
 from appliance.actions.mitigation.audit import AuditLog
 from appliance.actions.mitigation.config import MitigationConfig, MitigationInterlock, MitigationRule, MitigationTarget
 from appliance.core import AlarmEvent, AlarmState, Counters, EventKind, Level, MitigationAction, Quality
+from appliance.core.compat import StrEnum
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class PlcWriter(Protocol):
     async def write(self, node: str, value: float) -> None: ...
 
 
-class Guard(enum.StrEnum):
+class Guard(StrEnum):
     """Why a mitigation was not done: a stable code to count and filter by (the detail says the rest)."""
 
     ALARM_STATE = "alarm_state"

@@ -31,6 +31,7 @@ from typing import Collection, Sequence
 
 from appliance.connectors.guard import DEAD_LETTER_MAX_BYTES, DeadLetterBag, ValueRange, dead_letter
 from appliance.core import DeadLetter, DeadLetterCode, Quality, Reading
+from appliance.core.compat import fromisoformat
 
 try:  # a tenth of the standard library's decoding time on small payloads (measured: benchmarks/peer.py)
     from orjson import loads as _fast_loads
@@ -231,7 +232,7 @@ def parse_timestamp(raw: object, unit: str = "auto") -> float:
         raise ValueError(f"'ts' must be an epoch number or an ISO-8601 string, got {type(raw).__name__}")
     if isinstance(raw, str):
         try:
-            dt = datetime.fromisoformat(raw.strip())
+            dt = fromisoformat(raw.strip())
         except ValueError:
             raise ValueError(f"'ts' string {_short(raw)} is not ISO-8601") from None
         if dt.tzinfo is None:

@@ -32,7 +32,6 @@ Sessions, security and certificates: :mod:`appliance.connections.opcua`.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import math
 import time
@@ -49,11 +48,12 @@ from appliance.connections.config import OpcuaEndpointConfig
 from appliance.connectors.guard import ValueRange, dead_letter
 from appliance.connectors.opcua.config import OpcuaInputConfig, OpcuaNode
 from appliance.core import Counters, DeadLetter, DeadLetterCode, IngestSink, Input, Quality, Reading
+from appliance.core.compat import StrEnum
 
 logger = logging.getLogger(__name__)
 
 
-class SessionEnd(enum.StrEnum):
+class SessionEnd(StrEnum):
     """Why a session stopped delivering: a stable code for the ``rebuild_<code>`` counters."""
 
     STOP = "stop"
