@@ -1,4 +1,4 @@
-"""The runtime: the only module that knows every part, and wires them together.
+"""The runtime: wires the parts together; it names no plugin and leaves the model's life to the lifecycle.
 
 Concurrency model: one asyncio event loop runs the detection path (windows ->
 detector -> decisions -> alarm events) on a single task, so no part needs locks.
@@ -11,7 +11,10 @@ mitigation runs as background tasks).
 
 What the path produces goes to every enabled output through the hooks of
 :class:`~appliance.core.Output`; the store is always the first output, so
-everything is on its queue before any other output sees it.
+everything is on its queue before any other output sees it. Scored windows and
+live raises also go to the model's lifecycle (:mod:`appliance.lifecycle`), which
+decides on shadow runs, promotions and rollbacks and hands the runtime the
+detector to swap in.
 
 Bound and drop rule: at most ``store.max_in_flight`` readings may be accepted
 but not yet on disk. When that many are in flight, ``submit`` from an input
