@@ -35,7 +35,7 @@ from appliance.broker import Mosquitto  # noqa: E402
 from appliance.connectors.mqtt.connector import SLOW_CALLBACK_S  # noqa: E402
 from appliance.detector.train import TrainSettings, train_bundle  # noqa: E402
 from benchmarks.common import RESULTS, parser, write_results  # noqa: E402
-from tests.support.appliance import Publisher, RunningAppliance, make_config  # noqa: E402
+from rigs.appliance import Publisher, RunningAppliance, make_config  # noqa: E402
 
 SENSORS = ["a", "b", "c"]
 UNKNOWN_SENSORS = 21_000

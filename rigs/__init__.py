@@ -5,7 +5,9 @@
 * ``browser.py``: Debian's headless Chromium and its arguments;
 * ``outputs.py``, ``plant.py``, ``feeder.py``: an output run outside the runtime, a simulated
   pump feeding its hooks, a thread submitting readings as an input does;
-* ``store_peek.py``: counting rows of a store another process writes.
+* ``store_peek.py``: counting rows of a store another process writes;
+* ``appliance.py``: a real appliance built from config, and a publisher feeding it;
+* ``wait.py``: waiting for an outcome, never for a fixed time (the one ``wait_until``).
 
 Not part of the product (not packaged; ``appliance/`` and ``web/`` never import it), and
 never importing ``tests/``: ``tests/support/`` re-exports what the tests take from here

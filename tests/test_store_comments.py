@@ -13,6 +13,7 @@ from appliance.store import AlarmComment, CommentError, Store, StoreUnavailable,
 from appliance.store.comments import MAX_COMMENT
 from appliance.store.output import StoreOutput
 from appliance.store.store import SCHEMA_VERSION
+from tests.support.detector import StandIn
 
 
 def comment(alarm_id: str = "a1", ts: float = 100.0, user: str = "ana", text: str = "greased") -> AlarmComment:
@@ -111,11 +112,10 @@ def test_a_version_3_store_gains_the_comments_table(tmp_path):
     assert [r["text"] for r in st.reader.alarm_comments("a1")] == ["greased"]
 
 
-class QuietDetector:
+class QuietDetector(StandIn):
     """Enough of a detector for the runtime to start; nothing is scored in this test."""
 
-    sensors = ("a", "b")
-    window, stride, period_s, threshold, version = 4, 1, 1.0, 1.0, "quiet-1"
+    version = "quiet-1"
 
 
 def test_the_runtime_answers_add_comment_from_a_web_thread(tmp_path):
