@@ -595,14 +595,12 @@ class _FoldStages:
 
 
 # ---------------------------------------------------------------- the steps of one training run
-#
-# _train_pinned runs them in order: cut the windows (_cut_windows), fit the models (_fit), export
-# and calibrate FP32 (_export_fp32), quantize and check INT8 (_quantize_and_check), export and
-# calibrate the members (_export_members), write the bundle (_bundle_meta, write_bundle).
 
 def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_rows: np.ndarray | None,
                   source_rows: np.ndarray, progress: Callable[[dict], None] | None,
                   refused: list[dict] | None = None) -> Path:
+    """One training run, step by step (the module docstring says what each step does); an INT8 check
+    that refuses the model raises :class:`QuantizationCheckError` for :func:`_train` to retry."""
     started = time.monotonic()
     windows = _cut_windows(grid, s, prior_rows, len(source_rows))
     fitted = _fit(windows, s, progress)
@@ -917,6 +915,7 @@ def _export_members(fitted: _Fitted, w: _Windows, calibrator: BlockCalibrator, s
 def _bundle_meta(s: TrainSettings, grid: GridRows, w: _Windows, fitted: _Fitted, fp32_path: Path,
                  quantized: _Quantized, members: dict[str, _Member], *, source_rows: np.ndarray,
                  prior_rows: np.ndarray | None, refused: list[dict] | None, fit_s: float) -> dict:
+    """``bundle.json`` (before :func:`write_bundle` adds the files' digests)."""
     frozen = _frozen_check(grid, s)
     watched = bool(frozen and frozen.allowed)
     fmt = (HORIZON_FORMAT_VERSION if s.horizon > 1 or watched
