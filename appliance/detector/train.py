@@ -621,7 +621,7 @@ def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_r
     return out
 
 
-# ---------------------------------------------------------------- 1-2: split, scale, cut windows
+# ---------------------------------------------------------------- 2: split, scale, cut windows
 
 @dataclass(frozen=True)
 class _LevelFree:
@@ -766,7 +766,7 @@ def _member_oof(name: str, make: Callable[[], PcaMember], w: _Windows, s: TrainS
     return errors
 
 
-# ---------------------------------------------------------------- 4-6: export, calibrate, quantize and check
+# ---------------------------------------------------------------- 4-6: export and calibrate, quantize and check, members
 
 @dataclass(frozen=True)
 class _Fp32:
