@@ -116,7 +116,8 @@ def test_plugins_do_not_import_each_other():
 LIVE_ROOTS = ("appliance.runtime", "appliance.detector.windowing", "appliance.detector.session",
               "appliance.detector.scorer", "appliance.actions.decide", "appliance.actions.alarms",
               "appliance.registry", *(p.factory.partition(":")[0] for p in INPUTS + OUTPUTS))
-TRAINING_SIDE = ("appliance.detector.train", "appliance.detector.quantize", "appliance.detector.autoencoder",
+TRAINING_SIDE = ("appliance.detector.train", "appliance.detector.calibration", "appliance.detector.quantize",
+                 "appliance.detector.autoencoder",
                  "appliance.eval", "appliance.commission", "appliance.fleet.client", "appliance.fleet.server",
                  "appliance.fleet.model", "appliance.fleet.export", "firmware_sim")
 TRAINING_LIBRARIES = ("onnxruntime.quantization", "sklearn", "flwr")

@@ -37,6 +37,8 @@ def test_bundle_contents_round_trip(bundle_dir):
     assert meta["int8_check"]["passed"] is True
     assert meta["threshold"] == b.thresholds["int8"] > 0
     assert meta["threshold_calibration"]["int8"]["method"] in ("pot", "quantile")
+    # Training's own intermediate results (the unseen blocks) stay out of the bundle.
+    assert [k for info in meta["threshold_calibration"].values() for k in info if k.startswith("_")] == []
     assert meta["files"]["model.int8.onnx"] == sha256_file(bundle_dir / "model.int8.onnx")
     # INT8 weights are a quarter of FP32's; even this tiny model, where per-channel scales
     # and INT32 biases weigh relatively more, must come out clearly smaller.

@@ -1,24 +1,31 @@
 """Train a model bundle from normal-operation rows, on the gateway itself.
 
 Every choice is one validated :class:`TrainSettings`. Steps of :func:`train_bundle`
-(each deterministic for a given ``seed``; BLAS pinned to one thread throughout):
+(each deterministic for a given ``seed``; BLAS pinned to one thread throughout),
+each a function named here and called in this order by ``_train_pinned``:
 
 1. Put the rows on the ``period_s`` grid (when timestamps are given) with the
-   live :class:`~appliance.detector.windowing.WindowBuilder` (:func:`grid_rows`),
-   and split in time: the oldest ``holdout`` share is held back. Windows never
-   straddle the split or the end of a run (a gap, a stale or bad value), so
+   live :class:`~appliance.detector.windowing.WindowBuilder` (:func:`grid_rows`).
+2. ``_cut_windows``: split in time (the oldest ``holdout`` share is held back),
+   fit the robust scaler (median, IQR) on the training part, cut windows. Windows
+   never straddle the split or the end of a run (a gap, a stale or bad value), so
    held-back windows share no row with training windows and are an honest
    sample of unseen normal data.
-2. Fit the robust scaler (median, IQR) on the training part of the rows.
-3. Fit the dense window autoencoder on training windows (stride ``train_stride``).
-4. Export FP32 ONNX; quantize to static INT8 calibrated on training windows.
-5. Calibrate one threshold per precision on held-back errors (see
-   :func:`calibrate_threshold`).
-6. Check INT8 against FP32 on held-back and probe windows; refuse on failure.
-   With ``pca_member``, a linear PCA-Q member (:mod:`appliance.detector.pca`) is
-   fitted on the same windows, cross-validated on the same time blocks,
-   calibrated by the same rule and exported as a second (FP32) ONNX file.
-7. Write the bundle atomically (temp dir + rename).
+3. ``_fit``: the dense window autoencoder on training windows (stride
+   ``train_stride``), the members the settings ask for (a linear PCA-Q member,
+   :mod:`appliance.detector.pca`, and the distance member), and, with
+   cross-validation, their out-of-fold errors on the same time blocks.
+4. ``_export_fp32``: export FP32 ONNX and calibrate its threshold on the unseen
+   blocks (:class:`~appliance.detector.calibration.BlockCalibrator`, which every
+   model's threshold goes through; the rules are in :mod:`appliance.detector.calibration`).
+5. ``_quantize_and_check``: quantize to static INT8 calibrated on training
+   windows, calibrate its threshold, and check INT8 against FP32 on held-back
+   and probe windows; refuse on failure (``_train`` retries a narrower model).
+   With ``horizon`` > 1 both thresholds are then calibrated for the averaged score.
+6. ``_export_members``: each member as its own FP32 ONNX file with its own
+   threshold, calibrated by the same rule on the same blocks.
+7. ``_bundle_meta`` and :func:`~appliance.detector.bundle.write_bundle`: write
+   the bundle atomically (temp dir + rename).
 """
 
 from __future__ import annotations
@@ -28,26 +35,31 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 import onnx
+from onnxruntime import InferenceSession
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
-from scipy import stats
 from sklearn.base import clone
 from threadpoolctl import threadpool_limits
 
 from appliance.detector.autoencoder import TRAIN_BLAS_THREADS, WindowAutoencoder
 from appliance.detector.bundle import (FORMAT_VERSION, HORIZON_FORMAT_VERSION, MEMBER_FILES,
                                        MEMBERS_FORMAT_VERSION, Scaler, data_sha256, write_bundle)
+# Re-exported: the threshold rules were defined here, and training's callers still import them from here.
+from appliance.detector.calibration import (BlockCalibrator, Calibration, ThresholdPolicy,  # noqa: F401
+                                            calibrate_threshold, expected_exceedance, matched_threshold,
+                                            moving_mean, next_block_threshold)
 from appliance.detector.features import TREND_LIMIT, center_levels, trending_sensors
 from appliance.detector.frozen import FrozenCheck, held_rows
 from appliance.detector.pca import PcaMember
-from appliance.detector.quantize import (CheckLimits, QuantizationCheckError, probe_shift_for, probe_windows,
-                                         quantize_checked)
+from appliance.detector.quantize import (CheckedInt8, CheckLimits, QuantizationCheckError, probe_shift_for,
+                                         probe_windows, quantize_checked)
 from appliance.detector.session import make_session, sensor_errors
 # Re-exported: training's callers read their CSV files from here.
 from appliance.detector.tables import LABEL_COLUMNS, TIME_COLUMNS, parse_time, read_csv, read_csv_rows  # noqa: F401
@@ -89,130 +101,6 @@ def windows_in(rows: np.ndarray, spans: list[tuple[int, int]], window: int, step
     if not parts:
         return np.empty((0, window, rows.shape[1]), dtype=np.float32)
     return np.concatenate(parts).astype(np.float32)
-
-
-# ---------------------------------------------------------------- threshold
-
-def calibrate_threshold(errors: np.ndarray, method: str = "pot", risk: float = 1e-3,
-                        init_quantile: float = 0.98, margin: float = 1.1,
-                        min_peaks: int = 20, max_shape: float = 0.5) -> tuple[float, dict]:
-    """Threshold on held-back normal errors and a record of how it was found.
-
-    ``pot`` (peaks over threshold, Siffer et al. 2017): fit a generalized Pareto
-    distribution to the errors above their ``init_quantile`` and take the level
-    exceeded with probability ``risk``. It extrapolates the tail instead of
-    trusting the single largest held-back error. With fewer than ``min_peaks``
-    peaks the fit is not trustworthy and ``quantile`` is used instead: the
-    ``1 - risk`` quantile (at most the maximum) times ``margin``.
-
-    >>> e = np.random.default_rng(0).exponential(1.0, 5000)
-    >>> t, info = calibrate_threshold(e, risk=1e-3)
-    >>> info["method"], 5.5 < t < 8.5
-    ('pot', True)
-    >>> calibrate_threshold(np.array([1.0, 2.0, 3.0]))[1]["method"]
-    'quantile'
-    """
-    e = np.asarray(errors, dtype=np.float64)
-    if e.ndim != 1 or len(e) == 0 or not np.isfinite(e).all():
-        raise ValueError("threshold calibration needs a non-empty 1-D array of finite errors")
-    if method not in ("pot", "quantile"):
-        raise ValueError(f"threshold method must be 'pot' or 'quantile', got {method!r}")
-    if not 0 < risk < 1:
-        raise ValueError(f"risk must be in (0, 1), got {risk!r}")
-    info: dict = {"n_errors": int(len(e)), "risk": risk, "holdout_max": float(e.max()),
-                  "holdout_p99": float(np.quantile(e, 0.99))}
-    if method == "pot":
-        t0 = float(np.quantile(e, init_quantile))
-        peaks = e[e > t0] - t0
-        if len(peaks) >= min_peaks and peaks.std() > 0:
-            c, _, sigma = stats.genpareto.fit(peaks, floc=0.0)
-            r = risk * len(e) / len(peaks)
-            z = t0 - sigma * math.log(r) if abs(c) < 1e-9 else t0 + sigma / c * (r ** (-c) - 1.0)
-            if math.isfinite(z) and z > 0 and c <= max_shape:
-                info.update(method="pot", init_quantile=init_quantile, init_threshold=t0,
-                            n_peaks=int(len(peaks)), gpd_shape=float(c), gpd_scale=float(sigma))
-                return float(z), info
-        logger.info("pot fit not usable peaks=%d; falling back to quantile", len(peaks))
-    q = float(min(np.quantile(e, 1.0 - risk), e.max()))
-    info.update(method="quantile", quantile=1.0 - risk, margin=margin)
-    threshold = q * margin
-    if threshold <= 0:
-        raise ValueError("held-back errors are all zero; the model cannot separate anything")
-    return threshold, info
-
-
-def next_block_threshold(blocks: Sequence[np.ndarray], risk: float = 0.01,
-                         confidence: float = 0.95) -> tuple[float, dict]:
-    """Upper prediction bound for the ``1 - risk`` error quantile of one more block of normal data.
-
-    ``blocks`` are errors of windows a model did not see, one array per time block.
-    With ``q_k`` each block's quantile, ``log q_k`` is treated as a sample from the
-    blocks a process produces (day to day, run to run); the bound is
-    ``exp(mean + t(confidence, K-1) * sd * sqrt(1 + 1/K))``, the classical
-    prediction interval for one new draw. A new stretch of normal operation then
-    has at most ``risk`` of its windows over the threshold with probability about
-    ``confidence``, as far as the training blocks show how stretches differ.
-
-    >>> b = [np.full(50, v) for v in (1.0, 1.0, 1.0, 1.0)]
-    >>> round(next_block_threshold(b)[0], 6)
-    1.0
-    >>> t, info = next_block_threshold([np.full(50, v) for v in (1.0, 2.0, 1.0, 2.0)])
-    >>> t > 2.0, info["blocks"]
-    (True, 4)
-    """
-    q = np.array([float(np.quantile(np.asarray(b, dtype=np.float64), 1.0 - risk)) for b in blocks if len(b)])
-    if len(q) < 3 or not (q > 0).all():
-        raise ValueError("next-block threshold needs >= 3 blocks with positive errors")
-    logs = np.log(q)
-    k = len(logs)
-    t = float(stats.t.ppf(confidence, k - 1))
-    bound = float(np.exp(logs.mean() + t * logs.std(ddof=1) * math.sqrt(1.0 + 1.0 / k)))
-    return bound, {"blocks": int(k), "block_quantiles": [round(float(v), 6) for v in q], "block_risk": risk,
-                   "confidence": confidence, "student_t": round(t, 4), "log_sd": round(float(logs.std(ddof=1)), 5)}
-
-
-def moving_mean(errors: np.ndarray, horizon: int) -> np.ndarray:
-    """The mean of every ``horizon`` consecutive errors: the live score of a bundle with that horizon.
-
-    >>> moving_mean(np.array([1.0, 2.0, 3.0, 4.0]), 2).tolist(), len(moving_mean(np.ones(2), 3))
-    ([1.5, 2.5, 3.5], 0)
-    """
-    e = np.asarray(errors, dtype=np.float64)
-    if horizon == 1:
-        return e
-    if len(e) < horizon:
-        return e[:0]
-    total = np.cumsum(np.concatenate([[0.0], e]))
-    return (total[horizon:] - total[:-horizon]) / horizon
-
-
-def matched_threshold(e32: np.ndarray, e8: np.ndarray, threshold_fp32: float) -> float:
-    """The INT8 threshold that puts the most windows on the same side as FP32 does at ``threshold_fp32``.
-
-    INT8 adds a roughly constant error floor to small reconstruction errors, so
-    a multiplicative carry-over of the FP32 threshold can land far off when the
-    normal errors are small (few training rows). Matching decisions on paired
-    windows (held-back ones and probes around the threshold) avoids that.
-
-    >>> e32 = np.linspace(0.0, 2.0, 201); e8 = e32 + 0.3
-    >>> 1.29 < matched_threshold(e32, e8, 1.0) < 1.32
-    True
-    """
-    e32, e8 = np.asarray(e32, dtype=np.float64), np.asarray(e8, dtype=np.float64)
-    over = e32 > threshold_fp32
-    order = np.argsort(e8)
-    # Threshold just above the k smallest INT8 errors: disagreements = over among them + not over above them.
-    over_sorted = over[order]
-    over_below = np.concatenate([[0], np.cumsum(over_sorted)])
-    under_above = (~over_sorted)[::-1].cumsum()[::-1]
-    under_above = np.concatenate([under_above, [0]])
-    k = int(np.argmin(over_below + under_above))
-    sorted_e8 = e8[order]
-    if k == 0:
-        return float(sorted_e8[0] * 0.999) if sorted_e8[0] > 0 else float(threshold_fp32)
-    if k == len(sorted_e8):
-        return float(sorted_e8[-1] * 1.001)
-    return float((sorted_e8[k - 1] + sorted_e8[k]) / 2)
 
 
 # ---------------------------------------------------------------- settings
@@ -471,6 +359,11 @@ class TrainSettings(BaseModel):
             makers["distance"] = (lambda: PcaMember(inputs="changes", statistic="distance"), self.distance_margin)
         return makers
 
+    def threshold_policy(self) -> ThresholdPolicy:
+        """How these settings calibrate a threshold from unseen errors (see :class:`BlockCalibrator`)."""
+        return ThresholdPolicy(self.threshold_method, self.risk, self.init_quantile, self.margin,
+                               self.threshold_rule, self.block_risk, self.block_confidence)
+
     def autoencoder(self) -> WindowAutoencoder:
         """The (unfitted) autoencoder these settings describe."""
         return WindowAutoencoder(hidden=self.hidden, alpha=self.alpha, noise=self.noise, max_iter=self.max_iter,
@@ -687,283 +580,429 @@ class _Progress:
         return on_epoch
 
 
+class _FoldStages:
+    """:func:`_cv_errors`'s ``progress``: one tracker stage per fold, opened at the fold's first epoch
+    (a fold with too few windows to fit never opens one)."""
+
+    def __init__(self, tracker: _Progress, folds: int, max_epochs: int):
+        self.tracker, self.folds, self.max_epochs = tracker, folds, max_epochs
+        self.stages: dict[int, Callable[[dict], None]] = {}
+
+    def __call__(self, fold: int, info: dict) -> None:
+        if fold not in self.stages:
+            self.stages[fold] = self.tracker.stage(f"fold {fold}/{self.folds}", self.max_epochs)
+        self.stages[fold](info)
+
+
+# ---------------------------------------------------------------- the steps of one training run
+
 def _train_pinned(grid: GridRows, out_dir: str | Path, s: TrainSettings, prior_rows: np.ndarray | None,
                   source_rows: np.ndarray, progress: Callable[[dict], None] | None,
                   refused: list[dict] | None = None) -> Path:
+    """One training run, step by step (the module docstring says what each step does); an INT8 check
+    that refuses the model raises :class:`QuantizationCheckError` for :func:`_train` to retry."""
     started = time.monotonic()
+    windows = _cut_windows(grid, s, prior_rows, len(source_rows))
+    fitted = _fit(windows, s, progress)
+    fit_s = time.monotonic() - started
+    # Every model is calibrated on the same unseen time blocks by the same rule.
+    calibrator = BlockCalibrator(s.threshold_policy(), fitted.oof_sizes, fitted.cross_validated, s.threshold_scale)
+    with tempfile.TemporaryDirectory(prefix="appliance-train-") as tmpdir:
+        tmp = Path(tmpdir)
+        fp32 = _export_fp32(fitted, windows, calibrator, tmp / "model.fp32.onnx")
+        quantized = _quantize_and_check(fp32, fitted, windows, calibrator, s, tmp / "model.int8.onnx")
+        members = _export_members(fitted, windows, calibrator, s, tmp)
+        meta = _bundle_meta(s, grid, windows, fitted, fp32.path, quantized, members,
+                            source_rows=source_rows, prior_rows=prior_rows, refused=refused, fit_s=fit_s)
+        out = write_bundle(out_dir, meta, {"fp32": fp32.path, "int8": quantized.int8_path},
+                           {name: m.path for name, m in members.items()})
+    logger.info("trained bundle=%s rows=%d windows=%d threshold_int8=%.5g seconds=%.1f",
+                out, len(source_rows), len(windows.X_train), quantized.int8.threshold, time.monotonic() - started)
+    return out
+
+
+# ---------------------------------------------------------------- 2: split, scale, cut windows
+
+@dataclass(frozen=True)
+class _LevelFree:
+    """Sensors the model sees without their window level (see :mod:`appliance.detector.features`)."""
+
+    given: list[str]     # named in the settings
+    trending: list[str]  # found trending in the training rows
+    names: list[str]     # both, in sensor order
+    cols: np.ndarray     # their columns
+
+    def prepare(self, X: np.ndarray) -> np.ndarray:
+        """Windows as the models see them: each level-free sensor less its window mean."""
+        return center_levels(X, self.cols)  # windows_in builds a new array each time
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """The grid rows split in time and scaled, and the windows every model is fitted and calibrated on."""
+
+    sensors: list[str]
+    train_spans: list[tuple[int, int]]
+    held_spans: list[tuple[int, int]]
+    train_rows: int                # grid rows in the training part
+    level_free: _LevelFree
+    scaler: Scaler                 # fitted on the training part
+    scaled: np.ndarray             # every grid row, scaled
+    X_train: np.ndarray            # training windows (stride train_stride)
+    X_held: np.ndarray             # held-back windows (stride 1)
+    X_prior: np.ndarray | None     # windows of another normal record (prior_rows), scaled on their own
+
+    @property
+    def fit_windows(self) -> np.ndarray:
+        """What the final models are fitted on: the training windows and the prior record's."""
+        return self.X_train if self.X_prior is None else np.concatenate([self.X_train, self.X_prior])
+
+
+def _cut_windows(grid: GridRows, s: TrainSettings, prior_rows: np.ndarray | None, n_source: int) -> _Windows:
+    """Split the grid rows in time (the held-back share, see :func:`_split`), fit the scaler on the
+    training part, and cut both parts (and ``prior_rows``) into windows; refuse too few of them."""
     sensors = list(grid.sensors)
-    window = s.window
-    ae = s.autoencoder()
-
-    grid_values, runs = grid.values, list(grid.runs)
-    train_spans, held_spans = _split(len(grid_values), runs, s.holdout, s.holdout_at)
-    train_rows = (np.concatenate([grid_values[a:b] for a, b in train_spans]) if train_spans
-                  else grid_values[:0])
+    train_spans, held_spans = _split(len(grid.values), list(grid.runs), s.holdout, s.holdout_at)
+    train_rows = (np.concatenate([grid.values[a:b] for a, b in train_spans]) if train_spans
+                  else grid.values[:0])
     if len(train_rows) < 2:
-        raise ValueError(f"not enough training rows ({len(source_rows)} given)")
-    trending = trending_sensors(train_rows, sensors, s.trend_limit) if s.trend_limit is not None else []
-    level_free_given = list(dict.fromkeys(s.level_free))
-    level_free = [n for n in sensors if n in set(s.level_free) | set(trending)]
-    level_cols = np.array([sensors.index(n) for n in level_free], dtype=int)
-
-    def fit_scaler(rows_: np.ndarray, spans: list[tuple[int, int]], stride_: int) -> Scaler:
-        scaler_ = Scaler.fit(np.concatenate([rows_[a:b] for a, b in spans]))
-        if len(level_cols) and s.level_free_scale == "window":
-            # A level-free sensor's spread over the training rows is mostly its drift; the model
-            # only sees its deviations from the window mean, so those set its scale.
-            dev = center_levels(windows_in(rows_, spans, window, stride_), level_cols)
-            scale = scaler_.scale.copy()
-            scale[level_cols] = Scaler.fit(dev.reshape(-1, len(sensors))).scale[level_cols]
-            scaler_ = replace(scaler_, scale=scale)
-        return scaler_
-
-    def prepare(X: np.ndarray) -> np.ndarray:
-        return center_levels(X, level_cols)  # windows_in builds a new array each time
-
-    scaler = fit_scaler(grid_values, train_spans, s.train_stride)
-    scaled = scaler.transform(grid_values)
+        raise ValueError(f"not enough training rows ({n_source} given)")
+    level_free = _level_free(train_rows, sensors, s)
+    scaler = _fit_scaler(grid.values, train_spans, s.train_stride, level_free, s)
+    scaled = scaler.transform(grid.values)
     X_prior = None
     if prior_rows is not None:
         whole = [(0, len(prior_rows))]
-        X_prior = prepare(windows_in(fit_scaler(prior_rows, whole, s.prior_stride).transform(prior_rows),
-                                     whole, window, s.prior_stride))
+        prior_scaled = _fit_scaler(prior_rows, whole, s.prior_stride, level_free, s).transform(prior_rows)
+        X_prior = level_free.prepare(windows_in(prior_scaled, whole, s.window, s.prior_stride))
+    X_train = level_free.prepare(windows_in(scaled, train_spans, s.window, s.train_stride))
+    X_held = level_free.prepare(windows_in(scaled, held_spans, s.window, 1))
+    _check_window_counts(grid, s, n_source, len(X_train), len(X_held))
+    return _Windows(sensors, train_spans, held_spans, len(train_rows), level_free, scaler, scaled,
+                    X_train, X_held, X_prior)
 
-    X_train = prepare(windows_in(scaled, train_spans, window, s.train_stride))
-    X_held = prepare(windows_in(scaled, held_spans, window, 1))
-    need = f"(window={window}, holdout={s.holdout}, rows={len(source_rows)})"
-    if len(X_train) < 10:
-        raise ValueError(f"only {len(X_train)} training windows; need >= 10 {need}: "
-                         + _windows_reason(grid, s, len(X_train), len(X_held)))
-    if len(X_held) < 4 + s.horizon:
+
+def _level_free(train_rows: np.ndarray, sensors: list[str], s: TrainSettings) -> _LevelFree:
+    """The sensors named level-free, and those whose training rows trend by more than ``trend_limit``."""
+    trending = trending_sensors(train_rows, sensors, s.trend_limit) if s.trend_limit is not None else []
+    names = [n for n in sensors if n in set(s.level_free) | set(trending)]
+    return _LevelFree(list(dict.fromkeys(s.level_free)), trending, names,
+                      np.array([sensors.index(n) for n in names], dtype=int))
+
+
+def _fit_scaler(rows: np.ndarray, spans: list[tuple[int, int]], stride: int, level_free: _LevelFree,
+                s: TrainSettings) -> Scaler:
+    """The robust scaler of ``rows`` inside ``spans``; level-free sensors by their deviations (``"window"``)."""
+    scaler = Scaler.fit(np.concatenate([rows[a:b] for a, b in spans]))
+    if len(level_free.cols) and s.level_free_scale == "window":
+        # A level-free sensor's spread over the training rows is mostly its drift; the model
+        # only sees its deviations from the window mean, so those set its scale.
+        dev = center_levels(windows_in(rows, spans, s.window, stride), level_free.cols)
+        scale = scaler.scale.copy()
+        scale[level_free.cols] = Scaler.fit(dev.reshape(-1, rows.shape[1])).scale[level_free.cols]
+        scaler = replace(scaler, scale=scale)
+    return scaler
+
+
+def _check_window_counts(grid: GridRows, s: TrainSettings, n_source: int, n_train: int, n_held: int) -> None:
+    need = f"(window={s.window}, holdout={s.holdout}, rows={n_source})"
+    if n_train < 10:
+        raise ValueError(f"only {n_train} training windows; need >= 10 {need}: "
+                         + _windows_reason(grid, s, n_train, n_held))
+    if n_held < 4 + s.horizon:
         shorter = f"; more rows or a shorter --horizon (now {s.horizon}) would do" if s.horizon > 1 else ""
-        raise ValueError(f"only {len(X_held)} held-back windows; need >= {4 + s.horizon} {need}: "
-                         + _windows_reason(grid, s, len(X_train), len(X_held)) + shorter)
+        raise ValueError(f"only {n_held} held-back windows; need >= {4 + s.horizon} {need}: "
+                         + _windows_reason(grid, s, n_train, n_held) + shorter)
 
-    use_cv = s.calibration == "cv" or (s.calibration == "auto" and len(X_held) < 1000)
+
+# ---------------------------------------------------------------- 3: fit
+
+@dataclass(frozen=True)
+class _Fitted:
+    """The fitted autoencoder and members, and their out-of-fold errors (empty without cross-validation)."""
+
+    autoencoder: WindowAutoencoder
+    cross_validated: bool
+    oof: np.ndarray                  # the autoencoder's, block after block
+    oof_sizes: list[int]             # windows per out-of-fold block
+    members: dict[str, PcaMember]
+    member_oof: dict[str, np.ndarray]
+    member_margin: dict[str, float]  # the factor on each member's calibrated threshold
+
+
+def _fit(w: _Windows, s: TrainSettings, progress: Callable[[dict], None] | None) -> _Fitted:
+    """Fit the autoencoder and the members the settings ask for; with cross-validation, also the fold
+    models whose out-of-fold errors the thresholds are calibrated on (see :func:`_cv_errors`)."""
+    use_cv = s.calibration == "cv" or (s.calibration == "auto" and len(w.X_held) < 1000)
     tracker = _Progress(progress, 1 + (s.cv_folds - 1 if use_cv else 0), s.max_iter)
-    ae.fit(X_train if X_prior is None else np.concatenate([X_train, X_prior]),
-           X_val=X_held if s.early_stopping else None, progress=tracker.stage("model"))
-    oof, oof_sizes = np.empty(0), []
-    if use_cv:
-        # Fold models train as long as the final one did (its best epoch with early stopping),
-        # so their out-of-fold errors describe a model of the same fit.
-        fold_epochs = ae.best_epoch_ if s.early_stopping else s.max_iter
-        fold_ae = clone(ae).set_params(max_iter=fold_epochs, patience=None)
-        folds = s.cv_folds - 1
-        stages = {}
-
-        def fold_progress(fold: int, info: dict) -> None:
-            if fold not in stages:
-                stages[fold] = tracker.stage(f"fold {fold}/{folds}", fold_epochs)
-            stages[fold](info)
-        oof, oof_sizes = _cv_errors(scaled, train_spans, held_spans, window, s.train_stride, s.cv_folds,
-                                    lambda: clone(fold_ae), prepare, X_prior,
-                                    progress=fold_progress if progress is not None else None)
-    fitted, member_oof, member_margin = {}, {}, {}
+    ae = s.autoencoder()
+    ae.fit(w.fit_windows, X_val=w.X_held if s.early_stopping else None, progress=tracker.stage("model"))
+    oof, oof_sizes = _autoencoder_oof(ae, w, s, tracker) if use_cv else (np.empty(0), [])
+    members, member_oof, member_margin = {}, {}, {}
     for name, (make, margin) in s.members().items():
+        members[name] = make().fit(w.fit_windows)
+        member_oof[name] = _member_oof(name, make, w, s, oof_sizes) if use_cv else np.empty(0)
         member_margin[name] = margin
-        fitted[name] = make().fit(X_train if X_prior is None else np.concatenate([X_train, X_prior]))
-        member_oof[name] = np.empty(0)
-        if use_cv:
-            member_oof[name], sizes = _cv_errors(scaled, train_spans, held_spans, window, s.train_stride,
-                                                 s.cv_folds, make, prepare, X_prior)
-            if sizes != oof_sizes:  # same blocks and windows as the autoencoder's, by construction
-                raise RuntimeError(f"{name} member blocks {sizes} differ from the autoencoder's {oof_sizes}")
-    fit_s = time.monotonic() - started
+    return _Fitted(ae, use_cv, oof, oof_sizes, members, member_oof, member_margin)
+
+
+def _autoencoder_oof(ae: WindowAutoencoder, w: _Windows, s: TrainSettings,
+                     tracker: _Progress) -> tuple[np.ndarray, list[int]]:
+    # Fold models train as long as the final one did (its best epoch with early stopping),
+    # so their out-of-fold errors describe a model of the same fit.
+    fold_epochs = ae.best_epoch_ if s.early_stopping else s.max_iter
+    fold_ae = clone(ae).set_params(max_iter=fold_epochs, patience=None)
+    stages = _FoldStages(tracker, s.cv_folds - 1, fold_epochs) if tracker.report is not None else None
+    return _cv_errors(w.scaled, w.train_spans, w.held_spans, s.window, s.train_stride, s.cv_folds,
+                      partial(clone, fold_ae), w.level_free.prepare, w.X_prior, progress=stages)
+
+
+def _member_oof(name: str, make: Callable[[], PcaMember], w: _Windows, s: TrainSettings,
+                oof_sizes: list[int]) -> np.ndarray:
+    errors, sizes = _cv_errors(w.scaled, w.train_spans, w.held_spans, s.window, s.train_stride, s.cv_folds,
+                               make, w.level_free.prepare, w.X_prior)
+    if sizes != oof_sizes:  # same blocks and windows as the autoencoder's, by construction
+        raise RuntimeError(f"{name} member blocks {sizes} differ from the autoencoder's {oof_sizes}")
+    return errors
+
+
+# ---------------------------------------------------------------- 4-6: export and calibrate, quantize and check, members
+
+@dataclass(frozen=True)
+class _Fp32:
+    """The exported FP32 autoencoder, its errors on the held-back windows, and its single-window threshold."""
+
+    path: Path
+    session: InferenceSession
+    errors: np.ndarray
+    calibration: Calibration
+
+
+def _export_fp32(fitted: _Fitted, w: _Windows, calibrator: BlockCalibrator, path: Path) -> _Fp32:
+    onnx.save(fitted.autoencoder.to_onnx(), str(path))
+    session = make_session(path)
+    errors = sensor_errors(session, w.X_held).mean(axis=1)
+    return _Fp32(path, session, errors, calibrator.calibrate(errors, fitted.oof))
+
+
+@dataclass(frozen=True)
+class _Quantized:
+    """The checked INT8 model and both precisions' thresholds, for the bundle's score (averaged over the
+    horizon where it is)."""
+
+    int8_path: Path
+    fp32: Calibration
+    int8: Calibration
+    check: dict               # verify_int8's report
+    calibration_windows: int  # windows the INT8 activation ranges were calibrated on
+
+
+def _quantize_and_check(fp32: _Fp32, fitted: _Fitted, w: _Windows, calibrator: BlockCalibrator,
+                        s: TrainSettings, int8_path: Path) -> _Quantized:
+    """Quantize to static INT8 and check it against FP32 (:func:`quantize_checked`), or raise
+    :class:`QuantizationCheckError`."""
+    shift = probe_shift_for(fp32.calibration.threshold, len(w.sensors), reach=s.probe_reach)
+    calib = _int8_calibration_windows(w.X_train, s, shift)
+    thresholds = _Int8Thresholds(calibrator, fp32, fitted.oof, w.X_held, shift, s.seed)
+    # First the INT8 threshold carried over by the error ratio; if the check refuses that,
+    # the threshold at which INT8 decides like FP32 (see matched_threshold).
+    int8 = quantize_checked(fp32.path, int8_path, fp32.session, calibration=calib, holdout=w.X_held,
+                            threshold_fp32=fp32.calibration.threshold, int8_threshold=thresholds,
+                            mappings=("ratio", "matched"),
+                            attempts=None if s.int8_exclude == "auto" else [tuple(s.int8_exclude)],
+                            limits=s.check_limits, seed=s.seed, probe_shift=shift, per_channel=s.per_channel,
+                            calibrate_method=s.calibrate_method)
+    cal32, cal8 = fp32.calibration, thresholds.kept(int8)
+    if s.horizon > 1:
+        cal32, cal8 = _averaged_thresholds(fp32, int8, cal8, fitted.oof, calibrator, s.horizon)
+    return _Quantized(int8_path, cal32, cal8, int8.check, len(calib))
+
+
+def _int8_calibration_windows(X_train: np.ndarray, s: TrainSettings, probe_shift: float) -> np.ndarray:
+    """Training windows (evenly spaced, at most ``max_calibration_windows``) for INT8's activation ranges."""
     calib = X_train[np.linspace(0, len(X_train) - 1, min(len(X_train), s.max_calibration_windows)).astype(int)]
+    if s.calibrate_probes:
+        # Activation ranges must also cover anomalous inputs up to past the threshold,
+        # or INT8 clips exactly the windows that matter and its decisions drift from FP32's.
+        calib = np.concatenate([calib, probe_windows(calib, max_shift=probe_shift, seed=s.seed + 1)])
+    return calib
 
-    with tempfile.TemporaryDirectory(prefix="appliance-train-") as tmpdir:
-        tmp = Path(tmpdir)
-        fp32_path, int8_path = tmp / "model.fp32.onnx", tmp / "model.int8.onnx"
-        onnx.save(ae.to_onnx(), str(fp32_path))
-        s32 = make_session(fp32_path)
-        e32 = sensor_errors(s32, X_held).mean(axis=1)
 
-        def threshold(held_errors: np.ndarray, oof_errors: np.ndarray, horizon: int = 1,
-                      scale: float = s.threshold_scale) -> tuple[float, dict]:
-            # The unseen time blocks: out-of-fold blocks, then the held-back part, each averaged
-            # over ``horizon`` consecutive windows as the live score is.
-            blocks = np.split(oof_errors, np.cumsum(oof_sizes)[:-1]) if len(oof_errors) else []
-            blocks = [moving_mean(b, horizon) for b in [*blocks, held_errors]]
-            blocks = [b for b in blocks if len(b)]
-            th, info = calibrate_threshold(np.concatenate(blocks), s.threshold_method,
-                                           s.risk, s.init_quantile, s.margin)
-            info["rule"] = "pooled"
-            if s.threshold_rule == "next_block" and len(blocks) >= 3:
-                bound, binfo = next_block_threshold(blocks, s.block_risk, s.block_confidence)
-                info.update(next_block_bound=binfo, pooled_threshold=th)
-                if bound > th:
-                    th, info["rule"] = bound, "next_block"
-            info.update(calibration="cv" if use_cv else "holdout", horizon=horizon,
-                        holdout_windows=int(len(held_errors)),
-                        oof_windows=int(len(oof_errors)), cv_blocks=oof_sizes,
-                        threshold_scale=scale, unscaled_threshold=th)
-            # What the threshold promises on normal data the model did not see: the design rate
-            # (the tail fit's risk) and the share over it of each unseen time block (out-of-fold
-            # blocks, then the held-back part); their spread shows how much a new day may differ.
-            final = th * scale
-            info.update(expected_window_exceedance=s.risk if info["rule"] == "pooled" else s.block_risk,
-                        unseen_window_exceedance=float(np.mean(np.concatenate(blocks) > final)),
-                        block_window_exceedance=[round(float(np.mean(b > final)), 5) for b in blocks])
-            if len(blocks) >= 3:
-                # Each block against a threshold calibrated without it: how a threshold learned
-                # from some stretches of normal operation fares on the next one.
-                shares, block_thresholds = [], []
-                for k in range(len(blocks)):
-                    others = [b for i, b in enumerate(blocks) if i != k]
-                    th_k = calibrate_threshold(np.concatenate(others), s.threshold_method, s.risk,
-                                               s.init_quantile, s.margin)[0]
-                    if s.threshold_rule == "next_block" and len(blocks) >= 4:
-                        th_k = max(th_k, next_block_threshold(others, s.block_risk, s.block_confidence)[0])
-                    shares.append(float(np.mean(blocks[k] > th_k * scale)))
-                    block_thresholds.append(th_k * scale)
-                info["next_block_window_exceedance"] = [round(v, 5) for v in shares]
-                info["_block_thresholds"] = block_thresholds
-            info["_blocks"] = blocks  # private, like _block_thresholds: popped before bundle.json
-            return final, info
+@dataclass
+class _Int8Thresholds:
+    """The INT8 threshold of each quantization attempt (:data:`~appliance.detector.quantize.Int8Threshold`).
 
-        th32, info32 = threshold(e32, oof)
-        shift = probe_shift_for(th32, len(sensors), reach=s.probe_reach)
-        if s.calibrate_probes:
-            # Activation ranges must also cover anomalous inputs up to past the threshold,
-            # or INT8 clips exactly the windows that matter and its decisions drift from FP32's.
-            calib = np.concatenate([calib, probe_windows(calib, max_shift=shift, seed=s.seed + 1)])
+    ``"ratio"``: calibrated on the INT8 model's held-back errors and the out-of-fold
+    errors, which come from FP32 fold models and are carried to INT8 by the median
+    INT8/FP32 error ratio of the final model on the held-back windows.
+    ``"matched"``: the threshold at which INT8 decides like FP32 on held-back windows
+    and probes (:func:`matched_threshold`). Every attempt's :class:`Calibration` is
+    kept, so the one that passed the check can be found (:meth:`kept`).
+    """
 
-        def int8_threshold(s8, e8: np.ndarray, ratio: float, mapping: str) -> tuple[float, dict]:
-            # Out-of-fold errors come from FP32 fold models; carry them to INT8 by the
-            # median INT8/FP32 error ratio of the final model on the held-back windows.
-            th8, info8 = threshold(e8, oof * ratio)
-            info8["int8_over_fp32_error_ratio"] = ratio
-            if mapping == "matched":
-                pairs = np.concatenate([X_held, probe_windows(X_held, max_shift=shift, seed=s.seed + 2)])
-                th8 = matched_threshold(sensor_errors(s32, pairs).mean(axis=1),
-                                        sensor_errors(s8, pairs).mean(axis=1), th32)
-                info8.update(int8_mapping="matched", threshold_before_matching=info8["unscaled_threshold"])
-            return th8, info8
+    calibrator: BlockCalibrator
+    fp32: _Fp32
+    oof: np.ndarray
+    held: np.ndarray
+    probe_shift: float
+    seed: int
+    attempts: list[Calibration] = field(default_factory=list)
 
-        # First the INT8 threshold carried over by the error ratio; if the check refuses that,
-        # the threshold at which INT8 decides like FP32 (see matched_threshold).
-        int8 = quantize_checked(fp32_path, int8_path, s32, calibration=calib, holdout=X_held, threshold_fp32=th32,
-                                int8_threshold=int8_threshold, mappings=("ratio", "matched"),
-                                attempts=None if s.int8_exclude == "auto" else [tuple(s.int8_exclude)],
-                                limits=s.check_limits, seed=s.seed, probe_shift=shift, per_channel=s.per_channel,
-                                calibrate_method=s.calibrate_method)
-        e8, ratio, th8, info8, check = int8.errors, int8.ratio, int8.threshold, int8.calibration, int8.check
-        if s.horizon > 1:
-            # The check above judged single windows against single-window thresholds (where INT8's
-            # agreement with FP32 is decided); the bundle's thresholds are for the averaged score.
-            single = {"fp32": th32, "int8": th8}
-            th32, info32 = threshold(e32, oof, s.horizon)
-            th8_averaged, info8_averaged = threshold(e8, oof * ratio, s.horizon)
-            info8_averaged.update({k: v for k, v in info8.items() if k.startswith("int8_")})
-            if check["threshold_mapping"] == "matched":
-                # INT8 follows FP32 only through the matched mapping: keep its ratio.
-                th8_averaged = th32 * single["int8"] / single["fp32"]
-            th8, info8 = th8_averaged, info8_averaged
-            info32["single_window_threshold"], info8["single_window_threshold"] = single["fp32"], single["int8"]
-        info32.pop("_block_thresholds", None)
-        info32.pop("_blocks")
-        ae_blocks, ae_block_th = info8.pop("_blocks"), info8.pop("_block_thresholds", None)
-        expected = {
-            "design": info8["expected_window_exceedance"], "rule": info8["rule"],
-            "unseen_blocks": info8["unseen_window_exceedance"],
-            "worst_block": max(info8["block_window_exceedance"]),
-            "next_block": (float(np.mean(info8["next_block_window_exceedance"]))
-                           if "next_block_window_exceedance" in info8 else None),
-            "next_block_worst": (max(info8["next_block_window_exceedance"])
-                                 if "next_block_window_exceedance" in info8 else None)}
-        members, member_files, member_meta, member_info = {}, {}, {}, {}
-        # Per model: its unseen blocks' averaged errors, its threshold, and each block's own threshold.
-        models = {"autoencoder": (ae_blocks, th8, ae_block_th)}
-        for name, member in fitted.items():
-            path = tmp / MEMBER_FILES[name]
-            onnx.save(member.to_onnx(), str(path))
-            held = sensor_errors(make_session(path), X_held).mean(axis=1)
-            th, info = threshold(held, member_oof[name], s.horizon, s.threshold_scale * member_margin[name])
-            models[name] = (info.pop("_blocks"), th, info.pop("_block_thresholds", None))
-            members[name], member_files[name], member_info[name] = th, path, info
-            member_meta[name] = {"file": MEMBER_FILES[name], **member.summary()}
-        if members:
-            # The detector alarms when any model is past its own threshold: the combined share.
-            expected["by_model"] = {"autoencoder": dict(expected), **{name: {
-                "unseen_blocks": info["unseen_window_exceedance"],
-                "next_block": (float(np.mean(info["next_block_window_exceedance"]))
-                               if "next_block_window_exceedance" in info else None)}
-                for name, info in member_info.items()}}
-            either = [np.any([blocks[i] > th for blocks, th, _ in models.values()], axis=0)
-                      for i in range(len(ae_blocks))]
-            expected.update(unseen_blocks=float(np.mean(np.concatenate(either))),
-                            worst_block=max(float(np.mean(e)) for e in either))
-            if all(block_th is not None for _, _, block_th in models.values()):
-                nb = [float(np.mean(np.any([blocks[i] > block_th[i] for blocks, _, block_th in models.values()],
-                                           axis=0))) for i in range(len(ae_blocks))]
-                expected.update(next_block=float(np.mean(nb)), next_block_worst=max(nb))
+    def __call__(self, session: InferenceSession, errors: np.ndarray, ratio: float,
+                 mapping: str) -> tuple[float, dict]:
+        calibration = self.calibrator.calibrate(errors, self.oof * ratio)
+        calibration = calibration.with_threshold(calibration.threshold, int8_over_fp32_error_ratio=ratio)
+        if mapping == "matched":
+            calibration = calibration.with_threshold(self._matched(session), int8_mapping="matched",
+                                                     threshold_before_matching=calibration.info["unscaled_threshold"])
+        self.attempts.append(calibration)
+        return calibration.threshold, calibration.info
 
-        frozen = (FrozenCheck.fit(grid_values, sensors, staleness_rows=held_rows(s.staleness_s, s.period_s),
-                                  span=window + s.horizon - 1, spans=runs) if s.frozen_check else None)
-        watched = bool(frozen and frozen.allowed)
-        fmt = (HORIZON_FORMAT_VERSION if s.horizon > 1 or watched
-               else MEMBERS_FORMAT_VERSION if members else FORMAT_VERSION)
-        digest = hashlib.sha256(fp32_path.read_bytes() + int8_path.read_bytes()).hexdigest()
-        created = datetime.now(timezone.utc)
-        meta = {
-            "format_version": fmt,
-            "model_version": f"{created:%Y%m%dT%H%M%SZ}-{digest[:12]}",
-            "created_at": created.isoformat(timespec="seconds"),
-            "sensors": sensors,
-            "window": window,
-            **({"horizon": s.horizon} if fmt >= HORIZON_FORMAT_VERSION else {}),
-            **({"frozen": frozen.to_dict()} if watched else {}),
-            "stride": s.stride,
-            "period_s": float(s.period_s),
-            "staleness_s": float(s.staleness_s),
-            "lateness_s": float(s.lateness_s),
-            "scaler": scaler.to_dict(),
-            "level_free": level_free,
-            "threshold": th8,
-            "thresholds": {"int8": th8, "fp32": th32, **members},
-            "threshold_calibration": {"int8": info8, "fp32": info32, **member_info},
-            # Share of windows of normal operation expected over the threshold (before debounce).
-            "expected_window_exceedance": expected,
-            "score": ("autoencoder threshold x the largest ratio of a model's error to its own threshold "
-                      "(autoencoder: mean squared reconstruction error of the scaled window; "
-                      + "; ".join(f"{name}: {MEMBER_SCORES[name]}" for name in members) + ")" if members
-                      else "mean squared reconstruction error of the scaled window"),
-            "training": {
-                "data_sha256": data_sha256(sensors, source_rows),
-                "rows": int(len(source_rows)),
-                "grid_rows": int(len(grid_values)),
-                "train_rows": int(len(train_rows)),
-                "train_windows": int(len(X_train)),
-                "holdout_windows": int(len(X_held)),
-                "holdout": s.holdout,
-                "holdout_at": s.holdout_at,
-                "train_stride": s.train_stride,
-                "prior": None if prior_rows is None else {
-                    "rows": int(len(prior_rows)), "stride": s.prior_stride, "windows": int(len(X_prior)),
-                    "data_sha256": data_sha256(sensors, prior_rows)},
-                "level_free": {"given": level_free_given, "trending": trending,
-                               "trend_limit": s.trend_limit, "scale": s.level_free_scale},
-                "seed": s.seed,
-                "model": {"type": "dense_autoencoder", "hidden": [int(h) for h in s.hidden],
-                          "alpha": s.alpha, "noise": s.noise, "max_iter": s.max_iter, "epochs": ae.n_iter_,
-                          "int8_refused": list(refused or []),
-                          "best_epoch": ae.best_epoch_, "stopped": ae.stopped_, "converged": ae.converged_,
-                          "early_stopping": s.early_stopping, "patience": s.patience,
-                          "batch_size": s.batch_size, "learning_rate_init": s.learning_rate_init},
-                "quantization": {"format": "QDQ", "activations": "int8", "weights": "int8", "output": "float",
-                                 "per_channel": s.per_channel, "calibrate_method": s.calibrate_method,
-                                 "calibration_windows": int(len(calib))},
-                "fit_seconds": round(fit_s, 3),
-            },
-            "int8_check": check,
-        }
-        if members:
-            meta["members"] = member_meta
-        out = write_bundle(out_dir, meta, {"fp32": fp32_path, "int8": int8_path}, member_files)
-    logger.info("trained bundle=%s rows=%d windows=%d threshold_int8=%.5g seconds=%.1f",
-                out, len(source_rows), len(X_train), th8, time.monotonic() - started)
-    return out
+    def _matched(self, session: InferenceSession) -> float:
+        pairs = np.concatenate([self.held, probe_windows(self.held, max_shift=self.probe_shift, seed=self.seed + 2)])
+        return matched_threshold(sensor_errors(self.fp32.session, pairs).mean(axis=1),
+                                 sensor_errors(session, pairs).mean(axis=1), self.fp32.calibration.threshold)
+
+    def kept(self, checked: CheckedInt8) -> Calibration:
+        """The calibration of the attempt that passed: the one whose record ``quantize_checked`` returned."""
+        return next(c for c in self.attempts if c.info is checked.calibration)
+
+
+def _averaged_thresholds(fp32: _Fp32, int8: CheckedInt8, single8: Calibration, oof: np.ndarray,
+                         calibrator: BlockCalibrator, horizon: int) -> tuple[Calibration, Calibration]:
+    """Both precisions' thresholds for the score averaged over ``horizon`` windows.
+
+    The INT8 check judged single windows against single-window thresholds (where INT8's
+    agreement with FP32 is decided); the bundle's thresholds are for the averaged score.
+    """
+    single32 = fp32.calibration
+    cal32 = calibrator.calibrate(fp32.errors, oof, horizon)
+    cal8 = calibrator.calibrate(int8.errors, oof * int8.ratio, horizon)
+    th8 = cal8.threshold
+    if int8.check["threshold_mapping"] == "matched":
+        # INT8 follows FP32 only through the matched mapping: keep its ratio.
+        th8 = cal32.threshold * single8.threshold / single32.threshold
+    int8_record = {k: v for k, v in single8.info.items() if k.startswith("int8_")}
+    return (cal32.with_threshold(cal32.threshold, single_window_threshold=single32.threshold),
+            cal8.with_threshold(th8, **int8_record, single_window_threshold=single8.threshold))
+
+
+@dataclass(frozen=True)
+class _Member:
+    """An exported member, its threshold, and its entry under ``members`` in ``bundle.json``."""
+
+    path: Path
+    calibration: Calibration
+    meta: dict
+
+
+def _export_members(fitted: _Fitted, w: _Windows, calibrator: BlockCalibrator, s: TrainSettings,
+                    folder: Path) -> dict[str, _Member]:
+    """Export each member (FP32 ONNX) and calibrate its own threshold on the autoencoder's blocks."""
+    members = {}
+    for name, member in fitted.members.items():
+        path = folder / MEMBER_FILES[name]
+        onnx.save(member.to_onnx(), str(path))
+        held = sensor_errors(make_session(path), w.X_held).mean(axis=1)
+        calibration = calibrator.calibrate(held, fitted.member_oof[name], s.horizon,
+                                           s.threshold_scale * fitted.member_margin[name])
+        members[name] = _Member(path, calibration, {"file": MEMBER_FILES[name], **member.summary()})
+    return members
+
+
+# ---------------------------------------------------------------- 7: bundle.json
+
+def _bundle_meta(s: TrainSettings, grid: GridRows, w: _Windows, fitted: _Fitted, fp32_path: Path,
+                 quantized: _Quantized, members: dict[str, _Member], *, source_rows: np.ndarray,
+                 prior_rows: np.ndarray | None, refused: list[dict] | None, fit_s: float) -> dict:
+    """``bundle.json`` (before :func:`write_bundle` adds the files' digests)."""
+    frozen = _frozen_check(grid, s)
+    watched = bool(frozen and frozen.allowed)
+    fmt = (HORIZON_FORMAT_VERSION if s.horizon > 1 or watched
+           else MEMBERS_FORMAT_VERSION if members else FORMAT_VERSION)
+    digest = hashlib.sha256(fp32_path.read_bytes() + quantized.int8_path.read_bytes()).hexdigest()
+    created = datetime.now(timezone.utc)
+    th8 = quantized.int8.threshold
+    meta = {
+        "format_version": fmt,
+        "model_version": f"{created:%Y%m%dT%H%M%SZ}-{digest[:12]}",
+        "created_at": created.isoformat(timespec="seconds"),
+        "sensors": w.sensors,
+        "window": s.window,
+        **({"horizon": s.horizon} if fmt >= HORIZON_FORMAT_VERSION else {}),
+        **({"frozen": frozen.to_dict()} if watched else {}),
+        "stride": s.stride,
+        "period_s": float(s.period_s),
+        "staleness_s": float(s.staleness_s),
+        "lateness_s": float(s.lateness_s),
+        "scaler": w.scaler.to_dict(),
+        "level_free": w.level_free.names,
+        "threshold": th8,
+        "thresholds": {"int8": th8, "fp32": quantized.fp32.threshold,
+                       **{name: m.calibration.threshold for name, m in members.items()}},
+        "threshold_calibration": {"int8": quantized.int8.info, "fp32": quantized.fp32.info,
+                                  **{name: m.calibration.info for name, m in members.items()}},
+        # Share of windows of normal operation expected over the threshold (before debounce).
+        "expected_window_exceedance": expected_exceedance(
+            quantized.int8, {name: m.calibration for name, m in members.items()}),
+        "score": _score_description(members),
+        "training": _training_record(s, grid, w, fitted, quantized, source_rows=source_rows,
+                                     prior_rows=prior_rows, refused=refused, fit_s=fit_s),
+        "int8_check": quantized.check,
+    }
+    if members:
+        meta["members"] = {name: m.meta for name, m in members.items()}
+    return meta
+
+
+def _frozen_check(grid: GridRows, s: TrainSettings) -> FrozenCheck | None:
+    """Sensors to watch for a value that stops changing, over the span one decision scores."""
+    if not s.frozen_check:
+        return None
+    return FrozenCheck.fit(grid.values, list(grid.sensors), staleness_rows=held_rows(s.staleness_s, s.period_s),
+                           span=s.window + s.horizon - 1, spans=list(grid.runs))
+
+
+def _score_description(members: dict[str, _Member]) -> str:
+    if not members:
+        return "mean squared reconstruction error of the scaled window"
+    return ("autoencoder threshold x the largest ratio of a model's error to its own threshold "
+            "(autoencoder: mean squared reconstruction error of the scaled window; "
+            + "; ".join(f"{name}: {MEMBER_SCORES[name]}" for name in members) + ")")
+
+
+def _training_record(s: TrainSettings, grid: GridRows, w: _Windows, fitted: _Fitted, quantized: _Quantized, *,
+                     source_rows: np.ndarray, prior_rows: np.ndarray | None, refused: list[dict] | None,
+                     fit_s: float) -> dict:
+    """``bundle.json``'s ``training``: the data, the split and every choice that made the models."""
+    ae = fitted.autoencoder
+    return {
+        "data_sha256": data_sha256(w.sensors, source_rows),
+        "rows": int(len(source_rows)),
+        "grid_rows": int(len(grid.values)),
+        "train_rows": int(w.train_rows),
+        "train_windows": int(len(w.X_train)),
+        "holdout_windows": int(len(w.X_held)),
+        "holdout": s.holdout,
+        "holdout_at": s.holdout_at,
+        "train_stride": s.train_stride,
+        "prior": None if prior_rows is None else {
+            "rows": int(len(prior_rows)), "stride": s.prior_stride, "windows": int(len(w.X_prior)),
+            "data_sha256": data_sha256(w.sensors, prior_rows)},
+        "level_free": {"given": w.level_free.given, "trending": w.level_free.trending,
+                       "trend_limit": s.trend_limit, "scale": s.level_free_scale},
+        "seed": s.seed,
+        "model": {"type": "dense_autoencoder", "hidden": [int(h) for h in s.hidden],
+                  "alpha": s.alpha, "noise": s.noise, "max_iter": s.max_iter, "epochs": ae.n_iter_,
+                  "int8_refused": list(refused or []),
+                  "best_epoch": ae.best_epoch_, "stopped": ae.stopped_, "converged": ae.converged_,
+                  "early_stopping": s.early_stopping, "patience": s.patience,
+                  "batch_size": s.batch_size, "learning_rate_init": s.learning_rate_init},
+        "quantization": {"format": "QDQ", "activations": "int8", "weights": "int8", "output": "float",
+                         "per_channel": s.per_channel, "calibrate_method": s.calibrate_method,
+                         "calibration_windows": int(quantized.calibration_windows)},
+        "fit_seconds": round(fit_s, 3),
+    }
 
 
 def train_from_csv(paths: str | Path | Iterable[str | Path], out_dir: str | Path,
