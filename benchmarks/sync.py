@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.sync [--out benchmarks/results/sync.json]
 
 Peers: a TLS Mosquitto requiring client certificates as the cloud broker, the
-cloud intake storing items by id (benchmarks/servers.py), and Python's
+cloud intake storing items by id (rigs/cloud.py), and Python's
 http.server over TLS serving the engineer's TUF repository (the tests'
 TlsStaticServer, rigs/tls_server.py).
 
@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, parser, write_results  # noqa: E402
-from benchmarks.servers import CloudPeer  # noqa: E402
+from rigs.cloud import CloudPeer  # noqa: E402
 
 T0 = 1_760_000_000.0
 SYNC_PACKAGES = ("tuf", "securesystemslib", "apscheduler")

@@ -1,5 +1,7 @@
 """Rigs the tests and the benchmarks both drive: real peers and the harness around an output.
 
+* ``cloud.py``: the cloud an uplink talks to (a TLS Mosquitto requiring client certificates,
+  and the intake);
 * ``victoria.py``: a VictoriaMetrics server on a free loopback port (the history's peer);
 * ``tls_server.py``: a TLS static file server with a CA of its own (the model repository's host);
 * ``browser.py``: Debian's headless Chromium and its arguments;
