@@ -404,7 +404,8 @@ def main(argv=None) -> int:
     print()
     print(text)
     out = write_results(args.out, {"params": {"n": args.n, "runs": args.runs, "qos": 1, "broker_max_inflight": 20},
-                                   "versions": versions, "skipped": skipped, "runs": runs, "table": text})
+                                   "versions": versions, "skipped": skipped, "runs": runs, "table": text},
+                        libraries=("paho-mqtt",))
     print(f"\nJSON: {out}")
     return 0 if all(r.get("ok") for rs in runs.values() for r in rs) else 2
 
