@@ -177,7 +177,7 @@ def print_table(result: dict) -> None:
     print(f"{'publish -> alarm event, p50 (ms)':45s} {L['p50']!s:>12s}")
     print(f"{'publish -> alarm event, p99 (ms)':45s} {L['p99'] if L['p99'] is not None else 'too few':>12}")
     print(f"{'publish -> alarm event, max (ms)':45s} {L['max']!s:>12s}")
-    print(f"{'alarm episodes measured':45s} {L['n']:>12d}")
+    print(f"{'raise events measured':45s} {L['n']:>12d}")
     print(f"{'sustained readings/s (broker -> SQLite)':45s} {result['throughput_readings_per_s']:>12.0f}")
 
 
