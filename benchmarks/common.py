@@ -4,7 +4,11 @@
 
 Each script prints its own table and writes one JSON document; ``write_results``
 puts the machine description in front of it, so figures from different boxes
-(a 2-core x86_64 VM, a Raspberry Pi) are never compared unawares.
+(a 2-core x86_64 VM, a Raspberry Pi) are never compared unawares, and the
+versions of the libraries the figure depends on (``libraries=``: onnxruntime,
+paho-mqtt, flwr...), so a figure is never credited to the wrong release.
+Every figure in README.md and docs/*.md names the result file it comes from
+(``tests/test_docs_figures.py`` checks that the file exists and carries both).
 """
 
 from __future__ import annotations
@@ -36,11 +40,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine() -> dict:
-    """Where and when a benchmark ran: host, CPU, cores, architecture, Python, library versions."""
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages when the run ended: on a shared box, how busy it was."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine(libraries: tuple[str, ...] | list[str] = ()) -> dict:
+    """Where and when a benchmark ran: host, CPU, cores, architecture, load, Python and library versions
+    (those that shape every figure, plus ``libraries``, the ones this benchmark names)."""
     return {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
             "cpu": cpu_model(), "machine": platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "libraries": library_versions()}
+            "load_average": load_average(), "python": platform.python_version(),
+            "libraries": library_versions(libraries)}
 
 
 def parser(doc: str | None, out: str | Path | None = None) -> argparse.ArgumentParser:
@@ -51,9 +65,10 @@ def parser(doc: str | None, out: str | Path | None = None) -> argparse.ArgumentP
     return ap
 
 
-def write_results(path: str | Path, doc: dict) -> Path:
-    """Write ``doc`` as JSON to ``path`` (directories made), with :func:`machine` in front of it."""
+def write_results(path: str | Path, doc: dict, libraries: tuple[str, ...] | list[str] = ()) -> Path:
+    """Write ``doc`` as JSON to ``path`` (directories made), with :func:`machine` in front of it;
+    ``libraries``: the distributions (as pip names them) whose versions the figures depend on."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**machine(), **doc}, indent=2, default=str) + "\n")
+    path.write_text(json.dumps({**machine(libraries), **doc}, indent=2, default=str) + "\n")
     return path

@@ -4,7 +4,8 @@ Measures, single-threaded (intra_op_num_threads=1, as the gateway runs it):
   * one window, ORT session.run only and the full ``Detector.score_one`` path (p50/p99 µs)
   * batch of 256 windows, ORT only and ``Detector.score_batch`` (windows/s)
   * model file sizes
-and prints a table plus writes JSON (default benchmarks/results/detector.json).
+and prints a table plus writes JSON (default benchmarks/results/detector.json, machine and
+library versions in front).
 
 Usage:
   .venv/bin/python benchmarks/detector.py                      # trains on anomaly-free SKAB (or synthetic data)
@@ -15,9 +16,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,12 +29,13 @@ sys.path.insert(0, str(ROOT))
 import onnxruntime as ort  # noqa: E402
 
 from appliance.core import Window  # noqa: E402
-from benchmarks.common import cpu_model  # noqa: E402
+from benchmarks.common import machine, write_results  # noqa: E402
 from appliance.detector.scorer import Detector  # noqa: E402
 from appliance.detector.session import ONNX_INPUT, ONNX_OUTPUT, takes_flat_windows  # noqa: E402
 from appliance.detector.train import TrainSettings, read_csv_rows, sliding_windows, train_bundle  # noqa: E402
 from appliance.eval.datasets import skab_dir  # noqa: E402
 
+LIBRARIES = ("onnxruntime", "onnx", "scikit-learn")  # the session, the exported graph, the trainer
 DEFAULT_DATA = skab_dir() / "anomaly-free" / "anomaly-free.csv"
 
 
@@ -135,15 +134,15 @@ def main(argv=None) -> int:
         "one_window_p99_fp32_over_int8": f["one_window_ort_us"]["p99"] / i["one_window_ort_us"]["p99"],
     }
     report = {
-        "cpu": cpu_model(), "machine": platform.machine(), "cores": os.cpu_count(),
-        "onnxruntime": ort.__version__, "python": platform.python_version(), "threads": 1,
+        "threads": 1,
         "bundle": {"source": source, "sensors": len(d.sensors), "window": d.window,
                    "hidden": meta["training"]["model"]["hidden"], "fp32_nodes": meta["int8_check"].get("fp32_nodes"),
                    "train_seconds": train_s},
         "results": results, "ratios": ratios,
     }
-    print(f"CPU: {report['cpu']} ({report['machine']}, {report['cores']} cores), onnxruntime {ort.__version__}, "
-          f"1 thread")
+    m = machine(LIBRARIES)
+    print(f"CPU: {m['cpu']} ({m['machine']}, {m['cores']} cores, load average {m['load_average']}), "
+          f"onnxruntime {ort.__version__}, 1 thread")
     print(f"model: window={d.window} sensors={len(d.sensors)} hidden={meta['training']['model']['hidden']} "
           f"trained on {source}" + (f" in {train_s:.1f} s" if train_s else ""))
     rows_out = [
@@ -161,9 +160,7 @@ def main(argv=None) -> int:
     print(f"{'metric':36s} {'FP32':>14s} {'INT8':>14s} {'INT8/FP32':>10s}")
     for name, a, b, fmt in rows_out:
         print(f"{name:36s} {fmt.format(a):>14s} {fmt.format(b):>14s} {b / a:>10.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written {args.out}")
+    print(f"written {write_results(args.out, report, libraries=LIBRARIES)}")
     return 0
 
 

@@ -23,6 +23,7 @@ a valve blockage.
 
 Usage:
   .venv/bin/python benchmarks/fleet.py                 # N=3, 5 rounds; JSON to benchmarks/results/fleet.json
+                                                       # (machine and library versions in front)
   .venv/bin/python benchmarks/fleet.py --gateways 4 --rounds 8 --noise 1.0 --clip 0.5
   .venv/bin/python benchmarks/fleet.py --source sim --out benchmarks/results/fleet-sim.json
 """
@@ -48,8 +49,10 @@ from appliance.detector.scorer import Detector  # noqa: E402
 from appliance.detector.train import TrainSettings, read_csv, sliding_windows, train_bundle  # noqa: E402
 from appliance.eval.datasets import skab_dir  # noqa: E402
 from appliance.fleet.model import seed_from_bundle  # noqa: E402
+from benchmarks.common import machine, write_results  # noqa: E402
 
 SKAB = skab_dir()
+LIBRARIES = ("flwr", "grpcio", "onnxruntime", "scikit-learn")  # the rounds, their transport, the models
 SCALED = ("Current", "Pressure", "Volume Flow RateRMS")
 
 
@@ -223,7 +226,7 @@ def main() -> int:
             table[g["name"]] = {m: (evaluate(local[g["name"]], g) if m == "local" else
                                     evaluate(b, g) if b is not None else {"refused": True})
                                 for m, b in models.items()}
-    result = {"source": args.source,
+    result = {"source": args.source, "spread": args.spread,
               "gateways": [{"name": g["name"], "factor": g["factor"], "train_rows": int(len(g["rows"])),
                              "test_files": len(g["tests"])} for g in gateways],
               "settings": {"window": 10, "hidden": [32, 8], "max_iter": 60, **base,
@@ -249,10 +252,10 @@ def main() -> int:
         if s["privacy"]:
             line += f", epsilon {s['privacy']['epsilon']:.2f} at delta {s['privacy']['delta']:g}"
         print(line)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written {out} ({result['seconds']} s)")
+    m = machine(LIBRARIES)
+    print(f"{m['cpu']} ({m['machine']}, {m['cores']} cores, load average {m['load_average']}), "
+          f"flwr {m['libraries']['flwr']}")
+    print(f"written {write_results(args.out, result, libraries=LIBRARIES)} ({result['seconds']} s)")
     return 0
 
 

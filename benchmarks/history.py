@@ -2,7 +2,7 @@
 
 Runs against a real VictoriaMetrics (Debian's ``victoria-metrics``, InfluxDB v2
 write API) on a free loopback port. Prints a table and writes
-``benchmarks/results/history.json``.
+``benchmarks/results/history.json`` (machine, library and server versions in front).
 
     .venv/bin/python benchmarks/history.py            # full run (~1-2 min)
     .venv/bin/python benchmarks/history.py --quick    # smaller sizes
@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import json
-import os
-import platform
 import signal
 import subprocess
 import sys
@@ -26,12 +23,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import machine, write_results  # noqa: E402
 from appliance.history.config import HistoryConfig  # noqa: E402
 from appliance.core import Reading, Score  # noqa: E402
 from appliance.history.sink import History  # noqa: E402
 from appliance.broker import free_port  # noqa: E402
 from rigs.victoria import VictoriaMetrics, count_points  # noqa: E402
 
+LIBRARIES = ("influxdb-client",)  # the forwarder's client; VictoriaMetrics' version is in "server"
 DEMO_SENSORS = [f"s{i}" for i in range(8)]  # the demo: 8 sensors at 1 Hz on one asset, 1 score/s
 
 
@@ -234,6 +233,17 @@ def bench_kill9(tmp: Path, vm: VictoriaMetrics, kills: int, per_run: int = 10_00
             "resent_samples": raw - distinct, "batch_size": batch}
 
 
+def server_version() -> str:
+    """The InfluxDB-compatible server's package version (Debian's ``victoria-metrics``; its binary does not
+    print one), or why it is unknown."""
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "victoria-metrics"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"victoria-metrics, version unknown ({e})"
+    return f"victoria-metrics {out.stdout.strip()}" if out.returncode == 0 else "victoria-metrics, version unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -257,7 +267,7 @@ def main() -> None:
             }
         finally:
             vm.stop()
-    res["machine"] = {"arch": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    res["server"] = server_version()
 
     rows = [
         ("into outbox, fsync=commit", f"{res['ingest_fsync_commit']['points_per_s']:,} points/s",
@@ -280,13 +290,12 @@ def main() -> None:
     ]
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
-    print(f"\nhistory benchmark ({res['machine']['arch']}, {res['machine']['cpus']} cpus)")
+    m = machine(LIBRARIES)
+    print(f"\nhistory benchmark ({m['cpu']}, {m['machine']}, {m['cores']} cores, load average {m['load_average']}; "
+          f"{res['server']})")
     for a, b, c in rows:
         print(f"  {a:<{w0}}  {b:>{w1}}  {c}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print(f"\nwrote {write_results(args.out, res, libraries=LIBRARIES)}")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ Clients (a client whose package is not importable is skipped, and said so):
   network thread (``loop_start``), ``on_message``, acknowledgement by paho;
 * ``connector``: the same paho-mqtt through the MQTT connector's own client
   subclass (read-ahead buffer, no per-topic matching, acknowledgements queued
-  and written together once a burst is read), as the connector runs it, minus
-  the store;
+  and written together once a burst is read) on an asyncio loop watching its
+  socket, as the connector runs it, minus the store;
 * ``gmqtt``, ``aiomqtt`` (asyncio around paho), ``amqtt``: asyncio clients
   (gmqtt with its default ``optimistic_acknowledgement``: PUBACK before ``on_message``);
 * ``mqttools`` is not measured: it subscribes at QoS 0 only (and speaks MQTT 5 only).
@@ -102,36 +102,19 @@ def ready() -> None:
     print("READY", flush=True)
 
 
-def sub_paho(host: str, port: int, meter: Meter, connector: bool) -> None:
+def sub_paho(host: str, port: int, meter: Meter) -> None:
     import threading
 
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
     done = threading.Event()
-    if connector:
-        from appliance.connectors.mqtt.connector import _Client
-        client = _Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"bench-{os.getpid()}",
-                         protocol=paho.MQTTv311, manual_ack=True)
-        mids: list[int] = []
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"bench-{os.getpid()}",
+                         protocol=paho.MQTTv311)
 
-        def on_message(c, userdata, msg):
-            if meter.message(msg.payload):
-                done.set()
-            mids.append(msg.mid)
-
-        def after_read():  # the connector acknowledges a burst once it is stored; here at once
-            if mids:
-                client.queue_acks(mids[:])
-                mids.clear()
-        client.after_read = after_read
-    else:
-        client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"bench-{os.getpid()}",
-                             protocol=paho.MQTTv311)
-
-        def on_message(c, userdata, msg):
-            if meter.message(msg.payload):
-                done.set()
+    def on_message(c, userdata, msg):
+        if meter.message(msg.payload):
+            done.set()
     subscribed = threading.Event()
     client.on_message = on_message
     client.on_connect = lambda c, *a: c.subscribe("plant/+/+", qos=1)
@@ -144,6 +127,49 @@ def sub_paho(host: str, port: int, meter: Meter, connector: bool) -> None:
     done.wait(600)
     client.disconnect()
     client.loop_stop()
+
+
+async def sub_connector(host: str, port: int, meter: Meter) -> None:
+    """paho through the connector's ``_Client`` on an asyncio loop, as the connector runs it (issue 13):
+    the socket opened in a worker thread and watched by the loop, each burst's PUBACKs written together
+    after the read (the connector writes them after the store's commit; here at once)."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from appliance.connectors.mqtt.connector import _Client
+
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    subscribed = asyncio.Event()
+    client = _Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"bench-{os.getpid()}",
+                     protocol=paho.MQTTv311, manual_ack=True)
+    mids: list[int] = []
+
+    def on_message(c, userdata, msg):
+        if meter.message(msg.payload):
+            done.set()
+        mids.append(msg.mid)
+
+    def after_read():
+        if mids:
+            client.send_acks(mids[:])
+            mids.clear()
+
+    client.on_message = on_message
+    client.after_read = after_read
+    client.on_connect = lambda c, *a: c.subscribe("plant/+/+", qos=1)
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_socket_open = lambda c, u, sock: loop.add_reader(sock, client.loop_read)
+    client.on_socket_close = lambda c, u, sock: (loop.remove_reader(sock), loop.remove_writer(sock))
+    client.on_socket_register_write = lambda c, u, sock: loop.add_writer(sock, client.loop_write)
+    client.on_socket_unregister_write = lambda c, u, sock: loop.remove_writer(sock)
+    client.connect_async(host, port, keepalive=60)
+    client.adopt(await asyncio.to_thread(client.open_socket))
+    client.reconnect()  # registers the adopted socket (on_socket_open) and queues CONNECT
+    await asyncio.wait_for(subscribed.wait(), 30)
+    ready()
+    await asyncio.wait_for(done.wait(), 600)
+    client.disconnect()
 
 
 async def sub_gmqtt(host: str, port: int, meter: Meter) -> None:
@@ -202,10 +228,11 @@ def subscriber_main(args) -> None:
         sys.path.append(site)  # after the venv's packages: its paho-mqtt (and the rest) come first
     meter = Meter(args.n)
     host = "127.0.0.1"
-    if args.client in ("paho", "connector"):
-        sub_paho(host, args.port, meter, connector=args.client == "connector")
+    if args.client == "paho":
+        sub_paho(host, args.port, meter)
     else:
-        coro = {"gmqtt": sub_gmqtt, "aiomqtt": sub_aiomqtt, "amqtt": sub_amqtt}[args.client]
+        coro = {"connector": sub_connector, "gmqtt": sub_gmqtt, "aiomqtt": sub_aiomqtt,
+                "amqtt": sub_amqtt}[args.client]
         asyncio.run(coro(host, args.port, meter))
     print("RESULT " + json.dumps(meter.result()), flush=True)
 
@@ -404,7 +431,8 @@ def main(argv=None) -> int:
     print()
     print(text)
     out = write_results(args.out, {"params": {"n": args.n, "runs": args.runs, "qos": 1, "broker_max_inflight": 20},
-                                   "versions": versions, "skipped": skipped, "runs": runs, "table": text})
+                                   "versions": versions, "skipped": skipped, "runs": runs, "table": text},
+                        libraries=("paho-mqtt",))
     print(f"\nJSON: {out}")
     return 0 if all(r.get("ok") for rs in runs.values() for r in rs) else 2
 

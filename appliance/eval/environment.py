@@ -20,10 +20,10 @@ LIBRARIES = ("edge-anomaly-appliance", "numpy", "scipy", "scikit-learn", "onnx",
              "paho-mqtt", "asyncua", "cryptography")
 
 
-def library_versions() -> dict[str, str]:
-    """``{distribution: version}`` of :data:`LIBRARIES`; one not installed is left out."""
+def library_versions(extra: tuple[str, ...] | list[str] = ()) -> dict[str, str]:
+    """``{distribution: version}`` of :data:`LIBRARIES` and ``extra``; one not installed is left out."""
     found = {}
-    for name in LIBRARIES:
+    for name in dict.fromkeys((*LIBRARIES, *extra)):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
