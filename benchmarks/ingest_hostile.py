@@ -1,7 +1,7 @@
 """How long the MQTT connector holds the event loop under issue 13's attack (not part of CI).
 
 A private Mosquitto and an appliance (built from a config in this process, as
-``tests/support/appliance.py`` runs it: connector, store, windows, scoring)
+``rigs/appliance.py`` runs it: connector, store, windows, scoring)
 receive ``--messages`` hostile messages of about 230 KB, each naming 21,000
 unknown sensors, with two rows of good data from another asset after each. Before
 the fix one such burst cost 6.47 GB and a lost connection.
