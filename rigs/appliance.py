@@ -96,7 +96,7 @@ class RunningAppliance:
         self._thread.join(60)
 
     def wait_until(self, predicate, timeout=60.0, what="condition"):
-        """:func:`~tests.support.wait.wait_until`, telling the appliance's status if it times out."""
+        """:func:`~rigs.wait.wait_until`, telling the appliance's status if it times out."""
         return wait_until(predicate, timeout, what, interval=0.05,
                           detail=lambda: f"status={json.dumps(self.app.status(), default=str)[:2000]}")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.browser import CHROMIUM, HEADLESS_ARGS  # noqa: E402
+from rigs.browser import CHROMIUM, HEADLESS_ARGS  # noqa: E402
 
 ARGS = [*HEADLESS_ARGS, "--hide-scrollbars"]
 
