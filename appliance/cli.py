@@ -18,6 +18,9 @@ log = logging.getLogger("appliance")
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+    from appliance.service import JournalFormatter, stderr_is_journal
+    if stderr_is_journal():  # run by systemd: journald stamps the time and reads the priority
+        logging.getLogger().handlers[0].setFormatter(JournalFormatter())
     for noisy in ("paho", "werkzeug", "urllib3", "apscheduler", "influxdb_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # asyncua warns on every reconnect attempt and about its own defaults; our connector
@@ -287,22 +290,32 @@ def _train_from_store(args, opts: dict):
 
 async def _run_async(cfg) -> int:
     from appliance.runtime import build, start_web
+    from appliance.service import Notifier, announce, ping_watchdog, watchdog_interval
 
+    notifier = Notifier.from_env()  # systemd (Type=notify); does nothing elsewhere
+    notifier.status("starting: loading the model")
     app = build(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     web = None
+    interval = watchdog_interval()
+    service = [asyncio.create_task(ping_watchdog(notifier, interval))] if interval else []
     await app.start()
     try:
         if cfg.web.enabled:
             web = start_web(app, cfg.web.host, cfg.web.port)
+        service.append(asyncio.create_task(announce(app, notifier)))
         await stop.wait()
     finally:
+        notifier.notify("STOPPING=1", "STATUS=stopping: draining and closing the store")
+        for task in service:
+            task.cancel()
         if web is not None:
             web.stop()
         await app.shutdown()
+        notifier.close()
     return 0
 
 

@@ -38,6 +38,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || pkgs+=(mos
 if [ "$want_test" = 1 ]; then
   command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || pkgs+=(victoria-metrics)
   [ -x /usr/bin/chromium ] || pkgs+=(chromium)
+  [ -x /usr/sbin/debootstrap ] || pkgs+=(debootstrap)  # tests/test_service_package.py's Debian root
 fi
 "$python" -c 'import venv, ensurepip' >/dev/null 2>&1 || pkgs+=(python3-venv)
 if [ "${#pkgs[@]}" -gt 0 ]; then
