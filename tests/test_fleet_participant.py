@@ -126,3 +126,22 @@ def test_a_client_that_will_not_leave_is_killed(tmp_path):
         assert p.status()["pid"] is None
 
     asyncio.run(with_participant(tmp_path, [stays(ready, ignore_term=True)], scenario, leave_grace_s=0.5))
+
+
+def test_a_gateway_without_flower_is_refused_at_start_not_in_every_window(tmp_path, monkeypatch):
+    """On Python 3.10 (Jetson) the fleet extra does not install: participate = true must say so once."""
+    import importlib.util
+
+    import pytest
+
+    from appliance.config import parse_config
+    from appliance.core import PluginEnv, PluginError
+    from appliance.fleet import participant
+
+    cfg = parse_config({"data_dir": str(tmp_path), "fleet": {"participate": True, "asset": "pump"},
+                        "outputs": {"sync": {"enabled": True}}})
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flwr" else real(name, *a))
+    env = PluginEnv(config=cfg, data_dir=tmp_path, sensors=("a",), needs={"windows": None})
+    with pytest.raises(PluginError, match=r"fleet.participate: Flower is not installed"):
+        participant.build(cfg.fleet, env)

@@ -24,6 +24,7 @@ Nothing here imports flwr.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import signal
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from appliance.core import Output, OutputContext, PluginEnv
+from appliance.core import Output, OutputContext, PluginEnv, PluginError
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,10 @@ def client_command(cfg) -> Callable[[float], list[str]]:
 
 def build(section, env: PluginEnv) -> FleetParticipant:
     """The registry's factory: the participant on the sync output's connectivity windows (``env.needs``)."""
+    # Refused at start, not in every window: the client child would fail to import flwr each time.
+    if importlib.util.find_spec("flwr") is None:
+        raise PluginError("fleet.participate: Flower is not installed (the fleet extra: "
+                          "pip install 'edge-anomaly-appliance[fleet]', Python 3.11 or newer)")
     cfg = env.config
     return FleetParticipant(env.needs["windows"], client_command(cfg), env.path("fleet/client.log"),
                             leave_grace_s=section.leave_grace_s, env=dict(os.environ, PYTHONUNBUFFERED="1"))
