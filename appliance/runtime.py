@@ -467,11 +467,11 @@ def _stored_callback(in_flight: InFlight, n: int, acks: list):
     return done
 
 
-def gateway_clock(cfg, **sources) -> GatewayClock:
-    """The gateway's clock as ``[clock]`` sets it; ``sources`` (``wall``, ``synchronised``...) replace
-    the system's (tests set a clock a day back and say it is unsynchronised)."""
+def gateway_clock(cfg, **overrides) -> GatewayClock:
+    """The gateway's clock as ``[clock]`` sets it; ``overrides`` (``wall``, ``synchronised``,
+    ``check_every_s``...) replace the system's (tests set a clock a day back, unsynchronised)."""
     c = cfg.clock
-    return GatewayClock(min_offset_s=c.min_offset_s, window=c.window, enabled=c.data_time, **sources)
+    return GatewayClock(min_offset_s=c.min_offset_s, window=c.window, enabled=c.data_time, **overrides)
 
 
 def build(cfg, detector=None, clock: GatewayClock | None = None) -> Appliance:
