@@ -149,7 +149,7 @@ class Appliance:
         # Alarm events and shelving run on the gateway's time, which is the data's while the clock is wrong.
         self.alarms = AlarmBook(lambda: Decider.from_config(cfg.decision), on_peak=self._on_peak,
                                 clock=self.clock.now)
-        self.watchdog = SensorWatchdog(detector.sensors, cfg.watchdog.silence_s)
+        self.watchdog = SensorWatchdog(detector.sensors, cfg.watchdog.silence_s, wall=self.clock.now)
         self.counters = Counters()
         self.dead_by_reason = Counters()
         self.latency = LatencyStats()
