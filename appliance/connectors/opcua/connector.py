@@ -381,8 +381,6 @@ class OpcuaConnector(Input):
         status = dv.StatusCode if dv is not None else None
         quality = quality_of(status)
         ts = self._timestamp(dv, now)
-        if self._clock is not None and ts != now:
-            self._clock.observe(self.name, ts)  # the PLC's own time
         key = (n.asset, n.sensor)
         if self._last_ts.get(key) == ts:
             # The initial value of a rebuilt subscription repeats the last one delivered;
@@ -390,6 +388,8 @@ class OpcuaConnector(Input):
             self.counters.inc("duplicates_dropped")
             return False
         self._last_ts[key] = ts
+        if self._clock is not None and ts != now:
+            self._clock.observe(self.name, ts)  # the PLC's own time
         self._last_data_mono = time.monotonic()
         self._last_data_wall = now
         raw = ev.value
