@@ -229,8 +229,10 @@ class GatewayClock:
         first readings after a boot with a clock a day behind are judged by their own time.
         Replayed (historical) data says nothing about the clock: do not pass it here.
         """
+        mono = self._mono()
+        if self._trusted and mono < self._next_check:
+            return self._wall()  # the common case, a synchronised clock: no lock, nothing kept
         with self._lock:
-            mono = self._mono()
             if mono >= self._next_check:
                 self._check(mono)
             if self._trusted:
