@@ -20,7 +20,7 @@ from appliance.core.compat import tomllib
 from appliance.detector.config import DetectorConfig, WindowConfig
 from appliance.fleet.config import FleetConfig
 from appliance.registry import INPUTS, OUTPUTS, config_sections, unmet_needs
-from appliance.settings import Section
+from appliance.settings import ClockConfig, Section
 from appliance.store.config import StoreConfig
 from appliance.watchdog import WatchdogConfig
 from web.config import WebConfig
@@ -46,6 +46,7 @@ class Config(Section):
     outputs: OutputsConfig = OutputsConfig()
     store: StoreConfig = StoreConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
+    clock: ClockConfig = ClockConfig()
     web: WebConfig = WebConfig()
     fleet: FleetConfig = FleetConfig()  # the fleet server's too; the gateway's part is the registry's "fleet"
 

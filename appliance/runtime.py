@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from appliance.actions.alarms import AlarmBook, AlarmCommandError
 from appliance.actions.decide import Decider
+from appliance.core.timebase import GatewayClock
 from appliance.core import (HOOKS, Alarm, AlarmEvent, Counters, DeadLetter, Detector, EventKind, Input,
                             MitigationAction, ModeChange, ModelChange, Output, OutputContext, PluginEnv, Quality,
                             Reading, overrides)
@@ -118,11 +119,14 @@ class Appliance:
     ``outputs`` are the enabled output plugins; the store is put in front of them.
     ``not_enabled`` maps the commands of plugins that are not enabled to what to
     answer (the registry's declarations, :func:`appliance.registry.commands_not_enabled`).
+    ``clock`` is the gateway's clock the inputs were given (:func:`gateway_clock`).
     """
 
     def __init__(self, cfg, detector: Detector, store: Store, inputs: Sequence[Input] = (),
-                 outputs: Sequence[Output] = (), not_enabled: Mapping[str, str] | None = None):
+                 outputs: Sequence[Output] = (), not_enabled: Mapping[str, str] | None = None,
+                 clock: GatewayClock | None = None):
         self.cfg = cfg
+        self.clock = clock if clock is not None else gateway_clock(cfg)
         self.detector = detector
         self.store = store
         self.inputs = list(inputs)
@@ -142,13 +146,16 @@ class Appliance:
         # Cells this grid may fill by holding a value over missing reports: never a frozen sensor.
         self._held_rows = held_rows(self.windows.staleness_s, self.windows.period_s)
         detector.allow_held(self._held_rows)
-        self.alarms = AlarmBook(lambda: Decider.from_config(cfg.decision), on_peak=self._on_peak)
-        self.watchdog = SensorWatchdog(detector.sensors, cfg.watchdog.silence_s)
+        # Alarm events and shelving run on the gateway's time, which is the data's while the clock is wrong.
+        self.alarms = AlarmBook(lambda: Decider.from_config(cfg.decision), on_peak=self._on_peak,
+                                clock=self.clock.now)
+        self.watchdog = SensorWatchdog(detector.sensors, cfg.watchdog.silence_s, wall=self.clock.now)
         self.counters = Counters()
         self.dead_by_reason = Counters()
         self.latency = LatencyStats()
         self.in_flight = InFlight(cfg.store.max_in_flight)
         self.started_at = time.time()
+        self._started_mono = time.monotonic()  # uptime: not moved by the wall clock's steps
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = 0  # batches handed to the loop and not yet through the detection path
         # Submissions from input threads wait here for the loop, which is woken once per burst.
@@ -430,7 +437,8 @@ class Appliance:
     def _status(self) -> dict:
         return {
             "site": self.cfg.site,
-            "uptime_s": round(time.time() - self.started_at, 1),
+            "uptime_s": round(time.monotonic() - self._started_mono, 1),
+            "clock": self.clock.status(),
             "model": {"version": self.detector.version, "sensors": list(self.detector.sensors),
                       "window": self.detector.window, "horizon": self.detector.horizon,
                       "threshold": self.detector.threshold, **self.models.status()},
@@ -459,8 +467,17 @@ def _stored_callback(in_flight: InFlight, n: int, acks: list):
     return done
 
 
-def build(cfg, detector=None) -> Appliance:
-    """Assemble an appliance from a validated config (plugins imported only when enabled)."""
+def gateway_clock(cfg, **overrides) -> GatewayClock:
+    """The gateway's clock as ``[clock]`` sets it; ``overrides`` (``wall``, ``synchronised``,
+    ``check_every_s``...) replace the system's (tests set a clock a day back, unsynchronised)."""
+    c = cfg.clock
+    return GatewayClock(min_offset_s=c.min_offset_s, window=c.window, enabled=c.data_time, **overrides)
+
+
+def build(cfg, detector=None, clock: GatewayClock | None = None) -> Appliance:
+    """Assemble an appliance from a validated config (plugins imported only when enabled).
+
+    ``clock`` replaces the gateway's clock built from ``[clock]`` (tests inject a wrong one)."""
     from appliance.detector.scorer import Detector as OnnxDetector
     from appliance.registry import build_inputs, build_outputs, commands_not_enabled
 
@@ -473,9 +490,11 @@ def build(cfg, detector=None) -> Appliance:
                                     "train one with: appliance train --data CSV... --out " + str(bundle))
         detector = OnnxDetector.load(bundle, precision=cfg.detector.precision, threads=cfg.detector.threads)
     store = Store.from_config(cfg.store, cfg.path(cfg.store.path))
-    env = PluginEnv(config=cfg, data_dir=data_dir, sensors=tuple(detector.sensors))
+    clock = clock if clock is not None else gateway_clock(cfg)
+    env = PluginEnv(config=cfg, data_dir=data_dir, sensors=tuple(detector.sensors), clock=clock)
     outputs = build_outputs(cfg.outputs, env)
-    return Appliance(cfg, detector, store, build_inputs(cfg.inputs, env), outputs, commands_not_enabled())
+    return Appliance(cfg, detector, store, build_inputs(cfg.inputs, env), outputs, commands_not_enabled(),
+                     clock=clock)
 
 
 def start_web(app, host: str, port: int):

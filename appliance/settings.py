@@ -39,3 +39,17 @@ class TlsConfig(Section):
     cert_file: str | None = None
     key_file: str | None = None
     insecure_skip_verify: bool = False
+
+
+class ClockConfig(Section):
+    """``[clock]``: the gateway's time while its clock is unsynchronised (:mod:`appliance.core.timebase`).
+
+    ``data_time``: while the system says the clock is not synchronised and the data's
+    timestamps are ahead of it by more than ``min_offset_s``, take "now" from the data
+    (the median offset over the last ``window`` readings of each source, then over the
+    sources). False: the wall clock is trusted as it is, synchronised or not.
+    """
+
+    data_time: bool = True
+    min_offset_s: float = Field(300.0, ge=1, le=DAY_S, description="data ahead by more: the clock is behind")
+    window: int = Field(32, ge=1, le=4096, description="readings per source the offset is the median of")

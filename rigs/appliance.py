@@ -52,8 +52,11 @@ def wait_online(port, timeout=60.0, topic="appliance/status"):
 
 
 class RunningAppliance:
-    def __init__(self, cfg):
+    """``clock``: a :class:`~appliance.core.timebase.GatewayClock` in place of the system's (a wrong one)."""
+
+    def __init__(self, cfg, clock=None):
         self.cfg = cfg
+        self.clock = clock
         self.app = None
         self._loop = None
         self._stop = None
@@ -78,7 +81,7 @@ class RunningAppliance:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
             try:
-                self.app = build(self.cfg)
+                self.app = build(self.cfg, clock=self.clock)
                 self.app.add_event_listener(self.events.append)
                 await self.app.start()
             except BaseException as e:  # surfaced in __enter__

@@ -228,6 +228,9 @@ def asset_trend(asset: str):
     sensor = name_arg(request.args, "sensor")
     if sensor is not None:
         sensors = [sensor]
+    offset = (st.get("clock") or {}).get("offset_s")
+    if until is None and isinstance(offset, (int, float)) and offset:
+        until = time.time() + offset  # the gateway's clock is behind the data: end the trend at the data's now
     data = _read(trends.trend, ctx.store, ctx.history(), asset, sensors, range_key, until)
     episodes = _read(ctx.store.live_alarms_during, asset, data["since"], data["until"])
     data["episodes"] = [{"id": a.id, "start": a.start, "end": a.end, "level": a.level.name.lower(),

@@ -76,6 +76,15 @@ class StatusCollector(Collector):
         if _number(s.get("uptime_s")) is not None:
             yield GaugeMetricFamily("appliance_uptime_seconds", "Seconds since the appliance started",
                                     value=_number(s["uptime_s"]))
+        clock = s.get("clock") or {}
+        if _number(clock.get("offset_s")) is not None:
+            # Not 0 while the gateway's clock is unsynchronised and behind: "now" is the data's time.
+            yield GaugeMetricFamily("appliance_clock_data_offset_seconds",
+                                    "Offset added to the gateway clock, taken from the data's timestamps",
+                                    value=_number(clock["offset_s"]))
+        if _number(clock.get("synchronised")) is not None:
+            yield GaugeMetricFamily("appliance_clock_synchronised", "1 if the system clock is synchronised",
+                                    value=_number(clock["synchronised"]))
         if _number(model.get("threshold")) is not None:
             yield GaugeMetricFamily("appliance_model_threshold", "Anomaly score threshold of the model",
                                     value=_number(model["threshold"]))

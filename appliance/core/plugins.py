@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Collection, Coroutine, Mapping, Protocol, Sequence
 
 from appliance.core.detector import Detector
+from appliance.core.timebase import GatewayClock
 from appliance.core.records import (Alarm, AlarmEvent, DeadLetter, MitigationAction, ModeChange, ModelChange,
                                     Reading, Score)
 
@@ -168,13 +169,16 @@ class PluginEnv:
     ``connections``); ``data_dir`` resolves relative paths; ``sensors`` lists the
     model's sensors (an input may refuse others early); ``needs`` holds what the
     plugin's registry entry asked of outputs built before it (the fleet
-    participant: the sync's connectivity ``windows``).
+    participant: the sync's connectivity ``windows``); ``clock`` is the gateway's
+    :class:`~appliance.core.timebase.GatewayClock`, the one an input reads "now" from
+    and shows its readings' timestamps to (None: the wall clock as it is).
     """
 
     config: Any
     data_dir: Path
     sensors: Collection[str]
     needs: Mapping[str, Any] = field(default_factory=dict)
+    clock: GatewayClock | None = None
 
     def path(self, p: str) -> Path:
         q = Path(p)

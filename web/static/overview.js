@@ -35,6 +35,10 @@
     setText($("c-windows"), fmtNum(counters.windows_scored));
     setText($("c-alarms"), fmtNum(counters.alarm_raised));
     setText($("c-dead"), fmtNum(counters.dead_letters));
+    // The gateway's clock is wrong and the data's time stands in for it (appliance/core/timebase.py).
+    const clockMessage = (st.clock && st.clock.message) || "";
+    setText($("clock-banner"), clockMessage);
+    $("clock-banner").hidden = !clockMessage;
 
     const silent = st.silent_sensors || [];
     $("silent").hidden = silent.length === 0;

@@ -5,4 +5,5 @@ def build(section, env):
     from appliance.connectors.mqtt.connector import MqttConnector
 
     sensors = frozenset(env.sensors)
-    return MqttConnector(section, env.config.connections.mqtt, known_sensors=lambda asset: sensors)
+    return MqttConnector(section, env.config.connections.mqtt, known_sensors=lambda asset: sensors,
+                         clock=env.clock)

@@ -45,6 +45,7 @@ from appliance.connectors.guard import Admission, ValueRange, dead_letter
 from appliance.connectors.mqtt.config import MqttInputConfig
 from appliance.connectors.mqtt.payload import TopicRoute, TopicRouter, parse_payload
 from appliance.core import AckCallback, Counters, DeadLetter, DeadLetterCode, IngestSink, Input
+from appliance.core.timebase import GatewayClock
 from appliance.ingest_health import Gap, GapDetector, LogLimiter
 
 log = logging.getLogger(__name__)
@@ -271,8 +272,12 @@ class MqttConnector(Input):
 
     def __init__(self, cfg: MqttInputConfig, broker: MqttBroker,
                  known_sensors: Callable[[str], Collection[str]] | None = None,
-                 name: str = "mqtt"):
+                 name: str = "mqtt", clock: GatewayClock | None = None):
         self.name = name
+        # The gateway's clock: "now" for the future check, corrected by the data's time while
+        # the wall clock is unsynchronised and behind (None: the wall clock as it is).
+        self._now: Callable[[], float] = clock.now if clock is not None else time.time
+        self._observe_ts = clock.observe if clock is not None else None
         self.cfg = cfg
         self.broker = broker
         self._known_sensors = known_sensors
@@ -722,7 +727,7 @@ class MqttConnector(Input):
     def _on_message(self, client, userdata, msg) -> None:
         # Nothing may raise into paho: an exception there would kill the network loop.
         started = time.monotonic()
-        now = time.time()
+        now = self._now()
         try:
             topic = msg.topic
         except UnicodeDecodeError:
@@ -840,4 +845,4 @@ class MqttConnector(Input):
         return parse_payload(route, msg.payload, now, topic=topic, source=self.name, known_sensors=known,
                              min_timestamp=cfg.min_timestamp, max_future_skew_s=cfg.max_future_skew_s,
                              max_payload_bytes=cfg.max_payload_bytes, ts_unit=cfg.ts_unit,
-                             value_range=self.value_range)
+                             value_range=self.value_range, observe_ts=self._observe_ts)

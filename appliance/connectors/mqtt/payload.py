@@ -27,7 +27,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Collection, Sequence
+from typing import Callable, Collection, Sequence
 
 from appliance.connectors.guard import DEAD_LETTER_MAX_BYTES, DeadLetterBag, ValueRange, dead_letter
 from appliance.core import DeadLetter, DeadLetterCode, Quality, Reading
@@ -320,6 +320,7 @@ def parse_payload(
     max_payload_bytes: int = 262144,
     ts_unit: str = "auto",
     value_range: ValueRange | None = None,
+    observe_ts: Callable[[str, float], float] | None = None,
 ) -> tuple[list[Reading], list[DeadLetter]]:
     """Turn one MQTT message into readings, and whatever is wrong into dead letters.
 
@@ -330,7 +331,11 @@ def parse_payload(
     ``known_sensors`` is the sensor set the model knows for ``route.asset``
     (None accepts any name); ``ts_unit`` the unit of numeric timestamps
     (:data:`TS_UNITS`); ``value_range`` the physical range of each sensor (None:
-    any finite value). A whole-message problem (bad JSON, bad ``ts``, bad
+    any finite value); ``observe_ts`` (the gateway clock's
+    :meth:`~appliance.core.timebase.GatewayClock.observe`) is shown each live
+    message's ``(asset, ts)`` before the future check and returns the time to judge
+    it against: the data's own time while the gateway clock is known to be behind.
+    A whole-message problem (bad JSON, bad ``ts``, bad
     ``quality``) gives one dead letter and no reading. In a multi-value payload
     the bad sensors are refused while the good ones still pass; refusals of one
     code are one dead letter whose ``count`` says how many.
@@ -377,6 +382,8 @@ def parse_payload(
     if ts < min_timestamp:
         return _refuse(topic, payload, now, DeadLetterCode.TS_TOO_OLD,
                        f"ts {ts:.3f} ({_iso(ts)}) is before min_timestamp {min_timestamp:.0f} ({_iso(min_timestamp)})")
+    if observe_ts is not None and not (route.historical or doc.get("historical") is True):
+        now = observe_ts(asset, ts)  # replayed data says nothing about the clock
     if ts > now + max_future_skew_s:
         hint = ""
         if ts_unit != "auto" and not isinstance(raw_ts, str) and ts_unit_of(raw_ts) != ts_unit:

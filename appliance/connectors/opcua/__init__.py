@@ -4,4 +4,4 @@
 def build(section, env):
     from appliance.connectors.opcua.connector import OpcuaConnector
 
-    return OpcuaConnector(section, env.config.connections.opcua, base_dir=env.data_dir)
+    return OpcuaConnector(section, env.config.connections.opcua, base_dir=env.data_dir, clock=env.clock)

@@ -49,6 +49,7 @@ from appliance.connectors.guard import ValueRange, dead_letter
 from appliance.connectors.opcua.config import OpcuaInputConfig, OpcuaNode
 from appliance.core import Counters, DeadLetter, DeadLetterCode, IngestSink, Input, Quality, Reading
 from appliance.core.compat import StrEnum
+from appliance.core.timebase import GatewayClock
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,13 @@ class OpcuaConnector(Input):
     """
 
     def __init__(self, cfg: OpcuaInputConfig, endpoint: OpcuaEndpointConfig, name: str = "opcua",
-                 base_dir: str | Path | None = None):
+                 base_dir: str | Path | None = None, clock: GatewayClock | None = None):
         quiet_asyncua()
         self.cfg = cfg
+        # The gateway's clock (None: the wall clock): the PLC's timestamps are one of the
+        # sources it takes the time from while the wall clock is unsynchronised.
+        self._clock = clock
+        self._now = clock.now if clock is not None else time.time
         self.endpoint = endpoint
         self.name = name
         self.base_dir = Path(base_dir) if base_dir is not None else None
@@ -372,7 +377,7 @@ class OpcuaConnector(Input):
         if n is None:
             return False
         dv = item.Value
-        now = time.time()
+        now = self._now()
         status = dv.StatusCode if dv is not None else None
         quality = quality_of(status)
         ts = self._timestamp(dv, now)
@@ -383,6 +388,8 @@ class OpcuaConnector(Input):
             self.counters.inc("duplicates_dropped")
             return False
         self._last_ts[key] = ts
+        if self._clock is not None and ts != now:
+            self._clock.observe(self.name, ts)  # the PLC's own time
         self._last_data_mono = time.monotonic()
         self._last_data_wall = now
         raw = ev.value
