@@ -310,11 +310,13 @@ def cmd_run(args) -> int:
     cfg = _load(args.config)
     setup_logging(cfg.log_level)
     from appliance.core import PluginError
+    from appliance.detector.bundle import BundleError
 
     try:
         return asyncio.run(_run_async(cfg))
-    except (FileNotFoundError, PluginError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (FileNotFoundError, PluginError, BundleError) as e:
+        # One line: a refused bundle or a missing file is the operator's to fix, not a crash.
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
 

@@ -29,6 +29,7 @@ from appliance.sync.trust import (
     parse_release,
     unpack_archive,
 )
+from tests.support.detector import edited_bundle
 from tests.support.tuf_repo import release_bundles_fixture, sparse_member  # noqa: F401  (registers the fixture)
 
 
@@ -118,13 +119,15 @@ def test_insane_or_odd_bundles_are_never_published(repo, tmp_path, release_bundl
     src = release_bundles[0]
     meta = json.loads((src / "bundle.json").read_text())
     models = {p: src / n for p, n in MODEL_FILES.items()}
-    deaf = write_bundle(tmp_path / "deaf", dict(meta, threshold=1e12, thresholds={"int8": 1e12, "fp32": 1e12}),
-                        models)
-    with pytest.raises(ReleaseError, match=r"deaf: threshold 1000000000000.0 is outside .* can never alarm"):
+    # Edited by hand (write_bundle, like the loader, refuses such values).
+    deaf = edited_bundle(src, tmp_path / "deaf",
+                         lambda m: m.update(threshold=1e12, thresholds={"int8": 1e12, "fp32": 1e12}))
+    with pytest.raises(ReleaseError, match=r"deaf/bundle.json: thresholds.int8 1000000000000.0 is above .* never alarm"):
         add_release(repo, deaf, 1, keys, name="pump")
-    scaled = dict(meta, scaler=dict(meta["scaler"], scale=[1e30] + meta["scaler"]["scale"][1:]))
+    scaled = edited_bundle(src, tmp_path / "scaled",
+                           lambda m: m["scaler"].update(scale=[1e30] + m["scaler"]["scale"][1:]))
     with pytest.raises(ReleaseError, match=r"scaler.scale\[0\] 1e\+30 is outside"):
-        add_release(repo, write_bundle(tmp_path / "scaled", scaled, models), 1, keys, name="pump")
+        add_release(repo, scaled, 1, keys, name="pump")
     linked = write_bundle(tmp_path / "linked", meta, models)
     os.symlink("/etc/hostname", linked / "notes.txt")
     with pytest.raises(ReleaseError, match="only plain files"):

@@ -44,7 +44,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.detector.bundle import META_FILE, MODEL_FILES
+# The sanity bounds on signed values are the loader's: a release signs only what a gateway loads.
+from appliance.detector.bundle import (  # noqa: F401  (re-exported: the release tool's bounds)
+    MAX_ABS_CENTER,
+    MAX_PERIOD_S,
+    MAX_SCALE,
+    MAX_THRESHOLD,
+    MAX_WINDOW,
+    META_FILE,
+    MIN_SCALE,
+    MODEL_FILES,
+)
 
 RELEASE_FORMAT = 1
 TARGET_DIR = "models"
@@ -64,16 +74,6 @@ MEMBER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 MAX_MEMBERS = 32
 PRECISIONS = tuple(MODEL_FILES)
 
-# Sanity bounds on signed values. The score is the mean squared error of the
-# scaled window, around 0.01-1 for normal data; a threshold of 1e4 is a 100-sigma
-# error on every cell of the window, so above it a model could never alarm.
-MAX_THRESHOLD = 1e4
-# Scaler bounds generous for any physical unit (Pa, rpm, mA) yet far below the
-# values that switch a detector off (a scale of 1e30 turns every reading into 0).
-MAX_ABS_CENTER = 1e12
-MIN_SCALE, MAX_SCALE = 1e-9, 1e12
-MAX_WINDOW = 100_000
-MAX_PERIOD_S = 86400.0
 
 
 class ReleaseCheckError(ValueError):
