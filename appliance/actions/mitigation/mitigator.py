@@ -19,7 +19,7 @@ refuses the write and is named in the audit record:
 ``limits``       the new value is outside the target's ``[min, max]``
 ``max_step``     the change exceeds ``max_step``
 ``max_rate``     the changes within the last 60 s would exceed ``max_rate_per_min``
-``approval``     a technician's approval is required (proposal pending) or expired
+``approval``     an engineer's approval is required (proposal pending) or expired
 ``readback``     after the write, the PLC does not hold the written value
 
 The audit record's ``guard`` is one of these codes (:class:`Guard`), never more:
@@ -395,7 +395,7 @@ class Mitigator:
                                old, new)
         need_approval = rule.require_approval if rule.require_approval is not None else self.cfg.require_approval
         if need_approval and not approved:
-            raise _Refusal(Guard.APPROVAL, "technician approval required", old, new)
+            raise _Refusal(Guard.APPROVAL, "an engineer's approval required", old, new)
         return old, new, target
 
     async def _read_state(self, node: str, interlocks: list[MitigationInterlock]):
