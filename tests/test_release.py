@@ -122,7 +122,7 @@ def test_insane_or_odd_bundles_are_never_published(repo, tmp_path, release_bundl
     # Edited by hand (write_bundle, like the loader, refuses such values).
     deaf = edited_bundle(src, tmp_path / "deaf",
                          lambda m: m.update(threshold=1e12, thresholds={"int8": 1e12, "fp32": 1e12}))
-    with pytest.raises(ReleaseError, match=r"deaf/bundle.json: thresholds.int8 1000000000000.0 is above .* never alarm"):
+    with pytest.raises(ReleaseError, match=r"deaf/bundle.json: thresholds.int8 1000000000000.0 is above .* alarm"):
         add_release(repo, deaf, 1, keys, name="pump")
     scaled = edited_bundle(src, tmp_path / "scaled",
                            lambda m: m["scaler"].update(scale=[1e30] + m["scaler"]["scale"][1:]))

@@ -11,7 +11,8 @@ import shutil
 
 import pytest
 
-from tests.support.tuf_repo import gw_fixture, plain_member, pub_fixture, sign_archive, sparse_member  # noqa: F401  (the *_fixture register fixtures)
+from tests.support.tuf_repo import gw_fixture, pub_fixture  # noqa: F401  (registers the fixtures)
+from tests.support.tuf_repo import plain_member, sign_archive, sparse_member
 
 pytestmark = pytest.mark.integration
 

@@ -53,7 +53,8 @@ class MitigationOutput(Output):
     async def _approve(self, proposal_id: str, user: str, role: str = "engineer") -> list[MitigationAction]:
         return self._published(await self.mitigator.approve(proposal_id=proposal_id, user=user, role=role))
 
-    async def _reject(self, proposal_id: str, user: str, note: str = "", role: str = "engineer") -> list[MitigationAction]:
+    async def _reject(self, proposal_id: str, user: str, note: str = "",
+                      role: str = "engineer") -> list[MitigationAction]:
         return self._published(await self.mitigator.reject(proposal_id=proposal_id, user=user, note=note,
                                                            role=role))
 
