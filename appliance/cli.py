@@ -341,7 +341,7 @@ def cmd_audit_verify(args) -> int:
         print(f"error: no audit log at {path} (outputs.mitigation.audit_db)", file=sys.stderr)
         return 2
     try:
-        log = AuditLog(path, section.audit_key)
+        log = AuditLog(path, section.audit_key, cfg.path("."))
     except AuditKeyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -193,13 +193,14 @@ class AuditLog:
     """Thread-safe; every append is committed (FULL sync) before it returns.
 
     ``key_path``: the HMAC key (see the module docstring); its head file sits beside it.
+    ``data_dir``: the folder the key must stay out of (default: the log's own folder).
     """
 
-    def __init__(self, path: str | Path, key_path: str | Path | None = None):
+    def __init__(self, path: str | Path, key_path: str | Path | None = None, data_dir: str | Path | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.key_path = Path(key_path or default_key_path())
-        self._key, _ = load_key(self.key_path, self.path.parent)
+        self._key, _ = load_key(self.key_path, data_dir or self.path.parent)
         # One head per log, beside the key: named by where the log is.
         where = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:12]
         self.head_path = self.key_path.with_name(f"{self.key_path.name}.{where}{HEAD_SUFFIX}")

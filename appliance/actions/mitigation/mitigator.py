@@ -160,7 +160,7 @@ class Mitigator:
         self.cfg = cfg
         self.writer = plc_writer
         self._close_writer = close_writer
-        self.audit = AuditLog(Path(data_dir) / cfg.audit_db, cfg.audit_key)
+        self.audit = AuditLog(Path(data_dir) / cfg.audit_db, cfg.audit_key, data_dir)
         # Checked once at start (it reads the whole log); `appliance audit verify` checks it on demand.
         self._chain_problem = self.audit.problem()
         if self._chain_problem:
