@@ -1,4 +1,4 @@
-"""The ``appliance`` command: run, demo, train, score, eval, config check."""
+"""The ``appliance`` command: run, demo, train, score, eval, config check, audit verify."""
 
 from __future__ import annotations
 
@@ -323,12 +323,52 @@ def cmd_run(args) -> int:
     cfg = _load(args.config)
     setup_logging(cfg.log_level)
     from appliance.core import PluginError
+    from appliance.detector.bundle import BundleError
 
     try:
         return asyncio.run(_run_async(cfg))
-    except (FileNotFoundError, PluginError) as e:
+    except (FileNotFoundError, PluginError, BundleError) as e:
+        # One line: a refused bundle or a missing file is the operator's to fix, not a crash.
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+def cmd_audit_verify(args) -> int:
+    """Check the mitigation audit log: its keyed chain, its anchored head and ``--anchor`` (a head the cloud got)."""
+    from pathlib import Path
+
+    from appliance.actions.mitigation.audit import AuditKeyError, AuditLog
+
+    cfg = _load(args.config)
+    section = cfg.outputs.mitigation
+    path = Path(cfg.path(section.audit_db))
+    anchor = None
+    if args.anchor:
+        seq, _, digest = args.anchor.partition(":")
+        if not (seq.isdigit() and len(digest) == 64):
+            print(f"error: --anchor {args.anchor!r}: expected SEQ:HASH (a row number and 64 hex digits)",
+                  file=sys.stderr)
+            return 2
+        anchor = (int(seq), digest)
+    if not path.exists():
+        print(f"error: no audit log at {path} (outputs.mitigation.audit_db)", file=sys.stderr)
+        return 2
+    try:
+        log = AuditLog(path, section.audit_key, cfg.path("."))
+    except AuditKeyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        problem = log.problem(anchor)
+        head = log.head()
+    finally:
+        log.close()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
+    print(f"audit log intact: {head.seq} rows, head {head.text()}, keyed from seq {head.keyed_from}"
+          + (f", extends the anchor {anchor[0]}:{anchor[1]}" if anchor else ""))
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -462,6 +502,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="variant, not the leaderboard protocol: every bundle also learns from all of "
                          "anomaly-free.csv (scaled on its own); no drift allowance")
     sk.set_defaults(fn=cmd_eval)
+
+    au = sub.add_parser("audit", help="the mitigation audit log")
+    ausub = au.add_subparsers(dest="sub", required=True)
+    av = ausub.add_parser("verify", help="check the keyed chain and its anchored head (exit 1 if broken)")
+    av.add_argument("--config", "-c", help="the appliance's config (audit_db, audit_key)")
+    av.add_argument("--anchor", metavar="SEQ:HASH",
+                    help="a head the cloud received (an episode's audit_seq:audit_hash): the log must extend it")
+    av.set_defaults(fn=cmd_audit_verify)
 
     sy = sub.add_parser("sync", help="cloud sync of a running appliance")
     sysub = sy.add_subparsers(dest="sub", required=True)

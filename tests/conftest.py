@@ -15,6 +15,17 @@ if "numpy" in sys.modules:  # a pytest plugin got there first: the pin below is 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
+# The mitigation audit key lives outside any data folder (default /etc/edge-anomaly/audit.key):
+# the suite's, here and in every child it starts, in a folder of its own, removed at exit.
+if "EDGE_ANOMALY_AUDIT_KEY" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _audit_key_dir = tempfile.mkdtemp(prefix="edge-anomaly-audit-key-")
+    atexit.register(shutil.rmtree, _audit_key_dir, True)
+    os.environ["EDGE_ANOMALY_AUDIT_KEY"] = os.path.join(_audit_key_dir, "audit.key")
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402

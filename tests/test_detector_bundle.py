@@ -105,8 +105,48 @@ def test_scaler_length_mismatch(copy):
 
 def test_zero_scale_refused(copy):
     edit_meta(copy, lambda m: m["scaler"].update(scale=[1.0, 0.0, 1.0]))
-    with pytest.raises(BundleError, match="scale > 0"):
+    with pytest.raises(BundleError, match=r"scaler.scale\[1\] 0 is outside"):
         load_bundle(copy)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["thresholds"].update(int8=1e12), r"thresholds.int8 1000000000000.0 is above 10000: .* never alarm"),
+    (lambda m: m["thresholds"].update(fp32=2e4), r"thresholds.fp32 20000.0 is above 10000"),
+    (lambda m: m.update(threshold=1e12), r"threshold 1000000000000.0 is above 10000"),
+    (lambda m: m["scaler"].update(scale=[1.0, 1e30, 1.0]), r"scaler.scale\[1\] 1e\+30 is outside \[1e-09, 1e\+12\]"),
+    (lambda m: m["scaler"].update(center=[0.0, 0.0, -1e13]), r"scaler.center\[2\] -1e\+13 is beyond"),
+    (lambda m: m.update(stride=9), "stride"),
+    (lambda m: m.update(period_s=1e6), "period_s"),
+])
+def test_a_local_bundle_that_could_never_alarm_is_refused(copy, change, message):
+    """The bounds ``appliance release add`` signs within hold for every bundle, signed or configured locally."""
+    edit_meta(copy, change)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(copy)
+
+
+def test_appliance_run_refuses_a_broken_bundle_in_one_line(copy, tmp_path):
+    import subprocess
+    import sys
+
+    (copy / "bundle.json").write_text('{"format_version": 3, "sensors": ["a", "b", "c"], "wind')
+    cfg = tmp_path / "appliance.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[detector]\nbundle = "{copy}"\n'
+                   f'[inputs.mqtt]\nenabled = false\n[web]\nenabled = false\n'
+                   f'[outputs.mqtt_alarm]\nenabled = false\n[outputs.history]\nenabled = false\n')
+    run = subprocess.run([sys.executable, "-c", "from appliance.cli import main; raise SystemExit(main())",
+                          "run", "--config", str(cfg)], capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "bundle.json: unreadable" in lines[0], run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+
+    edit_meta_text = '{"format_version": 3}'  # valid JSON, not a bundle
+    (copy / "bundle.json").write_text(edit_meta_text)
+    run = subprocess.run([sys.executable, "-c", "from appliance.cli import main; raise SystemExit(main())",
+                          "run", "--config", str(cfg)], capture_output=True, text=True)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert "error: " in run.stderr and "missing key 'sensors'" in run.stderr, run.stderr
 
 
 def test_window_disagreeing_with_model_shape(copy):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,9 +19,10 @@ from appliance.core import Detector as DetectorProtocol, Reading
 from appliance.detector.scorer import Detector
 from appliance.runtime import build
 from appliance.store import StoreReader
-from appliance.lifecycle.active import active_bundle
+from appliance.lifecycle.active import ACTIVE_FILE, active_bundle, remember_active
 from appliance.lifecycle.shadow import ShadowBounds
 from appliance.sync.models import ModelSync
+from appliance.sync.trust import RELEASE_RECORD
 from tests.support.detector import NO_LATENCY_BOUND, SENSORS, normal_rows
 from tests.support.tuf_repo import Publisher, gateway
 
@@ -84,6 +86,24 @@ def test_a_signed_release_is_installed_run_in_shadow_promoted_and_kept_across_a_
     bundle, why = active_bundle(data, updater.trusted_root)
     assert bundle is None and "threshold" in why
     assert build(cfg).detector.version == current.version
+
+    # Deleting the signed record as well does not switch the check off: a promoted bundle must keep it.
+    promoted = Path(json.loads((data / ACTIVE_FILE).read_text())["bundle"])
+    meta["threshold"] = meta["thresholds"]["int8"] = 100.0  # within the loader's bounds: only the record knows
+    (promoted / "bundle.json").write_text(json.dumps(meta))
+    (promoted / RELEASE_RECORD).unlink()
+    bundle, why = active_bundle(data, updater.trusted_root)
+    assert bundle is None and f"no {RELEASE_RECORD}" in why and "\n" not in why, why
+    assert build(cfg).detector.version == current.version
+
+
+def test_a_rollback_to_the_configured_bundle_forgets_the_active_file(tmp_path, release_bundles):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / ACTIVE_FILE).write_text(json.dumps({"bundle": "/somewhere/else"}))
+    remember_active(data, release_bundles[0])  # no signed record: the configured bundle, nothing to name
+    assert not (data / ACTIVE_FILE).exists()
+    assert active_bundle(data, None) == (None, None)
 
 
 def app_ctx(app):

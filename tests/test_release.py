@@ -5,6 +5,7 @@ publishing, key rotation, the command line, and the gateway's safe unpacking."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -28,7 +29,8 @@ from appliance.sync.trust import (
     parse_release,
     unpack_archive,
 )
-from tests.support.tuf_repo import release_bundles_fixture  # noqa: F401  (registers the fixture)
+from tests.support.detector import edited_bundle
+from tests.support.tuf_repo import release_bundles_fixture, sparse_member  # noqa: F401  (registers the fixture)
 
 
 @pytest.fixture
@@ -117,13 +119,15 @@ def test_insane_or_odd_bundles_are_never_published(repo, tmp_path, release_bundl
     src = release_bundles[0]
     meta = json.loads((src / "bundle.json").read_text())
     models = {p: src / n for p, n in MODEL_FILES.items()}
-    deaf = write_bundle(tmp_path / "deaf", dict(meta, threshold=1e12, thresholds={"int8": 1e12, "fp32": 1e12}),
-                        models)
-    with pytest.raises(ReleaseError, match=r"deaf: threshold 1000000000000.0 is outside .* can never alarm"):
+    # Edited by hand (write_bundle, like the loader, refuses such values).
+    deaf = edited_bundle(src, tmp_path / "deaf",
+                         lambda m: m.update(threshold=1e12, thresholds={"int8": 1e12, "fp32": 1e12}))
+    with pytest.raises(ReleaseError, match=r"deaf/bundle.json: thresholds.int8 1000000000000.0 is above .* alarm"):
         add_release(repo, deaf, 1, keys, name="pump")
-    scaled = dict(meta, scaler=dict(meta["scaler"], scale=[1e30] + meta["scaler"]["scale"][1:]))
+    scaled = edited_bundle(src, tmp_path / "scaled",
+                           lambda m: m["scaler"].update(scale=[1e30] + m["scaler"]["scale"][1:]))
     with pytest.raises(ReleaseError, match=r"scaler.scale\[0\] 1e\+30 is outside"):
-        add_release(repo, write_bundle(tmp_path / "scaled", scaled, models), 1, keys, name="pump")
+        add_release(repo, scaled, 1, keys, name="pump")
     linked = write_bundle(tmp_path / "linked", meta, models)
     os.symlink("/etc/hostname", linked / "notes.txt")
     with pytest.raises(ReleaseError, match="only plain files"):
@@ -242,7 +246,9 @@ def signed_release_for(files: dict[str, bytes], decision: dict) -> object:
     listing = {n: {"length": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in files.items()}
     custom = {"format": 1, "name": "pump", "version": 1, "release": 1, "rollback": False, "precision": "int8",
               "decision": decision, "files": listing}
-    return parse_release("models/pump-1.tar", 1, {"sha256": "0" * 64}, custom)
+    # The archive's signed length: room for the members and their headers.
+    length = sum(len(b) for b in files.values()) + 512 * (2 * len(files) + 20)
+    return parse_release("models/pump-1.tar", length, {"sha256": "0" * 64}, custom)
 
 
 @pytest.fixture(scope="module")
@@ -311,6 +317,30 @@ def test_unpacking_refuses_anything_but_the_signed_plain_files(tmp_path, valid, 
         unpack_archive(archive, dest, release)
     assert not (tmp_path / "bundle.json").exists() and not Path("/tmp/bundle.json").exists()
     assert all(p.is_file() and not p.is_symlink() for p in dest.iterdir())
+
+
+def test_a_sparse_member_is_refused_before_any_file_is_written(tmp_path, valid):
+    files, decision = valid
+    pad = b"p" * 512 + b"\0" * 4096   # unpacks to 4.5 KiB from 512 bytes in the archive
+    release = signed_release_for({**files, "pad.bin": pad}, decision)
+    members = tar_of([plain(n, b) for n, b in sorted(files.items())])
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(sparse_member("pad.bin", pad[:512], len(pad)) + members)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ReleaseCheckError, match="'pad.bin' is a sparse file; only plain files are allowed"):
+        unpack_archive(archive, dest, release)
+    assert list(dest.iterdir()) == []
+
+
+def test_a_file_list_adding_up_beyond_the_signed_archive_is_refused(valid):
+    files, decision = valid
+    with pytest.raises(ReleaseCheckError, match="more than the signed archive's 100: nothing may expand"):
+        parse_release("models/pump-1.tar", 100, {"sha256": "0" * 64},
+                      {"format": 1, "name": "pump", "version": 1, "release": 1, "rollback": False,
+                       "precision": "int8", "decision": decision, "files": {
+                           n: {"length": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+                           for n, b in files.items()}})
 
 
 def test_sanity_bounds_on_signed_values(valid):

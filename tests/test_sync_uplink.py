@@ -411,13 +411,18 @@ def test_late_notes_and_actions_go_up_as_notes(tmp_path, cloud):
         await h.start()
         try:
             h.feed(1, after=20)
-            await h.queued()
             alarm_id = h.plant.alarm_ids[0]
+            # During the episode: a mitigation, audited as row 7 of the keyed chain (its head).
+            h.uplink.on_action(MitigationAction("p-1", h.plant.t, "mitigate", "written", "system", "slow-down",
+                                                h.plant.asset, alarm_id, "ns=2;s=Speed", 1.0, 0.6, "vibration",
+                                                audit_seq=7, audit_hash="a" * 64))
+            await h.queued()
             # Return-to-normal unacknowledged, then acknowledged with a note; then a revert is recorded.
             for event in h.plant.book.acknowledge(h.plant.asset, "ana", note="bearing replaced"):
                 h.uplink.on_alarm_event(event)
             h.uplink.on_action(MitigationAction("p-1", h.plant.t, "revert", "written", "system", "slow-down",
-                                                h.plant.asset, alarm_id, "ns=2;s=Speed", 0.6, 1.0, "alarm cleared"))
+                                                h.plant.asset, alarm_id, "ns=2;s=Speed", 0.6, 1.0, "alarm cleared",
+                                                audit_seq=8, audit_hash="b" * 64))
             await h.spawner.drain()
             h.uplink.sync_now(60)
             await h.drained()
@@ -427,6 +432,11 @@ def test_late_notes_and_actions_go_up_as_notes(tmp_path, cloud):
         notes = {n["kind"]: n["entry"] for n in cloud.store.items("note")}
         assert notes["acknowledged"]["note"] == "bearing replaced" and notes["acknowledged"]["user"] == "ana"
         assert notes["action"]["status"] == "written" and notes["action"]["kind"] == "revert"
+        # The audit chain's head leaves the gateway: with each action, and in the episode.
+        assert (notes["action"]["audit_seq"], notes["action"]["audit_hash"]) == (8, "b" * 64)
+        (episode,) = cloud.store.items("episode")
+        assert episode["audit_head"] == {"seq": 7, "hash": "a" * 64}
+        assert episode["actions"][0]["audit_seq"] == 7
 
     asyncio.run(scenario())
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from securesystemslib.signer import CryptoSigner
 
-from appliance.detector.bundle import load_bundle
+from appliance.detector.bundle import BundleError, load_bundle
 from appliance.detector.scorer import Detector
 from appliance.release.repo import copy_repository, rotate_key
 from appliance.sync.trust import RELEASE_RECORD
@@ -288,7 +288,8 @@ def test_an_installed_bundle_edited_in_place_is_refused_with_one_line(pub, tmp_p
     meta["threshold"] = 1e12
     meta["thresholds"]["int8"] = 1e12
     meta_path.write_text(json.dumps(meta))
-    load_bundle(bundle_dir)  # the old hole: the loader alone accepts it (only ONNX hashes are checked)
+    with pytest.raises(BundleError, match="can never alarm"):  # the loader's own bounds refuse it too
+        load_bundle(bundle_dir)
     reason = gw.verify_installed(bundle_dir)
     assert reason == (f"{meta_path}: threshold is 1000000000000.0, the signed release says {signed_threshold}")
 

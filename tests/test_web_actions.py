@@ -68,7 +68,7 @@ def test_pending_and_approve(tmp_path, mitigation, accounts):
     (rec,) = r.get_json()["records"]
     # The approval is the signed-in engineer's: the audit log names them.
     assert (rec["proposal_id"], rec["status"], rec["actor"], rec["new_value"]) == ("p1", "written", "eve", 70.0)
-    assert fake.calls == [("approve_action", {"proposal_id": "p1", "user": "eve"})]
+    assert fake.calls == [("approve_action", {"proposal_id": "p1", "user": "eve", "role": "engineer"})]
 
 
 def test_approve_refusals(tmp_path, mitigation, accounts):
@@ -77,7 +77,8 @@ def test_approve_refusals(tmp_path, mitigation, accounts):
     assert r.status_code == 400 and r.get_json()["field"] == "user"
     r = c.post("/api/actions/gone/reject", json={"note": "not now"})
     assert r.status_code == 409 and "no pending proposal" in r.get_json()["error"]
-    assert fake.calls == [("reject_action", {"proposal_id": "gone", "user": "eve", "note": "not now"})]
+    assert fake.calls == [("reject_action", {"proposal_id": "gone", "user": "eve", "note": "not now",
+                                             "role": "engineer"})]
 
 
 def test_a_technician_may_not_approve_nor_reject(tmp_path, mitigation, accounts):

@@ -417,21 +417,22 @@ def action_log():
         raise ApiError("mitigation is not enabled", status=404)
     # The audit log is its own append-only database with a thread-safe reader.
     rows = mitigation.mitigator.audit_log(limit)
-    return jsonify({"actions": rows, "count": len(rows)})
+    return jsonify({"actions": rows, "count": len(rows), "chain": mitigation.status().get("audit_chain")})
 
 
 @bp.post("/api/actions/<proposal_id>/approve")
 @requires("engineer")
 def approve_action(proposal_id: str):
     json_body(request)
-    return _command("approve_action", proposal_id=check_name(proposal_id, "proposal_id"))
+    return _command("approve_action", proposal_id=check_name(proposal_id, "proposal_id"), role=current_user().role)
 
 
 @bp.post("/api/actions/<proposal_id>/reject")
 @requires("engineer")
 def reject_action(proposal_id: str):
     body = json_body(request)
-    return _command("reject_action", proposal_id=check_name(proposal_id, "proposal_id"), note=note_field(body))
+    return _command("reject_action", proposal_id=check_name(proposal_id, "proposal_id"), note=note_field(body),
+                    role=current_user().role)
 
 
 @bp.post("/api/mitigation/arm")

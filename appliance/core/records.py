@@ -297,6 +297,8 @@ class MitigationAction:
     ``deferred`` (a revert put off by a stop, re-armed at the next start).
     ``kind`` is ``mitigate`` or ``revert``; or ``arm`` / ``disarm`` (status ``armed`` /
     ``disarmed``, an engineer switching writes on or off at run time; old and new value 0/1).
+    ``audit_seq`` and ``audit_hash`` are the audit log's row and keyed chain value once
+    recorded: the chain's head, which the cloud uplink carries off the gateway (an anchor).
     """
 
     proposal_id: str
@@ -314,6 +316,8 @@ class MitigationAction:
     guard: str | None = None
     detail: str = ""
     armed: bool = False
+    audit_seq: int | None = None
+    audit_hash: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -34,7 +34,10 @@ sensors whose value may not repeat for longer than that.
 
 :func:`load_bundle` validates all of it and fails with :class:`BundleError`
 naming the file and the problem, so a half-copied or hand-edited bundle is
-refused at start rather than producing silent nonsense.
+refused at start rather than producing silent nonsense. The values that decide
+what alarms must also be sane (:data:`MAX_THRESHOLD` and the scaler bounds, the
+ones ``appliance release add`` signs within): a threshold of 1e12 or a scale of
+1e30, which would never alarm, is refused in any bundle, signed or not.
 """
 
 from __future__ import annotations
@@ -76,6 +79,20 @@ MODEL_FILES = {"int8": "model.int8.onnx", "fp32": "model.fp32.onnx"}
 # Members a bundle may carry, by name: their ONNX file (FP32, used by both precisions) and kinds.
 MEMBER_FILES = {"pca": "model.pca.onnx", "distance": "model.distance.onnx"}
 MEMBER_KINDS = {"pca": "pca_q", "distance": "mahalanobis"}
+
+# Sanity bounds on the values that decide what alarms, for every bundle the appliance loads
+# (configured, commissioned or from a signed release) and every release the engineer's tool
+# signs (appliance.sync.trust.check_sane uses the same numbers).
+# The score is the mean squared error of the scaled window, around 0.01-1 for normal data; a
+# threshold of 1e4 is a 100-sigma error on every cell of the window, so above it a model could
+# never alarm.
+MAX_THRESHOLD = 1e4
+# Scaler bounds generous for any physical unit (Pa, rpm, mA) yet far below the values that
+# switch a detector off (a scale of 1e30 turns every reading into 0).
+MAX_ABS_CENTER = 1e12
+MIN_SCALE, MAX_SCALE = 1e-9, 1e12
+MAX_WINDOW = 100_000
+MAX_PERIOD_S = 86400.0
 
 
 class BundleError(ValueError):
@@ -210,9 +227,10 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
                           f"(this appliance reads {', '.join(map(str, READABLE_VERSIONS))})")
     sensors = _require(meta, "sensors", list, where, lambda v: len(v) > 0 and all(
         isinstance(s, str) and s for s in v) and len(set(v)) == len(v), "non-empty unique names")
-    window = _require(meta, "window", int, where, lambda v: v >= 2, "at least 2 rows")
-    stride = _require(meta, "stride", int, where, lambda v: v >= 1, "at least 1")
-    period_s = _require(meta, "period_s", (int, float), where, _finite_positive, "finite and > 0")
+    window = _require(meta, "window", int, where, lambda v: 2 <= v <= MAX_WINDOW, f"2 to {MAX_WINDOW} rows")
+    stride = _require(meta, "stride", int, where, lambda v: 1 <= v <= window, "1 to window rows")
+    period_s = _require(meta, "period_s", (int, float), where,
+                        lambda v: _finite_positive(v) and v <= MAX_PERIOD_S, f"finite, > 0 and <= {MAX_PERIOD_S:g}")
     model_version = _require(meta, "model_version", str, where, bool, "non-empty")
     tolerances = {}
     for key in ("staleness_s", "lateness_s"):
@@ -240,15 +258,13 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
         raise BundleError(f"{where}: scaler must have numeric 'center' and 'scale' lists ({e})") from None
     if center.shape != (len(sensors),) or scale.shape != (len(sensors),):
         raise BundleError(f"{where}: scaler has {center.size}/{scale.size} entries for {len(sensors)} sensors")
-    if not (np.isfinite(center).all() and np.isfinite(scale).all() and (scale > 0).all()):
-        raise BundleError(f"{where}: scaler values must be finite with scale > 0")
+    _check_scaler(center, scale, where)
     th = _require(meta, "thresholds", dict, where)
     thresholds = {}
     for precision in MODEL_FILES:
-        v = th.get(precision)
-        if not _finite_positive(v):
-            raise BundleError(f"{where}: thresholds.{precision} must be finite and > 0, got {v!r}")
-        thresholds[precision] = float(v)
+        thresholds[precision] = _threshold(th.get(precision), f"thresholds.{precision}", where)
+    if "threshold" in meta:
+        _threshold(meta["threshold"], "threshold", where)
     files = _require(meta, "files", dict, where)
     models = {}
     for precision, name in MODEL_FILES.items():
@@ -268,6 +284,28 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
                   thresholds=thresholds, model_version=model_version, models=models, level_free=level_free,
                   members=members, member_thresholds=member_thresholds, horizon=horizon, frozen=frozen,
                   **tolerances)
+
+
+def _threshold(v: Any, key: str, where: str) -> float:
+    """A decision threshold within (0, MAX_THRESHOLD]: beyond it a model alarms on everything or never."""
+    if not _finite_positive(v):
+        raise BundleError(f"{where}: {key} must be finite and > 0, got {v!r}")
+    if v > MAX_THRESHOLD:
+        raise BundleError(f"{where}: {key} {v!r} is above {MAX_THRESHOLD:g}: such a model can never alarm")
+    return float(v)
+
+
+def _check_scaler(center: np.ndarray, scale: np.ndarray, where: str) -> None:
+    """Finite scaler values within the bounds; a huge scale or centre would switch the detector off."""
+    if not (np.isfinite(center).all() and np.isfinite(scale).all()):
+        raise BundleError(f"{where}: scaler values must be finite")
+    for i, c in enumerate(center.tolist()):
+        if abs(c) > MAX_ABS_CENTER:
+            raise BundleError(f"{where}: scaler.center[{i}] {c:g} is beyond ±{MAX_ABS_CENTER:g}")
+    for i, v in enumerate(scale.tolist()):
+        if not MIN_SCALE <= v <= MAX_SCALE:
+            raise BundleError(f"{where}: scaler.scale[{i}] {v:g} is outside [{MIN_SCALE:g}, {MAX_SCALE:g}]: "
+                              f"such a scale switches the sensor off")
 
 
 def _load_frozen(meta: dict, sensors: list[str], where: str) -> FrozenCheck:
@@ -301,16 +339,14 @@ def _load_members(root: Path, meta: dict, version: int, th: dict, files: dict, p
                 or spec.get("kind") != MEMBER_KINDS[name]:
             raise BundleError(f"{where}: members.{name} must name file {MEMBER_FILES[name]!r} and kind "
                               f"{MEMBER_KINDS[name]!r}, got {spec!r}")
-        v = th.get(name)
-        if not _finite_positive(v):
-            raise BundleError(f"{where}: thresholds.{name} must be finite and > 0, got {v!r}")
+        v = _threshold(th.get(name), f"thresholds.{name}", where)
         p = root / MEMBER_FILES[name]
         if not p.is_file():
             raise BundleError(f"{p}: missing member model file")
         if verify_hashes and files.get(p.name) != sha256_file(p):
             raise BundleError(f"{p}: sha256 does not match bundle.json (corrupt or replaced file)")
         _check_model_shape(p, [per_window])
-        members[name], thresholds[name] = p, float(v)
+        members[name], thresholds[name] = p, v
     return members, thresholds
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.core import Score, Window
-from appliance.detector.bundle import Bundle, load_bundle
+from appliance.detector.bundle import Bundle, BundleError, load_bundle
 from appliance.detector.features import center_levels
 from appliance.detector.session import make_session, reconstruct, takes_flat_windows
 
@@ -110,7 +110,13 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | Path, precision: str = "int8", threads: int = 1) -> "Detector":
-        return cls(load_bundle(path), precision=precision, threads=threads)
+        """Load the bundle at ``path``; any problem with it is a :class:`BundleError` of one line."""
+        bundle = load_bundle(path)
+        try:
+            return cls(bundle, precision=precision, threads=threads)
+        except Exception as e:  # ONNX Runtime raises its own types for a model it cannot run
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise BundleError(f"{path}: ONNX Runtime cannot load the model: {first}") from e
 
     def _columns(self, sensors: tuple[str, ...]) -> np.ndarray | None:
         """Column order mapping ``sensors`` onto the bundle's order (None if already equal)."""

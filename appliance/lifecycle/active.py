@@ -4,6 +4,13 @@ A promotion or a rollback records the bundle that scores now (:func:`remember_ac
 at start the runtime loads it again (:func:`active_bundle`), after the same
 verification against its signed record as at install. A bundle that fails it is not
 loaded and the configured ``detector.bundle`` is used instead, with the reason logged.
+
+Only a signed release is ever promoted (a commissioned or fleet bundle travels as
+one too), so the active bundle must carry its signed record: one without it (the
+record deleted beside edited thresholds) is refused like an edited one, never
+loaded unchecked. A rollback to the configured ``detector.bundle`` forgets the
+file instead of recording an unsigned bundle; that one is loaded, as at every
+start, through the loader's sanity bounds alone.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ def bundle_to_load(cfg) -> Path:
 def remember_active(data_dir: str | Path, bundle_dir: str | Path | None) -> None:
     """Record which bundle scores now (written atomically; None forgets it)."""
     path = Path(data_dir) / ACTIVE_FILE
-    if bundle_dir is None:
+    if bundle_dir is None or not (Path(bundle_dir) / RELEASE_RECORD).exists():
+        # Not a signed release (the configured bundle, rolled back to): the next start loads
+        # detector.bundle anyway, and active_model.json names only what it can verify.
         path.unlink(missing_ok=True)
         return
     tmp = path.with_suffix(".tmp")
@@ -51,10 +60,12 @@ def active_bundle(data_dir: str | Path, trusted_root: str | Path | None) -> tupl
         return None, f"{path}: unreadable ({e})"
     if not (bundle / "bundle.json").exists():
         return None, f"{bundle}: the promoted bundle is gone"
-    if (bundle / RELEASE_RECORD).exists():
-        if trusted_root is None or not Path(trusted_root).exists():
-            return None, f"{bundle}: signed release, but no trusted root to verify it (outputs.sync.updates)"
-        why = verify_installed(bundle, trusted_root)
-        if why is not None:
-            return None, f"{bundle}: {why}"
+    if not (bundle / RELEASE_RECORD).exists():
+        return None, (f"{bundle}: no {RELEASE_RECORD}: a promoted bundle is a signed release and must keep "
+                      f"its signed record (deleted, or not installed by the updater)")
+    if trusted_root is None or not Path(trusted_root).exists():
+        return None, f"{bundle}: signed release, but no trusted root to verify it (outputs.sync.updates)"
+    why = verify_installed(bundle, trusted_root)
+    if why is not None:
+        return None, f"{bundle}: {why}"
     return bundle, None

@@ -44,7 +44,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.detector.bundle import META_FILE, MODEL_FILES
+# The sanity bounds on signed values are the loader's: a release signs only what a gateway loads.
+from appliance.detector.bundle import (  # noqa: F401  (re-exported: the release tool's bounds)
+    MAX_ABS_CENTER,
+    MAX_PERIOD_S,
+    MAX_SCALE,
+    MAX_THRESHOLD,
+    MAX_WINDOW,
+    META_FILE,
+    MIN_SCALE,
+    MODEL_FILES,
+)
 
 RELEASE_FORMAT = 1
 TARGET_DIR = "models"
@@ -64,16 +74,6 @@ MEMBER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 MAX_MEMBERS = 32
 PRECISIONS = tuple(MODEL_FILES)
 
-# Sanity bounds on signed values. The score is the mean squared error of the
-# scaled window, around 0.01-1 for normal data; a threshold of 1e4 is a 100-sigma
-# error on every cell of the window, so above it a model could never alarm.
-MAX_THRESHOLD = 1e4
-# Scaler bounds generous for any physical unit (Pa, rpm, mA) yet far below the
-# values that switch a detector off (a scale of 1e30 turns every reading into 0).
-MAX_ABS_CENTER = 1e12
-MIN_SCALE, MAX_SCALE = 1e-9, 1e12
-MAX_WINDOW = 100_000
-MAX_PERIOD_S = 86400.0
 
 
 class ReleaseCheckError(ValueError):
@@ -287,6 +287,12 @@ def parse_release(path: str, length: int, hashes: dict[str, str], custom: Any) -
         raise ReleaseCheckError(f"{path}: {len(files)} files, more than {MAX_MEMBERS}")
     if META_FILE not in files:
         raise ReleaseCheckError(f"{path}: the file list lacks {META_FILE}")
+    # A plain tar holds each member's bytes, so its members can never add up to more than the
+    # archive: a file list that claims more can only be unpacked by expanding something.
+    claimed = sum(info["length"] for info in files.values())
+    if claimed > length:
+        raise ReleaseCheckError(f"{path}: its files add up to {claimed} bytes, more than the signed archive's "
+                                f"{length}: nothing may expand beyond its signed length")
     try:
         check_sane(decision, precision)
     except ReleaseCheckError as e:
@@ -309,60 +315,100 @@ def _sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def unpack_archive(archive: Path, dest: Path, release: Release) -> None:
-    """Unpack a verified release archive into the empty directory ``dest``.
+# The member types a release archive may hold: the plain files ``appliance release add`` packs
+# (ustar REGTYPE, or AREGTYPE from an older tar). A GNU sparse member is "regular" to tarfile
+# but expands its holes on extraction, far beyond the bytes in the archive: refused like a link.
+PLAIN_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 
-    Only plain files with simple names, exactly those of the signed file list,
-    each of its signed length and sha256; no directories, links, devices or
-    paths, so nothing can land outside ``dest``. The archive is a plain
-    (uncompressed) tar whose length TUF has already checked, which bounds what
-    unpacking can write.
-    """
+
+def _member_problem(member: tarfile.TarInfo) -> str | None:
+    """Why ``member`` may not be unpacked on a gateway, or None for a plain file."""
+    name = member.name
+    if member.type not in PLAIN_FILE_TYPES or member.sparse is not None:
+        kind = ("link" if member.issym() or member.islnk() else "directory" if member.isdir()
+                else "sparse file" if member.type == tarfile.GNUTYPE_SPARSE or member.sparse is not None
+                else "special file")
+        return f"archive member {name!r} is a {kind}; only plain files are allowed"
+    if member.pax_headers:
+        # The release tool writes plain ustar; pax headers can rename, resize or sparsify a member.
+        return f"archive member {name!r} carries pax headers ({', '.join(sorted(member.pax_headers))[:100]})"
+    if not MEMBER_RE.fullmatch(name) or name == RELEASE_RECORD:
+        return f"archive member name {name!r} is not allowed (no paths)"
+    return None
+
+
+def _read_members(tar: tarfile.TarFile, release: Release, archive_length: int) -> list[tarfile.TarInfo]:
+    """Every member's header, checked before any byte is written: plain files only, each in the
+    signed file list once with its signed length, all of them within the archive's length."""
+    members: list[tarfile.TarInfo] = []
     seen: set[str] = set()
-    try:
-        with tarfile.open(archive, mode="r:") as tar:
-            for member in tar:
-                if len(seen) >= MAX_MEMBERS:
-                    raise ReleaseCheckError(f"archive has more than {MAX_MEMBERS} members")
-                name = member.name
-                if not member.isreg():
-                    kind = ("link" if member.issym() or member.islnk()
-                            else "directory" if member.isdir() else "special file")
-                    raise ReleaseCheckError(f"archive member {name!r} is a {kind}; only plain files are allowed")
-                if not MEMBER_RE.fullmatch(name) or name == RELEASE_RECORD:
-                    raise ReleaseCheckError(f"archive member name {name!r} is not allowed (no paths)")
-                if name in seen:
-                    raise ReleaseCheckError(f"archive member {name!r} appears twice")
-                expected = release.files.get(name)
-                if expected is None:
-                    raise ReleaseCheckError(f"archive member {name!r} is not in the signed file list")
-                if member.size != expected["length"]:
-                    raise ReleaseCheckError(f"archive member {name!r} is {member.size} bytes, "
-                                            f"signed {expected['length']}")
-                src = tar.extractfile(member)
-                if src is None:
-                    raise ReleaseCheckError(f"archive member {name!r} has no data")
-                h = hashlib.sha256()
-                fd = os.open(dest / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-                with os.fdopen(fd, "wb") as out:
-                    left = member.size
-                    while left:
-                        chunk = src.read(min(left, 1 << 20))
-                        if not chunk:
-                            raise ReleaseCheckError(f"archive member {name!r} is truncated")
-                        h.update(chunk)
-                        out.write(chunk)
-                        left -= len(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
-                if h.hexdigest() != expected["sha256"]:
-                    raise ReleaseCheckError(f"archive member {name!r} does not match its signed sha256")
-                seen.add(name)
-    except tarfile.TarError as e:
-        raise ReleaseCheckError(f"archive is not a readable tar: {e}") from None
+    while (member := tar.next()) is not None:
+        if len(members) >= MAX_MEMBERS:
+            raise ReleaseCheckError(f"archive has more than {MAX_MEMBERS} members")
+        problem = _member_problem(member)
+        if problem:
+            raise ReleaseCheckError(problem)
+        name = member.name
+        if name in seen:
+            raise ReleaseCheckError(f"archive member {name!r} appears twice")
+        expected = release.files.get(name)
+        if expected is None:
+            raise ReleaseCheckError(f"archive member {name!r} is not in the signed file list")
+        if member.size != expected["length"]:
+            raise ReleaseCheckError(f"archive member {name!r} is {member.size} bytes, signed {expected['length']}")
+        seen.add(name)
+        members.append(member)
+    total = sum(m.size for m in members)
+    bound = min(archive_length, release.length)
+    if total > bound:
+        raise ReleaseCheckError(f"archive members add up to {total} bytes, more than the archive's {bound}")
     missing = sorted(set(release.files) - seen)
     if missing:
         raise ReleaseCheckError(f"archive lacks signed files: {', '.join(missing)}")
+    return members
+
+
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, sha256: str) -> None:
+    name = member.name
+    src = tar.extractfile(member)
+    if src is None:
+        raise ReleaseCheckError(f"archive member {name!r} has no data")
+    h = hashlib.sha256()
+    fd = os.open(dest / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        left = member.size
+        while left:
+            chunk = src.read(min(left, 1 << 20))
+            if not chunk:
+                raise ReleaseCheckError(f"archive member {name!r} is truncated")
+            h.update(chunk)
+            out.write(chunk)
+            left -= len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    if h.hexdigest() != sha256:
+        raise ReleaseCheckError(f"archive member {name!r} does not match its signed sha256")
+
+
+def unpack_archive(archive: Path, dest: Path, release: Release) -> None:
+    """Unpack a verified release archive into the empty directory ``dest``.
+
+    Only plain files (no sparse files, no pax headers) with simple names,
+    exactly those of the signed file list, each of its signed length and
+    sha256; no directories, links, devices or paths, so nothing can land
+    outside ``dest``. Every header is read and checked before the first byte
+    is written, and the members must add up to no more than the archive's
+    (signed) length: a plain tar holds every byte it unpacks, so what is
+    written is bounded by what TUF checked.
+    """
+    archive = Path(archive)
+    try:
+        with tarfile.open(archive, mode="r:") as tar:
+            members = _read_members(tar, release, archive.stat().st_size)
+            for member in members:
+                _extract_member(tar, member, dest, release.files[member.name]["sha256"])
+    except tarfile.TarError as e:
+        raise ReleaseCheckError(f"archive is not a readable tar: {e}") from None
 
 
 def check_bundle_against(bundle_dir: Path, release: Release) -> None:

@@ -159,6 +159,9 @@ class SyncUplink(Output):
         self._window_stats: dict | None = None
         self._in_window = False
         self._recent: deque[dict] = deque(maxlen=RECENT_WINDOWS)
+        # The mitigation audit chain's newest head seen (a record's audit_seq/audit_hash): every
+        # episode carries it off the gateway, an anchor the data folder cannot rewrite.
+        self._audit_head: dict | None = None
         self.errors = 0
         self.last_error: str | None = None
         self.last_error_at: float | None = None
@@ -280,6 +283,8 @@ class SyncUplink(Output):
         self._persist(ep)
 
     def on_action(self, action: MitigationAction) -> None:
+        if action.audit_seq is not None:
+            self._audit_head = {"seq": action.audit_seq, "hash": action.audit_hash}
         ep = self._episodes.get(action.alarm_id) if action.alarm_id else self._open_by_asset.get(action.asset)
         if ep is not None and not ep.finalizing:
             ep.add_action(action)
@@ -455,6 +460,8 @@ class SyncUplink(Output):
         context_items, context = await asyncio.to_thread(self._context_items, ep, since, until, series, stride)
         snap = Episode.from_state(summary_base)
         doc = snap.summary(self.site, [it.key for it in context_items], context)
+        if self._audit_head is not None:
+            doc["audit_head"] = self._audit_head
         summary = Item(ep.alarm_id, 0, "episode", ep.alarm_id, compress(doc))
         # The summary says all the raised notice did: a notice not sent yet need not go.
         await self._run_io(self.queue.add, [summary, *context_items], ep.alarm_id, None, [f"{ep.alarm_id}:raised"])

@@ -179,3 +179,81 @@ def gateway(folder: Path, source: str, root: Path, **kw):
     opts.update(kw)
     return ModelUpdater(source=source, trusted_root=trusted, state_dir=folder / "state",
                         bundles_dir=folder / "releases", **opts)
+
+
+def sparse_member(name: str, data: bytes, real_size: int) -> bytes:
+    """A GNU sparse tar member (type ``S``): ``data`` at offset 0, then a hole up to ``real_size`` bytes.
+
+    What GNU tar writes for a file with holes and ``appliance release add`` never
+    does; Python's tarfile reads such members but cannot write them, so the
+    header is made here: a GNU header, the sparse map in its old-GNU fields.
+    """
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.GNUTYPE_SPARSE
+    info.size = len(data)  # bytes stored in the archive
+    info.mode, info.mtime = 0o644, 0
+    header = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+
+    def octal(n: int, width: int = 12) -> bytes:
+        return f"{n:0{width - 1}o}".encode() + b"\0"
+
+    header[386:398] = octal(0)              # sparse[0].offset
+    header[398:410] = octal(len(data))      # sparse[0].numbytes
+    header[482] = 0                         # no extended sparse headers
+    header[483:495] = octal(real_size)      # the size the member unpacks to
+    header[148:156] = b" " * 8
+    header[148:156] = f"{sum(header):06o}".encode() + b"\0 "
+    padded = data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+    return bytes(header) + padded
+
+
+def plain_member(name: str, data: bytes) -> bytes:
+    """A ustar member as the release tool packs it."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+    return _strip_end(buf.getvalue())
+
+
+def _strip_end(tar_bytes: bytes) -> bytes:
+    """A one-member tar without its end-of-archive blocks (to join members into one archive)."""
+    import tarfile
+
+    header = tarfile.TarInfo.frombuf(tar_bytes[:512], "utf-8", "surrogateescape")
+    return tar_bytes[:512 + header.size + (-header.size % 512)]
+
+
+def sign_archive(pub: Publisher, version: int, archive: bytes, files: dict[str, bytes]) -> None:
+    """Publish ``archive`` as release ``version``, its targets entry listing ``files`` (name -> the bytes
+    the member unpacks to), signed with the real targets key: what a holder of that key could do."""
+    import hashlib
+
+    from tuf.api.metadata import TargetFile
+
+    from appliance.release.repo import _Repo
+
+    repo = _Repo(pub.repo, [pub.keys])
+    md = repo.load("targets")
+    path = f"models/{pub.name}-{version}.tar"
+    old = md.signed.targets[path]
+    sha = hashlib.sha256(archive).hexdigest()
+    for stale in (pub.repo / "targets" / "models").glob(f"*.{pub.name}-{version}.tar"):
+        stale.unlink()
+    (pub.repo / "targets" / "models" / f"{sha}.{pub.name}-{version}.tar").write_bytes(archive)
+    custom = json.loads(json.dumps(old.custom))
+    custom["files"] = {name: {"length": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                       for name, data in files.items()}
+    entry = TargetFile(len(archive), {"sha256": sha}, path)
+    entry.unrecognized_fields["custom"] = custom
+    md.signed.targets[path] = entry
+    md.signed.version += 1
+    repo.sign(md, "targets", repo.load("root").signed)
+    repo.write(md)
+    pub.publish()

@@ -186,7 +186,7 @@ class FakeMitigation:
         self.log.append({"seq": len(self.log) + 1, **a.to_dict()})
         return a
 
-    def decide(self, name: str, proposal_id: str, user: str, note: str = "") -> list[MitigationAction]:
+    def decide(self, name: str, proposal_id: str, user: str, note: str = "", role: str = "") -> list[MitigationAction]:
         p = next((x for x in self.pending if x["proposal_id"] == proposal_id), None)
         if p is None:
             raise MitigationError(f"no pending proposal {proposal_id!r} (unknown, decided or expired)")

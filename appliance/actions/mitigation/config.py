@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from appliance.actions.mitigation.audit import default_key_path
 from appliance.connections.config import OpcuaEndpointConfig, check_node_ref
 from appliance.settings import DAY_S, Section
 
@@ -84,6 +85,10 @@ class MitigationConfig(Section):
     armed: bool = False
     plc: OpcuaEndpointConfig | None = Field(None, description="default: [connections.opcua]")
     audit_db: str = Field("mitigation_audit.db", description="append-only audit log (SQLite), in data_dir")
+    audit_key: str = Field(default_factory=default_key_path, min_length=1,
+                           description="HMAC key of the audit chain, an absolute path outside data_dir (made "
+                                       "0600 if absent; default $EDGE_ANOMALY_AUDIT_KEY or "
+                                       "/etc/edge-anomaly/audit.key); its head file goes beside it")
     actor: str = Field("appliance", min_length=1, description="who the audit log names for automatic writes")
     require_approval: bool = False
     approval_timeout_s: float = Field(900.0, gt=0, le=7 * DAY_S)
@@ -91,6 +96,14 @@ class MitigationConfig(Section):
     targets: tuple[MitigationTarget, ...] = ()
     interlocks: tuple[MitigationInterlock, ...] = Field((), description="checked before every write")
     rules: tuple[MitigationRule, ...] = ()
+
+    @field_validator("audit_key")
+    @classmethod
+    def _key_path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must be an absolute path, outside data_dir (whoever can rewrite the log must "
+                             "not be able to read the key)")
+        return v
 
     @model_validator(mode="after")
     def _unique(self):

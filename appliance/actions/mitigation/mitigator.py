@@ -19,7 +19,7 @@ refuses the write and is named in the audit record:
 ``limits``       the new value is outside the target's ``[min, max]``
 ``max_step``     the change exceeds ``max_step``
 ``max_rate``     the changes within the last 60 s would exceed ``max_rate_per_min``
-``approval``     a technician's approval is required (proposal pending) or expired
+``approval``     an engineer's approval is required (proposal pending) or expired
 ``readback``     after the write, the PLC does not hold the written value
 
 The audit record's ``guard`` is one of these codes (:class:`Guard`), never more:
@@ -160,7 +160,11 @@ class Mitigator:
         self.cfg = cfg
         self.writer = plc_writer
         self._close_writer = close_writer
-        self.audit = AuditLog(Path(data_dir) / cfg.audit_db)
+        self.audit = AuditLog(Path(data_dir) / cfg.audit_db, cfg.audit_key, data_dir)
+        # Checked once at start (it reads the whole log); `appliance audit verify` checks it on demand.
+        self._chain_problem = self.audit.problem()
+        if self._chain_problem:
+            logger.error("mitigation %s", self._chain_problem)
         self.counters = Counters()
         self._targets: dict[str, MitigationTarget] = {t.node: t for t in cfg.targets}
         self._history: dict[str, _NodeHistory] = {}
@@ -207,8 +211,11 @@ class Mitigator:
                 records.append(await self._execute(p, actor=self.cfg.actor, approved=False))
         return records
 
-    async def approve(self, proposal_id: str, user: str) -> MitigationAction:
-        """A named technician approves a pending proposal; all guards are evaluated again, now."""
+    async def approve(self, proposal_id: str, user: str, role: str = "engineer") -> MitigationAction:
+        """A named user approves a pending proposal; all guards are evaluated again, now.
+
+        ``role``: the approving user's role, as the audit record names it (the dashboard
+        lets engineers approve)."""
         if not user or not user.strip():
             raise MitigationError("approval needs the name of the approving user")
         async with self._lock:
@@ -218,10 +225,10 @@ class Mitigator:
                 raise MitigationError(f"no pending proposal {proposal_id!r} (unknown, decided or expired)")
             user = user.strip()
             await self._record(p, "mitigate", "approved", user, p.rule.node, None, None,
-                               detail="approved by technician")
+                               detail=f"approved by {role or 'user'} {user}")
             return await self._execute(p, actor=user, approved=True)
 
-    async def reject(self, proposal_id: str, user: str, note: str = "") -> MitigationAction:
+    async def reject(self, proposal_id: str, user: str, note: str = "", role: str = "engineer") -> MitigationAction:
         if not user or not user.strip():
             raise MitigationError("rejection needs the name of the user")
         async with self._lock:
@@ -230,7 +237,7 @@ class Mitigator:
             if p is None:
                 raise MitigationError(f"no pending proposal {proposal_id!r} (unknown, decided or expired)")
             return await self._record(p, "mitigate", "rejected", user.strip(), p.rule.node, None, None,
-                                      detail=note or "rejected by technician")
+                                      detail=note or f"rejected by {role or 'user'} {user.strip()}")
 
     async def set_armed(self, armed: bool, user: str, note: str = "") -> MitigationAction:
         """Arm (guarded writes allowed) or disarm (advice only); audited in ``user``'s name."""
@@ -241,7 +248,7 @@ class Mitigator:
                                    status="armed" if self.armed else "disarmed", actor=user, rule="", asset="",
                                    alarm_id=None, node="", old_value=float(previous), new_value=float(self.armed),
                                    reason="operator", guard=None, detail=note, armed=self.armed)
-            await asyncio.to_thread(self.audit.append, rec.to_dict())
+            rec = await self._appended(rec)
         logger.warning("mitigation %s by user=%s (was armed=%s) note=%s", "armed" if self.armed else "disarmed",
                        user, previous, note)
         return rec
@@ -263,6 +270,8 @@ class Mitigator:
                                    if w.revert_task is not None and not w.revert_task.done()),
             "counters": dict(self.counters.values),
             "audit_db": str(self.audit.path),
+            "audit_chain": {"head": self.audit.head().text(), "keyed_from": self.audit.head().keyed_from,
+                            "problem": self._chain_problem},
         }
 
     def audit_log(self, limit: int = 100) -> list[dict]:
@@ -386,7 +395,7 @@ class Mitigator:
                                old, new)
         need_approval = rule.require_approval if rule.require_approval is not None else self.cfg.require_approval
         if need_approval and not approved:
-            raise _Refusal(Guard.APPROVAL, "technician approval required", old, new)
+            raise _Refusal(Guard.APPROVAL, "an engineer's approval required", old, new)
         return old, new, target
 
     async def _read_state(self, node: str, interlocks: list[MitigationInterlock]):
@@ -646,12 +655,15 @@ class Mitigator:
     def _record_sync(self, p: _Proposal, kind: str, status: str, actor: str, node: str, old, new,
                      guard: Guard | None = None, detail: str = "") -> MitigationAction:
         rec = self._make(p, kind, status, actor, node, old, new, guard, detail)
-        self.audit.append(rec.to_dict())
-        return rec
+        seq, chain = self.audit.append(rec.to_dict())
+        return replace(rec, audit_seq=seq, audit_hash=chain)
 
     async def _record(self, p: _Proposal, kind: str, status: str, actor: str, node: str, old, new,
                       guard: Guard | None = None, detail: str = "") -> MitigationAction:
-        rec = self._make(p, kind, status, actor, node, old, new, guard, detail)
+        return await self._appended(self._make(p, kind, status, actor, node, old, new, guard, detail))
+
+    async def _appended(self, rec: MitigationAction) -> MitigationAction:
+        """``rec`` audited, carrying its row and chain value: the head every output (the uplink) sees."""
         # Off the event loop: a commit with FULL sync can take tens of ms on an SD card.
-        await asyncio.to_thread(self.audit.append, rec.to_dict())
-        return rec
+        seq, chain = await asyncio.to_thread(self.audit.append, rec.to_dict())
+        return replace(rec, audit_seq=seq, audit_hash=chain)

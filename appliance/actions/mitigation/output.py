@@ -50,11 +50,13 @@ class MitigationOutput(Output):
     async def _set_armed(self, armed: bool, user: str, note: str = "") -> list[MitigationAction]:
         return self._published(await self.mitigator.set_armed(armed, user=user, note=note))
 
-    async def _approve(self, proposal_id: str, user: str) -> list[MitigationAction]:
-        return self._published(await self.mitigator.approve(proposal_id=proposal_id, user=user))
+    async def _approve(self, proposal_id: str, user: str, role: str = "engineer") -> list[MitigationAction]:
+        return self._published(await self.mitigator.approve(proposal_id=proposal_id, user=user, role=role))
 
-    async def _reject(self, proposal_id: str, user: str, note: str = "") -> list[MitigationAction]:
-        return self._published(await self.mitigator.reject(proposal_id=proposal_id, user=user, note=note))
+    async def _reject(self, proposal_id: str, user: str, note: str = "",
+                      role: str = "engineer") -> list[MitigationAction]:
+        return self._published(await self.mitigator.reject(proposal_id=proposal_id, user=user, note=note,
+                                                           role=role))
 
     def _published(self, record: MitigationAction) -> list[MitigationAction]:
         if self._ctx is not None:
