@@ -106,7 +106,10 @@ def test_the_unit_is_a_supervised_hardened_notify_service():
     assert s["ExecStart"] == [f"{EXEC} run --config /etc/edge-anomaly/appliance.toml"]
     assert s["User"] == ["edge-anomaly"] and s["Restart"] == ["on-failure"]
     assert int(s["WatchdogSec"][0]) > 0
-    assert s["ProtectSystem"] == ["strict"] and s["ReadWritePaths"] == ["/var/lib/edge-anomaly"]
+    assert s["ProtectSystem"] == ["strict"]
+    assert s["ReadWritePaths"] == ["/var/lib/edge-anomaly /var/lib/edge-anomaly-keys"]
+    # The audit key outside the data folder, where the service may write its anchors.
+    assert s["Environment"] == ["EDGE_ANOMALY_AUDIT_KEY=/var/lib/edge-anomaly-keys/audit.key"]
     for key in ("NoNewPrivileges", "PrivateTmp", "ProtectHome"):
         assert s[key] == ["yes"], key
 
