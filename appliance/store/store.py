@@ -87,20 +87,27 @@ CREATE TABLE IF NOT EXISTS alarm_comments (
 );
 """
 
+# Readings are unique per (asset, sensor, ts), keyed asset first then time: a batch's rows go to the
+# newest end of each asset's range, one index page per asset (until schema version 5 the key was
+# (asset, sensor, ts): a page per sensor, several KB written per reading; see the module doc). Every
+# reader filters on an asset and a span of time, which this key serves (and orders) directly.
+_READINGS = """
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY,
+    asset TEXT NOT NULL, sensor TEXT NOT NULL, ts REAL NOT NULL, value REAL,
+    quality INTEGER NOT NULL, historical INTEGER NOT NULL, received REAL NOT NULL,
+    UNIQUE (asset, ts, sensor)
+);
+"""
+
 # The schema's version, kept in SQLite's user_version; _migrate brings an older file up to it.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Bytes the WAL file is truncated to after a checkpoint (SQLite otherwise keeps its largest size).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Distinct refusals remembered for collapsing repeats (older ones are simply stored anew).
 _DEAD_RECENT_MAX = 1024
 
-SCHEMA = _MODE_CHANGES + _ALARM_COMMENTS + """
-CREATE TABLE IF NOT EXISTS readings (
-    id INTEGER PRIMARY KEY,
-    asset TEXT NOT NULL, sensor TEXT NOT NULL, ts REAL NOT NULL, value REAL,
-    quality INTEGER NOT NULL, historical INTEGER NOT NULL, received REAL NOT NULL,
-    UNIQUE (asset, sensor, ts)
-);
+SCHEMA = _MODE_CHANGES + _ALARM_COMMENTS + _READINGS + """
 CREATE TABLE IF NOT EXISTS scores (
     id INTEGER PRIMARY KEY,
     asset TEXT NOT NULL, t_end REAL NOT NULL, value REAL NOT NULL, threshold REAL NOT NULL,
@@ -183,6 +190,16 @@ ALTER TABLE dead_letters ADD COLUMN last_at REAL;
 # Version 3 (until 2026-12): alarm comments were kept in the accounts file; see import_comments.
 _MIGRATE_3_TO_4 = _ALARM_COMMENTS
 
+# Version 4 (until 2026-12): readings were unique per (asset, sensor, ts). The table is copied once
+# under the new key (row ids kept, so arrival order and retention by id are unchanged).
+_MIGRATE_4_TO_5 = """
+ALTER TABLE readings RENAME TO readings_v4;
+""" + _READINGS + """
+INSERT INTO readings (id, asset, sensor, ts, value, quality, historical, received)
+    SELECT id, asset, sensor, ts, value, quality, historical, received FROM readings_v4 ORDER BY id;
+DROP TABLE readings_v4;
+"""
+
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Create the schema, or bring a store written by an earlier release up to it."""
@@ -194,7 +211,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise RuntimeError(f"store schema version {version} is newer than this release's ({SCHEMA_VERSION})")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        steps = {1: _MODE_CHANGES + _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3, 3: _MIGRATE_3_TO_4}
+        steps = {1: _MODE_CHANGES + _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3, 3: _MIGRATE_3_TO_4,
+                 4: _MIGRATE_4_TO_5}
         while version in steps:
             for stmt in steps[version].split(";"):
                 if stmt.strip():
@@ -268,7 +286,7 @@ def open_reader(path: str | Path) -> sqlite3.Connection:
 class Store:
     def __init__(self, path: str | Path, retention_days: float = 7.0, max_readings: int = 5_000_000,
                  max_dead_letters: int = 100_000, batch_max: int = 2000, dead_letter_collapse_s: float = 60.0,
-                 commit_linger_s: float = 0.010, commit_linger_items: int = 16):
+                 commit_linger_s: float = 0.010, commit_linger_items: int = 16, checkpoint_pages: int = 1000):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retention_s = retention_days * 86400
@@ -278,6 +296,7 @@ class Store:
         self.dead_letter_collapse_s = dead_letter_collapse_s
         self.commit_linger_s = commit_linger_s
         self.commit_linger_items = commit_linger_items
+        self.checkpoint_pages = checkpoint_pages
         # Group commit (see the module doc): the writer waits on _more; after_commit sets it early.
         self._more = threading.Event()
         self._linger_need: int | None = None  # queued items that end the current linger; None: not lingering
@@ -306,7 +325,7 @@ class Store:
     def from_config(cls, cfg, path: Path) -> "Store":
         return cls(path, cfg.retention_days, cfg.max_readings, cfg.max_dead_letters,
                    dead_letter_collapse_s=cfg.dead_letter_collapse_s, commit_linger_s=cfg.commit_linger_ms / 1000.0,
-                   commit_linger_items=cfg.commit_linger_items)
+                   commit_linger_items=cfg.commit_linger_items, checkpoint_pages=cfg.checkpoint_pages)
 
     # -- writer side ----------------------------------------------------------
     def start(self) -> None:
@@ -405,6 +424,7 @@ class Store:
 
     def _run(self) -> None:
         conn = _connect(self.path)
+        conn.execute(f"PRAGMA wal_autocheckpoint={int(self.checkpoint_pages)}")
         stopping = False
         steady = False
         while not stopping:
@@ -755,7 +775,7 @@ class StoreReader:
         where, args = [], []
         if asset is not None:
             # With the asset alone, walking the rows newest first and filtering stops
-            # after ``limit`` hits; using the (asset, sensor, ts) index instead would
+            # after ``limit`` hits; using the (asset, ts, sensor) index instead would
             # sort every row of the asset. The unary + keeps the planner off the index.
             where.append("asset = ?" if sensor is not None else "+asset = ?")
             args.append(asset)
