@@ -227,8 +227,7 @@ port = {web_port}
 def _cgroup(limit_mib: int, pid: int) -> str:
     """Put ``pid`` in a fresh memory cgroup limited to ``limit_mib``; returns how ("" if not possible)."""
     limit = str(limit_mib * 1024 * 1024)
-    for root, knob in (("/sys/fs/cgroup", "memory.max"), ("/sys/fs/cgroup/unified", "memory.max"),
-                       ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")):
+    for root, knob in _cgroup_roots():
         if not Path(root, "cgroup.procs").exists():
             continue
         group = Path(root) / f"disk-writes-bench-{os.getpid()}"
@@ -243,8 +242,27 @@ def _cgroup(limit_mib: int, pid: int) -> str:
             (group / "cgroup.procs").write_text(str(pid))
             return f"{group}/{knob}={limit}"
         except OSError:
-            continue
+            try:
+                group.rmdir()
+            except OSError:
+                pass
     return ""
+
+
+def _cgroup_roots() -> list[tuple[str, str]]:
+    """Where a child memory cgroup of ours can go: under this process's own cgroup (so every limit
+    above still applies), v2 first, then v1's memory hierarchy."""
+    own = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        own[controllers] = path.lstrip("/")
+    roots = []
+    if "" in own:
+        roots += [(str(Path("/sys/fs/cgroup", own[""])), "memory.max"),
+                  (str(Path("/sys/fs/cgroup/unified", own[""])), "memory.max")]
+    if "memory" in own:
+        roots.append((str(Path("/sys/fs/cgroup/memory", own["memory"])), "memory.limit_in_bytes"))
+    return roots
 
 
 def _cgroup_events(how: str) -> dict:
@@ -311,13 +329,8 @@ def measure(rate: float, seconds: float, warmup: float, bundle: Path, web: bool 
     stats = work / "stats.json"
     log = open(work / "appliance.log", "ab")
     cmd = [sys.executable, str(Path(__file__).resolve()), "subject", str(cfg), str(stats)]
-    how = ""
-    if cgroup_mib and not _cgroup_possible():
-        cmd = ["prlimit", f"--as={cgroup_mib * 1024 * 1024}", "--"] + cmd
-        how = f"prlimit --as={cgroup_mib} MiB (address space, not RSS)"
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
-    if cgroup_mib and not how:
-        how = _cgroup(cgroup_mib, proc.pid)
+    how = _limit_memory(cgroup_mib, proc.pid) if cgroup_mib else ""
     db = work / "data" / "appliance.db"
     pacer = None
     try:
@@ -393,9 +406,14 @@ def measure(rate: float, seconds: float, warmup: float, bundle: Path, web: bool 
             subprocess.run(["rm", "-rf", str(work)], check=False)
 
 
-def _cgroup_possible() -> bool:
-    return any(Path(r, "cgroup.procs").exists() and os.access(r, os.W_OK)
-               for r in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory"))
+def _limit_memory(limit_mib: int, pid: int) -> str:
+    """A memory cgroup if one can be made, else ``prlimit --as`` (address space, a harsher and cruder
+    bound than RSS: Python and ONNX Runtime reserve more than they touch). Says which."""
+    how = _cgroup(limit_mib, pid)
+    if how:
+        return how
+    subprocess.run(["prlimit", f"--pid={pid}", f"--as={limit_mib * 1024 * 1024}"], check=True)
+    return f"prlimit --as={limit_mib * 1024 * 1024} (address space)"
 
 
 def _stats(path: Path) -> dict:

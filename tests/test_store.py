@@ -303,7 +303,7 @@ def test_a_version_4_store_keeps_its_readings_under_the_time_ordered_key(tmp_pat
         (7, "p", "b", 2.0, 1.5, 0, 0, now), (9, "p", "a", 1.0, None, 2, 1, now)]
     key = r.execute("SELECT group_concat(name) FROM pragma_index_info("
                     "(SELECT name FROM pragma_index_list('readings') WHERE \"unique\"))").fetchone()[0]
-    assert key == "asset,ts,sensor"
+    assert key == "ts,asset,sensor"
     assert not r.execute("SELECT 1 FROM sqlite_master WHERE name = 'readings_v4'").fetchone()
     st.start()
     st.put_reading(Reading("p", "b", 2.0, 9.9))  # a redelivery of a migrated reading is still stored once

@@ -118,7 +118,7 @@ def _check_limit(limit: int) -> int:
 
 class LocalHistory:
     def __init__(self, path: str | Path, raw_retention_s: float, rollup_retention_s: float,
-                 commit_interval_s: float = 0.0):
+                 commit_interval_s: float = 0.0, page_size: int | None = None):
         self.path = Path(path)
         # Rows wait this long in memory before their commit (see insert): every commit rewrites the
         # newest page of each series it touches and its rollup's, so one every few seconds writes
@@ -132,6 +132,8 @@ class LocalHistory:
         # One connection for the writer thread, one shared by readers (dashboard
         # threads come and go per request, so no connection per thread).
         self._w = self._connect()
+        if page_size is not None:
+            self._set_page_size(page_size)
         self._w.executescript(SCHEMA)
         self._r = self._connect()
         self._rlock = threading.Lock()
@@ -146,6 +148,23 @@ class LocalHistory:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         return db
+
+    def _set_page_size(self, page_size: int) -> None:
+        """Give the file ``page_size``-byte pages (a commit writes each page it touches whole); a file
+        with other pages is rewritten once (VACUUM, outside WAL mode), or left as it is if that fails."""
+        db = self._w
+        current = db.execute("PRAGMA page_size").fetchone()[0]
+        if current == page_size:
+            return
+        log.info("history: rewriting %s with %d-byte pages (was %d), once", self.path, page_size, current)
+        try:
+            db.execute("PRAGMA journal_mode=DELETE")
+            db.execute(f"PRAGMA page_size={int(page_size)}")
+            db.execute("VACUUM")
+        except sqlite3.Error as exc:
+            log.warning("history: page size unchanged path=%s error=%r", self.path, exc)
+        finally:
+            db.execute("PRAGMA journal_mode=WAL")
 
     # -- writer thread -----------------------------------------------------------------
 

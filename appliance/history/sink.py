@@ -111,7 +111,8 @@ class History:
             lc = cfg.local
             path = self._path(lc.path)
             try:
-                self.local = LocalHistory(path, lc.raw_retention_s, lc.rollup_retention_s, lc.commit_interval_s)
+                self.local = LocalHistory(path, lc.raw_retention_s, lc.rollup_retention_s, lc.commit_interval_s,
+                                          lc.page_size)
             except (OSError, sqlite3.Error) as e:
                 raise HistoryError(f"history.local.path: cannot open {path}: {e}") from e
 
