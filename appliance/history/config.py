@@ -60,7 +60,7 @@ class HistoryLocalConfig(Section):
     path: str = Field("history_local.db", description="relative to data_dir")
     raw_retention_s: float = Field(86400.0, ge=120, le=10 * YEAR_S, description="raw readings and scores")
     rollup_retention_s: float = Field(30 * 86400.0, ge=120, le=10 * YEAR_S, description="1-minute aggregates")
-    commit_interval_s: float = Field(10.0, ge=0, le=300.0,
+    commit_interval_s: float = Field(30.0, ge=0, le=300.0,
                                      description="rows wait this long before their commit (fewer SD-card writes; "
                                                  "the dashboard's history lags as much, a crash may lose it)")
     page_size: Literal[512, 1024, 2048, 4096, 8192, 16384, 32768, 65536] = Field(

@@ -37,6 +37,10 @@ _QUALITY = {int(q): q.name.lower() for q in Quality}
 MAX_QUERY_ROWS = 100_000
 # Readings and scores waiting for their commit (see LocalHistory.insert) that make it due at once.
 MAX_PENDING = 200_000
+# WAL pages between checkpoints (SQLite's default is 1000): a checkpoint writes every page the commits
+# since the last one touched, so a longer stretch writes each series' newest page once for many commits
+# (measured: 900 -> 610 bytes per reading at 10 s commits, 1 KiB pages).
+CHECKPOINT_PAGES = 10_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series(
@@ -147,6 +151,7 @@ class LocalHistory:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
         return db
 
     def _set_page_size(self, page_size: int) -> None:
