@@ -208,6 +208,34 @@ class Pacer(threading.Thread):
         self.client.loop_stop()
 
 
+class DashboardPoller(threading.Thread):
+    """Asks the dashboard for its login page, health and metrics every second, so its server threads,
+    templates and the store readers they open are part of the memory measured."""
+
+    def __init__(self, port: int):
+        super().__init__(name="dashboard-poller", daemon=True)
+        self.port = port
+        self.ok = 0
+        self.failed = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        import urllib.request
+
+        while not self.stopping.wait(1.0):
+            for path in ("/login", "/healthz", "/metrics"):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
+                        r.read()
+                    self.ok += 1
+                except Exception:
+                    self.failed += 1
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.join(15)
+
+
 def _config(work: Path, port: int, bundle: Path, web: bool, web_port: int, overrides: str) -> Path:
     cfg = work / "appliance.toml"
     cfg.write_text(f"""
@@ -324,7 +352,8 @@ def measure(rate: float, seconds: float, warmup: float, bundle: Path, web: bool 
     # Not under /tmp: a tmpfs (a container's /tmp can be one) writes no blocks and counts none.
     work = Path(tempfile.mkdtemp(prefix="disk-writes-", dir=ROOT / "benchmarks" / "results"))
     broker = Mosquitto(work / "broker").start()
-    cfg = _config(work, broker.port, bundle, web, free_port(), overrides)
+    web_port = free_port()
+    cfg = _config(work, broker.port, bundle, web, web_port, overrides)
     prefilled = prefill(work / "data", prefill_readings, rate)
     stats = work / "stats.json"
     log = open(work / "appliance.log", "ab")
@@ -332,11 +361,14 @@ def measure(rate: float, seconds: float, warmup: float, bundle: Path, web: bool 
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
     how = _limit_memory(cgroup_mib, proc.pid) if cgroup_mib else ""
     db = work / "data" / "appliance.db"
-    pacer = None
+    pacer = poller = None
     try:
         wait_online(broker.port, timeout=120)
         pacer = Pacer(broker.port, rate)
         pacer.start()
+        if web:
+            poller = DashboardPoller(web_port)
+            poller.start()
         rss_samples = []
         t_end = time.monotonic() + warmup
         while time.monotonic() < t_end:
@@ -394,10 +426,14 @@ def measure(rate: float, seconds: float, warmup: float, bundle: Path, web: bool 
         }
         if cgroup_mib:
             result.update({"limit": how, "killed": False, "cgroup": _cgroup_events(how)})
+        if poller is not None:
+            result["dashboard_requests"] = {"ok": poller.ok, "failed": poller.failed}
         return result
     finally:
         if pacer is not None:
             pacer.close()
+        if poller is not None:
+            poller.close()
         stop_process(proc, signal.SIGTERM, 60)
         log.close()
         broker.stop()
