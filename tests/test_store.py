@@ -312,3 +312,18 @@ def test_a_version_4_store_keeps_its_readings_under_the_time_ordered_key(tmp_pat
     st.close()
     assert [x["ts"] for x in st.reader.readings("p", "b")] == [3.0, 2.0]
     assert st.reader.readings("p", "b")[1]["value"] == 1.5
+
+
+def test_a_store_with_other_pages_is_rewritten_once_with_the_configured_size(tmp_path):
+    db = tmp_path / "a.db"
+    st = Store(db)
+    st.start()
+    st.put_reading(Reading("p", "a", 1.0, 1.0))
+    assert st.flush()
+    st.close()
+    assert open_reader(db).execute("PRAGMA page_size").fetchone()[0] == 4096  # SQLite's default
+    st = Store(db, page_size=1024)
+    r = open_reader(db)
+    assert r.execute("PRAGMA page_size").fetchone()[0] == 1024
+    assert r.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert st.reader.readings("p", "a")[0]["value"] == 1.0

@@ -38,8 +38,8 @@ The acknowledgement still follows an ``fsync``: nothing here trades durability
 for bytes (``synchronous=NORMAL`` would, against a power cut).
 
 Readings are unique per (asset, sensor, ts) (keyed ts, asset, sensor): a message
-delivered twice (QoS 1 after a crash) is stored once. Retention keeps the newest ``max_readings`` rows
-and drops rows received more than ``retention_days`` ago (never, within a run's
+delivered twice (QoS 1 after a crash) is stored once. Retention keeps the newest
+``max_readings`` rows and drops rows received more than ``retention_days`` ago (never, within a run's
 first ``retention_days``, a row received in it: see :class:`~appliance.core.clock.AgeCutoff`).
 
 Dead letters are bounded at all times, not only at retention: every batch that
