@@ -1,22 +1,31 @@
 """SD-card budget: bytes the appliance writes per reading, and where they go (not part of CI).
 
     .venv/bin/python benchmarks/disk_writes.py [--seconds 120] [--rates 96,1000] [--label NAME]
-                                               [--memory] [--out benchmarks/results/disk_writes.json]
+        [--prefill-readings 400000] [--set 'TOML appended to the config'] [--memory] [--cgroup-mib 512]
+        [--out benchmarks/results/disk_writes.json]
+
+Each invocation stores its runs under ``--label`` in the JSON, beside earlier labels
+(so "before" and "after" can come from two checkouts).
 
 A private Mosquitto on loopback and the real ``appliance run`` (its own process,
 default settings, dashboard off unless ``--memory``) with a model of the
 ``plant/<asset>/s0..s7`` sensors. A publisher sends ``{"ts": epoch_ms, "value": v}``
 at QoS 1, spread evenly over 12 assets x 8 sensors: 96 msg/s is 96 sensors at
-1 Hz, 1,000 msg/s is the same sensors at ~10 Hz. After a warm-up, ``write_bytes``
+1 Hz, 1,000 msg/s is the same sensors at ~10 Hz (the model's period matches: 1 s,
+0.1 s). The store and the local history first get ``--prefill-readings`` earlier
+readings, written with their own classes, so the run writes into B-trees of a
+realistic size. After a warm-up, ``write_bytes``
 of ``/proc/<pid>/io`` (bytes the process caused to be written to the block layer:
 what wears a card; a page rewritten after each ``fsync`` counts each time) is
 read at the start and the end of ``--seconds`` of steady input.
 
 Where the bytes go: per thread (``/proc/<pid>/task/<tid>/io``; the subject names
 its OS threads after the Python ones, so ``store-writer`` is the store,
-``history-writer`` the local history and the outbox, ``history-forwarder`` the
+``history-writer`` the local history and the outbox, ``history-forward`` the
 outbox's deletes, the rest mostly logs), the store's commits and checkpoints in
-the window (commits from the store object, WAL resets from the WAL header's
+the window (commits read from the store object by a thread the subject adds,
+which writes them to a small file every half second and is left out of the
+total; WAL resets from the WAL header's
 checkpoint counter), the largest WAL, and at the end every table's and index's
 size in each SQLite file (``dbstat``) and each file of the data folder.
 
