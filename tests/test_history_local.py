@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
@@ -102,3 +103,33 @@ def test_malformed_records_are_skipped_not_fatal(local):
     local.insert([Reading("p1", "s", math.nan, 1.0), Reading("", "s", T0, 1.0), object(),
                   Reading("p1", "s", T0, 5.0)], [object()], now=T0 + 10)
     assert [r["value"] for r in local.query_readings("p1", "s", 0, 2e9)] == [5.0]
+
+
+def test_rows_wait_for_the_commit_interval_then_go_in_one_commit(tmp_path):
+    lh = LocalHistory(tmp_path / "local.db", 86400, 30 * 86400, commit_interval_s=3600, page_size=1024)
+    now = time.time()
+    T0 = now // 60 * 60 - 120  # recent: close() writes what waits as of the wall clock
+    lh.insert([Reading("p1", "current", T0 + i, float(i)) for i in range(3)], [], now=now)
+    lh.insert([], [Score("p1", T0 + 2, 0.5, 1.0, {"current": 1.0})], now=now)
+    assert lh.query_readings("p1", "current", T0, T0 + 10) == []  # waiting in memory, not on disk
+    lh.insert([], [], now=now, force=True)  # what HistorySink.flush() and stop() ask for
+    assert [r["ts"] for r in lh.query_readings("p1", "current", T0, T0 + 10)] == [T0, T0 + 1, T0 + 2]
+    assert len(lh.query_scores("p1", T0, T0 + 10)) == 1
+    lh.insert([Reading("p1", "current", T0 + 3, 3.0)], [], now=now)
+    lh.close()  # writes what waits
+    reopened = LocalHistory(tmp_path / "local.db", 86400, 30 * 86400)
+    assert reopened._w.execute("PRAGMA page_size").fetchone()[0] == 1024
+    assert [r["ts"] for r in reopened.query_readings("p1", "current", T0, T0 + 10)][-1] == T0 + 3
+    reopened.close()
+
+
+def test_a_file_with_other_pages_is_rewritten_once_keeping_its_rows(tmp_path):
+    old = LocalHistory(tmp_path / "local.db", 86400, 30 * 86400)
+    old.insert([Reading("p1", "current", T0 + i, float(i)) for i in range(5)], [], now=T0 + 200)
+    assert old._w.execute("PRAGMA page_size").fetchone()[0] == 4096
+    old.close()
+    lh = LocalHistory(tmp_path / "local.db", 86400, 30 * 86400, page_size=1024)
+    assert lh._w.execute("PRAGMA page_size").fetchone()[0] == 1024
+    assert lh._w.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert len(lh.query_readings("p1", "current", T0, T0 + 10)) == 5
+    lh.close()

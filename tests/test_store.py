@@ -280,3 +280,50 @@ def test_kill_9_loses_no_committed_reading_and_corrupts_nothing(tmp_path):
     st.put_reading(Reading("p", "a", 1.0, 1.0))
     assert st.flush()
     st.close()
+
+
+def test_a_version_4_store_keeps_its_readings_under_the_time_ordered_key(tmp_path):
+    db = tmp_path / "v4.db"
+    Store(db)
+    now = time.time()  # received now: retention keeps them
+    conn = sqlite3.connect(db)
+    conn.executescript(f"""
+        DROP TABLE readings;
+        CREATE TABLE readings (id INTEGER PRIMARY KEY, asset TEXT NOT NULL, sensor TEXT NOT NULL, ts REAL NOT NULL,
+            value REAL, quality INTEGER NOT NULL, historical INTEGER NOT NULL, received REAL NOT NULL,
+            UNIQUE (asset, sensor, ts));
+        INSERT INTO readings VALUES (7, 'p', 'b', 2.0, 1.5, 0, 0, {now}), (9, 'p', 'a', 1.0, NULL, 2, 1, {now});
+        PRAGMA user_version = 4;
+    """)
+    conn.close()
+    st = Store(db)
+    r = open_reader(db)
+    assert r.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [tuple(x) for x in r.execute("SELECT * FROM readings ORDER BY id")] == [
+        (7, "p", "b", 2.0, 1.5, 0, 0, now), (9, "p", "a", 1.0, None, 2, 1, now)]
+    key = r.execute("SELECT group_concat(name) FROM pragma_index_info("
+                    "(SELECT name FROM pragma_index_list('readings') WHERE \"unique\"))").fetchone()[0]
+    assert key == "ts,asset,sensor"
+    assert not r.execute("SELECT 1 FROM sqlite_master WHERE name = 'readings_v4'").fetchone()
+    st.start()
+    st.put_reading(Reading("p", "b", 2.0, 9.9))  # a redelivery of a migrated reading is still stored once
+    st.put_reading(Reading("p", "b", 3.0, 2.5))
+    assert st.flush()
+    st.close()
+    assert [x["ts"] for x in st.reader.readings("p", "b")] == [3.0, 2.0]
+    assert st.reader.readings("p", "b")[1]["value"] == 1.5
+
+
+def test_a_store_with_other_pages_is_rewritten_once_with_the_configured_size(tmp_path):
+    db = tmp_path / "a.db"
+    st = Store(db)
+    st.start()
+    st.put_reading(Reading("p", "a", 1.0, 1.0))
+    assert st.flush()
+    st.close()
+    assert open_reader(db).execute("PRAGMA page_size").fetchone()[0] == 4096  # SQLite's default
+    st = Store(db, page_size=1024)
+    r = open_reader(db)
+    assert r.execute("PRAGMA page_size").fetchone()[0] == 1024
+    assert r.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert st.reader.readings("p", "a")[0]["value"] == 1.0

@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 ROLLUP_S = 60
 _QUALITY = {int(q): q.name.lower() for q in Quality}
 MAX_QUERY_ROWS = 100_000
+# Readings and scores waiting for their commit (see LocalHistory.insert) that make it due at once.
+MAX_PENDING = 200_000
+# WAL pages between checkpoints (SQLite's default is 1000): a checkpoint writes every page the commits
+# since the last one touched, so a longer stretch writes each series' newest page once for many commits
+# (measured: 900 -> 610 bytes per reading at 10 s commits, 1 KiB pages).
+CHECKPOINT_PAGES = 10_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series(
@@ -115,14 +121,23 @@ def _check_limit(limit: int) -> int:
 
 
 class LocalHistory:
-    def __init__(self, path: str | Path, raw_retention_s: float, rollup_retention_s: float):
+    def __init__(self, path: str | Path, raw_retention_s: float, rollup_retention_s: float,
+                 commit_interval_s: float = 0.0, page_size: int | None = None):
         self.path = Path(path)
+        # Rows wait this long in memory before their commit (see insert): every commit rewrites the
+        # newest page of each series it touches and its rollup's, so one every few seconds writes
+        # a few readings per page instead of one.
+        self.commit_interval_s = commit_interval_s
+        self._pending: tuple[list[Reading], list[Score]] = ([], [])
+        self._last_write = time.monotonic()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.raw_retention_s = raw_retention_s
         self.rollup_retention_s = rollup_retention_s
         # One connection for the writer thread, one shared by readers (dashboard
         # threads come and go per request, so no connection per thread).
         self._w = self._connect()
+        if page_size is not None:
+            self._set_page_size(page_size)
         self._w.executescript(SCHEMA)
         self._r = self._connect()
         self._rlock = threading.Lock()
@@ -136,11 +151,44 @@ class LocalHistory:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
         return db
+
+    def _set_page_size(self, page_size: int) -> None:
+        """Give the file ``page_size``-byte pages (a commit writes each page it touches whole); a file
+        with other pages is rewritten once (VACUUM, outside WAL mode), or left as it is if that fails."""
+        db = self._w
+        current = db.execute("PRAGMA page_size").fetchone()[0]
+        if current == page_size:
+            return
+        log.info("history: rewriting %s with %d-byte pages (was %d), once", self.path, page_size, current)
+        try:
+            db.execute("PRAGMA journal_mode=DELETE")
+            db.execute(f"PRAGMA page_size={int(page_size)}")
+            db.execute("VACUUM")
+        except sqlite3.Error as exc:
+            log.warning("history: page size unchanged path=%s error=%r", self.path, exc)
+        finally:
+            db.execute("PRAGMA journal_mode=WAL")
 
     # -- writer thread -----------------------------------------------------------------
 
-    def insert(self, readings: Sequence[Reading], scores: Sequence[Score], now: float | None = None) -> None:
+    def insert(self, readings: Sequence[Reading], scores: Sequence[Score], now: float | None = None,
+               force: bool = False) -> None:
+        """Add live readings and scores; they are written once ``commit_interval_s`` has passed since
+        the last write (or at once with ``force``, or when :data:`MAX_PENDING` wait). Call it with
+        nothing to add to let due rows out. A copy for the dashboard, so a crash may lose what waits."""
+        pending_r, pending_s = self._pending
+        pending_r.extend(readings)
+        pending_s.extend(scores)
+        due = time.monotonic() - self._last_write >= self.commit_interval_s
+        if not (force or due or len(pending_r) + len(pending_s) >= MAX_PENDING):
+            return
+        self._pending = ([], [])
+        self._last_write = time.monotonic()
+        self._write(pending_r, pending_s, now)
+
+    def _write(self, readings: Sequence[Reading], scores: Sequence[Score], now: float | None) -> None:
         now = time.time() if now is None else now
         oldest_ok = now - self.raw_retention_s + ROLLUP_S
         rrows, touched = [], set()
@@ -322,6 +370,10 @@ class LocalHistory:
                 "skipped_old": self.skipped_old, **self._counts}
 
     def close(self) -> None:
-        with self._rlock:
-            self._r.close()
-        self._w.close()
+        """Write what waits, then close the files."""
+        try:
+            self.insert([], [], force=True)
+        finally:
+            with self._rlock:
+                self._r.close()
+            self._w.close()

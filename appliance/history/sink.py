@@ -111,7 +111,8 @@ class History:
             lc = cfg.local
             path = self._path(lc.path)
             try:
-                self.local = LocalHistory(path, lc.raw_retention_s, lc.rollup_retention_s)
+                self.local = LocalHistory(path, lc.raw_retention_s, lc.rollup_retention_s, lc.commit_interval_s,
+                                          lc.page_size)
             except (OSError, sqlite3.Error) as e:
                 raise HistoryError(f"history.local.path: cannot open {path}: {e}") from e
 
@@ -255,10 +256,10 @@ class History:
                 events, self._events = self._events, []
                 drops, self._mem_drops = self._mem_drops, {}
                 target = self._added
-                self._flush_requested = False
+                flush, self._flush_requested = self._flush_requested, False
                 stopping = self._stopping
             try:
-                self._commit(readings, scores, events, drops)
+                self._commit(readings, scores, events, drops, force_local=flush or stopping)
             except Exception as e:
                 self._store_failed(e, readings, scores, events, drops)
                 if stopping:
@@ -288,7 +289,7 @@ class History:
             if stopping:
                 return
 
-    def _commit(self, readings, scores, events, drops) -> None:
+    def _commit(self, readings, scores, events, drops, force_local: bool = False) -> None:
         if self.outbox is not None:
             rows: list[tuple[Kind, bytes]] = []
             drops = dict(drops)
@@ -307,10 +308,10 @@ class History:
                 for k, _ in rows:
                     self._accepted[k] += 1
                 self._accept_rate.add(len(rows))
-        if self.local is not None and (readings or scores):
+        if self.local is not None:  # called with nothing too: rows waiting for their commit may be due
             try:
                 self.local.insert([r for r in readings if isinstance(r, Reading)],
-                                  [s for s in scores if isinstance(s, Score)])
+                                  [s for s in scores if isinstance(s, Score)], force=force_local)
             except Exception as e:  # local history is a convenience copy: log, never retry
                 self._logs.log(logging.ERROR, "local", "history local insert failed error=%s", e)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from appliance.settings import Section
@@ -14,10 +16,19 @@ class StoreConfig(Section):
     max_dead_letters: int = Field(100_000, ge=100, le=100_000_000, description="rows, enforced on every write")
     dead_letter_collapse_s: float = Field(60.0, ge=0, le=86400.0,
                                           description="an identical refusal within this is counted, not stored again")
-    commit_linger_ms: float = Field(10.0, ge=0, le=100.0,
+    commit_linger_ms: float = Field(200.0, ge=0, le=2000.0,
                                     description="a small batch waits this long for more before its commit "
-                                                "(group commit; 0: commit at once)")
-    commit_linger_items: int = Field(16, ge=1, le=100_000,
-                                     description="queued records that end the wait at once; keep it under the "
-                                                 "broker's in-flight limit (Mosquitto: 20 messages)")
+                                                "(group commit: fewer commits, fewer bytes written; acks wait "
+                                                "as long; 0: commit at once)")
+    commit_linger_items: int = Field(32, ge=1, le=100_000,
+                                     description="queued records (a message is its readings and its ack) that end "
+                                                 "the wait at once; keep it under twice the broker's in-flight "
+                                                 "limit (Mosquitto: 20 messages)")
+    checkpoint_pages: int = Field(4000, ge=100, le=1_000_000,
+                                  description="WAL pages between checkpoints (SQLite's wal_autocheckpoint): a page "
+                                              "rewritten by many commits reaches the database file once per "
+                                              "checkpoint")
+    page_size: Literal[512, 1024, 2048, 4096, 8192, 16384, 32768, 65536] = Field(
+        1024, description="bytes per SQLite page: a commit writes each page it touches whole; an existing "
+                          "store with other pages is rewritten once when the appliance starts")
     max_in_flight: int = Field(20_000, ge=10, le=10_000_000, description="readings accepted but not yet on disk")

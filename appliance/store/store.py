@@ -21,14 +21,25 @@ stalled: a broker that keeps few messages in flight waits for our acks, and
 lingering would only slow it down). While arrivals go on through a wait, the next
 wait starts as soon as the commit is done instead of at the next item, so a steady
 rate costs the writer one wake-up per commit rather than two. Acknowledgements
-wait for the commit, never the other way round. The default wait, 10 ms, makes
-about 100 commits a second at 1,000 messages a second (measured in
-``benchmarks/peer.py``: 4 ms made 170, each with its ``fsync`` and its thread
-hand-offs).
+wait for the commit, never the other way round.
 
-Readings are unique per (asset, sensor, ts): a message delivered twice (QoS 1
-after a crash) is stored once. Retention keeps the newest ``max_readings`` rows
-and drops rows received more than ``retention_days`` ago (never, within a run's
+Bytes written (an SD card wears by them; ``benchmarks/disk_writes.py``): a commit
+appends every page it touched, whole, to the WAL and ``fsync``s it, and a
+checkpoint writes each page once more into the database file. So what a reading
+costs is the pages a commit touches divided by the readings it holds. Hence: the
+default wait is 200 ms or ``commit_linger_items`` (32: a message is its reading and
+its ack, so about 16 messages, under Mosquitto's default of 20 in flight), so at
+100 messages a second a commit holds ~17 of them instead of one; pages are
+``page_size`` bytes (1 KiB; SQLite's default is 4 KiB); the readings' unique key is
+(ts, asset, sensor), so a commit's readings land on the newest index page rather
+than on one page of each sensor; and checkpoints come every ``checkpoint_pages``
+WAL pages, so a page rewritten by many commits reaches the database file once.
+The acknowledgement still follows an ``fsync``: nothing here trades durability
+for bytes (``synchronous=NORMAL`` would, against a power cut).
+
+Readings are unique per (asset, sensor, ts) (keyed ts, asset, sensor): a message
+delivered twice (QoS 1 after a crash) is stored once. Retention keeps the newest
+``max_readings`` rows and drops rows received more than ``retention_days`` ago (never, within a run's
 first ``retention_days``, a row received in it: see :class:`~appliance.core.clock.AgeCutoff`).
 
 Dead letters are bounded at all times, not only at retention: every batch that
@@ -87,20 +98,28 @@ CREATE TABLE IF NOT EXISTS alarm_comments (
 );
 """
 
+# Readings are unique per (asset, sensor, ts), keyed time first: live rows arrive in about time order,
+# so a commit's rows go to the newest end of the index, where SQLite appends pages without rebalancing
+# their neighbours (until schema version 5 the key was (asset, sensor, ts): a page per sensor touched
+# by every commit, and splits in the middle of the tree; several KB written per reading, see the module
+# doc). Readers ask for an asset over a span of time: a range of this key, filtered on the asset.
+_READINGS = """
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY,
+    asset TEXT NOT NULL, sensor TEXT NOT NULL, ts REAL NOT NULL, value REAL,
+    quality INTEGER NOT NULL, historical INTEGER NOT NULL, received REAL NOT NULL,
+    UNIQUE (ts, asset, sensor)
+);
+"""
+
 # The schema's version, kept in SQLite's user_version; _migrate brings an older file up to it.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Bytes the WAL file is truncated to after a checkpoint (SQLite otherwise keeps its largest size).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Distinct refusals remembered for collapsing repeats (older ones are simply stored anew).
 _DEAD_RECENT_MAX = 1024
 
-SCHEMA = _MODE_CHANGES + _ALARM_COMMENTS + """
-CREATE TABLE IF NOT EXISTS readings (
-    id INTEGER PRIMARY KEY,
-    asset TEXT NOT NULL, sensor TEXT NOT NULL, ts REAL NOT NULL, value REAL,
-    quality INTEGER NOT NULL, historical INTEGER NOT NULL, received REAL NOT NULL,
-    UNIQUE (asset, sensor, ts)
-);
+SCHEMA = _MODE_CHANGES + _ALARM_COMMENTS + _READINGS + """
 CREATE TABLE IF NOT EXISTS scores (
     id INTEGER PRIMARY KEY,
     asset TEXT NOT NULL, t_end REAL NOT NULL, value REAL NOT NULL, threshold REAL NOT NULL,
@@ -183,6 +202,16 @@ ALTER TABLE dead_letters ADD COLUMN last_at REAL;
 # Version 3 (until 2026-12): alarm comments were kept in the accounts file; see import_comments.
 _MIGRATE_3_TO_4 = _ALARM_COMMENTS
 
+# Version 4 (until 2026-12): readings were unique per (asset, sensor, ts). The table is copied once
+# under the new key (row ids kept, so arrival order and retention by id are unchanged).
+_MIGRATE_4_TO_5 = """
+ALTER TABLE readings RENAME TO readings_v4;
+""" + _READINGS + """
+INSERT INTO readings (id, asset, sensor, ts, value, quality, historical, received)
+    SELECT id, asset, sensor, ts, value, quality, historical, received FROM readings_v4 ORDER BY id;
+DROP TABLE readings_v4;
+"""
+
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Create the schema, or bring a store written by an earlier release up to it."""
@@ -194,7 +223,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise RuntimeError(f"store schema version {version} is newer than this release's ({SCHEMA_VERSION})")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        steps = {1: _MODE_CHANGES + _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3, 3: _MIGRATE_3_TO_4}
+        steps = {1: _MODE_CHANGES + _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3, 3: _MIGRATE_3_TO_4,
+                 4: _MIGRATE_4_TO_5}
         while version in steps:
             for stmt in steps[version].split(";"):
                 if stmt.strip():
@@ -208,6 +238,25 @@ def _migrate(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _set_page_size(conn: sqlite3.Connection, page_size: int) -> None:
+    """Give the file ``page_size``-byte pages. A commit writes every page it touches whole, so smaller
+    pages write fewer bytes per commit (see the module doc). SQLite fixes the size when a file is made,
+    so a file with other pages is rewritten once (VACUUM, outside WAL mode: it takes a while on a large
+    store, and twice its size on disk); if that fails the store goes on with the pages it has."""
+    current = conn.execute("PRAGMA page_size").fetchone()[0]
+    if current == page_size:
+        return
+    log.warning("store: rewriting the file with %d-byte pages (was %d), once", page_size, current)
+    try:
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute(f"PRAGMA page_size={int(page_size)}")
+        conn.execute("VACUUM")
+    except sqlite3.Error as exc:
+        log.warning("store: page size unchanged error=%r", exc)
+    finally:
+        conn.execute("PRAGMA journal_mode=WAL")
 
 
 def import_comments(path: str | Path, comments: Iterable[AlarmComment]) -> int:
@@ -268,7 +317,8 @@ def open_reader(path: str | Path) -> sqlite3.Connection:
 class Store:
     def __init__(self, path: str | Path, retention_days: float = 7.0, max_readings: int = 5_000_000,
                  max_dead_letters: int = 100_000, batch_max: int = 2000, dead_letter_collapse_s: float = 60.0,
-                 commit_linger_s: float = 0.010, commit_linger_items: int = 16):
+                 commit_linger_s: float = 0.010, commit_linger_items: int = 16, checkpoint_pages: int = 1000,
+                 page_size: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retention_s = retention_days * 86400
@@ -278,6 +328,7 @@ class Store:
         self.dead_letter_collapse_s = dead_letter_collapse_s
         self.commit_linger_s = commit_linger_s
         self.commit_linger_items = commit_linger_items
+        self.checkpoint_pages = checkpoint_pages
         # Group commit (see the module doc): the writer waits on _more; after_commit sets it early.
         self._more = threading.Event()
         self._linger_need: int | None = None  # queued items that end the current linger; None: not lingering
@@ -292,6 +343,8 @@ class Store:
         conn = _connect(self.path)
         try:
             _migrate(conn)
+            if page_size is not None:
+                _set_page_size(conn, page_size)
         finally:
             conn.close()
         self._q: queue.SimpleQueue = queue.SimpleQueue()
@@ -306,7 +359,8 @@ class Store:
     def from_config(cls, cfg, path: Path) -> "Store":
         return cls(path, cfg.retention_days, cfg.max_readings, cfg.max_dead_letters,
                    dead_letter_collapse_s=cfg.dead_letter_collapse_s, commit_linger_s=cfg.commit_linger_ms / 1000.0,
-                   commit_linger_items=cfg.commit_linger_items)
+                   commit_linger_items=cfg.commit_linger_items, checkpoint_pages=cfg.checkpoint_pages,
+                   page_size=cfg.page_size)
 
     # -- writer side ----------------------------------------------------------
     def start(self) -> None:
@@ -405,6 +459,7 @@ class Store:
 
     def _run(self) -> None:
         conn = _connect(self.path)
+        conn.execute(f"PRAGMA wal_autocheckpoint={int(self.checkpoint_pages)}")
         stopping = False
         steady = False
         while not stopping:
@@ -755,7 +810,7 @@ class StoreReader:
         where, args = [], []
         if asset is not None:
             # With the asset alone, walking the rows newest first and filtering stops
-            # after ``limit`` hits; using the (asset, sensor, ts) index instead would
+            # after ``limit`` hits; using the (ts, asset, sensor) index instead would
             # sort every row of the asset. The unary + keeps the planner off the index.
             where.append("asset = ?" if sensor is not None else "+asset = ?")
             args.append(asset)
@@ -805,7 +860,10 @@ class StoreReader:
     # -- commissioning reads (appliance.commission) ---------------------------------
     def newest_reading_ts(self, asset: str, until: float | None = None) -> float | None:
         """Source time of ``asset``'s newest reading at or before ``until``; None when there is none."""
-        return list(self._asset_span("SELECT MAX(ts) FROM readings", asset, None, until))[0][0]
+        # Newest first along the (ts, ...) key, stopping at the first of this asset's rows (MAX() with
+        # a filter on the asset would read the whole span).
+        rows = list(self._asset_span("SELECT ts FROM readings", asset, None, until, " ORDER BY ts DESC LIMIT 1"))
+        return rows[0][0] if rows else None
 
     def asset_sensors(self, asset: str, since: float | None = None, until: float | None = None) -> list[str]:
         """Names of the sensors ``asset`` reported with ``since <= ts <= until``, sorted."""

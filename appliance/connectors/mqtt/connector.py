@@ -350,10 +350,22 @@ class MqttConnector(Input):
         if asyncio.get_running_loop() is not loop:  # stopped from another loop (a test's, say)
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.stop(), loop))
             return
+        await self._acknowledge_stored()
         self._stop.set()
         await task
         self._task = None
         log.info("mqtt stopped name=%s", self.name)
+
+    async def _acknowledge_stored(self) -> None:
+        """Before leaving, let what was handed over be stored and acknowledged (bounded): the store
+        groups commits for up to [store] commit_linger_ms, and a message left unacknowledged is
+        delivered again next time, taking a place in the broker's bounded queue meanwhile."""
+        deadline = time.monotonic() + _STOP_PUBLISH_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with self._out_lock:
+                if self._unstored <= 0 and not self._ack_out:
+                    return
+            await asyncio.sleep(0.01)
 
     def ready(self) -> bool:
         with self._lock:
