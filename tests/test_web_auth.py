@@ -361,10 +361,16 @@ def test_sign_in_never_redirects_off_the_gateway(app, accounts, target):
     assert r.status_code == 303 and r.headers["Location"] == "/"
 
 
-def test_healthz_is_open_and_metrics_may_take_a_bearer_token(book_appliance, store, accounts, tmp_path):
-    open_app = create_app(book_appliance, store.path, accounts=accounts)
-    assert open_app.test_client().get("/healthz").status_code == 200
-    assert open_app.test_client().get("/metrics").status_code == 200
+def test_healthz_is_open_and_metrics_take_a_bearer_token(book_appliance, store, accounts, tmp_path):
+    # Without a token file /metrics is closed to anonymous callers (it names site, model version,
+    # threshold), open to a signed-in user, and to anyone only when metrics_public says so.
+    default_app = create_app(book_appliance, store.path, accounts=accounts)
+    assert default_app.test_client().get("/healthz").status_code == 200
+    r = default_app.test_client().get("/metrics")
+    assert r.status_code == 401 and b"appliance_info" not in r.data
+    assert signed_in(default_app, "vic", "viewer").get("/metrics").status_code == 200
+    public_app = create_app(book_appliance, store.path, accounts=accounts, config=WebConfig(metrics_public=True))
+    assert public_app.test_client().get("/metrics").status_code == 200
     (tmp_path / "metrics.token").write_text("s3cret-scrape-token-0123\n")
     app = create_app(book_appliance, store.path, accounts=accounts, data_dir=tmp_path,
                      config=WebConfig(metrics_token_file="metrics.token"))
