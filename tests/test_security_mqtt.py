@@ -51,7 +51,8 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
     return data
 
 
-def stream_publish(port: int, topic: str, size: int, mid: int = 1, payload: bytes | None = None) -> None:
+def stream_publish(port: int, topic: str, size: int, mid: int = 1, payload: bytes | None = None,
+                   retain: bool = False) -> None:
     """Publish at QoS 1 over a raw socket, the payload (``size`` bytes of 'x') sent in chunks, never held whole."""
     with socket.create_connection(("127.0.0.1", port)) as s:
         client_id = f"streamer-{mid}".encode()
@@ -61,7 +62,7 @@ def stream_publish(port: int, topic: str, size: int, mid: int = 1, payload: byte
         t = topic.encode()
         if payload is not None:
             size = len(payload)
-        s.sendall(b"\x32" + _varint(2 + len(t) + 2 + size) + struct.pack("!H", len(t)) + t + struct.pack("!H", mid))
+        s.sendall(bytes([0x33 if retain else 0x32]) + _varint(2 + len(t) + 2 + size) + struct.pack("!H", len(t)) + t + struct.pack("!H", mid))
         if payload is not None:
             s.sendall(payload)
         else:
@@ -88,9 +89,9 @@ def big_broker(tmp_path):
     broker.stop()
 
 
-def connector(port: int) -> MqttConnector:
+def connector(port: int, retained_refusals=None) -> MqttConnector:
     broker = MqttBroker(host="127.0.0.1", port=port, keepalive_s=5, reconnect=BackoffConfig(initial_s=0.05, max_s=0.5))
-    return MqttConnector(MqttInputConfig(client_id="gateway"), broker)
+    return MqttConnector(MqttInputConfig(client_id="gateway"), broker, retained_refusals=retained_refusals)
 
 
 def test_a_huge_message_is_refused_from_its_header_without_buffering_it(big_broker):
@@ -135,3 +136,62 @@ def test_the_demo_broker_refuses_a_packet_over_its_bound(tmp_path):
     with Mosquitto(tmp_path / "mosquitto") as broker:  # the demo's settings: max_packet_size 1 MiB
         with pytest.raises(ConnectionError):
             stream_publish(broker.port, "plant/pump1/Current", 2 * MIB)
+
+
+# -- retained messages refused once, not at every restart ------------------------------------------
+RETAINED_BAD = 50
+
+
+def run_once(port: int, path, until) -> tuple[MemorySink, dict]:
+    """One run of the appliance's connector: start, wait for ``until(sink, status)``, stop."""
+    sink = MemorySink()
+    conn = connector(port, retained_refusals=path)
+    on_loop(conn.start(sink))
+    try:
+        wait_until(lambda: until(sink, conn.status()), what="the retained messages",
+                   detail=lambda: f"dead={[(d.source, d.code.value) for d in sink.dead][:5]} n_dead={len(sink.dead)} "
+                                  f"readings={sink.count()} repeated={conn.status()['retained_refusals_repeated']}")
+        return sink, conn.status()
+    finally:
+        on_loop(conn.stop())
+
+
+def test_retained_messages_refused_once_are_not_dead_lettered_again_at_each_restart(mosquitto, tmp_path):
+    path = tmp_path / "refusals.bin"
+    for i in range(RETAINED_BAD):
+        stream_publish(mosquitto.port, f"plant/pump{i}/Current", 0, mid=i + 1, payload=b"{not json", retain=True)
+    good = json.dumps({"ts": time.time(), "value": 7.0}).encode()
+    stream_publish(mosquitto.port, "plant/good/Current", 0, mid=999, payload=good, retain=True)
+
+    sink, _ = run_once(mosquitto.port, path, lambda k, st: len(k.dead) == RETAINED_BAD and k.count() == 1)
+    assert {d.code for d in sink.dead} == {DeadLetterCode.BAD_JSON}
+    # A restart: the broker sends every retained message again; the refusals are not kept again,
+    # the good reading still is (the store keeps it once), and everything is acknowledged.
+    sink, status = run_once(mosquitto.port, path,
+                            lambda k, st: st["retained_refusals_repeated"] == RETAINED_BAD and k.count() == 1)
+    assert sink.dead == [] and sink.values() == [7.0]
+    # A new payload on a retained topic is a new refusal, kept in turn: the copy the broker queued for
+    # the absent session (a live message) and the retained copy sent on subscribing, then never again.
+    stream_publish(mosquitto.port, "plant/pump0/Current", 0, mid=1000, payload=b"[still bad", retain=True)
+    sink, status = run_once(mosquitto.port, path,
+                            lambda k, st: st["retained_refusals_repeated"] == RETAINED_BAD - 1 and len(k.dead) == 2)
+    assert [d.payload for d in sink.dead] == [b"[still bad"] * 2
+    sink, status = run_once(mosquitto.port, path, lambda k, st: st["retained_refusals_repeated"] == RETAINED_BAD)
+    assert sink.dead == []
+
+
+def test_the_record_of_refused_retained_messages_is_bounded_and_survives_a_torn_write(tmp_path):
+    from appliance.connectors.mqtt.retained import RetainedRefusals, refusal_key
+
+    path = tmp_path / "refusals.bin"
+    seen = RetainedRefusals(path, max_keys=100)
+    keys = [refusal_key(f"t/{i}", b"x") for i in range(250)]
+    assert all(seen.first_time(k) for k in keys) and not seen.first_time(keys[-1])
+    seen.save()
+    assert len(seen) == 100 and path.stat().st_size <= 2 * 100 * 8  # rewritten when it outgrows twice the bound
+    with open(path, "ab") as f:
+        f.write(b"\x01\x02\x03")  # a write cut short by a power cut
+    again = RetainedRefusals(path, max_keys=100)
+    assert len(again) == 100
+    assert not again.first_time(keys[-1]) and again.first_time(keys[0])  # the newest kept, the oldest forgotten
+    assert refusal_key("t", b"", 5) != refusal_key("t", b"")

@@ -33,6 +33,7 @@ import struct
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Callable, Collection
 
 import paho.mqtt.client as paho
@@ -44,6 +45,7 @@ from appliance.connections.mqtt import build_tls_context, configure_paho
 from appliance.connectors.guard import Admission, ValueRange, dead_letter
 from appliance.connectors.mqtt.config import MqttInputConfig
 from appliance.connectors.mqtt.payload import TopicRoute, TopicRouter, parse_payload
+from appliance.connectors.mqtt.retained import RetainedRefusals, refusal_key
 from appliance.core import AckCallback, Counters, DeadLetter, DeadLetterCode, IngestSink, Input
 from appliance.ingest_health import Gap, GapDetector, LogLimiter
 
@@ -329,8 +331,10 @@ class MqttConnector(Input):
 
     def __init__(self, cfg: MqttInputConfig, broker: MqttBroker,
                  known_sensors: Callable[[str], Collection[str]] | None = None,
-                 name: str = "mqtt"):
+                 name: str = "mqtt", retained_refusals: Path | None = None):
+        """``retained_refusals``: the file of retained messages refused before (None: remembered in memory)."""
         self.name = name
+        self.retained = RetainedRefusals(retained_refusals)
         self.cfg = cfg
         self.broker = broker
         self._known_sensors = known_sensors
@@ -447,6 +451,8 @@ class MqttConnector(Input):
                 "internal_errors": counters.get("internal_errors", 0),
                 # messages over max_payload_bytes refused from their header, and the largest packet held
                 "refused_from_header": counters.get("refused_from_header", 0),
+                # retained messages refused before, sent again on a new subscription: not kept again
+                "retained_refusals_repeated": counters.get("retained_refusals_repeated", 0),
                 "largest_packet_bytes": self._client.packet_peak if self._client is not None else 0,
                 "slow_callbacks": counters.get("slow_callbacks", 0),
                 "callback_max_ms": round(self._callback_max_s * 1000, 1),
@@ -799,6 +805,11 @@ class MqttConnector(Input):
             # Kept as a dead letter (and acknowledged once stored) rather than
             # left unacknowledged, which would stall every ack behind it.
             readings, dead = [], [self._dead(topic, msg, now, DeadLetterCode.INTERNAL_ERROR, repr(e))]
+        if dead and msg.retain and not self.retained.first_time(
+                refusal_key(topic, msg.payload, getattr(client, "oversize", 0))):
+            # Sent again because we subscribed again: refused and kept once already.
+            self._inc("retained_refusals_repeated")
+            dead = []
         gaps = self.gaps
         if gaps is not None:
             for r in readings:
@@ -824,6 +835,7 @@ class MqttConnector(Input):
         burst, self._burst = self._burst, None
         if burst is None:
             return
+        self.retained.save()
         started = time.monotonic()
         units = max(1, len(burst.readings) + len(burst.dead))
         on_ack = self._acks.ticket(burst.mids, burst.gen) if burst.mids else None
