@@ -8,7 +8,7 @@ number of threads never grows with the number of clients. The app sees at most
 request gets a quick 503 instead of waiting in line. Live-update streams hold a
 worker each for their (bounded) life, so the pool has room for them on top.
 
-Nobody without an account can hold the port (:class:`_GuardedServer`): one
+Nobody without an account can hold the port (:func:`_guarded_server_class`): one
 client address holds at most ``MAX_CONNECTIONS_PER_ADDRESS`` connections (the
 server's ``MAX_CONNECTIONS`` would otherwise be filled by one host), and a
 request's headers must arrive within ``HEADER_TIMEOUT_S`` of its first byte (of
