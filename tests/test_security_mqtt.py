@@ -185,7 +185,7 @@ def test_the_record_of_refused_retained_messages_is_bounded_and_survives_a_torn_
 
     path = tmp_path / "refusals.bin"
     seen = RetainedRefusals(path, max_keys=100)
-    keys = [refusal_key(f"t/{i}", b"x") for i in range(250)]
+    keys = [refusal_key(f"t/{i}".encode(), b"x") for i in range(250)]
     assert all(seen.first_time(k) for k in keys) and not seen.first_time(keys[-1])
     seen.save()
     assert len(seen) == 100 and path.stat().st_size <= 2 * 100 * 8  # rewritten when it outgrows twice the bound
@@ -194,4 +194,4 @@ def test_the_record_of_refused_retained_messages_is_bounded_and_survives_a_torn_
     again = RetainedRefusals(path, max_keys=100)
     assert len(again) == 100
     assert not again.first_time(keys[-1]) and again.first_time(keys[0])  # the newest kept, the oldest forgotten
-    assert refusal_key("t", b"", 5) != refusal_key("t", b"")
+    assert refusal_key(b"t", b"", 5) != refusal_key(b"t", b"") != refusal_key(b"t\x00", b"")

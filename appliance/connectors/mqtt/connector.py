@@ -806,7 +806,7 @@ class MqttConnector(Input):
             # left unacknowledged, which would stall every ack behind it.
             readings, dead = [], [self._dead(topic, msg, now, DeadLetterCode.INTERNAL_ERROR, repr(e))]
         if dead and msg.retain and not self.retained.first_time(
-                refusal_key(topic, msg.payload, getattr(client, "oversize", 0))):
+                refusal_key(msg._topic, msg.payload, getattr(client, "oversize", 0))):
             # Sent again because we subscribed again: refused and kept once already.
             self._inc("retained_refusals_repeated")
             dead = []

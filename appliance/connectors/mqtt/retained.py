@@ -28,9 +28,9 @@ MAX_KEYS = 50_000  # ~4 MB of memory at most; far beyond the retained topics of 
 _KEY = struct.Struct("<Q")
 
 
-def refusal_key(topic: str | None, payload: bytes, oversize: int = 0) -> int:
-    """The key of a retained message: its topic and payload (a message refused unread: its length)."""
-    h = hashlib.sha256((topic or "").encode("utf-8", "surrogatepass") + b"\0" + str(oversize).encode() + b"\0")
+def refusal_key(topic: bytes, payload: bytes, oversize: int = 0) -> int:
+    """The key of a retained message: its raw topic and payload (a message refused unread: its length)."""
+    h = hashlib.sha256(struct.pack("<HQ", len(topic), oversize) + topic)
     h.update(payload)
     return _KEY.unpack(h.digest()[:8])[0]
 
