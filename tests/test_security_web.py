@@ -114,3 +114,29 @@ def test_a_request_that_arrives_in_time_is_served_on_a_connection_kept_open(guar
             assert r.status == 200 and r.read()
     finally:
         conn.close()
+
+
+def test_a_body_trickled_after_prompt_headers_is_closed_at_the_request_deadline(guarded):
+    guarded._server.request_timeout_s = 2.0
+    s = socket.create_connection(("127.0.0.1", guarded.port))
+    try:
+        s.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100000\r\n\r\n")  # the headers in time, the body never
+
+        def closed() -> bool:
+            try:
+                s.send(b"x")
+                s.setblocking(False)
+                try:
+                    return s.recv(4096) == b""
+                except BlockingIOError:
+                    return False
+                finally:
+                    s.setblocking(True)
+            except OSError:
+                return True
+
+        wait_until(closed, what="the slow body's connection closed")
+        assert guarded._server.timed_out == 1
+    finally:
+        s.close()
