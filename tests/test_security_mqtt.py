@@ -62,7 +62,8 @@ def stream_publish(port: int, topic: str, size: int, mid: int = 1, payload: byte
         t = topic.encode()
         if payload is not None:
             size = len(payload)
-        s.sendall(bytes([0x33 if retain else 0x32]) + _varint(2 + len(t) + 2 + size) + struct.pack("!H", len(t)) + t + struct.pack("!H", mid))
+        header = bytes([0x33 if retain else 0x32]) + _varint(2 + len(t) + 2 + size)
+        s.sendall(header + struct.pack("!H", len(t)) + t + struct.pack("!H", mid))
         if payload is not None:
             s.sendall(payload)
         else:
