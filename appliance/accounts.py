@@ -24,9 +24,12 @@ sign-in.
 
 Sessions are random tokens kept server side (only their SHA-256 is stored), so
 signing out, removing a user or changing a password ends them at once. Failed
-sign-ins are counted per user name and per client address: after
-``FREE_TRIES`` each further try waits twice as long as the last, up to
-``MAX_DELAY_S``; a good sign-in clears the count. Every sign-in, failure,
+sign-ins are counted per client address and per address and user name, never
+per user name alone: anyone who can reach ``/login`` could otherwise keep a
+named engineer locked out from every tablet. After ``FREE_TRIES`` each further
+try from that address waits twice as long as the last, up to ``MAX_DELAY_S``;
+a good sign-in clears that address's count for that user, and an address's
+count is forgotten after ``FORGET_S`` without failures. Every sign-in, failure,
 sign-out and account change is written to the sign-in log.
 
 Users are managed with ``appliance user add|list|passwd|role|remove``.
@@ -62,6 +65,7 @@ MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 FREE_TRIES = 3  # failed sign-ins before the back-off starts
 MAX_DELAY_S = 300.0
+FORGET_S = 900.0  # an address's failed sign-ins older than this no longer count
 TOUCH_EVERY_S = 15.0  # a session's last-seen time is written at most this often
 AUTH_LOG_KEEP = 20_000  # sign-in log rows kept (the oldest go first)
 # OWASP password storage cheat sheet, Argon2id: one of its equivalent minimums (m=7 MiB, t=5, p=1), the one
@@ -158,6 +162,11 @@ def login_delay(failures: int) -> float:
     if failures < FREE_TRIES:
         return 0.0
     return min(MAX_DELAY_S, 2.0 ** (failures - FREE_TRIES))
+
+
+def _failure_keys(name: str, addr: str) -> list[str]:
+    """The back-off counters a sign-in from ``addr`` as ``name`` counts against: the address, the pair."""
+    return [f"addr:{addr}", f"pair:{addr} {name.lower()}"]
 
 
 def check_name(name: str) -> str:
@@ -265,7 +274,8 @@ class Accounts:
                           (digest, self.clock(), name)).rowcount == 0:
                 raise AccountError(f"no user {name!r}")
             ended = db.execute("DELETE FROM sessions WHERE name = ?", (name,)).rowcount
-            db.execute("DELETE FROM failures WHERE key = ?", (f"user:{name.lower()}",))
+            db.execute("DELETE FROM failures WHERE key LIKE 'pair:%' AND substr(key, instr(key, ' ') + 1) = ?",
+                       (name.lower(),))
             self._log(db, "password_changed", name, "", f"by={by} sessions_ended={ended}")
 
     def set_role(self, name: str, role: str, by: str = "cli") -> None:
@@ -293,12 +303,12 @@ class Accounts:
         """The user, if ``password`` is theirs and no back-off holds; else :class:`LoginRefused` (logged)."""
         now = self.clock()
         name = name.strip() if isinstance(name, str) else ""
-        keys = [f"addr:{addr}"] + ([f"user:{name.lower()}"] if name else [])
+        keys = _failure_keys(name, addr)
         with self._db() as db:
             wait = 0.0
             for key in keys:
                 row = db.execute("SELECT count, last FROM failures WHERE key = ?", (key,)).fetchone()
-                if row is not None:
+                if row is not None and now - row["last"] < FORGET_S:
                     wait = max(wait, row["last"] + login_delay(row["count"]) - now)
             if wait > 0:
                 self._log(db, "login_throttled", name[:64], addr, f"retry_after={wait:.1f}")
@@ -310,11 +320,14 @@ class Accounts:
         with self._db() as db:
             if row is None or not ok:
                 for key in keys:
-                    db.execute("INSERT INTO failures(key, count, last) VALUES (?, 1, ?) "
-                               "ON CONFLICT(key) DO UPDATE SET count = count + 1, last = excluded.last", (key, now))
+                    db.execute("INSERT INTO failures(key, count, last) VALUES (?, 1, ?) ON CONFLICT(key) DO UPDATE "
+                               "SET count = CASE WHEN last < ? THEN 1 ELSE count + 1 END, last = excluded.last",
+                               (key, now, now - FORGET_S))
                 self._log(db, "login_failed", name[:64], addr, "unknown user" if row is None else "wrong password")
                 raise LoginRefused("wrong user name or password")
-            db.executemany("DELETE FROM failures WHERE key = ?", [(k,) for k in keys])
+            # Only this address's count for this user: signing in to an account of one's own must
+            # not reset the count an address has run up guessing other users' passwords.
+            db.execute("DELETE FROM failures WHERE key = ?", (keys[-1],))
             db.execute("UPDATE users SET last_login = ? WHERE name = ?", (now, row["name"]))
             if self.hasher.check_needs_rehash(row["hash"]):
                 db.execute("UPDATE users SET hash = ? WHERE name = ?", (self._hash(password), row["name"]))

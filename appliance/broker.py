@@ -1,7 +1,10 @@
 """A private Mosquitto broker on loopback, for the demo and the tests.
 
 Persistence is on, so a restart keeps persistent sessions and queued QoS 1
-messages exactly as a broker restart in a factory would.
+messages exactly as a broker restart in a factory would. ``max_packet_size``
+bounds what one publisher can make the broker (and the appliance behind it)
+hold: Mosquitto disconnects a client that sends a larger packet, so an
+oversized message never reaches a subscriber.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import time
 from pathlib import Path
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+# Bytes in one MQTT packet: the connector's max_payload_bytes (256 KiB by default) and its header, with room.
+MAX_PACKET_SIZE = 1024 * 1024
 
 
 def find_mosquitto() -> str | None:
@@ -55,7 +60,8 @@ def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeo
 
 
 class Mosquitto:
-    def __init__(self, workdir: str | Path, port: int | None = None, extra_conf: str = ""):
+    def __init__(self, workdir: str | Path, port: int | None = None, extra_conf: str = "",
+                 max_packet_size: int = MAX_PACKET_SIZE):
         self.binary = find_mosquitto()
         if self.binary is None:
             raise FileNotFoundError("mosquitto is not installed (Debian: apt-get install -y mosquitto)")
@@ -72,6 +78,7 @@ class Mosquitto:
             "autosave_interval 1\n"
             "max_queued_messages 0\n"  # 0 = no limit: a long appliance outage loses nothing
             "max_inflight_messages 100\n"
+            f"max_packet_size {max_packet_size}\n"
             "log_dest stderr\n"
             "log_type error\n"
             "log_type warning\n"

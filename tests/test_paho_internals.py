@@ -52,11 +52,14 @@ OVERRIDDEN_METHODS = {
     "message_callback_add": ["sub", "callback"],
 }
 # Private instance attributes of a Client the connector reads or appends to.
-PRIVATE_ATTRIBUTES = ["_sock", "_out_packet", "_in_callback_mutex", "_userdata"]
+PRIVATE_ATTRIBUTES = ["_sock", "_out_packet", "_in_callback_mutex", "_userdata", "_in_packet"]
+# The keys of paho's packet being read that the header bound reads or shortens (to_process).
+IN_PACKET_KEYS = ["command", "have_remaining", "remaining_length", "to_process", "packet"]
 # Private attributes of a received message (its raw topic, for a topic that is not UTF-8).
 MESSAGE_ATTRIBUTES = ["_topic"]
 # _Client's own state: not paho's.
-OWN = {"_rsock", "_rbuf", "_rpos", "_drained", "_adopted", "_buffered"}
+OWN = {"_rsock", "_rbuf", "_rpos", "_drained", "_adopted", "_buffered", "_skip", "_oversize",
+       "_packet_body_starts", "_drop_skipped"}
 
 
 def _private_names(tree: ast.AST) -> set[str]:
@@ -105,6 +108,7 @@ def test_paho_client_has_the_method_with_the_expected_parameters(name):
 def test_a_paho_client_has_the_private_attributes_the_connector_uses():
     client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
     missing = [a for a in PRIVATE_ATTRIBUTES if not hasattr(client, a)]
+    missing += [f"_in_packet[{k!r}]" for k in IN_PACKET_KEYS if k not in getattr(client, "_in_packet", {})]
     assert not missing, f"{PAHO}: a Client has no {missing}; {ADVICE}"
     assert client._sock is None, f"{PAHO}: Client._sock is not None before connecting; {ADVICE}"
     assert isinstance(client._out_packet, collections.deque), f"{PAHO}: Client._out_packet is no deque; {ADVICE}"

@@ -439,7 +439,7 @@ def test_metrics_name_clash_keeps_exposition_valid(store, accounts):
 
 def test_metrics_provider_is_used_when_given(book_appliance, store, accounts):
     app = create_app(book_appliance, store.path, metrics_provider=lambda: "custom_metric 42\n", accounts=accounts)
-    r = app.test_client().get("/metrics")
+    r = signed_in(app, "vic", "viewer").get("/metrics")
     assert r.status_code == 200 and r.get_data(as_text=True) == "custom_metric 42\n"
 
 

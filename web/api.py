@@ -34,7 +34,7 @@ the signed-in user, and every POST needs the session's CSRF token):
     GET  /api/auth-log?limit=N               sign-ins, failures, sign-outs, account changes  engineer
     GET  /api/users                          the accounts (no hashes)                         engineer
     GET  /healthz                            200 {"status": "ok"} or 503 with the problems    anyone
-    GET  /metrics                            Prometheus text; a bearer token if configured    anyone
+    GET  /metrics                            Prometheus text; bearer token or a session       token/viewer
 
 Errors are JSON ``{"error": ..., "field": ...}`` with a one-line reason: 400 for
 a bad parameter or body (the field is named; a body nested too deep), 401 when
@@ -183,7 +183,7 @@ def healthz():
 @public
 def metrics():
     if not auth().metrics_allowed():
-        return jsonify({"error": "a bearer token is required (web.metrics_token_file)"}), 401, \
+        return jsonify({"error": "sign in, or send the bearer token of web.metrics_token_file"}), 401, \
             {"WWW-Authenticate": 'Bearer realm="metrics"'}
     body, content_type = _ctx().metrics()
     return Response(body, mimetype=None, content_type=content_type)

@@ -127,7 +127,8 @@ def create_app(appliance_like: ApplianceLike, store_path: str | Path,
     app.extensions["appliance_web"] = WebContext(appliance_like, store_path, metrics_provider,
                                                  max_streams=cfg.live_streams)
     auth.init_app(app, accounts, idle_s=cfg.idle_timeout_s, max_age_s=cfg.session_max_s,
-                  secure_cookies=cfg.secure_cookies, trusted_hosts=cfg.allowed_hosts(), metrics_token=metrics_token)
+                  secure_cookies=cfg.secure_cookies, trusted_hosts=cfg.allowed_hosts(), metrics_token=metrics_token,
+                  metrics_public=cfg.metrics_public)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
 

@@ -78,11 +78,13 @@ class _Sessions(SecureCookieSessionInterface):
 class Auth:
     """The accounts, timeouts and tokens of one web app (``app.extensions['appliance_auth']``)."""
 
-    def __init__(self, accounts: Accounts, idle_s: float, max_age_s: float, metrics_token: str | None = None):
+    def __init__(self, accounts: Accounts, idle_s: float, max_age_s: float, metrics_token: str | None = None,
+                 metrics_public: bool = False):
         self.accounts = accounts
         self.idle_s = idle_s
         self.max_age_s = max_age_s
         self.metrics_token = metrics_token
+        self.metrics_public = metrics_public
 
     def sign_in(self, user: User) -> None:
         """A fresh session (new token, new CSRF secret: nothing carried over from before sign-in)."""
@@ -98,8 +100,16 @@ class Auth:
         g.user = None
 
     def metrics_allowed(self) -> bool:
-        if self.metrics_token is None:
+        """``/metrics`` names the site, the model version and the threshold: closed unless opted in.
+
+        A scraper's bearer token (``metrics_token_file``) or a signed-in user
+        (who sees the same on the pages) may read it; anyone only if
+        ``metrics_public`` says so.
+        """
+        if self.metrics_public or getattr(g, "user", None) is not None:
             return True
+        if self.metrics_token is None:
+            return False
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.metrics_token.encode())
@@ -114,7 +124,7 @@ def client_addr() -> str:
 
 
 def init_app(app: Flask, accounts: Accounts, *, idle_s: float, max_age_s: float, secure_cookies: bool,
-             trusted_hosts: list[str], metrics_token: str | None) -> None:
+             trusted_hosts: list[str], metrics_token: str | None, metrics_public: bool = False) -> None:
     app.secret_key = accounts.secret_key()
     app.session_interface = _Sessions()
     app.config.update(
@@ -130,7 +140,7 @@ def init_app(app: Flask, accounts: Accounts, *, idle_s: float, max_age_s: float,
         WTF_CSRF_TIME_LIMIT=None,
     )
     csrf.init_app(app)
-    app.extensions["appliance_auth"] = Auth(accounts, idle_s, max_age_s, metrics_token)
+    app.extensions["appliance_auth"] = Auth(accounts, idle_s, max_age_s, metrics_token, metrics_public)
     app.before_request(_gate)
 
     @app.context_processor

@@ -32,8 +32,11 @@ class WebConfig(Section):
                                                     "request came over TLS)")
     trusted_proxy: str | None = Field(None, description="address of a TLS-terminating reverse proxy whose "
                                                         "X-Forwarded-Proto/-For headers are believed")
-    metrics_token_file: str | None = Field(None, description="file holding a bearer token that /metrics then "
-                                                             "requires (relative to data_dir)")
+    metrics_token_file: str | None = Field(None, description="file holding a bearer token a scraper sends to "
+                                                             "/metrics (relative to data_dir)")
+    metrics_public: bool = Field(False, description="serve /metrics to anyone who reaches the port (site, model "
+                                                    "version, threshold); by default only to the bearer token or "
+                                                    "a signed-in user")
     threads: int = Field(8, ge=1, le=64, description="requests worked on at once (more get a quick 503)")
     live_streams: int = Field(8, ge=0, le=64, description="live-update connections (server-sent events) at once")
 

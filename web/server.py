@@ -7,6 +7,15 @@ number of threads never grows with the number of clients. The app sees at most
 ``max_concurrent`` requests at once (:class:`ConcurrencyLimit`): past that a
 request gets a quick 503 instead of waiting in line. Live-update streams hold a
 worker each for their (bounded) life, so the pool has room for them on top.
+
+Nobody without an account can hold the port (:func:`_guarded_server_class`): one
+client address holds at most ``MAX_CONNECTIONS_PER_ADDRESS`` connections (the
+server's ``MAX_CONNECTIONS`` would otherwise be filled by one host), and a
+request's headers must arrive within ``HEADER_TIMEOUT_S`` of its first byte (of
+the connection, for its first request), the whole request within
+``REQUEST_TIMEOUT_S``, however the bytes are trickled: waitress's own idle
+timeout restarts at every byte, so ~200 connections sending one byte every 25 s
+used to keep every page and ``/healthz`` unreachable.
 """
 
 from __future__ import annotations
@@ -15,12 +24,21 @@ import json
 import logging
 import socket
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENT_REQUESTS = 16
 MAX_REQUEST_BODY = 1024 * 1024  # waitress's own bound, above the app's 64 KiB (which answers 413 itself)
 MAX_HEADER_BYTES = 64 * 1024
+MAX_CONNECTIONS = 200
+# A browser keeps up to 6 connections per site plus a live stream; a few tablets may share an address (NAT).
+MAX_CONNECTIONS_PER_ADDRESS = 24
+HEADER_TIMEOUT_S = 20.0
+REQUEST_TIMEOUT_S = 60.0  # headers and body (the app takes at most 64 KiB)
+_REFUSED_BODY = b'{"error": "too many connections from this address", "status": 503}'
+_REFUSED_ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                   b"Retry-After: 5\r\nContent-Length: %d\r\n\r\n%s" % (len(_REFUSED_BODY), _REFUSED_BODY))
 
 
 class ConcurrencyLimit:
@@ -85,8 +103,8 @@ def _dispatcher(threads: int):
     return dispatcher
 
 
-def _one_line_error_channel():
-    """Waitress's channel, whose own refusals read like the app's: JSON with a one-line reason.
+def _guarded_channel():
+    """Waitress's channel, knowing since when it reads a request, and whose own refusals read like the app's.
 
     Waitress answers some requests before the app sees them: a body over
     ``MAX_REQUEST_BODY``, a header block over ``MAX_HEADER_BYTES``, a request it
@@ -107,10 +125,85 @@ def _one_line_error_channel():
             self.content_length = len(body)
             self.write(body)
 
-    class OneLineErrorChannel(HTTPChannel):
+    class GuardedChannel(HTTPChannel):
         error_task_class = OneLineErrorTask
 
-    return OneLineErrorChannel
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # When the request being read began: a fresh connection owes its first request at once.
+            self.reading_since: float | None = self.creation_time
+
+        def received(self, data) -> bool:
+            fresh = self.request is None
+            result = super().received(data)
+            if self.request is None:
+                self.reading_since = None  # every request read is complete: idle (channel_timeout applies)
+            elif fresh and self.reading_since is None:
+                self.reading_since = time.time()
+            return result
+
+        def overdue(self, now: float, header_s: float, request_s: float) -> bool:
+            """Still reading a request that had its time: its headers ``header_s``, all of it ``request_s``."""
+            if self.reading_since is None or self.requests or self.will_close:
+                return False
+            took = now - self.reading_since
+            headers_done = self.request is not None and self.request.headers_finished
+            return took > request_s or (took > header_s and not headers_done)
+
+    return GuardedChannel
+
+
+def _guarded_server_class():
+    """Waitress's TCP server, bounding what one client address may hold (see the module's docstring)."""
+    from waitress.server import TcpWSGIServer
+
+    class GuardedServer(TcpWSGIServer):
+        per_address = MAX_CONNECTIONS_PER_ADDRESS
+        header_timeout_s = HEADER_TIMEOUT_S
+        request_timeout_s = REQUEST_TIMEOUT_S
+        exempt: frozenset[str] = frozenset()  # the trusted proxy: every client comes through its address
+        refused = 0  # connections refused for their address's bound
+        timed_out = 0  # connections closed for a request read too slowly
+
+        def handle_accept(self) -> None:
+            try:
+                accepted = self.accept()
+                if accepted is None:
+                    return
+                conn, addr = accepted
+                self.set_socket_options(conn)
+            except OSError:  # the peer went away before we got to it
+                return
+            if addr[0] not in self.exempt and self._connections_from(addr[0]) >= self.per_address:
+                self._refuse(conn, addr[0])
+                return
+            self.channel_class(self, conn, addr, self.adj, map=self._map)
+
+        def _connections_from(self, host: str) -> int:
+            return sum(1 for channel in self.active_channels.values() if channel.addr[0] == host)
+
+        def _refuse(self, conn, host: str) -> None:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warning("web: refused connections over the per-address bound addr=%s bound=%d refused=%d",
+                            host[:64], self.per_address, self.refused)
+            try:
+                conn.setblocking(False)
+                conn.send(_REFUSED_ANSWER)  # a few bytes into an empty send buffer: never blocks
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+        def maintenance(self, now: float) -> None:
+            super().maintenance(now)  # idle connections (channel_timeout)
+            for channel in self.active_channels.values():
+                if channel.overdue(now, self.header_timeout_s, self.request_timeout_s):
+                    self.timed_out += 1
+                    log.info("web: closed a connection whose request came too slowly addr=%s", channel.addr[0][:64])
+                    channel.will_close = True
+
+    return GuardedServer
 
 
 class ServerHandle:
@@ -177,7 +270,8 @@ class ServerHandle:
 
 def serve(app, host: str = "127.0.0.1", port: int = 8080, max_concurrent: int = MAX_CONCURRENT_REQUESTS, *,
           threads: int | None = None, live_streams: int | None = None,
-          trusted_proxy: str | None = None) -> ServerHandle:
+          trusted_proxy: str | None = None, per_address: int | None = None,
+          header_timeout_s: float | None = None, request_timeout_s: float | None = None) -> ServerHandle:
     """Start ``app`` on ``host:port`` (0 = any free port) with waitress and return at once.
 
     Binding happens here, so a port already in use raises ``OSError`` to the
@@ -185,10 +279,16 @@ def serve(app, host: str = "127.0.0.1", port: int = 8080, max_concurrent: int = 
     ``threads`` workers run the app (default: ``max_concurrent`` plus room for
     the live streams); ``trusted_proxy`` is the address of a TLS-terminating
     reverse proxy whose ``X-Forwarded-Proto``/``-For`` are believed (the session
-    cookie is then marked Secure for HTTPS clients).
+    cookie is then marked Secure for HTTPS clients; its own address is exempt
+    from ``per_address``). ``header_timeout_s`` and ``request_timeout_s`` bound
+    how long a request may take to arrive (checked every few seconds).
     """
-    from waitress.server import create_server
+    from waitress.adjustments import Adjustments
 
+    # The module's bounds, read at each call (the tests lower them).
+    per_address = per_address or MAX_CONNECTIONS_PER_ADDRESS
+    header_timeout_s = header_timeout_s or HEADER_TIMEOUT_S
+    request_timeout_s = request_timeout_s or REQUEST_TIMEOUT_S
     if live_streams is None:
         ctx = getattr(app, "extensions", {}).get("appliance_web")
         live_streams = ctx.live.max_streams if ctx is not None else 0
@@ -208,13 +308,22 @@ def serve(app, host: str = "127.0.0.1", port: int = 8080, max_concurrent: int = 
     if trusted_proxy:
         proxy = {"trusted_proxy": trusted_proxy, "trusted_proxy_count": 1,
                  "trusted_proxy_headers": {"x-forwarded-proto", "x-forwarded-for", "x-forwarded-host"}}
-    server = create_server(
-        ConcurrencyLimit(app, max_concurrent), _dispatcher=_dispatcher(threads), sockets=[sock], threads=threads,
-        ident="appliance",
+    adj = Adjustments(
+        sockets=[sock], threads=threads, ident="appliance",
         max_request_body_size=MAX_REQUEST_BODY, max_request_header_size=MAX_HEADER_BYTES,
-        channel_timeout=120, cleanup_interval=30, connection_limit=200, expose_tracebacks=False,
+        channel_timeout=120, connection_limit=MAX_CONNECTIONS, expose_tracebacks=False,
+        # How often the deadlines are checked: a slow request is closed at most this late.
+        cleanup_interval=max(0.2, min(5.0, header_timeout_s / 4)),
         clear_untrusted_proxy_headers=True, asyncore_use_poll=True, **proxy)
-    server.channel_class = _one_line_error_channel()  # one server (one socket): its class makes each channel
+    server_class = _guarded_server_class()
+    # What waitress's create_server does for one listening socket, with our server class.
+    server = server_class(ConcurrencyLimit(app, max_concurrent), {}, True, sock, dispatcher=_dispatcher(threads),
+                          adj=adj, bind_socket=False, sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
+    server.channel_class = _guarded_channel()
+    server.per_address = per_address
+    server.header_timeout_s = header_timeout_s
+    server.request_timeout_s = request_timeout_s
+    server.exempt = frozenset([trusted_proxy]) if trusted_proxy else frozenset()
     thread = threading.Thread(target=server.run, name="web-server", daemon=True)
     thread.start()
     handle = ServerHandle(server, thread, host, bound_port, app)

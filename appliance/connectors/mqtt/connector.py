@@ -33,6 +33,7 @@ import struct
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Callable, Collection
 
 import paho.mqtt.client as paho
@@ -44,6 +45,7 @@ from appliance.connections.mqtt import build_tls_context, configure_paho
 from appliance.connectors.guard import Admission, ValueRange, dead_letter
 from appliance.connectors.mqtt.config import MqttInputConfig
 from appliance.connectors.mqtt.payload import TopicRoute, TopicRouter, parse_payload
+from appliance.connectors.mqtt.retained import RetainedRefusals, refusal_key
 from appliance.core import AckCallback, Counters, DeadLetter, DeadLetterCode, IngestSink, Input
 from appliance.core.timebase import GatewayClock
 from appliance.ingest_health import Gap, GapDetector, LogLimiter
@@ -72,13 +74,19 @@ class _Client(paho.Client):
     ``loop_read``; ``on_message`` is called directly; acknowledgements handed to
     :meth:`send_acks` leave in one packet. The socket is opened by paho's own
     code (proxy, TLS, hostname check) in a worker thread and adopted by
-    ``reconnect`` on the loop (:meth:`open_socket`, :meth:`adopt`). Private
+    ``reconnect`` on the loop (:meth:`open_socket`, :meth:`adopt`). A PUBLISH
+    whose fixed header announces more than ``max_packet_bytes`` is refused from
+    that header: only its topic and packet id are kept, the rest is read and
+    dropped as it arrives (never buffered), and ``on_message`` gets it with an
+    empty payload while ``oversize`` holds its announced length. Private
     methods of paho 2.x are overridden (paho is pinned to the minor releases
     tested, ``pyproject.toml``); ``tests/test_paho_internals.py`` checks each one
     paho must still have, and the connector tests exercise each path against a real broker.
     """
 
     READ_AHEAD = 65536
+    # A PUBLISH's variable header (MQTT 3.1.1): topic length, topic (at most 65535 bytes), packet id.
+    PUBLISH_HEAD_MAX = 2 + 65535 + 2
     # After this many packets read in a row, the loop's other work (and writes) get their turn.
     MAX_PACKETS_PER_READ = 1000
 
@@ -90,6 +98,11 @@ class _Client(paho.Client):
         self._drained = False
         self._adopted = None
         self.after_read: Callable[[], None] | None = None  # called after each burst of reads
+        self.max_packet_bytes: int | None = None  # a larger PUBLISH is refused from its header
+        self.packet_peak = 0  # the most bytes of one packet paho was asked to hold (connection lifetime)
+        self._skip = 0  # bytes of a refused PUBLISH still to drop
+        self._oversize = 0  # the announced length of the refused PUBLISH being read
+        self.oversize = 0  # while on_message runs: the announced length of a refused message, else 0
 
     # -- connecting
     def open_socket(self):
@@ -110,6 +123,11 @@ class _Client(paho.Client):
     def _sock_recv(self, bufsize: int) -> bytes:
         if self._rsock is not self._sock:  # a new connection: nothing buffered belongs to it
             self._rsock, self._rbuf, self._rpos, self._drained = self._sock, b"", 0, False
+            self._skip = self._oversize = 0
+        if self._skip and self._in_packet["command"] == 0 and not self._drop_skipped():
+            raise BlockingIOError  # the rest of a refused PUBLISH is still on its way
+        if self._in_packet["have_remaining"] and not self._in_packet["packet"]:
+            bufsize = self._packet_body_starts(bufsize)
         buf, pos = self._rbuf, self._rpos
         if pos >= len(buf):
             if self._drained:
@@ -127,6 +145,43 @@ class _Client(paho.Client):
         out = buf[pos:pos + bufsize]
         self._rbuf, self._rpos = buf, pos + len(out)
         return out
+
+    def _packet_body_starts(self, bufsize: int) -> int:
+        """paho asks for a packet's body, whose length it has just read: refuse an oversized PUBLISH here.
+
+        Only the variable header is left for paho to read (``to_process`` is
+        shortened, so paho's packet ends there); the rest is dropped by
+        :meth:`_drop_skipped` before the next packet's first byte.
+        """
+        packet = self._in_packet
+        length = packet["remaining_length"]
+        if (self.max_packet_bytes is not None and length > self.max_packet_bytes
+                and packet["command"] & 0xF0 == paho.PUBLISH and packet["to_process"] == length):
+            keep = min(length, self.PUBLISH_HEAD_MAX)
+            packet["to_process"] = keep
+            self._skip, self._oversize = length - keep, length
+            bufsize = min(bufsize, keep)
+        self.packet_peak = max(self.packet_peak, packet["to_process"])
+        return bufsize
+
+    def _drop_skipped(self) -> bool:
+        """Read and drop what is left of a refused PUBLISH; True once all of it is gone."""
+        while self._skip:
+            buffered = len(self._rbuf) - self._rpos
+            if buffered:
+                n = min(buffered, self._skip)
+                self._rpos += n
+                self._skip -= n
+                continue
+            if self._drained:
+                return False
+            ask = self.READ_AHEAD
+            chunk = super()._sock_recv(ask)  # BlockingIOError when nothing came; OSError: paho's to handle
+            if not chunk:
+                raise ConnectionResetError("connection closed in the middle of a refused message")
+            self._drained = len(chunk) < ask
+            self._rbuf, self._rpos = chunk, 0
+        return True
 
     def _buffered(self) -> bool:
         return self._rsock is self._sock and self._rpos < len(self._rbuf)
@@ -153,6 +208,9 @@ class _Client(paho.Client):
                 self.after_read()
 
     def _handle_on_message(self, message) -> None:
+        self.oversize, self._oversize = self._oversize, 0
+        if self.oversize:
+            message.payload = b""  # the few payload bytes read with the header mean nothing alone
         on_message = self.on_message
         if on_message is None:
             return
@@ -163,6 +221,8 @@ class _Client(paho.Client):
                 self._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
                 if not self.suppress_exceptions:
                     raise
+            finally:
+                self.oversize = 0
 
     def message_callback_add(self, sub, callback) -> None:
         # The fast path dispatches every message to on_message without topic matching.
@@ -272,12 +332,14 @@ class MqttConnector(Input):
 
     def __init__(self, cfg: MqttInputConfig, broker: MqttBroker,
                  known_sensors: Callable[[str], Collection[str]] | None = None,
-                 name: str = "mqtt", clock: GatewayClock | None = None):
+                 name: str = "mqtt", clock: GatewayClock | None = None, retained_refusals: Path | None = None):
+        """``retained_refusals``: the file of retained messages refused before (None: remembered in memory)."""
         self.name = name
         # The gateway's clock: "now" for the future check, corrected by the data's time while
         # the wall clock is unsynchronised and behind (None: the wall clock as it is).
         self._now: Callable[[], float] = clock.now if clock is not None else time.time
         self._observe_ts = clock.observe if clock is not None else None
+        self.retained = RetainedRefusals(retained_refusals)
         self.cfg = cfg
         self.broker = broker
         self._known_sensors = known_sensors
@@ -404,6 +466,11 @@ class MqttConnector(Input):
                 "ack_errors": counters.get("ack_errors", 0),
                 "sink_errors": counters.get("sink_errors", 0),
                 "internal_errors": counters.get("internal_errors", 0),
+                # messages over max_payload_bytes refused from their header, and the largest packet held
+                "refused_from_header": counters.get("refused_from_header", 0),
+                # retained messages refused before, sent again on a new subscription: not kept again
+                "retained_refusals_repeated": counters.get("retained_refusals_repeated", 0),
+                "largest_packet_bytes": self._client.packet_peak if self._client is not None else 0,
                 "slow_callbacks": counters.get("slow_callbacks", 0),
                 "callback_max_ms": round(self._callback_max_s * 1000, 1),
                 # backpressure: readings handed to the sink and not yet stored; reading paused meanwhile
@@ -440,6 +507,7 @@ class MqttConnector(Input):
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.after_read = self._flush
+        client.max_packet_bytes = cfg.max_payload_bytes + _Client.PUBLISH_HEAD_MAX
         client.on_subscribe = self._on_subscribe
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
@@ -745,7 +813,7 @@ class MqttConnector(Input):
         except UnicodeDecodeError:
             topic = None
         try:
-            readings, dead = self._parse(topic, msg, now)
+            readings, dead = self._parse(topic, msg, now, getattr(client, "oversize", 0))
         except Exception as e:  # noqa: BLE001 - e.g. a known_sensors callback failing
             self._logs.log(logging.ERROR, ("message_failed", type(e)), "mqtt message_failed name=%s topic=%r: %r",
                            self.name, topic, e, exc_info=True)
@@ -754,6 +822,11 @@ class MqttConnector(Input):
             # Kept as a dead letter (and acknowledged once stored) rather than
             # left unacknowledged, which would stall every ack behind it.
             readings, dead = [], [self._dead(topic, msg, now, DeadLetterCode.INTERNAL_ERROR, repr(e))]
+        if dead and msg.retain and not self.retained.first_time(
+                refusal_key(msg._topic, msg.payload, getattr(client, "oversize", 0))):
+            # Sent again because we subscribed again: refused and kept once already.
+            self._inc("retained_refusals_repeated")
+            dead = []
         gaps = self.gaps
         if gaps is not None:
             for r in readings:
@@ -779,6 +852,7 @@ class MqttConnector(Input):
         burst, self._burst = self._burst, None
         if burst is None:
             return
+        self.retained.save()
         started = time.monotonic()
         units = max(1, len(burst.readings) + len(burst.dead))
         on_ack = self._acks.ticket(burst.mids, burst.gen) if burst.mids else None
@@ -835,7 +909,12 @@ class MqttConnector(Input):
         source = topic if topic is not None else repr(msg._topic)
         return dead_letter(source, msg.payload, code, detail, now)
 
-    def _parse(self, topic: str | None, msg, now: float):
+    def _parse(self, topic: str | None, msg, now: float, oversize: int = 0):
+        if oversize:
+            self._inc("refused_from_header")
+            why = (f"the message is {oversize} bytes, limit is {self.cfg.max_payload_bytes} (refused from its "
+                   "header, not read)")
+            return [], [self._dead(topic, msg, now, DeadLetterCode.TOO_LARGE, why)]
         if topic is None:
             return [], [self._dead(topic, msg, now, DeadLetterCode.BAD_TOPIC, "topic is not valid UTF-8")]
         route = self.router.route(topic)
