@@ -54,6 +54,14 @@ class SensorWatchdog:
                 self._last.setdefault((asset, s), now)
         self._last[(asset, sensor)] = now
 
+    def forget(self, asset: str) -> None:
+        """Stop watching an asset (its input stopped admitting it)."""
+        if asset in self._assets:
+            self._assets.discard(asset)
+            for key in [k for k in self._last if k[0] == asset]:
+                self._last.pop(key, None)
+                self._silent.pop(key, None)
+
     def check(self, now: float | None = None) -> list[SensorHealth]:
         now = self._clock() if now is None else now
         changes = []

@@ -86,8 +86,11 @@ class MqttInputConfig(Section):
     ts_unit: Literal["auto", "s", "ms", "us", "ns"] = Field(
         "auto", description="unit of numeric 'ts': epoch s/ms/us/ns, or auto (from the magnitude)")
     assets: tuple[str, ...] = Field((), max_length=100_000,
-                                    description="the assets accepted; empty: the first max_assets seen")
+                                    description="the assets accepted; empty: up to max_assets at a time")
     max_assets: int = Field(1000, ge=1, le=1_000_000, description="without a list, at most this many assets")
+    asset_idle_s: float = Field(300.0, ge=1, le=DAY_S,
+                                description="without a list, an asset that never produced a complete window (nor "
+                                            "an alarm) and is silent this long gives its place to a new one")
     max_sensors_per_asset: int = Field(256, ge=1, le=100_000,
                                        description="when no model names the sensors, at most this many per asset")
     max_abs_value: float = Field(1e12, gt=0, le=1e300, description="a value with |v| above this is refused")
