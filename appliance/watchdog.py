@@ -30,7 +30,8 @@ from appliance.settings import DAY_S, Section
 class WatchdogConfig(Section):
     """``[watchdog]``: when a sensor counts as silent."""
 
-    silence_s: float = Field(10.0, gt=0, le=DAY_S, description="a sensor silent this long is reported")
+    silence_s: float = Field(10.0, ge=0.1, le=DAY_S, description="a sensor silent this long is reported "
+                                                                 "(at least 0.1 s: the watchdog checks every second)")
 
 
 class SensorWatchdog:

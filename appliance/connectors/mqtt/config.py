@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from appliance.settings import DAY_S, Section
+from appliance.settings import DAY_S, MAX_PHYSICAL, Section
 
 
 class MqttTopic(Section):
@@ -93,7 +93,7 @@ class MqttInputConfig(Section):
                                             "an alarm) and is silent this long gives its place to a new one")
     max_sensors_per_asset: int = Field(256, ge=1, le=100_000,
                                        description="when no model names the sensors, at most this many per asset")
-    max_abs_value: float = Field(1e12, gt=0, le=1e300, description="a value with |v| above this is refused")
+    max_abs_value: float = Field(1e12, gt=0, le=MAX_PHYSICAL, description="a value with |v| above this is refused")
     ranges: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="physical [min, max] per 'sensor' or 'asset/sensor'; outside is refused")
     gaps: GapConfig = GapConfig()
@@ -117,4 +117,6 @@ class MqttInputConfig(Section):
             _range_key_ok(key)
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
                 raise ValueError(f"ranges[{key!r}] must be [min, max] with finite min < max, got [{lo}, {hi}]")
+            if max(abs(lo), abs(hi)) > MAX_PHYSICAL:
+                raise ValueError(f"ranges[{key!r}]: [{lo:g}, {hi:g}] is beyond ±{MAX_PHYSICAL:g}, not a physical range")
         return v
