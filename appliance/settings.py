@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 # A day, a year: upper bounds for durations that keep a typo (an extra zero or
 # three) from becoming a timer that never fires.
@@ -83,8 +83,26 @@ StatePath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(
 ReadPath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_read_path)]
 
 
+def _tuples(v):
+    if isinstance(v, list):
+        return tuple(_tuples(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _tuples(x) for k, x in v.items()}
+    return v
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _arrays_are_tuples(cls, v, info: ValidationInfo):
+        """A list given in Python stands for a TOML array: strict mode takes only a tuple for a tuple field."""
+        if isinstance(v, (list, dict)):
+            shape = repr(cls.model_fields[info.field_name].annotation)
+            if "tuple" in shape and "list" not in shape:
+                return _tuples(v)
+        return v
 
 
 class BackoffConfig(Section):
