@@ -80,7 +80,8 @@ def test_the_running_appliance_takes_up_owed_reverts_at_start(fresh_plc, tmp_pat
     with RunningAppliance(app_cfg) as ra:
         mitigator = ra.app.output("mitigation").mitigator
         ra.wait_until(lambda: mitigator.counters.get("reverted") == 1, what="the owed revert")
-        assert mitigator.audit.reverts_owed() == []
+        # The counter moves before the audit record is appended (in a thread): wait for the record too.
+        ra.wait_until(lambda: mitigator.audit.reverts_owed() == [], what="the revert recorded")
     assert asyncio.run(fresh_plc.read("SpeedSetpoint")) == 100.0
     rows = audit_rows(data_dir)
     assert [(r["kind"], r["status"]) for r in rows] == [("mitigate", "written"), ("revert", "written")]
