@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, create_model
+from pydantic import BaseModel, Field, ValidationError, create_model
 
 from appliance.actions.config import DecisionConfig
 from appliance.connections.config import ConnectionsConfig
@@ -94,9 +94,11 @@ def _key(loc: tuple) -> str:
 def _as_json(data: dict) -> str:
     """The parsed file as JSON text: validated in JSON mode, a TOML array is a tuple and nothing is coerced.
 
-    A TOML date or time becomes its ISO text (no key takes one); a ``Path`` from a
-    caller in Python is its text."""
+    A TOML date or time becomes its ISO text (no key takes one); from a caller in
+    Python, a section already built is its data and a ``Path`` its text."""
     def other(v):
+        if isinstance(v, BaseModel):
+            return v.model_dump(mode="json")
         return v.isoformat() if hasattr(v, "isoformat") else str(v)
     return json.dumps(data, default=other)
 
