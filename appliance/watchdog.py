@@ -57,11 +57,14 @@ class SensorWatchdog:
 
     def forget(self, asset: str) -> None:
         """Stop watching an asset (its input stopped admitting it)."""
-        if asset in self._assets:
-            self._assets.discard(asset)
-            for key in [k for k in self._last if k[0] == asset]:
-                self._last.pop(key, None)
-                self._silent.pop(key, None)
+        if asset not in self._assets:
+            return
+        extras = len(self._last) > len(self._assets) * len(self.expected)  # sensors besides the expected
+        self._assets.discard(asset)
+        keys = [k for k in self._last if k[0] == asset] if extras else [(asset, s) for s in self.expected]
+        for key in keys:
+            self._last.pop(key, None)
+            self._silent.pop(key, None)
 
     def check(self, now: float | None = None) -> list[SensorHealth]:
         now = self._clock() if now is None else now

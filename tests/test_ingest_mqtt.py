@@ -194,6 +194,10 @@ def test_a_real_asset_after_five_thousand_invented_names_is_admitted_and_scored(
             admission = ra.app.status()["inputs"]["mqtt"]["admission"]
             assert admission["assets_refused"] >= 4000 and admission["assets_evicted"] >= 1
             assert all(n.startswith("squat") or n == "pump1" for n in admission["last_refused"])
+            # Evicted names leave no window or watchdog state behind: at most max_assets are held.
+            ra.wait_until(lambda: len(ra.app.windows.assets()) <= 100 and len(ra.app.watchdog._assets) <= 100,
+                          what="the evicted names' state dropped")
+            assert "pump1" in ra.app.windows.assets()
         finally:
             pub.close()
 
