@@ -8,19 +8,21 @@ each name the offending key and the reason, never with a traceback.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, create_model
+from pydantic import BaseModel, Field, ValidationError, create_model
 
 from appliance.actions.config import DecisionConfig
 from appliance.connections.config import ConnectionsConfig
+from appliance.connectors.guard import clip
 from appliance.core.compat import tomllib
 from appliance.detector.config import DetectorConfig, WindowConfig
 from appliance.fleet.config import FleetConfig
 from appliance.registry import INPUTS, OUTPUTS, config_sections, unmet_needs
-from appliance.settings import ClockConfig, Section
+from appliance.settings import ClockConfig, Section, StatePath
 from appliance.store.config import StoreConfig
 from appliance.watchdog import WatchdogConfig
 from web.config import WebConfig
@@ -36,7 +38,7 @@ OutputsConfig = create_model("OutputsConfig", __base__=Section,
 
 class Config(Section):
     site: str = Field("demo-plant", min_length=1, max_length=256)
-    data_dir: str = Field("var", min_length=1)
+    data_dir: StatePath = "var"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     connections: ConnectionsConfig = ConnectionsConfig()
     inputs: InputsConfig = InputsConfig()
@@ -90,12 +92,28 @@ def _key(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if not re.fullmatch(r"function-after\[.*\]", str(p))) or "(top level)"
 
 
+def _as_json(data: dict) -> str:
+    """The parsed file as JSON text: validated in JSON mode, a TOML array is a tuple and nothing is coerced.
+
+    A TOML date or time becomes its ISO text (no key takes one); from a caller in
+    Python, a section already built is its data and a ``Path`` its text."""
+    def other(v):
+        if isinstance(v, BaseModel):
+            return v.model_dump(mode="json")
+        return v.isoformat() if hasattr(v, "isoformat") else str(v)
+    return json.dumps(data, default=other)
+
+
+# Type errors of a scalar given as a string: strict mode does not coerce "yes" or "1883".
+_SCALAR_TYPES = ("bool_type", "int_type", "float_type", "literal_error")
+
+
 def parse_config(data: dict, source: str = "<config>") -> Config:
     moved = _moved_keys(data)
     if moved:
         raise ConfigError(source, moved)
     try:
-        config = Config.model_validate(data)
+        config = Config.model_validate_json(_as_json(data))
     except RecursionError:
         raise ConfigError(source, ["(top level): nested too deeply"]) from None
     except ValidationError as e:
@@ -106,6 +124,8 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
                 msg = "unknown key (check spelling)"
             elif err["type"] == "finite_number":
                 msg = "must be a finite number (not nan or inf)"
+            elif err["type"] in _SCALAR_TYPES and isinstance(err.get("input"), str):
+                msg += f", not the quoted text {clip(repr(err['input']), 40)} (write it without quotes)"
             problems.append(f"{_key(err['loc'])}: {msg}")
         raise ConfigError(source, problems) from None
     # A plugin that works on another's part (the fleet on the sync's windows) is refused here, not at start.

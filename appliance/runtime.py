@@ -166,6 +166,7 @@ class Appliance:
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
         self._incomplete_logged: set[str] = set()
+        self._proven_assets: set[str] = set()  # told to the inputs: real assets they keep admitting
         self._loop_thread: int | None = None
         # The model's life (shadow, promotion, rollback) is the lifecycle's; the runtime swaps when told.
         self.models = ModelLifecycle(current=lambda: self.detector, swap=self._swap_detector,
@@ -229,6 +230,7 @@ class Appliance:
             self.alarms.restore_mode(asset, mode, until)
         for alarm in open_alarms:
             self.alarms.restore(alarm)
+        self._prove_stored_assets(open_alarms)
         ctx = OutputContext(open_alarm_ids=frozenset(a.id for a in open_alarms),
                             publish_action=self._publish_action, spawn=self._spawn, models=self.models)
         for o in self.outputs:
@@ -326,6 +328,8 @@ class Appliance:
                                 w.asset, ",".join(w.missing_sensors))
                 continue
             self._incomplete_logged.discard(w.asset)
+            if w.asset not in self._proven_assets:
+                self._prove_asset(w.asset)
             score = self.detector.score_one(w)
             self.counters.inc("windows_scored")
             self._call(self._hooks["on_score"], score)
@@ -391,6 +395,26 @@ class Appliance:
             self._emit(self.alarms.tick())
             # A few lines per check, then a summary: thousands of sensors at once are one event.
             log_sensor_changes(log, self.watchdog.check())
+            self._forget_evicted_assets()
+
+    def _prove_stored_assets(self, open_alarms) -> None:
+        """Assets with alarms, point modes or recent scores in the store are real: inputs keep them."""
+        names = {a.asset for a in open_alarms} | set(self.store.point_modes())
+        names |= {s["asset"] for s in self.store.reader.scores(limit=2000)}
+        for name in names:
+            self._prove_asset(name)
+
+    def _prove_asset(self, asset: str) -> None:
+        self._proven_assets.add(asset)
+        for c in self.inputs:
+            c.asset_proven(asset)
+
+    def _forget_evicted_assets(self) -> None:
+        """Names an input evicted (never a complete window) leave no state behind here."""
+        for c in self.inputs:
+            for asset in c.evicted_assets():
+                self.windows.forget(asset)
+                self.watchdog.forget(asset)
 
     # -- operator commands (call from any thread) -------------------------------
     def command(self, name: str, timeout: float = 10.0, **kwargs) -> Any:

@@ -30,7 +30,8 @@ from appliance.settings import DAY_S, Section
 class WatchdogConfig(Section):
     """``[watchdog]``: when a sensor counts as silent."""
 
-    silence_s: float = Field(10.0, gt=0, le=DAY_S, description="a sensor silent this long is reported")
+    silence_s: float = Field(10.0, ge=0.1, le=DAY_S, description="a sensor silent this long is reported "
+                                                                 "(at least 0.1 s: the watchdog checks every second)")
 
 
 class SensorWatchdog:
@@ -53,6 +54,17 @@ class SensorWatchdog:
             for s in self.expected:  # a new asset: every expected sensor is on the clock now
                 self._last.setdefault((asset, s), now)
         self._last[(asset, sensor)] = now
+
+    def forget(self, asset: str) -> None:
+        """Stop watching an asset (its input stopped admitting it)."""
+        if asset not in self._assets:
+            return
+        extras = len(self._last) > len(self._assets) * len(self.expected)  # sensors besides the expected
+        self._assets.discard(asset)
+        keys = [k for k in self._last if k[0] == asset] if extras else [(asset, s) for s in self.expected]
+        for key in keys:
+            self._last.pop(key, None)
+            self._silent.pop(key, None)
 
     def check(self, now: float | None = None) -> list[SensorHealth]:
         now = self._clock() if now is None else now

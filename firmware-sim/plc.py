@@ -8,6 +8,7 @@ Address space (namespace ``urn:edge-anomaly-appliance:plc-sim:pumpline``, index 
         2:Speed          Double    actual speed, percent; ramps to the setpoint   (read-only)
         2:SpeedSetpoint  Double    percent 0..100, writable (clamped by the PLC)
         2:ValvePosition  Double    percent open 0..100, writable (clamped)
+            (Speed, SpeedSetpoint and ValvePosition declare it in an ``0:EURange`` property)
         2:ActiveFault    String    injected fault, "" if none                     (read-only)
         2:Start() 2:Stop() 2:InjectFault(fault, severity) 2:ClearFaults()
         2:SetSensorStatus(sensor, status)   e.g. "BadSensorFailure", "UncertainLastUsableValue", "Good"
@@ -186,20 +187,24 @@ class PlcSimulator:
         pump = await line.add_object(ua.NodeId("Pump1", idx), ua.QualifiedName("Pump1", idx))
         diag = await objects.add_object(ua.NodeId("Diagnostics", idx), ua.QualifiedName("Diagnostics", idx))
 
-        async def var(parent, name: str, value, vtype: ua.VariantType, writable: bool = False, prefix="Pump1"):
+        async def var(parent, name: str, value, vtype: ua.VariantType, writable: bool = False, prefix="Pump1",
+                      eu_range: tuple[float, float] | None = None):
             nid = ua.NodeId(f"{prefix}.{name}", idx)
             node = await parent.add_variable(nid, ua.QualifiedName(name, idx), ua.Variant(value, vtype))
             if writable:
                 await node.set_writable()
+            if eu_range is not None:  # the range a client checks its write limits against (OPC-UA Part 8)
+                await node.add_property(ua.NodeId(f"{prefix}.{name}.EURange", idx), "0:EURange",
+                                        ua.Range(Low=eu_range[0], High=eu_range[1]))
             self.nodes[name] = nid
             return node
 
         for s in SENSORS:
             await var(pump, s, 0.0, ua.VariantType.Double)
         await var(pump, "Running", self.running, ua.VariantType.Boolean)
-        await var(pump, "Speed", self.speed, ua.VariantType.Double)
-        await var(pump, "SpeedSetpoint", self.setpoint, ua.VariantType.Double, writable=True)
-        await var(pump, "ValvePosition", self.valve, ua.VariantType.Double, writable=True)
+        await var(pump, "Speed", self.speed, ua.VariantType.Double, eu_range=(0.0, 100.0))
+        await var(pump, "SpeedSetpoint", self.setpoint, ua.VariantType.Double, writable=True, eu_range=(0.0, 100.0))
+        await var(pump, "ValvePosition", self.valve, ua.VariantType.Double, writable=True, eu_range=(0.0, 100.0))
         await var(pump, "ActiveFault", "", ua.VariantType.String)
         await var(diag, "SessionCount", 0, ua.VariantType.UInt32, prefix="Diagnostics")
 

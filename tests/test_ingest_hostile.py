@@ -84,6 +84,38 @@ def test_assets_are_bounded_by_a_maximum_or_a_list():
     assert "60000 characters" in why and len(why) < 200
 
 
+def test_invented_names_do_not_lock_out_a_real_asset_that_comes_later():
+    """Issue 24 item 4: 5,000 invented names used to hold every place until a restart."""
+    t = [0.0]
+    a = Admission(max_assets=1000, idle_s=60, clock=lambda: t[0])
+    a.asset("pump1")
+    a.prove("pump1")  # a real asset: it produced a complete window
+    refused = sum(a.asset(f"squat{i}") is not None for i in range(5000))
+    assert refused == 5000 - 999 and a.status()["assets"] == 1000
+    assert "none idle for 60 s" in a.asset("press7")  # the invented names are still fresh: no eviction yet
+    t[0] = 61.0
+    assert a.asset("press7") is None  # a later real asset gets the place of an idle invented name
+    assert a.evicted() == ["squat0"] and a.evicted() == []
+    t[0] = 10_000.0
+    for i in range(5000, 7000):  # a second flood, long after: pump1 (proven) keeps its place
+        a.asset(f"squat{i}")
+    assert a.asset("pump1") is None and "pump1" not in a.evicted()
+    st = a.status()
+    assert st["assets"] == 1000 and st["assets_refused"] == 4001 + 1 + 1001 and st["assets_evicted"] == 1000
+    assert st["last_refused"] == [f"squat{i}" for i in range(6995, 7000)]
+
+
+def test_a_proven_name_takes_the_place_of_a_fresh_unproven_one():
+    t = [0.0]
+    a = Admission(max_assets=2, idle_s=60, clock=lambda: t[0])
+    assert a.asset("s1") is None and a.asset("s2") is None
+    a.prove("pump1")  # e.g. open alarms in the store at start
+    assert a.asset("pump1") is None and a.evicted() == ["s1"]
+    a.prove("s2")
+    t[0] = 1000.0
+    assert a.asset("s3") is not None  # both left are proven: nothing is evicted
+
+
 def test_sensors_per_asset_are_bounded_when_no_model_names_them():
     a = Admission(max_sensors_per_asset=4)
     a.asset("p1")

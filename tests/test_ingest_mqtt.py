@@ -125,7 +125,8 @@ def test_huge_messages_of_unknown_sensors_cost_a_row_and_keep_the_connection(tmp
 
 def test_twenty_thousand_invented_assets_are_bounded_in_memory_and_in_the_log(tmp_path, mosquitto, bundle,
                                                                                 app_logs):
-    cfg = make_config(tmp_path, mosquitto.port, bundle, inputs__mqtt__max_assets=20, watchdog__silence_s=1.0)
+    cfg = make_config(tmp_path, mosquitto.port, bundle, inputs__mqtt__max_assets=20,
+                      inputs__mqtt__asset_idle_s=86400.0, watchdog__silence_s=1.0)
     with RunningAppliance(cfg) as ra:
         pub = Publisher(mosquitto.port)
         try:
@@ -163,6 +164,47 @@ def test_twenty_thousand_invented_assets_are_bounded_in_memory_and_in_the_log(tm
             assert longest < 2000, longest  # the 60,000-character name is not logged whole
         finally:
             pub.close()
+
+
+def test_a_real_asset_after_five_thousand_invented_names_is_admitted_and_scored(tmp_path, mosquitto, bundle):
+    """Issue 24 item 4: the invented names held every place for the life of the process."""
+    cfg = make_config(tmp_path, mosquitto.port, bundle, inputs__mqtt__max_assets=100,
+                      inputs__mqtt__asset_idle_s=1.0)
+    with RunningAppliance(cfg) as ra:
+        pub = Publisher(mosquitto.port)
+        try:
+            now = time.time()
+            for i in range(5000):
+                pub.publish(f"plant/squat{i}/a", json.dumps({"ts": now, "value": 1.0}))
+            pub.wait_all(180)
+            ra.wait_until(lambda: handled(ra) >= 5000, 120, "every invented name handled")
+            # The real asset publishes complete rows, a few at a time, until it is scored: its first
+            # messages may come before the invented names have been idle for asset_idle_s.
+            rows, t0 = normal(3000, 4), time.time() - 3600
+            for start in range(0, len(rows), 10):
+                before = handled(ra)
+                publish_rows(pub, "pump1", rows[start:start + 10], t0 + start)
+                pub.wait_all()
+                ra.wait_until(lambda: handled(ra) >= before + 10, what="the rows handled")
+                if ra.counter("windows_scored") >= 20:
+                    break
+            assert ra.counter("windows_scored") >= 20, "the real asset was never admitted"
+            assert ra.app.store.flush()
+            assert StoreReader(ra.app.store.path).scores(asset="pump1", limit=1)
+            admission = ra.app.status()["inputs"]["mqtt"]["admission"]
+            assert admission["assets_refused"] >= 4000 and admission["assets_evicted"] >= 1
+            assert all(n.startswith("squat") or n == "pump1" for n in admission["last_refused"])
+            # Evicted names leave no window or watchdog state behind: at most max_assets are held.
+            ra.wait_until(lambda: len(ra.app.windows.assets()) <= 100 and len(ra.app.watchdog._assets) <= 100,
+                          what="the evicted names' state dropped")
+            assert "pump1" in ra.app.windows.assets()
+        finally:
+            pub.close()
+
+
+def handled(ra) -> int:
+    """Readings and dead letters so far: each message adds at least one."""
+    return ra.counter("readings") + ra.counter("dead_letters")
 
 
 def test_absurd_values_are_dead_lettered_and_the_asset_keeps_being_scored(tmp_path, mosquitto, bundle):

@@ -169,11 +169,17 @@ def test_guard_interlock_data_quality(fresh_plc, tmp_path):
 
 
 def test_guard_readback(fresh_plc, tmp_path):
-    """The target allows 120 but the PLC clamps its setpoint to 100: the read-back catches it."""
-    cfg = make_cfg(rule_kw=dict(change_by=None, set_value=120.0), target_kw=dict(max=150.0, max_step=None),
-                   readback_delay_s=0.5)
+    """The target allows 120 but the PLC clamps its setpoint to 100: the read-back catches it.
+
+    The simulator declares 0..100 for the node, which would refuse to arm these limits: here it
+    stands for a PLC whose scan clamps tighter than the range it declares (0..200)."""
+    cfg = make_cfg(rule_kw=dict(change_by=None, set_value=120.0),
+                   target_kw=dict(max=150.0, max_step=None, engineering_range=(0.0, 200.0)), readback_delay_s=0.5)
 
     async def body(m):
+        async def wider(node):
+            return (0.0, 200.0)
+        m.writer.declared_range = wider
         await fresh_plc.write("SpeedSetpoint", 90.0)
         recs = await m.on_alarm_event(event())
         assert [(r.status, r.guard) for r in recs] == [("failed", "readback")]
@@ -309,3 +315,48 @@ async def _approx(plc, name: str, want: float) -> bool:
 async def _bad(plc, name: str, bad: bool = True) -> bool:
     dv = await plc.read_dv(name)
     return (dv.StatusCode is not None and dv.StatusCode.is_bad()) is bad
+
+
+# ----------------------------------------------------------------------------- the PLC's declared ranges
+
+
+def test_limits_outside_the_range_the_plc_declares_refuse_to_arm(fresh_plc, tmp_path):
+    """Issue 24 item 8: limits inside the configured engineering_range, outside the node's EURange (0..100)."""
+    cfg = make_cfg(target_kw=dict(min=0.0, max=150.0, engineering_range=(0.0, 200.0)))
+
+    async def body(m):
+        assert await m.writer.declared_range(SP) == (0.0, 100.0)  # the simulator's EURange property
+        assert await m.writer.declared_range(RUNNING.node) == (0.0, 1.0)  # no EURange: a Boolean's range
+        why = await m.check_ranges()
+        assert why == f"{SP}: limits [0, 150] are outside the range the PLC declares for it [0, 100]"
+        assert m.armed is False and m.status()["arm_refused"] == why
+        with pytest.raises(MitigationError, match="refused to arm: .*outside the range the PLC declares"):
+            await m.set_armed(True, user="eve")
+        recs = await m.on_alarm_event(event())
+        assert [r.status for r in recs] == ["advised"]
+        assert await fresh_plc.read("SpeedSetpoint") == 100.0
+
+    run_mitigator(fresh_plc, tmp_path, cfg, body)
+    rows = audit_rows(tmp_path)
+    assert (rows[0]["kind"], rows[0]["status"]) == ("disarm", "disarmed")
+    assert rows[0]["detail"].startswith("refused to arm: ")
+
+
+def test_an_armed_write_checks_the_declared_range_first(fresh_plc, tmp_path):
+    cfg = make_cfg(target_kw=dict(min=0.0, max=150.0, engineering_range=(0.0, 200.0)))
+
+    async def body(m):  # no check at start: the first proposal does it, and is only advice
+        recs = await m.on_alarm_event(event())
+        assert [r.status for r in recs] == ["advised"] and m.armed is False
+        assert await fresh_plc.read("SpeedSetpoint") == 100.0
+
+    run_mitigator(fresh_plc, tmp_path, cfg, body)
+
+
+def test_limits_inside_the_declared_range_arm(fresh_plc, tmp_path):
+    async def body(m):
+        assert await m.check_ranges() is None and m.armed is True and m.status()["arm_refused"] is None
+        recs = await m.on_alarm_event(event())
+        assert [r.status for r in recs] == ["written"]
+
+    run_mitigator(fresh_plc, tmp_path, make_cfg(), body)

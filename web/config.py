@@ -7,7 +7,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from appliance.settings import DAY_S, Section
+from appliance.settings import DAY_S, Section, StatePath
 
 #: Host names the dashboard always answers to (the Host header is checked: DNS rebinding).
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -20,7 +20,7 @@ class WebConfig(Section):
                       description="address to listen on; for a tablet, the gateway's LAN address (or 0.0.0.0), "
                                   "and its name or address in trusted_hosts")
     port: int = Field(8080, ge=0, le=65535)
-    accounts: str | None = Field(None, description="accounts file, relative to data_dir "
+    accounts: StatePath | None = Field(None, description="accounts file, relative to data_dir "
                                                    "(default: accounts.db beside the store)")
     trusted_hosts: list[str] = Field(
         default_factory=list, max_length=64,
@@ -46,6 +46,9 @@ class WebConfig(Section):
         for h in v:
             if not (_HOST_RE.fullmatch(h) or _is_ip(h)):
                 raise ValueError(f"{h!r} is not a host name or IP address (no port, no scheme)")
+            if h.startswith(".") and h.strip(".").count(".") < 1:
+                raise ValueError(f"{h!r} would accept every host under a top-level domain; give the site's "
+                                 "own domain, e.g. '.plant.example.com'")
         return v
 
     @model_validator(mode="after")

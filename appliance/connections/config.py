@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from appliance.settings import BackoffConfig, Section, TlsConfig
+from appliance.settings import BackoffConfig, Section, StatePath, TlsConfig
 
 
 class MqttBroker(Section):
@@ -56,7 +56,7 @@ class OpcuaEndpointConfig(Section):
     password: str | None = None
     security_policy: Literal["None", "Basic256Sha256"] = "None"
     security_mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
-    client_cert_dir: str = Field("pki/client", description="client key+certificate, generated once")
+    client_cert_dir: StatePath = Field("pki/client", description="client key+certificate, generated once")
     application_uri: str = "urn:edge-anomaly-appliance:opcua-client"
     trusted_server_certs: tuple[str, ...] = Field(
         (), description="server (or CA) certificates, files or directories of .der/.pem")

@@ -271,6 +271,16 @@ _VARIANT_CAST: dict[ua.VariantType, Any] = {
         ua.VariantType.Int32, ua.VariantType.UInt32, ua.VariantType.Int64, ua.VariantType.UInt64)},
 }
 
+# What a node without an EURange can hold, by data type (a Double's range is no limit at all).
+_TYPE_RANGES: dict[ua.VariantType, tuple[float, float]] = {
+    ua.VariantType.Boolean: (0.0, 1.0),
+    ua.VariantType.Float: (-3.4028234663852886e38, 3.4028234663852886e38),
+    ua.VariantType.SByte: (-2.0 ** 7, 2.0 ** 7 - 1), ua.VariantType.Byte: (0.0, 2.0 ** 8 - 1),
+    ua.VariantType.Int16: (-2.0 ** 15, 2.0 ** 15 - 1), ua.VariantType.UInt16: (0.0, 2.0 ** 16 - 1),
+    ua.VariantType.Int32: (-2.0 ** 31, 2.0 ** 31 - 1), ua.VariantType.UInt32: (0.0, 2.0 ** 32 - 1),
+    ua.VariantType.Int64: (-2.0 ** 63, 2.0 ** 63 - 1), ua.VariantType.UInt64: (0.0, 2.0 ** 64 - 1),
+}
+
 
 class PlcError(Exception):
     """A PLC read or write failed (transport, session or a bad status code)."""
@@ -357,6 +367,18 @@ class PlcSession:
             dv = ua.DataValue(ua.Variant(_VARIANT_CAST[vtype](value), vtype))
             await n.write_value(dv)
         await self._with_retry(op)
+
+    async def declared_range(self, node: str) -> tuple[float, float] | None:
+        """The range the PLC declares for ``node``: its ``EURange`` property, else its data type's, else None."""
+        async def op(client: Client):
+            n = client.get_node(node)
+            try:
+                rng = await (await n.get_child("0:EURange")).read_value()
+                return float(rng.Low), float(rng.High)
+            except ua.UaStatusCodeError:  # no EURange property: the data type's own limits, if finite
+                vtype = (await n.read_data_value()).Value.VariantType
+                return _TYPE_RANGES.get(vtype)
+        return await self._with_retry(op)
 
     async def close(self) -> None:
         async with self._lock:

@@ -1,7 +1,8 @@
 """Bounds every input applies, so a hostile or broken publisher cannot hurt the appliance.
 
 * :class:`Admission`: which assets and sensors are accepted, a configured list or
-  the first ``max_assets`` / ``max_sensors_per_asset`` seen; the rest is refused.
+  at most ``max_assets`` / ``max_sensors_per_asset`` at a time, an unproductive
+  idle name giving its place to a new one; the rest is refused.
   Memory downstream (windows, watchdog, alarms) grows with what is admitted here.
 * :class:`ValueRange`: a value outside the physical range configured for its
   sensor (default ``|v| <= 1e12``) is refused, so no window holds a value the
@@ -14,7 +15,9 @@
 from __future__ import annotations
 
 import math
-from typing import Collection, Mapping
+import time
+from collections import OrderedDict, deque
+from typing import Callable, Collection, Mapping
 
 from appliance.core import DeadLetter, DeadLetterCode
 
@@ -129,41 +132,97 @@ class SensorSlots:
 class Admission:
     """The assets (and, without a model's list, sensors) an input accepts.
 
-    With ``assets`` configured only those are accepted; otherwise the first
-    ``max_assets`` different names, for the life of the process. Names longer
-    than ``MAX_ASSET_NAME`` are refused either way. Not thread-safe: one input
-    thread asks.
+    With ``assets`` configured only those are accepted. Otherwise up to
+    ``max_assets`` names are admitted, but not first-come for ever: a name proven
+    to be a real asset (it produced a complete window, has an alarm, or is in the
+    store from before: :meth:`prove`) is kept, and an unproven name not seen for
+    ``idle_s`` gives its place to a new name when the table is full (least
+    recently seen first). A publisher inventing names so only holds places as
+    long as it keeps repeating them, and a real asset that appears later gets in.
+    Names longer than ``MAX_ASSET_NAME`` are refused either way. Refusals are
+    counted and the last few names kept for the dashboard.
 
-    >>> a = Admission(max_assets=2)
+    One input thread asks; :meth:`prove` may be called from another thread (a set
+    add, read back here on the input thread).
+
+    >>> t = [0.0]
+    >>> a = Admission(max_assets=2, idle_s=60, clock=lambda: t[0])
     >>> [a.asset(n) is None for n in ("p1", "p2", "p3", "p1")]
     [True, True, False, True]
     >>> print(a.asset("p3"))
-    asset limit reached: 2 assets admitted (max_assets), 'p3' is not one of them
+    asset limit reached: 2 assets admitted (max_assets), none idle for 60 s; 'p3' is not one of them
+    >>> t[0] = 61.0; a.asset("p3") is None, a.evicted()  # p2 idle longest: its place goes to p3
+    (True, ['p2'])
     """
 
-    def __init__(self, assets: Collection[str] = (), max_assets: int = 1000, max_sensors_per_asset: int = 256):
+    def __init__(self, assets: Collection[str] = (), max_assets: int = 1000, max_sensors_per_asset: int = 256,
+                 idle_s: float = 300.0, clock: Callable[[], float] = time.monotonic):
         self.listed = frozenset(assets)
         self.max_assets = max_assets
         self.max_sensors = max_sensors_per_asset
+        self.idle_s = idle_s
+        self._clock = clock
         self._assets: dict[str, SensorSlots] = {}
+        # Unproven admitted names, least recently seen first, with when they were last seen.
+        self._unproven: OrderedDict[str, float] = OrderedDict()
+        self._proven: set[str] = set()
+        self._evicted: list[str] = []
         self.refused_assets = 0
+        self.evictions = 0
+        self.last_refused: deque[str] = deque(maxlen=_SAMPLES)
+
+    def prove(self, name: str) -> None:
+        """``name`` is a real asset (a complete window, an alarm, stored before): never evicted."""
+        self._proven.add(name)
 
     def asset(self, name: str) -> str | None:
         """None if ``name`` is admitted (admitting it if there is room), else why not."""
         if name in self._assets:
+            self._touch(name)
             return None
         if len(name) > MAX_ASSET_NAME:
             why = f"asset name is {len(name)} characters, the limit is {MAX_ASSET_NAME}: {clip(repr(name), 60)}"
         elif self.listed and name not in self.listed:
             why = f"asset {clip(repr(name), 80)} is not in the configured list of assets"
-        elif not self.listed and len(self._assets) >= self.max_assets:
-            why = (f"asset limit reached: {len(self._assets)} assets admitted (max_assets), "
-                   f"{clip(repr(name), 80)} is not one of them")
+        elif not self.listed and len(self._assets) >= self.max_assets and not self._make_room(name):
+            why = (f"asset limit reached: {len(self._assets)} assets admitted (max_assets), none idle for "
+                   f"{self.idle_s:g} s; {clip(repr(name), 80)} is not one of them")
         else:
             self._assets[name] = SensorSlots(self.max_sensors)
+            self._touch(name)
             return None
         self.refused_assets += 1
+        self.last_refused.append(clip(name, 40))
         return why
+
+    def _touch(self, name: str) -> None:
+        if name in self._proven:
+            self._unproven.pop(name, None)
+        else:
+            self._unproven[name] = self._clock()
+            self._unproven.move_to_end(name)
+
+    def _make_room(self, name: str) -> bool:
+        """Evict the unproven name idle longest, if idle ``idle_s`` (any unproven one for a proven ``name``)."""
+        now = self._clock()
+        while self._unproven:
+            oldest, seen = next(iter(self._unproven.items()))
+            if oldest in self._proven:  # proven since its last message: kept
+                del self._unproven[oldest]
+                continue
+            if now - seen < self.idle_s and name not in self._proven:
+                return False
+            del self._unproven[oldest]
+            del self._assets[oldest]
+            self._evicted.append(oldest)
+            self.evictions += 1
+            return True
+        return False
+
+    def evicted(self) -> list[str]:
+        """Names evicted since the last call (their state downstream can go)."""
+        out, self._evicted = self._evicted, []
+        return out
 
     def sensors(self, asset: str) -> SensorSlots:
         """The sensor slots of an admitted asset."""
@@ -171,6 +230,7 @@ class Admission:
 
     def status(self) -> dict:
         return {"assets": len(self._assets), "assets_refused": self.refused_assets,
+                "assets_evicted": self.evictions, "last_refused": list(self.last_refused),
                 "sensors": sum(len(s) for s in self._assets.values()),
                 "sensors_refused": sum(s.refused for s in self._assets.values())}
 

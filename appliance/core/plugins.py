@@ -57,6 +57,13 @@ class Input(abc.ABC):
     async def stop(self) -> None:
         """Stop delivering and release the connection."""
 
+    def asset_proven(self, asset: str) -> None:
+        """``asset`` produced a complete window or has an alarm (any thread): an input bounding assets keeps it."""
+
+    def evicted_assets(self) -> list[str]:
+        """Assets this input stopped admitting since the last call, whose state downstream can go."""
+        return []
+
     def ready(self) -> bool:
         """True once connected and receiving (MQTT: every subscription acknowledged)."""
         return True

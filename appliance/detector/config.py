@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from appliance.settings import DAY_S, Section
+from appliance.settings import DAY_S, ReadPath, Section
 
 
 class WindowConfig(Section):
@@ -22,6 +22,6 @@ class WindowConfig(Section):
 
 
 class DetectorConfig(Section):
-    bundle: str = Field("model", min_length=1, description="model bundle directory, relative to data_dir")
+    bundle: ReadPath = Field("model", description="model bundle directory, relative to data_dir")
     precision: Literal["int8", "fp32"] = "int8"
     threads: int = Field(1, ge=1, le=8)

@@ -210,6 +210,10 @@ class WindowBuilder:
     def assets(self) -> list[str]:
         return sorted(self._assets)
 
+    def forget(self, asset: str) -> None:
+        """Drop an asset's alignment state (its input stopped admitting it)."""
+        self._assets.pop(asset, None)
+
     def status(self) -> dict:
         return {"rows": self.rows, "windows": self.windows, "late_readings": self.late,
                 "unknown_sensor": self.unknown_sensor, "gaps": self.gaps}

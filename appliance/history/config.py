@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from appliance.history.lineproto import RESERVED_TAGS
-from appliance.settings import BackoffConfig, Section, TlsConfig, YEAR_S
+from appliance.settings import BackoffConfig, Section, StatePath, TlsConfig, YEAR_S
 
 
 class HistoryInfluxConfig(Section):
@@ -39,7 +39,7 @@ class HistoryInfluxConfig(Section):
 
 
 class HistoryOutboxConfig(Section):
-    path: str = Field("history_outbox.db", description="relative to data_dir")
+    path: StatePath = Field("history_outbox.db", description="relative to data_dir")
     max_bytes: int = Field(256 * 1024 * 1024, ge=16 * 1024, le=1024 ** 4,
                            description="payload bound; raw readings then scores are dropped beyond it")
     max_age_s: float = Field(7 * 86400.0, gt=0, le=10 * YEAR_S,
@@ -57,7 +57,7 @@ class HistoryOutboxConfig(Section):
 
 class HistoryLocalConfig(Section):
     enabled: bool = True
-    path: str = Field("history_local.db", description="relative to data_dir")
+    path: StatePath = Field("history_local.db", description="relative to data_dir")
     raw_retention_s: float = Field(86400.0, ge=120, le=10 * YEAR_S, description="raw readings and scores")
     rollup_retention_s: float = Field(30 * 86400.0, ge=120, le=10 * YEAR_S, description="1-minute aggregates")
     commit_interval_s: float = Field(30.0, ge=0, le=300.0,

@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from appliance.settings import Section
+from appliance.settings import Section, StatePath
 
 
 class StoreConfig(Section):
-    path: str = Field("appliance.db", min_length=1, description="relative to data_dir")
+    path: StatePath = Field("appliance.db", description="relative to data_dir")
     retention_days: float = Field(7.0, gt=0, le=3660)
     max_readings: int = Field(5_000_000, ge=1000, le=10_000_000_000)
     max_dead_letters: int = Field(100_000, ge=100, le=100_000_000, description="rows, enforced on every write")

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from appliance.settings import DAY_S, YEAR_S, BackoffConfig, Section
+from appliance.settings import DAY_S, YEAR_S, BackoffConfig, Section, StatePath
 from appliance.lifecycle.shadow import ShadowBounds
 from appliance.sync.updates_config import ModelUpdatesConfig
 
@@ -77,7 +77,7 @@ class SyncWindowConfig(Section):
 
 
 class SyncQueueConfig(Section):
-    path: str = Field("sync_queue.db", min_length=1, description="relative to data_dir")
+    path: StatePath = Field("sync_queue.db", description="relative to data_dir")
     max_bytes: int = Field(64 * MIB, ge=64 * KIB, le=1024 ** 4,
                            description="compressed bytes waiting; context goes first, then the oldest alarms")
     fsync: Literal["commit", "interval"] = Field(

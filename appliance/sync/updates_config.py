@@ -10,7 +10,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from appliance.settings import DAY_S, Section
+from appliance.settings import DAY_S, Section, StatePath
 
 
 class ModelUpdatesConfig(Section):
@@ -21,8 +21,8 @@ class ModelUpdatesConfig(Section):
                                         "(absolute path or file:// URL) holding one, e.g. a USB stick")
     trusted_root: str = Field("tuf/root.json", min_length=1,
                               description="the repository's root.json, installed on the gateway out of band")
-    state_dir: str = Field("updates", min_length=1, description="TUF metadata cache, partial downloads, state")
-    bundles_dir: str = Field("releases", min_length=1, description="verified bundles, one directory per version")
+    state_dir: StatePath = Field("updates", description="TUF metadata cache, partial downloads, state")
+    bundles_dir: StatePath = Field("releases", description="verified bundles, one directory per version")
     model_name: str | None = Field(None, description="which model of the repository this gateway runs "
                                                      "(default: the only one published)")
     ca_file: str | None = Field(None, description="CA bundle for the repository host (default: system store)")
@@ -31,7 +31,7 @@ class ModelUpdatesConfig(Section):
     socket_timeout_s: float = Field(30.0, gt=0, le=600)
     attempts: int = Field(3, ge=1, le=100, description="failures in a row, without new bytes, before a "
                                                        "download waits for the next window")
-    max_archive_mb: float = Field(512.0, gt=0, le=16384)
+    max_archive_mb: float = Field(512.0, gt=0, le=2048, description="a model bundle is a few MB; at most 2 GB")
     clock_tolerance_s: float = Field(300.0, ge=0, le=DAY_S,
                                      description="how far the clock may lag the newest signed time seen")
 

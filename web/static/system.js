@@ -31,6 +31,18 @@
     tbody.replaceChildren(...(rows.length ? rows : [emptyRow(span, "None.")]));
   }
 
+  // Asset names an input refused (not in its list, or its table full of names still in use).
+  function refusedAssets(inputs) {
+    const rows = Object.entries(inputs || {}).filter(([, st]) => st && st.admission && st.admission.assets_refused)
+      .map(([name, st]) => {
+        const a = st.admission, tr = el("tr");
+        tr.append(el("td", null, name), el("td", null, fmtNum(a.assets_refused)),
+          el("td", null, fmtNum(a.assets_evicted || 0)), el("td", "mono small", (a.last_refused || []).join(", ")));
+        return tr;
+      });
+    $("s-refused-assets").replaceChildren(...(rows.length ? rows : [emptyRow(4, "None.")]));
+  }
+
   async function refresh(info) {
     const s = await api("/api/system");
     setText($("site"), s.site || "");
@@ -52,6 +64,7 @@
       tr.append(el("td", "mono", k), el("td", null, fmtNum(v)));
       return tr;
     }) : [emptyRow(2, "None.")]));
+    refusedAssets(s.inputs);
     const lat = s.latency || {}, fl = s.in_flight || {}, c = s.counters || {};
     const dl = $("s-detect");
     const pairs = [["Readings", fmtNum(c.readings)], ["Windows scored", fmtNum(c.windows_scored)],

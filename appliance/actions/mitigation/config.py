@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from appliance.actions.mitigation.audit import default_key_path
 from appliance.connections.config import OpcuaEndpointConfig, check_node_ref
-from appliance.settings import DAY_S, Section
+from appliance.settings import DAY_S, MAX_PHYSICAL, Section, StatePath
 
 
 class MitigationTarget(Section):
-    """A PLC node the appliance may write (the allow-list), with the limits every write obeys."""
+    """A PLC node the appliance may write (the allow-list), with the limits every write obeys.
+
+    ``min``/``max`` must lie inside ``engineering_range``, the node's range in
+    engineering units (default 0..100: a percent, as valve positions and speed
+    setpoints are); at start the mitigation also checks them against the range the
+    PLC declares for the node (its EURange) and refuses to arm if they are outside.
+    """
 
     node: str
-    min: float
-    max: float
-    max_step: float | None = Field(None, gt=0, le=1e15, description="largest change in one write")
+    min: float = Field(ge=-MAX_PHYSICAL, le=MAX_PHYSICAL)
+    max: float = Field(ge=-MAX_PHYSICAL, le=MAX_PHYSICAL)
+    engineering_range: tuple[float, float] = Field(
+        (0.0, 100.0), description="[low, high] of the node in engineering units; min and max lie inside")
+    max_step: float | None = Field(None, gt=0, le=MAX_PHYSICAL, description="largest change in one write")
     max_rate_per_min: float | None = Field(
-        None, gt=0, description="largest total change written within any 60 s")
+        None, gt=0, le=MAX_PHYSICAL, description="largest total change written within any 60 s")
     cooldown_s: float = Field(60.0, ge=0, le=DAY_S, description="minimum time between two writes to this node")
-    tolerance: float = Field(1e-6, ge=0, le=1e15, description="read-back must equal the written value within this")
+    tolerance: float = Field(1e-6, ge=0, le=MAX_PHYSICAL,
+                             description="read-back must equal the written value within this")
 
     @field_validator("node")
     @classmethod
@@ -32,6 +41,13 @@ class MitigationTarget(Section):
     def _range_ok(self):
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        lo, hi = self.engineering_range
+        if not (-MAX_PHYSICAL <= lo < hi <= MAX_PHYSICAL):
+            raise ValueError(f"engineering_range [{lo:g}, {hi:g}] must be [low, high] with low < high, "
+                             f"within ±{MAX_PHYSICAL:g}")
+        if self.min < lo or self.max > hi:
+            raise ValueError(f"limits [{self.min:g}, {self.max:g}] are outside the engineering_range "
+                             f"[{lo:g}, {hi:g}] of {self.node} (set engineering_range to the node's range)")
         return self
 
 
@@ -41,7 +57,7 @@ class MitigationInterlock(Section):
     name: str = Field(min_length=1)
     node: str
     op: Literal["==", "!=", "<", "<=", ">", ">="] = "=="
-    value: bool | float
+    value: bool | Annotated[float, Field(ge=-MAX_PHYSICAL, le=MAX_PHYSICAL)]
 
     @field_validator("node")
     @classmethod
@@ -59,8 +75,8 @@ class MitigationRule(Section):
     sensors: tuple[str, ...] = Field((), description="any of these among the top sensors; empty = any")
     top_n: int = Field(3, ge=1, le=1000, description="how many top contributing sensors are considered")
     node: str
-    set_value: float | None = None
-    change_by: float | None = None
+    set_value: float | None = Field(None, ge=-MAX_PHYSICAL, le=MAX_PHYSICAL)
+    change_by: float | None = Field(None, ge=-MAX_PHYSICAL, le=MAX_PHYSICAL)
     interlocks: tuple[MitigationInterlock, ...] = Field((), description="in addition to the global ones")
     require_approval: bool | None = Field(None, description="default: mitigation.require_approval")
     revert_after_s: float | None = Field(None, gt=0, le=30 * DAY_S, description="restore the previous value after this")
@@ -84,7 +100,7 @@ class MitigationConfig(Section):
     enabled: bool = False
     armed: bool = False
     plc: OpcuaEndpointConfig | None = Field(None, description="default: [connections.opcua]")
-    audit_db: str = Field("mitigation_audit.db", description="append-only audit log (SQLite), in data_dir")
+    audit_db: StatePath = Field("mitigation_audit.db", description="append-only audit log (SQLite), in data_dir")
     audit_key: str = Field(default_factory=default_key_path, min_length=1,
                            description="HMAC key of the audit chain, an absolute path outside data_dir (made "
                                        "0600 if absent; default $EDGE_ANOMALY_AUDIT_KEY or "

@@ -175,6 +175,10 @@ class Mitigator:
         # Starts as configured; an engineer may arm or disarm at run time (audited). Not kept
         # across a restart: a gateway comes back in the state its configuration says.
         self.armed = cfg.armed
+        # Armed writes wait until every target's limits were found inside the range its PLC node
+        # declares (EURange, or its data type's): a limit of 1e308 must never reach a valve.
+        self._ranges_checked = False
+        self.arm_refused: str | None = None
         for r in cfg.rules:
             if r.node not in self._targets:
                 logger.warning("mitigation rule=%s node=%s is not in mitigation.targets; guard allow_list "
@@ -240,15 +244,62 @@ class Mitigator:
                                       detail=note or f"rejected by {role or 'user'} {user.strip()}")
 
     async def set_armed(self, armed: bool, user: str, note: str = "") -> MitigationAction:
-        """Arm (guarded writes allowed) or disarm (advice only); audited in ``user``'s name."""
+        """Arm (guarded writes allowed) or disarm (advice only); audited in ``user``'s name.
+
+        Arming is refused (:class:`MitigationError`) while a target's limits lie outside
+        the range its PLC node declares."""
         async with self._lock:
-            previous, self.armed = self.armed, bool(armed)
-            kind = "arm" if self.armed else "disarm"
-            rec = MitigationAction(proposal_id=f"{kind}-{uuid.uuid4().hex[:12]}", ts=time.time(), kind=kind,
-                                   status="armed" if self.armed else "disarmed", actor=user, rule="", asset="",
-                                   alarm_id=None, node="", old_value=float(previous), new_value=float(self.armed),
-                                   reason="operator", guard=None, detail=note, armed=self.armed)
-            rec = await self._appended(rec)
+            if armed:
+                why = await self._ranges_refusal()
+                if why is not None:
+                    raise MitigationError(f"refused to arm: {why}")
+            return await self._record_arming(armed, user, note)
+
+    async def check_ranges(self) -> str | None:
+        """At start: disarm (audited) if a target's limits lie outside the range its PLC node declares."""
+        async with self._lock:
+            return await self._disarm_unless_ranges_hold()
+
+    async def _disarm_unless_ranges_hold(self) -> str | None:
+        if not self.armed:
+            return None
+        why = await self._ranges_refusal()
+        if why is not None:
+            logger.error("mitigation refuses to arm: %s", why)
+            await self._record_arming(False, self.cfg.actor, f"refused to arm: {why}")
+        return why
+
+    async def _ranges_refusal(self) -> str | None:
+        """Why the targets' limits do not fit the ranges their PLC nodes declare, else None.
+
+        A PLC that cannot be reached is no refusal: it is asked again before the next
+        armed write (which it would refuse anyway)."""
+        declared = getattr(self.writer, "declared_range", None)
+        if self._ranges_checked or declared is None:
+            return None
+        problems = []
+        try:
+            for t in self.cfg.targets:
+                rng = await declared(t.node)
+                if rng is not None and (t.min < rng[0] or t.max > rng[1]):
+                    problems.append(f"{t.node}: limits [{_fmt(t.min)}, {_fmt(t.max)}] are outside the range "
+                                    f"the PLC declares for it [{_fmt(rng[0])}, {_fmt(rng[1])}]")
+        except Exception as e:  # noqa: BLE001 - any PLC failure: not checked yet
+            logger.warning("mitigation: the PLC's declared ranges could not be read yet: %r", e)
+            return None
+        self.arm_refused = "; ".join(problems) or None
+        self._ranges_checked = not problems
+        return self.arm_refused
+
+    async def _record_arming(self, armed: bool, user: str, note: str) -> MitigationAction:
+        """Arm or disarm, audited (the caller holds the lock)."""
+        previous, self.armed = self.armed, bool(armed)
+        kind = "arm" if self.armed else "disarm"
+        rec = MitigationAction(proposal_id=f"{kind}-{uuid.uuid4().hex[:12]}", ts=time.time(), kind=kind,
+                               status="armed" if self.armed else "disarmed", actor=user, rule="", asset="",
+                               alarm_id=None, node="", old_value=float(previous), new_value=float(self.armed),
+                               reason="operator", guard=None, detail=note, armed=self.armed)
+        rec = await self._appended(rec)
         logger.warning("mitigation %s by user=%s (was armed=%s) note=%s", "armed" if self.armed else "disarmed",
                        user, previous, note)
         return rec
@@ -263,6 +314,7 @@ class Mitigator:
         return {
             "enabled": self.cfg.enabled,
             "armed": self.armed,
+            "arm_refused": self.arm_refused,
             "rules": [r.name for r in self.cfg.rules],
             "targets": sorted(self._targets),
             "pending_approval": self.pending(),
@@ -449,6 +501,8 @@ class Mitigator:
 
     async def _execute(self, p: _Proposal, actor: str, approved: bool) -> MitigationAction:
         node = p.rule.node
+        if self.armed and not self._ranges_checked:
+            await self._disarm_unless_ranges_hold()
         armed = self.armed
         try:
             old, new, target = await self._evaluate(p, approved or not armed)

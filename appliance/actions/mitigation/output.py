@@ -28,6 +28,8 @@ class MitigationOutput(Output):
         self._ctx = ctx
         # Reverts owed from before a restart; off the start path, the PLC may be slow or away.
         ctx.spawn(self._publish(self.mitigator.resume(ctx.open_alarm_ids), "resuming owed reverts"))
+        # Limits outside the range the PLC declares for a node: disarmed, audited, said in the log.
+        ctx.spawn(self.mitigator.check_ranges())
 
     async def stop(self) -> None:
         await self.mitigator.close()

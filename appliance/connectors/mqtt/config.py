@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from appliance.settings import DAY_S, Section
+from appliance.settings import DAY_S, MAX_PHYSICAL, Section
 
 
 class MqttTopic(Section):
@@ -86,11 +86,14 @@ class MqttInputConfig(Section):
     ts_unit: Literal["auto", "s", "ms", "us", "ns"] = Field(
         "auto", description="unit of numeric 'ts': epoch s/ms/us/ns, or auto (from the magnitude)")
     assets: tuple[str, ...] = Field((), max_length=100_000,
-                                    description="the assets accepted; empty: the first max_assets seen")
+                                    description="the assets accepted; empty: up to max_assets at a time")
     max_assets: int = Field(1000, ge=1, le=1_000_000, description="without a list, at most this many assets")
+    asset_idle_s: float = Field(300.0, ge=1, le=DAY_S,
+                                description="without a list, an asset that never produced a complete window (nor "
+                                            "an alarm) and is silent this long gives its place to a new one")
     max_sensors_per_asset: int = Field(256, ge=1, le=100_000,
                                        description="when no model names the sensors, at most this many per asset")
-    max_abs_value: float = Field(1e12, gt=0, le=1e300, description="a value with |v| above this is refused")
+    max_abs_value: float = Field(1e12, gt=0, le=MAX_PHYSICAL, description="a value with |v| above this is refused")
     ranges: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="physical [min, max] per 'sensor' or 'asset/sensor'; outside is refused")
     gaps: GapConfig = GapConfig()
@@ -114,4 +117,6 @@ class MqttInputConfig(Section):
             _range_key_ok(key)
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
                 raise ValueError(f"ranges[{key!r}] must be [min, max] with finite min < max, got [{lo}, {hi}]")
+            if max(abs(lo), abs(hi)) > MAX_PHYSICAL:
+                raise ValueError(f"ranges[{key!r}]: [{lo:g}, {hi:g}] is beyond ±{MAX_PHYSICAL:g}, not a physical range")
         return v

@@ -379,7 +379,7 @@ class MqttConnector(Input):
         self._paused = False  # the socket is not being read: the sink is behind
         self._reading = None  # the socket add_reader watches
         # Hostile or broken publishers: bounded assets/sensors, physical ranges, few log lines.
-        self.admission = Admission(cfg.assets, cfg.max_assets, cfg.max_sensors_per_asset)
+        self.admission = Admission(cfg.assets, cfg.max_assets, cfg.max_sensors_per_asset, cfg.asset_idle_s)
         self.value_range = ValueRange(cfg.max_abs_value, cfg.ranges)
         self._logs = LogLimiter(log)
         g = cfg.gaps
@@ -389,6 +389,12 @@ class MqttConnector(Input):
         self._callback_max_s = 0.0
 
     # -- core.Input -------------------------------------------------
+
+    def asset_proven(self, asset: str) -> None:
+        self.admission.prove(asset)
+
+    def evicted_assets(self) -> list[str]:
+        return self.admission.evicted()
 
     async def start(self, sink: IngestSink) -> None:
         """Run on the calling event loop until :meth:`stop` (the loop must outlive the connector)."""

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from appliance.connections.config import check_node_ref
-from appliance.settings import BackoffConfig, DAY_S, Section
+from appliance.settings import BackoffConfig, DAY_S, MAX_PHYSICAL, Section
 
 
 class OpcuaNode(Section):
@@ -16,11 +16,13 @@ class OpcuaNode(Section):
     node: str = Field(description="NodeId string (ns=2;s=...) or browse path (0:Objects/2:Pump/2:Current)")
     asset: str = Field(min_length=1, max_length=256)
     sensor: str = Field(min_length=1, max_length=256)
-    deadband: float = Field(0.0, ge=0, le=1e12, description="0 = every change; absolute units or percent of EURange")
+    deadband: float = Field(0.0, ge=0, le=MAX_PHYSICAL, description="0 = every change; absolute units or percent of EURange")
     deadband_type: Literal["absolute", "percent"] = "absolute"
     sampling_interval_ms: float | None = Field(None, ge=0, le=DAY_S * 1000, description="default: the connector's")
-    min_value: float | None = Field(None, description="physical range: a value below is refused (dead letter)")
-    max_value: float | None = Field(None, description="physical range: a value above is refused (dead letter)")
+    min_value: float | None = Field(None, ge=-MAX_PHYSICAL, le=MAX_PHYSICAL,
+                                    description="physical range: a value below is refused (dead letter)")
+    max_value: float | None = Field(None, ge=-MAX_PHYSICAL, le=MAX_PHYSICAL,
+                                    description="physical range: a value above is refused (dead letter)")
 
     @model_validator(mode="after")
     def _range_ok(self):
@@ -43,7 +45,7 @@ class OpcuaInputConfig(Section):
         "source", description="which clock stamps readings (falls back to the next one when absent)")
     watchdog_s: float = Field(10.0, gt=0, le=DAY_S, description="no data for this long forces a full reconnect")
     reconnect: BackoffConfig = BackoffConfig()
-    max_abs_value: float = Field(1e12, gt=0, le=1e300,
+    max_abs_value: float = Field(1e12, gt=0, le=MAX_PHYSICAL,
                                  description="a value with |v| above this is refused, unless the node sets a range")
     # Default: the PLC simulator's pump (firmware-sim/plc.py), so the demo switches to
     # OPC-UA with ``inputs.opcua.enabled = true`` alone.
