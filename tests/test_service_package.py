@@ -112,7 +112,10 @@ def test_install_upgrade_keeps_the_technicians_config_then_remove_and_purge(gate
     assert owner(root, "/var/lib/edge-anomaly") == "edge-anomaly:edge-anomaly 750"
     assert owner(root, "/" + CONFIG) == "root:edge-anomaly 640"
     cfg = load_config(str(root / CONFIG))
-    assert str(cfg.data_dir) == unit_value(root, "ReadWritePaths") == "/var/lib/edge-anomaly"
+    assert unit_value(root, "ReadWritePaths").split() == [str(cfg.data_dir), "/var/lib/edge-anomaly-keys"]
+    assert str(cfg.data_dir) == "/var/lib/edge-anomaly"
+    # The audit key's folder, outside the data folder and private to the service.
+    assert owner(root, "/var/lib/edge-anomaly-keys") == "edge-anomaly:edge-anomaly 700"
     assert unit_value(root, "WorkingDirectory") == "/var/lib/edge-anomaly"
     assert (root / "opt/edge-anomaly/wheels/edge_anomaly_appliance-0.1.0-py3-none-any.whl").exists()
     if REAL_VENV:

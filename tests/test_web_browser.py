@@ -218,7 +218,7 @@ def test_a_technician_cannot_approve_a_mitigation_and_an_engineer_can(page, serv
     expect(page.locator("#toast")).to_contain_text("Approved: slow-down on pump1 → written")
     expect(row).to_have_count(0)
     expect(page.locator('#audit-rows tr[data-status="written"] .actor')).to_have_text("eve")
-    assert served.appliance.commands[-1] == ("approve_action", {"proposal_id": "p1", "user": "eve"})
+    assert served.appliance.commands[-1] == ("approve_action", {"proposal_id": "p1", "user": "eve", "role": "engineer"})
     page.screenshot(path=str(shots / "mitigation-engineer.png"), full_page=True)
     assert page.problems == []
 
