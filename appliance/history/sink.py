@@ -339,7 +339,7 @@ class History:
     # -- local history (any thread) ----------------------------------------------------
 
     def query_readings(self, asset: str, sensor: str, since: float, until: float,
-                       resolution: str = "raw", limit: int = 10_000) -> list[dict]:
+                       resolution: str = "1m", limit: int = 10_000) -> list[dict]:
         """See :meth:`LocalHistory.query_readings`; [] when local history is off."""
         return self.local.query_readings(asset, sensor, since, until, resolution, limit) if self.local else []
 
