@@ -53,6 +53,9 @@ class HistoryOutboxConfig(Section):
     fsync_interval_s: float = Field(5.0, gt=0, le=3600)
     max_pending: int = Field(100_000, ge=100, le=10_000_000, description="readings (and scores) buffered in memory "
                                                          "before commit; oldest dropped beyond")
+    page_size: Literal[512, 1024, 2048, 4096, 8192, 16384, 32768, 65536] = Field(
+        1024, description="bytes per SQLite page: a commit writes each page it touches whole; a file with "
+                          "other pages is rewritten when the appliance starts with the outbox empty")
 
 
 class HistoryLocalConfig(Section):

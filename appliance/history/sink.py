@@ -103,7 +103,7 @@ class History:
             ob = cfg.outbox
             path = self._path(ob.path)
             try:
-                self.outbox = Outbox(path, ob.max_bytes, ob.max_age_s, ob.fsync)
+                self.outbox = Outbox(path, ob.max_bytes, ob.max_age_s, ob.fsync, ob.page_size)
             except (OSError, sqlite3.Error) as e:
                 raise HistoryError(f"history.outbox.path: cannot open {path}: {e}") from e
             self.forwarder = Forwarder(cfg.influx, self.outbox)
