@@ -46,14 +46,15 @@ def test_raw_readings_are_left_to_the_store(local):
     assert "raw" not in tables and local.query_readings("p1", "s", T0, T0 + 60)[0]["count"] == 10
 
 
-def test_readings_redelivered_within_a_commit_interval_count_once(tmp_path):
+def test_readings_wait_as_minute_aggregates_until_their_commit(tmp_path):
     lh = LocalHistory(tmp_path / "local.db", 86400, 30 * 86400, commit_interval_s=3600)
-    batch = [Reading("p1", "s", T0 + i, float(i)) for i in range(10)]
-    lh.insert(batch, [], now=T0 + 30)
-    lh.insert(batch[5:], [], now=T0 + 30)  # MQTT QoS 1 redelivery after a reconnection
-    lh.insert([], [], now=T0 + 30, force=True)
-    assert lh.query_readings("p1", "s", T0, T0 + 60) == [
-        {"ts": T0, "count": 10, "mean": 4.5, "min": 0.0, "max": 9.0, "bad": 0}]
+    lh.insert([Reading("p1", "s", T0 + i, float(i)) for i in range(10)], [], now=T0 + 30)
+    lh.insert([Reading("p1", "s", T0 + 60 + i, 1.0) for i in range(5)], [], now=T0 + 90)
+    assert lh.query_readings("p1", "s", T0, T0 + 120) == [] and len(lh._minutes) == 2
+    lh.insert([], [], now=T0 + 90, force=True)
+    assert lh.query_readings("p1", "s", T0, T0 + 120) == [
+        {"ts": T0, "count": 10, "mean": 4.5, "min": 0.0, "max": 9.0, "bad": 0},
+        {"ts": T0 + 60, "count": 5, "mean": 1.0, "min": 1.0, "max": 1.0, "bad": 0}]
     lh.close()
 
 

@@ -15,8 +15,7 @@ the bad ones) is added to when the reading's commit comes (merged with what the
 minute already holds), since no raw rows are left to recompute it from: a
 reading delivered twice (MQTT QoS 1 redelivery after a crash) whose first copy
 already reached this file counts twice in its minute's count and mean (never in
-its min or max; a copy arriving within the same commit interval, as a redelivery
-after a reconnection does, counts once). Readings older than the rollup retention on arrival are not
+its min or max). Readings older than the rollup retention on arrival are not
 kept. A score's rollup is recomputed from the raw scores it covers, so a score
 delivered twice is one row; scores older than the raw retention on arrival are
 not kept, because their bucket could no longer be recomputed completely.
@@ -52,7 +51,7 @@ _MERGE_MINUTE = (
     "sum = coalesce(sum + excluded.sum, sum, excluded.sum), "
     "min = coalesce(min(min, excluded.min), min, excluded.min), "
     "max = coalesce(max(max, excluded.max), max, excluded.max), bad = bad + excluded.bad")
-# Readings and scores waiting for their commit (see LocalHistory.insert) that make it due at once.
+# Minute aggregates and scores waiting for their commit (see LocalHistory.insert) that make it due at once.
 MAX_PENDING = 200_000
 # WAL pages between checkpoints (SQLite's default is 1000): a checkpoint writes every page the commits
 # since the last one touched, so a longer stretch writes each series' newest page once for many commits
@@ -135,10 +134,11 @@ class LocalHistory:
                  commit_interval_s: float = 0.0, page_size: int | None = None):
         self.path = Path(path)
         # Rows wait this long in memory before their commit (see insert): every commit rewrites the
-        # newest page of each series it touches and its rollup's, so one every few seconds writes
-        # a few readings per page instead of one.
+        # page of each series' newest minute, so one every minute or two writes each page about once.
         self.commit_interval_s = commit_interval_s
-        self._pending: tuple[list[Reading], list[Score]] = ([], [])
+        # Readings wait as their minutes' aggregates (a few per series, not one object per reading).
+        self._minutes: dict[tuple[int, int], list] = {}
+        self._scores: list[Score] = []
         self._last_write = time.monotonic()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.raw_retention_s = raw_retention_s
@@ -193,21 +193,21 @@ class LocalHistory:
     def insert(self, readings: Sequence[Reading], scores: Sequence[Score], now: float | None = None,
                force: bool = False) -> None:
         """Add live readings and scores; they are written once ``commit_interval_s`` has passed since
-        the last write (or at once with ``force``, or when :data:`MAX_PENDING` wait). Call it with
-        nothing to add to let due rows out. A copy for the dashboard, so a crash may lose what waits."""
-        pending_r, pending_s = self._pending
-        pending_r.extend(readings)
-        pending_s.extend(scores)
-        due = time.monotonic() - self._last_write >= self.commit_interval_s
-        if not (force or due or len(pending_r) + len(pending_s) >= MAX_PENDING):
-            return
-        self._pending = ([], [])
-        self._last_write = time.monotonic()
-        self._write(pending_r, pending_s, now)
-
-    def _write(self, readings: Sequence[Reading], scores: Sequence[Score], now: float | None) -> None:
+        the last write (or at once with ``force``, or when :data:`MAX_PENDING` minutes and scores wait).
+        Call it with nothing to add to let due rows out. A copy for the dashboard, so a crash may lose
+        what waits (the store has the readings)."""
         now = time.time() if now is None else now
-        minutes = self._minute_rows(readings, now - self.rollup_retention_s)
+        self._add_to_minutes(readings, now - self.rollup_retention_s)
+        self._scores.extend(scores)
+        due = time.monotonic() - self._last_write >= self.commit_interval_s
+        if not (force or due or len(self._minutes) + len(self._scores) >= MAX_PENDING):
+            return
+        minutes = [(sid, b, *a) for (sid, b), a in self._minutes.items()]
+        scores, self._minutes, self._scores = self._scores, {}, []
+        self._last_write = time.monotonic()
+        self._write(minutes, scores, now)
+
+    def _write(self, minutes: list[tuple], scores: Sequence[Score], now: float) -> None:
         srows, stouched = self._score_rows(scores, now - self.raw_retention_s + ROLLUP_S)
         if not minutes and not srows:
             return
@@ -230,11 +230,9 @@ class LocalHistory:
             db.execute("ROLLBACK")
             raise
 
-    def _minute_rows(self, readings: Sequence[Reading], oldest_ok: float) -> list[tuple]:
-        """``(series, bucket, n, sum, min, max, bad)`` per series and minute the live ``readings`` fall in,
-        over the good finite values (``bad`` counts the others)."""
-        acc: dict[tuple[int, int], list] = {}
-        seen: set[tuple[int, float]] = set()  # a redelivery within one commit interval counts once
+    def _add_to_minutes(self, readings: Sequence[Reading], oldest_ok: float) -> None:
+        """Add the live ``readings`` to their series' minute (``[n, sum, min, max, bad]`` over the good
+        finite values; ``bad`` counts the others), waiting for the next commit."""
         for r in readings:
             try:
                 ts = _finite(r.ts)
@@ -243,15 +241,11 @@ class LocalHistory:
                 if ts < oldest_ok:
                     self.skipped_old += 1
                     continue
-                sid = self._series_id(str(r.asset), str(r.sensor))
+                key = (self._series_id(str(r.asset), str(r.sensor)), int(ts // ROLLUP_S) * ROLLUP_S)
                 value, good = _finite(r.value), int(r.quality) == 0
             except (AttributeError, TypeError, ValueError):
                 continue  # the outbox side counts malformed records; this copy just skips them
-            if (sid, ts) in seen:
-                continue
-            seen.add((sid, ts))
-            key = (sid, int(ts // ROLLUP_S) * ROLLUP_S)
-            a = acc.setdefault(key, [0, None, None, None, 0])
+            a = self._minutes.setdefault(key, [0, None, None, None, 0])
             if not good:
                 a[4] += 1
             elif value is not None:
@@ -259,7 +253,6 @@ class LocalHistory:
                 a[1] = value if a[1] is None else a[1] + value
                 a[2] = value if a[2] is None else min(a[2], value)
                 a[3] = value if a[3] is None else max(a[3], value)
-        return [(sid, b, *a) for (sid, b), a in acc.items()]
 
     def _score_rows(self, scores: Sequence[Score], oldest_ok: float) -> tuple[list[tuple], set[tuple[int, int]]]:
         """Rows of the live ``scores`` for the ``scores`` table, and the (asset, minute) rollups they touch."""
