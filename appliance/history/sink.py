@@ -5,7 +5,7 @@ Threads and the detection path::
     asyncio loop ──add_*()──► in-memory buffer ──writer thread──► outbox.db ──forwarder──► InfluxDB
      (never waits on disk          (bounded)       (commits every       (SQLite WAL)    (acked batches
       or network)                                   commit_interval_s)                    deleted)
-                                                        └──────────────► local.db (raw + 1 min rollups)
+                                                        └──────────────► local.db (1 min rollups, raw scores)
 
 ``add_*`` only appends to a buffer under a short lock. A point is *accepted*
 once the writer committed it to the outbox (at most ``commit_interval_s`` later;
