@@ -6,7 +6,9 @@ first; 5,000,000 readings by default, about 14 h at 100 readings/s); the local
 history (``[outputs.history.local]``, when the appliance has it) adds its
 one-minute aggregates before that span, and serves ranges longer than
 ``RAW_UP_TO_S`` whole (a day of raw readings is more than a dashboard request
-should scan; its aggregates are kept a month). Without local history the store
+should scan; its aggregates are kept a month, and written every
+``commit_interval_s``, 2 minutes by default, so such a range's last minutes show
+up that much later). Without local history the store
 serves everything it has. Either way each series comes back bucketed: the mean,
 min and max of every bucket for a sensor, the highest severity of every bucket
 for the score, so a short spike is never averaged away (the store buckets in
