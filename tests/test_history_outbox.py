@@ -151,3 +151,24 @@ def test_compact_gives_space_back_after_a_backlog_drained(tmp_path):
     assert ob._db.execute("PRAGMA page_count").fetchone()[0] < pages // 10
     assert ob.compact() == 0  # nothing left to give back
     ob.close()
+
+
+def test_small_pages_on_a_new_file_and_on_an_old_one_only_once_it_is_empty(tmp_path):
+    def pages(ob):
+        return ob._db.execute("PRAGMA page_size").fetchone()[0]
+
+    assert pages(new := Outbox(tmp_path / "new.db", 10**9, 1e9, page_size=1024)) == 1024
+    assert new._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    new.close()
+    old = Outbox(tmp_path / "o.db", max_bytes=10**9, max_age_s=1e9)
+    old.append([(Kind.READING, line(Kind.READING, i)) for i in range(3)])
+    old.close()
+    backlog = Outbox(tmp_path / "o.db", 10**9, 1e9, page_size=1024)  # a backlog is never rewritten at start
+    assert pages(backlog) == 4096 and len(backlog.peek(10, 10**6)) == 3
+    backlog.ack(backlog.peek(10, 10**6))
+    backlog.close()
+    drained = Outbox(tmp_path / "o.db", 10**9, 1e9, page_size=1024)
+    assert pages(drained) == 1024 and drained._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    drained.append([(Kind.READING, line(Kind.READING, 9))])
+    assert [r.line for r in drained.peek(10, 10**6)] == [line(Kind.READING, 9)]
+    drained.close()

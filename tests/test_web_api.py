@@ -521,25 +521,37 @@ class LocalHistoryOutput:
         return {"local": self.history.local.stats()}
 
 
-def test_asset_trend_reads_the_local_history_raw_then_its_minute_rollups(client, book_appliance, tmp_path):
+def test_asset_trend_reads_the_local_history_minutes_before_the_store_and_past_six_hours(
+        client, book_appliance, tmp_path):
     from appliance.core import Reading, Score
     from appliance.history.local import LocalHistory
 
     local = LocalHistory(tmp_path / "local.db", raw_retention_s=86400, rollup_retention_s=30 * 86400)
     book_appliance.outputs["history"] = LocalHistoryOutput(local)
     now = time.time()
-    t0 = now - 3 * 3600  # three hours at 1 Hz: raw for a day, one-minute rollups beside
+    t0 = now - 3 * 3600  # three hours at 1 Hz in the local history's minutes
     readings = [Reading("pump1", "Current", t0 + i, float(i % 60)) for i in range(3 * 3600)]
     scores = [Score("pump1", t0 + i, 2.0 if 3 * 3600 - 300 <= i < 3 * 3600 - 240 else 0.2, 1.0,
                     {"Current": 1.0}, "m1") for i in range(3 * 3600)]
     local.insert(readings, scores, now=now)
     try:
-        raw = client.get("/api/assets/pump1/trend?range=15m").get_json()
-        assert raw["source"] == "local history (raw)" and raw["bucket_s"] == 1.5
-        cur = raw["sensors"]["Current"]
-        assert 590 <= len(cur["t"]) <= 600 and min(cur["min"]) == 0.0 and max(cur["max"]) == 59.0
-        assert max(raw["score"]["severity"]) == 75 and min(raw["score"]["severity"]) < 50
-        # Past six hours the rollups: each minute's mean, min and max, and the minute's worst score.
+        # The store holds no reading: every range comes from the minutes.
+        hour = client.get("/api/assets/pump1/trend?range=1h").get_json()
+        assert hour["source"] == "local history (1m)" and hour["bucket_s"] == 6.0
+        assert 59 <= len(hour["sensors"]["Current"]["t"]) <= 61  # the minutes overlapping the hour
+        # The store holds two minutes from now on (received now): raw from it there, the minutes before.
+        for i in range(120):
+            book_appliance.reading("pump1", "Current", now + 1 + i, 100.0 + i % 2)
+        book_appliance.flush()
+        quarter = client.get(f"/api/assets/pump1/trend?range=15m&until={now + 600}").get_json()
+        assert quarter["source"] == "local history (1m) and the store" and quarter["bucket_s"] == 1.5
+        cur = quarter["sensors"]["Current"]
+        recent = [m for t, m in zip(cur["t"], cur["mean"]) if t > now + 61]  # past the first minute received
+        older = [m for t, m in zip(cur["t"], cur["mean"]) if t < now - 90]
+        assert len(recent) > 30 and all(100.0 <= m <= 101.0 for m in recent)  # the store's buckets of 1.5 s
+        assert 2 <= len(older) <= 4 and all(m == pytest.approx(29.5) for m in older)  # a point per local minute
+        assert max(quarter["score"]["severity"]) == 75
+        # Past six hours the rollups alone: each minute's mean, min and max, and the minute's worst score.
         day = client.get("/api/assets/pump1/trend?range=24h").get_json()
         assert day["source"] == "local history (1m)" and day["bucket_s"] == 144.0
         cur = day["sensors"]["Current"]

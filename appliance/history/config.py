@@ -44,7 +44,7 @@ class HistoryOutboxConfig(Section):
                            description="payload bound; raw readings then scores are dropped beyond it")
     max_age_s: float = Field(7 * 86400.0, gt=0, le=10 * YEAR_S,
                              description="readings/scores older than this are dropped")
-    commit_interval_s: float = Field(2.0, gt=0, le=10, description="how often buffered points are committed "
+    commit_interval_s: float = Field(5.0, gt=0, le=10, description="how often buffered points are committed "
                                                                "(each commit is an fsync and rewrites the "
                                                                "outbox's newest pages: SD-card wear)")
     fsync: Literal["commit", "interval"] = Field(
@@ -53,16 +53,21 @@ class HistoryOutboxConfig(Section):
     fsync_interval_s: float = Field(5.0, gt=0, le=3600)
     max_pending: int = Field(100_000, ge=100, le=10_000_000, description="readings (and scores) buffered in memory "
                                                          "before commit; oldest dropped beyond")
+    page_size: Literal[512, 1024, 2048, 4096, 8192, 16384, 32768, 65536] = Field(
+        1024, description="bytes per SQLite page: a commit writes each page it touches whole; a file with "
+                          "other pages is rewritten when the appliance starts with the outbox empty")
 
 
 class HistoryLocalConfig(Section):
     enabled: bool = True
     path: StatePath = Field("history_local.db", description="relative to data_dir")
-    raw_retention_s: float = Field(86400.0, ge=120, le=10 * YEAR_S, description="raw readings and scores")
+    raw_retention_s: float = Field(86400.0, ge=120, le=10 * YEAR_S,
+                                   description="raw scores (raw readings are in the store)")
     rollup_retention_s: float = Field(30 * 86400.0, ge=120, le=10 * YEAR_S, description="1-minute aggregates")
-    commit_interval_s: float = Field(30.0, ge=0, le=300.0,
-                                     description="rows wait this long before their commit (fewer SD-card writes; "
-                                                 "the dashboard's history lags as much, a crash may lose it)")
+    commit_interval_s: float = Field(120.0, ge=0, le=300.0,
+                                     description="minute aggregates and scores wait this long before their commit "
+                                                 "(fewer SD-card writes; trends read the store's raw readings for "
+                                                 "the span it holds, so only older spans lag; a crash may lose it)")
     page_size: Literal[512, 1024, 2048, 4096, 8192, 16384, 32768, 65536] = Field(
         1024, description="bytes per SQLite page: a commit writes each page it touches whole; a file with "
                           "other pages is rewritten once when the appliance starts")

@@ -1,15 +1,24 @@
-"""Local history for the dashboard: recent raw data plus one-minute rollups.
+"""Local history for the dashboard: one-minute aggregates of the readings, raw scores.
 
 Its own SQLite file (WAL), so history views never depend on the network and
-never contend with the outbox's fsyncs. Raw readings and scores are kept for
-``raw_retention_s`` (a day by default), the one-minute aggregates for
-``rollup_retention_s`` (a month).
+never contend with the outbox's fsyncs. Raw scores are kept for
+``raw_retention_s`` (a day by default), the one-minute aggregates of readings and
+scores for ``rollup_retention_s`` (a month).
 
-A rollup bucket is recomputed from the raw rows it covers every time new raw
-rows land in it, rather than incremented: a reading delivered twice (MQTT QoS 1
-redelivery after a crash) is one raw row (the primary key is series + time), so
-the aggregate stays right. Readings older than the raw retention on arrival are
-not kept locally, because their bucket could no longer be recomputed completely.
+Raw readings are not copied here: the store holds every reading (with its own
+retention), and the dashboard's trends read them from it for the span it keeps
+(``web/trends.py``). A copy cost ~345 bytes written per reading (SD-card wear,
+``benchmarks/disk_writes.py``); the aggregates cost a row per sensor and minute.
+
+A reading's minute aggregate (count, sum, min, max of the good values, count of
+the bad ones) is added to when the reading's commit comes (merged with what the
+minute already holds), since no raw rows are left to recompute it from: a
+reading delivered twice (MQTT QoS 1 redelivery after a crash) whose first copy
+already reached this file counts twice in its minute's count and mean (never in
+its min or max). Readings older than the rollup retention on arrival are not
+kept. A score's rollup is recomputed from the raw scores it covers, so a score
+delivered twice is one row; scores older than the raw retention on arrival are
+not kept, because their bucket could no longer be recomputed completely.
 
 Only live data is kept: historical replays go to InfluxDB tagged
 ``historical=true`` but never mix into the dashboard's view of the plant now.
@@ -35,7 +44,14 @@ log = logging.getLogger(__name__)
 ROLLUP_S = 60
 _QUALITY = {int(q): q.name.lower() for q in Quality}
 MAX_QUERY_ROWS = 100_000
-# Readings and scores waiting for their commit (see LocalHistory.insert) that make it due at once.
+# A reading's minute merged into what the minute already holds (NULL sum/min/max: no good value yet).
+_MERGE_MINUTE = (
+    "INSERT INTO rollup(series, bucket, n, sum, min, max, bad) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(series, bucket) DO UPDATE SET n = n + excluded.n, "
+    "sum = coalesce(sum + excluded.sum, sum, excluded.sum), "
+    "min = coalesce(min(min, excluded.min), min, excluded.min), "
+    "max = coalesce(max(max, excluded.max), max, excluded.max), bad = bad + excluded.bad")
+# Minute aggregates and scores waiting for their commit (see LocalHistory.insert) that make it due at once.
 MAX_PENDING = 200_000
 # WAL pages between checkpoints (SQLite's default is 1000): a checkpoint writes every page the commits
 # since the last one touched, so a longer stretch writes each series' newest page once for many commits
@@ -49,13 +65,6 @@ CREATE TABLE IF NOT EXISTS series(
     sensor TEXT NOT NULL,
     UNIQUE(asset, sensor)
 );
-CREATE TABLE IF NOT EXISTS raw(
-    series INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    value REAL,
-    quality INTEGER NOT NULL,
-    PRIMARY KEY(series, ts)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rollup(
     series INTEGER NOT NULL,
     bucket INTEGER NOT NULL,
@@ -125,10 +134,11 @@ class LocalHistory:
                  commit_interval_s: float = 0.0, page_size: int | None = None):
         self.path = Path(path)
         # Rows wait this long in memory before their commit (see insert): every commit rewrites the
-        # newest page of each series it touches and its rollup's, so one every few seconds writes
-        # a few readings per page instead of one.
+        # page of each series' newest minute, so one every minute or two writes each page about once.
         self.commit_interval_s = commit_interval_s
-        self._pending: tuple[list[Reading], list[Score]] = ([], [])
+        # Readings wait as their minutes' aggregates (a few per series, not one object per reading).
+        self._minutes: dict[tuple[int, int], list] = {}
+        self._scores: list[Score] = []
         self._last_write = time.monotonic()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.raw_retention_s = raw_retention_s
@@ -139,6 +149,7 @@ class LocalHistory:
         if page_size is not None:
             self._set_page_size(page_size)
         self._w.executescript(SCHEMA)
+        self._drop_raw_readings()
         self._r = self._connect()
         self._rlock = threading.Lock()
         self._series: dict[tuple[str, str], int] = {
@@ -171,27 +182,57 @@ class LocalHistory:
         finally:
             db.execute("PRAGMA journal_mode=WAL")
 
+    def _drop_raw_readings(self) -> None:
+        """A file from before raw readings moved out (the store has them) loses its copy, once."""
+        if self._w.execute("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'raw'").fetchone():
+            log.info("history: dropping the raw readings of %s (the store keeps them), once", self.path)
+            self._w.execute("DROP TABLE raw")
+
     # -- writer thread -----------------------------------------------------------------
 
     def insert(self, readings: Sequence[Reading], scores: Sequence[Score], now: float | None = None,
                force: bool = False) -> None:
         """Add live readings and scores; they are written once ``commit_interval_s`` has passed since
-        the last write (or at once with ``force``, or when :data:`MAX_PENDING` wait). Call it with
-        nothing to add to let due rows out. A copy for the dashboard, so a crash may lose what waits."""
-        pending_r, pending_s = self._pending
-        pending_r.extend(readings)
-        pending_s.extend(scores)
-        due = time.monotonic() - self._last_write >= self.commit_interval_s
-        if not (force or due or len(pending_r) + len(pending_s) >= MAX_PENDING):
-            return
-        self._pending = ([], [])
-        self._last_write = time.monotonic()
-        self._write(pending_r, pending_s, now)
-
-    def _write(self, readings: Sequence[Reading], scores: Sequence[Score], now: float | None) -> None:
+        the last write (or at once with ``force``, or when :data:`MAX_PENDING` minutes and scores wait).
+        Call it with nothing to add to let due rows out. A copy for the dashboard, so a crash may lose
+        what waits (the store has the readings)."""
         now = time.time() if now is None else now
-        oldest_ok = now - self.raw_retention_s + ROLLUP_S
-        rrows, touched = [], set()
+        self._add_to_minutes(readings, now - self.rollup_retention_s)
+        self._scores.extend(scores)
+        due = time.monotonic() - self._last_write >= self.commit_interval_s
+        if not (force or due or len(self._minutes) + len(self._scores) >= MAX_PENDING):
+            return
+        minutes = [(sid, b, *a) for (sid, b), a in self._minutes.items()]
+        scores, self._minutes, self._scores = self._scores, {}, []
+        self._last_write = time.monotonic()
+        self._write(minutes, scores, now)
+
+    def _write(self, minutes: list[tuple], scores: Sequence[Score], now: float) -> None:
+        srows, stouched = self._score_rows(scores, now - self.raw_retention_s + ROLLUP_S)
+        if not minutes and not srows:
+            return
+        db = self._w
+        db.execute("BEGIN")
+        try:
+            db.executemany(_MERGE_MINUTE, minutes)
+            db.executemany(
+                "INSERT OR REPLACE INTO scores(asset, ts, value, threshold, contributions, model_version) "
+                "VALUES (?, ?, ?, ?, ?, ?)", srows)
+            db.executemany(
+                "INSERT OR REPLACE INTO score_rollup(asset, bucket, n, sum, max, max_ratio, over) "
+                "SELECT ?1, ?2, count(value), sum(value), max(value), "
+                "       max(CASE WHEN threshold > 0 THEN value / threshold END), "
+                "       count(*) FILTER (WHERE threshold > 0 AND value > threshold) "
+                "FROM scores WHERE asset = ?1 AND ts >= ?2 AND ts < ?2 + ?3",
+                [(aid, b, ROLLUP_S) for aid, b in stouched])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _add_to_minutes(self, readings: Sequence[Reading], oldest_ok: float) -> None:
+        """Add the live ``readings`` to their series' minute (``[n, sum, min, max, bad]`` over the good
+        finite values; ``bad`` counts the others), waiting for the next commit."""
         for r in readings:
             try:
                 ts = _finite(r.ts)
@@ -200,11 +241,21 @@ class LocalHistory:
                 if ts < oldest_ok:
                     self.skipped_old += 1
                     continue
-                row = (self._series_id(str(r.asset), str(r.sensor)), ts, _finite(r.value), int(r.quality))
+                key = (self._series_id(str(r.asset), str(r.sensor)), int(ts // ROLLUP_S) * ROLLUP_S)
+                value, good = _finite(r.value), int(r.quality) == 0
             except (AttributeError, TypeError, ValueError):
                 continue  # the outbox side counts malformed records; this copy just skips them
-            rrows.append(row)
-            touched.add((row[0], int(ts // ROLLUP_S) * ROLLUP_S))
+            a = self._minutes.setdefault(key, [0, None, None, None, 0])
+            if not good:
+                a[4] += 1
+            elif value is not None:
+                a[0] += 1
+                a[1] = value if a[1] is None else a[1] + value
+                a[2] = value if a[2] is None else min(a[2], value)
+                a[3] = value if a[3] is None else max(a[3], value)
+
+    def _score_rows(self, scores: Sequence[Score], oldest_ok: float) -> tuple[list[tuple], set[tuple[int, int]]]:
+        """Rows of the live ``scores`` for the ``scores`` table, and the (asset, minute) rollups they touch."""
         srows, stouched = [], set()
         for s in scores:
             try:
@@ -222,33 +273,7 @@ class LocalHistory:
                 continue
             srows.append(row)
             stouched.add((row[0], int(ts // ROLLUP_S) * ROLLUP_S))
-        if not rrows and not srows:
-            return
-        db = self._w
-        db.execute("BEGIN")
-        try:
-            db.executemany("INSERT OR REPLACE INTO raw(series, ts, value, quality) VALUES (?, ?, ?, ?)", rrows)
-            db.executemany(
-                "INSERT OR REPLACE INTO rollup(series, bucket, n, sum, min, max, bad) "
-                "SELECT ?1, ?2, count(value) FILTER (WHERE quality = 0), "
-                "       sum(value) FILTER (WHERE quality = 0), min(value) FILTER (WHERE quality = 0), "
-                "       max(value) FILTER (WHERE quality = 0), count(*) FILTER (WHERE quality != 0) "
-                "FROM raw WHERE series = ?1 AND ts >= ?2 AND ts < ?2 + ?3",
-                [(sid, b, ROLLUP_S) for sid, b in touched])
-            db.executemany(
-                "INSERT OR REPLACE INTO scores(asset, ts, value, threshold, contributions, model_version) "
-                "VALUES (?, ?, ?, ?, ?, ?)", srows)
-            db.executemany(
-                "INSERT OR REPLACE INTO score_rollup(asset, bucket, n, sum, max, max_ratio, over) "
-                "SELECT ?1, ?2, count(value), sum(value), max(value), "
-                "       max(CASE WHEN threshold > 0 THEN value / threshold END), "
-                "       count(*) FILTER (WHERE threshold > 0 AND value > threshold) "
-                "FROM scores WHERE asset = ?1 AND ts >= ?2 AND ts < ?2 + ?3",
-                [(aid, b, ROLLUP_S) for aid, b in stouched])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        return srows, stouched
 
     def purge(self, now: float | None = None) -> int:
         """Apply retention; returns the number of rows deleted."""
@@ -261,7 +286,6 @@ class LocalHistory:
         try:
             # Per series/asset, so every delete is a primary-key range scan.
             for sid in self._series.values():
-                n += db.execute("DELETE FROM raw WHERE series = ? AND ts < ?", (sid, raw_cut)).rowcount
                 n += db.execute("DELETE FROM rollup WHERE series = ? AND bucket < ?",
                                 (sid, roll_cut)).rowcount
             for aid in self._assets.values():
@@ -273,7 +297,6 @@ class LocalHistory:
             db.execute("ROLLBACK")
             raise
         self._counts = {
-            "raw_readings": db.execute("SELECT count(*) FROM raw").fetchone()[0],
             "rollup_rows": db.execute("SELECT count(*) FROM rollup").fetchone()[0],
             "raw_scores": db.execute("SELECT count(*) FROM scores").fetchone()[0],
         }
@@ -299,35 +322,28 @@ class LocalHistory:
     # -- readers (any thread) ----------------------------------------------------------
 
     def query_readings(self, asset: str, sensor: str, since: float, until: float,
-                       resolution: Literal["raw", "1m"] = "raw", limit: int = 10_000) -> list[dict]:
-        """Readings of one sensor in ``[since, until]``, oldest first, at most ``limit``.
+                       resolution: Literal["1m"] = "1m", limit: int = 10_000) -> list[dict]:
+        """One sensor's minute aggregates overlapping ``[since, until]``, oldest first, at most ``limit``:
+        ``{ts, count, mean, min, max, bad}`` over good-quality values only (``bad`` counts the rest).
 
-        ``raw``: ``{ts, value, quality}`` (value None where it was not a finite
-        number); ``1m``: ``{ts, count, mean, min, max, bad}`` per minute bucket
-        overlapping the range, over good-quality values only (``bad`` counts the rest).
+        Raw readings are not kept here: the store has them (:meth:`StoreReader.reading_buckets`).
         """
         since, until = _check_range(since, until)
         limit = _check_limit(limit)
-        _check_resolution(resolution)
+        if resolution != "1m":
+            raise ValueError(f"resolution: local history keeps readings per minute only ('1m'), got {resolution!r}; "
+                             "raw readings are in the store")
         with self._rlock:
             row = self._r.execute("SELECT id FROM series WHERE asset = ? AND sensor = ?",
                                   (asset, sensor)).fetchone()
             if row is None:
                 return []
-            if resolution == "raw":
-                return [{"ts": ts, "value": v, "quality": _QUALITY.get(q, str(q))}
-                        for ts, v, q in self._r.execute(
-                            "SELECT ts, value, quality FROM raw WHERE series = ? AND ts >= ? AND ts <= ? "
-                            "ORDER BY ts LIMIT ?", (row[0], since, until, limit))]
-            if resolution == "1m":
-                first = math.floor(since / ROLLUP_S) * ROLLUP_S
-                return [{"ts": b, "count": n, "mean": (s / n) if n else None, "min": lo, "max": hi,
-                         "bad": bad}
-                        for b, n, s, lo, hi, bad in self._r.execute(
-                            "SELECT bucket, n, sum, min, max, bad FROM rollup "
-                            "WHERE series = ? AND bucket >= ? AND bucket <= ? ORDER BY bucket LIMIT ?",
-                            (row[0], first, until, limit))]
-        raise AssertionError("unreachable")
+            first = math.floor(since / ROLLUP_S) * ROLLUP_S
+            return [{"ts": b, "count": n, "mean": (s / n) if n else None, "min": lo, "max": hi, "bad": bad}
+                    for b, n, s, lo, hi, bad in self._r.execute(
+                        "SELECT bucket, n, sum, min, max, bad FROM rollup "
+                        "WHERE series = ? AND bucket >= ? AND bucket <= ? ORDER BY bucket LIMIT ?",
+                        (row[0], first, until, limit))]
 
     def query_scores(self, asset: str, since: float, until: float,
                      resolution: Literal["raw", "1m"] = "raw", limit: int = 10_000) -> list[dict]:

@@ -82,7 +82,7 @@ class Row:
 
 class Outbox:
     def __init__(self, path: str | Path, max_bytes: int, max_age_s: float,
-                 fsync: Literal["commit", "interval"] = "commit"):
+                 fsync: Literal["commit", "interval"] = "commit", page_size: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
@@ -94,6 +94,8 @@ class Outbox:
         # Only takes effect on a new file: lets compact() hand space back after a
         # long outage's backlog drained (an SD card is small).
         self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        if page_size is not None:
+            self._set_page_size(page_size)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync == 'commit' else 'NORMAL'}")
         self._db.executescript(SCHEMA)
@@ -104,6 +106,25 @@ class Outbox:
         self._oldest_at: float | None = None
         self._reload_totals()
         self._over_bound_logged = False
+
+    def _set_page_size(self, page_size: int) -> None:
+        """Give the file ``page_size``-byte pages: a commit writes each page it touches whole (the newest
+        leaf, the id index's, ``sqlite_sequence``), so small pages write less per commit. A file with
+        other pages is rewritten (VACUUM, outside WAL mode) only while it holds no point, so a backlog
+        never delays a start; until then it keeps its pages."""
+        db = self._db
+        if db.execute("PRAGMA page_size").fetchone()[0] == page_size:
+            return
+        if db.execute("SELECT 1 FROM sqlite_schema WHERE name = 'outbox'").fetchone() and \
+                db.execute("SELECT 1 FROM outbox LIMIT 1").fetchone():
+            return
+        log.info("history outbox: rewriting %s with %d-byte pages, once", self.path, page_size)
+        try:
+            db.execute("PRAGMA journal_mode=DELETE")
+            db.execute(f"PRAGMA page_size={int(page_size)}")
+            db.execute("VACUUM")
+        except sqlite3.Error as exc:
+            log.warning("history outbox: page size unchanged path=%s error=%r", self.path, exc)
 
     # -- writer side -------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ Threads and the detection path::
     asyncio loop ──add_*()──► in-memory buffer ──writer thread──► outbox.db ──forwarder──► InfluxDB
      (never waits on disk          (bounded)       (commits every       (SQLite WAL)    (acked batches
       or network)                                   commit_interval_s)                    deleted)
-                                                        └──────────────► local.db (raw + 1 min rollups)
+                                                        └──────────────► local.db (1 min rollups, raw scores)
 
 ``add_*`` only appends to a buffer under a short lock. A point is *accepted*
 once the writer committed it to the outbox (at most ``commit_interval_s`` later;
@@ -103,7 +103,7 @@ class History:
             ob = cfg.outbox
             path = self._path(ob.path)
             try:
-                self.outbox = Outbox(path, ob.max_bytes, ob.max_age_s, ob.fsync)
+                self.outbox = Outbox(path, ob.max_bytes, ob.max_age_s, ob.fsync, ob.page_size)
             except (OSError, sqlite3.Error) as e:
                 raise HistoryError(f"history.outbox.path: cannot open {path}: {e}") from e
             self.forwarder = Forwarder(cfg.influx, self.outbox)
@@ -339,7 +339,7 @@ class History:
     # -- local history (any thread) ----------------------------------------------------
 
     def query_readings(self, asset: str, sensor: str, since: float, until: float,
-                       resolution: str = "raw", limit: int = 10_000) -> list[dict]:
+                       resolution: str = "1m", limit: int = 10_000) -> list[dict]:
         """See :meth:`LocalHistory.query_readings`; [] when local history is off."""
         return self.local.query_readings(asset, sensor, since, until, resolution, limit) if self.local else []
 

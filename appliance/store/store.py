@@ -901,6 +901,12 @@ class StoreReader:
             yield from conn.execute(sql + order, args)
 
     # -- trends (the dashboard's asset page) ------------------------------------------
+    def readings_kept_since(self) -> float | None:
+        """When the oldest reading the store still holds was received (retention drops the oldest
+        first, so it holds every reading received since); None when it holds none."""
+        rows = self._rows("SELECT received FROM readings ORDER BY id LIMIT 1")
+        return rows[0][0] if rows else None
+
     def reading_buckets(self, asset: str, sensor: str, since: float, until: float,
                         width: float) -> list[tuple[float, float, float, float, int]]:
         """Live readings of one series in ``(since, until]`` in buckets of ``width`` seconds, oldest first.
