@@ -124,7 +124,7 @@ def test_tampered_member_threshold_is_refused_by_the_signed_values(rig, tmp_path
                            lambda m: m["thresholds"].update(pca=m["thresholds"]["pca"] * 100))
     diff = compare_values(signed, decision_values(load_bundle(raised).meta))
     assert diff is not None and diff.startswith("thresholds.pca is ")
-    never = edited_bundle(bundle, tmp_path / "never", lambda m: m["thresholds"].update(pca=1e9))
+    never = edited_bundle(bundle, tmp_path / "never", lambda m: m["thresholds"].update(pca=1e12))
     with pytest.raises(ReleaseCheckError, match="thresholds.pca"):
         check_sane(decision_values(json.loads((never / "bundle.json").read_text())), "int8")
 
