@@ -184,9 +184,10 @@ def imports_of_path(module: str) -> set[str]:
 def test_only_the_parts_that_own_a_database_speak_sql():
     # The store owns the appliance's tables; history owns its outbox and local history
     # files; mitigation owns its append-only audit log; sync owns its upload queue; the
-    # dashboard's accounts own their file (users, sessions, sign-in log). Nobody else opens SQLite.
+    # dashboard's accounts own their file (users, sessions, sign-in log). Nobody else opens SQLite;
+    # core.sqlite_pages is the page-size rewrite those owners share, on a connection they hand it.
     owners = ("appliance.store", "appliance.history", "appliance.actions.mitigation.audit", "appliance.sync.queue",
-              "appliance.accounts")
+              "appliance.accounts", "appliance.core.sqlite_pages")
     users = sorted(m for m in GRAPH if "sqlite3" in imports_of_any(m) and not m.startswith(owners))
     assert users == []
     # Nor does anybody else write SQL for someone else's connection (the dashboard and commissioning

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from appliance.history.lineproto import RESERVED_TAGS
+from appliance.core.sqlite_pages import PageSize
 from appliance.settings import BackoffConfig, Section, StatePath, TlsConfig, YEAR_S
 
 
@@ -53,7 +54,7 @@ class HistoryOutboxConfig(Section):
     fsync_interval_s: float = Field(5.0, gt=0, le=3600)
     max_pending: int = Field(100_000, ge=100, le=10_000_000, description="readings (and scores) buffered in memory "
                                                          "before commit; oldest dropped beyond")
-    page_size: Literal[512, 1024, 2048, 4096, 8192, 16384, 32768, 65536] = Field(
+    page_size: PageSize = Field(
         1024, description="bytes per SQLite page: a commit writes each page it touches whole; a file with "
                           "other pages is rewritten when the appliance starts with the outbox empty")
 
@@ -68,7 +69,7 @@ class HistoryLocalConfig(Section):
                                      description="minute aggregates and scores wait this long before their commit "
                                                  "(fewer SD-card writes; trends read the store's raw readings for "
                                                  "the span it holds, so only older spans lag; a crash may lose it)")
-    page_size: Literal[512, 1024, 2048, 4096, 8192, 16384, 32768, 65536] = Field(
+    page_size: PageSize = Field(
         1024, description="bytes per SQLite page: a commit writes each page it touches whole; a file with "
                           "other pages is rewritten once when the appliance starts")
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from appliance.core import Quality, Reading, Score
+from appliance.core.sqlite_pages import set_page_size
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class LocalHistory:
         # threads come and go per request, so no connection per thread).
         self._w = self._connect()
         if page_size is not None:
-            self._set_page_size(page_size)
+            set_page_size(self._w, page_size, f"history {self.path}")
         self._w.executescript(SCHEMA)
         self._drop_raw_readings()
         self._r = self._connect()
@@ -164,23 +165,6 @@ class LocalHistory:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
         return db
-
-    def _set_page_size(self, page_size: int) -> None:
-        """Give the file ``page_size``-byte pages (a commit writes each page it touches whole); a file
-        with other pages is rewritten once (VACUUM, outside WAL mode), or left as it is if that fails."""
-        db = self._w
-        current = db.execute("PRAGMA page_size").fetchone()[0]
-        if current == page_size:
-            return
-        log.info("history: rewriting %s with %d-byte pages (was %d), once", self.path, page_size, current)
-        try:
-            db.execute("PRAGMA journal_mode=DELETE")
-            db.execute(f"PRAGMA page_size={int(page_size)}")
-            db.execute("VACUUM")
-        except sqlite3.Error as exc:
-            log.warning("history: page size unchanged path=%s error=%r", self.path, exc)
-        finally:
-            db.execute("PRAGMA journal_mode=WAL")
 
     def _drop_raw_readings(self) -> None:
         """A file from before raw readings moved out (the store has them) loses its copy, once."""

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from appliance.history.lineproto import DROPPABLE, Kind
+from appliance.core.sqlite_pages import set_page_size
 
 log = logging.getLogger(__name__)
 
@@ -108,23 +109,14 @@ class Outbox:
         self._over_bound_logged = False
 
     def _set_page_size(self, page_size: int) -> None:
-        """Give the file ``page_size``-byte pages: a commit writes each page it touches whole (the newest
-        leaf, the id index's, ``sqlite_sequence``), so small pages write less per commit. A file with
-        other pages is rewritten (VACUUM, outside WAL mode) only while it holds no point, so a backlog
-        never delays a start; until then it keeps its pages."""
+        """Small pages write less per commit (the newest leaf, the id index's, ``sqlite_sequence``). The
+        file is rewritten only while it holds no point, so a backlog never delays a start; until then
+        it keeps its pages."""
         db = self._db
-        if db.execute("PRAGMA page_size").fetchone()[0] == page_size:
-            return
         if db.execute("SELECT 1 FROM sqlite_schema WHERE name = 'outbox'").fetchone() and \
                 db.execute("SELECT 1 FROM outbox LIMIT 1").fetchone():
             return
-        log.info("history outbox: rewriting %s with %d-byte pages, once", self.path, page_size)
-        try:
-            db.execute("PRAGMA journal_mode=DELETE")
-            db.execute(f"PRAGMA page_size={int(page_size)}")
-            db.execute("VACUUM")
-        except sqlite3.Error as exc:
-            log.warning("history outbox: page size unchanged path=%s error=%r", self.path, exc)
+        set_page_size(db, page_size, f"history outbox {self.path}")
 
     # -- writer side -------------------------------------------------------------------
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
+from appliance.core.sqlite_pages import PageSize
 from appliance.settings import Section, StatePath
 
 
@@ -28,7 +27,7 @@ class StoreConfig(Section):
                                   description="WAL pages between checkpoints (SQLite's wal_autocheckpoint): a page "
                                               "rewritten by many commits reaches the database file once per "
                                               "checkpoint")
-    page_size: Literal[512, 1024, 2048, 4096, 8192, 16384, 32768, 65536] = Field(
+    page_size: PageSize = Field(
         1024, description="bytes per SQLite page: a commit writes each page it touches whole; an existing "
                           "store with other pages is rewritten once when the appliance starts")
     max_in_flight: int = Field(20_000, ge=10, le=10_000_000, description="readings accepted but not yet on disk")

@@ -75,6 +75,7 @@ from typing import Callable, Iterable, Iterator
 from appliance.core import (Alarm, AlarmEvent, AlarmState, DeadLetter, Level, ModeChange, ModelChange, PointMode,
                             Quality, Reading, Score)
 from appliance.core.clock import AgeCutoff
+from appliance.core.sqlite_pages import set_page_size
 from appliance.store.comments import AlarmComment
 
 log = logging.getLogger(__name__)
@@ -240,25 +241,6 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
-def _set_page_size(conn: sqlite3.Connection, page_size: int) -> None:
-    """Give the file ``page_size``-byte pages. A commit writes every page it touches whole, so smaller
-    pages write fewer bytes per commit (see the module doc). SQLite fixes the size when a file is made,
-    so a file with other pages is rewritten once (VACUUM, outside WAL mode: it takes a while on a large
-    store, and twice its size on disk); if that fails the store goes on with the pages it has."""
-    current = conn.execute("PRAGMA page_size").fetchone()[0]
-    if current == page_size:
-        return
-    log.warning("store: rewriting the file with %d-byte pages (was %d), once", page_size, current)
-    try:
-        conn.execute("PRAGMA journal_mode=DELETE")
-        conn.execute(f"PRAGMA page_size={int(page_size)}")
-        conn.execute("VACUUM")
-    except sqlite3.Error as exc:
-        log.warning("store: page size unchanged error=%r", exc)
-    finally:
-        conn.execute("PRAGMA journal_mode=WAL")
-
-
 def import_comments(path: str | Path, comments: Iterable[AlarmComment]) -> int:
     """Copy alarm comments kept elsewhere (the accounts file of a release before schema 4) into the store.
 
@@ -344,7 +326,7 @@ class Store:
         try:
             _migrate(conn)
             if page_size is not None:
-                _set_page_size(conn, page_size)
+                set_page_size(conn, page_size, "store")
         finally:
             conn.close()
         self._q: queue.SimpleQueue = queue.SimpleQueue()
