@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# aarch64, proven under emulation: does a Raspberry Pi 4/5 or a Jetson Orin decide as the x86_64 PC does?
+#
+# Builds a Debian arm64 root (debootstrap, qemu-user-static through binfmt_misc), installs HEAD of this
+# repository there from aarch64 wheels, and then, on emulated Cortex-A cores:
+#   1. runs the fast lane (pytest -m "not integration") in the background, under QEMU_CPU=cortex-a76;
+#   2. replays the SKAB files through `appliance score`'s code path with bundles trained on x86_64
+#      (the per-file bundles of `appliance eval skab`) under QEMU_CPU=cortex-a72 (Pi 4) and
+#      cortex-a76 (Pi 5; nearest to Orin's A78AE), and compares every row's score and alarm with
+#      the x86_64 replay of the same bundles;
+#   3. trains a small bundle on aarch64 (`appliance train`; training refuses a bundle whose INT8
+#      check fails) and records its check;
+# then writes benchmarks/results/arm64-check.{txt,json}. Emulated times mean nothing: decisions do.
+#
+# Needs root (debootstrap, mounts, binfmt_misc) and network (Debian mirror, PyPI). Re-usable: the
+# root is built once (ARM64_ROOT, default /var/tmp/arm64-root, outside the repository); bundles and
+# replays go to ARM64_WORK (default /var/tmp/arm64-work).
+#   scripts/arm64-check.sh
+#   ARM64_SKAB_FILES="valve1/0.csv other/1.csv" scripts/arm64-check.sh   a subset of SKAB files
+#   ARM64_FAST_LANE_UNTIL=20:40 scripts/arm64-check.sh                   report whatever the fast lane
+#                                                                        finished by then (UTC)
+#   ARM64_FAST_LANE=0 scripts/arm64-check.sh                             skip the fast lane
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+
+ROOT=${ARM64_ROOT:-/var/tmp/arm64-root}
+WORK=${ARM64_WORK:-/var/tmp/arm64-work}
+SUITE=${ARM64_SUITE:-bookworm}
+MIRROR=${ARM64_MIRROR:-http://deb.debian.org/debian}
+CPUS=(cortex-a72 cortex-a76)
+FAST_LANE_CPU=cortex-a76
+FAST_LANE_LOG=$WORK/fast-lane.log
+FAST_LANE_UNTIL=${ARM64_FAST_LANE_UNTIL:-}
+read -r -a SKAB_FILES <<<"${ARM64_SKAB_FILES:-}"
+APP=/opt/appliance  # the project inside the root
+VENV=/opt/venv
+OUT_TXT=$REPO/benchmarks/results/arm64-check.txt
+OUT_JSON=$REPO/benchmarks/results/arm64-check.json
+
+log() { echo "arm64-check: $*" >&2; }
+
+skab_data() {
+  if [ -f "$REPO/data/skab/anomaly-free/anomaly-free.csv" ]; then echo "$REPO/data/skab"
+  else echo /work/wt/shared/datasets/skab; fi
+}
+
+host_python() {
+  if [ -x "$REPO/.venv/bin/python" ]; then echo "$REPO/.venv/bin/python"; else echo python3; fi
+}
+
+install_host_packages() {
+  local pkgs=()
+  command -v debootstrap >/dev/null || pkgs+=(debootstrap)
+  [ -x /usr/bin/qemu-aarch64-static ] || pkgs+=(qemu-user-static)
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    log "installing ${pkgs[*]}"
+    apt-get install -y "${pkgs[@]}" >/dev/null
+  fi
+}
+
+# qemu's aarch64 handler, with the F flag (Debian's definition has it): the kernel opens the static
+# interpreter at registration, so it runs inside the chroot without a copy there.
+register_binfmt() {
+  local misc=/proc/sys/fs/binfmt_misc
+  [ -f "$misc/register" ] || mount -t binfmt_misc binfmt_misc "$misc"
+  if [ -f "$misc/qemu-aarch64" ]; then
+    grep -q '^flags:.*F' "$misc/qemu-aarch64" && return
+    echo -1 >"$misc/qemu-aarch64"  # registered without F: replace it
+  fi
+  local def
+  for def in /usr/lib/binfmt.d/qemu-aarch64.conf; do
+    [ -f "$def" ] && break
+  done
+  [ -f "$def" ] || { log "no qemu-aarch64 binfmt definition under /usr/lib/binfmt.d"; exit 1; }
+  local line
+  line=$(grep -v '^#' "$def" | head -1)
+  case "${line##*:}" in *F*) ;; *) line="${line}F" ;; esac
+  echo "$line" >"$misc/register"
+  log "registered qemu-aarch64 ($(grep '^flags' "$misc/qemu-aarch64"))"
+}
+
+build_root() {
+  if [ -x "$ROOT/usr/bin/python3" ] && [ -x "$ROOT/usr/sbin/mosquitto" ]; then
+    log "root $ROOT exists, not rebuilt"
+    return
+  fi
+  log "debootstrap --arch=arm64 $SUITE into $ROOT (minutes)"
+  debootstrap --arch=arm64 --variant=minbase \
+    --include=python3,python3-venv,python3-pip,mosquitto,ca-certificates \
+    "$SUITE" "$ROOT" "$MIRROR" >"$WORK/debootstrap.log" 2>&1
+}
+
+# ONNX Runtime's CPU probe (cpuinfo) reads these two files; the host's sysfs describes x86 cores and
+# crashes it, an empty /sys makes it fail. Four cores, as on a Pi 4/5 and the smaller Orins.
+fake_cpu_sysfs() {
+  local cpu=$ROOT/sys/devices/system/cpu
+  mountpoint -q "$cpu" || { mkdir -p "$cpu" && mount -t tmpfs -o size=64k arm64-cpu "$cpu"; }
+  echo 0-3 >"$cpu/possible"
+  echo 0-3 >"$cpu/present"
+}
+
+mount_root() {
+  mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
+  if ! mountpoint -q "$ROOT/dev"; then
+    mount --rbind /dev "$ROOT/dev"
+    mount --make-rslave "$ROOT/dev"
+  fi
+  fake_cpu_sysfs
+  cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+}
+
+unmount_root() {
+  local m
+  for m in "$ROOT/sys/devices/system/cpu" "$ROOT/proc"; do
+    mountpoint -q "$m" && umount "$m" || true
+  done
+  mountpoint -q "$ROOT/dev" && umount -R "$ROOT/dev" || true
+}
+
+in_root() {  # in_root CPU command...: run in the root on the given emulated CPU
+  local cpu=$1; shift
+  chroot "$ROOT" /usr/bin/env -i PATH="$VENV/bin:/usr/sbin:/usr/bin:/sbin:/bin" HOME=/root LANG=C.UTF-8 \
+    QEMU_CPU="$cpu" PYTHONDONTWRITEBYTECODE=1 "$@"
+}
+
+# HEAD, as git archive gives it (no worktree changes), installed from aarch64 wheels: the project is
+# built into a wheel, every dependency must come as a wheel (--only-binary), at constraints.txt's pins
+# when HEAD has one.
+install_project() {
+  local head
+  head=$(git rev-parse HEAD)
+  if [ -f "$ROOT$APP/.head" ] && [ "$(cat "$ROOT$APP/.head")" = "$head" ]; then
+    log "HEAD $head already installed in the root"
+    return
+  fi
+  log "installing HEAD $head in the root (pip under emulation: minutes)"
+  rm -rf "$ROOT$APP" && mkdir -p "$ROOT$APP"
+  git archive HEAD | tar -x -C "$ROOT$APP"
+  [ -x "$ROOT$VENV/bin/python" ] || in_root cortex-a72 python3 -m venv "$VENV"
+  local constraints=()
+  [ -f "$ROOT$APP/constraints.txt" ] && constraints=(-c "$APP/constraints.txt")
+  in_root cortex-a72 pip install -q --upgrade pip
+  in_root cortex-a72 pip wheel -q --no-deps -w /tmp/appliance-wheel "$APP"
+  in_root cortex-a72 sh -c "pip install -q --only-binary=:all: ${constraints[*]} \
+    \"\$(ls /tmp/appliance-wheel/edge_anomaly_appliance-*.whl)[test]\""
+  echo "$head" >"$ROOT$APP/.head"
+}
+
+start_fast_lane() {
+  if [ "${ARM64_FAST_LANE:-1}" = 0 ]; then
+    rm -f "$FAST_LANE_LOG"
+    return
+  fi
+  log "fast lane started in the background under QEMU_CPU=$FAST_LANE_CPU, log $FAST_LANE_LOG"
+  # The per-test timeout is for a native run; under emulation only a hang should trip it.
+  nohup chroot "$ROOT" /usr/bin/env -i PATH="$VENV/bin:/usr/sbin:/usr/bin:/sbin:/bin" HOME=/root \
+    LANG=C.UTF-8 QEMU_CPU="$FAST_LANE_CPU" PYTHONDONTWRITEBYTECODE=1 \
+    sh -c "cd $APP && python -m pytest -q -m 'not integration' -p no:cacheprovider -o timeout=6000" \
+    >"$FAST_LANE_LOG" 2>&1 &
+  FAST_LANE_PID=$!
+}
+
+reference_bundles() {
+  local data=$1 py
+  py=$(host_python)
+  if [ -f "$WORK/bundles/manifest.json" ]; then
+    log "bundles in $WORK/bundles exist, not retrained"
+  else
+    log "training the SKAB per-file bundles on $(uname -m)"
+    "$py" scripts/arm64_check.py bundles --data "$data" --out "$WORK/bundles" ${SKAB_FILES[@]:+--files "${SKAB_FILES[@]}"}
+  fi
+  log "replaying on $(uname -m)"
+  "$py" scripts/arm64_check.py score --bundles "$WORK/bundles" --out "$WORK/runs/x86_64" \
+    ${SKAB_FILES[@]:+--files "${SKAB_FILES[@]}"} >"$WORK/score-x86_64.log"
+}
+
+replay_in_root() {
+  local cpu=$1
+  rm -rf "$ROOT/opt/check" && mkdir -p "$ROOT/opt/check"
+  cp -a "$WORK/bundles" "$ROOT/opt/check/bundles"
+  log "replaying under QEMU_CPU=$cpu"
+  in_root "$cpu" python "$APP/scripts/arm64_check.py" score --bundles /opt/check/bundles \
+    --data "$APP/data/skab" --out "/opt/check/$cpu" ${SKAB_FILES[@]:+--files "${SKAB_FILES[@]}"} \
+    >"$WORK/score-$cpu.log"
+  rm -rf "$WORK/runs/$cpu" && cp -a "$ROOT/opt/check/$cpu" "$WORK/runs/$cpu"
+}
+
+# A small bundle trained on aarch64: the first 600 rows of a SKAB file (training refuses a bundle
+# whose INT8 check fails, so a bundle on disk is a check passed there).
+train_in_root() {
+  local cpu=$1 src=valve1/0.csv
+  log "training a bundle under QEMU_CPU=$cpu"
+  mkdir -p "$ROOT/opt/check/train"
+  head -601 "$ROOT$APP/data/skab/$src" >"$ROOT/opt/check/train/rows.csv"
+  rm -rf "$ROOT/opt/check/train/bundle"
+  in_root "$cpu" appliance train --data /opt/check/train/rows.csv --out /opt/check/train/bundle \
+    >"$WORK/train-aarch64.log" 2>&1 || log "training on aarch64 failed: see $WORK/train-aarch64.log"
+  in_root "$cpu" python -c "import json, sys; sys.path.insert(0, '$APP/scripts'); import arm64_check; \
+print(json.dumps(arm64_check.platform_info()))" >"$ROOT/opt/check/train/platform.json"
+  rm -rf "$WORK/train" && cp -a "$ROOT/opt/check/train" "$WORK/train"
+}
+
+wait_for_fast_lane() {
+  [ -n "${FAST_LANE_PID:-}" ] || return 0
+  while kill -0 "$FAST_LANE_PID" 2>/dev/null; do
+    if [ -n "$FAST_LANE_UNTIL" ] && [ "$(date -u +%H:%M)" \> "$FAST_LANE_UNTIL" ]; then
+      log "fast lane still running at $FAST_LANE_UNTIL: reporting what it finished (log $FAST_LANE_LOG)"
+      return 0
+    fi
+    sleep 30
+  done
+  wait "$FAST_LANE_PID" || true
+}
+
+report() {
+  local runs=()
+  local cpu
+  for cpu in "${CPUS[@]}"; do runs+=("$WORK/runs/$cpu"); done
+  cp "$FAST_LANE_LOG" "$REPO/benchmarks/results/arm64-check-fast-lane.log" 2>/dev/null || true
+  "$(host_python)" scripts/arm64_check.py report --bundles "$WORK/bundles" --reference "$WORK/runs/x86_64" \
+    --runs "${runs[@]}" --train-bundle "$WORK/train/bundle" --fast-lane-log "$FAST_LANE_LOG" \
+    --fast-lane-cpu "$FAST_LANE_CPU" --out-txt "$OUT_TXT" --out-json "$OUT_JSON"
+}
+
+main() {
+  [ "$(id -u)" = 0 ] || { log "needs root (debootstrap, chroot, mounts, binfmt_misc)"; exit 1; }
+  mkdir -p "$WORK/runs"
+  install_host_packages
+  register_binfmt
+  build_root
+  mount_root
+  # The fast lane's tests may outlive this script when it reports early; then the mounts stay.
+  trap '[ -n "${FAST_LANE_PID:-}" ] && kill -0 "$FAST_LANE_PID" 2>/dev/null || unmount_root' EXIT
+  install_project
+  start_fast_lane
+  reference_bundles "$(skab_data)"
+  for cpu in "${CPUS[@]}"; do replay_in_root "$cpu"; done
+  train_in_root "$FAST_LANE_CPU"
+  wait_for_fast_lane
+  report
+}
+
+main "$@"

@@ -1,0 +1,281 @@
+"""The Python half of ``scripts/arm64-check.sh``: SKAB bundles, replays and the x86_64-vs-aarch64 report.
+
+The question is whether a gateway on a Raspberry Pi 4/5 or a Jetson Orin decides
+every row as the PC the bundle was trained on does. So the bundles are trained
+once on x86_64 (exactly as ``appliance eval skab`` trains its per-file bundles:
+the first 400 rows of each file, the level-free sensors chosen on
+anomaly-free.csv), and the same bundle directories are replayed through what
+``appliance score`` runs (:func:`appliance.detector.replay.score_command`) on
+x86_64 and, under qemu-user, on emulated Cortex-A72 and Cortex-A76 cores. A replay
+keeps every row's score (full precision, NaN where there is none) and alarm.
+
+Subcommands (each prints one line; ``--help`` for the arguments):
+
+* ``bundles``  x86_64: train the per-file bundles into a directory, with a manifest;
+* ``score``    any machine: replay every manifest file, save ``<file>.npz`` and ``platform.json``;
+* ``report``   compare the replays with the x86_64 one, write the text and JSON report.
+
+Emulated times are not reported as performance: only decisions are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+PLATFORM = "platform.json"
+# Goal of the check: at least this share of rows gets the same alarm state as on x86_64.
+ROW_AGREEMENT_GOAL = 0.995
+
+
+# ---------------------------------------------------------------- where we run
+
+def cpu_model() -> dict:
+    """What /proc/cpuinfo says (qemu-user shows its emulated CPU there for aarch64) and QEMU_CPU."""
+    info: dict = {"machine": platform.machine(), "qemu_cpu": os.environ.get("QEMU_CPU")}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for key, name in (("model name", "model_name"), ("CPU implementer", "implementer"), ("CPU part", "part"),
+                      ("Features", "features")):
+        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.M)
+        if m:
+            info[name] = m.group(1).strip()
+    return info
+
+
+def platform_info() -> dict:
+    import numpy
+    import onnxruntime
+
+    return {"python": platform.python_version(), "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__,
+            "onnxruntime_providers": onnxruntime.get_available_providers(), "libc": "-".join(platform.libc_ver()),
+            "kernel": platform.release(), "cpu": cpu_model()}
+
+
+def safe_name(rel: str) -> str:
+    return rel.replace("/", "_").removesuffix(".csv")
+
+
+# ---------------------------------------------------------------- bundles (x86_64)
+
+def train_one(rel: str, path: str, settings, out_dir: str) -> tuple[str, str]:
+    """The bundle ``appliance eval skab`` trains for one file: its first ``train_rows`` rows on the live grid."""
+    from appliance.detector.train import read_csv, train_grid
+    from appliance.detector.windowing import grid_rows, rows_as_readings
+
+    sensors, ts, rows, _ = read_csv(path)
+    # probe_reach 3.0: the INT8 check reaches three thresholds, as the eval's without a drift allowance.
+    train = settings.train_settings(probe_reach=3.0)
+    n = settings.train_rows
+    grid = grid_rows(rows_as_readings(rel, sensors, ts[:n], rows[:n]), sensors, train.period_s,
+                     train.staleness_s, train.lateness_s)
+    bundle = train_grid(grid, Path(out_dir) / safe_name(rel), train, prior_rows=settings.prior_rows)
+    return rel, str(bundle)
+
+
+def cmd_bundles(args) -> int:
+    from appliance.eval.common import EvalSettings, experiment_files, with_level_free
+    from appliance.eval.skab import run_jobs
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings, level_free = with_level_free(args.data, EvalSettings())
+    todo = [(rel, p) for rel, p in experiment_files(args.data) if not args.files or rel in args.files]
+    started = time.monotonic()
+    done = run_jobs([(train_one, (rel, str(p), settings, str(out))) for rel, p in todo], args.workers)
+    manifest = {"data": str(Path(args.data).resolve()), "level_free": level_free and level_free["sensors"],
+                "trained_on": platform_info(),
+                "files": {rel: {"csv": str(Path(args.data) / rel), "bundle": Path(b).name} for rel, b in done}}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    print(f"bundles: {len(done)} trained in {time.monotonic() - started:.0f} s into {out}")
+    return 0
+
+
+# ---------------------------------------------------------------- replays (any machine)
+
+def cmd_score(args) -> int:
+    from appliance.detector.replay import score_command
+
+    bundles, out = Path(args.bundles), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((bundles / MANIFEST).read_text())
+    data = Path(args.data) if args.data else None
+    summary = {}
+    for rel, entry in manifest["files"].items():
+        if args.files and rel not in args.files:
+            continue
+        csv = data / rel if data else Path(entry["csv"])
+        (r,), line = score_command(bundles / entry["bundle"], [csv], out / f"{safe_name(rel)}.csv",
+                                   precision=args.precision)
+        np.savez(out / f"{safe_name(rel)}.npz", score=r.score, alarm=r.alarm, ts=r.ts)
+        summary[rel] = line
+        print(f"score {rel}: {line}", flush=True)
+    (out / PLATFORM).write_text(json.dumps({**platform_info(), "precision": args.precision, "files": summary},
+                                           indent=1))
+    print(f"score: {len(summary)} file(s) replayed into {out}")
+    return 0
+
+
+# ---------------------------------------------------------------- report
+
+def compare_file(ref: dict, run: dict) -> dict:
+    """Rows decided alike, rows with a score on one side only, and the score differences where both have one."""
+    alike = ref["alarm"] == run["alarm"]
+    a, b = ref["score"], run["score"]
+    both = np.isfinite(a) & np.isfinite(b)
+    one_sided = int((np.isfinite(a) != np.isfinite(b)).sum())
+    rel = np.abs(a[both] - b[both]) / np.maximum(np.abs(a[both]), 1e-12)
+    return {"rows": int(len(alike)), "rows_alike": int(alike.sum()), "alarm_rows_ref": int(ref["alarm"].sum()),
+            "alarm_rows": int(run["alarm"].sum()), "scored_rows": int(both.sum()), "score_one_sided": one_sided,
+            "rel_diff": rel}
+
+
+def compare_run(ref_dir: Path, run_dir: Path) -> dict:
+    files = {}
+    for npz in sorted(run_dir.glob("*.npz")):
+        ref_npz = ref_dir / npz.name
+        if ref_npz.exists():
+            files[npz.stem] = compare_file(dict(np.load(ref_npz)), dict(np.load(npz)))
+    if not files:
+        return {"files": 0}
+    rel = np.concatenate([f.pop("rel_diff") for f in files.values()])
+    rows = sum(f["rows"] for f in files.values())
+    alike = sum(f["rows_alike"] for f in files.values())
+    return {"files": len(files), "rows": rows, "rows_alike": alike, "row_agreement": alike / rows,
+            "goal_met": alike / rows >= ROW_AGREEMENT_GOAL,
+            "scored_rows": int(len(rel)), "score_one_sided": sum(f["score_one_sided"] for f in files.values()),
+            "score_rel_diff": {"max": float(rel.max()) if len(rel) else None,
+                               "p99": float(np.quantile(rel, 0.99)) if len(rel) else None,
+                               "median": float(np.median(rel)) if len(rel) else None,
+                               "exact_share": float((rel == 0).mean()) if len(rel) else None},
+            "files_with_differences": {k: f for k, f in files.items() if f["rows_alike"] < f["rows"]},
+            "platform": json.loads((run_dir / PLATFORM).read_text()) if (run_dir / PLATFORM).exists() else None}
+
+
+def fast_lane_outcome(log: Path) -> dict:
+    """The counts of pytest's last summary line, or what the log shows if it has none (still running, cut)."""
+    if not log.exists():
+        return {"state": "not run"}
+    text = log.read_text(errors="replace")
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    summary = next((ln for ln in reversed(lines) if re.search(r"\d+ (passed|failed)", ln) and " in " in ln), None)
+    if summary is None:
+        return {"state": "unfinished", "log": str(log), "last_line": lines[-1] if lines else ""}
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|deselected|xfailed|xpassed|errors?)",
+                                               summary)}
+    return {"state": "finished", "summary": summary.strip("= "), "counts": counts,
+            "failed_tests": re.findall(r"^FAILED (\S+)", text, re.M)}
+
+
+def train_outcome(bundle: Path) -> dict:
+    """The INT8 check of the bundle trained on aarch64 (training refuses a bundle whose check fails)."""
+    meta_path = bundle / "bundle.json"
+    if not meta_path.exists():
+        return {"state": "no bundle", "path": str(bundle)}
+    meta = json.loads(meta_path.read_text())
+    check = meta.get("int8_check", {})
+    return {"state": "trained", "model_version": meta.get("model_version"), "sensors": len(meta.get("sensors", [])),
+            "thresholds": meta.get("thresholds"), "int8_check": check,
+            "platform": json.loads((bundle.parent / PLATFORM).read_text())
+            if (bundle.parent / PLATFORM).exists() else None}
+
+
+def report_text(report: dict) -> str:
+    ref = report["reference"]
+    lines = ["aarch64 check under qemu-user (scripts/arm64-check.sh): decisions, not times",
+             f"reference: x86_64 {ref['cpu'].get('model_name', '?')}, Python {ref['python']}, "
+             f"numpy {ref['numpy']}, onnxruntime {ref['onnxruntime']}",
+             f"bundles: {report['bundles']} SKAB per-file bundles trained on x86_64 (appliance eval skab's "
+             f"protocol), replayed by appliance score ({report['precision']})"]
+    for name, run in report["runs"].items():
+        if not run.get("files"):
+            lines.append(f"{name}: no replay")
+            continue
+        p, d = run["platform"], run["score_rel_diff"]
+        lines.append(f"{name}: {p['cpu'].get('machine')} QEMU_CPU={p['cpu'].get('qemu_cpu')} "
+                     f"(cpuinfo part {p['cpu'].get('part', '?')}), Python {p['python']}, numpy {p['numpy']}, "
+                     f"onnxruntime {p['onnxruntime']}")
+        lines.append(f"  {run['files']} files, {run['rows']} rows: {run['rows_alike']} decided alike "
+                     f"({run['row_agreement']:.3%}; goal {ROW_AGREEMENT_GOAL:.1%}: "
+                     f"{'met' if run['goal_met'] else 'NOT met'})")
+        lines.append(f"  scores on {run['scored_rows']} rows: max relative difference {d['max']:.3g}, "
+                     f"p99 {d['p99']:.3g}, identical {d['exact_share']:.1%}; "
+                     f"scored on one side only: {run['score_one_sided']} rows")
+    t = report["train"]
+    if t["state"] == "trained":
+        h = t["int8_check"].get("holdout", {})
+        lines.append(f"training on aarch64: bundle {t['model_version']} ({t['sensors']} sensors), INT8 check passed"
+                     f" (holdout error correlation {h.get('error_correlation', float('nan')):.4f})")
+    else:
+        lines.append(f"training on aarch64: {t['state']}")
+    f = report["fast_lane"]
+    if f["state"] == "finished":
+        lines.append(f"fast lane on aarch64 (QEMU_CPU={report.get('fast_lane_cpu')}): {f['summary']}")
+        lines += [f"  FAILED {name}" for name in f["failed_tests"]]
+    else:
+        lines.append(f"fast lane on aarch64: {f['state']}"
+                     + (f" (last line: {f['last_line']!r})" if f.get("last_line") else ""))
+    return "\n".join(lines)
+
+
+def cmd_report(args) -> int:
+    ref_dir = Path(args.reference)
+    manifest = json.loads((Path(args.bundles) / MANIFEST).read_text())
+    ref_platform = json.loads((ref_dir / PLATFORM).read_text())
+    report = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "reference": ref_platform, "precision": ref_platform["precision"],
+              "bundles": len(manifest["files"]), "level_free": manifest["level_free"],
+              "row_agreement_goal": ROW_AGREEMENT_GOAL,
+              "runs": {Path(d).name: compare_run(ref_dir, Path(d)) for d in args.runs},
+              "train": train_outcome(Path(args.train_bundle)),
+              "fast_lane": fast_lane_outcome(Path(args.fast_lane_log)), "fast_lane_cpu": args.fast_lane_cpu}
+    text = report_text(report)
+    Path(args.out_json).write_text(json.dumps(report, indent=1, default=str) + "\n")
+    Path(args.out_txt).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(required=True)
+    b = sub.add_parser("bundles", help="train the SKAB per-file bundles (x86_64)")
+    b.add_argument("--data", required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--files", nargs="*", help="relative names, e.g. valve1/0.csv (default: all)")
+    b.add_argument("--workers", type=int, default=2)
+    b.set_defaults(fn=cmd_bundles)
+    s = sub.add_parser("score", help="replay the manifest's files through their bundles")
+    s.add_argument("--bundles", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--data", help="the SKAB folder here (default: the manifest's paths)")
+    s.add_argument("--files", nargs="*")
+    s.add_argument("--precision", choices=("int8", "fp32"), default="int8")
+    s.set_defaults(fn=cmd_score)
+    r = sub.add_parser("report", help="compare replays with the x86_64 one, write the report")
+    r.add_argument("--bundles", required=True)
+    r.add_argument("--reference", required=True)
+    r.add_argument("--runs", nargs="+", required=True)
+    r.add_argument("--train-bundle", required=True)
+    r.add_argument("--fast-lane-log", required=True)
+    r.add_argument("--fast-lane-cpu")
+    r.add_argument("--out-txt", required=True)
+    r.add_argument("--out-json", required=True)
+    r.set_defaults(fn=cmd_report)
+    args = ap.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
