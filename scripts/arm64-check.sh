@@ -17,8 +17,8 @@
 # replays go to ARM64_WORK (default /var/tmp/arm64-work).
 #   scripts/arm64-check.sh
 #   ARM64_SKAB_FILES="valve1/0.csv other/1.csv" scripts/arm64-check.sh   a subset of SKAB files
-#   ARM64_FAST_LANE_UNTIL=20:40 scripts/arm64-check.sh                   report whatever the fast lane
-#                                                                        finished by then (UTC)
+#   ARM64_UNTIL=20:40 scripts/arm64-check.sh                             report what the fast lane and
+#                                                                        the replays finished by then (UTC)
 #   ARM64_FAST_LANE=0 scripts/arm64-check.sh                             skip the fast lane
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,8 @@ MIRROR=${ARM64_MIRROR:-http://deb.debian.org/debian}
 CPUS=(cortex-a72 cortex-a76)
 FAST_LANE_CPU=cortex-a76
 FAST_LANE_LOG=$WORK/fast-lane.log
-FAST_LANE_UNTIL=${ARM64_FAST_LANE_UNTIL:-}
+UNTIL=${ARM64_UNTIL:-}  # HH:MM UTC: report what the background runs finished by then
+REPLAY_PIDS=()
 read -r -a SKAB_FILES <<<"${ARM64_SKAB_FILES:-}"
 APP=/opt/appliance  # the project inside the root
 VENV=/opt/venv
@@ -175,15 +176,27 @@ reference_bundles() {
     ${SKAB_FILES[@]:+--files "${SKAB_FILES[@]}"} >"$WORK/score-x86_64.log"
 }
 
-replay_in_root() {
-  local cpu=$1
+copy_bundles_into_root() {
   rm -rf "$ROOT/opt/check" && mkdir -p "$ROOT/opt/check"
   cp -a "$WORK/bundles" "$ROOT/opt/check/bundles"
-  log "replaying under QEMU_CPU=$cpu"
+}
+
+# In the background; each file's replay is saved as it finishes, so a replay cut short by ARM64_UNTIL
+# still reports the files it did (taken from each SKAB folder in turn).
+start_replay_in_root() {
+  local cpu=$1
+  log "replaying under QEMU_CPU=$cpu in the background, log $WORK/score-$cpu.log"
   in_root "$cpu" python "$APP/scripts/arm64_check.py" score --bundles /opt/check/bundles \
     --data "$APP/data/skab" --out "/opt/check/$cpu" ${SKAB_FILES[@]:+--files "${SKAB_FILES[@]}"} \
-    >"$WORK/score-$cpu.log"
-  rm -rf "$WORK/runs/$cpu" && cp -a "$ROOT/opt/check/$cpu" "$WORK/runs/$cpu"
+    >"$WORK/score-$cpu.log" 2>&1 &
+  REPLAY_PIDS+=($!)
+}
+
+collect_replays() {
+  local cpu
+  for cpu in "${CPUS[@]}"; do
+    rm -rf "$WORK/runs/$cpu" && cp -a "$ROOT/opt/check/$cpu" "$WORK/runs/$cpu"
+  done
 }
 
 # A small bundle trained on aarch64: the first 600 rows of a SKAB file (training refuses a bundle
@@ -201,16 +214,22 @@ print(json.dumps(arm64_check.platform_info()))" >"$ROOT/opt/check/train/platform
   rm -rf "$WORK/train" && cp -a "$ROOT/opt/check/train" "$WORK/train"
 }
 
-wait_for_fast_lane() {
-  [ -n "${FAST_LANE_PID:-}" ] || return 0
-  while kill -0 "$FAST_LANE_PID" 2>/dev/null; do
-    if [ -n "$FAST_LANE_UNTIL" ] && [ "$(date -u +%H:%M)" \> "$FAST_LANE_UNTIL" ]; then
-      log "fast lane still running at $FAST_LANE_UNTIL: reporting what it finished (log $FAST_LANE_LOG)"
+past_until() {
+  [ -n "$UNTIL" ] && [ "$(date -u +%H:%M)" \> "$UNTIL" ]
+}
+
+# Waits for a background job; at ARM64_UNTIL stops it (stop=1) or leaves it running (stop=0).
+wait_or_cut() {
+  local pid=$1 what=$2 stop=$3
+  while kill -0 "$pid" 2>/dev/null; do
+    if past_until; then
+      log "$what still running at $UNTIL UTC: reporting what it finished"
+      [ "$stop" = 1 ] && kill "$pid" 2>/dev/null
       return 0
     fi
-    sleep 30
+    sleep 20
   done
-  wait "$FAST_LANE_PID" || true
+  wait "$pid" || log "$what exited with an error (see its log in $WORK)"
 }
 
 report() {
@@ -235,9 +254,13 @@ main() {
   install_project
   start_fast_lane
   reference_bundles "$(skab_data)"
-  for cpu in "${CPUS[@]}"; do replay_in_root "$cpu"; done
+  copy_bundles_into_root
+  for cpu in "${CPUS[@]}"; do start_replay_in_root "$cpu"; done
   train_in_root "$FAST_LANE_CPU"
-  wait_for_fast_lane
+  local i
+  for i in "${!CPUS[@]}"; do wait_or_cut "${REPLAY_PIDS[$i]}" "replay under ${CPUS[$i]}" 1; done
+  collect_replays
+  [ -n "${FAST_LANE_PID:-}" ] && wait_or_cut "$FAST_LANE_PID" "fast lane" 0
   report
 }
 

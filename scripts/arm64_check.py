@@ -104,6 +104,23 @@ def cmd_bundles(args) -> int:
 
 # ---------------------------------------------------------------- replays (any machine)
 
+def interleaved(rels) -> list[str]:
+    """Files taken from each folder in turn: a replay cut short still covers every kind of experiment.
+
+    >>> interleaved(["a/0.csv", "a/1.csv", "b/0.csv"])
+    ['a/0.csv', 'b/0.csv', 'a/1.csv']
+    """
+    by_folder: dict[str, list[str]] = {}
+    for rel in rels:
+        by_folder.setdefault(rel.split("/")[0], []).append(rel)
+    columns = list(by_folder.values())
+    return [c[i] for i in range(max(map(len, columns), default=0)) for c in columns if i < len(c)]
+
+
+def write_platform(out: Path, precision: str, files: dict) -> None:
+    (out / PLATFORM).write_text(json.dumps({**platform_info(), "precision": precision, "files": files}, indent=1))
+
+
 def cmd_score(args) -> int:
     from appliance.detector.replay import score_command
 
@@ -111,18 +128,17 @@ def cmd_score(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     manifest = json.loads((bundles / MANIFEST).read_text())
     data = Path(args.data) if args.data else None
-    summary = {}
-    for rel, entry in manifest["files"].items():
-        if args.files and rel not in args.files:
-            continue
+    summary: dict[str, str] = {}
+    write_platform(out, args.precision, summary)  # first, so that a replay cut short still says where it ran
+    for rel in interleaved(r for r in manifest["files"] if not args.files or r in args.files):
+        entry = manifest["files"][rel]
         csv = data / rel if data else Path(entry["csv"])
         (r,), line = score_command(bundles / entry["bundle"], [csv], out / f"{safe_name(rel)}.csv",
                                    precision=args.precision)
         np.savez(out / f"{safe_name(rel)}.npz", score=r.score, alarm=r.alarm, ts=r.ts)
         summary[rel] = line
         print(f"score {rel}: {line}", flush=True)
-    (out / PLATFORM).write_text(json.dumps({**platform_info(), "precision": args.precision, "files": summary},
-                                           indent=1))
+    write_platform(out, args.precision, summary)
     print(f"score: {len(summary)} file(s) replayed into {out}")
     return 0
 
@@ -206,7 +222,7 @@ def report_text(report: dict) -> str:
         lines.append(f"{name}: {p['cpu'].get('machine')} QEMU_CPU={p['cpu'].get('qemu_cpu')} "
                      f"(cpuinfo part {p['cpu'].get('part', '?')}), Python {p['python']}, numpy {p['numpy']}, "
                      f"onnxruntime {p['onnxruntime']}")
-        lines.append(f"  {run['files']} files, {run['rows']} rows: {run['rows_alike']} decided alike "
+        lines.append(f"  {run['files']} of {report['bundles']} files, {run['rows']} rows: {run['rows_alike']} decided alike "
                      f"({run['row_agreement']:.3%}; goal {ROW_AGREEMENT_GOAL:.1%}: "
                      f"{'met' if run['goal_met'] else 'NOT met'})")
         lines.append(f"  scores on {run['scored_rows']} rows: max relative difference {d['max']:.3g}, "
