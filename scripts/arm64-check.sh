@@ -36,6 +36,7 @@ REPLAY_PIDS=()
 read -r -a SKAB_FILES <<<"${ARM64_SKAB_FILES:-}"
 APP=/opt/appliance  # the project inside the root
 VENV=/opt/venv
+HOST_CA=/etc/ssl/certs/host-ca-certificates.crt  # inside the root
 OUT_TXT=$REPO/benchmarks/results/arm64-check.txt
 OUT_JSON=$REPO/benchmarks/results/arm64-check.json
 
@@ -109,6 +110,8 @@ mount_root() {
   fi
   fake_cpu_sysfs
   cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+  # pip in the root trusts what the host trusts (a site proxy's CA included).
+  cp "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" "$ROOT$HOST_CA"
 }
 
 unmount_root() {
@@ -122,7 +125,7 @@ unmount_root() {
 in_root() {  # in_root CPU command...: run in the root on the given emulated CPU
   local cpu=$1; shift
   chroot "$ROOT" /usr/bin/env -i PATH="$VENV/bin:/usr/sbin:/usr/bin:/sbin:/bin" HOME=/root LANG=C.UTF-8 \
-    QEMU_CPU="$cpu" PYTHONDONTWRITEBYTECODE=1 "$@"
+    QEMU_CPU="$cpu" PYTHONDONTWRITEBYTECODE=1 PIP_CERT="$HOST_CA" PIP_DISABLE_PIP_VERSION_CHECK=1 "$@"
 }
 
 # HEAD, as git archive gives it (no worktree changes), installed from aarch64 wheels: the project is
@@ -141,7 +144,6 @@ install_project() {
   [ -x "$ROOT$VENV/bin/python" ] || in_root cortex-a72 python3 -m venv "$VENV"
   local constraints=()
   [ -f "$ROOT$APP/constraints.txt" ] && constraints=(-c "$APP/constraints.txt")
-  in_root cortex-a72 pip install -q --upgrade pip
   in_root cortex-a72 pip wheel -q --no-deps -w /tmp/appliance-wheel "$APP"
   in_root cortex-a72 sh -c "pip install -q --only-binary=:all: ${constraints[*]} \
     \"\$(ls /tmp/appliance-wheel/edge_anomaly_appliance-*.whl)[test]\""
