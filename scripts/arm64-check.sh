@@ -198,6 +198,9 @@ collect_replays() {
   local cpu
   for cpu in "${CPUS[@]}"; do
     rm -rf "$WORK/runs/$cpu" && cp -a "$ROOT/opt/check/$cpu" "$WORK/runs/$cpu"
+    # The emulated core's MIDR and features, read apart from the replay (cheap, and a replay cut short
+    # by ARM64_UNTIL has not written its final record).
+    in_root "$cpu" python "$APP/scripts/arm64_check.py" platform >"$WORK/runs/$cpu/cpu.json"
   done
 }
 
@@ -211,8 +214,7 @@ train_in_root() {
   rm -rf "$ROOT/opt/check/train/bundle"
   in_root "$cpu" appliance train --data /opt/check/train/rows.csv --out /opt/check/train/bundle \
     >"$WORK/train-aarch64.log" 2>&1 || log "training on aarch64 failed: see $WORK/train-aarch64.log"
-  in_root "$cpu" python -c "import json, sys; sys.path.insert(0, '$APP/scripts'); import arm64_check; \
-print(json.dumps(arm64_check.platform_info()))" >"$ROOT/opt/check/train/platform.json"
+  in_root "$cpu" python "$APP/scripts/arm64_check.py" platform >"$ROOT/opt/check/train/platform.json"
   rm -rf "$WORK/train" && cp -a "$ROOT/opt/check/train" "$WORK/train"
 }
 
@@ -241,7 +243,7 @@ report() {
   cp "$FAST_LANE_LOG" "$REPO/benchmarks/results/arm64-check-fast-lane.log" 2>/dev/null || true
   "$(host_python)" scripts/arm64_check.py report --bundles "$WORK/bundles" --reference "$WORK/runs/x86_64" \
     --runs "${runs[@]}" --train-bundle "$WORK/train/bundle" --fast-lane-log "$FAST_LANE_LOG" \
-    --fast-lane-cpu "$FAST_LANE_CPU" --out-txt "$OUT_TXT" --out-json "$OUT_JSON"
+    --fast-lane-cpu "$FAST_LANE_CPU" --commit "$(cat "$ROOT$APP/.head")" --out-txt "$OUT_TXT" --out-json "$OUT_JSON"
 }
 
 main() {

@@ -33,25 +33,69 @@ import numpy as np
 
 MANIFEST = "manifest.json"
 PLATFORM = "platform.json"
+CPU_PROBE = "cpu.json"
 # Goal of the check: at least this share of rows gets the same alarm state as on x86_64.
 ROW_AGREEMENT_GOAL = 0.995
 
 
 # ---------------------------------------------------------------- where we run
 
+# Linux's AT_HWCAP bits on aarch64 (asm/hwcap.h), the ones that tell the Cortex-A generations apart.
+HWCAP_NAMES = {0: "fp", 1: "asimd", 3: "aes", 4: "pmull", 5: "sha1", 6: "sha2", 7: "crc32", 8: "atomics",
+               9: "fphp", 10: "asimdhp", 11: "cpuid", 12: "asimdrdm", 15: "lrcpc", 16: "dcpop", 20: "asimddp",
+               22: "sve", 28: "ssbs"}
+AT_HWCAP = 16
+ARM_PARTS = {0xD03: "Cortex-A53", 0xD08: "Cortex-A72", 0xD0B: "Cortex-A76", 0xD0C: "Neoverse-N1",
+             0xD41: "Cortex-A78", 0xD42: "Cortex-A78AE", 0xD4B: "Cortex-A78C"}
+
+
+def hwcaps() -> list[str]:
+    import ctypes
+
+    bits = ctypes.CDLL(None).getauxval(ctypes.c_ulong(AT_HWCAP))
+    return [name for bit, name in HWCAP_NAMES.items() if bits >> bit & 1]
+
+
+def read_midr() -> int:
+    """MIDR_EL1, read by ``mrs`` from user space (the kernel, or qemu-user, emulates it where HWCAP_CPUID is set).
+
+    Under qemu-user /proc/cpuinfo is the host's, so this is how the emulated core is named.
+    """
+    import ctypes
+    import mmap
+
+    code = (0xD5380000).to_bytes(4, "little") + (0xD65F03C0).to_bytes(4, "little")  # mrs x0, midr_el1; ret
+    buf = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    buf.write(code)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    return int(ctypes.CFUNCTYPE(ctypes.c_uint64)(address)())
+
+
 def cpu_model() -> dict:
-    """What /proc/cpuinfo says (qemu-user shows its emulated CPU there for aarch64) and QEMU_CPU."""
+    """The core: on aarch64 its MIDR and HWCAP features, elsewhere /proc/cpuinfo's model name; and QEMU_CPU."""
     info: dict = {"machine": platform.machine(), "qemu_cpu": os.environ.get("QEMU_CPU")}
     try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for key, name in (("model name", "model_name"), ("CPU implementer", "implementer"), ("CPU part", "part"),
-                      ("Features", "features")):
-        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.M)
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
         if m:
-            info[name] = m.group(1).strip()
+            info["proc_cpuinfo_model_name"] = m.group(1).strip()
+    except OSError:
+        pass
+    if info["machine"] != "aarch64":
+        info["name"] = info.get("proc_cpuinfo_model_name", "?")
+        return info
+    caps = hwcaps()
+    info["hwcaps"] = caps
+    if "cpuid" in caps:
+        midr = read_midr()
+        part = midr >> 4 & 0xFFF
+        info["midr"] = f"0x{midr:08x}"
+        info["name"] = ARM_PARTS.get(part, f"part 0x{part:03x}") if midr >> 24 == 0x41 else f"MIDR 0x{midr:08x}"
     return info
+
+
+def cmd_platform(args) -> int:
+    print(json.dumps(platform_info()))
+    return 0
 
 
 def platform_info() -> dict:
@@ -176,7 +220,21 @@ def compare_run(ref_dir: Path, run_dir: Path) -> dict:
                                "median": float(np.median(rel)) if len(rel) else None,
                                "exact_share": float((rel == 0).mean()) if len(rel) else None},
             "files_with_differences": {k: f for k, f in files.items() if f["rows_alike"] < f["rows"]},
-            "platform": json.loads((run_dir / PLATFORM).read_text()) if (run_dir / PLATFORM).exists() else None}
+            "platform": run_platform(run_dir)}
+
+
+def run_platform(run_dir: Path) -> dict | None:
+    """Where a replay ran; the CPU from a later probe (``cpu.json``) where the replay's own record lacks its name."""
+    if not (run_dir / PLATFORM).exists():
+        return None
+    p = json.loads((run_dir / PLATFORM).read_text())
+    if "name" not in p["cpu"] and (run_dir / CPU_PROBE).exists():
+        p["cpu"] = json.loads((run_dir / CPU_PROBE).read_text())["cpu"]
+    return p
+
+
+def cpu_name(p: dict) -> str:
+    return p["cpu"].get("name") or p["cpu"].get("model_name") or "?"
 
 
 def fast_lane_outcome(log: Path) -> dict:
@@ -209,8 +267,9 @@ def train_outcome(bundle: Path) -> dict:
 
 def report_text(report: dict) -> str:
     ref = report["reference"]
-    lines = ["aarch64 check under qemu-user (scripts/arm64-check.sh): decisions, not times",
-             f"reference: x86_64 {ref['cpu'].get('model_name', '?')}, Python {ref['python']}, "
+    lines = [f"aarch64 check under qemu-user (scripts/arm64-check.sh, commit {report['commit']}): "
+             "decisions, not times",
+             f"reference: x86_64 {cpu_name(ref)}, Python {ref['python']}, "
              f"numpy {ref['numpy']}, onnxruntime {ref['onnxruntime']}",
              f"bundles: {report['bundles']} SKAB per-file bundles trained on x86_64 (appliance eval skab's "
              f"protocol), replayed by appliance score ({report['precision']})"]
@@ -219,8 +278,8 @@ def report_text(report: dict) -> str:
             lines.append(f"{name}: no replay")
             continue
         p, d = run["platform"], run["score_rel_diff"]
-        lines.append(f"{name}: {p['cpu'].get('machine')} QEMU_CPU={p['cpu'].get('qemu_cpu')} "
-                     f"(cpuinfo part {p['cpu'].get('part', '?')}), Python {p['python']}, numpy {p['numpy']}, "
+        lines.append(f"{name}: {p['cpu'].get('machine')} {cpu_name(p)} (QEMU_CPU={p['cpu'].get('qemu_cpu')}, "
+                     f"MIDR {p['cpu'].get('midr', '?')}), Python {p['python']}, numpy {p['numpy']}, "
                      f"onnxruntime {p['onnxruntime']}")
         lines.append(f"  {run['files']} of {report['bundles']} files, {run['rows']} rows: {run['rows_alike']} decided alike "
                      f"({run['row_agreement']:.3%}; goal {ROW_AGREEMENT_GOAL:.1%}: "
@@ -249,7 +308,7 @@ def cmd_report(args) -> int:
     ref_dir = Path(args.reference)
     manifest = json.loads((Path(args.bundles) / MANIFEST).read_text())
     ref_platform = json.loads((ref_dir / PLATFORM).read_text())
-    report = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    report = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": args.commit,
               "reference": ref_platform, "precision": ref_platform["precision"],
               "bundles": len(manifest["files"]), "level_free": manifest["level_free"],
               "row_agreement_goal": ROW_AGREEMENT_GOAL,
@@ -279,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--files", nargs="*")
     s.add_argument("--precision", choices=("int8", "fp32"), default="int8")
     s.set_defaults(fn=cmd_score)
+    pl = sub.add_parser("platform", help="print versions and the CPU as JSON")
+    pl.set_defaults(fn=cmd_platform)
     r = sub.add_parser("report", help="compare replays with the x86_64 one, write the report")
     r.add_argument("--bundles", required=True)
     r.add_argument("--reference", required=True)
@@ -286,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--train-bundle", required=True)
     r.add_argument("--fast-lane-log", required=True)
     r.add_argument("--fast-lane-cpu")
+    r.add_argument("--commit", help="the commit installed in the root")
     r.add_argument("--out-txt", required=True)
     r.add_argument("--out-json", required=True)
     r.set_defaults(fn=cmd_report)
