@@ -19,7 +19,9 @@
 #   ARM64_SKAB_FILES="valve1/0.csv other/1.csv" scripts/arm64-check.sh   a subset of SKAB files
 #   ARM64_UNTIL=20:40 scripts/arm64-check.sh                             report what the fast lane and
 #                                                                        the replays finished by then (UTC)
-#   ARM64_FAST_LANE=0 scripts/arm64-check.sh                             skip the fast lane
+#   ARM64_FAST_LANE=0 scripts/arm64-check.sh                             no new fast lane: report the
+#                                                                        last one (waits if it runs)
+#   ARM64_PRECISIONS=int8 scripts/arm64-check.sh                         replay INT8 only (default: int8 fp32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -29,12 +31,13 @@ WORK=${ARM64_WORK:-/var/tmp/arm64-work}
 SUITE=${ARM64_SUITE:-bookworm}
 MIRROR=${ARM64_MIRROR:-http://deb.debian.org/debian}
 CPUS=(cortex-a72 cortex-a76)
+read -r -a PRECISIONS <<<"${ARM64_PRECISIONS:-int8 fp32}"
 FAST_LANE_CPU=cortex-a76
 FAST_LANE_LOG=$WORK/fast-lane.log
 UNTIL=${ARM64_UNTIL:-}  # HH:MM UTC: report what the background runs finished by then
 REPLAY_PIDS=()
 read -r -a SKAB_FILES <<<"${ARM64_SKAB_FILES:-}"
-APP=/opt/appliance  # the project inside the root
+APP=/opt/appliance  # the project inside the root: $APP-<commit>, one per commit checked
 VENV=/opt/venv
 HOST_CA=/etc/ssl/certs/host-ca-certificates.crt  # inside the root
 OUT_TXT=$REPO/benchmarks/results/arm64-check.txt
@@ -114,7 +117,16 @@ mount_root() {
   cp "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" "$ROOT$HOST_CA"
 }
 
+runs_in_root() {  # any process whose root directory is the root (a fast lane left running, another run)
+  local p
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && return 0
+  done
+  return 1
+}
+
 unmount_root() {
+  runs_in_root && { log "processes still run in $ROOT: mounts left in place"; return 0; }
   local m
   for m in "$ROOT/sys/devices/system/cpu" "$ROOT/proc"; do
     mountpoint -q "$m" && umount "$m" || true
@@ -130,42 +142,59 @@ in_root() {  # in_root CPU command...: run in the root on the given emulated CPU
 
 # HEAD, as git archive gives it (no worktree changes), installed from aarch64 wheels: the project is
 # built into a wheel, every dependency must come as a wheel (--only-binary), at constraints.txt's pins
-# when HEAD has one.
+# when HEAD has one. Each commit gets its own source tree, so a fast lane still running from an
+# earlier one is not disturbed.
 install_project() {
-  local head
+  local head dir
   head=$(git rev-parse HEAD)
-  if [ -f "$ROOT$APP/.head" ] && [ "$(cat "$ROOT$APP/.head")" = "$head" ]; then
-    log "HEAD $head already installed in the root"
+  APP_DIR=$APP-${head:0:12}
+  dir=$ROOT$APP_DIR
+  if [ -f "$dir/.installed" ]; then
+    log "HEAD $head already installed in the root ($APP_DIR)"
     return
   fi
-  log "installing HEAD $head in the root (pip under emulation: minutes)"
-  rm -rf "$ROOT$APP" && mkdir -p "$ROOT$APP"
-  git archive HEAD | tar -x -C "$ROOT$APP"
+  log "installing HEAD $head in the root ($APP_DIR; pip under emulation: minutes)"
+  rm -rf "$dir" && mkdir -p "$dir"
+  git archive HEAD | tar -x -C "$dir"
   [ -x "$ROOT$VENV/bin/python" ] || in_root cortex-a72 python3 -m venv "$VENV"
   local constraints=()
-  [ -f "$ROOT$APP/constraints.txt" ] && constraints=(-c "$APP/constraints.txt")
-  in_root cortex-a72 pip wheel -q --no-deps -w /tmp/appliance-wheel "$APP"
-  in_root cortex-a72 sh -c "pip install -q --only-binary=:all: ${constraints[*]} \
-    \"\$(ls /tmp/appliance-wheel/edge_anomaly_appliance-*.whl)[test]\""
-  echo "$head" >"$ROOT$APP/.head"
+  [ -f "$dir/constraints.txt" ] && constraints=(-c "$APP_DIR/constraints.txt")
+  rm -rf "$ROOT/tmp/appliance-wheel"
+  in_root cortex-a72 pip wheel -q --no-deps -w /tmp/appliance-wheel "$APP_DIR"
+  local wheel
+  wheel=$(cd "$ROOT/tmp/appliance-wheel" && ls edge_anomaly_appliance-*.whl)
+  in_root cortex-a72 pip install -q --only-binary=:all: "${constraints[@]}" "/tmp/appliance-wheel/$wheel[test]"
+  # Same version number as an earlier commit's wheel: replace it.
+  in_root cortex-a72 pip install -q --no-deps --force-reinstall "/tmp/appliance-wheel/$wheel"
+  echo "$head" >"$dir/.installed"
 }
 
 start_fast_lane() {
   if [ "${ARM64_FAST_LANE:-1}" = 0 ]; then
-    rm -f "$FAST_LANE_LOG"
+    log "no new fast lane: reporting $FAST_LANE_LOG"
+    return
+  fi
+  if fast_lane_running; then
+    log "a fast lane is still running (pid $(cat "$WORK/fast-lane.pid")): not starting another"
     return
   fi
   log "fast lane started in the background under QEMU_CPU=$FAST_LANE_CPU, log $FAST_LANE_LOG"
+  printf '{"commit": "%s", "qemu_cpu": "%s", "started": "%s"}\n' "$(cat "$ROOT$APP_DIR/.installed")" \
+    "$FAST_LANE_CPU" "$(date -u +%FT%TZ)" >"$WORK/fast-lane.json"
   # The per-test timeout is for a native run; under emulation only a hang should trip it.
   nohup chroot "$ROOT" /usr/bin/env -i PATH="$VENV/bin:/usr/sbin:/usr/bin:/sbin:/bin" HOME=/root \
     LANG=C.UTF-8 QEMU_CPU="$FAST_LANE_CPU" PYTHONDONTWRITEBYTECODE=1 \
-    sh -c "cd $APP && python -m pytest -q -m 'not integration' -p no:cacheprovider -o timeout=6000" \
+    sh -c "cd $APP_DIR && python -m pytest -q -m 'not integration' -p no:cacheprovider -o timeout=6000" \
     >"$FAST_LANE_LOG" 2>&1 &
-  FAST_LANE_PID=$!
+  echo $! >"$WORK/fast-lane.pid"
+}
+
+fast_lane_running() {
+  [ -f "$WORK/fast-lane.pid" ] && kill -0 "$(cat "$WORK/fast-lane.pid")" 2>/dev/null
 }
 
 reference_bundles() {
-  local data=$1 py
+  local data=$1 py p
   py=$(host_python)
   if [ -f "$WORK/bundles/manifest.json" ]; then
     log "bundles in $WORK/bundles exist, not retrained"
@@ -173,9 +202,12 @@ reference_bundles() {
     log "training the SKAB per-file bundles on $(uname -m)"
     "$py" scripts/arm64_check.py bundles --data "$data" --out "$WORK/bundles" ${SKAB_FILES[@]:+--files "${SKAB_FILES[@]}"}
   fi
-  log "replaying on $(uname -m)"
-  "$py" scripts/arm64_check.py score --bundles "$WORK/bundles" --out "$WORK/runs/x86_64" \
-    ${SKAB_FILES[@]:+--files "${SKAB_FILES[@]}"} >"$WORK/score-x86_64.log"
+  for p in "${PRECISIONS[@]}"; do
+    log "replaying on $(uname -m) ($p)"
+    rm -rf "$WORK/runs/x86_64-$p"
+    "$py" scripts/arm64_check.py score --bundles "$WORK/bundles" --out "$WORK/runs/x86_64-$p" --precision "$p" \
+      ${SKAB_FILES[@]:+--files "${SKAB_FILES[@]}"} >"$WORK/score-x86_64-$p.log"
+  done
 }
 
 copy_bundles_into_root() {
@@ -183,24 +215,31 @@ copy_bundles_into_root() {
   cp -a "$WORK/bundles" "$ROOT/opt/check/bundles"
 }
 
-# In the background; each file's replay is saved as it finishes, so a replay cut short by ARM64_UNTIL
-# still reports the files it did (taken from each SKAB folder in turn).
+# In the background, INT8 (what a gateway runs) first, then FP32; each file's replay is saved as it
+# finishes, so a replay cut short by ARM64_UNTIL still reports the files it did (taken from each SKAB
+# folder in turn).
 start_replay_in_root() {
-  local cpu=$1
-  log "replaying under QEMU_CPU=$cpu in the background, log $WORK/score-$cpu.log"
-  in_root "$cpu" python "$APP/scripts/arm64_check.py" score --bundles /opt/check/bundles \
-    --data "$APP/data/skab" --out "/opt/check/$cpu" ${SKAB_FILES[@]:+--files "${SKAB_FILES[@]}"} \
-    >"$WORK/score-$cpu.log" 2>&1 &
+  local cpu=$1 p cmd=""
+  for p in "${PRECISIONS[@]}"; do
+    cmd+="python $APP_DIR/scripts/arm64_check.py score --bundles /opt/check/bundles --data $APP_DIR/data/skab"
+    cmd+=" --out /opt/check/$cpu-$p --precision $p ${SKAB_FILES[*]:+--files ${SKAB_FILES[*]}} && "
+  done
+  log "replaying under QEMU_CPU=$cpu in the background (${PRECISIONS[*]}), log $WORK/score-$cpu.log"
+  in_root "$cpu" sh -c "${cmd}true" >"$WORK/score-$cpu.log" 2>&1 &
   REPLAY_PIDS+=($!)
 }
 
 collect_replays() {
-  local cpu
+  local cpu p
   for cpu in "${CPUS[@]}"; do
-    rm -rf "$WORK/runs/$cpu" && cp -a "$ROOT/opt/check/$cpu" "$WORK/runs/$cpu"
-    # The emulated core's MIDR and features, read apart from the replay (cheap, and a replay cut short
-    # by ARM64_UNTIL has not written its final record).
-    in_root "$cpu" python "$APP/scripts/arm64_check.py" platform >"$WORK/runs/$cpu/cpu.json"
+    for p in "${PRECISIONS[@]}"; do
+      rm -rf "$WORK/runs/$cpu-$p"
+      [ -d "$ROOT/opt/check/$cpu-$p" ] || continue
+      cp -a "$ROOT/opt/check/$cpu-$p" "$WORK/runs/$cpu-$p"
+      # The emulated core's MIDR and features, read apart from the replay (cheap, and a replay cut
+      # short by ARM64_UNTIL has not written its final record).
+      in_root "$cpu" python "$APP_DIR/scripts/arm64_check.py" platform >"$WORK/runs/$cpu-$p/cpu.json"
+    done
   done
 }
 
@@ -210,16 +249,22 @@ train_in_root() {
   local cpu=$1 src=valve1/0.csv
   log "training a bundle under QEMU_CPU=$cpu"
   mkdir -p "$ROOT/opt/check/train"
-  head -601 "$ROOT$APP/data/skab/$src" >"$ROOT/opt/check/train/rows.csv"
+  head -601 "$ROOT$APP_DIR/data/skab/$src" >"$ROOT/opt/check/train/rows.csv"
   rm -rf "$ROOT/opt/check/train/bundle"
   in_root "$cpu" appliance train --data /opt/check/train/rows.csv --out /opt/check/train/bundle \
     >"$WORK/train-aarch64.log" 2>&1 || log "training on aarch64 failed: see $WORK/train-aarch64.log"
-  in_root "$cpu" python "$APP/scripts/arm64_check.py" platform >"$ROOT/opt/check/train/platform.json"
+  in_root "$cpu" python "$APP_DIR/scripts/arm64_check.py" platform >"$ROOT/opt/check/train/platform.json"
   rm -rf "$WORK/train" && cp -a "$ROOT/opt/check/train" "$WORK/train"
 }
 
 past_until() {
   [ -n "$UNTIL" ] && [ "$(date -u +%H:%M)" \> "$UNTIL" ]
+}
+
+kill_tree() {  # a job this script started, with its children (chroot -> sh -> python)
+  local child
+  for child in $(ps -o pid= --ppid "$1"); do kill_tree "$child"; done
+  kill "$1" 2>/dev/null || true
 }
 
 # Waits for a background job; at ARM64_UNTIL stops it (stop=1) or leaves it running (stop=0).
@@ -228,22 +273,23 @@ wait_or_cut() {
   while kill -0 "$pid" 2>/dev/null; do
     if past_until; then
       log "$what still running at $UNTIL UTC: reporting what it finished"
-      [ "$stop" = 1 ] && kill "$pid" 2>/dev/null
+      [ "$stop" = 1 ] && kill_tree "$pid"
       return 0
     fi
     sleep 20
   done
-  wait "$pid" || log "$what exited with an error (see its log in $WORK)"
+  wait "$pid" 2>/dev/null || true  # its outcome is in its log
 }
 
 report() {
-  local runs=()
-  local cpu
-  for cpu in "${CPUS[@]}"; do runs+=("$WORK/runs/$cpu"); done
+  local runs=() p cpu
+  for p in "${PRECISIONS[@]}"; do
+    for cpu in "${CPUS[@]}"; do runs+=("$WORK/runs/$cpu-$p"); done
+  done
   cp "$FAST_LANE_LOG" "$REPO/benchmarks/results/arm64-check-fast-lane.log" 2>/dev/null || true
-  "$(host_python)" scripts/arm64_check.py report --bundles "$WORK/bundles" --reference "$WORK/runs/x86_64" \
+  "$(host_python)" scripts/arm64_check.py report --bundles "$WORK/bundles" --reference-dir "$WORK/runs" \
     --runs "${runs[@]}" --train-bundle "$WORK/train/bundle" --fast-lane-log "$FAST_LANE_LOG" \
-    --fast-lane-cpu "$FAST_LANE_CPU" --commit "$(cat "$ROOT$APP/.head")" --out-txt "$OUT_TXT" --out-json "$OUT_JSON"
+    --commit "$(cat "$ROOT$APP_DIR/.installed")" --out-txt "$OUT_TXT" --out-json "$OUT_JSON"
 }
 
 main() {
@@ -253,8 +299,8 @@ main() {
   register_binfmt
   build_root
   mount_root
-  # The fast lane's tests may outlive this script when it reports early; then the mounts stay.
-  trap '[ -n "${FAST_LANE_PID:-}" ] && kill -0 "$FAST_LANE_PID" 2>/dev/null || unmount_root' EXIT
+  # Left mounted while anything still runs in the root (a fast lane outliving an early report).
+  trap unmount_root EXIT
   install_project
   start_fast_lane
   reference_bundles "$(skab_data)"
@@ -264,7 +310,7 @@ main() {
   local i
   for i in "${!CPUS[@]}"; do wait_or_cut "${REPLAY_PIDS[$i]}" "replay under ${CPUS[$i]}" 1; done
   collect_replays
-  [ -n "${FAST_LANE_PID:-}" ] && wait_or_cut "$FAST_LANE_PID" "fast lane" 0
+  fast_lane_running && wait_or_cut "$(cat "$WORK/fast-lane.pid")" "fast lane" 0
   report
 }
 

@@ -238,17 +238,25 @@ def cpu_name(p: dict) -> str:
 
 
 def fast_lane_outcome(log: Path) -> dict:
-    """The counts of pytest's last summary line, or what the log shows if it has none (still running, cut)."""
+    """The counts of pytest's last summary line, or how far it got if it has none (still running, cut).
+
+    ``fast-lane.json`` beside the log names the commit, the emulated CPU and the start.
+    """
     if not log.exists():
         return {"state": "not run"}
+    meta = log.with_suffix(".json")
+    out: dict = json.loads(meta.read_text()) if meta.exists() else {}
     text = log.read_text(errors="replace")
     lines = [ln for ln in text.splitlines() if ln.strip()]
     summary = next((ln for ln in reversed(lines) if re.search(r"\d+ (passed|failed)", ln) and " in " in ln), None)
     if summary is None:
-        return {"state": "unfinished", "log": str(log), "last_line": lines[-1] if lines else ""}
+        done = sum(len(re.match(r"[.FEsxX]*", ln)[0]) for ln in lines)
+        failed = sum(re.match(r"[.FEsxX]*", ln)[0].count("F") for ln in lines)
+        return {**out, "state": "unfinished", "tests_reported": done, "failed_so_far": failed,
+                "last_line": lines[-1] if lines else ""}
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|deselected|xfailed|xpassed|errors?)",
                                                summary)}
-    return {"state": "finished", "summary": summary.strip("= "), "counts": counts,
+    return {**out, "state": "finished", "summary": summary.strip("= "), "counts": counts,
             "failed_tests": re.findall(r"^FAILED (\S+)", text, re.M)}
 
 
@@ -272,7 +280,8 @@ def report_text(report: dict) -> str:
              f"reference: x86_64 {cpu_name(ref)}, Python {ref['python']}, "
              f"numpy {ref['numpy']}, onnxruntime {ref['onnxruntime']}",
              f"bundles: {report['bundles']} SKAB per-file bundles trained on x86_64 (appliance eval skab's "
-             f"protocol), replayed by appliance score ({report['precision']})"]
+             f"protocol), replayed by appliance score's code path at each precision, compared row by row "
+             f"with the x86_64 replay at the same precision"]
     for name, run in report["runs"].items():
         if not run.get("files"):
             lines.append(f"{name}: no replay")
@@ -295,26 +304,38 @@ def report_text(report: dict) -> str:
     else:
         lines.append(f"training on aarch64: {t['state']}")
     f = report["fast_lane"]
+    where = f"QEMU_CPU={f.get('qemu_cpu')}, commit {f.get('commit')}"
     if f["state"] == "finished":
-        lines.append(f"fast lane on aarch64 (QEMU_CPU={report.get('fast_lane_cpu')}): {f['summary']}")
+        lines.append(f"fast lane on aarch64 ({where}): {f['summary']}")
         lines += [f"  FAILED {name}" for name in f["failed_tests"]]
+    elif f["state"] == "unfinished":
+        lines.append(f"fast lane on aarch64 ({where}): UNFINISHED when reported: {f['tests_reported']} tests "
+                     f"done so far, {f['failed_so_far']} of them failed (progress characters in the log)")
     else:
-        lines.append(f"fast lane on aarch64: {f['state']}"
-                     + (f" (last line: {f['last_line']!r})" if f.get("last_line") else ""))
+        lines.append(f"fast lane on aarch64: {f['state']}")
     return "\n".join(lines)
 
 
+def reference_of(run_dir: Path, reference_dir: Path) -> Path:
+    """``<cpu>-<precision>`` is compared with ``x86_64-<precision>``.
+
+    >>> reference_of(Path("runs/cortex-a72-fp32"), Path("runs")).as_posix()
+    'runs/x86_64-fp32'
+    """
+    return reference_dir / f"x86_64-{run_dir.name.rsplit('-', 1)[1]}"
+
+
 def cmd_report(args) -> int:
-    ref_dir = Path(args.reference)
+    ref_dir = Path(args.reference_dir)
     manifest = json.loads((Path(args.bundles) / MANIFEST).read_text())
-    ref_platform = json.loads((ref_dir / PLATFORM).read_text())
+    runs = [Path(d) for d in args.runs if Path(d).is_dir()]
     report = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": args.commit,
-              "reference": ref_platform, "precision": ref_platform["precision"],
+              "reference": json.loads((reference_of(runs[0], ref_dir) / PLATFORM).read_text()),
               "bundles": len(manifest["files"]), "level_free": manifest["level_free"],
               "row_agreement_goal": ROW_AGREEMENT_GOAL,
-              "runs": {Path(d).name: compare_run(ref_dir, Path(d)) for d in args.runs},
+              "runs": {d.name: compare_run(reference_of(d, ref_dir), d) for d in runs},
               "train": train_outcome(Path(args.train_bundle)),
-              "fast_lane": fast_lane_outcome(Path(args.fast_lane_log)), "fast_lane_cpu": args.fast_lane_cpu}
+              "fast_lane": fast_lane_outcome(Path(args.fast_lane_log))}
     text = report_text(report)
     Path(args.out_json).write_text(json.dumps(report, indent=1, default=str) + "\n")
     Path(args.out_txt).write_text(text + "\n")
@@ -342,11 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     pl.set_defaults(fn=cmd_platform)
     r = sub.add_parser("report", help="compare replays with the x86_64 one, write the report")
     r.add_argument("--bundles", required=True)
-    r.add_argument("--reference", required=True)
-    r.add_argument("--runs", nargs="+", required=True)
+    r.add_argument("--reference-dir", required=True, help="holds x86_64-<precision> beside the runs")
+    r.add_argument("--runs", nargs="+", required=True, help="<cpu>-<precision> replay directories")
     r.add_argument("--train-bundle", required=True)
     r.add_argument("--fast-lane-log", required=True)
-    r.add_argument("--fast-lane-cpu")
     r.add_argument("--commit", help="the commit installed in the root")
     r.add_argument("--out-txt", required=True)
     r.add_argument("--out-json", required=True)
