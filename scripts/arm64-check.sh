@@ -45,6 +45,15 @@ OUT_JSON=$REPO/benchmarks/results/arm64-check.json
 
 log() { echo "arm64-check: $*" >&2; }
 
+# Replays depend on the bundles, the data and the appliance package: one kept in $WORK whose record
+# says it finished with the same appliance/ tree is not redone.
+APP_TREE=$(git rev-parse HEAD:appliance)
+
+replay_done() {  # replay_done DIR
+  [ -f "$1/platform.json" ] && grep -q '"complete": true' "$1/platform.json" \
+    && grep -q "\"appliance_tree\": \"$APP_TREE\"" "$1/platform.json"
+}
+
 skab_data() {
   if [ -f "$REPO/data/skab/anomaly-free/anomaly-free.csv" ]; then echo "$REPO/data/skab"
   else echo /work/wt/shared/datasets/skab; fi
@@ -203,10 +212,11 @@ reference_bundles() {
     "$py" scripts/arm64_check.py bundles --data "$data" --out "$WORK/bundles" ${SKAB_FILES[@]:+--files "${SKAB_FILES[@]}"}
   fi
   for p in "${PRECISIONS[@]}"; do
+    replay_done "$WORK/runs/x86_64-$p" && { log "x86_64 $p replay kept"; continue; }
     log "replaying on $(uname -m) ($p)"
     rm -rf "$WORK/runs/x86_64-$p"
     "$py" scripts/arm64_check.py score --bundles "$WORK/bundles" --out "$WORK/runs/x86_64-$p" --precision "$p" \
-      ${SKAB_FILES[@]:+--files "${SKAB_FILES[@]}"} >"$WORK/score-x86_64-$p.log"
+      --appliance-tree "$APP_TREE" ${SKAB_FILES[@]:+--files "${SKAB_FILES[@]}"} >"$WORK/score-x86_64-$p.log"
   done
 }
 
@@ -221,9 +231,12 @@ copy_bundles_into_root() {
 start_replay_in_root() {
   local cpu=$1 p cmd=""
   for p in "${PRECISIONS[@]}"; do
+    replay_done "$WORK/runs/$cpu-$p" && { log "$cpu $p replay kept"; continue; }
     cmd+="python $APP_DIR/scripts/arm64_check.py score --bundles /opt/check/bundles --data $APP_DIR/data/skab"
-    cmd+=" --out /opt/check/$cpu-$p --precision $p ${SKAB_FILES[*]:+--files ${SKAB_FILES[*]}} && "
+    cmd+=" --out /opt/check/$cpu-$p --precision $p --appliance-tree $APP_TREE"
+    cmd+=" ${SKAB_FILES[*]:+--files ${SKAB_FILES[*]}} && "
   done
+  [ -n "$cmd" ] || return 0
   log "replaying under QEMU_CPU=$cpu in the background (${PRECISIONS[*]}), log $WORK/score-$cpu.log"
   in_root "$cpu" sh -c "${cmd}true" >"$WORK/score-$cpu.log" 2>&1 &
   REPLAY_PIDS+=($!)
@@ -233,8 +246,8 @@ collect_replays() {
   local cpu p
   for cpu in "${CPUS[@]}"; do
     for p in "${PRECISIONS[@]}"; do
+      [ -d "$ROOT/opt/check/$cpu-$p" ] || continue  # kept from an earlier run
       rm -rf "$WORK/runs/$cpu-$p"
-      [ -d "$ROOT/opt/check/$cpu-$p" ] || continue
       cp -a "$ROOT/opt/check/$cpu-$p" "$WORK/runs/$cpu-$p"
       # The emulated core's MIDR and features, read apart from the replay (cheap, and a replay cut
       # short by ARM64_UNTIL has not written its final record).
@@ -308,7 +321,7 @@ main() {
   for cpu in "${CPUS[@]}"; do start_replay_in_root "$cpu"; done
   train_in_root "$FAST_LANE_CPU"
   local i
-  for i in "${!CPUS[@]}"; do wait_or_cut "${REPLAY_PIDS[$i]}" "replay under ${CPUS[$i]}" 1; done
+  for i in "${!REPLAY_PIDS[@]}"; do wait_or_cut "${REPLAY_PIDS[$i]}" "replay $((i + 1))" 1; done
   collect_replays
   fast_lane_running && wait_or_cut "$(cat "$WORK/fast-lane.pid")" "fast lane" 0
   report

@@ -161,8 +161,8 @@ def interleaved(rels) -> list[str]:
     return [c[i] for i in range(max(map(len, columns), default=0)) for c in columns if i < len(c)]
 
 
-def write_platform(out: Path, precision: str, files: dict) -> None:
-    (out / PLATFORM).write_text(json.dumps({**platform_info(), "precision": precision, "files": files}, indent=1))
+def write_platform(out: Path, record: dict, files: dict) -> None:
+    (out / PLATFORM).write_text(json.dumps({**platform_info(), **record, "files": files}, indent=1))
 
 
 def cmd_score(args) -> int:
@@ -173,7 +173,8 @@ def cmd_score(args) -> int:
     manifest = json.loads((bundles / MANIFEST).read_text())
     data = Path(args.data) if args.data else None
     summary: dict[str, str] = {}
-    write_platform(out, args.precision, summary)  # first, so that a replay cut short still says where it ran
+    record = {"precision": args.precision, "appliance_tree": args.appliance_tree, "complete": False}
+    write_platform(out, record, summary)  # first, so that a replay cut short still says where it ran
     for rel in interleaved(r for r in manifest["files"] if not args.files or r in args.files):
         entry = manifest["files"][rel]
         csv = data / rel if data else Path(entry["csv"])
@@ -182,7 +183,7 @@ def cmd_score(args) -> int:
         np.savez(out / f"{safe_name(rel)}.npz", score=r.score, alarm=r.alarm, ts=r.ts)
         summary[rel] = line
         print(f"score {rel}: {line}", flush=True)
-    write_platform(out, args.precision, summary)
+    write_platform(out, {**record, "complete": True}, summary)
     print(f"score: {len(summary)} file(s) replayed into {out}")
     return 0
 
@@ -358,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data", help="the SKAB folder here (default: the manifest's paths)")
     s.add_argument("--files", nargs="*")
     s.add_argument("--precision", choices=("int8", "fp32"), default="int8")
+    s.add_argument("--appliance-tree", help="git tree of appliance/ replayed (a kept replay is reused only for it)")
     s.set_defaults(fn=cmd_score)
     pl = sub.add_parser("platform", help="print versions and the CPU as JSON")
     pl.set_defaults(fn=cmd_platform)
