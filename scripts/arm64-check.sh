@@ -261,6 +261,10 @@ collect_replays() {
 # whose INT8 check fails, so a bundle on disk is a check passed there).
 train_in_root() {
   local cpu=$1 src=valve1/0.csv
+  if [ -f "$WORK/train/bundle/bundle.json" ] && [ "$(cat "$WORK/train/appliance_tree" 2>/dev/null)" = "$APP_TREE" ]; then
+    log "bundle trained on aarch64 with this appliance/ tree kept"
+    return
+  fi
   log "training a bundle under QEMU_CPU=$cpu"
   mkdir -p "$ROOT/opt/check/train"
   head -601 "$ROOT$APP_DIR/data/skab/$src" >"$ROOT/opt/check/train/rows.csv"
@@ -268,6 +272,7 @@ train_in_root() {
   in_root "$cpu" appliance train --data /opt/check/train/rows.csv --out /opt/check/train/bundle \
     >"$WORK/train-aarch64.log" 2>&1 || log "training on aarch64 failed: see $WORK/train-aarch64.log"
   in_root "$cpu" python "$APP_DIR/scripts/arm64_check.py" platform >"$ROOT/opt/check/train/platform.json"
+  echo "$APP_TREE" >"$ROOT/opt/check/train/appliance_tree"
   rm -rf "$WORK/train" && cp -a "$ROOT/opt/check/train" "$WORK/train"
 }
 

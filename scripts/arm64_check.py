@@ -215,6 +215,8 @@ def compare_run(ref_dir: Path, run_dir: Path) -> dict:
     alike = sum(f["rows_alike"] for f in files.values())
     return {"files": len(files), "rows": rows, "rows_alike": alike, "row_agreement": alike / rows,
             "goal_met": alike / rows >= ROW_AGREEMENT_GOAL,
+            "alarm_rows_x86_64": sum(f["alarm_rows_ref"] for f in files.values()),
+            "alarm_rows": sum(f["alarm_rows"] for f in files.values()),
             "scored_rows": int(len(rel)), "score_one_sided": sum(f["score_one_sided"] for f in files.values()),
             "score_rel_diff": {"max": float(rel.max()) if len(rel) else None,
                                "p99": float(np.quantile(rel, 0.99)) if len(rel) else None,
@@ -293,7 +295,8 @@ def report_text(report: dict) -> str:
                      f"onnxruntime {p['onnxruntime']}")
         lines.append(f"  {run['files']} of {report['bundles']} files, {run['rows']} rows: {run['rows_alike']} decided alike "
                      f"({run['row_agreement']:.3%}; goal {ROW_AGREEMENT_GOAL:.1%}: "
-                     f"{'met' if run['goal_met'] else 'NOT met'})")
+                     f"{'met' if run['goal_met'] else 'NOT met'}); rows in alarm {run['alarm_rows']} "
+                     f"(x86_64: {run['alarm_rows_x86_64']})")
         lines.append(f"  scores on {run['scored_rows']} rows: max relative difference {d['max']:.3g}, "
                      f"p99 {d['p99']:.3g}, identical {d['exact_share']:.1%}; "
                      f"scored on one side only: {run['score_one_sided']} rows")
