@@ -255,7 +255,9 @@ def fast_lane_outcome(log: Path) -> dict:
     if summary is None:
         done = sum(len(re.match(r"[.FEsxX]*", ln)[0]) for ln in lines)
         failed = sum(re.match(r"[.FEsxX]*", ln)[0].count("F") for ln in lines)
+        progress = re.findall(r"\[\s*(\d+)%\]", text)
         return {**out, "state": "unfinished", "tests_reported": done, "failed_so_far": failed,
+                "percent_done": int(progress[-1]) if progress else None,
                 "last_line": lines[-1] if lines else ""}
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|deselected|xfailed|xpassed|errors?)",
                                                summary)}
@@ -314,7 +316,8 @@ def report_text(report: dict) -> str:
         lines += [f"  FAILED {name}" for name in f["failed_tests"]]
     elif f["state"] == "unfinished":
         lines.append(f"fast lane on aarch64 ({where}): UNFINISHED when reported: {f['tests_reported']} tests "
-                     f"done so far, {f['failed_so_far']} of them failed (progress characters in the log)")
+                     f"done (pytest's progress: {f['percent_done']} %), {f['failed_so_far']} of them failed; "
+                     f"the partial log is arm64-check-fast-lane.log")
     else:
         lines.append(f"fast lane on aarch64: {f['state']}")
     return "\n".join(lines)
