@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import pytest
 
 from appliance.detector.train import TrainSettings, train_bundle
 from appliance.runtime import gateway_clock
 from appliance.store.store import StoreReader
 from tests.support.appliance import Publisher, RunningAppliance, make_config
+from tests.support.detector import circle_rows
 from web.metrics import render, status_registry
 
 pytestmark = pytest.mark.integration  # a real Mosquitto, the appliance end to end
@@ -44,22 +44,15 @@ class WrongClock:
         return self.synced
 
 
-def normal(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(n)
-    return np.stack([np.sin(t / 9.0), np.cos(t / 9.0) + 0.05 * rng.standard_normal(n),
-                     0.1 * rng.standard_normal(n)], axis=1)
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    return train_bundle(normal(1200), SENSORS, tmp_path_factory.mktemp("clock") / "bundle",
+    return train_bundle(circle_rows(1200), SENSORS, tmp_path_factory.mktemp("clock") / "bundle",
                         TrainSettings(window=WINDOW, hidden=(16, 4), max_iter=30, seed=2))
 
 
 def publish_rows(pub: Publisher, t0: float, first: int, n: int) -> None:
     """Rows ``first .. first + n - 1`` of every asset, stamped with the true time ``t0 + row``."""
-    rows = normal(first + n, seed=5)
+    rows = circle_rows(first + n, seed=5)
     for i in range(first, first + n):
         for asset in ASSETS:
             values = {s: float(v) for s, v in zip(SENSORS, rows[i])}

@@ -8,7 +8,6 @@ import math
 import re
 import time
 
-import numpy as np
 import pytest
 
 from appliance.broker import Mosquitto
@@ -19,6 +18,7 @@ from appliance.detector.train import TrainSettings, train_bundle
 from appliance.settings import BackoffConfig
 from appliance.store.store import StoreReader
 from tests.support.appliance import Publisher, RunningAppliance, make_config
+from tests.support.detector import circle_rows
 from tests.support.fakes import MemorySink
 from tests.support.loop import on_loop
 from tests.support.wait import wait_until
@@ -28,16 +28,9 @@ pytestmark = pytest.mark.integration  # a real Mosquitto, the appliance end to e
 SENSORS = ["a", "b", "c"]
 
 
-def normal(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(n)
-    return np.stack([np.sin(t / 9.0), np.cos(t / 9.0) + 0.05 * rng.standard_normal(n),
-                     0.1 * rng.standard_normal(n)], axis=1)
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    return train_bundle(normal(1200), SENSORS, tmp_path_factory.mktemp("ingest") / "bundle",
+    return train_bundle(circle_rows(1200), SENSORS, tmp_path_factory.mktemp("ingest") / "bundle",
                         TrainSettings(window=8, hidden=(16, 4), max_iter=30, seed=2))
 
 
@@ -107,7 +100,7 @@ def test_huge_messages_of_unknown_sensors_cost_a_row_and_keep_the_connection(tmp
             assert 200_000 < len(hostile) < 262_144
             for k in range(40):
                 pub.publish("plant/pump1/telemetry", hostile)
-                publish_rows(pub, "pump2", normal(2, k), now - 100 + 2 * k)  # good data meanwhile
+                publish_rows(pub, "pump2", circle_rows(2, k), now - 100 + 2 * k)  # good data meanwhile
             pub.wait_all(120)
             ra.wait_until(lambda: ra.counter("dead_letters") >= 40 * 21_000 and ra.counter("readings") >= 240,
                           what="every refusal counted and every good reading in")
@@ -180,7 +173,7 @@ def test_a_real_asset_after_five_thousand_invented_names_is_admitted_and_scored(
             ra.wait_until(lambda: handled(ra) >= 5000, 120, "every invented name handled")
             # The real asset publishes complete rows, a few at a time, until it is scored: its first
             # messages may come before the invented names have been idle for asset_idle_s.
-            rows, t0 = normal(3000, 4), time.time() - 3600
+            rows, t0 = circle_rows(3000, 4), time.time() - 3600
             for start in range(0, len(rows), 10):
                 before = handled(ra)
                 publish_rows(pub, "pump1", rows[start:start + 10], t0 + start)
@@ -214,7 +207,7 @@ def test_absurd_values_are_dead_lettered_and_the_asset_keeps_being_scored(tmp_pa
         try:
             t0 = time.time() - 200
             bad = {10: {"a": 1e308}, 15: {"b": -1e308}, 20: {"c": 1e18}, 25: {"a": -1.7976931348623157e308}}
-            publish_rows(pub, "pump1", normal(60, 3), t0, override=bad)
+            publish_rows(pub, "pump1", circle_rows(60, 3), t0, override=bad)
             pub.wait_all()
             ra.wait_until(lambda: ra.counter("readings") >= 60 * 3 - 4, what="the good readings")
             ra.wait_until(lambda: ra.counter("windows_scored") >= 45, what="windows scored past the bad values")

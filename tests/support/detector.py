@@ -55,6 +55,14 @@ def normal_rows(n: int, seed: int) -> np.ndarray:
     return np.stack([current, pressure, temperature, flow], axis=1)
 
 
+def circle_rows(n: int, seed: int = 0) -> np.ndarray:
+    """Three sensors for the end-to-end ingest tests: two on a circle (one noisy), one of noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return np.stack([np.sin(t / 9.0), np.cos(t / 9.0) + 0.05 * rng.standard_normal(n),
+                     0.1 * rng.standard_normal(n)], axis=1)
+
+
 def make_window(values, sensors, mask=None):
     """A live window of pump1 holding ``values`` (rows x sensors); every value present unless ``mask`` says."""
     mask = np.ones(values.shape, dtype=bool) if mask is None else mask
