@@ -130,7 +130,7 @@ class Appliance:
         self.detector = detector
         self.store = store
         self.inputs = list(inputs)
-        self.outputs: list[Output] = [StoreOutput(store), *outputs]
+        self.outputs: list[Output] = [StoreOutput(store, verdict_causes=cfg.store.verdict_causes), *outputs]
         self._hooks: dict[str, list[Callable]] = {
             hook: [getattr(o, hook) for o in self.outputs if overrides(o, hook)] for hook in HOOKS}
         self._commands: dict[str, Callable] = {}

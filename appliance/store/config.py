@@ -6,6 +6,7 @@ from pydantic import Field
 
 from appliance.core.sqlite_pages import PageSize
 from appliance.settings import Section, StatePath
+from appliance.store.verdicts import DEFAULT_CAUSES
 
 
 class StoreConfig(Section):
@@ -30,4 +31,6 @@ class StoreConfig(Section):
     page_size: PageSize = Field(
         1024, description="bytes per SQLite page: a commit writes each page it touches whole; an existing "
                           "store with other pages is rewritten once when the appliance starts")
+    verdict_causes: tuple[str, ...] = Field(DEFAULT_CAUSES, min_length=1, max_length=50,
+                                            description="the causes a technician may give with a 'fault' verdict")
     max_in_flight: int = Field(20_000, ge=10, le=10_000_000, description="readings accepted but not yet on disk")

@@ -1,8 +1,9 @@
 """The store as an :class:`~appliance.core.Output`: every record the detection path makes goes to SQLite.
 
-Its one operator command, ``add_comment`` (``alarm_id``, ``asset``, ``user``,
-``text``), stores a technician's comment on an alarm and answers once it is
-committed, so the journal read right after the answer shows it.
+Its operator commands store a technician's word on an alarm episode and answer once it is
+committed, so the journal read right after the answer shows it: ``add_comment``
+(``alarm_id``, ``asset``, ``user``, ``text``) and ``set_verdict`` (``alarm_id``,
+``asset``, ``user``, ``verdict``, ``cause``, ``note``; see :mod:`appliance.store.verdicts`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from appliance.core import (Alarm, AlarmEvent, DeadLetter, EventKind, ModeChange
 from appliance.core.plugins import Command
 from appliance.store.comments import AlarmComment
 from appliance.store.store import Store
+from appliance.store.verdicts import DEFAULT_CAUSES, AlarmVerdict
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,10 @@ PEAK_WRITE_INTERVAL_S = 1.0
 class StoreOutput(Output):
     name = "store"
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic,
+                 verdict_causes: tuple[str, ...] = DEFAULT_CAUSES):
         self.store = store
+        self.verdict_causes = tuple(verdict_causes)
         self._clock = clock
         self._peaks_written: dict[str, float] = {}  # open alarm id -> when its peak was last written
 
@@ -68,7 +72,7 @@ class StoreOutput(Output):
         self.store.put_model_change(change)
 
     def commands(self) -> Mapping[str, Command]:
-        return {"add_comment": self._add_comment}
+        return {"add_comment": self._add_comment, "set_verdict": self._set_verdict}
 
     async def _add_comment(self, alarm_id: str, asset: str, user: str, text: str) -> list[AlarmComment]:
         """Store ``user``'s comment on ``alarm_id`` (:class:`~appliance.store.comments.CommentError` if refused)."""
@@ -79,6 +83,17 @@ class StoreOutput(Output):
         log.info("store: comment alarm=%s asset=%s user=%s ts=%.3f", comment.alarm_id, comment.asset, comment.user,
                  comment.ts)
         return [comment]
+
+    async def _set_verdict(self, alarm_id: str, asset: str, user: str, verdict: str, cause: str | None = None,
+                           note: str | None = None) -> list[AlarmVerdict]:
+        """Store ``user``'s verdict on episode ``alarm_id`` (:class:`~appliance.store.verdicts.VerdictError` if refused)."""
+        given = AlarmVerdict.new(alarm_id, asset, user, verdict, cause=cause, note=note, causes=self.verdict_causes)
+        self.store.put_verdict(given)
+        await self._committed()
+        # The audit line: who judged which episode, how, and when.
+        log.info("store: verdict alarm=%s asset=%s user=%s verdict=%s cause=%s ts=%.3f", given.alarm_id, given.asset,
+                 given.user, given.verdict.value, given.cause, given.ts)
+        return [given]
 
     async def _committed(self) -> None:
         """Wait, without holding the event loop, until everything queued so far is committed."""

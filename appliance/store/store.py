@@ -53,6 +53,8 @@ writes does not leave a multi-gigabyte file behind.
 Alarm comments (a technician's notes on an occurrence, :mod:`appliance.store.comments`)
 go through the writer like every other record; those an accounts file of a release
 before schema version 4 still holds are copied in once by :func:`import_comments`.
+Verdicts on alarm episodes (:mod:`appliance.store.verdicts`, schema version 6) are kept
+the same way, every one given, the latest per episode being its label.
 
 Readers (dashboard, tests, CLI) go through :class:`StoreReader`, read-only, on their own
 connections.
@@ -77,6 +79,7 @@ from appliance.core import (Alarm, AlarmEvent, AlarmState, DeadLetter, Level, Mo
 from appliance.core.clock import AgeCutoff
 from appliance.core.sqlite_pages import set_page_size
 from appliance.store.comments import AlarmComment
+from appliance.store.verdicts import AlarmVerdict
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,18 @@ CREATE TABLE IF NOT EXISTS alarm_comments (
 );
 """
 
+# Technicians' verdicts on an alarm episode (see appliance.store.verdicts): every one given is kept, the
+# latest (highest seq) is the episode's label. One per episode, author and instant, so a retry is stored once.
+_ALARM_VERDICTS = """
+CREATE TABLE IF NOT EXISTS alarm_verdicts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    alarm_id TEXT NOT NULL, asset TEXT NOT NULL, ts REAL NOT NULL, user TEXT NOT NULL, verdict TEXT NOT NULL,
+    cause TEXT, note TEXT,
+    UNIQUE (alarm_id, ts, user)
+);
+CREATE INDEX IF NOT EXISTS alarm_verdicts_alarm ON alarm_verdicts (alarm_id, seq);
+"""
+
 # Readings are unique per (asset, sensor, ts), keyed time first: live rows arrive in about time order,
 # so a commit's rows go to the newest end of the index, where SQLite appends pages without rebalancing
 # their neighbours (until schema version 5 the key was (asset, sensor, ts): a page per sensor touched
@@ -114,13 +129,13 @@ CREATE TABLE IF NOT EXISTS readings (
 """
 
 # The schema's version, kept in SQLite's user_version; _migrate brings an older file up to it.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Bytes the WAL file is truncated to after a checkpoint (SQLite otherwise keeps its largest size).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Distinct refusals remembered for collapsing repeats (older ones are simply stored anew).
 _DEAD_RECENT_MAX = 1024
 
-SCHEMA = _MODE_CHANGES + _ALARM_COMMENTS + _READINGS + """
+SCHEMA = _MODE_CHANGES + _ALARM_COMMENTS + _ALARM_VERDICTS + _READINGS + """
 CREATE TABLE IF NOT EXISTS scores (
     id INTEGER PRIMARY KEY,
     asset TEXT NOT NULL, t_end REAL NOT NULL, value REAL NOT NULL, threshold REAL NOT NULL,
@@ -213,6 +228,9 @@ INSERT INTO readings (id, asset, sensor, ts, value, quality, historical, receive
 DROP TABLE readings_v4;
 """
 
+# Version 5 (until 2026-12): alarm episodes had no verdicts.
+_MIGRATE_5_TO_6 = _ALARM_VERDICTS
+
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Create the schema, or bring a store written by an earlier release up to it."""
@@ -225,7 +243,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         steps = {1: _MODE_CHANGES + _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3, 3: _MIGRATE_3_TO_4,
-                 4: _MIGRATE_4_TO_5}
+                 4: _MIGRATE_4_TO_5, 5: _MIGRATE_5_TO_6}
         while version in steps:
             for stmt in steps[version].split(";"):
                 if stmt.strip():
@@ -386,6 +404,10 @@ class Store:
         """Record a technician's comment on an alarm occurrence (see :mod:`appliance.store.comments`)."""
         self._q.put(("comment", c))
 
+    def put_verdict(self, v: AlarmVerdict) -> None:
+        """Record a technician's verdict on an alarm episode (see :mod:`appliance.store.verdicts`)."""
+        self._q.put(("verdict", v))
+
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once everything queued before it is committed."""
         self._q.put(("callback", callback))
@@ -470,6 +492,7 @@ class Store:
         callbacks = []
         now = time.time()
         readings, scores, events, dead, modes, alarms, models, comments = [], [], [], [], [], [], [], []
+        verdicts = []
         for kind, item in batch:
             if kind == "callback":
                 callbacks.append(item)
@@ -492,6 +515,9 @@ class Store:
                 models.append((item.ts, item.event, item.version, item.previous, item.reason, item.user))
             elif kind == "comment":
                 comments.append((item.alarm_id, item.asset, item.ts, item.user, item.text))
+            elif kind == "verdict":
+                verdicts.append((item.alarm_id, item.asset, item.ts, item.user, item.verdict.value, item.cause,
+                                 item.note))
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -511,6 +537,8 @@ class Store:
                                  " VALUES (?,?,?,?,?,?)", models)
                 conn.executemany("INSERT OR IGNORE INTO alarm_comments (alarm_id, asset, ts, user, text)"
                                  " VALUES (?,?,?,?,?)", comments)
+                conn.executemany("INSERT OR IGNORE INTO alarm_verdicts (alarm_id, asset, ts, user, verdict, cause,"
+                                 " note) VALUES (?,?,?,?,?,?,?)", verdicts)
                 conn.execute("COMMIT")
                 self.committed_batches += 1
                 if recent is not None:
@@ -755,6 +783,33 @@ class StoreReader:
         return [{"seq": r["seq"], "alarm_id": r["alarm_id"], "asset": r["asset"], "ts": r["ts"], "user": r["user"],
                  "text": r["text"]} for r in rows]
 
+    def alarm_verdicts(self, alarm_id: str, limit: int = 500) -> list[dict]:
+        """Every verdict given on one alarm episode, oldest first (the last one is its label).
+
+        Each has ``seq``, ``alarm_id``, ``asset``, ``ts`` (when it was given), ``user``,
+        ``verdict`` (a :class:`~appliance.store.verdicts.Verdict` value), ``cause`` and ``note``.
+        """
+        rows = self._rows("SELECT * FROM alarm_verdicts WHERE alarm_id = ? ORDER BY seq LIMIT ?", (alarm_id, limit))
+        return [_verdict_dict(r) for r in rows]
+
+    def labelled_episodes(self, since: float | None = None, until: float | None = None,
+                          asset: str | None = None, limit: int = 100_000) -> list[dict]:
+        """Alarm episodes that started in [``since``, ``until``), oldest first, each with its current verdict.
+
+        Each is :meth:`Alarm.to_dict` plus ``verdict`` (the latest verdict given, as
+        :meth:`alarm_verdicts` gives them, or ``None`` while no one has judged it).
+        """
+        sql = ("SELECT a.*, v.seq AS v_seq, v.ts AS v_ts, v.user AS v_user, v.verdict AS v_verdict,"
+               " v.cause AS v_cause, v.note AS v_note FROM alarms a LEFT JOIN alarm_verdicts v ON v.seq ="
+               " (SELECT max(seq) FROM alarm_verdicts WHERE alarm_id = a.id) WHERE a.start >= ? AND a.start < ?")
+        args: list = [float("-inf") if since is None else since, float("inf") if until is None else until]
+        if asset is not None:
+            sql += " AND a.asset = ?"
+            args.append(asset)
+        sql += " ORDER BY a.start LIMIT ?"
+        args.append(limit)
+        return [{**alarm_from_row(r).to_dict(), "verdict": _latest_verdict(r)} for r in self._rows(sql, args)]
+
     def model_changes(self, limit: int = 100) -> list[dict]:
         """The model's life on this gateway (shadow runs, promotions, rejections, rollbacks), latest first."""
         rows = self._rows("SELECT * FROM model_changes ORDER BY seq DESC LIMIT ?", (limit,))
@@ -909,3 +964,16 @@ class StoreReader:
                           "FROM scores WHERE asset = ? AND t_end > ? AND t_end <= ? AND historical = 0 "
                           "AND threshold > 0 GROUP BY k ORDER BY k", (since, width, asset, since, until))
         return [(since + k * width, hi, n) for k, hi, n in rows if n]
+
+
+def _verdict_dict(r: sqlite3.Row) -> dict:
+    return {"seq": r["seq"], "alarm_id": r["alarm_id"], "asset": r["asset"], "ts": r["ts"], "user": r["user"],
+            "verdict": r["verdict"], "cause": r["cause"], "note": r["note"]}
+
+
+def _latest_verdict(r: sqlite3.Row) -> dict | None:
+    """The verdict columns of a :meth:`StoreReader.labelled_episodes` row, or ``None`` if it has none."""
+    if r["v_seq"] is None:
+        return None
+    return {"seq": r["v_seq"], "alarm_id": r["id"], "asset": r["asset"], "ts": r["v_ts"], "user": r["v_user"],
+            "verdict": r["v_verdict"], "cause": r["v_cause"], "note": r["v_note"]}
