@@ -266,7 +266,8 @@ def test_every_package_folder_is_packaged():
 
 # Distribution names whose import name differs.
 IMPORT_NAMES = {"scikit-learn": "sklearn", "paho-mqtt": "paho", "flask-wtf": "flask_wtf", "argon2-cffi": "argon2",
-                "influxdb-client": "influxdb_client", "prometheus-client": "prometheus_client", "python-dateutil": "dateutil"}
+                "influxdb-client": "influxdb_client", "prometheus-client": "prometheus_client", "python-dateutil": "dateutil",
+                "protobuf": "google"}
 
 
 def test_every_declared_dependency_is_imported():
