@@ -39,6 +39,8 @@ if [ "$want_test" = 1 ]; then
   command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || pkgs+=(victoria-metrics)
   [ -x /usr/bin/chromium ] || pkgs+=(chromium)
   [ -x /usr/sbin/debootstrap ] || pkgs+=(debootstrap)  # tests/test_service_package.py's Debian root
+  command -v node >/dev/null 2>&1 || pkgs+=(nodejs)  # Eclipse Tahu, the Sparkplug B peer (rigs/tahu)
+  command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 fi
 "$python" -c 'import venv, ensurepip' >/dev/null 2>&1 || pkgs+=(python3-venv)
 if [ "${#pkgs[@]}" -gt 0 ]; then
@@ -54,4 +56,8 @@ if [ "$want_test" = 1 ]; then
   "$venv/bin/python" -m pip install -q -c constraints.txt -e '.[test,fleet]'
 else
   "$venv/bin/python" -m pip install -q -c constraints.txt -e .
+fi
+if [ "$want_test" = 1 ] && [ ! -f rigs/tahu/node_modules/sparkplug-client/package.json ]; then
+  # Tahu's sparkplug-client and sparkplug-payload at the lockfile's versions; offline afterwards.
+  (cd rigs/tahu && npm ci --no-audit --no-fund --silent)
 fi
