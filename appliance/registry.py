@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 from appliance.actions.mitigation.config import MitigationConfig
 from appliance.actions.mqtt_alarm.config import MqttAlarmConfig
+from appliance.actions.sparkplug.config import SparkplugOutputConfig
 from appliance.connectors.mqtt.config import MqttInputConfig
 from appliance.connectors.opcua.config import OpcuaInputConfig
 from appliance.fleet.config import FleetConfig
@@ -69,6 +70,8 @@ INPUTS: tuple[Plugin, ...] = (
 OUTPUTS: tuple[Plugin, ...] = (
     Plugin("mqtt_alarm", MqttAlarmConfig, "appliance.actions.mqtt_alarm:build",
            "appliance/actions/mqtt_alarm/README.md"),
+    Plugin("sparkplug", SparkplugOutputConfig, "appliance.actions.sparkplug:build",
+           "appliance/actions/sparkplug/README.md"),
     Plugin("history", HistoryConfig, "appliance.history:build", "appliance/history/README.md"),
     Plugin("mitigation", MitigationConfig, "appliance.actions.mitigation:build",
            "appliance/actions/mitigation/README.md", commands=("approve_action", "reject_action"),

@@ -515,7 +515,8 @@ def build(cfg, detector=None, clock: GatewayClock | None = None) -> Appliance:
         detector = OnnxDetector.load(bundle, precision=cfg.detector.precision, threads=cfg.detector.threads)
     store = Store.from_config(cfg.store, cfg.path(cfg.store.path))
     clock = clock if clock is not None else gateway_clock(cfg)
-    env = PluginEnv(config=cfg, data_dir=data_dir, sensors=tuple(detector.sensors), clock=clock)
+    env = PluginEnv(config=cfg, data_dir=data_dir, sensors=tuple(detector.sensors), clock=clock,
+                    model_version=detector.version)
     outputs = build_outputs(cfg.outputs, env)
     return Appliance(cfg, detector, store, build_inputs(cfg.inputs, env), outputs, commands_not_enabled(),
                      clock=clock)

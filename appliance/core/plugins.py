@@ -178,7 +178,9 @@ class PluginEnv:
     plugin's registry entry asked of outputs built before it (the fleet
     participant: the sync's connectivity ``windows``); ``clock`` is the gateway's
     :class:`~appliance.core.timebase.GatewayClock`, the one an input reads "now" from
-    and shows its readings' timestamps to (None: the wall clock as it is).
+    and shows its readings' timestamps to (None: the wall clock as it is);
+    ``model_version`` is the version of the model the appliance starts scoring with
+    (later ones arrive as :class:`~appliance.core.ModelChange`).
     """
 
     config: Any
@@ -186,6 +188,7 @@ class PluginEnv:
     sensors: Collection[str]
     needs: Mapping[str, Any] = field(default_factory=dict)
     clock: GatewayClock | None = None
+    model_version: str = ""
 
     def path(self, p: str) -> Path:
         q = Path(p)
