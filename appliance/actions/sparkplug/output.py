@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import paho.mqtt.client as mqtt
 
@@ -288,8 +288,7 @@ class SparkplugOutput(Output):
         if score.historical:  # a replay of the past does not move the live metrics
             return
         with self._lock:
-            if self._admit(score.asset, birth=True):
-                self._device_data(score.asset, self.node.on_score(score), score.t_end)
+            self._device_changed(score.asset, lambda: self.node.on_score(score), score.t_end)
 
     def on_alarm_event(self, event: AlarmEvent) -> None:
         self._alarm_changed(event.alarm, self.node.on_alarm, event.ts)
@@ -299,8 +298,7 @@ class SparkplugOutput(Output):
 
     def on_mode_change(self, change: ModeChange) -> None:
         with self._lock:
-            if self._admit(change.asset, birth=True):
-                self._device_data(change.asset, self.node.on_mode(change), change.ts)
+            if self._device_changed(change.asset, lambda: self.node.on_mode(change), change.ts):
                 self._node_data(self.node.node_summary())
 
     def on_model_change(self, change: ModelChange) -> None:
@@ -314,16 +312,33 @@ class SparkplugOutput(Output):
                 values = {"Model/Candidate": ""}
             self._node_data(self.node.set_node(values))
 
-    def _alarm_changed(self, alarm: Alarm, apply, ts: float) -> None:
+    def _alarm_changed(self, alarm: Alarm, apply: Callable[[Alarm], Mapping[str, Any]], ts: float) -> None:
         if alarm.historical:
             return
         with self._lock:
-            if self._admit(alarm.asset, birth=True):
-                self._device_data(alarm.asset, apply(alarm), ts)
+            if self._device_changed(alarm.asset, lambda: apply(alarm), ts):
                 self._node_data(self.node.node_summary())
 
-    def _admit(self, asset: str, birth: bool = False) -> bool:
-        """Whether ``asset`` is a device of the node, making it one (and births it) if new; under the lock."""
+    def _device_changed(self, asset: str, apply: Callable[[], Mapping[str, Any]], ts: float) -> bool:
+        """Apply a change to ``asset``'s metrics and report it: a DBIRTH for a new asset (it carries them),
+        else DDATA of what changed. False if the asset cannot be a device. Under the lock."""
+        new = asset not in self.node.assets
+        if not self._admit(asset):
+            return False
+        changes = apply()
+        if not self.born:
+            return True  # the next birth carries it
+        if new:
+            topic, payload = self.node.dbirth(asset, now_ms())
+            self.client.publish(topic, payload, qos=0)
+        elif changes:
+            topic, payload = self.node.ddata(asset, changes, int(ts * 1000), now_ms())
+            self.client.publish(topic, payload, qos=0)
+            self.counters.inc("ddata")
+        return True
+
+    def _admit(self, asset: str) -> bool:
+        """Whether ``asset`` is (now) a device of the node: a name that is one topic level. Under the lock."""
         if asset in self.node.assets:
             return True
         problem = device_id_problem(asset)
@@ -334,16 +349,7 @@ class SparkplugOutput(Output):
             self.counters.inc("assets_refused")
             return False
         self.node.add_asset(asset)
-        if birth and self.born:
-            topic, payload = self.node.dbirth(asset, now_ms())
-            self.client.publish(topic, payload, qos=0)
         return True
-
-    def _device_data(self, asset: str, changes: Mapping[str, Any], ts: float) -> None:
-        if changes and self.born:
-            topic, payload = self.node.ddata(asset, changes, int(ts * 1000), now_ms())
-            self.client.publish(topic, payload, qos=0)
-            self.counters.inc("ddata")
 
     def _node_data(self, changes: Mapping[str, Any]) -> None:
         if changes and self.born:
