@@ -376,7 +376,8 @@ def cmd_demo(args) -> int:
 
     cfg = _load(args.config)
     setup_logging("WARNING" if args.seconds else cfg.log_level)
-    return run_demo(cfg, seconds=args.seconds, fault_at=args.fault_at, fault=args.fault, cloud=not args.no_cloud)
+    return run_demo(cfg, seconds=args.seconds, fault_at=args.fault_at, fault=args.fault, cloud=not args.no_cloud,
+                    sparkplug=args.sparkplug)
 
 
 def cmd_score(args) -> int:
@@ -432,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--fault", default="bearing_wear")
     d.add_argument("--no-cloud", action="store_true",
                    help="no cloud broker, no sync window, no model update (the gateway alone)")
+    d.add_argument("--sparkplug", action="store_true",
+                   help="the pump publishes as a Sparkplug B edge node, read by the Sparkplug input")
     d.set_defaults(fn=cmd_demo)
 
     t = sub.add_parser("train", help="train a model bundle on normal data")

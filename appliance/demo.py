@@ -42,6 +42,8 @@ DEMO_ASSET = "pump1"
 # The training data the demo model is trained on; changing any of these changes the model.
 TRAINING_ROWS, TRAINING_SEED = 12_000, 7
 PLC_SEED = 11
+# With --sparkplug the pump publishes as this Sparkplug B edge node: spBv1.0/plant/DDATA/pump-sim/pump1.
+SPARKPLUG_GROUP, SPARKPLUG_EDGE_NODE = "plant", "pump-sim"
 SIM_COMMAND = (sys.executable, "-m", "firmware_sim.cli")
 # What the simulators print once they publish (see firmware-sim/cli.py): the demo's clock starts there.
 PUMP_READY = "appliance-sim pump: publishing "
@@ -213,7 +215,7 @@ def ensure_retrained_model(cfg) -> Path:
     return bundle
 
 
-def _demo_config(cfg, port: int, plc_port: int | None, sync: dict | None = None):
+def _demo_config(cfg, port: int, plc_port: int | None, sync: dict | None = None, sparkplug: bool = False):
     data = cfg.model_dump(mode="json")
     data["connections"]["mqtt"]["host"] = "127.0.0.1"
     data["connections"]["mqtt"]["port"] = port
@@ -224,6 +226,11 @@ def _demo_config(cfg, port: int, plc_port: int | None, sync: dict | None = None)
         opcua = data["inputs"]["opcua"]
         opcua["sampling_interval_ms"] = opcua["publishing_interval_ms"] = 1000.0 / DEMO_RATE_HZ
         data["inputs"]["mqtt"]["enabled"] = False
+    if sparkplug:
+        # The pump as a Sparkplug edge node is the only source: the Sparkplug input reads it (device = asset,
+        # metric = sensor, its defaults), the JSON input is off.
+        data["inputs"]["mqtt"]["enabled"] = False
+        data["inputs"].setdefault("sparkplug", {})["enabled"] = True
     data["outputs"]["history"]["enabled"] = False  # no InfluxDB in the demo; the local store has it all
     if sync is not None:
         data["outputs"]["sync"] = sync
@@ -279,30 +286,51 @@ def _announce_dashboard(dcfg, port: int, name: str, password: str) -> None:
           f"a new password each run; more accounts: appliance user add NAME --role technician)", flush=True)
 
 
-def _publish_bad_payloads(port: int) -> int:
+def sparkplug_available() -> bool:
+    """Whether this build has the Sparkplug B input (``[inputs.sparkplug]``) that ``--sparkplug`` needs."""
+    from appliance.registry import INPUTS
+
+    return any(p.key == "sparkplug" for p in INPUTS)
+
+
+def _publish_bad_payloads(port: int, sparkplug: bool = False) -> int:
     """A few malformed messages, to show they are dead-lettered and change nothing."""
     import paho.mqtt.client as mqtt
 
-    bad = [b"not json", b'{"ts": "yesterday", "value": 1}', b'{"ts": 1700000000, "value": NaN}']
+    if sparkplug:  # protobuf that does not decode, on the simulator's own DDATA topic
+        topic = f"spBv1.0/{SPARKPLUG_GROUP}/DDATA/{SPARKPLUG_EDGE_NODE}/{DEMO_ASSET}"
+        bad = [b"not protobuf", b"\x12\x05abc", b"\x08"]
+    else:
+        topic = f"plant/{DEMO_ASSET}/Current"
+        bad = [b"not json", b'{"ts": "yesterday", "value": 1}', b'{"ts": 1700000000, "value": NaN}']
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-bad-payloads")
     c.connect("127.0.0.1", port)
     c.loop_start()
     for p in bad:
-        c.publish(f"plant/{DEMO_ASSET}/Current", p, qos=1).wait_for_publish(5)
+        c.publish(topic, p, qos=1).wait_for_publish(5)
     c.disconnect()
     c.loop_stop()
     return len(bad)
 
 
 def run_demo(cfg, seconds: float | None = None, fault_at: float | None = None,
-             fault: str = "bearing_wear", cloud: bool = True) -> int:
-    return asyncio.run(_run(cfg, seconds, fault_at, fault, cloud))
+             fault: str = "bearing_wear", cloud: bool = True, sparkplug: bool = False) -> int:
+    if sparkplug and not sparkplug_available():
+        print("demo: ERROR: --sparkplug needs the Sparkplug B input ([inputs.sparkplug]), which this build "
+              "does not have", flush=True)
+        return 2
+    if sparkplug and cfg.inputs.opcua.enabled:
+        print("demo: ERROR: --sparkplug and [inputs.opcua] enabled exclude each other: the pump publishes "
+              "either over MQTT as a Sparkplug edge node or through the PLC", flush=True)
+        return 2
+    return asyncio.run(_run(cfg, seconds, fault_at, fault, cloud, sparkplug))
 
 
-def _pump_args(port: int, fault: str, fault_at: float) -> list[str]:
+def _pump_args(port: int, fault: str, fault_at: float, sparkplug: bool = False) -> list[str]:
+    edge = ["--sparkplug", "--group", SPARKPLUG_GROUP, "--edge-node", SPARKPLUG_EDGE_NODE] if sparkplug else []
     return ["pump", "--host", "127.0.0.1", "--port", str(port), "--asset", DEMO_ASSET,
             "--rate", repr(DEMO_RATE_HZ), "--fault", fault, "--fault-at", repr(float(fault_at)),
-            "--log-level", "WARNING"]
+            "--log-level", "WARNING", *edge]
 
 
 def _plc_args(port: int, fault: str, fault_at: float) -> list[str]:
@@ -324,7 +352,7 @@ async def _wait_for_end(stop: asyncio.Event, sims: list[SimProcess], timeout: fl
     return next((waits[w] for w in done if waits[w] is not None), None)
 
 
-async def _run(cfg, seconds, fault_at, fault, with_cloud=True) -> int:
+async def _run(cfg, seconds, fault_at, fault, with_cloud=True, sparkplug=False) -> int:
     from appliance import demo_cloud
     from appliance.runtime import build, start_web
 
@@ -382,7 +410,7 @@ async def _run(cfg, seconds, fault_at, fault, with_cloud=True) -> int:
                 sync = demo_cloud.sync_section(cloud, cloud_broker.port)
                 print(f"demo: cloud broker on 127.0.0.1:{cloud_broker.port} (TLS, client certificates); "
                       f"a sync window opens once the fault raises an alarm", flush=True)
-            dcfg = _demo_config(cfg, broker.port, plc_port, sync)
+            dcfg = _demo_config(cfg, broker.port, plc_port, sync, sparkplug)
             dcfg = _fresh_run(dcfg, cfg)
             app = build(dcfg)  # before the PLC starts: loading the model does not eat into fault_at
             app.add_event_listener(on_event)
@@ -407,14 +435,16 @@ async def _run(cfg, seconds, fault_at, fault, with_cloud=True) -> int:
                 stack.callback(web.stop)
                 _announce_dashboard(dcfg, web.port, name, password)
             if plc_port is None:
-                sim = SimProcess("pump-sim", _pump_args(broker.port, fault, fault_at), PUMP_READY, clock)
+                sim = SimProcess("pump-sim", _pump_args(broker.port, fault, fault_at, sparkplug), PUMP_READY, clock)
                 # Registered last, so stopped first; the pause lets its last readings reach the appliance.
                 stack.push_async_callback(asyncio.sleep, 0.3)
                 stack.push_async_callback(sim.stop)
                 clock.simulator_started(await _unless_stopped(stop, sim.start()))
-                bad = await asyncio.to_thread(_publish_bad_payloads, broker.port)
-                print(f"demo: broker on 127.0.0.1:{broker.port}, simulator publishing {DEMO_RATE_HZ:g} Hz over "
-                      f"MQTT; fault '{fault}' at +{fault_at:g}s; {bad} malformed payloads sent", flush=True)
+                bad = await asyncio.to_thread(_publish_bad_payloads, broker.port, sparkplug)
+                how = (f"as Sparkplug B edge node {SPARKPLUG_GROUP}/{SPARKPLUG_EDGE_NODE} (device {DEMO_ASSET})"
+                       if sparkplug else "over MQTT")
+                print(f"demo: broker on 127.0.0.1:{broker.port}, simulator publishing {DEMO_RATE_HZ:g} Hz {how}; "
+                      f"fault '{fault}' at +{fault_at:g}s; {bad} malformed payloads sent", flush=True)
             else:
                 print(f"demo: PLC simulator on opc.tcp://127.0.0.1:{plc_port}/appliance/plc, read over OPC-UA "
                       f"at {DEMO_RATE_HZ:g} Hz; alarms on MQTT 127.0.0.1:{broker.port}; "

@@ -1,6 +1,7 @@
 """``appliance-sim``: the sensor simulators on the command line.
 
     appliance-sim pump --host H --port P --asset pump1 --rate 1.0 --fault bearing_wear --fault-at 30 --seconds N
+    appliance-sim pump ... --sparkplug --group plant --edge-node pump-sim   (as a Sparkplug B edge node)
     appliance-sim replay FILE --host H --port P --asset pump1 --speed 50
     appliance-sim plc --port 4840              (OPC-UA PLC simulator, see plc.py)
     appliance-sim normal-csv --out FILE --rows 12000 --rate 10 --seed 7   (training data, see normal.py)
@@ -15,6 +16,7 @@ child's life to its own with ``--stop-on-stdin-eof`` (keep the child's stdin a
 pipe: however the parent ends, the pipe closes and the child stops cleanly)::
 
     appliance-sim pump: publishing asset=A rate_hz=R broker=H:P     first sample published
+                                                  (+ sparkplug=spBv1.0/G/DDATA/N/A with --sparkplug)
     appliance-sim pump: fault_injected fault=F severity=S after_s=T
     appliance-sim pump: published=N acked=N ...                       at the end
     PLC simulator listening on opc.tcp://...                          plc: clients may connect
@@ -70,9 +72,12 @@ def _stop_on_signals(args) -> threading.Event:
 def _pump(args) -> int:
     from .publisher import run_pump
 
+    sparkplug = (args.group, args.edge_node) if args.sparkplug else None
+
     def started(ts: float) -> None:
+        how = f" sparkplug=spBv1.0/{args.group}/DDATA/{args.edge_node}/{args.asset}" if sparkplug else ""
         print(f"appliance-sim pump: publishing asset={args.asset} rate_hz={args.rate:g} "
-              f"broker={args.host}:{args.port}", flush=True)
+              f"broker={args.host}:{args.port}{how}", flush=True)
 
     def fault_injected(after_s: float) -> None:
         print(f"appliance-sim pump: fault_injected fault={args.fault} severity={args.severity:g} "
@@ -81,7 +86,7 @@ def _pump(args) -> int:
     stats = run_pump(args.host, args.port, asset=args.asset, rate_hz=args.rate, seconds=args.seconds,
                      fault=args.fault, fault_at=args.fault_at, severity=args.severity,
                      fault_sensor=args.fault_sensor, seed=args.seed, speed=args.pump_speed,
-                     valve=args.valve, topic=args.topic, stop_event=_stop_on_signals(args),
+                     valve=args.valve, topic=args.topic, stop_event=_stop_on_signals(args), sparkplug=sparkplug,
                      on_started=started, on_fault=fault_injected, **_publisher_kw(args))
     print(f"appliance-sim pump: {stats.summary()}", flush=True)
     return 0 if stats.complete else 1
@@ -123,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--pump-speed", type=float, default=1.0, help="speed, fraction of rated (default 1)")
     p.add_argument("--valve", type=float, default=1.0, help="valve opening 0..1 (default 1)")
+    p.add_argument("--sparkplug", action="store_true",
+                   help="publish as a Sparkplug B edge node (the asset is the device, each sensor a metric)")
+    p.add_argument("--group", default="plant", help="Sparkplug group id (default plant)")
+    p.add_argument("--edge-node", default="pump-sim", help="Sparkplug edge node id (default pump-sim)")
     p.set_defaults(func=_pump)
 
     p = sub.add_parser("replay", help="replay a CSV (SKAB or comma) with its original timestamps")

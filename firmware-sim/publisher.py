@@ -22,7 +22,7 @@ from typing import Callable
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .pump import PumpModel
+from .pump import SENSORS, PumpModel
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,14 @@ class MqttPublisher:
         self.acked = 0
         self.last_error: str | None = None
         self._closing = False
+        self.started = False  # connect() called: the network loop runs
+        # Called on paho's thread: each new session, and a session lost (not a clean close).
+        self.on_connected: list[Callable[[], None]] = []
+        self.on_lost: list[Callable[[], None]] = []
 
     def connect(self, timeout: float = 10.0) -> None:
         """Start the network loop and wait for the first connection; paho reconnects after that."""
+        self.started = True
         self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
         self.client.loop_start()
         if not self.connected.wait(timeout):
@@ -105,6 +110,8 @@ class MqttPublisher:
             log.warning("sim connect_refused broker=%s:%d reason=%s", self.host, self.port, reason_code)
             return
         log.info("sim connected broker=%s:%d", self.host, self.port)
+        for fn in self.on_connected:
+            fn()
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -113,6 +120,8 @@ class MqttPublisher:
         elif self.connected.is_set():
             log.warning("sim disconnected broker=%s:%d reason=%s pending=%d", self.host, self.port,
                         reason_code, len(self._pending))
+            for fn in self.on_lost:
+                fn()
         self.connected.clear()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
@@ -176,11 +185,15 @@ def publish_sample(pub: MqttPublisher, topic: str, asset: str, ts: float, values
     return 1
 
 
+def _json_sender(pub: MqttPublisher, topic: str, asset: str) -> Callable[[float, dict[str, float]], int]:
+    return lambda ts, values: publish_sample(pub, topic, asset, ts, values)
+
+
 def run_pump(host: str = "127.0.0.1", port: int = 1883, asset: str = "pump1", rate_hz: float = 1.0,
              seconds: float | None = None, fault: str | None = None, fault_at: float | None = None,
              severity: float = 1.0, fault_sensor: str | None = None, seed: int | None = None,
              speed: float = 1.0, valve: float = 1.0, topic: str = "plant/{asset}/telemetry",
-             stop_event: threading.Event | None = None,
+             stop_event: threading.Event | None = None, sparkplug: tuple[str, str] | None = None,
              on_sample: Callable[[float, dict[str, float]], None] | None = None,
              on_started: Callable[[float], None] | None = None,
              on_fault: Callable[[float], None] | None = None,
@@ -197,6 +210,8 @@ def run_pump(host: str = "127.0.0.1", port: int = 1883, asset: str = "pump1", ra
     seconds into the run on the clock ``fault_at`` is measured with, so a
     supervising process can time its view of the run by what the simulator did.
     Extra keyword arguments go to :class:`MqttPublisher` (credentials, TLS).
+    With ``sparkplug = (group, edge node)`` the pump publishes as a Sparkplug B edge
+    node instead (:mod:`.sparkplug`: the asset is the device, each sensor a metric; QoS 0).
     """
     if not rate_hz > 0:
         raise ValueError(f"rate_hz must be > 0, got {rate_hz!r}")
@@ -206,8 +221,15 @@ def run_pump(host: str = "127.0.0.1", port: int = 1883, asset: str = "pump1", ra
         PumpModel(seed=0).inject(fault, severity, fault_sensor)
     stop_event = stop_event or threading.Event()
     own = publisher is None
-    pub = publisher or MqttPublisher(host, port, **publisher_kw)
-    if own:
+    pub = publisher or MqttPublisher(host, port, **({"qos": 0} if sparkplug else {}), **publisher_kw)
+    send = _json_sender(pub, topic, asset)
+    edge = None
+    if sparkplug is not None:
+        from .sparkplug import SparkplugEdgeNode
+
+        edge = SparkplugEdgeNode(pub, *sparkplug, device=asset, sensors=SENSORS)  # its will: before connecting
+        send = edge.publish_sample
+    if not pub.started:  # a publisher handed over unconnected (a test's) connects here, after the will is set
         pub.connect()
     stats = PublishStats(fault=fault)
     period = 1.0 / rate_hz
@@ -230,7 +252,7 @@ def run_pump(host: str = "127.0.0.1", port: int = 1883, asset: str = "pump1", ra
                 fault_now = elapsed
             values = model.step(period)
             ts = time.time()
-            publish_sample(pub, topic, asset, ts, values)
+            send(ts, values)
             stats.samples += 1
             stats.first_ts = stats.first_ts or ts
             stats.last_ts = ts
@@ -253,6 +275,9 @@ def run_pump(host: str = "127.0.0.1", port: int = 1883, asset: str = "pump1", ra
             if delay > 0:
                 stop_event.wait(delay)
     finally:
+        if edge is not None:
+            edge.close()
+            stats.extra |= {"births": edge.births, "rebirth_requests": edge.rebirth_requests}
         finish_publishing(pub, stats, published0, own, flush_timeout, f"asset={asset}")
     log.info("sim pump_stopped asset=%s %s", asset, stats.summary())
     return stats
