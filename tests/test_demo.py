@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from appliance.accounts import Accounts
+from appliance.demo import sparkplug_available
 
 pytestmark = pytest.mark.integration  # the whole demo: broker, simulators, training, the appliance
 
@@ -62,11 +63,11 @@ def _reuse_model(tmp_path):
             shutil.copytree(_model["dir"] / name, tmp_path / "var" / name)
 
 
-def run_demo(tmp_path, extra_toml=""):
+def run_demo(tmp_path, extra_toml="", args=()):
     env, marker = _marked_env()
     cfg = _config(tmp_path, extra_toml)
     proc = subprocess.run([sys.executable, "-m", "appliance.cli", "demo", "--config", str(cfg),
-                           "--seconds", "30", "--fault-at", "15"],
+                           "--seconds", "30", "--fault-at", "15", *args],
                           capture_output=True, text=True, timeout=600, cwd=os.getcwd(), env=env)
     assert any(line.startswith("demo summary:") for line in proc.stdout.splitlines()), \
         f"no summary line\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
@@ -105,6 +106,18 @@ def test_demo_switches_to_opcua_with_one_config_change(tmp_path):
     assert "plc-sim: PLC simulator: fault_injected fault=bearing_wear" in proc.stdout
     assert int(f["alarms_before_fault"]) == 0 and int(f["alarms_after_fault"]) >= 1
     assert int(f["dead_letters"]) == 0
+
+
+@pytest.mark.skipif(not sparkplug_available(), reason="needs the Sparkplug B input ([inputs.sparkplug], issue 25 "
+                                                        "item 1), not in this build")
+def test_demo_with_sparkplug_reads_the_pump_as_an_edge_node(tmp_path):
+    _reuse_model(tmp_path)
+    proc, f = run_demo(tmp_path, args=("--sparkplug", "--no-cloud"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "as Sparkplug B edge node plant/pump-sim (device pump1)" in proc.stdout
+    assert "sparkplug=spBv1.0/plant/DDATA/pump-sim/pump1" in proc.stdout
+    assert int(f["alarms_before_fault"]) == 0 and int(f["alarms_after_fault"]) >= 1
+    assert int(f["readings"]) > 1000 and int(f["dead_letters"]) == 3  # the three undecodable payloads
 
 
 def test_ctrl_c_stops_the_demo_and_every_child(tmp_path):
