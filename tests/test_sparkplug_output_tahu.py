@@ -213,3 +213,24 @@ enabled = true
                 p.wait()
         host.stop()
     assert json.loads((tmp_path / "data" / "sparkplug" / "bdseq.json").read_text()) == {"bdseq": (bdseq + 1) % 256}
+
+
+def test_after_a_broker_restart_the_node_births_again_with_the_next_bdseq(tmp_path, mosquitto, bundle):
+    cfg = sparkplug_config(tmp_path, mosquitto.port, bundle, primary_host_id="scada", rebirth_min_interval_s=0.0)
+    host = TahuHost(mosquitto.port, host_id="scada")
+    try:
+        with RunningAppliance(cfg) as ra:
+            out = ra.app.output("sparkplug")
+            bdseq = named(host.wait_message("NBIRTH", what="the first NBIRTH"))["bdSeq"]["value"]
+            mark = host.mark()
+            mosquitto.restart(down_s=1.0)
+            # Both come back on their own; the host says it is online again (its STATE, retained).
+            host.wait_for(lambda e: e["event"] == "ready", after=mark, what="the host back")
+            ra.wait_until(lambda: out.status()["born"] and out.status()["sessions"] == 2, what="born again")
+            assert out.status()["bdseq"] == (bdseq + 1) % 256
+            # What it birthed while the host was away, it births again when asked: the new bdSeq.
+            mark = host.mark()
+            host.send(cmd="rebirth", node=NODE)
+            assert named(host.wait_message("NBIRTH", mark, what="the NBIRTH"))["bdSeq"]["value"] == (bdseq + 1) % 256
+    finally:
+        host.stop()
