@@ -164,9 +164,10 @@ class SparkplugOutput(Output):
             if not was or self._stopping:
                 return
             self.counters.inc("disconnects")
-            log.warning("sparkplug: disconnected reason=%s; the next session births with a new bdSeq", reason_code)
-            # paho reconnects with the will as set now: the next session's NDEATH, bdSeq + 1.
-            self._arm_will(self.bdseq.take_next())
+        log.warning("sparkplug: disconnected reason=%s; the next session births with a new bdSeq", reason_code)
+        # paho reconnects with the will as set now: the next session's NDEATH, bdSeq + 1 (written, and fsynced,
+        # outside the lock: the event loop's hooks never wait on the disk).
+        self._arm_will(self.bdseq.take_next())
 
     def _on_message(self, client, userdata, msg) -> None:
         try:
