@@ -30,6 +30,7 @@ from appliance.actions.mitigation.config import MitigationConfig
 from appliance.actions.mqtt_alarm.config import MqttAlarmConfig
 from appliance.connectors.mqtt.config import MqttInputConfig
 from appliance.connectors.opcua.config import OpcuaInputConfig
+from appliance.connectors.sparkplug.config import SparkplugInputConfig
 from appliance.fleet.config import FleetConfig
 from appliance.core import Input, Output, PluginEnv, PluginError
 from appliance.history.config import HistoryConfig
@@ -64,6 +65,8 @@ class Plugin:
 INPUTS: tuple[Plugin, ...] = (
     Plugin("mqtt", MqttInputConfig, "appliance.connectors.mqtt:build", "appliance/connectors/mqtt/README.md"),
     Plugin("opcua", OpcuaInputConfig, "appliance.connectors.opcua:build", "appliance/connectors/opcua/README.md"),
+    Plugin("sparkplug", SparkplugInputConfig, "appliance.connectors.sparkplug:build",
+           "appliance/connectors/sparkplug/README.md"),
 )
 
 OUTPUTS: tuple[Plugin, ...] = (

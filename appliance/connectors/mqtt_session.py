@@ -838,7 +838,7 @@ class MqttSession(Input):
         gaps = self.gaps
         if gaps is not None:
             for r in readings:
-                if not r.historical:
+                if not r.historical and r.value == r.value:  # a valueless reading (NaN) is no sign of life
                     gaps.observe(r.asset, r.sensor, r.ts)
         burst = self._burst
         if burst is None:

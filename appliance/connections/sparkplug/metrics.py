@@ -62,20 +62,33 @@ def numeric_value(metric) -> float | None:
 
     A null metric (``is_null``) is a number that is missing: ``nan``.
     """
-    try:
-        kind = DataType(metric.datatype)
-    except ValueError:
+    return value_as(metric, metric.datatype)
+
+
+# Signed widths by datatype number, for the hot path (no enum construction per metric).
+_SIGNED_BY_NUMBER = {int(k): v for k, v in _SIGNED_BITS.items()}
+_NUMERIC_NUMBERS = frozenset(int(k) for k in NUMERIC)
+
+
+def value_as(metric, datatype: int) -> float | None:
+    """:func:`numeric_value` with the datatype given: a DATA metric may leave it out, its birth declared it.
+
+    >>> from appliance.connections.sparkplug.schema import Metric
+    >>> value_as(Metric(alias=4, long_value=2**64 - 5), DataType.Int64), value_as(Metric(alias=4), DataType.Float)
+    (-5.0, None)
+    """
+    if datatype not in _NUMERIC_NUMBERS:
         return None
-    if kind not in NUMERIC:
-        return None
-    if metric.is_null:
-        return math.nan
     field = metric.WhichOneof("value")
     if field is None:
-        return None
+        return math.nan if metric.is_null else None
+    if metric.is_null:
+        return math.nan
     raw = getattr(metric, field)
-    if field in ("int_value", "long_value") and kind in _SIGNED_BITS:
-        return float(_signed(raw, _SIGNED_BITS[kind]))
+    if field in ("int_value", "long_value"):
+        bits = _SIGNED_BY_NUMBER.get(datatype)
+        if bits is not None:
+            return float(_signed(raw, bits))
     return float(raw)
 
 
