@@ -92,6 +92,32 @@ def value_as(metric, datatype: int) -> float | None:
     return float(raw)
 
 
+# The value field each numeric datatype travels in (the specification's table, and Tahu's encoders).
+VALUE_FIELD: dict[int, str] = {
+    **{int(t): "int_value" for t in (DataType.Int8, DataType.Int16, DataType.Int32, DataType.UInt8, DataType.UInt16,
+                                     DataType.UInt32)},
+    **{int(t): "long_value" for t in (DataType.Int64, DataType.UInt64, DataType.DateTime)},
+    int(DataType.Float): "float_value", int(DataType.Double): "double_value", int(DataType.Boolean): "boolean_value",
+}
+
+
+def signed_bits(datatype: int) -> int:
+    """How a raw value of ``datatype`` becomes a number: its signed width (8..64), 0 for an unsigned or
+    boolean one (``float(raw)``), -1 for a float or double (the raw value is one already)."""
+    if datatype in (DataType.Float, DataType.Double):
+        return -1
+    return _SIGNED_BITS.get(datatype, 0)  # type: ignore[call-overload]
+
+
+def twos_complement(raw: int, bits: int) -> int:
+    """A signed integer of ``bits`` from the unsigned field it travels in (see :func:`_signed`).
+
+    >>> twos_complement(0xFFFFFFFE, 16), twos_complement(2**64 - 1, 64)
+    (-2, -1)
+    """
+    return _signed(raw, bits)
+
+
 def _signed(raw: int, bits: int) -> int:
     """A negative Int8/16/32 travels in the uint32 field as its 32-bit two's complement, an Int64 in the
     uint64 field as its 64-bit one (the specification, and Tahu's encoders)."""

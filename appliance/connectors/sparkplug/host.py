@@ -44,8 +44,9 @@ from typing import Callable, Collection
 
 from google.protobuf.message import DecodeError
 
-from appliance.connections.sparkplug import MessageType, Payload, TopicError, parse_topic
-from appliance.connections.sparkplug.metrics import DataType, quality_of, value_as
+from appliance.connections.sparkplug import MessageType, Payload, Topic, TopicError, parse_topic
+from appliance.connections.sparkplug.metrics import (VALUE_FIELD, DataType, quality_of, signed_bits,
+                                                     twos_complement, value_as)
 from appliance.connectors.guard import Admission, DeadLetterBag, ValueRange, clip, dead_letter
 from appliance.connectors.sparkplug.config import MappingRule, SparkplugInputConfig
 from appliance.core import Counters, DeadLetterCode, Quality, Reading
@@ -56,6 +57,7 @@ REBIRTH_METRIC = "Node Control/Rebirth"
 # A death's reading sits this long after the sensor's last one: the first instant it is known to be gone.
 DEATH_OFFSET_S = 0.001
 _SEQ_SPACE = 256
+TOPIC_CACHE_SIZE = 4096
 _NO_TS = -math.inf
 
 
@@ -74,12 +76,19 @@ def quality_from_code(code: int) -> Quality:
 
 @dataclass(slots=True)
 class MetricDef:
-    """One metric of a birth: what it is called, its datatype, and the sensor it feeds (None: not a reading)."""
+    """One metric of a birth: its name and datatype, the sensor it feeds (None: not a reading), and what
+    reading one of its values takes, worked out once at the birth: the field its value travels in
+    (``field``, None for a datatype that is not a number), how the raw value becomes a float (``bits``,
+    :func:`~appliance.connections.sparkplug.metrics.signed_bits`) and the sensor's physical range."""
 
     name: str
     datatype: int
     sensor: str | None
-    last_ts: float = _NO_TS
+    field: str | None = None
+    bits: int = 0
+    lo: float = -math.inf
+    hi: float = math.inf
+    known: bool | None = None  # the model (or the asset's sensor slots) has the sensor; None: not asked yet
 
 
 @dataclass(slots=True)
@@ -90,6 +99,9 @@ class Birth:
     by_name: dict[str, MetricDef] = field(default_factory=dict)
     by_alias: dict[int, MetricDef] = field(default_factory=dict)
     ambiguous: frozenset[int] = frozenset()
+    alias0: bool = False  # alias 0 is declared: a DATA metric's alias 0 may then be "no alias" (proto2 default)
+    readable: bool = False  # some metric is a number that feeds a sensor
+    last_ts: float = _NO_TS  # the newest live reading's timestamp: a death silences the sensors just after it
 
     def __len__(self) -> int:
         return len(self.by_name)
@@ -165,13 +177,15 @@ class Node:
         return (len(self.birth) if self.birth is not None else 0) + sum(len(d) for d in self.devices.values())
 
 
-@dataclass
 class Outcome:
     """What one message meant: readings and dead letters to store, and nodes to ask for a rebirth."""
 
-    readings: list[Reading] = field(default_factory=list)
-    dead: list = field(default_factory=list)
-    rebirths: list[tuple[str, str]] = field(default_factory=list)  # (group, node)
+    __slots__ = ("readings", "dead", "rebirths")
+
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+        self.dead: list = []
+        self.rebirths: list[tuple[str, str]] = []  # (group, node)
 
 
 class AssetMap:
@@ -231,17 +245,23 @@ class SparkplugHost:
         self.ignored_by_type = Counters()
         self._requests: deque[float] = deque()  # when rebirth requests went out, for the global bound
         self._silenced: list[tuple[str, str]] = []
+        self._topics: dict[str, Topic] = {}  # parsed topics: a plant's are few and repeat
 
     # -- one message ----------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes, now: float) -> Outcome:
         """Take one message (``now``: the gateway's wall time, for timestamps the payload leaves out)."""
         out = Outcome()
-        try:
-            t = parse_topic(topic)
-        except TopicError as e:
-            out.dead.append(self._dead(topic, payload, now, DeadLetterCode.BAD_TOPIC, str(e)))
-            return out
+        t = self._topics.get(topic)
+        if t is None:
+            try:
+                t = parse_topic(topic)
+            except TopicError as e:
+                out.dead.append(self._dead(topic, payload, now, DeadLetterCode.BAD_TOPIC, str(e)))
+                return out
+            if len(self._topics) >= TOPIC_CACHE_SIZE:
+                self._topics.clear()  # a publisher inventing topics costs parsing, never memory
+            self._topics[topic] = t
         if t.kind in (MessageType.STATE, MessageType.NCMD, MessageType.DCMD):
             self.counters.inc("commands_seen")  # other hosts' state and commands: not ours to read
             return out
@@ -358,17 +378,23 @@ class SparkplugHost:
         asset = self.map.asset(asset_t, node.group, node.node, device)
         birth = Birth(asset)
         seen_alias: dict[int, int] = {}
-        g, nn, amap = node.group, node.node, self.map
+        g, nn, amap, vr = node.group, node.node, self.map, self.value_range
         for m in p.metrics:
             name = m.name
             if not name:
                 continue  # a birth names every metric; one without a name cannot be resolved later
             d = MetricDef(name, m.datatype, amap.sensor(sensor_t, name, g, nn, device))
+            d.field = VALUE_FIELD.get(d.datatype)
+            d.bits = signed_bits(d.datatype)
+            if d.sensor is not None:
+                d.lo, d.hi = vr.bounds(asset, d.sensor)
             birth.by_name[name] = d
             if m.HasField("alias"):
                 a = m.alias
                 seen_alias[a] = seen_alias.get(a, 0) + 1
                 birth.by_alias[a] = d
+        birth.alias0 = 0 in seen_alias
+        birth.readable = any(d.sensor is not None and d.field is not None for d in birth.by_name.values())
         clashes = frozenset(a for a, k in seen_alias.items() if k > 1)
         if clashes:
             for a in clashes:
@@ -413,15 +439,16 @@ class SparkplugHost:
             node.devices.clear()
 
     def _silence(self, birth: Birth, out: Outcome) -> None:
-        if birth.asset is None:
+        """Each sensor that gave a reading: a valueless bad one just after the newest, and silent."""
+        if not birth.asset or birth.last_ts == _NO_TS:
             return
+        at = birth.last_ts + DEATH_OFFSET_S
         for d in birth.by_name.values():
-            if d.sensor is not None and d.last_ts != _NO_TS:
-                out.readings.append(Reading(birth.asset, d.sensor, d.last_ts + DEATH_OFFSET_S, math.nan,
-                                            Quality.BAD, self.source))
+            if d.known:
+                out.readings.append(Reading(birth.asset, d.sensor, at, math.nan, Quality.BAD, self.source))
                 self._silenced.append((birth.asset, d.sensor))
                 self.counters.inc("sensors_silenced")
-                d.last_ts = _NO_TS
+        birth.last_ts = _NO_TS
 
     def _birth_flood(self, node: Node, mono: float) -> bool:
         births = node.births
@@ -482,77 +509,114 @@ class SparkplugHost:
 
     def _data_metrics(self, node: Node, device: str | None, birth: Birth, p, topic: str, payload: bytes,
                       now: float, out: Outcome) -> bool:
-        """The readings of a birth's or DATA's metrics; True when an alias was not known."""
+        """The readings of a birth's or DATA's metrics; True when an alias was not known.
+
+        The hot path of the input (a plant's DATA, eight metrics a message in the benchmark): what can be
+        worked out at the birth was (:class:`MetricDef`), and a metric that needs a closer look (no alias,
+        a value in another field, a bound passed, properties) leaves the common path for the slow one.
+        """
         asset = birth.asset
-        known = None  # the asset is admitted (and its sensors looked up) at its first reading
-        by_alias, by_name = birth.by_alias, birth.by_name
-        base_ts = p.timestamp / 1000.0 if p.HasField("timestamp") else now
+        if not asset or not birth.readable:
+            return False  # nothing in it can be a reading (a node's control metrics): no asset to admit
+        why = self.admission.asset(asset)  # also tells the admission the asset is alive
+        if why is not None:
+            self.counters.inc("unadmitted_messages")
+            out.dead.append(self._dead(topic, payload, now, DeadLetterCode.UNKNOWN_ASSET, why))
+            return False
+        by_alias, alias0 = birth.by_alias, birth.alias0
+        base_ts = p.timestamp / 1000.0 if p.timestamp else now
+        readings = out.readings
+        source = self.source
+        min_ts = self.cfg.min_timestamp
+        limit: float | None = None  # the latest live timestamp accepted, once a live metric asks
         bag: DeadLetterBag | None = None
         unknown_alias = False
-        readings = out.readings
-        vr = self.value_range
-        cfg = self.cfg
-        live_now = None
+        good = Quality.GOOD
+        newest = _NO_TS  # the newest live reading of this message: where a death would silence them
         for m in p.metrics:
-            d = by_alias.get(m.alias) if m.HasField("alias") else None
-            if d is None:
-                d = by_name.get(m.name) if m.name else None
+            d = by_alias.get(m.alias)
+            if d is None or (alias0 and not m.alias and not m.HasField("alias")):
+                d = self._resolve(birth, m)
                 if d is None:
-                    if m.HasField("alias") and m.alias in birth.ambiguous:
-                        self.counters.inc("ambiguous_alias")
-                    else:
-                        self.counters.inc("unknown_alias")
-                        unknown_alias = True
+                    unknown_alias = unknown_alias or not (m.HasField("alias") and m.alias in birth.ambiguous)
                     continue
-            sensor = d.sensor
-            if sensor is None:
+            if d.known is not True and not self._usable(asset, d):
                 continue
-            value = value_as(m, d.datatype)
-            if value is None:
-                self.ignored_by_type.inc(_type_name(d.datatype))
-                continue
-            if known is None:
-                why = self.admission.asset(asset) if asset else "empty asset name"
-                if why is not None:
-                    self.counters.inc("unadmitted_messages")
-                    out.dead.append(self._dead(topic, payload, now, DeadLetterCode.UNKNOWN_ASSET, why))
-                    return unknown_alias
-                known = self.known or self.admission.sensors(asset)
-            if sensor not in known:
-                self.counters.inc("unknown_sensor")
-                continue
-            ts = m.timestamp / 1000.0 if m.HasField("timestamp") else base_ts
-            historical = m.is_historical
-            if not historical and live_now is None:
-                live_now = self._observe_ts(asset, ts) if self._observe_ts is not None else now
-            bad = None
-            if not (ts >= cfg.min_timestamp):
-                bad = (DeadLetterCode.TS_TOO_OLD, f"metric {clip(d.name, 60)!r}: timestamp {ts:.3f} is before "
-                                                  f"min_timestamp")
-            elif not historical and ts > live_now + cfg.max_future_skew_s:
-                bad = (DeadLetterCode.TS_IN_FUTURE, f"metric {clip(d.name, 60)!r}: timestamp {ts:.3f} is "
-                                                    f"{ts - live_now:.0f} s ahead of the gateway's clock")
-            elif value == value:  # not NaN: a null metric is a missing value, not an absurd one
-                outside = vr.check(asset, sensor, value)
-                if outside is not None:
-                    bad = (DeadLetterCode.OUT_OF_RANGE, f"metric {clip(d.name, 60)!r}: {outside}")
-            if bad is not None:
-                if bag is None:
-                    bag = DeadLetterBag(topic, payload, now)
-                bag.add(bad[0], bad[1], subject=d.name)
-                continue
-            if m.HasField("properties"):
-                quality = quality_from_code(quality_of(m))
+            kind = m.WhichOneof("value")
+            if kind is not None and kind == d.field:  # a null metric carries no value: the slow path
+                raw = getattr(m, kind)
+                bits = d.bits
+                value = raw if bits < 0 else float(raw) if bits == 0 else float(twos_complement(raw, bits))
             else:
-                quality = Quality.GOOD
-            if value != value:
-                quality = Quality.BAD
-            readings.append(Reading(asset, sensor, ts, value, quality, self.source, historical))
-            if not historical and ts > d.last_ts:
-                d.last_ts = ts
+                value = value_as(m, d.datatype)  # null, or a value in another field than the datatype's
+                if value is None:
+                    self.ignored_by_type.inc(_type_name(d.datatype))
+                    continue
+            mts = m.timestamp
+            ts = mts / 1000.0 if mts else base_ts
+            historical = m.is_historical
+            if not historical and limit is None:
+                live_now = self._observe_ts(asset, ts) if self._observe_ts is not None else now
+                limit = live_now + self.cfg.max_future_skew_s
+            quality = good
+            if not (d.lo <= value <= d.hi and ts >= min_ts and (historical or ts <= limit)):
+                refused = self._refusal(asset, d, value, ts, historical, limit)
+                if refused is not None:
+                    if bag is None:
+                        bag = DeadLetterBag(topic, payload, now)
+                    bag.add(refused[0], refused[1], subject=d.name)
+                    continue
+                quality = Quality.BAD  # NaN: a null metric, a value that is missing
+            if m.HasField("properties") and quality is good:
+                quality = quality_from_code(quality_of(m))
+            readings.append(Reading(asset, d.sensor, ts, value, quality, source, historical))
+            if not historical and ts > newest:
+                newest = ts
+        if newest > birth.last_ts:
+            birth.last_ts = newest
         if bag:
             out.dead.extend(bag.letters())
         return unknown_alias
+
+    def _resolve(self, birth: Birth, m) -> MetricDef | None:
+        """A metric that is not found by its alias: by its name, else counted (unknown or ambiguous alias)."""
+        if m.HasField("alias"):
+            d = birth.by_alias.get(m.alias)
+            if d is not None:
+                return d
+        d = birth.by_name.get(m.name) if m.name else None
+        if d is None:
+            ambiguous = m.HasField("alias") and m.alias in birth.ambiguous
+            self.counters.inc("ambiguous_alias" if ambiguous else "unknown_alias")
+        return d
+
+    def _usable(self, asset: str, d: MetricDef) -> bool:
+        """Whether the metric gives readings: a sensor, a number, one the model (or the slots) knows."""
+        if d.sensor is None:
+            return False  # a control or info metric (ignore_metrics)
+        if d.field is None:
+            self.ignored_by_type.inc(_type_name(d.datatype))
+            return False
+        if d.known is None:
+            d.known = d.sensor in (self.known or self.admission.sensors(asset))
+        if not d.known:
+            self.counters.inc("unknown_sensor")
+        return d.known
+
+    def _refusal(self, asset: str, d: MetricDef, value: float, ts: float, historical: bool,
+                 limit: float | None) -> tuple[DeadLetterCode, str] | None:
+        """Why a value that left the common path is refused, or None (a null metric: a missing value)."""
+        name = clip(d.name, 60)
+        if not (ts >= self.cfg.min_timestamp):
+            return DeadLetterCode.TS_TOO_OLD, f"metric {name!r}: timestamp {ts:.3f} is before min_timestamp"
+        if not historical and limit is not None and ts > limit:
+            ahead = ts - (limit - self.cfg.max_future_skew_s)
+            return DeadLetterCode.TS_IN_FUTURE, f"metric {name!r}: timestamp {ts:.3f} is {ahead:.0f} s ahead of " \
+                                                "the gateway's clock"
+        if value != value:
+            return None
+        outside = self.value_range.check(asset, d.sensor, value)
+        return None if outside is None else (DeadLetterCode.OUT_OF_RANGE, f"metric {name!r}: {outside}")
 
     def _dead(self, topic: str, payload: bytes, now: float, code: DeadLetterCode, why: str):
         return dead_letter(topic, payload, code, why, now)
