@@ -24,7 +24,7 @@ from appliance.connections.config import MqttBroker
 from appliance.connections.sparkplug import DataType, MessageType, Payload, node_topic
 from appliance.connectors.mqtt_session import MqttSession
 from appliance.connectors.sparkplug.config import SparkplugInputConfig
-from appliance.connectors.sparkplug.host import REBIRTH_METRIC, SparkplugHost
+from appliance.connectors.sparkplug.host import REBIRTH_METRIC, Outcome, SparkplugHost
 from appliance.core import DeadLetterCode
 from appliance.core.timebase import GatewayClock
 
@@ -96,14 +96,15 @@ class SparkplugConnector(MqttSession):
         if topic is None:
             return [], [self._dead(topic, msg, now, DeadLetterCode.BAD_TOPIC, "topic is not valid UTF-8")]
         out = self.host.handle(topic, msg.payload, now)
-        self._after(out.rebirths)
+        if out.rebirths or out.silenced:
+            self._after(out)
         return out.readings, out.dead
 
-    def _after(self, rebirths: list[tuple[str, str]]) -> None:
+    def _after(self, out: Outcome) -> None:
         """Rebirth requests out; sensors a death silenced to the gap detector and, through the runtime, the watchdog."""
-        for group, node in rebirths:
+        for group, node in out.rebirths:
             self._request_rebirth(group, node)
-        gone = self.host.silenced()
+        gone = out.silenced
         if gone:
             gaps = self.gaps
             if gaps is not None:

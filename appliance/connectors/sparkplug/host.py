@@ -25,7 +25,7 @@ The rules (Eclipse Sparkplug 3.0, as a non-primary host application):
   was never declared dead: the sensors of that node or device go silent at once.
   Each gets a bad-quality, valueless reading just after its last one, so no
   window spanning the death holds a value across it (it is not scored), and the
-  connector tells the watchdog and the gap detector (:meth:`SparkplugHost.silenced`).
+  connector tells the watchdog and the gap detector (:attr:`Outcome.silenced`).
 * A node that births more than ``max_births_per_min`` times a minute is not read
   (its births and data are counted and dropped) until it calms down; then its
   data arrives before a birth and a rebirth is requested, at the bounded rate.
@@ -178,14 +178,16 @@ class Node:
 
 
 class Outcome:
-    """What one message meant: readings and dead letters to store, and nodes to ask for a rebirth."""
+    """What one message meant: readings and dead letters to store, nodes to ask for a rebirth, and the
+    ``(asset, sensor)`` a death silenced."""
 
-    __slots__ = ("readings", "dead", "rebirths")
+    __slots__ = ("readings", "dead", "rebirths", "silenced")
 
     def __init__(self) -> None:
         self.readings: list[Reading] = []
         self.dead: list = []
         self.rebirths: list[tuple[str, str]] = []  # (group, node)
+        self.silenced: list[tuple[str, str]] = []
 
 
 class AssetMap:
@@ -244,7 +246,6 @@ class SparkplugHost:
         self.rebirths_by_reason = Counters()
         self.ignored_by_type = Counters()
         self._requests: deque[float] = deque()  # when rebirth requests went out, for the global bound
-        self._silenced: list[tuple[str, str]] = []
         self._topics: dict[str, Topic] = {}  # parsed topics: a plant's are few and repeat
 
     # -- one message ----------------------------------------------------------
@@ -298,18 +299,13 @@ class SparkplugHost:
             self._data(node, t.device, node.devices.get(t.device), p, topic, payload, now, mono, out)
         return out
 
-    def tick(self) -> list[tuple[str, str]]:
+    def tick(self) -> Outcome:
         """Missing ``seq`` numbers whose reorder wait is over: the nodes to ask for a rebirth (call ~1/s)."""
         mono = self._clock()
         out = Outcome()
         for node in self.nodes.values():
             if node.seq.missing:
                 self._gaps(node, mono, out)
-        return out.rebirths
-
-    def silenced(self) -> list[tuple[str, str]]:
-        """``(asset, sensor)`` declared gone since the last call."""
-        out, self._silenced = self._silenced, []
         return out
 
     # -- nodes, births, deaths --------------------------------------------------
@@ -446,7 +442,7 @@ class SparkplugHost:
         for d in birth.by_name.values():
             if d.known:
                 out.readings.append(Reading(birth.asset, d.sensor, at, math.nan, Quality.BAD, self.source))
-                self._silenced.append((birth.asset, d.sensor))
+                out.silenced.append((birth.asset, d.sensor))
                 self.counters.inc("sensors_silenced")
         birth.last_ts = _NO_TS
 
