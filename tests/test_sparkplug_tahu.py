@@ -3,8 +3,9 @@
 The appliance runs as ``appliance run`` builds it, with only ``[inputs.sparkplug]``
 enabled; the edge node is ``rigs/tahu/edge_node.js`` (Tahu 3.2.4), one process per
 session. Skipped, saying why, where Node.js or ``rigs/tahu/node_modules`` is missing
-(CI installs both: ``scripts/setup.sh --test``). The state logic alone, with no broker:
-tests/test_sparkplug_host.py.
+(CI installs both: ``scripts/setup.sh --test``). The last test needs no Tahu (a QoS 1
+publisher of our own: Tahu publishes at QoS 0) but is skipped with the rest. The state
+logic alone, with no broker: tests/test_sparkplug_host.py.
 """
 
 from __future__ import annotations
@@ -14,11 +15,19 @@ import time
 
 import pytest
 
+from appliance.connections.config import MqttBroker
+from appliance.connections.sparkplug import DataType, Payload
+from appliance.connectors.sparkplug.config import SparkplugInputConfig
+from appliance.connectors.sparkplug.connector import SparkplugConnector
 from appliance.detector.train import TrainSettings, train_bundle
+from appliance.settings import BackoffConfig
 from appliance.store.store import StoreReader
 from rigs.tahu_edge import TahuEdgeNode, tahu_missing
-from tests.support.appliance import RunningAppliance, make_config
+from tests.support.appliance import Publisher, RunningAppliance, make_config
 from tests.support.detector import circle_rows
+from tests.support.fakes import MemorySink
+from tests.support.loop import on_loop
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(tahu_missing() is not None, reason=str(tahu_missing()))]
@@ -180,3 +189,42 @@ def test_a_tahu_edge_node_that_restarts_under_a_new_bdseq_is_read_again(applianc
     # The silence closed with the second session's readings, and the gap detector counted it.
     appliance.wait_until(lambda: sparkplug(appliance)["gaps"]["interrupted_count"] == 0, what="interruption closed")
     assert sparkplug(appliance)["gaps"]["gaps"] >= 3
+
+
+def test_a_qos1_message_is_acknowledged_only_once_stored_and_comes_again_if_it_was_not(mosquitto):
+    # Tahu publishes at QoS 0; some edge nodes (and bridges) use QoS 1: then the JSON input's guarantee holds.
+    broker = MqttBroker(host="127.0.0.1", port=mosquitto.port, keepalive_s=5,
+                        reconnect=BackoffConfig(initial_s=0.05, max_s=0.5))
+    cfg = SparkplugInputConfig(enabled=True, client_id="sp-ack-test")
+
+    def connector(sink):
+        conn = SparkplugConnector(cfg, broker, known_sensors=SENSORS)
+        on_loop(conn.start(sink))
+        wait_until(lambda: conn.status()["subscribed"], what="sparkplug input subscribed")
+        return conn
+
+    held = MemorySink(ack=False)  # never stored: nothing may be acknowledged
+    conn = connector(held)
+    pub = Publisher(mosquitto.port, client_id="sp-qos1-node")
+    birth = Payload(timestamp=T0_MS, seq=0)
+    birth.metrics.add(name="bdSeq", datatype=DataType.UInt64, long_value=0)
+    pub.publish("spBv1.0/plant1/NBIRTH/gw7", birth.SerializeToString())
+    dbirth = Payload(timestamp=T0_MS, seq=1)
+    dbirth.metrics.add(name="a", alias=1, datatype=DataType.Double, double_value=1.0)
+    pub.publish("spBv1.0/plant1/DBIRTH/gw7/pump3", dbirth.SerializeToString())
+    data = Payload(timestamp=T0_MS + 1000, seq=2)
+    data.metrics.add(alias=1, datatype=DataType.Double, double_value=2.0)
+    pub.publish("spBv1.0/plant1/DDATA/gw7/pump3", data.SerializeToString())
+    pub.wait_all()
+    wait_until(lambda: len(held.readings) == 2, what="birth and data read")
+    assert conn.status()["acks"] == 0 and conn.status()["acks_pending"] == 3
+    on_loop(conn.stop())
+    stored = MemorySink(ack=True)
+    conn = connector(stored)  # the broker delivers the three unacknowledged messages again, in order
+    try:
+        wait_until(lambda: [r.value for r in stored.readings] == [1.0, 2.0], what="redelivered and read")
+        wait_until(lambda: conn.status()["acks"] == 3, what="acknowledged once stored")
+        assert "before_birth" not in conn.status()["sparkplug"]
+    finally:
+        on_loop(conn.stop())
+        pub.close()
