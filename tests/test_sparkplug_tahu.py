@@ -4,7 +4,7 @@ The appliance runs as ``appliance run`` builds it, with only ``[inputs.sparkplug
 enabled; the edge node is ``rigs/tahu/edge_node.js`` (Tahu 3.2.4), one process per
 session. Skipped, saying why, where Node.js or ``rigs/tahu/node_modules`` is missing
 (CI installs both: ``scripts/setup.sh --test``). The last test needs no Tahu (a QoS 1
-publisher of our own: Tahu publishes at QoS 0) but is skipped with the rest. The state
+publisher of our own: Tahu publishes at QoS 0) and always runs. The state
 logic alone, with no broker: tests/test_sparkplug_host.py.
 """
 
@@ -29,8 +29,8 @@ from tests.support.fakes import MemorySink
 from tests.support.loop import on_loop
 from tests.support.wait import wait_until
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(tahu_missing() is not None, reason=str(tahu_missing()))]
+pytestmark = pytest.mark.integration
+needs_tahu = pytest.mark.skipif(tahu_missing() is not None, reason=str(tahu_missing()))
 
 SENSORS = ["a", "b", "c"]
 T0_MS = int((time.time() - 3600) * 1000) // 1000 * 1000  # an hour ago, whole seconds
@@ -94,6 +94,7 @@ def send_rows(node: TahuEdgeNode, start_ms: int, rows: int, device: str = "pump3
         node.data(device, {s: float(10 * k + j) for j, s in enumerate(SENSORS)}, start_ms + 1000 * k)
 
 
+@needs_tahu
 def test_readings_from_a_tahu_edge_node_arrive_in_the_store_under_the_mapped_asset_and_sensor(appliance, edge_nodes):
     node = edge_nodes(devices=("pump3", "pump4"))
     node.wait_event("birth")
@@ -111,6 +112,7 @@ def test_readings_from_a_tahu_edge_node_arrive_in_the_store_under_the_mapped_ass
     assert s.get("unknown_sensor", 0) >= 1 and sparkplug(appliance)["dead_letters_total"] == 0
 
 
+@needs_tahu
 def test_data_before_any_birth_asks_for_a_rebirth_and_tahu_honours_it(tmp_path, mosquitto, bundle, edge_nodes):
     # The node was born before the appliance started (its births are QoS 0, not retained): the first
     # DATA the appliance sees comes before any birth it knows, as after the appliance's restart.
@@ -129,6 +131,7 @@ def test_data_before_any_birth_asks_for_a_rebirth_and_tahu_honours_it(tmp_path, 
         assert T0_MS / 1000 not in values_at(ra, "pump3", "a")  # no birth, no datatype: not read
 
 
+@needs_tahu
 def test_a_seq_gap_asks_for_a_rebirth_and_tahu_honours_it(appliance, edge_nodes):
     node = edge_nodes()
     node.wait_event("birth")
@@ -149,6 +152,7 @@ def test_a_seq_gap_asks_for_a_rebirth_and_tahu_honours_it(appliance, edge_nodes)
     assert counters(appliance)["seq_gaps"] == 1  # the rebirth restarted the sequence: no second gap
 
 
+@needs_tahu
 def test_a_death_shows_the_sensors_silent_at_once_and_no_window_spans_it(appliance, edge_nodes):
     node = edge_nodes()
     node.wait_event("birth")
@@ -168,6 +172,7 @@ def test_a_death_shows_the_sensors_silent_at_once_and_no_window_spans_it(applian
     assert counters(appliance)["deaths"] == 1
 
 
+@needs_tahu
 def test_a_tahu_edge_node_that_restarts_under_a_new_bdseq_is_read_again(appliance, edge_nodes):
     first = edge_nodes(bdseq=0)
     first.wait_event("birth")
