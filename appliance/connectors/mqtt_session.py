@@ -38,7 +38,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Collection
+from typing import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
