@@ -136,7 +136,7 @@ class Gap:
 
 
 class _Series:
-    __slots__ = ("last", "intervals", "period", "since_median", "gaps", "missing", "last_gap")
+    __slots__ = ("last", "intervals", "period", "since_median", "gaps", "missing", "last_gap", "interrupted")
 
     def __init__(self, ts: float, period: float | None):
         self.last = ts
@@ -146,6 +146,7 @@ class _Series:
         self.gaps = 0
         self.missing = 0
         self.last_gap: Gap | None = None
+        self.interrupted = False
 
 
 class GapDetector:
@@ -180,6 +181,15 @@ class GapDetector:
         self.missing = 0
         self.untracked = 0
         self.last_gap: Gap | None = None
+        self._interrupted: set[tuple[str, str]] = set()
+
+    def interrupt(self, asset: str, sensor: str) -> None:
+        """The source declared the sensor gone (a Sparkplug death): shown at once, and the next
+        reading closes a gap however short the pause was."""
+        s = self._series.get((asset, sensor))
+        if s is not None and not s.interrupted:
+            s.interrupted = True
+            self._interrupted.add((asset, sensor))
 
     def _configured(self, asset: str, sensor: str) -> float | None:
         if self.periods:
@@ -204,6 +214,8 @@ class GapDetector:
         if dt <= 0:
             return None
         s.last = ts
+        if s.interrupted:
+            return self._close_interruption(key, s, dt, ts)
         period = s.period
         learned = False
         if period is None or s.intervals:
@@ -216,6 +228,21 @@ class GapDetector:
         gap = Gap(asset, sensor, ts - dt, ts, period, max(1, round(dt / period) - 1), learned)
         if learned:
             s.intervals.pop()  # a gap is not an interval to learn the period from
+        s.gaps += 1
+        s.missing += gap.missing
+        s.last_gap = gap
+        self.gaps += 1
+        self.missing += gap.missing
+        self.last_gap = gap
+        if self.on_gap is not None:
+            self.on_gap(gap)
+        return gap
+
+    def _close_interruption(self, key: tuple[str, str], s: _Series, dt: float, ts: float) -> Gap:
+        s.interrupted = False
+        self._interrupted.discard(key)
+        period = s.period if s.period is not None else (self.expected_period_s or dt)
+        gap = Gap(key[0], key[1], ts - dt, ts, period, max(0, round(dt / period) - 1), s.period is None)
         s.gaps += 1
         s.missing += gap.missing
         s.last_gap = gap
@@ -250,6 +277,9 @@ class GapDetector:
                        key=lambda x: -x[0])[:top]
         return {"gaps": self.gaps, "missing_estimate": self.missing, "series": len(self._series),
                 "untracked": self.untracked,
+                # sensors their source declared gone (a Sparkplug death), not heard from since
+                "interrupted": [{"asset": a, "sensor": n} for a, n in sorted(self._interrupted)[:top]],
+                "interrupted_count": len(self._interrupted),
                 "last_gap": self.last_gap.to_dict() if self.last_gap is not None else None,
                 "by_sensor": [{"asset": k[0], "sensor": k[1], "gaps": s.gaps, "missing_estimate": s.missing,
                                "period_s": s.period} for _, k, s in worst]}

@@ -31,6 +31,7 @@ from appliance.actions.mqtt_alarm.config import MqttAlarmConfig
 from appliance.actions.sparkplug.config import SparkplugOutputConfig
 from appliance.connectors.mqtt.config import MqttInputConfig
 from appliance.connectors.opcua.config import OpcuaInputConfig
+from appliance.connectors.sparkplug.config import SparkplugInputConfig
 from appliance.fleet.config import FleetConfig
 from appliance.core import Input, Output, PluginEnv, PluginError
 from appliance.history.config import HistoryConfig
@@ -65,6 +66,8 @@ class Plugin:
 INPUTS: tuple[Plugin, ...] = (
     Plugin("mqtt", MqttInputConfig, "appliance.connectors.mqtt:build", "appliance/connectors/mqtt/README.md"),
     Plugin("opcua", OpcuaInputConfig, "appliance.connectors.opcua:build", "appliance/connectors/opcua/README.md"),
+    Plugin("sparkplug", SparkplugInputConfig, "appliance.connectors.sparkplug:build",
+           "appliance/connectors/sparkplug/README.md"),
 )
 
 OUTPUTS: tuple[Plugin, ...] = (

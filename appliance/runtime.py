@@ -393,9 +393,16 @@ class Appliance:
         while True:
             await asyncio.sleep(1.0)
             self._emit(self.alarms.tick())
+            self._silence_declared()
             # A few lines per check, then a summary: thousands of sensors at once are one event.
             log_sensor_changes(log, self.watchdog.check())
             self._forget_evicted_assets()
+
+    def _silence_declared(self) -> None:
+        """Sensors an input's source declared gone (a Sparkplug death) are silent now, not ``silence_s`` later."""
+        for c in self.inputs:
+            for asset, sensor in c.silenced():
+                self.watchdog.silence(asset, sensor)
 
     def _prove_stored_assets(self, open_alarms) -> None:
         """Assets with alarms, point modes or recent scores in the store are real: inputs keep them."""

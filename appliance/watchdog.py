@@ -46,6 +46,7 @@ class SensorWatchdog:
         self._last: dict[tuple[str, str], float] = {}
         self._silent: dict[tuple[str, str], float] = {}
         self._assets: set[str] = set()
+        self._declared: dict[tuple[str, str], float] = {}  # silenced by their source, and since when
 
     def seen(self, asset: str, sensor: str, now: float | None = None) -> None:
         now = self._clock() if now is None else now
@@ -54,6 +55,16 @@ class SensorWatchdog:
             for s in self.expected:  # a new asset: every expected sensor is on the clock now
                 self._last.setdefault((asset, s), now)
         self._last[(asset, sensor)] = now
+        if self._declared:
+            self._declared.pop((asset, sensor), None)
+
+    def silence(self, asset: str, sensor: str, now: float | None = None) -> None:
+        """The source declared the sensor gone (a Sparkplug death): silent at the next check, not
+        ``silence_s`` later, until it sends again."""
+        now = self._clock() if now is None else now
+        self._assets.add(asset)
+        self._last.setdefault((asset, sensor), now)
+        self._declared[(asset, sensor)] = now
 
     def forget(self, asset: str) -> None:
         """Stop watching an asset (its input stopped admitting it)."""
@@ -65,12 +76,14 @@ class SensorWatchdog:
         for key in keys:
             self._last.pop(key, None)
             self._silent.pop(key, None)
+            self._declared.pop(key, None)
 
     def check(self, now: float | None = None) -> list[SensorHealth]:
         now = self._clock() if now is None else now
         changes = []
+        declared = self._declared
         for key, last in self._last.items():
-            silent = now - last >= self.silence_s
+            silent = now - last >= self.silence_s or key in declared
             if silent and key not in self._silent:
                 self._silent[key] = last
                 changes.append(SensorHealth(key[0], key[1], True, self._wall() - (now - last), self._wall()))

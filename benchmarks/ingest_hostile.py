@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from appliance.broker import Mosquitto  # noqa: E402
-from appliance.connectors.mqtt.connector import SLOW_CALLBACK_S  # noqa: E402
+from appliance.connectors.mqtt_session import SLOW_CALLBACK_S  # noqa: E402
 from appliance.detector.train import TrainSettings, train_bundle  # noqa: E402
 from benchmarks.common import RESULTS, parser, write_results  # noqa: E402
 from rigs.appliance import Publisher, RunningAppliance, make_config  # noqa: E402

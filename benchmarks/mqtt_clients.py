@@ -136,7 +136,7 @@ async def sub_connector(host: str, port: int, meter: Meter) -> None:
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from appliance.connectors.mqtt.connector import _Client
+    from appliance.connectors.mqtt_session import _Client
 
     loop = asyncio.get_running_loop()
     done = asyncio.Event()

@@ -9,7 +9,8 @@
   pump feeding its hooks, a thread submitting readings as an input does;
 * ``store_peek.py``: counting rows of a store another process writes;
 * ``appliance.py``: a real appliance built from config, and a publisher feeding it;
-* ``wait.py``: waiting for an outcome, never for a fixed time (the one ``wait_until``).
+* ``wait.py``: waiting for an outcome, never for a fixed time (the one ``wait_until``);
+* ``tahu_edge.py``: Eclipse Tahu's Sparkplug B edge node (``tahu/edge_node.js``, Node.js) as a process.
 
 Not part of the product (not packaged; ``appliance/`` and ``web/`` never import it), and
 never importing ``tests/``: ``tests/support/`` re-exports what the tests take from here

@@ -85,7 +85,7 @@ def test_every_number_must_be_finite_and_sane(tmp_path, toml, key):
 # Numbers checked by their own validators (pairs and maps of values): bounded there, not by a range here.
 # Limits and set values in the plant's units are bounded to ±MAX_PHYSICAL (issue 24 item 8: ±1e308 was
 # accepted), a target's limits also by its engineering_range.
-PROCESS_VALUES = {"inputs.mqtt.gaps.periods", "outputs.mitigation.targets.engineering_range"}
+PROCESS_VALUES = {"inputs.mqtt.gaps.periods", "inputs.sparkplug.gaps.periods", "outputs.mitigation.targets.engineering_range"}
 
 
 def numeric_fields(model: type[BaseModel], prefix: str = ""):

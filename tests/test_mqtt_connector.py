@@ -21,7 +21,7 @@ from appliance.broker import Mosquitto, free_port
 from appliance.connections.config import MqttBroker
 from appliance.connectors.mqtt.config import MqttInputConfig, MqttTopic
 from appliance.settings import BackoffConfig, TlsConfig
-from appliance.connectors.mqtt import connector as mqtt_module
+from appliance.connectors import mqtt_session as mqtt_module
 from appliance.connectors.mqtt.connector import MqttConnector
 from tests.support.fakes import MemorySink
 from tests.support.loop import on_loop

@@ -1,6 +1,6 @@
 """The private parts of paho-mqtt the MQTT connector stands on are still there (issue 23).
 
-``appliance/connectors/mqtt/connector.py``'s ``_Client`` overrides and calls private
+``appliance/connectors/mqtt_session.py``'s ``_Client`` overrides and calls private
 methods of ``paho.mqtt.client.Client`` (read-ahead buffering, one PUBACK packet for
 many acks, a socket opened in a worker thread and adopted on the loop). paho does not
 promise them between releases, so ``pyproject.toml`` pins the range they were tested
@@ -27,12 +27,12 @@ import pytest
 from paho.mqtt import __version__ as paho_version
 from paho.mqtt.enums import CallbackAPIVersion
 
-from appliance.connectors.mqtt import connector as mqtt_connector
-from appliance.connectors.mqtt.connector import _Client
+from appliance.connectors import mqtt_session as mqtt_connector
+from appliance.connectors.mqtt_session import _Client
 
 ROOT = Path(__file__).resolve().parents[1]
 PAHO = f"paho-mqtt {paho_version}"
-ADVICE = ("appliance/connectors/mqtt/connector.py relies on it; adapt _Client to this paho "
+ADVICE = ("appliance/connectors/mqtt_session.py relies on it; adapt _Client to this paho "
           "(or keep paho-mqtt in the range pinned in pyproject.toml)")
 
 # Private methods of paho's Client the connector overrides or calls: name -> the parameters after

@@ -182,7 +182,7 @@ def test_retained_messages_refused_once_are_not_dead_lettered_again_at_each_rest
 
 
 def test_the_record_of_refused_retained_messages_is_bounded_and_survives_a_torn_write(tmp_path):
-    from appliance.connectors.mqtt.retained import RetainedRefusals, refusal_key
+    from appliance.connectors.retained import RetainedRefusals, refusal_key
 
     path = tmp_path / "refusals.bin"
     seen = RetainedRefusals(path, max_keys=100)

@@ -255,6 +255,15 @@ class ValueRange:
         self.ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in (ranges or {}).items()}
         self.refused = 0
 
+    def bounds(self, asset: str, sensor: str) -> tuple[float, float]:
+        """``(low, high)`` for the sensor: what :meth:`check` accepts, for an input that checks many
+        values of one sensor itself (and calls :meth:`check` for the reason of a refusal)."""
+        if self.ranges:
+            b = self.ranges.get(f"{asset}/{sensor}") or self.ranges.get(sensor)
+            if b is not None:
+                return b
+        return -self.max_abs, self.max_abs
+
     def check(self, asset: str, sensor: str, value: float) -> str | None:
         """None if ``value`` is in range, else why not."""
         if self.ranges:

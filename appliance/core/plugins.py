@@ -64,6 +64,11 @@ class Input(abc.ABC):
         """Assets this input stopped admitting since the last call, whose state downstream can go."""
         return []
 
+    def silenced(self) -> list[tuple[str, str]]:
+        """``(asset, sensor)`` its source declared gone since the last call (a Sparkplug death): the
+        watchdog reports them silent at once, not after ``silence_s``."""
+        return []
+
     def ready(self) -> bool:
         """True once connected and receiving (MQTT: every subscription acknowledged)."""
         return True

@@ -69,6 +69,8 @@ class DeadLetterCode(StrEnum):
     UNKNOWN_SENSOR = "unknown_sensor"
     UNKNOWN_ASSET = "unknown_asset"
     OUT_OF_RANGE = "out_of_range"
+    BAD_PROTOBUF = "bad_protobuf"      # a Sparkplug B payload that does not decode
+    BAD_BIRTH = "bad_birth"            # a Sparkplug B birth refused (too many metrics, cache full) or flawed (aliases collide)
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,21 +62,60 @@ def numeric_value(metric) -> float | None:
 
     A null metric (``is_null``) is a number that is missing: ``nan``.
     """
-    try:
-        kind = DataType(metric.datatype)
-    except ValueError:
+    return value_as(metric, metric.datatype)
+
+
+# Signed widths by datatype number, for the hot path (no enum construction per metric).
+_SIGNED_BY_NUMBER = {int(k): v for k, v in _SIGNED_BITS.items()}
+_NUMERIC_NUMBERS = frozenset(int(k) for k in NUMERIC)
+
+
+def value_as(metric, datatype: int) -> float | None:
+    """:func:`numeric_value` with the datatype given: a DATA metric may leave it out, its birth declared it.
+
+    >>> from appliance.connections.sparkplug.schema import Metric
+    >>> value_as(Metric(alias=4, long_value=2**64 - 5), DataType.Int64), value_as(Metric(alias=4), DataType.Float)
+    (-5.0, None)
+    """
+    if datatype not in _NUMERIC_NUMBERS:
         return None
-    if kind not in NUMERIC:
-        return None
-    if metric.is_null:
-        return math.nan
     field = metric.WhichOneof("value")
     if field is None:
-        return None
+        return math.nan if metric.is_null else None
+    if metric.is_null:
+        return math.nan
     raw = getattr(metric, field)
-    if field in ("int_value", "long_value") and kind in _SIGNED_BITS:
-        return float(_signed(raw, _SIGNED_BITS[kind]))
+    if field in ("int_value", "long_value"):
+        bits = _SIGNED_BY_NUMBER.get(datatype)
+        if bits is not None:
+            return float(_signed(raw, bits))
     return float(raw)
+
+
+# The value field each numeric datatype travels in (the specification's table, and Tahu's encoders).
+VALUE_FIELD: dict[int, str] = {
+    **{int(t): "int_value" for t in (DataType.Int8, DataType.Int16, DataType.Int32, DataType.UInt8, DataType.UInt16,
+                                     DataType.UInt32)},
+    **{int(t): "long_value" for t in (DataType.Int64, DataType.UInt64, DataType.DateTime)},
+    int(DataType.Float): "float_value", int(DataType.Double): "double_value", int(DataType.Boolean): "boolean_value",
+}
+
+
+def signed_bits(datatype: int) -> int:
+    """How a raw value of ``datatype`` becomes a number: its signed width (8..64), 0 for an unsigned or
+    boolean one (``float(raw)``), -1 for a float or double (the raw value is one already)."""
+    if datatype in (DataType.Float, DataType.Double):
+        return -1
+    return _SIGNED_BITS.get(datatype, 0)  # type: ignore[call-overload]
+
+
+def twos_complement(raw: int, bits: int) -> int:
+    """A signed integer of ``bits`` from the unsigned field it travels in (see :func:`_signed`).
+
+    >>> twos_complement(0xFFFFFFFE, 16), twos_complement(2**64 - 1, 64)
+    (-2, -1)
+    """
+    return _signed(raw, bits)
 
 
 def _signed(raw: int, bits: int) -> int:
