@@ -810,6 +810,36 @@ class StoreReader:
         args.append(limit)
         return [{**alarm_from_row(r).to_dict(), "verdict": _latest_verdict(r)} for r in self._rows(sql, args)]
 
+    def verdicts_for(self, alarm_ids: Iterable[str]) -> dict[str, list[dict]]:
+        """The verdict history of each of ``alarm_ids`` (as :meth:`alarm_verdicts`), in one query."""
+        ids = list(dict.fromkeys(alarm_ids))
+        out: dict[str, list[dict]] = {}
+        for k in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            part = ids[k:k + 500]
+            rows = self._rows(f"SELECT * FROM alarm_verdicts WHERE alarm_id IN ({','.join('?' * len(part))})"
+                              " ORDER BY seq", part)
+            for r in rows:
+                out.setdefault(r["alarm_id"], []).append(_verdict_dict(r))
+        return out
+
+    def verdicts_since(self, seq: int, limit: int = 500) -> list[dict]:
+        """Verdicts stored after ``seq`` (their ``seq`` order), for the cloud uplink's cursor."""
+        rows = self._rows("SELECT * FROM alarm_verdicts WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        return [_verdict_dict(r) for r in rows]
+
+    def kpi_episodes(self, since: float) -> list[dict]:
+        """Alarm episodes that started at or after ``since``, and every one still active, for the alarm KPIs
+        (:mod:`appliance.store.kpis`): ``id``, ``asset``, ``start``, ``end``, ``active``, ``raised_at`` and
+        ``acked_at`` (the first raise and acknowledgement recorded) and ``verdict`` (the current one or None)."""
+        sql = ("SELECT a.id, a.asset, a.start, a.end, a.active,"
+               " (SELECT min(ts) FROM alarm_events e WHERE e.alarm_id = a.id AND e.kind = 'raised') AS raised_at,"
+               " (SELECT min(ts) FROM alarm_events e WHERE e.alarm_id = a.id AND e.kind = 'acknowledged')"
+               " AS acked_at,"
+               " (SELECT verdict FROM alarm_verdicts v WHERE v.alarm_id = a.id ORDER BY seq DESC LIMIT 1)"
+               " AS verdict"
+               " FROM alarms a WHERE a.start >= ? OR a.active = 1 ORDER BY a.start")
+        return [dict(r) for r in self._rows(sql, (since,))]
+
     def model_changes(self, limit: int = 100) -> list[dict]:
         """The model's life on this gateway (shadow runs, promotions, rejections, rollbacks), latest first."""
         rows = self._rows("SELECT * FROM model_changes ORDER BY seq DESC LIMIT ?", (limit,))
