@@ -827,6 +827,10 @@ class StoreReader:
         rows = self._rows("SELECT * FROM alarm_verdicts WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
         return [_verdict_dict(r) for r in rows]
 
+    def last_verdict_seq(self) -> int:
+        """The highest verdict ``seq`` stored (0 for none)."""
+        return int(self._rows("SELECT coalesce(max(seq), 0) FROM alarm_verdicts")[0][0])
+
     def kpi_episodes(self, since: float) -> list[dict]:
         """Alarm episodes that started at or after ``since``, and every one still active, for the alarm KPIs
         (:mod:`appliance.store.kpis`): ``id``, ``asset``, ``start``, ``end``, ``active``, ``raised_at`` and
