@@ -61,14 +61,9 @@ class Episode:
         return self.end is None
 
 
-def episodes_from_rows(rows: Iterable[dict]) -> list[Episode]:
-    """:class:`Episode` records from :meth:`StoreReader.kpi_episodes` rows."""
-    return [Episode(r["id"], r["asset"], float(r["start"]), None if r["active"] else _opt(r["end"]),
-                    _opt(r["raised_at"]), _opt(r["acked_at"]), r["verdict"]) for r in rows]
-
-
-def _opt(x) -> float | None:
-    return None if x is None else float(x)
+def episodes_from_rows(rows: Iterable[Sequence]) -> list[Episode]:
+    """:class:`Episode` records from :meth:`StoreReader.kpi_episodes` rows (its fields, in order)."""
+    return [Episode(*r) for r in rows]
 
 
 # -- the numbers ----------------------------------------------------------------------------------

@@ -831,18 +831,18 @@ class StoreReader:
         """The highest verdict ``seq`` stored (0 for none)."""
         return int(self._rows("SELECT coalesce(max(seq), 0) FROM alarm_verdicts")[0][0])
 
-    def kpi_episodes(self, since: float) -> list[dict]:
-        """Alarm episodes that started at or after ``since``, and every one still active, for the alarm KPIs
-        (:mod:`appliance.store.kpis`): ``id``, ``asset``, ``start``, ``end``, ``active``, ``raised_at`` and
-        ``acked_at`` (the first raise and acknowledgement recorded) and ``verdict`` (the current one or None)."""
-        sql = ("SELECT a.id, a.asset, a.start, a.end, a.active,"
-               " (SELECT min(ts) FROM alarm_events e WHERE e.alarm_id = a.id AND e.kind = 'raised') AS raised_at,"
-               " (SELECT min(ts) FROM alarm_events e WHERE e.alarm_id = a.id AND e.kind = 'acknowledged')"
-               " AS acked_at,"
+    def kpi_episodes(self, since: float) -> list[tuple]:
+        """Alarm episodes that started at or after ``since``, and every one still active, oldest first, for the
+        alarm KPIs (:mod:`appliance.store.kpis`): tuples of ``id``, ``asset``, ``start``, ``end`` (None while
+        active), ``raised_at`` and ``acked_at`` (the first raise and acknowledgement recorded) and ``verdict``
+        (the current one or None), the fields of :class:`appliance.store.kpis.Episode` in its order."""
+        sql = ("SELECT a.id, a.asset, a.start, CASE WHEN a.active THEN NULL ELSE a.end END,"
+               " (SELECT min(ts) FROM alarm_events e WHERE e.alarm_id = a.id AND e.kind = 'raised'),"
+               " (SELECT min(ts) FROM alarm_events e WHERE e.alarm_id = a.id AND e.kind = 'acknowledged'),"
                " (SELECT verdict FROM alarm_verdicts v WHERE v.alarm_id = a.id ORDER BY seq DESC LIMIT 1)"
-               " AS verdict"
                " FROM alarms a WHERE a.start >= ? OR a.active = 1 ORDER BY a.start")
-        return [dict(r) for r in self._rows(sql, (since,))]
+        with self._connection() as conn:
+            return conn.execute(sql, (since,)).fetchall()
 
     def model_changes(self, limit: int = 100) -> list[dict]:
         """The model's life on this gateway (shadow runs, promotions, rejections, rollbacks), latest first."""
