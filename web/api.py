@@ -18,6 +18,7 @@ the signed-in user, and every POST needs the session's CSRF token):
     GET  /api/alarms/<id>/verdicts           the episode's verdicts, oldest first (last = label) viewer
     POST /api/alarms/<id>/verdict            {"verdict", "cause"?, "note"?, "replaces"?}        technician
     GET  /api/verdicts/causes                the verdicts and the configured fault causes     viewer
+    GET  /api/kpis, /api/alarm-load          alarm-system KPIs, the live load (web/kpis.py)   viewer
     GET  /api/scores?asset=&since=&limit=    stored scores (ratio and severity)               viewer
     GET  /api/readings?asset=&sensor=&since=&limit=                                           viewer
     GET  /api/dead-letters?since=&code=&limit=   rejected input with a payload preview        viewer

@@ -6,6 +6,9 @@
   const { $, api, fmtTime, fmtDuration, setText, el, emptyRow } = window.GW;
   const page = $("kpi-page");
   let span = "24h";
+  // A month of a busy line's alarms can take the gateway seconds to count when the report is not cached:
+  // longer than the 8 s other calls get.
+  const KPI_TIMEOUT_MS = 60000;
 
   function pct(x) {
     return typeof x === "number" ? Math.round(x * 100) + " %" : "–";
@@ -72,7 +75,7 @@
   }
 
   async function refresh() {
-    const rep = await api("/api/kpis");
+    const rep = await api("/api/kpis", { signal: AbortSignal.timeout(KPI_TIMEOUT_MS) });
     const sr = rep.spans[span];
     renderTiles(sr, rep.live);
     renderTables(sr);
