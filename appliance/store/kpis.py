@@ -194,7 +194,7 @@ def stale(episodes: Iterable[Episode], now: float, t: KpiThresholds) -> list[Epi
     >>> [e.id for e in stale([Episode("a", "p", 0.0), Episode("b", "q", 90_000.0)], 100_000.0, KpiThresholds())]
     ['a']
     """
-    return [e for e in episodes if e.active and now - e.start > t.stale_s]
+    return [e for e in episodes if e.end is None and now - e.start > t.stale_s]
 
 
 def bad_actors(episodes: Iterable[Episode], top: int) -> list[dict]:
@@ -238,7 +238,7 @@ def figures(episodes: Sequence[Episode], span_s: float, now: float, t: KpiThresh
         "ack_p90_s": _round(percentile(delays, 90)),
         "time_in_alarm_s": round(sum(durations), 3),
         "time_in_alarm_median_s": _round(percentile(durations, 50)),
-        "active": sum(e.active for e in episodes),
+        "active": sum(e.end is None for e in episodes),
         "chattering": len(chatter),
     }
 
@@ -259,14 +259,17 @@ def report(episodes: Sequence[Episode], now: float, t: KpiThresholds,
     ``episodes`` are those that started within the longest span, and any still active.
     """
     out: dict = {"now": now, "thresholds": {k: getattr(t, k) for k in t.__slots__}, "spans": {}}
+    stale_now = [_brief(e, now) for e in stale(episodes, now, t)]  # the same in every span: they are active now
     for name, span_s in spans.items():
-        out["spans"][name] = span_report(episodes, now, span_s, t)
+        out["spans"][name] = span_report(episodes, now, span_s, t, stale_now)
     out["live"] = live_load(episodes, now, t)
     return out
 
 
-def span_report(episodes: Sequence[Episode], now: float, span_s: float, t: KpiThresholds) -> dict:
-    """One span's KPIs: the gateway's figures, each asset's, and what stood out in it."""
+def span_report(episodes: Sequence[Episode], now: float, span_s: float, t: KpiThresholds,
+                stale_now: list[dict] | None = None) -> dict:
+    """One span's KPIs: the gateway's figures, each asset's, and what stood out in it (``stale_now``: the
+    stale alarms, when the caller has them already)."""
     since = now - span_s
     inside = [e for e in episodes if since <= e.start <= now]
     by_asset: dict[str, list[Episode]] = {}
@@ -280,7 +283,7 @@ def span_report(episodes: Sequence[Episode], now: float, span_s: float, t: KpiTh
         "since": since, "span_s": span_s, "gateway": gateway, "assets": assets,
         "chattering_assets": [a for a, f in assets.items() if f["chattering"]],
         "floods": [{"start": s, "end": e, "alarms": n} for s, e, n in flood_list],
-        "stale": [_brief(e, now) for e in stale(episodes, now, t)],
+        "stale": stale_now if stale_now is not None else [_brief(e, now) for e in stale(episodes, now, t)],
         "bad_actors": bad_actors(inside, t.bad_actors),
     }
 
