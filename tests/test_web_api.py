@@ -440,7 +440,10 @@ def test_metrics_name_clash_keeps_exposition_valid(store, accounts):
 def test_metrics_provider_is_used_when_given(book_appliance, store, accounts):
     app = create_app(book_appliance, store.path, metrics_provider=lambda: "custom_metric 42\n", accounts=accounts)
     r = signed_in(app, "vic", "viewer").get("/metrics")
-    assert r.status_code == 200 and r.get_data(as_text=True) == "custom_metric 42\n"
+    text = r.get_data(as_text=True)
+    # The provider's text first, then the dashboard's alarm KPIs (web.kpi_source).
+    assert r.status_code == 200 and text.startswith("custom_metric 42\n")
+    assert "appliance_alarm_kpi_alarms_per_day" in _families(text)
 
 
 # -- the pages ----------------------------------------------------------------------------

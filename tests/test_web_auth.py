@@ -19,6 +19,7 @@ SAMPLE = {"asset": "pump1", "alarm_id": "0123456789abcdef", "proposal_id": "p1",
 # What a valid body for each command looks like, so a refusal is about who asks, not what is sent.
 BODIES = {"/api/alarms/pump1/shelve": {"duration_s": 60}, "/api/alarms/pump1/mode": {"mode": "in_service"},
           "/api/alarms/0123456789abcdef/comments": {"text": "seen"}, "/api/mitigation/arm": {"armed": True},
+          "/api/alarms/0123456789abcdef/verdict": {"verdict": "false_alarm"},
           "/login": {"name": "nobody", "password": "x" * 10}}
 
 
@@ -156,8 +157,8 @@ def test_each_role_is_refused_what_it_may_not_do(app, book_appliance, role):
             refused.append((method, url))
     expected_refusals = {
         "viewer": {"/api/alarms/pump1/ack", "/api/alarms/pump1/shelve", "/api/alarms/pump1/mode",
-                   "/api/alarms/0123456789abcdef/comments", "/api/actions/p1/approve", "/api/actions/p1/reject",
-                   "/api/mitigation/arm", "/api/sync/now", "/api/model/promote", "/api/auth-log", "/api/users"},
+                   "/api/alarms/0123456789abcdef/comments", "/api/alarms/0123456789abcdef/verdict",
+                   "/api/actions/p1/approve", "/api/actions/p1/reject", "/api/mitigation/arm", "/api/sync/now", "/api/model/promote", "/api/auth-log", "/api/users"},
         "technician": {"/api/actions/p1/approve", "/api/actions/p1/reject", "/api/mitigation/arm", "/api/sync/now",
                        "/api/model/promote", "/api/auth-log", "/api/users"},
         "engineer": set(),

@@ -15,6 +15,10 @@ the signed-in user, and every POST needs the session's CSRF token):
     GET  /api/alarms/<id>/events             an alarm's stored transitions, oldest first     viewer
     GET  /api/alarms/<id>/journal            transitions, mode changes and comments, in order viewer
     POST /api/alarms/<id>/comments           {"text"}                                         technician
+    GET  /api/alarms/<id>/verdicts           the episode's verdicts, oldest first (last = label) viewer
+    POST /api/alarms/<id>/verdict            {"verdict", "cause"?, "note"?, "replaces"?}        technician
+    GET  /api/verdicts/causes                the verdicts and the configured fault causes     viewer
+    GET  /api/kpis, /api/alarm-load          alarm-system KPIs, the live load (web/kpis.py)   viewer
     GET  /api/scores?asset=&since=&limit=    stored scores (ratio and severity)               viewer
     GET  /api/readings?asset=&sensor=&since=&limit=                                           viewer
     GET  /api/dead-letters?since=&code=&limit=   rejected input with a payload preview        viewer
@@ -65,6 +69,7 @@ from appliance.actions.mitigation.mitigator import MitigationError
 from appliance.core.severity import BANDS, EXPLANATION, band, severity
 from appliance.store import CommentError, StoreUnavailable
 from appliance.store.comments import MAX_COMMENT
+from appliance.store.verdicts import DEFAULT_CAUSES, Verdict, VerdictError
 from appliance.lifecycle.shadow import ModelCommandError
 from web import trends
 from web.auth import auth, current_user, public, requires
@@ -267,6 +272,8 @@ def alarms():
         live = {}
     rows = [_alarm_view({**r, **{k: live[r["id"]][k] for k in ("peak_ratio", "state", "acked_by", "level")
                                  if k in live[r["id"]]}} if r["id"] in live else r) for r in rows]
+    verdicts = _read(_ctx().store.verdicts_for, [r["id"] for r in rows])
+    rows = [{**r, **verdict_summary(verdicts.get(r["id"], []))} for r in rows]
     return jsonify({"alarms": rows, "count": len(rows)})
 
 
@@ -305,6 +312,9 @@ def alarm_journal(alarm_id: str):
     for c in _read(ctx.store.alarm_comments, alarm_id):
         entries.append({"ts": c["ts"], "type": "comment", "what": "comment", "user": c["user"], "note": c["text"],
                         "state": None})
+    for v in _read(ctx.store.alarm_verdicts, alarm_id):
+        entries.append({"ts": v["ts"], "type": "verdict", "what": "verdict " + _verdict_words(v), "user": v["user"],
+                        "note": v["note"], "state": v["verdict"], "cause": v["cause"], "seq": v["seq"]})
     entries.sort(key=lambda e: e["ts"])
     return jsonify({"alarm_id": alarm_id, "asset": asset, "entries": entries, "count": len(entries)})
 
@@ -324,6 +334,95 @@ def add_comment(alarm_id: str):
         return _command("add_comment", alarm_id=alarm_id, asset=asset or "", text=text)
     except CommentError as exc:
         raise ApiError(str(exc), "text") from None
+
+
+# -- verdicts ----------------------------------------------------------------------------
+def verdict_summary(history: list[dict]) -> dict:
+    """What a journal row shows of an episode's verdicts: the current one, the history, and whether they disagree.
+
+    ``disputed``: two people have said different things of the episode (the latest still labels it).
+
+    >>> a = {"seq": 1, "user": "ana", "verdict": "fault", "cause": "bearing"}
+    >>> b = {"seq": 2, "user": "bo", "verdict": "false_alarm", "cause": None}
+    >>> s = verdict_summary([a, b]); s["verdict"]["user"], s["disputed"], len(s["verdicts"])
+    ('bo', True, 2)
+    >>> verdict_summary([a, {**a, "seq": 3}])["disputed"], verdict_summary([])["verdict"]
+    (False, None)
+    """
+    said = {(v["verdict"], v["cause"]) for v in history}
+    return {"verdict": history[-1] if history else None, "verdicts": history,
+            "disputed": len(said) > 1 and len({v["user"] for v in history}) > 1}
+
+
+def _verdict_words(v: dict) -> str:
+    return v["verdict"].replace("_", " ") + (f" ({v['cause'].replace('_', ' ')})" if v.get("cause") else "")
+
+
+def _verdict_causes() -> tuple[str, ...]:
+    store = _ctx().appliance.output("store")
+    return tuple(getattr(store, "verdict_causes", None) or DEFAULT_CAUSES)
+
+
+@bp.get("/api/verdicts/causes")
+@requires("viewer")
+def verdict_causes():
+    return jsonify({"verdicts": [v.value for v in Verdict], "causes": list(_verdict_causes())})
+
+
+@bp.get("/api/alarms/<alarm_id>/verdicts")
+@requires("viewer")
+def alarm_verdicts(alarm_id: str):
+    alarm_id = _alarm_id_arg(alarm_id)
+    if _read(_ctx().store.alarm_events, alarm_id) is None:
+        raise ApiError(f"no alarm with id {alarm_id!r}", "alarm_id", status=404)
+    history = _read(_ctx().store.alarm_verdicts, alarm_id)
+    return jsonify({"alarm_id": alarm_id, **verdict_summary(history), "count": len(history)})
+
+
+@bp.post("/api/alarms/<alarm_id>/verdict")
+@requires("technician")
+def give_verdict(alarm_id: str):
+    """Store the signed-in user's verdict on the episode; answered once it is committed.
+
+    ``replaces`` (optional; the page always sends it) is the ``seq`` of the verdict the
+    user saw, ``null`` for none: if someone else gave one meanwhile, the answer is 409 with
+    what they said, so nobody overwrites a colleague's verdict without having seen it.
+    """
+    alarm_id = _alarm_id_arg(alarm_id)
+    body = json_body(request)
+    kinds = tuple(v.value for v in Verdict)
+    kind = body.get("verdict")
+    if not isinstance(kind, str) or kind not in kinds:
+        raise ApiError(f"verdict must be one of {', '.join(kinds)}", "verdict")
+    cause = body.get("cause")
+    if cause is not None and not isinstance(cause, str):
+        raise ApiError("cause must be a text", "cause")
+    note = note_field(body)
+    ctx = _ctx()
+    events = _read(ctx.store.alarm_events, alarm_id)
+    if events is None:
+        raise ApiError(f"no alarm with id {alarm_id!r}", "alarm_id", status=404)
+    asset = next(((e["alarm"] or {}).get("asset") for e in events if e["alarm"]), "")
+    if "replaces" in body:
+        _check_not_changed(alarm_id, body["replaces"])
+    try:
+        out = _command("set_verdict", alarm_id=alarm_id, asset=asset or "", verdict=kind, cause=cause or None,
+                       note=note or None)
+    except VerdictError as exc:
+        raise ApiError(str(exc), "cause" if "cause" in str(exc) else "verdict") from None
+    ctx.kpis.forget()
+    return out
+
+
+def _check_not_changed(alarm_id: str, replaces) -> None:
+    if replaces is not None and (not isinstance(replaces, int) or isinstance(replaces, bool)):
+        raise ApiError("replaces must be the seq of the verdict shown, or null", "replaces")
+    history = _read(_ctx().store.alarm_verdicts, alarm_id)
+    current = history[-1] if history else None
+    if (current["seq"] if current else None) != replaces:
+        who = f"{current['user']} said {_verdict_words(current)}" if current else "the verdict was withdrawn"
+        raise ApiError(f"the verdict changed meanwhile: {who}; look at it and give yours again", "replaces",
+                       status=409)
 
 
 @bp.get("/api/scores")

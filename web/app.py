@@ -100,7 +100,7 @@ def create_app(appliance_like: ApplianceLike, store_path: str | Path,
     :class:`~appliance.accounts.Accounts` (default: ``config.accounts`` under
     ``data_dir``, else ``accounts.db`` beside the store).
     """
-    from web import api, auth, pages
+    from web import api, auth, kpis, pages
 
     cfg = config or WebConfig()
     store_path = Path(store_path)
@@ -125,12 +125,14 @@ def create_app(appliance_like: ApplianceLike, store_path: str | Path,
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, MAX_FORM_MEMORY_SIZE=MAX_BODY, MAX_FORM_PARTS=50,
                       SEND_FILE_MAX_AGE_DEFAULT=86400)
     app.extensions["appliance_web"] = WebContext(appliance_like, store_path, metrics_provider,
-                                                 max_streams=cfg.live_streams)
+                                                 max_streams=cfg.live_streams,
+                                                 kpi_thresholds=cfg.kpis.thresholds(), kpi_cache_s=cfg.kpis.cache_s)
     auth.init_app(app, accounts, idle_s=cfg.idle_timeout_s, max_age_s=cfg.session_max_s,
                   secure_cookies=cfg.secure_cookies, trusted_hosts=cfg.allowed_hosts(), metrics_token=metrics_token,
                   metrics_public=cfg.metrics_public)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(kpis.bp)
 
     @app.after_request
     def _headers(resp):

@@ -8,10 +8,31 @@ import re
 from pydantic import Field, field_validator, model_validator
 
 from appliance.settings import DAY_S, Section, StatePath
+from appliance.store.kpis import KpiThresholds
 
 #: Host names the dashboard always answers to (the Host header is checked: DNS rebinding).
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 _HOST_RE = re.compile(r"\.?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?")
+
+
+class KpiConfig(Section):
+    """``[web.kpis]``: the thresholds of the alarm-system KPIs (ISA-18.2 / IEC 62682, EEMUA 191) the dashboard's
+    KPI page, its banner and ``/metrics`` report (:mod:`appliance.store.kpis`)."""
+
+    chatter_count: int = Field(3, ge=2, le=100, description="raise-and-clear cycles of one asset that make it "
+                                                              "chattering, within chatter_window_s")
+    chatter_window_s: float = Field(600.0, ge=10, le=DAY_S)
+    flood_count: int = Field(10, ge=2, le=10_000, description="alarms across the gateway within flood_window_s "
+                                                                "that make a flood (EEMUA 191: 10 in 10 min)")
+    flood_window_s: float = Field(600.0, ge=10, le=DAY_S)
+    stale_s: float = Field(DAY_S, ge=60, le=365 * DAY_S, description="an alarm active longer is stale")
+    bad_actors: int = Field(5, ge=1, le=100, description="assets listed as the top alarm sources")
+    cache_s: float = Field(10.0, ge=0, le=3600, description="a KPI report is reused this long by /metrics and "
+                                                              "the pages (0: computed at every request)")
+
+    def thresholds(self) -> KpiThresholds:
+        return KpiThresholds(self.chatter_count, self.chatter_window_s, self.flood_count, self.flood_window_s,
+                             self.stale_s, self.bad_actors)
 
 
 class WebConfig(Section):
@@ -39,6 +60,7 @@ class WebConfig(Section):
                                                     "a signed-in user")
     threads: int = Field(8, ge=1, le=64, description="requests worked on at once (more get a quick 503)")
     live_streams: int = Field(8, ge=0, le=64, description="live-update connections (server-sent events) at once")
+    kpis: KpiConfig = KpiConfig()
 
     @field_validator("trusted_hosts")
     @classmethod

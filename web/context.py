@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from appliance.store import StoreReader
+from appliance.store import StoreReader, StoreUnavailable
+from appliance.store.kpis import KpiThresholds
 from web import metrics as web_metrics
+from web.kpi_source import KpiSource, metrics_text
 from web.live import LiveHub
 from web.system import ProcessMeter
 from web.validation import ApiError
@@ -33,9 +36,11 @@ class WebContext:
     """The appliance, its store (read only) and the metrics source of one web app."""
 
     def __init__(self, appliance: ApplianceLike, store_path: str | Path,
-                 metrics_provider: Callable[[], str | bytes] | None = None, max_streams: int = 8):
+                 metrics_provider: Callable[[], str | bytes] | None = None, max_streams: int = 8,
+                 kpi_thresholds: KpiThresholds = KpiThresholds(), kpi_cache_s: float = 10.0):
         self.appliance = appliance
         self.store = StoreReader(store_path)
+        self.kpis = KpiSource(self.store, kpi_thresholds, self.gateway_now, kpi_cache_s)
         self.metrics_provider = metrics_provider
         self.registry = None if metrics_provider is not None else web_metrics.status_registry(self.status)
         self.live = LiveHub(max_streams)
@@ -80,9 +85,26 @@ class WebContext:
         log.warning("web: appliance status failed after %d attempts error=%r", STATUS_ATTEMPTS, last)
         raise ApiError(f"appliance status unavailable: {last}", status=503)
 
+    def gateway_now(self) -> float:
+        """The gateway's "now": the wall clock plus the offset its clock keeps while behind the data."""
+        try:
+            offset = (self.status().get("clock") or {}).get("offset_s")
+        except ApiError:
+            offset = None
+        return time.time() + (offset if isinstance(offset, (int, float)) and not isinstance(offset, bool) else 0.0)
+
     def metrics(self) -> tuple[bytes, str]:
-        """The Prometheus exposition and its content type."""
+        """The Prometheus exposition (the status', then the alarm KPIs') and its content type."""
         if self.metrics_provider is not None:
             body = self.metrics_provider()
-            return (body.encode() if isinstance(body, str) else bytes(body)), CONTENT_TYPE_LATEST
-        return web_metrics.render(self.registry), CONTENT_TYPE_LATEST
+            body = body.encode() if isinstance(body, str) else bytes(body)
+        else:
+            body = web_metrics.render(self.registry)
+        return body + self._kpi_metrics(), CONTENT_TYPE_LATEST
+
+    def _kpi_metrics(self) -> bytes:
+        try:
+            return metrics_text(self.kpis)
+        except StoreUnavailable as exc:  # the status' metrics still go out; /healthz says what is wrong
+            log.warning("web: alarm KPIs not in /metrics, store unreadable error=%s", exc)
+            return b""

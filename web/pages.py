@@ -24,7 +24,8 @@ from web.validation import MAX_NAME, ApiError, check_name, json_body
 bp = Blueprint("pages", __name__)
 
 POLL_MS = 2000
-NAV = (("pages.overview", "Overview"), ("pages.alarms", "Alarms"), ("pages.mitigation", "Mitigation"),
+NAV = (("pages.overview", "Overview"), ("pages.alarms", "Alarms"), ("kpis.kpi_page", "KPIs"),
+       ("pages.mitigation", "Mitigation"),
        ("pages.model", "Model"), ("pages.system", "System"))
 
 

@@ -810,6 +810,40 @@ class StoreReader:
         args.append(limit)
         return [{**alarm_from_row(r).to_dict(), "verdict": _latest_verdict(r)} for r in self._rows(sql, args)]
 
+    def verdicts_for(self, alarm_ids: Iterable[str]) -> dict[str, list[dict]]:
+        """The verdict history of each of ``alarm_ids`` (as :meth:`alarm_verdicts`), in one query."""
+        ids = list(dict.fromkeys(alarm_ids))
+        out: dict[str, list[dict]] = {}
+        for k in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            part = ids[k:k + 500]
+            rows = self._rows(f"SELECT * FROM alarm_verdicts WHERE alarm_id IN ({','.join('?' * len(part))})"
+                              " ORDER BY seq", part)
+            for r in rows:
+                out.setdefault(r["alarm_id"], []).append(_verdict_dict(r))
+        return out
+
+    def verdicts_since(self, seq: int, limit: int = 500) -> list[dict]:
+        """Verdicts stored after ``seq`` (their ``seq`` order), for the cloud uplink's cursor."""
+        rows = self._rows("SELECT * FROM alarm_verdicts WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        return [_verdict_dict(r) for r in rows]
+
+    def last_verdict_seq(self) -> int:
+        """The highest verdict ``seq`` stored (0 for none)."""
+        return int(self._rows("SELECT coalesce(max(seq), 0) FROM alarm_verdicts")[0][0])
+
+    def kpi_episodes(self, since: float) -> list[tuple]:
+        """Alarm episodes that started at or after ``since``, and every one still active, oldest first, for the
+        alarm KPIs (:mod:`appliance.store.kpis`): tuples of ``id``, ``asset``, ``start``, ``end`` (None while
+        active), ``raised_at`` and ``acked_at`` (the first raise and acknowledgement recorded) and ``verdict``
+        (the current one or None), the fields of :class:`appliance.store.kpis.Episode` in its order."""
+        sql = ("SELECT a.id, a.asset, a.start, CASE WHEN a.active THEN NULL ELSE a.end END,"
+               " (SELECT min(ts) FROM alarm_events e WHERE e.alarm_id = a.id AND e.kind = 'raised'),"
+               " (SELECT min(ts) FROM alarm_events e WHERE e.alarm_id = a.id AND e.kind = 'acknowledged'),"
+               " (SELECT verdict FROM alarm_verdicts v WHERE v.alarm_id = a.id ORDER BY seq DESC LIMIT 1)"
+               " FROM alarms a WHERE a.start >= ? OR a.active = 1 ORDER BY a.start")
+        with self._connection() as conn:
+            return conn.execute(sql, (since,)).fetchall()
+
     def model_changes(self, limit: int = 100) -> list[dict]:
         """The model's life on this gateway (shadow runs, promotions, rejections, rollbacks), latest first."""
         rows = self._rows("SELECT * FROM model_changes ORDER BY seq DESC LIMIT ?", (limit,))

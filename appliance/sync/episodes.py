@@ -16,10 +16,14 @@ alarm cleared and its after-context is in the store, the episode is
   ``context_before_s`` before the raise to ``context_after_s`` after the clear,
   read from the store; one item, split by time if it would not fit a batch.
 
-Two small priority-0 items go up on their own: ``raised`` (queued at the raise,
+Three small priority-0 items go up on their own: ``raised`` (queued at the raise,
 so an alarm still open at a window is known upstream; removed unsent once the
-summary is queued) and ``note`` (an acknowledgement or a mitigation action that
-came after the episode was finalized).
+summary is queued), ``note`` (an acknowledgement or a mitigation action that
+came after the episode was finalized) and ``verdict`` (a technician's verdict on
+the episode, :func:`verdict_item`: every verdict the store holds, keyed by the
+episode and the verdict's sequence number, whether it was given before the
+episode went up or long after, and each change again; the cloud takes the
+latest by ``seq`` as the episode's label).
 
 Encoding (version 1), chosen for zlib: JSON objects with column arrays.
 Timestamps are ``t0`` plus integer millisecond steps (``dt_ms``; mostly one
@@ -289,6 +293,23 @@ def note_item(alarm_id: str, site: str, kind: str, ts: float, entry: dict, suffi
     doc = {"format": FORMAT_VERSION, "type": "note", "id": key, "episode": alarm_id, "site": site, "kind": kind,
            "entry": entry}
     return Item(key, 0, "note", alarm_id, compress(doc))
+
+
+def verdict_item(verdict: dict, site: str) -> Item:
+    """One verdict on an episode (priority 0), as :meth:`StoreReader.verdicts_since` gives it.
+
+    Keyed by the episode and the verdict's ``seq`` in the store: sent again after a lost
+    acknowledgement or a restart, it is still stored once upstream.
+
+    >>> it = verdict_item({"seq": 4, "alarm_id": "a1", "asset": "p1", "ts": 5.0, "user": "ana",
+    ...                    "verdict": "fault", "cause": "bearing", "note": None}, "site-1")
+    >>> it.key, it.kind, it.episode, it.priority
+    ('a1:verdict:4', 'verdict', 'a1', 0)
+    """
+    key = f"{verdict['alarm_id']}:verdict:{verdict['seq']}"
+    doc = {"format": FORMAT_VERSION, "type": "verdict", "id": key, "episode": verdict["alarm_id"], "site": site,
+           **{k: verdict[k] for k in ("asset", "seq", "ts", "user", "verdict", "cause", "note")}}
+    return Item(key, 0, "verdict", verdict["alarm_id"], compress(doc))
 
 
 def score_items(ep: Episode, scores: list[Score], stride: int, digits: int, max_body: int) -> list[Item]:

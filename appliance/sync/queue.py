@@ -137,14 +137,15 @@ class UploadQueue:
     # -- producer side --------------------------------------------------------------
     def add(self, items: Sequence[Item], pending_done: str | None = None,
             pending_save: tuple[str, str] | None = None,
-            supersede: Sequence[str] = ()) -> dict[tuple[int, str], int]:
+            supersede: Sequence[str] = (), counters: dict[str, float] | None = None) -> dict[tuple[int, str], int]:
         """Queue ``items`` (a key already queued is kept as it is) in one transaction.
 
         ``pending_done`` removes that episode from ``pending`` in the same
         transaction (it is complete now); ``pending_save`` writes one (alarm id, state as
         JSON: serialized by the caller, whose thread owns the episode). ``supersede``
         lists keys the new items make redundant (a raised notice, once its episode's
-        summary is queued): they are removed unless already in flight. Enforces the
+        summary is queued): they are removed unless already in flight. ``counters`` are set
+        in the same transaction (a cursor saying what has been queued). Enforces the
         byte bound; returns the drops it made by (priority, reason).
         """
         drops: dict[tuple[int, str], list[int]] = {}
@@ -171,6 +172,9 @@ class UploadQueue:
                     self._db.execute("DELETE FROM pending WHERE alarm_id = ?", (pending_done,))
                 if pending_save is not None:
                     self._save_pending(*pending_save)
+                if counters:
+                    self._db.executemany("INSERT INTO counters(name, value) VALUES (?, ?) ON CONFLICT(name) DO "
+                                         "UPDATE SET value = excluded.value", list(counters.items()))
                 for key, (n, b) in self._enforce_bound().items():
                     d = drops.setdefault(key, [0, 0])
                     d[0] += n

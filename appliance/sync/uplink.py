@@ -7,6 +7,10 @@ What it does, on the event loop, without ever waiting there for disk or network:
   after-context is in the store, reads the context off the loop
   (``asyncio.to_thread`` + :class:`~appliance.store.StoreReader`) and queues the
   episode's items in the durable :class:`~appliance.sync.queue.UploadQueue`;
+* forwards every technician's verdict the store holds (:meth:`SyncUplink._forward_verdicts`:
+  a cursor over the store's verdicts, saved with the items it queued), so a verdict
+  given while the alarm is open, after its episode went up, or changed later, goes up
+  once, keyed by the episode;
 * counts every reading it is shown at its raw size (see :func:`raw_size`);
 * when a window is open (:class:`~appliance.sync.windows.ConnectivityWindows`),
   connects and sends batches (alarms first) until the queue is empty, the
@@ -46,7 +50,7 @@ from appliance.core import (AlarmEvent, EventKind, MitigationAction, ModeChange,
 from appliance.core.clock import SteadyClock
 from appliance.sync.config import SyncConfig
 from appliance.sync.episodes import (Episode, ScoreTrail, compress, note_item, raised_item, reading_items,
-                                     score_items, thin_readings)
+                                     score_items, thin_readings, verdict_item)
 from appliance.sync.framing import MAGIC, frame
 from appliance.sync.queue import Item, Queued, UploadQueue
 from appliance.sync.transports import TRANSPORT_ALLOWANCE, HttpsTransport, MqttTransport, TransportError
@@ -60,6 +64,11 @@ RAW_FIXED_BYTES = 17
 CHECKPOINT_S = 5.0
 FINALIZE_POLL_S = 0.25
 STORE_RETRY_S = 30.0
+# How often the store is asked for verdicts given since the last look (a small indexed read), and how many
+# are queued at a time.
+VERDICT_POLL_S = 2.0
+VERDICT_BATCH = 200
+VERDICT_CURSOR = "verdict_cursor"  # the queue's counter: the highest verdict seq queued
 CRASH_PAUSE_S = 5.0
 RECENT_WINDOWS = 20
 
@@ -182,7 +191,8 @@ class SyncUplink(Output):
         await self.windows.start()
         self._tasks = [asyncio.create_task(self._uploader(), name="sync-uploader"),
                        asyncio.create_task(self._finalizer(), name="sync-finalizer"),
-                       asyncio.create_task(self._checkpointer(), name="sync-checkpoint")]
+                       asyncio.create_task(self._checkpointer(), name="sync-checkpoint"),
+                       asyncio.create_task(self._verdict_feed(), name="sync-verdicts")]
         self._state = "waiting"
         log.info("sync uplink started transport=%s windows=%d queued_items=%d pending_episodes=%d",
                  self.cfg.transport, len(self.cfg.windows), self.queue.snapshot["items"], len(self._episodes))
@@ -325,6 +335,7 @@ class SyncUplink(Output):
                          "episodes": int(counters.get("uploaded_episodes", 0)),
                          "sent_bytes": int(counters.get("sent_bytes", 0))},
             "observed": {"readings": int(raw_readings), "raw_bytes": int(raw_bytes)},
+            "verdicts_queued_up_to": int(counters.get(VERDICT_CURSOR, 0)),
             "upload_ratio": (uploaded / raw_bytes) if raw_bytes else None,
             "errors": self.errors,
             "last_error": self.last_error,
@@ -430,6 +441,46 @@ class SyncUplink(Output):
             await self._run_io(self.queue.add, new_items)
         if episodes:
             log.info("sync: resumed %d episode(s) (%d still open)", len(episodes), len(self._open_by_asset))
+
+    # -- verdicts -------------------------------------------------------------------------------
+    async def _verdict_feed(self) -> None:
+        while True:
+            try:
+                while await self._forward_verdicts() == VERDICT_BATCH:
+                    pass
+            except Exception as e:
+                self._error(f"verdicts not forwarded yet: {type(e).__name__}: {e}")
+                log.warning("sync: verdicts not forwarded yet (%s); retrying in %.0f s", e, VERDICT_POLL_S)
+            await asyncio.sleep(VERDICT_POLL_S)
+
+    async def _forward_verdicts(self) -> int:
+        """Queue the verdicts stored since the cursor, and move the cursor in the same transaction.
+
+        Verdicts go up as items of their own rather than inside the episode's summary: one path
+        for a verdict given while the alarm is open, one given after the episode went up, and a
+        change; the store's ``seq`` orders them and keys them, so each arrives once.
+        """
+        cursor = int(self.queue.snapshot["counters"].get(VERDICT_CURSOR, 0))
+        rows, last = await asyncio.to_thread(self._read_verdicts, cursor)
+        if last < cursor:
+            # A store started afresh (its seqs begin at 1 again): its verdicts are new ones.
+            log.warning("sync: the store's verdicts restart below the cursor (%d < %d); forwarding from the start",
+                        last, cursor)
+            rows, last = await asyncio.to_thread(self._read_verdicts, 0)
+        if not rows:
+            return 0
+        items = [verdict_item(v, self.site) for v in rows]
+        await self._run_io(self.queue.add, items, None, None, (), {VERDICT_CURSOR: float(rows[-1]["seq"])})
+        self._work.set()
+        log.info("sync: verdicts queued count=%d up_to_seq=%d", len(rows), rows[-1]["seq"])
+        return len(rows)
+
+    def _read_verdicts(self, cursor: int) -> tuple[list[dict], int]:
+        """(verdicts after ``cursor``, the highest seq stored): a worker thread, reading the store."""
+        from appliance.store import StoreReader
+
+        reader = StoreReader(self.store_path)
+        return reader.verdicts_since(cursor, VERDICT_BATCH), reader.last_verdict_seq()
 
     # -- finalizing episodes ------------------------------------------------------------------
     async def _finalizer(self) -> None:

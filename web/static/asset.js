@@ -112,6 +112,41 @@
       el("li", null, x.sensor + " — " + Math.round(x.share * 100) + " %")) : [el("li", "muted", "–")]));
   }
 
+  function words(v) {
+    return v.verdict.replace(/_/g, " ") + (v.cause ? " (" + v.cause.replace(/_/g, " ") + ")" : "");
+  }
+
+  // The episode's verdict: the current one with who and when, and every earlier one under it.
+  function verdictCell(a) {
+    const td = el("td", "verdict-cell");
+    if (!a.verdict) {
+      td.append(el("span", "muted", "none yet"));
+      return td;
+    }
+    td.append(el("span", "verdict verdict-" + a.verdict.verdict, words(a.verdict)),
+      el("span", "by small", " " + a.verdict.user + ", " + fmtTime(a.verdict.ts)));
+    if (a.disputed) td.append(el("span", "disputed", "disputed"));
+    if (a.verdicts.length > 1) {
+      const ol = el("ol", "verdict-history");
+      for (const v of a.verdicts.slice(0, -1)) ol.append(el("li", null, fmtTime(v.ts) + " " + v.user + ": " + words(v)));
+      td.append(ol);
+    }
+    return td;
+  }
+
+  // This asset in the banner's live load: chattering now, or stale.
+  document.addEventListener("alarm-load", (e) => {
+    const load = e.detail;
+    const chat = load.chattering.find((c) => c.asset === asset);
+    const stale = load.stale.find((s) => s.asset === asset);
+    const parts = [];
+    if (chat) parts.push("Chattering: " + chat.cycles + " raise/clear cycles since " + fmtTime(chat.since));
+    if (stale) parts.push("Stale: active for " + window.GW.fmtDuration(stale.active_s));
+    setText($("asset-load"), parts.join(" · "));
+    $("asset-load").hidden = !parts.length;
+    page.dataset.chattering = chat ? "1" : "0";
+  });
+
   async function refreshAlarms() {
     const body = await api("/api/alarms?asset=" + encodeURIComponent(asset) + "&limit=20");
     const rows = body.alarms.map((a) => {
@@ -121,10 +156,11 @@
       const st = el("td");
       st.append(el("span", "pill st-" + a.state, a.state.replace(/_/g, " ")));
       tr.append(st, el("td", null, a.peak_severity + " " + a.peak_band), el("td", null, (a.top_sensors || []).join(", ")),
-        el("td", null, a.acked_by || "–"));
+        el("td", null, a.acked_by || "–"), verdictCell(a));
+      tr.dataset.alarmId = a.id;
       return tr;
     });
-    $("asset-alarms").replaceChildren(...(rows.length ? rows : [emptyRow(7, "None stored.")]));
+    $("asset-alarms").replaceChildren(...(rows.length ? rows : [emptyRow(8, "None stored.")]));
   }
 
   async function refresh(info) {

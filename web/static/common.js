@@ -204,8 +204,54 @@
     } catch (_) { return null; }
   }
 
+  function fmtDuration(s) {
+    if (typeof s !== "number") return "–";
+    if (s < 90) return Math.round(s) + " s";
+    if (s < 5400) return Math.round(s / 60) + " min";
+    if (s < 172800) return (s / 3600).toFixed(1) + " h";
+    return (s / 86400).toFixed(1) + " d";
+  }
+
+  // The alarm load banner, on every page: a flood, chattering assets and stale alarms while they happen.
+  // Its own slow poll (and at once on a live alarm event); pages hear of it through "alarm-load" events.
+  const LOAD_POLL_MS = 10000;
+  let loadRunning = false;
+  async function refreshLoad() {
+    const box = $("alarm-load");
+    if (!box || loadRunning) return;
+    loadRunning = true;
+    try {
+      const load = await api("/api/alarm-load");
+      const th = load.thresholds;
+      body.dataset.flood = load.flood ? "1" : "0";
+      body.dataset.chattering = load.chattering.map((c) => c.asset).join(",");
+      const flood = $("load-flood"), chatter = $("load-chatter"), stale = $("load-stale");
+      setText(flood, load.flood ? "Alarm flood: " + load.raised_in_flood_window + " alarms in the last " +
+        fmtDuration(th.flood_window_s) + " (since " + fmtTime(load.flood_since) + ")." : "");
+      flood.hidden = !load.flood;
+      setText(chatter, load.chattering.length ? "Chattering: " + load.chattering.map((c) => c.asset + " (" +
+        c.cycles + " raise/clear cycles)").join(", ") + " in the last " + fmtDuration(th.chatter_window_s) + "." : "");
+      chatter.hidden = !load.chattering.length;
+      setText(stale, load.stale.length ? "Stale: " + load.stale.map((a) => a.asset + " active for " +
+        fmtDuration(a.active_s)).join(", ") + "." : "");
+      stale.hidden = !load.stale.length;
+      box.hidden = flood.hidden && chatter.hidden && stale.hidden;
+      body.dataset.loadChecked = String(Date.now());
+      document.dispatchEvent(new CustomEvent("alarm-load", { detail: load }));
+    } catch (_) {
+      /* the page's own loop reports an unreachable gateway */
+    } finally {
+      loadRunning = false;
+    }
+  }
+  function loadLoop() {
+    refreshLoad().finally(() => setTimeout(loadLoop, LOAD_POLL_MS));
+  }
+  document.addEventListener("DOMContentLoaded", () => { if ($("alarm-load")) loadLoop(); });
+  document.addEventListener("gateway-change", () => { refreshLoad(); });
+
   window.GW = {
-    $, api, post, can, applyRoles, fmtTime, fmtUptime, fmtNum, fmtBytes, fmtSeverity, setText, el, emptyRow, toast,
-    setLink, start, site, thresholdSeverity: Number(body.dataset.thresholdSeverity) || 50,
+    $, api, post, can, applyRoles, fmtTime, fmtUptime, fmtNum, fmtBytes, fmtSeverity, fmtDuration, setText, el,
+    emptyRow, toast, setLink, start, site, refreshLoad, thresholdSeverity: Number(body.dataset.thresholdSeverity) || 50,
   };
 })();
