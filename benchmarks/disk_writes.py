@@ -170,6 +170,49 @@ def dbstat(db: Path) -> dict[str, int]:
     return {name: size for name, size in rows}
 
 
+def wal_frames(db: Path) -> dict:
+    """What the WAL holds now (the frames since its last restart): frames per table or index
+    (``dbstat``'s page numbers; a page no B-tree holds any more is "(free)"), frames, commits
+    (frames that end a transaction) and pages per commit. Each frame is one page written whole plus
+    a 24-byte header: this is where a commit's bytes go, before the checkpoint copies each distinct
+    page once more into the database file."""
+    try:
+        with open(str(db) + "-wal", "rb") as f:
+            wal = f.read()
+    except OSError:
+        return {}
+    if len(wal) < 32:
+        return {}
+    page_size = struct.unpack(">I", wal[8:12])[0]
+    salts = wal[16:24]
+    pages: list[int] = []
+    commits = 0
+    off = 32
+    while off + 24 + page_size <= len(wal):
+        head = wal[off:off + 24]
+        if head[8:16] != salts:
+            break  # frames of before the last restart
+        pages.append(struct.unpack(">I", head[:4])[0])
+        commits += struct.unpack(">I", head[4:8])[0] != 0
+        off += 24 + page_size
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            owner = dict(conn.execute("SELECT pageno, name FROM dbstat"))
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return {"error": str(exc)}
+    by_object: dict[str, int] = {}
+    for p in pages:
+        name = owner.get(p, "(free)")
+        by_object[name] = by_object.get(name, 0) + 1
+    return {"page_size": page_size, "frames": len(pages), "commits": commits,
+            "distinct_pages": len(set(pages)),
+            "pages_per_commit": round(len(pages) / max(1, commits), 1),
+            "frames_by_object": dict(sorted(by_object.items(), key=lambda kv: -kv[1]))}
+
+
 def stored_readings(db: Path) -> int:
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
@@ -411,6 +454,8 @@ def measure(rate: float, seconds: float, warmup: float, bundle: Path, web: bool 
         pacer = None
         time.sleep(3)  # the last acks
         n1 = stored_readings(db)
+        wal = {name: wal_frames(work / "data" / name) for name in ("appliance.db", "history_local.db",
+                                                                  "history_outbox.db")}
         readings = sent1 - sent0
         commits = st1.get("committed_batches", 0) - st0.get("committed_batches", 0)
         per_thread = {k: v - th0.get(k, 0) for k, v in th1.items() if v - th0.get(k, 0) > 0}
@@ -428,6 +473,7 @@ def measure(rate: float, seconds: float, warmup: float, bundle: Path, web: bool 
             "store_commits": commits, "store_commits_per_s": round(commits / elapsed, 1),
             "store_bytes_per_commit": round(per_thread.get("store-writer", 0) / max(1, commits)),
             "store_wal_restarts": resets, "store_wal_max_bytes": wal_max,
+            "wal_now": wal,
             "data_files_bytes": files,
             "dbstat": {name: dbstat(work / "data" / name) for name in files if name.endswith(".db")},
             "rss_mib": {"steady_median": round(sorted(rss_samples)[len(rss_samples) // 2] / 1024, 1),

@@ -327,3 +327,18 @@ def test_a_store_with_other_pages_is_rewritten_once_with_the_configured_size(tmp
     assert r.execute("PRAGMA page_size").fetchone()[0] == 1024
     assert r.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert st.reader.readings("p", "a")[0]["value"] == 1.0
+
+
+def test_a_pause_in_arrivals_ends_the_commit_linger(tmp_path):
+    # A broker at its in-flight limit sends nothing more until we acknowledge: with an hour's linger
+    # and far more items needed than it sends, each group is still committed once its arrivals pause.
+    st = Store(tmp_path / "a.db", commit_linger_s=3600.0, commit_linger_items=10_000, commit_linger_gap_s=0.05)
+    st.start()
+    for group in range(5):
+        acked = threading.Event()
+        for i in range(20):
+            st.put_reading(Reading("p", "a", 1000.0 + group * 20 + i, 1.0))
+            st.after_commit(acked.set)
+        assert acked.wait(60)
+    assert st.counts()["readings"] == 100
+    st.close()
