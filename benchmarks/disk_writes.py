@@ -1,7 +1,8 @@
 """SD-card budget: bytes the appliance writes per reading, and where they go (not part of CI).
 
     .venv/bin/python benchmarks/disk_writes.py [--seconds 120] [--rates 96,1000] [--label NAME]
-        [--prefill-readings 400000] [--set 'TOML appended to the config'] [--memory] [--cgroup-mib 512]
+        [--prefill-readings 400000] [--set 'TOML appended to the config'] [--broker-conf 'mosquitto.conf lines']
+        [--memory] [--cgroup-mib 512]
         [--out benchmarks/results/disk_writes.json]
 
 Each invocation stores its runs under ``--label`` in the JSON, beside earlier labels
@@ -397,13 +398,13 @@ def prefill(data: Path, n: int, rate: float) -> int:
 
 
 def measure(rate: float, seconds: float, warmup: float, bundle: Path, web: bool = False, overrides: str = "",
-            cgroup_mib: int = 0, prefill_readings: int = 0) -> dict:
+            cgroup_mib: int = 0, prefill_readings: int = 0, broker_conf: str = "") -> dict:
     from appliance.broker import Mosquitto, free_port, stop_process
     from rigs.appliance import wait_online
 
     # Not under /tmp: a tmpfs (a container's /tmp can be one) writes no blocks and counts none.
     work = Path(tempfile.mkdtemp(prefix="disk-writes-", dir=ROOT / "benchmarks" / "results"))
-    broker = Mosquitto(work / "broker").start()
+    broker = Mosquitto(work / "broker", extra_conf=broker_conf).start()
     web_port = free_port()
     cfg = _config(work, broker.port, bundle, web, web_port, overrides)
     prefilled = prefill(work / "data", prefill_readings, rate)
@@ -465,7 +466,8 @@ def measure(rate: float, seconds: float, warmup: float, bundle: Path, web: bool 
                  if p.is_file()}
         result = {
             "rate_msg_s": round(readings / elapsed, 1), "seconds": round(elapsed, 1), "web": web,
-            "overrides": overrides.strip(), "prefilled_readings": prefilled, "readings_published": readings,
+            "overrides": overrides.strip(), "broker_conf": broker_conf.strip(),
+            "prefilled_readings": prefilled, "readings_published": readings,
             "readings_stored_in_window_approx": n1 - n0 if n0 >= 0 else None,
             "write_bytes": written, "bytes_per_reading": round(written / max(1, readings)),
             "bytes_per_hour": round(written / elapsed * 3600), "bytes_per_year": round(written / elapsed * 3600 * 8766),
@@ -526,6 +528,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", default="", help="TOML appended to the config (e.g. '[store]\\ncommit_interval_ms = 0')")
     ap.add_argument("--prefill-readings", type=int, default=400_000,
                     help="past readings put in the store and local history before the run")
+    ap.add_argument("--broker-conf", default="",
+                    help="lines appended to the private Mosquitto's config (e.g. 'max_inflight_messages 1000\\n'; "
+                         "the last value of an option wins)")
     ap.add_argument("--memory", action="store_true", help="dashboard on; report RSS")
     ap.add_argument("--cgroup-mib", type=int, default=0, help="run under this memory limit")
     args = ap.parse_args(argv)
@@ -537,7 +542,8 @@ def main(argv=None) -> int:
         period = 1.0 if rate <= len(TOPICS) * 1.5 else 0.1
         res = measure(rate, args.seconds, args.warmup, ensure_bundle(60, period), web=args.memory,
                       overrides=args.set.replace("\\n", "\n"), cgroup_mib=args.cgroup_mib,
-                      prefill_readings=args.prefill_readings)
+                      prefill_readings=args.prefill_readings,
+                      broker_conf=args.broker_conf.replace("\\n", "\n"))
         res["command"] = " ".join(["benchmarks/disk_writes.py"] + argv)
         runs.append(res)
         print(json.dumps({k: v for k, v in res.items() if k not in ("dbstat", "data_files_bytes")}, indent=1))
