@@ -35,8 +35,8 @@ in arrivals, so at 100 messages a second a commit holds up to ~100 of them when 
 broker lets that many wait for their ack (Mosquitto's ``max_inflight_messages``, 20
 by default: then ~20) instead of one; pages are
 ``page_size`` bytes (1 KiB; SQLite's default is 4 KiB); the readings' unique key is
-(ts, asset, sensor), so a commit's readings land on the newest index page rather
-than on one page of each sensor; and checkpoints come every ``checkpoint_pages``
+(ts, asset, sensor) and the scores' (t_end, asset), so a commit's rows land on the
+newest index page rather than on one page of each sensor or asset; and checkpoints come every ``checkpoint_pages``
 WAL pages, so a page rewritten by many commits reaches the database file once.
 The acknowledgement still follows an ``fsync``: nothing here trades durability
 for bytes (``synchronous=NORMAL`` would, against a power cut).
@@ -117,21 +117,28 @@ CREATE TABLE IF NOT EXISTS readings (
 );
 """
 
-# The schema's version, kept in SQLite's user_version; _migrate brings an older file up to it.
-SCHEMA_VERSION = 5
-# Bytes the WAL file is truncated to after a checkpoint (SQLite otherwise keeps its largest size).
-JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
-# Distinct refusals remembered for collapsing repeats (older ones are simply stored anew).
-_DEAD_RECENT_MAX = 1024
-
-SCHEMA = _MODE_CHANGES + _ALARM_COMMENTS + _READINGS + """
+# Scores are unique per (asset, t_end), keyed time first for the same reason as readings: keyed asset
+# first (until schema version 6), every commit touched a leaf of each asset's scores (the largest share
+# of a commit's pages at ten scores a second per asset). Readers ask for one asset's newest scores or
+# a span of them: the key walked newest first or a range of it, filtered on the asset.
+_SCORES = """
 CREATE TABLE IF NOT EXISTS scores (
     id INTEGER PRIMARY KEY,
     asset TEXT NOT NULL, t_end REAL NOT NULL, value REAL NOT NULL, threshold REAL NOT NULL,
     contributions TEXT NOT NULL, model_version TEXT NOT NULL, historical INTEGER NOT NULL,
     received REAL NOT NULL,
-    UNIQUE (asset, t_end)
+    UNIQUE (t_end, asset)
 );
+"""
+
+# The schema's version, kept in SQLite's user_version; _migrate brings an older file up to it.
+SCHEMA_VERSION = 6
+# Bytes the WAL file is truncated to after a checkpoint (SQLite otherwise keeps its largest size).
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+# Distinct refusals remembered for collapsing repeats (older ones are simply stored anew).
+_DEAD_RECENT_MAX = 1024
+
+SCHEMA = _MODE_CHANGES + _ALARM_COMMENTS + _READINGS + _SCORES + """
 CREATE TABLE IF NOT EXISTS alarms (
     id TEXT PRIMARY KEY, asset TEXT NOT NULL, level TEXT NOT NULL, state TEXT NOT NULL,
     active INTEGER NOT NULL, start REAL NOT NULL, end REAL, peak_ratio REAL NOT NULL,
@@ -217,6 +224,16 @@ INSERT INTO readings (id, asset, sensor, ts, value, quality, historical, receive
 DROP TABLE readings_v4;
 """
 
+# Version 5 (until 2026-12): scores were unique per (asset, t_end). Copied once under the new key.
+_MIGRATE_5_TO_6 = """
+ALTER TABLE scores RENAME TO scores_v5;
+""" + _SCORES + """
+INSERT INTO scores (id, asset, t_end, value, threshold, contributions, model_version, historical, received)
+    SELECT id, asset, t_end, value, threshold, contributions, model_version, historical, received
+    FROM scores_v5 ORDER BY id;
+DROP TABLE scores_v5;
+"""
+
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Create the schema, or bring a store written by an earlier release up to it."""
@@ -229,7 +246,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         steps = {1: _MODE_CHANGES + _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3, 3: _MIGRATE_3_TO_4,
-                 4: _MIGRATE_4_TO_5}
+                 4: _MIGRATE_4_TO_5, 5: _MIGRATE_5_TO_6}
         while version in steps:
             for stmt in steps[version].split(";"):
                 if stmt.strip():
