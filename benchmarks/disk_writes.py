@@ -1,7 +1,8 @@
 """SD-card budget: bytes the appliance writes per reading, and where they go (not part of CI).
 
     .venv/bin/python benchmarks/disk_writes.py [--seconds 120] [--rates 96,1000] [--label NAME]
-        [--prefill-readings 400000] [--set 'TOML appended to the config'] [--memory] [--cgroup-mib 512]
+        [--prefill-readings 400000] [--set 'TOML appended to the config'] [--broker-conf 'mosquitto.conf lines']
+        [--memory] [--cgroup-mib 512]
         [--out benchmarks/results/disk_writes.json]
 
 Each invocation stores its runs under ``--label`` in the JSON, beside earlier labels
@@ -168,6 +169,49 @@ def dbstat(db: Path) -> dict[str, int]:
     except sqlite3.Error as exc:
         return {"error": str(exc)}  # type: ignore[dict-item]
     return {name: size for name, size in rows}
+
+
+def wal_frames(db: Path) -> dict:
+    """What the WAL holds now (the frames since its last restart): frames per table or index
+    (``dbstat``'s page numbers; a page no B-tree holds any more is "(free)"), frames, commits
+    (frames that end a transaction) and pages per commit. Each frame is one page written whole plus
+    a 24-byte header: this is where a commit's bytes go, before the checkpoint copies each distinct
+    page once more into the database file."""
+    try:
+        with open(str(db) + "-wal", "rb") as f:
+            wal = f.read()
+    except OSError:
+        return {}
+    if len(wal) < 32:
+        return {}
+    page_size = struct.unpack(">I", wal[8:12])[0]
+    salts = wal[16:24]
+    pages: list[int] = []
+    commits = 0
+    off = 32
+    while off + 24 + page_size <= len(wal):
+        head = wal[off:off + 24]
+        if head[8:16] != salts:
+            break  # frames of before the last restart
+        pages.append(struct.unpack(">I", head[:4])[0])
+        commits += struct.unpack(">I", head[4:8])[0] != 0
+        off += 24 + page_size
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            owner = dict(conn.execute("SELECT pageno, name FROM dbstat"))
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return {"error": str(exc)}
+    by_object: dict[str, int] = {}
+    for p in pages:
+        name = owner.get(p, "(free)")
+        by_object[name] = by_object.get(name, 0) + 1
+    return {"page_size": page_size, "frames": len(pages), "commits": commits,
+            "distinct_pages": len(set(pages)),
+            "pages_per_commit": round(len(pages) / max(1, commits), 1),
+            "frames_by_object": dict(sorted(by_object.items(), key=lambda kv: -kv[1]))}
 
 
 def stored_readings(db: Path) -> int:
@@ -354,13 +398,13 @@ def prefill(data: Path, n: int, rate: float) -> int:
 
 
 def measure(rate: float, seconds: float, warmup: float, bundle: Path, web: bool = False, overrides: str = "",
-            cgroup_mib: int = 0, prefill_readings: int = 0) -> dict:
+            cgroup_mib: int = 0, prefill_readings: int = 0, broker_conf: str = "") -> dict:
     from appliance.broker import Mosquitto, free_port, stop_process
     from rigs.appliance import wait_online
 
     # Not under /tmp: a tmpfs (a container's /tmp can be one) writes no blocks and counts none.
     work = Path(tempfile.mkdtemp(prefix="disk-writes-", dir=ROOT / "benchmarks" / "results"))
-    broker = Mosquitto(work / "broker").start()
+    broker = Mosquitto(work / "broker", extra_conf=broker_conf).start()
     web_port = free_port()
     cfg = _config(work, broker.port, bundle, web, web_port, overrides)
     prefilled = prefill(work / "data", prefill_readings, rate)
@@ -411,6 +455,8 @@ def measure(rate: float, seconds: float, warmup: float, bundle: Path, web: bool 
         pacer = None
         time.sleep(3)  # the last acks
         n1 = stored_readings(db)
+        wal = {name: wal_frames(work / "data" / name) for name in ("appliance.db", "history_local.db",
+                                                                  "history_outbox.db")}
         readings = sent1 - sent0
         commits = st1.get("committed_batches", 0) - st0.get("committed_batches", 0)
         per_thread = {k: v - th0.get(k, 0) for k, v in th1.items() if v - th0.get(k, 0) > 0}
@@ -420,7 +466,8 @@ def measure(rate: float, seconds: float, warmup: float, bundle: Path, web: bool 
                  if p.is_file()}
         result = {
             "rate_msg_s": round(readings / elapsed, 1), "seconds": round(elapsed, 1), "web": web,
-            "overrides": overrides.strip(), "prefilled_readings": prefilled, "readings_published": readings,
+            "overrides": overrides.strip(), "broker_conf": broker_conf.strip(),
+            "prefilled_readings": prefilled, "readings_published": readings,
             "readings_stored_in_window_approx": n1 - n0 if n0 >= 0 else None,
             "write_bytes": written, "bytes_per_reading": round(written / max(1, readings)),
             "bytes_per_hour": round(written / elapsed * 3600), "bytes_per_year": round(written / elapsed * 3600 * 8766),
@@ -428,6 +475,7 @@ def measure(rate: float, seconds: float, warmup: float, bundle: Path, web: bool 
             "store_commits": commits, "store_commits_per_s": round(commits / elapsed, 1),
             "store_bytes_per_commit": round(per_thread.get("store-writer", 0) / max(1, commits)),
             "store_wal_restarts": resets, "store_wal_max_bytes": wal_max,
+            "wal_now": wal,
             "data_files_bytes": files,
             "dbstat": {name: dbstat(work / "data" / name) for name in files if name.endswith(".db")},
             "rss_mib": {"steady_median": round(sorted(rss_samples)[len(rss_samples) // 2] / 1024, 1),
@@ -480,6 +528,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", default="", help="TOML appended to the config (e.g. '[store]\\ncommit_interval_ms = 0')")
     ap.add_argument("--prefill-readings", type=int, default=400_000,
                     help="past readings put in the store and local history before the run")
+    ap.add_argument("--broker-conf", default="",
+                    help="lines appended to the private Mosquitto's config (e.g. 'max_inflight_messages 1000\\n'; "
+                         "the last value of an option wins)")
     ap.add_argument("--memory", action="store_true", help="dashboard on; report RSS")
     ap.add_argument("--cgroup-mib", type=int, default=0, help="run under this memory limit")
     args = ap.parse_args(argv)
@@ -491,7 +542,8 @@ def main(argv=None) -> int:
         period = 1.0 if rate <= len(TOPICS) * 1.5 else 0.1
         res = measure(rate, args.seconds, args.warmup, ensure_bundle(60, period), web=args.memory,
                       overrides=args.set.replace("\\n", "\n"), cgroup_mib=args.cgroup_mib,
-                      prefill_readings=args.prefill_readings)
+                      prefill_readings=args.prefill_readings,
+                      broker_conf=args.broker_conf.replace("\\n", "\n"))
         res["command"] = " ".join(["benchmarks/disk_writes.py"] + argv)
         runs.append(res)
         print(json.dumps({k: v for k, v in res.items() if k not in ("dbstat", "data_files_bytes")}, indent=1))

@@ -314,6 +314,39 @@ def test_a_version_4_store_keeps_its_readings_under_the_time_ordered_key(tmp_pat
     assert st.reader.readings("p", "b")[1]["value"] == 1.5
 
 
+def test_a_version_5_store_keeps_its_scores_under_the_time_ordered_key(tmp_path):
+    db = tmp_path / "v5.db"
+    Store(db)
+    now = time.time()  # received now: retention keeps them
+    conn = sqlite3.connect(db)
+    conn.executescript(f"""
+        DROP TABLE scores;
+        CREATE TABLE scores (id INTEGER PRIMARY KEY, asset TEXT NOT NULL, t_end REAL NOT NULL, value REAL NOT NULL,
+            threshold REAL NOT NULL, contributions TEXT NOT NULL, model_version TEXT NOT NULL,
+            historical INTEGER NOT NULL, received REAL NOT NULL, UNIQUE (asset, t_end));
+        INSERT INTO scores VALUES (4, 'p', 20.0, 2.0, 4.0, '{{"a": 1.0}}', 'm1', 0, {now}),
+                                  (6, 'q', 10.0, 1.0, 4.0, '{{}}', 'm1', 1, {now});
+        PRAGMA user_version = 5;
+    """)
+    conn.close()
+    st = Store(db)
+    r = open_reader(db)
+    assert r.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [tuple(x) for x in r.execute("SELECT * FROM scores ORDER BY id")] == [
+        (4, "p", 20.0, 2.0, 4.0, '{"a": 1.0}', "m1", 0, now), (6, "q", 10.0, 1.0, 4.0, "{}", "m1", 1, now)]
+    key = r.execute("SELECT group_concat(name) FROM pragma_index_info("
+                    "(SELECT name FROM pragma_index_list('scores') WHERE \"unique\"))").fetchone()[0]
+    assert key == "t_end,asset"
+    assert not r.execute("SELECT 1 FROM sqlite_master WHERE name = 'scores_v5'").fetchone()
+    st.start()
+    st.put_score(Score("p", 20.0, 9.0, 4.0, {"a": 1.0}, "m1"))  # a redelivery of a migrated score: stored once
+    st.put_score(Score("p", 30.0, 3.0, 4.0, {"a": 1.0}, "m1"))
+    assert st.flush()
+    st.close()
+    assert [(x["t_end"], x["value"]) for x in st.reader.scores("p")] == [(30.0, 3.0), (20.0, 2.0)]
+    assert st.reader.score_buckets("p", 0.0, 60.0, 60.0) == [(0.0, 0.75, 2)]
+
+
 def test_a_store_with_other_pages_is_rewritten_once_with_the_configured_size(tmp_path):
     db = tmp_path / "a.db"
     st = Store(db)
@@ -327,3 +360,18 @@ def test_a_store_with_other_pages_is_rewritten_once_with_the_configured_size(tmp
     assert r.execute("PRAGMA page_size").fetchone()[0] == 1024
     assert r.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert st.reader.readings("p", "a")[0]["value"] == 1.0
+
+
+def test_a_pause_in_arrivals_ends_the_commit_linger(tmp_path):
+    # A broker at its in-flight limit sends nothing more until we acknowledge: with an hour's linger
+    # and far more items needed than it sends, each group is still committed once its arrivals pause.
+    st = Store(tmp_path / "a.db", commit_linger_s=3600.0, commit_linger_items=10_000, commit_linger_gap_s=0.05)
+    st.start()
+    for group in range(5):
+        acked = threading.Event()
+        for i in range(20):
+            st.put_reading(Reading("p", "a", 1000.0 + group * 20 + i, 1.0))
+            st.after_commit(acked.set)
+        assert acked.wait(60)
+    assert st.counts()["readings"] == 100
+    st.close()

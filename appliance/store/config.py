@@ -16,14 +16,17 @@ class StoreConfig(Section):
     max_dead_letters: int = Field(100_000, ge=100, le=100_000_000, description="rows, enforced on every write")
     dead_letter_collapse_s: float = Field(60.0, ge=0, le=86400.0,
                                           description="an identical refusal within this is counted, not stored again")
-    commit_linger_ms: float = Field(200.0, ge=0, le=2000.0,
-                                    description="a small batch waits this long for more before its commit "
+    commit_linger_ms: float = Field(1000.0, ge=0, le=2000.0,
+                                    description="a small batch waits up to this long for more before its commit "
                                                 "(group commit: fewer commits, fewer bytes written; acks wait "
                                                 "as long; 0: commit at once)")
-    commit_linger_items: int = Field(32, ge=1, le=100_000,
+    commit_linger_items: int = Field(2000, ge=1, le=100_000,
                                      description="queued records (a message is its readings and its ack) that end "
-                                                 "the wait at once; keep it under twice the broker's in-flight "
-                                                 "limit (Mosquitto: 20 messages)")
+                                                 "the wait at once")
+    commit_linger_gap_ms: float = Field(50.0, ge=0, le=2000.0,
+                                        description="the wait also ends when arrivals pause for four of their usual "
+                                                    "intervals (at least 5 ms, at most this): a broker waiting for "
+                                                    "our acks at its in-flight limit, or a burst over; 0: never")
     checkpoint_pages: int = Field(4000, ge=100, le=1_000_000,
                                   description="WAL pages between checkpoints (SQLite's wal_autocheckpoint): a page "
                                               "rewritten by many commits reaches the database file once per "

@@ -15,24 +15,28 @@ message every millisecond) committing each one as it comes costs a wake-up of th
 writer, a ``fsync`` and a wake-up of the connector's network thread to send its
 PUBACK, per message. So when a batch is small the writer waits up to
 ``commit_linger_s`` for more before committing; it stops waiting as soon as
-``commit_linger_items`` are queued (a burst: waiting would only delay it), and it
-stops lingering for a while when a wait gathered nothing late in it (arrivals had
-stalled: a broker that keeps few messages in flight waits for our acks, and
-lingering would only slow it down). While arrivals go on through a wait, the next
-wait starts as soon as the commit is done instead of at the next item, so a steady
-rate costs the writer one wake-up per commit rather than two. Acknowledgements
-wait for the commit, never the other way round.
+``commit_linger_items`` are queued (a burst: waiting would only delay it), or when
+arrivals pause for four of their usual intervals (at least 5 ms, at most
+``commit_linger_gap_s``): a broker at its in-flight limit sends nothing more until
+we acknowledge, and a burst of a plant's sensors sampled together is over. It
+also stops lingering for a while when a wait gathered nothing late in it (arrivals
+had stalled). While arrivals go on through a wait, the next wait starts as soon as
+the commit is done instead of at the next item, so a steady rate costs the writer
+one wake-up per commit rather than two. Acknowledgements wait for the commit,
+never the other way round.
 
 Bytes written (an SD card wears by them; ``benchmarks/disk_writes.py``): a commit
 appends every page it touched, whole, to the WAL and ``fsync``s it, and a
 checkpoint writes each page once more into the database file. So what a reading
-costs is the pages a commit touches divided by the readings it holds. Hence: the
-default wait is 200 ms or ``commit_linger_items`` (32: a message is its reading and
-its ack, so about 16 messages, under Mosquitto's default of 20 in flight), so at
-100 messages a second a commit holds ~17 of them instead of one; pages are
+costs is the pages a commit touches divided by the readings it holds, and most of
+those pages are the same whatever it holds (each B-tree's path to its newest leaf,
+the header page). Hence: the default wait is up to a second, ended early by a pause
+in arrivals, so at 100 messages a second a commit holds up to ~100 of them when the
+broker lets that many wait for their ack (Mosquitto's ``max_inflight_messages``, 20
+by default: then ~20) instead of one; pages are
 ``page_size`` bytes (1 KiB; SQLite's default is 4 KiB); the readings' unique key is
-(ts, asset, sensor), so a commit's readings land on the newest index page rather
-than on one page of each sensor; and checkpoints come every ``checkpoint_pages``
+(ts, asset, sensor) and the scores' (t_end, asset), so a commit's rows land on the
+newest index page rather than on one page of each sensor or asset; and checkpoints come every ``checkpoint_pages``
 WAL pages, so a page rewritten by many commits reaches the database file once.
 The acknowledgement still follows an ``fsync``: nothing here trades durability
 for bytes (``synchronous=NORMAL`` would, against a power cut).
@@ -128,21 +132,28 @@ CREATE TABLE IF NOT EXISTS readings (
 );
 """
 
-# The schema's version, kept in SQLite's user_version; _migrate brings an older file up to it.
-SCHEMA_VERSION = 6
-# Bytes the WAL file is truncated to after a checkpoint (SQLite otherwise keeps its largest size).
-JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
-# Distinct refusals remembered for collapsing repeats (older ones are simply stored anew).
-_DEAD_RECENT_MAX = 1024
-
-SCHEMA = _MODE_CHANGES + _ALARM_COMMENTS + _ALARM_VERDICTS + _READINGS + """
+# Scores are unique per (asset, t_end), keyed time first for the same reason as readings: keyed asset
+# first (until schema version 7), every commit touched a leaf of each asset's scores (the largest share
+# of a commit's pages at ten scores a second per asset). Readers ask for one asset's newest scores or
+# a span of them: the key walked newest first or a range of it, filtered on the asset.
+_SCORES = """
 CREATE TABLE IF NOT EXISTS scores (
     id INTEGER PRIMARY KEY,
     asset TEXT NOT NULL, t_end REAL NOT NULL, value REAL NOT NULL, threshold REAL NOT NULL,
     contributions TEXT NOT NULL, model_version TEXT NOT NULL, historical INTEGER NOT NULL,
     received REAL NOT NULL,
-    UNIQUE (asset, t_end)
+    UNIQUE (t_end, asset)
 );
+"""
+
+# The schema's version, kept in SQLite's user_version; _migrate brings an older file up to it.
+SCHEMA_VERSION = 7
+# Bytes the WAL file is truncated to after a checkpoint (SQLite otherwise keeps its largest size).
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+# Distinct refusals remembered for collapsing repeats (older ones are simply stored anew).
+_DEAD_RECENT_MAX = 1024
+
+SCHEMA = _MODE_CHANGES + _ALARM_COMMENTS + _ALARM_VERDICTS + _READINGS + _SCORES + """
 CREATE TABLE IF NOT EXISTS alarms (
     id TEXT PRIMARY KEY, asset TEXT NOT NULL, level TEXT NOT NULL, state TEXT NOT NULL,
     active INTEGER NOT NULL, start REAL NOT NULL, end REAL, peak_ratio REAL NOT NULL,
@@ -231,6 +242,16 @@ DROP TABLE readings_v4;
 # Version 5 (until 2026-12): alarm episodes had no verdicts.
 _MIGRATE_5_TO_6 = _ALARM_VERDICTS
 
+# Version 6 (until 2026-12): scores were unique per (asset, t_end). Copied once under the new key.
+_MIGRATE_6_TO_7 = """
+ALTER TABLE scores RENAME TO scores_v6;
+""" + _SCORES + """
+INSERT INTO scores (id, asset, t_end, value, threshold, contributions, model_version, historical, received)
+    SELECT id, asset, t_end, value, threshold, contributions, model_version, historical, received
+    FROM scores_v6 ORDER BY id;
+DROP TABLE scores_v6;
+"""
+
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Create the schema, or bring a store written by an earlier release up to it."""
@@ -243,7 +264,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         steps = {1: _MODE_CHANGES + _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3, 3: _MIGRATE_3_TO_4,
-                 4: _MIGRATE_4_TO_5, 5: _MIGRATE_5_TO_6}
+                 4: _MIGRATE_4_TO_5, 5: _MIGRATE_5_TO_6,
+                 6: _MIGRATE_6_TO_7}
         while version in steps:
             for stmt in steps[version].split(";"):
                 if stmt.strip():
@@ -294,6 +316,11 @@ def import_comments(path: str | Path, comments: Iterable[AlarmComment]) -> int:
 _STOP = object()
 # After a linger that gathered nothing late in it, this many commits go out without one.
 _LINGER_BACKOFF = 64
+# A linger ends once arrivals have paused for this many of their average intervals (at least
+# _GAP_MIN_S, at most commit_linger_gap_s); the average moves by this fraction per arrival.
+_GAP_INTERVALS = 4.0
+_GAP_MIN_S = 0.005
+_ARRIVAL_SMOOTHING = 0.1
 
 
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -318,7 +345,7 @@ class Store:
     def __init__(self, path: str | Path, retention_days: float = 7.0, max_readings: int = 5_000_000,
                  max_dead_letters: int = 100_000, batch_max: int = 2000, dead_letter_collapse_s: float = 60.0,
                  commit_linger_s: float = 0.010, commit_linger_items: int = 16, checkpoint_pages: int = 1000,
-                 page_size: int | None = None):
+                 page_size: int | None = None, commit_linger_gap_s: float = 0.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retention_s = retention_days * 86400
@@ -328,11 +355,13 @@ class Store:
         self.dead_letter_collapse_s = dead_letter_collapse_s
         self.commit_linger_s = commit_linger_s
         self.commit_linger_items = commit_linger_items
+        self.commit_linger_gap_s = commit_linger_gap_s
         self.checkpoint_pages = checkpoint_pages
         # Group commit (see the module doc): the writer waits on _more; after_commit sets it early.
         self._more = threading.Event()
         self._linger_need: int | None = None  # queued items that end the current linger; None: not lingering
         self._last_arrival = 0.0
+        self._arrival_interval = 0.0  # moving average of the time between after_commit calls, seconds
         self._linger_skip = 0
         self._stalls = 0
         self._closing = False
@@ -360,7 +389,7 @@ class Store:
         return cls(path, cfg.retention_days, cfg.max_readings, cfg.max_dead_letters,
                    dead_letter_collapse_s=cfg.dead_letter_collapse_s, commit_linger_s=cfg.commit_linger_ms / 1000.0,
                    commit_linger_items=cfg.commit_linger_items, checkpoint_pages=cfg.checkpoint_pages,
-                   page_size=cfg.page_size)
+                   page_size=cfg.page_size, commit_linger_gap_s=cfg.commit_linger_gap_ms / 1000.0)
 
     # -- writer side ----------------------------------------------------------
     def start(self) -> None:
@@ -411,11 +440,12 @@ class Store:
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once everything queued before it is committed."""
         self._q.put(("callback", callback))
+        now = time.monotonic()
+        self._arrival_interval += (min(now - self._last_arrival, 1.0) - self._arrival_interval) * _ARRIVAL_SMOOTHING
+        self._last_arrival = now
         need = self._linger_need
-        if need is not None:  # the writer is lingering for more: an input's batch is more
-            self._last_arrival = time.monotonic()
-            if self._q.qsize() >= need:
-                self._more.set()
+        if need is not None and self._q.qsize() >= need:  # the writer is lingering for more: a burst is enough
+            self._more.set()
 
     def flush(self, timeout: float = 30.0) -> bool:
         done = threading.Event()
@@ -444,11 +474,15 @@ class Store:
         self._linger_need = max(1, self.commit_linger_items - len(batch))
         # after_commit or close() may have come before the flag was set or the event cleared
         enough = self._closing or self._q.qsize() >= self._linger_need
+        paused = False
         if not enough:
-            enough = self._more.wait(self.commit_linger_s)
+            enough, paused = self._wait_for_more(started)
         self._linger_need = None
         self.lingers += 1
-        stalled = not enough and self._last_arrival < started + self.commit_linger_s / 4
+        if paused:
+            stalled = self._last_arrival < started  # not one arrival in the wait
+        else:
+            stalled = not enough and self._last_arrival < started + self.commit_linger_s / 4
         if stalled:
             # Nothing came in the last three quarters of the wait: arrivals stalled (or are rare).
             # Twice in a row (once is a scheduling hiccup), and lingering delays acks for nothing.
@@ -459,7 +493,27 @@ class Store:
         else:
             self._stalls = 0
         self._take(batch)
-        return not stalled
+        return not stalled and not paused
+
+    def _wait_for_more(self, started: float) -> tuple[bool, bool]:
+        """Wait until enough is queued (True, False), the linger is over (False, False) or arrivals
+        paused for longer than a few of their usual intervals (False, True): the source is waiting
+        for our acks (a broker's in-flight limit reached) or has nothing more for now, and waiting
+        on would only delay the acks."""
+        deadline = started + self.commit_linger_s
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return False, False
+            until = deadline
+            if self.commit_linger_gap_s > 0:
+                gap = min(self.commit_linger_gap_s, max(_GAP_MIN_S, _GAP_INTERVALS * self._arrival_interval))
+                quiet_since = max(self._last_arrival, started)
+                if now - quiet_since >= gap:
+                    return False, True
+                until = min(deadline, quiet_since + gap)
+            if self._more.wait(until - now):
+                return True, False
 
     def _run(self) -> None:
         conn = _connect(self.path)
