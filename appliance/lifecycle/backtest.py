@@ -235,6 +235,19 @@ class Episode:
         return f"{self.asset} episode {self.id} ({label}, at {iso(self.start)})"
 
 
+def duration(seconds: float) -> str:
+    """``45 min``, ``5.5 h``, ``13.9 d``: a span of history as a technician reads it.
+
+    >>> duration(2700), duration(19800), duration(1.2e6)
+    ('45 min', '5.5 h', '13.9 d')
+    """
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * DAY_S:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / DAY_S:.1f} d"
+
+
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -355,7 +368,7 @@ def _new_names(alarms: Sequence[ReplayedAlarm], most: int) -> str:
 def verdict(report: BacktestReport, bounds: BacktestBounds) -> tuple[bool | None, str]:
     """``(ok, one line)``: None when there is too little labelled history to judge (shadow alone decides)."""
     cand, cur, rp = report.candidate, report.current, report.replay
-    scope = f"back-test on {rp.days:.1f} d of history, {report.labelled} labelled episodes"
+    scope = f"back-test on {duration(rp.days * DAY_S)} of history, {report.labelled} labelled episodes"
     if cur is None:
         return None, f"{scope}: no current model to compare with"
     history_s = rp.days * DAY_S
@@ -373,11 +386,14 @@ def verdict(report: BacktestReport, bounds: BacktestBounds) -> tuple[bool | None
     allowed_false = int(bounds.max_false_alarm_factor * cur.false_alarms) + bounds.max_extra_false_alarms
     if cand.false_alarms > allowed_false:
         worse = [i for i in cand.on_false if i not in cur.on_false]
-        named = "; ".join(filter(None, (_names(worse, by_id, bounds.named_max) if worse else "",
-                                        _new_names(cand.new_alarms, bounds.named_max) if cand.new_alarms else "")))
+        named = []
+        if worse:
+            named.append("alarms on " + _names(worse, by_id, bounds.named_max))
+        if cand.new_alarms:
+            named.append(_new_names(cand.new_alarms, bounds.named_max))
         return False, (f"{scope}: {cand.false_alarms} false alarms against {cur.false_alarms} (allowed "
                        f"{allowed_false}; {cand.false_alarms_per_day}/day against {cur.false_alarms_per_day}/day): "
-                       f"alarms on {named}")
+                       + "; ".join(named))
     return True, (f"{scope}: within bounds, {len(cand.caught)} of {len(cand.caught) + len(cand.missed)} fault "
                   f"episodes caught (current {len(cur.caught)}), {cand.false_alarms} false alarms "
                   f"(current {cur.false_alarms})")
@@ -465,7 +481,7 @@ def table(report: BacktestReport) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     rp = report.replay
     lines.append("")
-    lines.append(f"{rp.grid_rows} grid rows ({rp.readings} readings, {rp.days:.2f} d) replayed in {rp.seconds:.1f} s"
+    lines.append(f"{rp.grid_rows} grid rows ({rp.readings} readings, {duration(rp.days * DAY_S)}) replayed in {rp.seconds:.1f} s"
                  f" ({rp.grid_rows / max(rp.seconds, 1e-9):,.0f} rows/s); leads: + later, - earlier than the "
                  "live alarm")
     for role, s in (("candidate", cand), ("current", cur)):
