@@ -297,7 +297,10 @@ def score_model(replay: ModelReplay, episodes: Sequence[Episode], spans: dict[st
         until = spans.get(e.asset, (0.0, math.inf))[1]
         hits = [i for i, a in enumerate(replay.alarms) if _overlaps(a, e, match_s, until)]
         matched.update(hits)
-        lead = replay.alarms[hits[0]].start - e.start if hits else None
+        # The lead is that of the alarm raised nearest the episode's start: a long alarm may reach
+        # into the next episode, whose own raise is the one to compare with.
+        leads = [replay.alarms[i].start - e.start for i in hits]
+        lead = min(leads, key=abs) if leads else None
         per_episode[e.id] = lead
         if e.verdict == "fault":
             if lead is None:
