@@ -164,3 +164,21 @@ def test_table_and_json_show_every_episode_and_both_models(recorded):
     assert doc["episodes"][1]["candidate"]["alarmed"] and not doc["episodes"][1]["current"]["alarmed"]
     assert doc["candidate"]["false_alarms"] == 2 and doc["verdict"]["ok"] is False
     assert doc["grid_rows"] == N and doc["rows_per_s"] > 0
+
+
+def test_the_command_names_a_missing_store(tmp_path, capsys):
+    from appliance.cli import main
+
+    toml = tmp_path / "appliance.toml"
+    toml.write_text(f'data_dir = "{tmp_path}"\n')
+    assert main(["backtest", "--bundle", str(tmp_path / "b"), "--config", str(toml)]) == 2
+    assert "no appliance store here" in capsys.readouterr().err
+
+
+def test_bounds_are_validated_with_the_key_named():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="min_history_s 864000 is longer than the 7 days judged"):
+        BacktestBounds(days=7, min_history_s=864000)
+    with pytest.raises(ValidationError, match="max_extra_missed_faults"):
+        BacktestBounds(max_extra_missed_faults=-1)
