@@ -42,6 +42,11 @@ class Gain(StandIn):
         return Score(w.asset, w.t_end, v, self.threshold, {"a": 0.5, "b": 0.5}, self.version)
 
 
+class Broken(Gain):
+    def score_one(self, w) -> Score:
+        raise RuntimeError("no model file")
+
+
 def make_app(tmp_path, current):
     cfg = parse_config({"data_dir": str(tmp_path), "log_level": "WARNING", "web": {"enabled": False},
                         "inputs": {"mqtt": {"enabled": False}},
@@ -167,3 +172,21 @@ def test_a_shadow_run_does_not_promote_while_an_alarm_is_active(tmp_path):
     assert waiting["shadow"]["windows"] >= 30
     assert app.detector is candidate
     assert [c["event"] for c in StoreReader(app.store.path).model_changes()] == ["promoted", "shadow_started"]
+
+
+def test_a_backtest_that_fails_leaves_the_candidate_to_its_shadow_run(tmp_path):
+    app = make_app(tmp_path, Gain("live"))
+
+    async def go():
+        await app.start()
+        try:
+            feed(app, 0, 100, 0.5)
+            await settle(app)
+            await app.models.consider(Broken("cand"), ShadowBounds(**NO_LATENCY_BOUND), HISTORY)
+        finally:
+            await app.shutdown()
+
+    asyncio.run(go())
+    (started,) = StoreReader(app.store.path).model_changes()
+    assert started["event"] == "shadow_started"
+    assert "back-test failed (RuntimeError: no model file): judged by its shadow run alone" in started["reason"]

@@ -377,8 +377,8 @@ def verdict(report: BacktestReport, bounds: BacktestBounds) -> tuple[bool | None
     history_s = rp.days * DAY_S
     if report.labelled < bounds.min_labelled or history_s < bounds.min_history_s:
         return None, (f"too little labelled history to back-test ({report.labelled} labelled episodes, need "
-                      f"{bounds.min_labelled}; {history_s / 3600:.1f} h of readings, need "
-                      f"{bounds.min_history_s / 3600:.1f} h): judged by its shadow run alone")
+                      f"{bounds.min_labelled}; {duration(history_s)} of readings, need "
+                      f"{duration(bounds.min_history_s)}): judged by its shadow run alone")
     by_id = {e.id: e for e in report.episodes}
     allowed_missed = len(cur.missed) + bounds.max_extra_missed_faults
     if len(cand.missed) > allowed_missed:

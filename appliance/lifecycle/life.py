@@ -96,15 +96,26 @@ class ModelLifecycle:
         why = compatibility(self._current(), candidate)
         note = ""
         if why is None and history is not None and history.enabled and self._history is not None:
-            current = self._current()
-            report = await asyncio.to_thread(self._history, candidate, current, history)
-            self.last_backtest = {"at": self._clock(), "candidate": candidate.version, "current": current.version,
-                                  "ok": report.ok, "reason": report.reason}
-            if report.ok is False:
-                self._change("rejected", candidate, report.reason, user, stage="backtest")
-                raise ModelCommandError(report.reason)
-            note = f"; {report.reason}"
+            ok, reason = await self._backtest(candidate, history)
+            if ok is False:
+                self._change("rejected", candidate, reason, user, stage="backtest")
+                raise ModelCommandError(reason)
+            note = f"; {reason}"
         self.begin_shadow(candidate, bounds, user, note)
+
+    async def _backtest(self, candidate: Detector, bounds: "BacktestBounds") -> tuple[bool | None, str]:
+        """The back-test's ``(ok, line)``, off the event loop; a back-test that fails (an unreadable store ...)
+        leaves the candidate to its shadow run, which also refuses a model that cannot score."""
+        current = self._current()
+        try:
+            report = await asyncio.to_thread(self._history, candidate, current, bounds)
+            ok, reason = report.ok, report.reason
+        except Exception as e:
+            log.warning("model backtest failed candidate=%s error=%r", candidate.version, e)
+            ok, reason = None, f"back-test failed ({type(e).__name__}: {e}): judged by its shadow run alone"
+        self.last_backtest = {"at": self._clock(), "candidate": candidate.version, "current": current.version,
+                              "ok": ok, "reason": reason}
+        return ok, reason
 
     def begin_shadow(self, candidate: Detector, bounds: ShadowBounds, user: str = "appliance",
                      note: str = "") -> None:
