@@ -230,9 +230,9 @@ def cmd_train(args) -> int:
     from appliance.detector.bundle import load_bundle
     bundle = load_bundle(out)
     print(f"bundle written: {out} (level-free sensors: {', '.join(bundle.level_free) or 'none'})")
+    verdict_ok = True
     if args.from_store:
-        from appliance.commission import going_live
-        print(going_live(_load(args.config), out))
+        verdict_ok = _commissioned_on_history(args, out)
     for name, member in bundle.meta.get("members", {}).items():
         what = (f"{member['components']} components of the {member['inputs']} "
                 f"({100 * member['explained_variance']:.1f} % of their variance)" if member["kind"] == "pca_q"
@@ -244,7 +244,25 @@ def cmd_train(args) -> int:
         print(f"note: the model hit the epoch cap ({model['max_iter']} epochs) before its training loss settled; "
               "it is usable (its threshold is calibrated on it) but --max-epochs higher or --early-stopping "
               "may fit better", file=sys.stderr)
-    return 0
+    return 0 if verdict_ok else 1
+
+
+def _commissioned_on_history(args, out) -> bool:
+    """Say whether the gateway takes the new bundle in shadow, and how it does on the store's labelled history
+    beside the running model; False when a release of it would be rejected by the back-test."""
+    from appliance.commission import backtest_bundle, going_live
+
+    cfg = _load(args.config)
+    print(going_live(cfg, out))
+    if not cfg.outputs.sync.backtest.enabled:
+        return True
+    report, _ = backtest_bundle(cfg, out)
+    if report.ok is False:
+        print(f"a release of this bundle would be rejected by the gateway's back-test: {report.reason}; "
+              f"details: appliance backtest --bundle {out}", file=sys.stderr)
+        return False
+    print(f"back-test: {report.reason}")
+    return True
 
 
 def _train_from_csv_files(args, opts: dict, level_free: list[str]):
@@ -265,18 +283,18 @@ def _train_from_csv_files(args, opts: dict, level_free: list[str]):
         return train_bundle(rows, sensors, args.out, settings, ts=ts, progress=progress)
 
 
-def _time_arg(text: str | None, option: str) -> float | None:
-    from appliance.detector.train import parse_time
+def _time_arg(text: str | None, option: str, command: str = "appliance train") -> float | None:
+    from appliance.detector.tables import parse_time
 
     try:
-        return None if text is None else parse_time(text, f"appliance train {option}")
+        return None if text is None else parse_time(text, f"{command} {option}")
     except ValueError as e:
         raise SystemExit(str(e)) from None
 
 
 def _train_from_store(args, opts: dict):
     """Commission from the appliance's store, on the grid of its ``[windows]`` settings."""
-    from appliance.commission import commission
+    from appliance.commission import commission_with_labels
     from appliance.detector.train import TrainSettings
 
     cfg = _load(args.config)
@@ -284,8 +302,11 @@ def _train_from_store(args, opts: dict):
     w = cfg.windows
     settings = TrainSettings(**{"staleness_s": w.staleness_s, "lateness_s": w.lateness_s, **opts,
                                 "period_s": opts.get("period_s") or w.period_s or 1.0})
-    return commission(cfg.path(cfg.store.path), args.from_store, args.out, settings, since=since, until=until,
-                      last_s=args.last, sensors=args.sensors, allow_alarms=args.allow_alarms)
+    out, labels = commission_with_labels(cfg.path(cfg.store.path), args.from_store, args.out, settings, since=since,
+                                         until=until, last_s=args.last, sensors=args.sensors,
+                                         allow_alarms=args.allow_alarms)
+    print(labels.line())
+    return out
 
 
 async def _run_async(cfg) -> int:
@@ -399,6 +420,28 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_backtest(args) -> int:
+    """Replay the store's recorded history through a bundle (and the running one) and judge it on the verdicts."""
+    from appliance.commission import backtest_bundle
+    from appliance.detector.bundle import BundleError
+
+    cfg = _load(args.config)
+    since = _time_arg(args.since, "--since", "appliance backtest")
+    until = _time_arg(args.until, "--until", "appliance backtest")
+    try:
+        report, text = backtest_bundle(cfg, args.bundle, current=args.current, since=since, until=until,
+                                       assets=args.assets)
+    except (BundleError, ValueError, OSError) as e:  # a bad bundle, no store, sensors missing, ...
+        print(f"appliance backtest: {e}", file=sys.stderr)
+        return 2
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report.to_dict(), f, indent=1)
+        print(f"report in {args.json}")
+    return 1 if report.ok is False else 0
+
+
 def cmd_eval(args) -> int:
     from appliance.eval.datasets import skab_dir
     from appliance.eval.skab import EvalSettings, run_skab_eval
@@ -449,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --from-store: the last N seconds before the newest recorded reading")
     t.add_argument("--sensors", nargs="+", help="with --from-store: sensors to use (default: all recorded)")
     t.add_argument("--allow-alarms", action="store_true",
-                   help="with --from-store: train even if the asset was in alarm during the span")
+                   help="with --from-store: train even if the span has alarm episodes without a verdict "
+                        "(left out, like faults and maintenance; false alarms are kept)")
     t.add_argument("--out", required=True, help="bundle directory to write")
     t.add_argument("--window", type=int, help="rows per window (default: about 30 s of data, 3 to 30 rows)")
     t.add_argument("--horizon", type=int,
@@ -491,6 +535,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="appliance config whose [windows] and [decision] to use (default: the bundle's grid "
                          "and the default decision settings)")
     sc.set_defaults(fn=cmd_score)
+
+    bt = sub.add_parser("backtest", help="replay this gateway's recorded history through a bundle and judge it "
+                                         "on the technicians' verdicts, beside the running model")
+    bt.add_argument("--bundle", required=True, help="the candidate model bundle")
+    bt.add_argument("--config", "-c", help="the appliance's config (store, [windows], [decision], "
+                                           "[outputs.sync.backtest]; default: embedded)")
+    bt.add_argument("--current", help="bundle to compare with (default: the one the appliance runs)")
+    bt.add_argument("--since", help="start of the history (ISO 8601 or epoch s; default: the last "
+                                    "outputs.sync.backtest.days of each asset's record)")
+    bt.add_argument("--until", help="end of the history (default: the newest scored window)")
+    bt.add_argument("--assets", nargs="+", help="assets to replay (default: every asset the store has scores of)")
+    bt.add_argument("--json", metavar="FILE", help="write the whole report as JSON")
+    bt.set_defaults(fn=cmd_backtest)
 
     e = sub.add_parser("eval", help="evaluate the detector")
     esub = e.add_subparsers(dest="bench", required=True)

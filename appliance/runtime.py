@@ -49,6 +49,7 @@ from appliance.ingest_health import log_sensor_changes
 from appliance.store import Store
 from appliance.store.output import StoreOutput
 from appliance.lifecycle.active import bundle_to_load
+from appliance.lifecycle.backtest import Grid, HistoryJudge
 from appliance.lifecycle.life import MODEL_COMMANDS, ModelLifecycle
 from appliance.watchdog import SensorWatchdog
 
@@ -172,7 +173,10 @@ class Appliance:
         self.models = ModelLifecycle(current=lambda: self.detector, swap=self._swap_detector,
                                      publish=self._publish_model_change, spawn=self._spawn,
                                      new_decider=lambda: Decider.from_config(cfg.decision),
-                                     held_rows=self._held_rows, data_dir=cfg.path("."))
+                                     held_rows=self._held_rows, data_dir=cfg.path("."),
+                                     history=HistoryJudge(store.path, Grid.of(self.windows),
+                                                          lambda: Decider.from_config(cfg.decision)),
+                                     active_alarms=self._assets_in_alarm)
 
     def output(self, name: str) -> Output | None:
         """The enabled output called ``name`` (``store``, ``history``, ``mitigation`` ...), if any."""
@@ -376,6 +380,9 @@ class Appliance:
     def _publish_model_change(self, change: ModelChange) -> None:
         self.counters.inc(f"model_{change.event}")
         self._call(self._hooks["on_model_change"], change)
+
+    def _assets_in_alarm(self) -> list[str]:
+        return [a.asset for a in self.alarms.alarms() if a.active]
 
     def _on_peak(self, alarm: Alarm) -> None:
         self._call(self._hooks["on_alarm_peak"], alarm)

@@ -86,6 +86,11 @@ class ModelDesk(Protocol):
         """Run ``candidate`` in shadow; raises ValueError with the reason if it cannot run."""
         ...
 
+    async def consider(self, candidate: Detector, bounds: Any, history: Any = None, user: str = "appliance") -> None:
+        """Back-test ``candidate`` on the labelled history (``history``: the bounds), then run it in shadow;
+        raises ValueError with the one-line reason if it is refused."""
+        ...
+
     def note_update(self, outcome: str, line: str) -> None:
         """How an update pass ended (``installed``, ``up_to_date``, ``refused`` ...), as one line."""
         ...

@@ -293,3 +293,30 @@ def grid_rows(readings: Iterable[Reading], sensors: Sequence[str], period_s: flo
     return GridRows(sensors=builder.sensors, ts=np.asarray(ts, dtype=np.float64),
                     values=np.asarray(values, dtype=np.float64).reshape(len(ts), len(builder.sensors)),
                     runs=tuple(zip(bounds[:-1], bounds[1:])))
+
+
+def without_spans(grid: GridRows, spans: Sequence[tuple[float, float]]) -> GridRows:
+    """``grid`` without the rows whose time falls in any ``[start, end]`` of ``spans``; runs cut at each hole.
+
+    >>> g = GridRows(("a",), np.arange(10.0), np.arange(10.0)[:, None], ((0, 6), (6, 10)))
+    >>> h = without_spans(g, [(2.0, 3.0), (8.5, 99.0)])
+    >>> h.ts.tolist(), h.runs
+    ([0.0, 1.0, 4.0, 5.0, 6.0, 7.0, 8.0], ((0, 2), (2, 4), (4, 7)))
+    """
+    keep = np.ones(len(grid.ts), dtype=bool)
+    for start, end in spans:
+        keep &= ~((grid.ts >= start) & (grid.ts <= end))
+    new_index = np.cumsum(keep) - 1
+    runs: list[tuple[int, int]] = []
+    for a, b in grid.runs:
+        i = a
+        while i < b:
+            if not keep[i]:
+                i += 1
+                continue
+            j = i
+            while j < b and keep[j]:
+                j += 1
+            runs.append((int(new_index[i]), int(new_index[j - 1]) + 1))
+            i = j
+    return GridRows(grid.sensors, grid.ts[keep], grid.values[keep], tuple(runs))

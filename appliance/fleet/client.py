@@ -37,7 +37,7 @@ from flwr.app.message_type import MessageType
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from appliance.detector.train import calibrate_threshold
-from appliance.fleet.data import StoreSource
+from appliance.fleet.data import DATA_COUNTS, StoreSource
 from appliance.fleet.model import (ModelSpec, autoencoder, averaged, client_windows, run_windows, train_local,
                                    update_norm)
 
@@ -97,8 +97,7 @@ class GatewayClient(NumPyClient):
         metrics = {"name": self.name, "train_loss": loss, "update_norm": update_norm(new, spec.check(parameters)),
                    "peak_rss_kb": peak_rss_kb()}
         if self.data_info:
-            metrics |= {"normal_rows": int(self.data_info["normal_rows"]),
-                        "alarms_left_out": int(self.data_info["alarms_left_out"])}
+            metrics |= {k: int(self.data_info[k]) for k in DATA_COUNTS}
         self.rounds += 1
         logger.info("fleet client %s: fit round=%s done loss=%.5g", self.name, config.get("round"), loss)
         _flush()

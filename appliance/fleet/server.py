@@ -31,6 +31,7 @@ from flwr.server import Server, ServerConfig, SimpleClientManager, start_server
 from flwr.server.strategy import (DifferentialPrivacyClientSideFixedClipping, FedAvg, FedProx, Strategy)
 
 from appliance.fleet.config import FleetConfig
+from appliance.fleet.data import DATA_COUNTS
 from appliance.fleet.model import ModelSpec, update_norm
 from appliance.fleet.privacy import epsilon, gdp_mu, round_multiplier
 
@@ -128,7 +129,7 @@ def _strategy_class(base: type):
                     "update_norm_before_clip": float(m.get("update_norm", math.nan)),
                     "train_loss": float(m.get("train_loss", math.nan)),
                     "train_windows": int(res.num_examples), "peak_rss_kb": int(m.get("peak_rss_kb", 0))}
-                    | {k: int(m[k]) for k in ("normal_rows", "alarms_left_out") if k in m})
+                    | {k: int(m[k]) for k in DATA_COUNTS if k in m})
                 # DP's sensitivity analysis holds for a plain average of clipped updates.
                 fixed.append((proxy, FitRes(res.status, res.parameters, 1, res.metrics) if self.uniform else res))
             if len(fixed) < self.cfg.min_results:

@@ -1012,6 +1012,10 @@ class StoreReader:
                           " AND (end IS NULL OR end >= ?) ORDER BY start", (asset, until, since))
         return [alarm_from_row(r) for r in rows]
 
+    def scored_assets(self) -> dict[str, float]:
+        """Each asset the live model scored (still in the store) and the end of its newest scored window."""
+        return {r[0]: r[1] for r in self._rows("SELECT asset, MAX(t_end) FROM scores GROUP BY asset")}
+
     def _asset_span(self, select: str, asset: str, since: float | None, until: float | None,
                     order: str = "") -> Iterator[sqlite3.Row]:
         """Rows of ``select ... FROM readings`` for ``asset`` within the span, streamed from one reader."""

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from appliance.settings import DAY_S, YEAR_S, BackoffConfig, Section, StatePath
+from appliance.lifecycle.config import BacktestBounds
 from appliance.lifecycle.shadow import ShadowBounds
 from appliance.sync.updates_config import ModelUpdatesConfig
 
@@ -179,6 +180,7 @@ class SyncConfig(Section):
     https: SyncHttpsConfig = SyncHttpsConfig()
     updates: ModelUpdatesConfig = ModelUpdatesConfig()
     shadow: ShadowBounds = ShadowBounds()
+    backtest: BacktestBounds = BacktestBounds()
 
     @field_validator("timezone")
     @classmethod

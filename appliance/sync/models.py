@@ -4,7 +4,8 @@ Each window the :class:`ModelSync` asks the :class:`~appliance.sync.updates.Mode
 for the newest signed release (resuming a download the last window left). A newly
 installed bundle is checked once more against its signed record
 (:func:`~appliance.sync.trust.verify_installed`), loaded, and handed to the
-model's lifecycle (:mod:`appliance.lifecycle`), which runs it in shadow beside the
+model's lifecycle (:mod:`appliance.lifecycle`), which back-tests it on the gateway's
+labelled history (``[outputs.sync.backtest]``), then runs it in shadow beside the
 current model and promotes or rejects it. Every pass and every refusal, by the
 updater before install (tampered, bad signature, expired ...) or after it, is one
 line in ``status()`` and is recorded in the lifecycle, whose state the status
@@ -21,6 +22,7 @@ import time
 from typing import Any
 
 from appliance.core import ModelDesk, OutputContext
+from appliance.lifecycle.config import BacktestBounds
 from appliance.lifecycle.shadow import ShadowBounds
 from appliance.sync.trust import verify_installed
 
@@ -30,9 +32,11 @@ log = logging.getLogger(__name__)
 class ModelSync:
     """See the module docstring. ``updater`` is a ModelUpdater; precision and threads load the candidate."""
 
-    def __init__(self, updater: Any, bounds: ShadowBounds, precision: str = "int8", threads: int = 1):
+    def __init__(self, updater: Any, bounds: ShadowBounds, precision: str = "int8", threads: int = 1,
+                 history: BacktestBounds | None = None):
         self.updater = updater
         self.bounds = bounds
+        self.history = history if history is not None else BacktestBounds()
         self.precision = precision
         self.threads = threads
         self.last_result: str | None = None
@@ -73,9 +77,9 @@ class ModelSync:
             self._refuse(None, "no runtime to run the candidate in shadow", "runtime", "install")
             return
         try:
-            models.begin_shadow(candidate, self.bounds)
-        except ValueError as e:  # incompatible with the running model: the lifecycle recorded it already
-            self._refuse(None, str(e), "incompatible", "shadow")
+            await models.consider(candidate, self.bounds, self.history)
+        except ValueError as e:  # incompatible, or rejected by the back-test: the lifecycle recorded it already
+            self._refuse(None, str(e), "refused", "lifecycle")
 
     def _refuse(self, models: ModelDesk | None, why: str, kind: str, stage: str) -> None:
         self.last_refusal = why

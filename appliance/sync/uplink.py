@@ -765,7 +765,7 @@ def build(section: SyncConfig, env) -> SyncUplink:
         from appliance.sync.models import ModelSync
 
         model_sync = ModelSync(model_updater(section, env.data_dir), section.shadow,
-                               env.config.detector.precision, env.config.detector.threads)
+                               env.config.detector.precision, env.config.detector.threads, section.backtest)
     return SyncUplink(section, site, env.path(env.config.store.path), env.path(section.queue.path), factory,
                       model_sync=model_sync)
 
