@@ -23,6 +23,7 @@ from appliance.connectors.mqtt.config import MqttInputConfig, MqttTopic
 from appliance.settings import BackoffConfig, TlsConfig
 from appliance.connectors import mqtt_session as mqtt_module
 from appliance.connectors.mqtt.connector import MqttConnector
+from rigs.tls_server import make_tls
 from tests.support.fakes import MemorySink
 from tests.support.loop import on_loop
 from tests.support.wait import wait_until
@@ -429,41 +430,10 @@ def test_reconnect_backoff_is_jittered_and_connects_when_broker_appears(tmp_path
             stop(conn)
 
 
-def _write_certs(d: Path):
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    def name(cn):
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("test-ca")).issuer_name(name("test-ca"))
-          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - dt.timedelta(days=1))
-          .not_valid_after(now + dt.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(2).not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (d / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                     serialization.PrivateFormat.TraditionalOpenSSL,
-                                                     serialization.NoEncryption()))
-    return d / "ca.pem", d / "server.pem", d / "server.key"
-
-
 def test_tls_with_username_password(tmp_path):
-    ca, cert, key = _write_certs(tmp_path / "pki")
+    # rigs' CA, whose certificates carry key identifiers: Python 3.13 verifies strictly (VERIFY_X509_STRICT)
+    pki = make_tls(tmp_path / "pki")
+    ca, cert, key = pki.ca_file, pki.cert_file, pki.key_file
     pwfile = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(pwfile), "gateway", "s3cret"], check=True,
                    capture_output=True)
