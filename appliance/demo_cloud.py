@@ -182,6 +182,12 @@ async def watch_window(app, cloud: DemoCloud, alarm_raised, say) -> dict:
                     f"beside {model.get('version')} for {DEMO_SHADOW['duration_s']:g}s")
             else:
                 say(f"model update refused: {models['last_refusal']}")
+        if out["model"] is None and shadow.get("waiting_for_alarms"):
+            # The shadow run is done but an alarm is still active (the demo's fault does not end): a verdict
+            # taken during an alarm does not count, so promotion waits for the alarms to clear.
+            out["model"] = f"waiting {shadow.get('candidate')}"
+            say(f"model release {shadow.get('candidate')} ran its shadow; promotion waits until the alarm clears "
+                f"on {', '.join(shadow['waiting_for_alarms'])} (a verdict taken during an alarm does not count)")
         if out["model"] is None:
             changes = [c for c in await asyncio.to_thread(_model_changes, app, opened_at)
                        if c["event"] in ("promoted", "rejected")]
