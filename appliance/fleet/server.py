@@ -51,6 +51,19 @@ def _decoded(p: Parameters) -> list[np.ndarray]:
         raise UpdateRejected(f"weights not readable: {type(e).__name__}: {e}") from None
 
 
+def _evaluation_problem(res, dropped: bool) -> str | None:
+    """Why a client's evaluation (its loss and the threshold it calibrated) is not used, or None."""
+    if dropped:
+        return "its update was dropped this round"  # a client that sent a broken model is not asked either
+    if not isinstance(res.loss, (int, float)) or not math.isfinite(res.loss):
+        return f"loss {res.loss!r}"
+    if not isinstance(res.num_examples, int) or res.num_examples < 1:
+        return f"claims {res.num_examples!r} windows"
+    if usable_threshold((res.metrics or {}).get("threshold")) is None:
+        return "no usable threshold"
+    return None
+
+
 def update_bound(cfg: FleetConfig) -> float:
     """The L2 norm the server clips each update to: ``[fleet.robust]``'s, with DP never above its clipping norm
     (so DP's sensitivity holds even for a client that skipped its own clipping)."""
@@ -123,6 +136,7 @@ def _strategy_class(base: type):
             super().__init__(**kw)
             self.cfg, self.spec, self.record, self.uniform = cfg, spec, record, uniform
             self._global: dict[int, list[np.ndarray]] = {}
+            self._dropped: dict[int, set[str]] = {}  # per round, the clients whose update was dropped
 
         def _settings(self, server_round: int) -> dict:
             c = self.cfg
@@ -173,6 +187,7 @@ def _strategy_class(base: type):
                 weight = 1.0 if self.uniform else client_weight(res.num_examples, self.cfg.robust.weighting,
                                                                 self.cfg.robust.max_windows)
             except UpdateRejected as e:
+                self._dropped.setdefault(server_round, set()).add(proxy.cid)
                 rec.setdefault("rejected", []).append({"name": name, "reason": str(e)})
                 logger.warning("round %d: update of %s dropped: %s", server_round, name, e)
                 return None
@@ -201,17 +216,13 @@ def _strategy_class(base: type):
             return super().aggregate_evaluate(server_round, kept, failures)
 
         def _evaluation_usable(self, server_round: int, proxy, res) -> bool:
-            """A finite loss, at least one window (capped) and a usable threshold; else dropped (logged)."""
-            m = res.metrics or {}
-            why = None if usable_threshold(m.get("threshold")) is not None else "no usable threshold"
-            if not isinstance(res.loss, (int, float)) or not math.isfinite(res.loss):
-                why = f"loss {res.loss!r}"
-            elif not isinstance(res.num_examples, int) or res.num_examples < 1:
-                why = f"claims {res.num_examples!r} windows"
+            """A usable evaluation (:func:`_evaluation_problem`), its windows capped; else dropped (logged)."""
+            why = _evaluation_problem(res, dropped=proxy.cid in self._dropped.get(server_round, ()))
             if why is not None:
+                name = client_name(res.metrics or {}, proxy.cid)
                 self.record.round(server_round).setdefault("evaluation_rejected", []).append(
-                    {"name": client_name(m, proxy.cid), "reason": why})
-                logger.warning("round %d: evaluation of %s dropped: %s", server_round, client_name(m, proxy.cid), why)
+                    {"name": name, "reason": why})
+                logger.warning("round %d: evaluation of %s dropped: %s", server_round, name, why)
                 return False
             res.num_examples = min(res.num_examples, self.cfg.robust.max_windows)
             return True
