@@ -1,8 +1,8 @@
 """Poisoned or broken fleet updates are bounded (issue 27, item 4), against the real fleet server.
 
-The server is ``appliance fleet server`` and every client its own process (the
-harness of ``tests/test_fleet.py``); the lying clients are
-``tests/support/fleet_attacker.py``: NaN weights, a transposed array, int weights,
+The server is ``appliance fleet server`` and every client its own process
+(``rigs/fleet_run.py``); the lying clients are
+``rigs/fleet_attacker.py``: NaN weights, a transposed array, int weights,
 garbage metrics, 10^9 claimed windows with a large nudge, a doubled threshold.
 What is checked: the server survives them all and drops exactly the broken
 results (counted in the run report); every update is clipped to the server's
@@ -14,16 +14,12 @@ alarms far less than the current model while missing its over-threshold windows.
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import importlib.util
 
 import numpy as np
 import pytest
 
 from tests.support.detector import normal_rows
-
-ATTACKER = "tests.support.fleet_attacker"
-
 
 def test_a_wildcard_bind_is_refused_without_an_explicit_opt_in():
     from pydantic import ValidationError
@@ -53,48 +49,49 @@ def test_the_shadow_refuses_a_candidate_that_alarms_far_less_while_missing_fault
                         missed_windows=40).verdict(b)[0]
 
 
-flwr_needed = pytest.mark.skipif(__import__("importlib").util.find_spec("flwr") is None,
+flwr_needed = pytest.mark.skipif(importlib.util.find_spec("flwr") is None,
                                  reason="the fleet extra (pip install .[fleet]) is not installed")
 
 
-def attacker(fleet, name: str, mode: str, data, *extra: str) -> subprocess.Popen:
-    """A lying client beside the honest ones, logged like them."""
-    from tests.test_fleet import ROOT
+BASE = {"rounds": 2, "local_epochs": 3, "round_timeout_s": 300.0, "join_timeout_s": 300.0, "batch_size": 64}
 
-    log = open(fleet.folder / f"{name}.log", "w")
-    p = subprocess.Popen([sys.executable, "-m", ATTACKER, "--mode", mode, "--data", str(data), "--name", name,
-                          "--server", f"127.0.0.1:{fleet.port}", *extra], cwd=ROOT, stdout=log,
-                         stderr=subprocess.STDOUT)
-    fleet.clients[name] = p
-    return p
+
+def gateways(folder, *points: tuple[str, int, float]) -> dict:
+    """CSV files of normal rows, one per (name, seed, load); and ``ref``, the engineer's reference record."""
+    from tests.support.fleet import operating_point, write_csv
+
+    out = {n: write_csv(folder / f"{n}.csv", operating_point(normal_rows(700, s), load)) for n, s, load in points}
+    return out | {"ref": write_csv(folder / "ref.csv", normal_rows(600, 100))}
 
 
 @pytest.fixture
-def harness():
-    """``tests/test_fleet.py``'s server and client processes (imported: it skips without flwr)."""
-    from tests import test_fleet
+def fleet_factory(tmp_path):
+    from tests.support.fleet import FleetRun
 
-    return test_fleet
+    started: list[FleetRun] = []
+
+    def make(name: str, fleet: dict, seed_bundle, reference) -> FleetRun:
+        started.append(FleetRun(tmp_path / name, dict(BASE, **fleet), seed_bundle, reference))
+        return started[-1]
+
+    yield make
+    for f in started:
+        f.stop()
 
 
 @pytest.mark.integration
 @flwr_needed
-def test_broken_updates_are_dropped_and_the_server_goes_on(harness, tmp_path, release_bundles):
+def test_broken_updates_are_dropped_and_the_server_goes_on(fleet_factory, tmp_path, release_bundles):
     from appliance.detector.bundle import load_bundle
 
-    data = {n: harness.write_csv(tmp_path / f"{n}.csv", harness.operating_point(normal_rows(700, s), load))
-            for n, s, load in (("gw1", 101, 1.0), ("gw2", 102, 1.05), ("bad", 103, 0.95))}
-    ref = harness.write_csv(tmp_path / "ref.csv", normal_rows(600, 100))
-    fleet = harness.Fleet(tmp_path / "broken", dict(harness.BASE, clients=6, min_results=2),
-                          release_bundles[0], ref)
-    try:
-        fleet.client("gw1", data["gw1"])
-        fleet.client("gw2", data["gw2"])
-        for mode in ("nan", "shape", "dtype", "metrics"):
-            attacker(fleet, mode, mode, data["bad"])
-        report = fleet.wait()
-    finally:
-        fleet.stop()
+    data = gateways(tmp_path, ("gw1", 101, 1.0), ("gw2", 102, 1.05), ("bad", 103, 0.95))
+    fleet = fleet_factory("broken", dict(clients=6, min_results=2), release_bundles[0], data["ref"])
+    fleet.client("gw1", data["gw1"])
+    fleet.client("gw2", data["gw2"])
+    for mode in ("nan", "shape", "dtype", "metrics"):
+        fleet.attacker(mode, mode, data["bad"])
+    assert fleet.wait() == 0, fleet.log("server")[-5000:]
+    report = fleet.report()
     assert report["rounds_released"] == 2, report
     for r in report["rounds"]:
         rejected = {x["name"]: x["reason"] for x in r["rejected"]}
@@ -118,22 +115,18 @@ def test_broken_updates_are_dropped_and_the_server_goes_on(harness, tmp_path, re
 @pytest.mark.integration
 @flwr_needed
 def test_a_client_claiming_a_billion_windows_moves_the_fleet_no_further_than_the_bound(
-        harness, tmp_path, release_bundles):
+        fleet_factory, tmp_path, release_bundles):
     from appliance.fleet.model import seed_from_bundle, update_norm
 
-    data = {n: harness.write_csv(tmp_path / f"{n}.csv", harness.operating_point(normal_rows(700, s), load))
-            for n, s, load in (("gw1", 101, 1.0), ("gw2", 102, 1.05), ("evil", 103, 0.95))}
-    ref = harness.write_csv(tmp_path / "ref.csv", normal_rows(600, 100))
+    data = gateways(tmp_path, ("gw1", 101, 1.0), ("gw2", 102, 1.05), ("evil", 103, 0.95))
     bound = 0.5
-    fleet = harness.Fleet(tmp_path / "billion", dict(harness.BASE, clients=3, min_results=2,
-                                                    robust={"max_update_norm": bound}), release_bundles[0], ref)
-    try:
-        fleet.client("gw1", data["gw1"])
-        fleet.client("gw2", data["gw2"])
-        attacker(fleet, "evil", "windows", data["evil"], "--nudge", "10")
-        report = fleet.wait()
-    finally:
-        fleet.stop()
+    fleet = fleet_factory("billion", dict(clients=3, min_results=2, robust={"max_update_norm": bound}),
+                          release_bundles[0], data["ref"])
+    fleet.client("gw1", data["gw1"])
+    fleet.client("gw2", data["gw2"])
+    fleet.attacker("evil", "windows", data["evil"], "--nudge", "10")
+    assert fleet.wait() == 0, fleet.log("server")[-5000:]
+    report = fleet.report()
     assert report["rounds_released"] == 2
     for r in report["rounds"]:
         clients = {c["name"]: c for c in r["clients"]}
@@ -152,21 +145,16 @@ def test_a_client_claiming_a_billion_windows_moves_the_fleet_no_further_than_the
 @pytest.mark.integration
 @flwr_needed
 def test_a_client_reporting_a_high_threshold_cannot_move_the_fleet_threshold_past_the_band(
-        harness, tmp_path, release_bundles):
+        fleet_factory, tmp_path, release_bundles):
     from appliance.detector.bundle import load_bundle
 
-    data = {n: harness.write_csv(tmp_path / f"{n}.csv", harness.operating_point(normal_rows(700, s), load))
-            for n, s, load in (("gw1", 101, 1.0), ("high", 102, 1.0))}
-    ref = harness.write_csv(tmp_path / "ref.csv", normal_rows(600, 100))
+    data = gateways(tmp_path, ("gw1", 101, 1.0), ("high", 102, 1.0))
     # Two clients: the median of two is their mean, so the old server took half the liar's value.
-    fleet = harness.Fleet(tmp_path / "threshold", dict(harness.BASE, clients=2, min_results=2),
-                          release_bundles[0], ref)
-    try:
-        fleet.client("gw1", data["gw1"])
-        attacker(fleet, "high", "threshold", data["high"], "--threshold-factor", "10")
-        report = fleet.wait()
-    finally:
-        fleet.stop()
+    fleet = fleet_factory("threshold", dict(clients=2, min_results=2), release_bundles[0], data["ref"])
+    fleet.client("gw1", data["gw1"])
+    fleet.attacker("high", "threshold", data["high"], "--threshold-factor", "10")
+    assert fleet.wait() == 0, fleet.log("server")[-5000:]
+    report = fleet.report()
     seed = load_bundle(release_bundles[0]).thresholds["fp32"]
     last = {e["name"]: e["threshold"] for e in report["rounds"][-1]["evaluation"]}
     assert last["high"] > 5 * last["gw1"]

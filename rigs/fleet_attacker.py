@@ -1,6 +1,6 @@
 """A fleet client that lies: the updates issue 27 tried against the fleet server, as a separate process.
 
-``python -m tests.support.fleet_attacker --mode MODE --data CSV --name NAME --server HOST:PORT``
+``python -m rigs.fleet_attacker --mode MODE --data CSV --name NAME --server HOST:PORT``
 trains honestly on its rows (the gateway's own :class:`~appliance.fleet.client.GatewayClient`),
 then spoils what it sends back:
 
