@@ -25,7 +25,7 @@ of the fleet model against the seed on normal rows followed by a pressure fault.
 
 Usage:
   .venv/bin/python benchmarks/fleet_poisoning.py          # JSON to benchmarks/results/fleet_poisoning.json
-  .venv/bin/python benchmarks/fleet_poisoning.py --rounds 2 --nudge 6 --threshold-factor 10
+  .venv/bin/python benchmarks/fleet_poisoning.py --rounds 3 --nudge 6 --threshold-factor 10
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ def run_fleet(work: Path, seed: Path, ref: Path, clients: list[tuple[str, str | 
     """One run: the server (its package from ``server_tree``) and ``clients`` (name, attack mode or None,
     data, extra args); the server's exit code, its report (None if it wrote none) and bundle path."""
     fleet = {"rounds": rounds, "clients": len(clients), "min_results": 2, "local_epochs": 3, "batch_size": 64,
-             "join_timeout_s": 300.0, "round_timeout_s": 300.0}
+             # Short: the old server facing NaN is left without clients and waits this long a round.
+             "join_timeout_s": 120.0, "round_timeout_s": 300.0}
     run = FleetRun(work, fleet, seed, ref, server_tree)
     try:
         for name, mode, data, extra in clients:
@@ -114,6 +115,7 @@ def shadow_verdict(current: Path, candidate: Path, rows: np.ndarray) -> dict:
 def summary(name: str, rc: int, report: dict | None, bundle: Path, seed: Path, normal: list[np.ndarray]) -> dict:
     if not bundle.is_dir():
         return {"scenario": name, "server_exit": rc, "bundle": False}
+    norms = [c["update_norm"] for r in report["rounds"] for c in r["clients"]]
     _, w_seed = seed_from_bundle(seed)
     _, w_fleet = seed_from_bundle(bundle)
     return {"scenario": name, "server_exit": rc, "bundle": True,
@@ -122,13 +124,14 @@ def summary(name: str, rc: int, report: dict | None, bundle: Path, seed: Path, n
             "alarms_on_normal": alarms(bundle, normal),
             "clipped_by_server": sum(c.get("clipped_by_server", False) for r in report["rounds"] for c in r["clients"]),
             "dropped": sum(len(r.get("rejected", [])) for r in report["rounds"]),
+            "update_norms": [round(min(norms), 3), round(max(norms), 3)],
             "last_round_thresholds": {e["name"]: round(e["threshold"], 4)
                                       for e in report["rounds"][-1]["evaluation"]}}
 
 
 def main() -> int:
     ap = parser(__doc__, ROOT / "benchmarks" / "results" / "fleet_poisoning.json")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--nudge", type=float, default=6.0, help="L2 norm of the liar's nudge")
     ap.add_argument("--threshold-factor", type=float, default=2.0)
     ap.add_argument("--before", default=BEFORE, help="the commit whose fleet server is the 'off' case")
