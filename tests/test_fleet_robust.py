@@ -33,6 +33,17 @@ def test_a_wildcard_bind_is_refused_without_an_explicit_opt_in():
     assert FleetConfig(server_address="10.8.0.1:9092").server_address == "10.8.0.1:9092"
 
 
+def test_the_server_command_holds_address_to_the_same_rule():
+    from appliance.fleet.cli import _bind_allowed
+    from appliance.fleet.config import FleetConfig
+
+    with pytest.raises(ValueError, match="--address '0.0.0.0:9092' listens on every interface"):
+        _bind_allowed("0.0.0.0:9092", FleetConfig())
+    _bind_allowed("0.0.0.0:9092", FleetConfig(allow_unauthenticated_bind=True))
+    _bind_allowed("127.0.0.1:9092", FleetConfig())
+    _bind_allowed(None, FleetConfig())
+
+
 def test_the_shadow_refuses_a_candidate_that_alarms_far_less_while_missing_faults():
     from appliance.lifecycle.shadow import ShadowBounds, ShadowResult
 
