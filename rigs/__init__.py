@@ -10,7 +10,9 @@
 * ``store_peek.py``: counting rows of a store another process writes;
 * ``appliance.py``: a real appliance built from config, and a publisher feeding it;
 * ``wait.py``: waiting for an outcome, never for a fixed time (the one ``wait_until``);
-* ``tahu_edge.py``: Eclipse Tahu's Sparkplug B edge node (``tahu/edge_node.js``, Node.js) as a process.
+* ``tahu_edge.py``: Eclipse Tahu's Sparkplug B edge node (``tahu/edge_node.js``, Node.js) as a process;
+* ``pump_rows.py``, ``fleet_attacker.py``: the pump-like rows the detector and fleet tests train
+  on, and a fleet client that lies (NaN, shapes, 10^9 windows, a high threshold ...).
 
 Not part of the product (not packaged; ``appliance/`` and ``web/`` never import it), and
 never importing ``tests/``: ``tests/support/`` re-exports what the tests take from here

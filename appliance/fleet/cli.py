@@ -47,12 +47,23 @@ def _readable(*paths: str | None) -> None:
                 pass
 
 
+def _bind_allowed(address: str | None, fleet) -> None:
+    """``--address`` is held to the rule ``[fleet] server_address`` is (``FleetConfig``): no wildcard
+    host unless ``allow_unauthenticated_bind``."""
+    from appliance.fleet.config import wildcard_host
+
+    if address is not None and wildcard_host(address) and not fleet.allow_unauthenticated_bind:
+        raise ValueError(f"--address {address!r} listens on every interface, but this fleet server cannot "
+                         "authenticate gateways; give the VPN's or loopback address, or set "
+                         "[fleet] allow_unauthenticated_bind = true")
+
+
 def cmd_server(args) -> int:
     cfg = _config(args)
     _logging(cfg.log_level)
     if not _flwr():
         return 2
-    from appliance.detector.bundle import BundleError
+    from appliance.detector.bundle import BundleError, load_bundle
     from appliance.detector.quantize import QuantizationCheckError
     from appliance.detector.train import read_csv_rows
     from appliance.fleet.export import write_fleet_bundle
@@ -63,6 +74,8 @@ def cmd_server(args) -> int:
         spec, weights = seed_from_bundle(args.init)
         ref_sensors, ref_ts, ref_rows = read_csv_rows(args.reference)
         _readable(cfg.fleet.ca_file, cfg.fleet.cert_file, cfg.fleet.key_file)
+        _bind_allowed(args.address, cfg.fleet)
+        seed_threshold = load_bundle(args.init).thresholds["fp32"]
     except (BundleError, FleetModelError, ValueError, OSError) as e:
         print(f"appliance fleet server: {e}", file=sys.stderr)
         return 2
@@ -74,9 +87,13 @@ def cmd_server(args) -> int:
     try:
         if released == 0:
             raise FleetModelError("no round was released; the seed model is unchanged and no bundle is written")
+        if report["final_check"]["problem"]:
+            raise FleetModelError(f"no bundle is written: {report['final_check']['problem']}")
         out = write_fleet_bundle(spec, result.weights, args.out, reference_rows=ref_rows, reference_sensors=ref_sensors,
                                  reference_ts=ref_ts, client_thresholds=thresholds,
                                  threshold_rule=cfg.fleet.threshold, seed=cfg.fleet.seed,
+                                 current_threshold=seed_threshold,
+                                 max_threshold_factor=cfg.fleet.robust.max_threshold_factor,
                                  fleet_info={k: v for k, v in report.items() if k != "rounds"}
                                  | {"seed_bundle": str(args.init), "clients": sorted({e["name"] for e in last_eval})})
         report["bundle"] = str(out)

@@ -28,6 +28,29 @@ class FleetDpConfig(Section):
     delta: float = Field(1e-5, gt=0, lt=1, description="the delta the epsilon is reported for")
 
 
+class FleetRobustConfig(Section):
+    """What the server allows one client's update (``appliance/fleet/robust.py``, ``README.md``).
+
+    Checked on the server, where a client cannot skip it: each update is clipped to
+    ``max_update_norm`` (with DP, to the smaller of it and ``dp.clipping_norm``),
+    each client weighs ``equal`` or by its claimed windows up to ``max_windows``,
+    and the fleet threshold stays within ``max_threshold_factor`` of the seed's.
+    """
+
+    max_update_norm: float = Field(1.0, gt=0, le=1e6, description="L2 bound of one client's update, on the server")
+    weighting: Literal["equal", "windows"] = Field(
+        "equal", description="equal: every client counts once; windows: by its claimed windows, capped")
+    max_windows: int = Field(20_000, ge=1, le=10**9, description="weighting = windows: the most a client counts for")
+    max_threshold_factor: float = Field(1.5, ge=1, le=100, description="the fleet threshold stays within "
+                                                                       "[seed / f, seed * f]")
+
+
+def wildcard_host(address: str) -> bool:
+    """True when ``host:port`` listens on every interface (``0.0.0.0``, ``::``, ``[::]``, or no host)."""
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    return host.strip("[]") in ("", "0.0.0.0", "::", "*")
+
+
 class FleetConfig(Section):
     server_address: str = Field("127.0.0.1:9092", min_length=3, description="host:port the server listens on")
     strategy: Literal["fedavg", "fedprox"] = "fedavg"
@@ -65,6 +88,11 @@ class FleetConfig(Section):
     cert_file: str | None = Field(None, min_length=1, description="server only: PEM certificate")
     key_file: str | None = Field(None, min_length=1, description="server only: PEM private key")
     dp: FleetDpConfig = FleetDpConfig()
+    robust: FleetRobustConfig = FleetRobustConfig()
+    # Flower's one-process server cannot authenticate gateways: on every interface, anyone who
+    # reaches the port could send updates. Allowed only when the site says so explicitly.
+    allow_unauthenticated_bind: bool = Field(False, description="server: listen on 0.0.0.0/:: although "
+                                                                "gateways are not authenticated")
 
     @model_validator(mode="after")
     def _counts(self):
@@ -74,6 +102,12 @@ class FleetConfig(Section):
             raise ValueError("cert_file and key_file go together (the server's TLS certificate and its key)")
         if self.cert_file is not None and self.ca_file is None:
             raise ValueError("a TLS server needs ca_file too (Flower hands it to gRPC with the certificate)")
+        if wildcard_host(self.server_address) and not self.allow_unauthenticated_bind:
+            raise ValueError(
+                f"server_address {self.server_address!r} listens on every interface, but this fleet server cannot "
+                "authenticate gateways (Flower's one-process server has no client authentication): anyone who "
+                "reaches the port could send updates. Listen on the site VPN's or loopback address, or set "
+                "allow_unauthenticated_bind = true (with TLS, behind a firewall)")
         if self.participate and self.asset is None:
             raise ValueError("participate = true needs asset (whose recorded normal rows the gateway trains on)")
         return self

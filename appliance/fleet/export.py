@@ -21,7 +21,6 @@ detector's own loader before it is written.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -37,33 +36,29 @@ from appliance.detector.quantize import probe_shift_for, probe_windows, write_in
 from appliance.detector.session import make_session, sensor_errors
 from appliance.detector.train import STALENESS_PERIODS, calibrate_threshold
 from appliance.fleet.model import ModelSpec, autoencoder, averaged, client_windows
+from appliance.fleet.robust import robust_threshold
 
 MAX_CALIBRATION_WINDOWS = 2000
-
-
-def fleet_threshold(client_thresholds: Sequence[float], rule: str) -> float:
-    """The fleet's FP32 threshold from the clients' own ones.
-
-    >>> fleet_threshold([1.0, 2.0, 10.0], "median"), fleet_threshold([1.0, 2.0, 10.0], "max")
-    (2.0, 10.0)
-    """
-    values = [float(t) for t in client_thresholds if np.isfinite(t) and t > 0]
-    if not values:
-        raise ValueError("no client reported a usable threshold")
-    return max(values) if rule == "max" else float(statistics.median(values))
 
 
 def write_fleet_bundle(spec: ModelSpec, weights: Sequence[np.ndarray], out_dir: str | Path, *,
                        reference_rows: np.ndarray, reference_sensors: Sequence[str],
                        reference_ts: np.ndarray | None = None, client_thresholds: Sequence[float] = (),
-                       threshold_rule: str = "median", fleet_info: dict | None = None, seed: int = 0) -> Path:
-    """Export, quantize, check and write the fleet model as a bundle; return its path."""
+                       threshold_rule: str = "median", fleet_info: dict | None = None, seed: int = 0,
+                       current_threshold: float | None = None, max_threshold_factor: float = 1.5) -> Path:
+    """Export, quantize, check and write the fleet model as a bundle; return its path.
+
+    ``current_threshold`` (the seed bundle's FP32 one) bounds the clients' thresholds
+    (:func:`appliance.fleet.robust.robust_threshold`); the weights must be finite.
+    """
+    weights = spec.check(weights)  # shapes and finite values, before anything is written
+    bounds = (current_threshold, max_threshold_factor)
     with threadpool_limits(limits=TRAIN_BLAS_THREADS):
         return _write(spec, weights, Path(out_dir), reference_rows, reference_sensors, reference_ts,
-                      list(client_thresholds), threshold_rule, fleet_info or {}, seed)
+                      list(client_thresholds), threshold_rule, fleet_info or {}, seed, bounds)
 
 
-def _write(spec, weights, out_dir, rows, sensors, ts, client_thresholds, rule, fleet_info, seed) -> Path:
+def _write(spec, weights, out_dir, rows, sensors, ts, client_thresholds, rule, fleet_info, seed, bounds) -> Path:
     X_train, X_held = client_windows(spec, sensors, rows, ts, holdout=0.3)
     ae = autoencoder(spec, weights)
     ref_rows = np.asarray(rows, dtype=np.float64)[:, [list(sensors).index(s) for s in spec.sensors]]
@@ -74,9 +69,9 @@ def _write(spec, weights, out_dir, rows, sensors, ts, client_thresholds, rule, f
         single = sensor_errors(s32, X_held).mean(axis=1)
         ref_th, ref_info = calibrate_threshold(averaged(spec, single))
         if client_thresholds:
-            th32 = fleet_threshold(client_thresholds, rule)
+            th32, robust = robust_threshold(client_thresholds, rule, *bounds)
             info32 = {"method": f"fleet_{rule}", "client_thresholds": client_thresholds,
-                      "reference_threshold": ref_th, "reference": ref_info}
+                      "reference_threshold": ref_th, "reference": ref_info, "robust": robust}
         else:
             th32, info32 = ref_th, dict(ref_info, method=f"reference_{ref_info['method']}")
         # INT8 is checked on single windows, where it agrees with FP32 or not, at the single-window

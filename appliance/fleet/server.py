@@ -34,12 +34,52 @@ from appliance.fleet.config import FleetConfig
 from appliance.fleet.data import DATA_COUNTS
 from appliance.fleet.model import ModelSpec, update_norm
 from appliance.fleet.privacy import epsilon, gdp_mu, round_multiplier
+from appliance.fleet.robust import (UpdateRejected, aggregate_problem, checked_weights, client_name, client_weight,
+                                    clip_update, drift_problem, number, usable_threshold)
 
 logger = logging.getLogger(__name__)
 
 
 def _nbytes(p: Parameters) -> int:
     return int(sum(len(t) for t in p.tensors))
+
+
+def _decoded(p: Parameters) -> list[np.ndarray]:
+    """A client's weights from the wire; whatever a malformed message raises is that client's rejection."""
+    try:
+        return parameters_to_ndarrays(p)
+    except Exception as e:  # untrusted bytes: np.load may raise ValueError, EOFError, OSError ...
+        raise UpdateRejected(f"weights not readable: {type(e).__name__}: {e}") from None
+
+
+def _evaluation_problem(res, dropped: bool) -> str | None:
+    """Why a client's evaluation (its loss and the threshold it calibrated) is not used, or None."""
+    if dropped:
+        return "its update was dropped this round"  # a client that sent a broken model is not asked either
+    if not isinstance(res.loss, (int, float)) or not math.isfinite(res.loss):
+        return f"loss {res.loss!r}"
+    if not isinstance(res.num_examples, int) or res.num_examples < 1:
+        return f"claims {res.num_examples!r} windows"
+    if usable_threshold((res.metrics or {}).get("threshold")) is None:
+        return "no usable threshold"
+    return None
+
+
+def update_bound(cfg: FleetConfig) -> float:
+    """The L2 norm the server clips each update to: ``[fleet.robust]``'s, with DP never above its clipping norm
+    (so DP's sensitivity holds even for a client that skipped its own clipping)."""
+    bound = cfg.robust.max_update_norm
+    return min(bound, cfg.dp.clipping_norm) if cfg.dp.enabled else bound
+
+
+def max_drift(cfg: FleetConfig, spec: ModelSpec, rounds_released: int) -> float:
+    """How far the released rounds can move the seed: each at most ``update_bound``, plus DP's noise
+    (its norm concentrates at ``std * sqrt(parameters)``; 1.5 x that is far beyond its spread)."""
+    noise = 0.0
+    if cfg.dp.enabled:
+        std = cfg.dp.noise_multiplier * cfg.dp.clipping_norm / cfg.clients
+        noise = 1.5 * std * math.sqrt(sum(math.prod(s) for s in spec.shapes()))
+    return rounds_released * (update_bound(cfg) + noise)
 
 
 class FleetClientManager(SimpleClientManager):
@@ -97,6 +137,7 @@ def _strategy_class(base: type):
             super().__init__(**kw)
             self.cfg, self.spec, self.record, self.uniform = cfg, spec, record, uniform
             self._global: dict[int, list[np.ndarray]] = {}
+            self._dropped: dict[int, set[str]] = {}  # per round, the clients whose update was dropped
 
         def _settings(self, server_round: int) -> dict:
             c = self.cfg
@@ -120,18 +161,8 @@ def _strategy_class(base: type):
             rec = self.record.round(server_round)
             rec["failures"] = len(failures)
             start = self._global.pop(server_round)
-            fixed = []
-            for proxy, res in results:
-                m = res.metrics
-                rec["clients"].append({
-                    "name": str(m.get("name", proxy.cid)), "bytes_up": _nbytes(res.parameters),
-                    "update_norm": update_norm(parameters_to_ndarrays(res.parameters), start),
-                    "update_norm_before_clip": float(m.get("update_norm", math.nan)),
-                    "train_loss": float(m.get("train_loss", math.nan)),
-                    "train_windows": int(res.num_examples), "peak_rss_kb": int(m.get("peak_rss_kb", 0))}
-                    | {k: int(m[k]) for k in DATA_COUNTS if k in m})
-                # DP's sensitivity analysis holds for a plain average of clipped updates.
-                fixed.append((proxy, FitRes(res.status, res.parameters, 1, res.metrics) if self.uniform else res))
+            rec["update_bound"] = bound = update_bound(self.cfg)
+            fixed = [a for a in (self._accepted(server_round, p, res, start, bound) for p, res in results) if a]
             if len(fixed) < self.cfg.min_results:
                 logger.warning("round %d: %d results < min_results=%d; the model is kept", server_round,
                                len(fixed), self.cfg.min_results)
@@ -139,7 +170,37 @@ def _strategy_class(base: type):
             params, metrics = super().aggregate_fit(server_round, fixed, failures)
             if params is not None:
                 rec["noise_free"] = parameters_to_ndarrays(params)
+                rec["aggregate_update_norm"] = update_norm(rec["noise_free"], start)
+                why = aggregate_problem(rec["noise_free"], start, bound)
+                if why is not None:
+                    logger.warning("round %d: aggregate refused, the model is kept: %s", server_round, why)
+                    rec["aggregate_refused"] = why
+                    return None, {}
             return params, metrics
+
+        def _accepted(self, server_round: int, proxy, res: FitRes, start: list[np.ndarray], bound: float):
+            """``res`` checked, clipped to ``bound`` and weighed (``robust.py``); None when dropped (logged)."""
+            m, rec = res.metrics or {}, self.record.round(server_round)
+            name = client_name(m, proxy.cid)
+            try:
+                arrays = checked_weights(_decoded(res.parameters), self.spec.shapes())
+                # DP's sensitivity analysis holds for a plain average of clipped updates.
+                weight = 1.0 if self.uniform else client_weight(res.num_examples, self.cfg.robust.weighting,
+                                                                self.cfg.robust.max_windows)
+            except UpdateRejected as e:
+                self._dropped.setdefault(server_round, set()).add(proxy.cid)
+                rec.setdefault("rejected", []).append({"name": name, "reason": str(e)})
+                logger.warning("round %d: update of %s dropped: %s", server_round, name, e)
+                return None
+            clipped, received_norm = clip_update(arrays, start, bound)
+            rec["clients"].append({
+                "name": name, "bytes_up": _nbytes(res.parameters), "update_norm": received_norm,
+                "clipped_by_server": received_norm > bound, "weight": weight,
+                "update_norm_before_clip": number(m, "update_norm"), "train_loss": number(m, "train_loss"),
+                "train_windows": int(res.num_examples), "peak_rss_kb": int(np.nan_to_num(number(m, "peak_rss_kb")))}
+                | {k: int(number(m, k)) for k in DATA_COUNTS if math.isfinite(number(m, k))})
+            params = ndarrays_to_parameters([a.astype(np.float32) for a in clipped])
+            return proxy, FitRes(res.status, params, max(1, int(weight)), res.metrics)
 
         def configure_evaluate(self, server_round, parameters, client_manager):
             instructions = super().configure_evaluate(server_round, parameters, client_manager)
@@ -149,10 +210,23 @@ def _strategy_class(base: type):
 
         def aggregate_evaluate(self, server_round, results, failures):
             rec = self.record.round(server_round)
-            rec["evaluation"] = [{"name": str(r.metrics.get("name", p.cid)), "loss": float(r.loss),
-                                  "threshold": float(r.metrics.get("threshold", math.nan)),
-                                  "windows": int(r.num_examples)} for p, r in results]
-            return super().aggregate_evaluate(server_round, results, failures)
+            kept = [(p, r) for p, r in results if self._evaluation_usable(server_round, p, r)]
+            rec["evaluation"] = [{"name": client_name(r.metrics or {}, p.cid), "loss": float(r.loss),
+                                  "threshold": usable_threshold((r.metrics or {}).get("threshold")),
+                                  "windows": r.num_examples} for p, r in kept]
+            return super().aggregate_evaluate(server_round, kept, failures)
+
+        def _evaluation_usable(self, server_round: int, proxy, res) -> bool:
+            """A usable evaluation (:func:`_evaluation_problem`), its windows capped; else dropped (logged)."""
+            why = _evaluation_problem(res, dropped=proxy.cid in self._dropped.get(server_round, ()))
+            if why is not None:
+                name = client_name(res.metrics or {}, proxy.cid)
+                self.record.round(server_round).setdefault("evaluation_rejected", []).append(
+                    {"name": name, "reason": why})
+                logger.warning("round %d: evaluation of %s dropped: %s", server_round, name, why)
+                return False
+            res.num_examples = min(res.num_examples, self.cfg.robust.max_windows)
+            return True
 
     return FleetStrategy
 
@@ -219,7 +293,12 @@ def run_server(cfg: FleetConfig, spec: ModelSpec, weights: Sequence[np.ndarray],
     start_server(server_address=address or cfg.server_address, server=server, certificates=certificates,
                  config=ServerConfig(num_rounds=cfg.rounds, round_timeout=cfg.round_timeout_s))
     final = parameters_to_ndarrays(server.parameters) if server.parameters.tensors else weights
-    return FleetResult(weights=spec.check(final), report=_report(cfg, record))
+    report = _report(cfg, record)
+    # Checked before the weights can become a bundle: ``appliance fleet server`` writes none when it fails.
+    bound = max_drift(cfg, spec, report["rounds_released"])
+    report["final_check"] = {"drift": update_norm(final, weights), "max_drift": bound,
+                             "problem": drift_problem(final, weights, bound)}
+    return FleetResult(weights=final if report["final_check"]["problem"] else spec.check(final), report=report)
 
 
 def _report(cfg: FleetConfig, record: RunRecord) -> dict:

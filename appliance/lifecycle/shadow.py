@@ -9,6 +9,11 @@ within bounds:
 
 * it would have raised at most ``max_alarm_factor`` x the current model's raises
   plus ``max_extra_alarms`` (a new model that alarms on normal data is refused);
+* it would have raised at least ``min_alarm_factor`` x the current model's raises
+  minus ``max_fewer_alarms``, unless it scored over its own threshold every window the
+  current model scored over its threshold (a model that alarms far less while it
+  stays quiet on windows the current model treats as faults is refused: a raised
+  threshold or a poisoned fleet model would pass the first bound);
 * its p99 scoring latency stayed under ``max_latency_p99_us`` (the edge target);
 * it scored every window the current model scored (none failed).
 
@@ -27,10 +32,14 @@ of the live path.
 >>> r = ShadowResult(windows=3, failed=0, current_raises=1, candidate_raises=2, latency_p99_us=40.0)
 >>> r.verdict(b)
 (False, 'candidate would raise 2 alarms where the current model raised 1 (allowed 1) over 3 windows')
+>>> ShadowResult(windows=300, failed=0, current_raises=11, candidate_raises=2, latency_p99_us=40.0,
+...              missed_windows=25).verdict(b)[0]
+False
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import deque
@@ -56,6 +65,9 @@ class ShadowBounds(Section):
     min_windows: int = Field(100, ge=1, le=10_000_000, description="windows scored before a verdict")
     max_alarm_factor: float = Field(1.0, ge=0, le=100, description="candidate raises <= factor x current ...")
     max_extra_alarms: int = Field(1, ge=0, le=10_000, description="... + this many")
+    min_alarm_factor: float = Field(0.5, ge=0, le=1, description="candidate raises >= factor x current ...")
+    max_fewer_alarms: int = Field(1, ge=0, le=10_000, description="... - this many, when it misses windows the "
+                                                                  "current model scores over its threshold")
     max_latency_p99_us: float = Field(10_000.0, gt=0, le=10_000_000, description="the edge decision budget")
     probation_s: float = Field(3600.0, ge=0, le=30 * DAY_S, description="after promotion, watch this long")
     max_probation_alarms: int = Field(3, ge=0, le=10_000, description="more raises in probation roll back")
@@ -117,6 +129,7 @@ class ShadowResult:
     current_scores: dict | None = None     # distribution() of the current model's ratios on the same windows
     candidate_scores: dict | None = None
     elapsed_s: float | None = None
+    missed_windows: int = 0  # windows the current model scored over its threshold, the candidate under its own
 
     def scores_line(self) -> str:
         """``; score ratio p50/p99 0.41/0.92 vs current 0.38/0.88`` (empty when nothing was kept)."""
@@ -134,6 +147,12 @@ class ShadowResult:
         if self.candidate_raises > allowed:
             return False, (f"candidate would raise {self.candidate_raises} alarms where the current model raised "
                            f"{self.current_raises} (allowed {allowed}) over {self.windows} windows{scores}")
+        fewest = math.ceil(bounds.min_alarm_factor * self.current_raises) - bounds.max_fewer_alarms
+        if self.candidate_raises < fewest and self.missed_windows:
+            return False, (f"candidate would raise {self.candidate_raises} alarms where the current model raised "
+                           f"{self.current_raises} (at least {fewest} expected) and stay under its threshold on "
+                           f"{self.missed_windows} windows the current model scored over its own, over "
+                           f"{self.windows} windows{scores}")
         if self.latency_p99_us > bounds.max_latency_p99_us:
             return False, (f"candidate p99 latency {self.latency_p99_us:.0f} us exceeds "
                            f"{bounds.max_latency_p99_us:.0f} us{scores}")
@@ -154,6 +173,7 @@ class ShadowRun:
     failed: int = 0
     current_raises: int = 0
     candidate_raises: int = 0
+    missed_windows: int = 0
     last_error: str | None = None
     _latency_us: deque = field(default_factory=lambda: deque(maxlen=10_000))
     _current_ratios: deque = field(default_factory=lambda: deque(maxlen=10_000))
@@ -178,6 +198,7 @@ class ShadowRun:
         self._latency_us.append((time.perf_counter() - t0) * 1e6)
         self._candidate_ratios.append(score.ratio)
         self.candidate_raises += self._raised("candidate", score)
+        self.missed_windows += int(current.ratio >= 1.0 > score.ratio)
 
     def _raised(self, who: str, score: Score) -> int:
         key = (who, score.asset)
@@ -190,7 +211,7 @@ class ShadowRun:
         p99 = quantiles(self._latency_us, (0.99,))[0] or 0.0
         return ShadowResult(self.windows, self.failed, self.current_raises, self.candidate_raises, p99,
                             distribution(self._current_ratios), distribution(self._candidate_ratios),
-                            round(self.clock() - self.started, 1))
+                            round(self.clock() - self.started, 1), self.missed_windows)
 
     def done(self) -> bool:
         return self.clock() - self.started >= self.bounds.duration_s and self.windows >= self.bounds.min_windows
@@ -201,6 +222,7 @@ class ShadowRun:
         p99 = quantiles(lat, (0.99,))[0]
         return {"candidate": self.candidate.version, "windows": self.windows, "failed": self.failed,
                 "current_raises": self.current_raises, "candidate_raises": self.candidate_raises,
+                "missed_windows": self.missed_windows,
                 # raises per hour of shadow run: each model's alarm rate on the same live windows
                 "alarm_rate_per_h": {"current": _per_hour(self.current_raises, elapsed),
                                      "candidate": _per_hour(self.candidate_raises, elapsed)},

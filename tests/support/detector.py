@@ -9,7 +9,8 @@ import numpy as np
 
 from appliance.core import Score, Window
 
-SENSORS = ["Current", "Pressure", "Temperature", "Flow"]
+from rigs.pump_rows import SENSORS, normal_rows  # noqa: F401  (shared with benchmarks/fleet_poisoning.py)
+
 WINDOW = 16
 # Shadow bounds without the latency one: benchmarks judge scoring latency, and a loaded test
 # machine must not turn a shadow verdict.
@@ -39,20 +40,6 @@ class StandIn:
 
     def allow_held(self, rows: int) -> None:
         self.held = rows
-
-
-def normal_rows(n: int, seed: int) -> np.ndarray:
-    """Correlated sensors: flow and pressure follow the current, temperature lags it."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(-19, n)
-    full = 1.0 + 0.3 * np.sin(t / 40.0) + 0.1 * np.sin(t / 7.0)
-    load = full[19:]
-    current = load + 0.05 * rng.standard_normal(n)
-    pressure = 2.0 * load + 0.08 * rng.standard_normal(n)
-    lagged = np.convolve(full, np.ones(20) / 20, mode="valid")
-    temperature = 60.0 + 5.0 * lagged + 0.1 * rng.standard_normal(n)
-    flow = 30.0 * load + 1.0 * rng.standard_normal(n)
-    return np.stack([current, pressure, temperature, flow], axis=1)
 
 
 def circle_rows(n: int, seed: int = 0) -> np.ndarray:
