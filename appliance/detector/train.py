@@ -48,12 +48,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from sklearn.base import clone
 from threadpoolctl import threadpool_limits
 
+from appliance.actions.decide import Decider
 from appliance.detector.autoencoder import TRAIN_BLAS_THREADS, WindowAutoencoder
 from appliance.detector.bundle import (FORMAT_VERSION, HORIZON_FORMAT_VERSION, MEMBER_FILES,
                                        MEMBERS_FORMAT_VERSION, Scaler, data_sha256, write_bundle)
 # Re-exported: the threshold rules were defined here, and training's callers still import them from here.
 from appliance.detector.calibration import (BlockCalibrator, Calibration, ThresholdPolicy,  # noqa: F401
-                                            calibrate_threshold, expected_exceedance, matched_threshold,
+                                            calibrate_threshold, expected_exceedance, expected_false_episodes,
+                                            matched_threshold,
                                             moving_mean, next_block_threshold)
 from appliance.detector.features import TREND_LIMIT, center_levels, trending_sensors
 from appliance.detector.frozen import FrozenCheck, held_rows
@@ -945,6 +947,10 @@ def _bundle_meta(s: TrainSettings, grid: GridRows, w: _Windows, fitted: _Fitted,
         # Share of windows of normal operation expected over the threshold (before debounce).
         "expected_window_exceedance": expected_exceedance(
             quantized.int8, {name: m.calibration for name, m in members.items()}),
+        # Alarm episodes per week of normal running, as the default debounce would raise them.
+        "expected_false_episodes": expected_false_episodes(
+            quantized.int8, {name: m.calibration for name, m in members.items()}, stride=s.stride,
+            period_s=s.period_s, decider=Decider),
         "score": _score_description(members),
         "training": _training_record(s, grid, w, fitted, quantized, source_rows=source_rows,
                                      prior_rows=prior_rows, refused=refused, fit_s=fit_s),
