@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "firmware-sim"))
 
 from appliance.eval.episodes import alarm_episodes, median_p90, pooled_rate, raise_and_clear, span_seconds  # noqa: E402
 from benchmarks.common import write_results  # noqa: E402
-from process import FAULTS, PLANT_FAULTS, Fault, write_process_csv  # noqa: E402
+from process import FAULTS, PLANT_FAULTS, Fault, ProcessModel, write_process_csv  # noqa: E402
 
 APPLIANCE = [sys.executable, "-m", "appliance.cli"]
 # As invisible to a supervised oracle as noise (benchmarks/detectability.py, results/detectability*.json).
@@ -83,6 +83,26 @@ def false_episodes(scored: list[tuple[np.ndarray, float, np.ndarray]]) -> dict:
             "longest_h": max(lengths) if lengths else 0.0}
 
 
+def process_back_s(seed: int, fault: Fault, rows: int, regime: dict, period_s: float = 180.0,
+                   tolerance: float = 0.5, hold: int = 20) -> float | None:
+    """Seconds after the fault's end until the process is back: the run and its fault-free twin (same seed,
+    same random draws) differ by less than ``tolerance`` of each sensor's normal spread, and stay so for
+    ``hold`` rows (1 h). What no detector can beat; None where the twin's draws differ (the sticky valve
+    draws one more number per row) or the process is not back by the run's end."""
+    if fault.end is None:
+        return None
+    faulty = ProcessModel(seed=seed, fault=fault, **regime).run(rows)
+    twin = ProcessModel(seed=seed, **regime).run(rows)
+    effect = (np.abs(faulty - twin) / twin.std(axis=0)).max(axis=1)
+    if effect[: fault.start].max() > 1e-9:
+        return None
+    calm = effect < tolerance
+    for r in range(fault.end, rows - hold + 1):
+        if calm[r:r + hold].all():
+            return (r - fault.end) * period_s
+    return None
+
+
 def prefault_episodes(alarm: np.ndarray, fault_at: int) -> int:
     """Episodes raised before the fault began: false ones."""
     return sum(a < fault_at for a, _ in alarm_episodes(alarm))
@@ -91,7 +111,10 @@ def prefault_episodes(alarm: np.ndarray, fault_at: int) -> int:
 def raise_clear_summary(events: list[dict]) -> dict:
     """Median and p90 of the seconds to raise and to clear (hours in the table), and how many never did."""
     fair = [e for e in events if not e["active_at_start"]]
+    behind = [e["clear_s"] - e["back_s"] for e in fair if e["cleared"] and e.get("back_s") is not None]
     return {"runs": len(events), "raised": sum(e["raised"] for e in fair),
+            "process_back_s": median_p90([e.get("back_s") for e in events]),
+            "clear_after_process_back_s": median_p90(behind),
             "active_at_start": len(events) - len(fair),
             "raise_s": median_p90([e["raise_s"] for e in fair if e["raised"]]),
             "clear_s": median_p90([e["clear_s"] for e in fair if e["cleared"]]),
@@ -102,7 +125,8 @@ def hours(summary: dict) -> str:
     """``raise m / p90 h; clear m / p90 h (raised a/b, not cleared c)`` for a table cell."""
     def pair(d: dict) -> str:
         return "-" if not d["n"] else f"{d['median'] / 3600:.1f} / {d['p90'] / 3600:.1f} h"
-    return (f"raise {pair(summary['raise_s'])}; clear {pair(summary['clear_s'])} (raised "
+    return (f"raise {pair(summary['raise_s'])}; clear {pair(summary['clear_s'])}; process back "
+            f"{pair(summary['process_back_s'])}; clear after it {pair(summary['clear_after_process_back_s'])} (raised "
             f"{summary['raised']}/{summary['runs'] - summary['active_at_start']}, not cleared by the run's end "
             f"{summary['not_cleared_by_run_end']})")
 
@@ -138,13 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmpdir)
         runs = [write_process_csv(work / f"normal_{k}.csv", a.normal_rows or a.run_rows, seed=1000 + k, **regime)
                 for k in range(a.normal_runs)]
-        fault_runs = []
+        fault_runs, back = [], []
         for kind in kinds:
             for j in range(a.fault_seeds):
                 fault = Fault(kind, a.fault_at, 1.0, target=j + 1, end=fault_end)
-                fault_runs.append((kind, write_process_csv(work / f"{kind}_{j}.csv", a.run_rows,
-                                                           seed=2000 + 10 * j + PLANT_FAULTS.index(kind),
+                seed = 2000 + 10 * j + PLANT_FAULTS.index(kind)
+                fault_runs.append((kind, write_process_csv(work / f"{kind}_{j}.csv", a.run_rows, seed=seed,
                                                            fault=fault, **regime)))
+                back.append(process_back_s(seed, fault, a.run_rows, regime))
         for train_seed in seeds:
             # Training seeds far from the runs' seeds (1000+, 2000+): no training record is also a test run.
             normal = write_process_csv(work / f"train_{train_seed}.csv", a.train_rows, seed=train_seed, **regime)
@@ -165,10 +190,11 @@ def main(argv: list[str] | None = None) -> int:
             detection: dict[str, list[float]] = {}
             timing: dict[str, list[dict]] = {}
             before_fault, before_episodes = [], []
-            for kind, run in fault_runs:
+            for (kind, run), back_s in zip(fault_runs, back):
                 alarm, _, ts = score(run)
                 detection.setdefault(kind, []).append(float(alarm[a.fault_at:fault_end].mean()))
-                timing.setdefault(kind, []).append(raise_and_clear(alarm, ts, a.fault_at, fault_end))
+                timing.setdefault(kind, []).append({**raise_and_clear(alarm, ts, a.fault_at, fault_end),
+                                                    "back_s": back_s})
                 before_fault.append(float(alarm[:a.fault_at].mean()))
                 before_episodes.append(prefault_episodes(alarm, a.fault_at))
             one = {
