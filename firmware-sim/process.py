@@ -51,6 +51,8 @@ N_DIST, N_STATE, N_MV, N_MEAS = 5, 10, 10, 42
 N_CONTROLLED = 6
 SENSORS = [f"meas{i + 1:02d}" for i in range(N_MEAS)] + [f"valve{i + 1:02d}" for i in range(N_MV)]
 FAULTS = ("feed_step", "drift", "variance", "sticky_valve", "stuck_sensor", "small_step")
+# The harder plant regime adds a step its loops absorb: it shows in a valve and the loop's effort only.
+PLANT_FAULTS = (*FAULTS, "compensated_step")
 DEFAULT_T0 = 1_700_000_000.0
 
 
@@ -97,17 +99,60 @@ class Fault:
     start: int            # row index at which it begins
     magnitude: float = 1.0
     target: int = 0       # disturbance, valve or measurement index
+    end: int | None = None  # row index at which it is over (None: it lasts to the end of the run)
+
+    def active_at(self, t: int) -> bool:
+        return self.start <= t and (self.end is None or t < self.end)
+
+
+class PlantLife:
+    """What a real plant does over days that the rig's runs did not: operating-point moves, slow drifts
+    over several hours and changes of noise level (``regime="plant"``).
+
+    * every 8-30 h (uniform) the controlled states' set points move by N(0, 0.3) each;
+    * each disturbance carries an extra slow component (AR(1), time constant 6 h, sd 0.6);
+    * every 4-16 h the measurement noise level changes to a log-uniform draw in [0.6, 1.8].
+    """
+
+    def __init__(self, rng: np.random.Generator, period_s: float):
+        self.r = rng
+        self.period_s = period_s
+        self.phi = math.exp(-period_s / (6 * 3600.0))
+        self.drift = self.r.normal(0, 0.6, N_DIST)
+        self.noise_level = 1.0
+        self._next_move = self._rows(8, 30)
+        self._next_noise = self._rows(4, 16)
+        self._moved = np.zeros(N_CONTROLLED)
+
+    def _rows(self, lo_h: float, hi_h: float) -> int:
+        return max(1, int(self.r.uniform(lo_h, hi_h) * 3600.0 / self.period_s))
+
+    def setpoint(self, current: np.ndarray) -> np.ndarray:
+        self._next_move -= 1
+        if self._next_move > 0:
+            return current
+        self._next_move = self._rows(8, 30)
+        return current + self.r.normal(0, 0.3, N_CONTROLLED)
+
+    def advance(self) -> None:
+        self.drift = self.phi * self.drift + math.sqrt(1 - self.phi ** 2) * self.r.normal(0, 0.6, N_DIST)
+        self._next_noise -= 1
+        if self._next_noise <= 0:
+            self._next_noise = self._rows(4, 16)
+            self.noise_level = float(math.exp(self.r.uniform(math.log(0.6), math.log(1.8))))
 
 
 class ProcessModel:
     """One run of the process. ``run(n)`` returns ``(n, 52)`` rows in :data:`SENSORS` order."""
 
     def __init__(self, seed: int = 0, period_s: float = 180.0, plant_seed: int = 14, run_spread: float = 0.25,
-                 fault: Fault | None = None):
+                 fault: Fault | None = None, regime: str = "rig"):
         if not (math.isfinite(period_s) and period_s > 0):
             raise ValueError(f"period_s must be > 0, got {period_s!r}")
-        if fault is not None and fault.kind not in FAULTS:
-            raise ValueError(f"unknown fault {fault.kind!r}; one of {FAULTS}")
+        if fault is not None and fault.kind not in PLANT_FAULTS:
+            raise ValueError(f"unknown fault {fault.kind!r}; one of {PLANT_FAULTS}")
+        if regime not in ("rig", "plant"):
+            raise ValueError(f"regime must be 'rig' or 'plant', got {regime!r}")
         self.period_s = period_s
         self.plant = Plant.draw(plant_seed, period_s)
         self.fault = fault
@@ -125,20 +170,31 @@ class ProcessModel:
         self.valve = self.mv_bias.copy()
         self.t = 0
         self.frozen: np.ndarray | None = None
+        # The plant regime draws from its own generator, so "rig" runs stay byte for byte what they were.
+        self.life = PlantLife(np.random.default_rng([seed, 1]), period_s) if regime == "plant" else None
         for _ in range(200):  # settle the states and controllers before the first recorded row
             self._advance(record=False)
         self.t = 0
 
     def _advance(self, record: bool = True) -> np.ndarray:
         p, f, r = self.plant, self.fault, self.rng
-        active = f is not None and record and self.t >= f.start
+        active = f is not None and record and f.active_at(self.t)
         shock_sigma = self.dist_sigma.copy()
         if active and f.kind == "variance":
             shock_sigma[f.target] *= 1.0 + 5.0 * f.magnitude
         self.dist = self.phi * self.dist + np.sqrt(1 - self.phi ** 2) * shock_sigma * r.normal(0, 1, N_DIST)
         dist = self.dist.copy()
+        noise_level = 1.0
+        if self.life is not None:
+            dist += self.life.drift
+            noise_level = self.life.noise_level
+            self.setpoint = self.life.setpoint(self.setpoint)
+            self.life.advance()
         if active and f.kind == "feed_step":
             dist[f.target] += 8.0 * f.magnitude
+        if active and f.kind == "compensated_step":
+            # Enters only a controlled state: its loop holds the measurement, its valve stays moved.
+            self.x[f.target % N_CONTROLLED] += 4.0 * f.magnitude * (1 - p.a[f.target % N_CONTROLLED])
         if active and f.kind == "small_step":
             dist[f.target] += 0.3 * f.magnitude
         if active and f.kind == "drift":
@@ -163,7 +219,7 @@ class ProcessModel:
             self.valve = command
         process_noise = r.normal(0, 0.02, N_STATE)
         self.x = p.a * self.x + p.b_mv @ self.valve + p.b_dist @ dist + process_noise
-        meas = p.c_state @ self.x + p.c_mv @ self.valve + r.normal(0, 1, N_MEAS) * p.noise
+        meas = p.c_state @ self.x + p.c_mv @ self.valve + r.normal(0, 1, N_MEAS) * p.noise * noise_level
         meas = p.offset + p.unit * meas
         valves = 50.0 + 10.0 * self.valve + r.normal(0, 0.2, N_MV)
         if command_k is not None:
@@ -174,6 +230,8 @@ class ProcessModel:
             if self.frozen is None:
                 self.frozen = row.copy()
             row[f.target] = self.frozen[f.target]
+        elif not active:
+            self.frozen = None  # a sensor that comes back reads live values again
         self.t += 1
         return row
 
@@ -182,7 +240,8 @@ class ProcessModel:
 
 
 def write_process_csv(path: str | Path, rows: int, seed: int, period_s: float = 180.0, fault: Fault | None = None,
-                      t0: float = DEFAULT_T0, plant_seed: int = 14, run_spread: float = 0.25) -> Path:
+                      t0: float = DEFAULT_T0, plant_seed: int = 14, run_spread: float = 0.25,
+                      regime: str = "rig") -> Path:
     """One run as a CSV (``ts`` in UNIX seconds, then the 52 sensors), written atomically.
 
     ``run_spread``: how much runs differ beyond noise (see :class:`ProcessModel`); 0 gives
@@ -190,7 +249,7 @@ def write_process_csv(path: str | Path, rows: int, seed: int, period_s: float = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     values = ProcessModel(seed=seed, period_s=period_s, plant_seed=plant_seed, run_spread=run_spread,
-                          fault=fault).run(rows)
+                          fault=fault, regime=regime).run(rows)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("w", newline="") as f:

@@ -53,7 +53,7 @@ LEGACY: dict[str, str] = {
         "detector_process_one_point_no_distance.json", "detector_process_pca_changes.json",
         "detector_process_pca_rows.json", "detector_process_pooled.json")},
     **{name: _NO_LIBRARIES for name in (
-        "detector_process.json", "detector_process_one_point.json", "detectability.json",
+        "detector_process_one_point.json", "detectability.json",
         "detectability_one_point.json", "peer.json", "soak.json", "sync.json", "web.json")},
 }
 

@@ -77,8 +77,8 @@ READABLE_VERSIONS = (1, 2, 3, 4, 5)
 META_FILE = "bundle.json"
 MODEL_FILES = {"int8": "model.int8.onnx", "fp32": "model.fp32.onnx"}
 # Members a bundle may carry, by name: their ONNX file (FP32, used by both precisions) and kinds.
-MEMBER_FILES = {"pca": "model.pca.onnx", "distance": "model.distance.onnx"}
-MEMBER_KINDS = {"pca": "pca_q", "distance": "mahalanobis"}
+MEMBER_FILES = {"pca": "model.pca.onnx", "distance": "model.distance.onnx", "relation": "model.relation.onnx"}
+MEMBER_KINDS = {"pca": "pca_q", "distance": "mahalanobis", "relation": "relation"}
 
 # Sanity bounds on the values that decide what alarms, for every bundle the appliance loads
 # (configured, commissioned or from a signed release) and every release the engineer's tool

@@ -17,10 +17,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 import numpy as np
 from scipy import stats
+
+if TYPE_CHECKING:
+    from appliance.actions.decide import Decider
 
 logger = logging.getLogger(__name__)
 
@@ -309,3 +312,44 @@ def _mean_next_block(info: dict) -> float | None:
 def _worst_next_block(info: dict) -> float | None:
     shares = info.get("next_block_window_exceedance")
     return None if shares is None else max(shares)
+
+
+def expected_false_episodes(autoencoder: Calibration, members: dict[str, Calibration], *, stride: int,
+                            period_s: float, decider: Callable[[], "Decider"]) -> dict:
+    """``bundle.json``'s ``expected_false_episodes``: alarms an operator would see per week of normal running.
+
+    Each unseen block (see :class:`BlockCalibrator`) is replayed, one decided window
+    every ``stride`` rows as the runtime decides, through a fresh ``decider`` (the
+    appliance's debounce and clear level) on the score the live path computes: the
+    largest ratio of any model to its threshold. Where every model has leave-one-block-out
+    thresholds (>= 3 blocks) each block is judged against thresholds found without it, so
+    the count is what a threshold learned from some days does on the next one; otherwise
+    against the bundle's thresholds (optimistic, said in ``thresholds``). No label is used:
+    the blocks are normal training data the models did not fit.
+
+    >>> c = Calibration(1.0, {}, [np.r_[np.zeros(20), np.full(6, 2.0), np.zeros(20)]] * 3, [1.0] * 3)
+    >>> from appliance.actions.decide import Decider
+    >>> e = expected_false_episodes(c, {}, stride=1, period_s=3600.0, decider=Decider)
+    >>> e["episodes"], e["per_week"], e["thresholds"]  # 3 in 138 h
+    (3, 3.652, 'next_block')
+    """
+    models = [autoencoder, *members.values()]
+    next_block = all(m.block_thresholds is not None for m in models)
+    episodes, decided = [], 0
+    for i in range(len(autoencoder.blocks)):
+        ratio = np.max([m.blocks[i] / (m.block_thresholds[i] if next_block else m.threshold) for m in models],
+                       axis=0)[::max(1, stride)]
+        d = decider()
+        episodes.append(sum(d.update_ratio(float(r)).change == "raised" for r in ratio))
+        decided += len(ratio)
+    hours = decided * max(1, stride) * period_s / 3600.0
+    if hours <= 0:
+        return {"episodes": 0, "by_block": [], "hours": 0.0, "per_week": None, "per_day": None,
+                "per_week_upper95": None, "thresholds": "next_block" if next_block else "bundle"}
+    n = int(sum(episodes))
+    # A few hundred rows hold a day or so: zero episodes in it is weak evidence. The one-sided 95 %
+    # Poisson bound says how many per week the same count could still come from.
+    upper = float(stats.chi2.ppf(0.95, 2 * (n + 1)) / 2.0) * 168.0 / hours
+    return {"episodes": n, "by_block": [int(e) for e in episodes], "hours": round(hours, 2),
+            "per_week": round(n * 168.0 / hours, 3), "per_day": round(n * 24.0 / hours, 3),
+            "per_week_upper95": round(upper, 3), "thresholds": "next_block" if next_block else "bundle"}

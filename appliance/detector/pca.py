@@ -42,6 +42,14 @@ operating point and sees a disturbance that varies more than it did in training
 *along* the directions it normally takes, which Q cannot (docs/detector.md). The
 graph is the same one ``Gemm``.
 
+``statistic="relation"`` (with ``targets``: the manipulated variables, the
+controllers' outputs) regresses each target's level on every other sensor's
+(ridge, :data:`RELATION_RIDGE`) and scores its standardized residual. A step that
+a control loop compensates leaves the measurements where they were and the
+valve moved: the valve no longer reads what the process around it explains,
+which a model of windows without levels or of row-to-row changes cannot see. In
+ONNX it is the same one ``Gemm`` (the map is zero outside the targets' columns).
+
 Training only: the live path loads the exported graph, never this module.
 
 >>> rng = np.random.default_rng(0)
@@ -64,6 +72,13 @@ The distance on the changes sees the same process move more than it did, along i
 >>> L = np.stack([lively[i:i + 3] for i in range(397)]).astype(np.float32)
 >>> round(float(d.errors(L).mean() / d.errors(X).mean())), round(float(q.errors(L).mean() / q.errors(X).mean()))
 (5, 1)
+
+The relation member sees sensor 3 (a "valve" the others explain) moved while the others are not:
+
+>>> r = PcaMember(statistic="relation", targets=(3,)).fit(X)
+>>> moved = X[100:101].copy(); moved[0, :, 3] += 1.0
+>>> bool(r.errors(moved)[0] > 20 * r.errors(X).mean()), r.summary()["kind"]
+(True, 'relation')
 """
 
 from __future__ import annotations
@@ -84,14 +99,20 @@ logger = logging.getLogger(__name__)
 # predict exactly (a duplicate, or a constant) must not turn rounding into a thousand-sigma error.
 SD_FLOOR = 0.05
 # What a member measures, by name, and the kind bundle.json records for it.
-STATISTICS = {"q": "pca_q", "distance": "mahalanobis"}
+STATISTICS = {"q": "pca_q", "distance": "mahalanobis", "relation": "relation"}
+# Ridge on the relation member's regression, as a share of the mean variance of its inputs: with a few
+# hundred rows of 40-odd correlated measurements, an unpenalized fit would learn the noise.
+RELATION_RIDGE = 0.01
 
 
 class PcaMember:
     """Per-row PCA with a standardized Q residual (or, ``statistic="distance"``, the whole whitened
     distance), fitted on scaled windows ``(n, window, sensors)``."""
 
-    def __init__(self, variance: float = 0.99, inputs: str = "rows", statistic: str = "q"):
+    def __init__(self, variance: float = 0.99, inputs: str = "rows", statistic: str = "q",
+                 targets: tuple[int, ...] = ()):
+        if statistic == "relation" and (inputs != "rows" or not targets):
+            raise ValueError("statistic='relation' needs inputs='rows' and the target sensors' indices")
         if not (isinstance(variance, float) and 0 < variance < 1):
             raise ValueError(f"variance must be a float in (0, 1), got {variance!r}")
         if inputs not in ("rows", "changes"):
@@ -101,6 +122,7 @@ class PcaMember:
         self.variance = variance
         self.inputs = inputs
         self.statistic = statistic
+        self.targets = tuple(int(t) for t in targets)
 
     def _features(self, X: np.ndarray) -> np.ndarray:
         """``(n, rows, sensors)`` float64: the window's rows, or its row-to-row changes."""
@@ -119,6 +141,8 @@ class PcaMember:
         if len(rows) < 3:
             raise ValueError(f"need at least 3 rows to fit a PCA member, got {len(rows)}")
         mu = rows.mean(axis=0)
+        if self.statistic == "relation":
+            return self._fit_relation(rows, mu, w, s)
         _, sv, vt = np.linalg.svd(rows - mu, full_matrices=False)
         ev = sv ** 2 / (len(rows) - 1)
         total = ev.sum()
@@ -151,6 +175,34 @@ class PcaMember:
                      self.explained_variance_ratio_)
         return self
 
+    def _fit_relation(self, rows: np.ndarray, mu: np.ndarray, w: int, s: int) -> "PcaMember":
+        """Each target (a manipulated variable: a controller's output) regressed on every other sensor's
+        level; the standardized residual is how much harder (or softer) the loop works than the process
+        around it explains. ``map`` has a column per target, zero elsewhere."""
+        targets = np.array(self.targets)
+        if targets.min() < 0 or targets.max() >= s or len(set(self.targets)) != len(targets):
+            raise ValueError(f"relation targets {self.targets} must be distinct sensor indices below {s}")
+        others = np.setdiff1d(np.arange(s), targets)
+        if not len(others):
+            raise ValueError("a relation member needs sensors besides its targets")
+        Xc, Yc = rows[:, others] - mu[others], rows[:, targets] - mu[targets]
+        gram = Xc.T @ Xc / len(rows)
+        ridge = RELATION_RIDGE * max(float(np.trace(gram)) / len(others), 1e-12)
+        B = np.linalg.solve(gram + ridge * np.eye(len(others)), Xc.T @ Yc / len(rows))
+        residual = Yc - Xc @ B
+        sd = np.sqrt((residual ** 2).mean(axis=0))
+        floor = SD_FLOOR * float(np.median(sd)) if np.median(sd) > 0 else 1.0
+        sd = np.maximum(sd, max(floor, 1e-9))
+        self._map = np.zeros((s, s))
+        self._map[targets, targets] = 1.0 / sd
+        self._map[np.ix_(others, targets)] = -B / sd[None, :]
+        self.mean_, self.components_ = mu, B.T
+        self.explained_variance_ratio_ = float(1.0 - (residual ** 2).sum() / max((Yc ** 2).sum(), 1e-12))
+        self.residual_sd_ = sd
+        self.window_, self.n_sensors_ = w, s
+        self.best_epoch_ = 0
+        return self
+
     def _linear(self) -> tuple[np.ndarray, np.ndarray]:
         """``A, b`` with ``recon_row = row @ A + b``, so that ``row - recon_row = (row - mean) @ map``."""
         return np.eye(self.n_sensors_) - self._map, self.mean_ @ self._map
@@ -167,6 +219,12 @@ class PcaMember:
         return self.sensor_errors(X).mean(axis=1)
 
     def summary(self) -> dict:
+        if self.statistic == "relation":
+            return {"kind": "relation", "targets": list(self.targets), "inputs": "rows",
+                    "input": "each row of the scaled window: manipulated variables against the other sensors",
+                    "explained_variance": round(self.explained_variance_ratio_, 6),
+                    "residual_sd": [round(float(v), 6) for v in self.residual_sd_],
+                    "precision": "fp32 (in both precisions)"}
         return {"kind": STATISTICS[self.statistic], "components": int(self.components_.shape[0]),
                 "variance": self.variance,
                 "explained_variance": round(self.explained_variance_ratio_, 6),

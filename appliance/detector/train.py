@@ -48,12 +48,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from sklearn.base import clone
 from threadpoolctl import threadpool_limits
 
+from appliance.actions.decide import Decider
 from appliance.detector.autoencoder import TRAIN_BLAS_THREADS, WindowAutoencoder
 from appliance.detector.bundle import (FORMAT_VERSION, HORIZON_FORMAT_VERSION, MEMBER_FILES,
                                        MEMBERS_FORMAT_VERSION, Scaler, data_sha256, write_bundle)
 # Re-exported: the threshold rules were defined here, and training's callers still import them from here.
 from appliance.detector.calibration import (BlockCalibrator, Calibration, ThresholdPolicy,  # noqa: F401
-                                            calibrate_threshold, expected_exceedance, matched_threshold,
+                                            calibrate_threshold, expected_exceedance, expected_false_episodes,
+                                            matched_threshold,
                                             moving_mean, next_block_threshold)
 from appliance.detector.features import TREND_LIMIT, center_levels, trending_sensors
 from appliance.detector.frozen import FrozenCheck, held_rows
@@ -302,6 +304,8 @@ class TrainSettings(BaseModel):
     pca_inputs: Literal["rows", "changes"] = "changes"
     distance_member: bool = None  # None: on where horizon > 1 (see _from_period)
     distance_margin: float = Field(1.05, ge=1)
+    # controllers' outputs (valve positions, drive speeds): a relation member scores each against the rest
+    manipulated: tuple[str, ...] = ()
     # sensors whose value stops changing (see appliance/detector/frozen.py)
     frozen_check: bool = True
 
@@ -327,12 +331,12 @@ class TrainSettings(BaseModel):
             data["block_confidence"] = 0.99 if horizon > 1 else 0.95
         return data
 
-    @field_validator("level_free", mode="before")
+    @field_validator("level_free", "manipulated", mode="before")
     @classmethod
     def _names(cls, v):
         # A bare string would otherwise read as a list of one-letter sensors, or fail obscurely.
         if isinstance(v, str) or not all(isinstance(s, str) for s in v):
-            raise ValueError(f"level_free must be a list of sensor names, got {v!r}")
+            raise ValueError(f"must be a list of sensor names, got {v!r}")
         return v
 
     @field_validator("int8_exclude", mode="before")
@@ -349,10 +353,16 @@ class TrainSettings(BaseModel):
                              "a value held for less than one period makes every row missing")
         return self
 
-    def members(self) -> dict[str, tuple[Callable[[], PcaMember], float]]:
+    def members(self, sensors: Sequence[str] = ()) -> dict[str, tuple[Callable[[], PcaMember], float]]:
         """The members these settings ask for, by bundle name: a maker of each (unfitted), and the factor
-        on its calibrated threshold."""
+        on its calibrated threshold (``sensors``: the model's, which ``manipulated`` names)."""
         makers = {}
+        if self.manipulated:
+            missing = [n for n in self.manipulated if n not in sensors]
+            if missing:
+                raise ValueError(f"manipulated sensors not in the data: {missing}")
+            targets = tuple(list(sensors).index(n) for n in self.manipulated)
+            makers["relation"] = (lambda: PcaMember(inputs="rows", statistic="relation", targets=targets), 1.0)
         if self.pca_member:
             makers["pca"] = (lambda: PcaMember(self.pca_variance, self.pca_inputs), 1.0)
         if self.distance_member:
@@ -373,6 +383,7 @@ class TrainSettings(BaseModel):
 
 # What each member's error is, for bundle.json's "score".
 MEMBER_SCORES = {"pca": "mean squared standardized Q residual of its rows or changes",
+                 "relation": "mean squared standardized residual of the manipulated variables given the rest",
                  "distance": "mean squared whitened row-to-row change (Mahalanobis)"}
 
 
@@ -739,7 +750,7 @@ def _fit(w: _Windows, s: TrainSettings, progress: Callable[[dict], None] | None)
     ae.fit(w.fit_windows, X_val=w.X_held if s.early_stopping else None, progress=tracker.stage("model"))
     oof, oof_sizes = _autoencoder_oof(ae, w, s, tracker) if use_cv else (np.empty(0), [])
     members, member_oof, member_margin = {}, {}, {}
-    for name, (make, margin) in s.members().items():
+    for name, (make, margin) in s.members(w.sensors).items():
         members[name] = make().fit(w.fit_windows)
         member_oof[name] = _member_oof(name, make, w, s, oof_sizes) if use_cv else np.empty(0)
         member_margin[name] = margin
@@ -945,6 +956,10 @@ def _bundle_meta(s: TrainSettings, grid: GridRows, w: _Windows, fitted: _Fitted,
         # Share of windows of normal operation expected over the threshold (before debounce).
         "expected_window_exceedance": expected_exceedance(
             quantized.int8, {name: m.calibration for name, m in members.items()}),
+        # Alarm episodes per week of normal running, as the default debounce would raise them.
+        "expected_false_episodes": expected_false_episodes(
+            quantized.int8, {name: m.calibration for name, m in members.items()}, stride=s.stride,
+            period_s=s.period_s, decider=Decider),
         "score": _score_description(members),
         "training": _training_record(s, grid, w, fitted, quantized, source_rows=source_rows,
                                      prior_rows=prior_rows, refused=refused, fit_s=fit_s),

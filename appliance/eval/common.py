@@ -23,6 +23,7 @@ from appliance.config import Config
 from appliance.detector.features import drifting_sensors
 from appliance.detector.train import TrainSettings, read_csv
 from appliance.eval.environment import environment
+from appliance.eval.episodes import DAY_S, alarm_episodes
 
 logger = logging.getLogger(__name__)
 
@@ -150,13 +151,37 @@ def episode_delays(results: list[dict], key: str) -> dict:
             "episodes_detected": len(delays), "episodes_missed": missed}
 
 
+def false_episodes(results: list[dict], key: str) -> dict:
+    """Alarm episodes raised on a normal row, per day of normal test rows.
+
+    What an operator is called for in vain: FAR counts rows, this counts calls. An
+    episode raised before an anomaly begins and running into it is counted too: when
+    it was raised, nothing was wrong.
+
+    >>> r = {"label": np.array([0, 0, 0, 1, 1, 0]), "pred": {"ae": np.array([1, 0, 1, 1, 0, 1])},
+    ...      "ts": np.arange(6) * 600.0}
+    >>> false_episodes([r], "ae")
+    {'false_episodes': 3, 'normal_hours': 0.67, 'false_episodes_per_day': 108.0}
+    """
+    count, normal_s = 0, 0.0
+    for r in results:
+        lab, pred, ts = r["label"].astype(bool), r["pred"][key], r["ts"]
+        count += sum(not lab[a] for a, _ in alarm_episodes(pred))
+        step = float(np.median(np.diff(ts))) if len(ts) > 1 else 0.0
+        normal_s += float((~lab).sum()) * step
+    return {"false_episodes": int(count), "normal_hours": round(normal_s / 3600.0, 2),
+            "false_episodes_per_day": round(count * DAY_S / normal_s, 2) if normal_s > 0 else None}
+
+
 def pooled_scores(results: list[dict], labels: np.ndarray, key: str, keys: Sequence[str]) -> dict:
-    """Per detector: one confusion matrix pooled over all results' rows, its scores and delays."""
+    """Per detector: one confusion matrix pooled over all results' rows, its scores, delays and false
+    episodes."""
     out = {}
     for k in keys:
         pred = np.concatenate([r[key][k] for r in results])
         c = confusion(pred, labels)
-        out[k] = {**scores_from(c), **c, **episode_delays([{**r, "pred": r[key]} for r in results], k)}
+        as_pred = [{**r, "pred": r[key]} for r in results]
+        out[k] = {**scores_from(c), **c, **episode_delays(as_pred, k), **false_episodes(as_pred, k)}
     return out
 
 

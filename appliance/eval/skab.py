@@ -367,23 +367,27 @@ def format_table(summary: dict) -> str:
     allow = summary.get("detectors_drift_allowance")
     lines = [f"SKAB {summary['mode']} mode: {summary['files']} files, {summary['test_rows']} test rows "
              f"({summary['anomalous_share']:.1%} anomalous), every row scored causally"]
-    head = f"{'detector':34s} {'F1':>6s} {'FAR %':>7s} {'MAR %':>7s} {'delay s':>8s}"
+    head = f"{'detector':34s} {'F1':>6s} {'FAR %':>7s} {'MAR %':>7s} {'delay s':>8s} {'fEp/d':>7s}"
     if allow:
-        lines.append(f"{'':34s} {'threshold from training rows':^30s} | {'+ drift allowance':^30s}")
-        head += f" | {'F1':>6s} {'FAR %':>7s} {'MAR %':>7s} {'delay s':>8s}"
+        lines.append(f"{'':34s} {'threshold from training rows':^38s} | {'+ drift allowance':^38s}")
+        head += f" | {'F1':>6s} {'FAR %':>7s} {'MAR %':>7s} {'delay s':>8s} {'fEp/d':>7s}"
     lines.append(head)
 
     def cells(m: dict | None) -> str:
         if m is None:
-            return f"{'':>6s} {'':>7s} {'':>7s} {'':>8s}"
-        delay = m.get("mean_delay_s")
+            return f"{'':>6s} {'':>7s} {'':>7s} {'':>8s} {'':>7s}"
+        delay, per_day = m.get("mean_delay_s"), m.get("false_episodes_per_day")
         return (f"{m['f1']:6.3f} {m['far']:7.2f} {m['mar']:7.2f} "
-                f"{'-' if delay is None else f'{delay:.1f}':>8s}")
+                f"{'-' if delay is None else f'{delay:.1f}':>8s} {'-' if per_day is None else f'{per_day:.0f}':>7s}")
     for k in DETECTORS:
         line = f"{LABELS[k]:34s} {cells(summary['detectors'][k])}"
         if allow:
             line += f" | {cells(allow.get(k))}"
         lines.append(line)
+    hours = summary["detectors"]["ae_int8"].get("normal_hours")
+    if hours is not None:
+        lines.append(f"fEp/d: alarm episodes raised on a normal row, per day of normal test rows "
+                     f"({hours:.1f} h of them)")
     q = summary["int8"]
     lines.append(f"INT8 vs FP32: rows decided the same {q['row_agreement']:.2%}"
                  + (f" ({q['row_agreement_drift_allowance']:.2%} with allowance)" if allow else "")
