@@ -228,6 +228,10 @@ class GapDetector:
         gap = Gap(asset, sensor, ts - dt, ts, period, max(1, round(dt / period) - 1), learned)
         if learned:
             s.intervals.pop()  # a gap is not an interval to learn the period from
+        return self._record(s, gap)
+
+    def _record(self, s: _Series, gap: Gap) -> Gap:
+        """Count ``gap`` on its series and in total, and tell the listener."""
         s.gaps += 1
         s.missing += gap.missing
         s.last_gap = gap
@@ -243,15 +247,7 @@ class GapDetector:
         self._interrupted.discard(key)
         period = s.period if s.period is not None else (self.expected_period_s or dt)
         gap = Gap(key[0], key[1], ts - dt, ts, period, max(0, round(dt / period) - 1), s.period is None)
-        s.gaps += 1
-        s.missing += gap.missing
-        s.last_gap = gap
-        self.gaps += 1
-        self.missing += gap.missing
-        self.last_gap = gap
-        if self.on_gap is not None:
-            self.on_gap(gap)
-        return gap
+        return self._record(s, gap)
 
     def _learn(self, s: _Series, dt: float) -> float | None:
         """Record an interval; the learned period (None while too few are known)."""

@@ -56,6 +56,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
+from appliance.core.durable import fsync_dir
 from appliance.detector.frozen import FrozenCheck
 from appliance.detector.session import ONNX_INPUT, ONNX_OUTPUT
 
@@ -405,7 +406,7 @@ def write_bundle(out_dir: str | Path, meta: dict, model_files: dict[str, Path],
                 shutil.rmtree(old)
             os.rename(out, old)
         os.rename(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -413,16 +414,3 @@ def write_bundle(out_dir: str | Path, meta: dict, model_files: dict[str, Path],
         raise
     logger.info("bundle written path=%s model_version=%s", out, meta.get("model_version"))
     return out
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

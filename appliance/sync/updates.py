@@ -68,6 +68,7 @@ from typing import Any, Callable
 
 from tuf.api import exceptions as tuf_errors
 
+from appliance.core.durable import fsync_dir
 from appliance.detector.bundle import BundleError, load_bundle
 from appliance.sync.trust import (
     SIGNED_AT_FIELD,
@@ -424,7 +425,7 @@ class ModelUpdater:
                 shutil.rmtree(old, ignore_errors=True)
                 os.rename(final, old)
             os.rename(staging, final)
-            _fsync_dir(self.bundles_dir)
+            fsync_dir(self.bundles_dir, best_effort=False)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
             return final
@@ -500,11 +501,3 @@ class ModelUpdater:
                       "problem": self.clock_problem(now)},
             "trusted_root_version": root_version,
         }
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

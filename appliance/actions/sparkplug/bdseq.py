@@ -21,6 +21,8 @@ import logging
 import os
 from pathlib import Path
 
+from appliance.core.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -57,18 +59,4 @@ class BdSeqFile:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """The rename itself durable (a power cut after it must not bring the old number back)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        fsync_dir(self.path.parent)
