@@ -917,6 +917,17 @@ class MqttSession(Input):
         source = topic if topic is not None else repr(msg._topic)
         return dead_letter(source, msg.payload, code, detail, now)
 
+    def _unreadable(self, topic: str | None, msg, now: float, oversize: int) -> DeadLetter | None:
+        """The dead letter of a message no subclass can read (too large, topic not UTF-8), else ``None``."""
+        if oversize:
+            self._inc("refused_from_header")
+            why = (f"the message is {oversize} bytes, limit is {self.cfg.max_payload_bytes} (refused from its "
+                   "header, not read)")
+            return self._dead(topic, msg, now, DeadLetterCode.TOO_LARGE, why)
+        if topic is None:
+            return self._dead(topic, msg, now, DeadLetterCode.BAD_TOPIC, "topic is not valid UTF-8")
+        return None
+
     # -- what a subclass says ------------------------------------------------
 
     def subscriptions(self) -> tuple[str, ...]:

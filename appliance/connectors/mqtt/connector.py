@@ -35,13 +35,9 @@ class MqttConnector(MqttSession):
         return tuple(self.router.subscriptions)
 
     def _parse(self, topic: str | None, msg, now: float, oversize: int = 0):
-        if oversize:
-            self._inc("refused_from_header")
-            why = (f"the message is {oversize} bytes, limit is {self.cfg.max_payload_bytes} (refused from its "
-                   "header, not read)")
-            return [], [self._dead(topic, msg, now, DeadLetterCode.TOO_LARGE, why)]
-        if topic is None:
-            return [], [self._dead(topic, msg, now, DeadLetterCode.BAD_TOPIC, "topic is not valid UTF-8")]
+        unreadable = self._unreadable(topic, msg, now, oversize)
+        if unreadable is not None:
+            return [], [unreadable]
         route = self.router.route(topic)
         if route is None:
             # Reachable through a retained message or broker-side topic mapping;

@@ -25,7 +25,6 @@ from appliance.connections.sparkplug import DataType, MessageType, Payload, node
 from appliance.connectors.mqtt_session import MqttSession
 from appliance.connectors.sparkplug.config import SparkplugInputConfig
 from appliance.connectors.sparkplug.host import REBIRTH_METRIC, Outcome, SparkplugHost
-from appliance.core import DeadLetterCode
 from appliance.core.timebase import GatewayClock
 
 log = logging.getLogger(__name__)
@@ -88,13 +87,9 @@ class SparkplugConnector(MqttSession):
     # -- messages (on the loop, from the session) ------------------------------------
 
     def _parse(self, topic: str | None, msg, now: float, oversize: int = 0):
-        if oversize:
-            self._inc("refused_from_header")
-            why = (f"the message is {oversize} bytes, limit is {self.cfg.max_payload_bytes} (refused from its "
-                   "header, not read)")
-            return [], [self._dead(topic, msg, now, DeadLetterCode.TOO_LARGE, why)]
-        if topic is None:
-            return [], [self._dead(topic, msg, now, DeadLetterCode.BAD_TOPIC, "topic is not valid UTF-8")]
+        unreadable = self._unreadable(topic, msg, now, oversize)
+        if unreadable is not None:
+            return [], [unreadable]
         out = self.host.handle(topic, msg.payload, now)
         if out.rebirths or out.silenced:
             self._after(out)
