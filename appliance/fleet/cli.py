@@ -53,11 +53,10 @@ def cmd_server(args) -> int:
     if not _flwr():
         return 2
     from appliance.detector.bundle import BundleError
-    from appliance.detector.quantize import QuantizationCheckError
     from appliance.detector.train import read_csv_rows
-    from appliance.fleet.export import write_fleet_bundle
     from appliance.fleet.model import FleetModelError, seed_from_bundle
-    from appliance.fleet.server import run_server, write_report
+    from appliance.fleet.outcome import write_outcome
+    from appliance.fleet.server import run_server
 
     try:
         spec, weights = seed_from_bundle(args.init)
@@ -67,37 +66,25 @@ def cmd_server(args) -> int:
         print(f"appliance fleet server: {e}", file=sys.stderr)
         return 2
     result = run_server(cfg.fleet, spec, weights, address=args.address)
-    report = result.report
-    released = report["rounds_released"]
-    last_eval = next((r["evaluation"] for r in reversed(report["rounds"]) if r["evaluation"]), [])
-    thresholds = [e["threshold"] for e in last_eval]
-    try:
-        if released == 0:
-            raise FleetModelError("no round was released; the seed model is unchanged and no bundle is written")
-        out = write_fleet_bundle(spec, result.weights, args.out, reference_rows=ref_rows, reference_sensors=ref_sensors,
-                                 reference_ts=ref_ts, client_thresholds=thresholds,
-                                 threshold_rule=cfg.fleet.threshold, seed=cfg.fleet.seed,
-                                 fleet_info={k: v for k, v in report.items() if k != "rounds"}
-                                 | {"seed_bundle": str(args.init), "clients": sorted({e["name"] for e in last_eval})})
-        report["bundle"] = str(out)
-    except (FleetModelError, QuantizationCheckError, ValueError) as e:
-        report["bundle_error"] = str(e)
-        write_report(report, args.report)
-        print(f"appliance fleet server: {e}", file=sys.stderr)
+    outcome = write_outcome(cfg.fleet, spec, result.weights, result.report, init=args.init,
+                            reference=(ref_sensors, ref_ts, ref_rows), out=args.out, report_path=args.report)
+    if not outcome.ok:
+        print(f"appliance fleet server: {outcome.message}", file=sys.stderr)
         return 2
-    write_report(report, args.report)
-    line = f"fleet model written to {out}: {released} of {report['rounds_planned']} rounds released"
-    if "privacy" in report:
-        p = report["privacy"]
-        line += f"; privacy spent epsilon={p['epsilon']:.3g} delta={p['delta']:g} ({p['rounds_accounted']} rounds)"
-    print(line + f"; report {args.report}")
+    print(outcome.message)
+    _next_steps(args.init, args.out)
+    return 0
+
+
+def _next_steps(init, out) -> None:
+    """How the gateways will take the fleet model: the signed release path, then their shadow run."""
     from appliance.lifecycle.shadow import hot_swap_check
-    why = hot_swap_check(args.init, out)  # as each gateway running the seed model will judge it
+
+    why = hot_swap_check(init, out)  # as each gateway running the seed model will judge it
     print(f"note: gateways running the seed model need a restart for it: {why}" if why else
           "gateways running the seed model take it through their shadow run, without a restart")
     print(f"next: appliance release add REPO {out} --version N --keys KEYS && appliance release publish REPO "
           f"--keys KEYS")
-    return 0
 
 
 def _store_source(args, cfg):

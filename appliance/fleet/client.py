@@ -102,7 +102,14 @@ class GatewayClient(NumPyClient):
         self.rounds += 1
         logger.info("fleet client %s: fit round=%s done loss=%.5g", self.name, config.get("round"), loss)
         _flush()
-        return new, len(X_train), metrics
+        return new, self._weight(len(X_train), config), metrics | {"train_windows": len(X_train)}
+
+    @staticmethod
+    def _weight(windows: int, config) -> int:
+        """The weight this update counts with: its windows, or the server's ``max_weight`` (SecAgg+: uniform)."""
+        if "max_weight" in config:
+            return max(1, int(min(windows, float(config["max_weight"]))))
+        return windows
 
     def evaluate(self, parameters, config):
         spec, _, X_held = self.windows(config)

@@ -28,6 +28,32 @@ class FleetDpConfig(Section):
     delta: float = Field(1e-5, gt=0, lt=1, description="the delta the epsilon is reported for")
 
 
+class FleetSecAggConfig(Section):
+    """SecAgg+ on the SuperLink runtime (``appliance fleet run``): the server sees only the sum of the updates.
+
+    Flower's ``SecAggPlusWorkflow`` with ``secaggplus_mod`` on the gateways. Each
+    gateway's parameters are clipped to ``[-clipping_range, clipping_range]`` per
+    coordinate and quantized to ``quantization_range`` levels before masking, and
+    its weight is ``num_examples / max_weight`` of one share; the fleet sends
+    every gateway a weight of ``max_weight`` (uniform average), so no gateway's
+    word on its window count weighs more (``docs/fleet.md``).
+    """
+
+    enabled: bool = Field(True, description="SecAgg+ for every fit round of the SuperLink runtime")
+    num_shares: int = Field(3, ge=3, le=100_000, description="shares each gateway's secrets are split into")
+    reconstruction_threshold: int = Field(2, ge=2, le=100_000, description="shares that reconstruct a secret "
+                                                                           "(of a gateway that dropped)")
+    clipping_range: float = Field(8.0, gt=0, le=1e6, description="each parameter clipped to +-this before masking")
+    quantization_range: int = Field(2**22, ge=2, le=2**30, description="levels a parameter is quantized to")
+    max_weight: float = Field(1.0, gt=0, le=1e9, description="the weight of one gateway's update (uniform)")
+
+    @model_validator(mode="after")
+    def _shares(self):
+        if self.reconstruction_threshold >= self.num_shares:
+            raise ValueError("secagg.reconstruction_threshold must be < num_shares")
+        return self
+
+
 class FleetConfig(Section):
     server_address: str = Field("127.0.0.1:9092", min_length=3, description="host:port the server listens on")
     strategy: Literal["fedavg", "fedprox"] = "fedavg"
@@ -65,6 +91,11 @@ class FleetConfig(Section):
     cert_file: str | None = Field(None, min_length=1, description="server only: PEM certificate")
     key_file: str | None = Field(None, min_length=1, description="server only: PEM private key")
     dp: FleetDpConfig = FleetDpConfig()
+    secagg: FleetSecAggConfig = FleetSecAggConfig()
+    # The SuperLink runtime (appliance fleet superlink|run|node): node authentication.
+    node_key: str | None = Field(None, min_length=1, description="gateway: its SuperNode private key (OpenSSH "
+                                                                 "EC; appliance fleet keygen); the SuperLink "
+                                                                 "admits only registered keys")
 
     @model_validator(mode="after")
     def _counts(self):

@@ -198,6 +198,29 @@ def run_server(cfg: FleetConfig, spec: ModelSpec, weights: Sequence[np.ndarray],
     """Run ``cfg.rounds`` Flower rounds from ``weights``; return the final weights and the run report."""
     weights = spec.check(weights)
     record = RunRecord()
+    strategy = fleet_strategy(cfg, spec, weights, record)
+    manager = fleet_client_manager(cfg)
+    server = Server(client_manager=manager, strategy=strategy)
+    certificates = None
+    if cfg.cert_file is not None:
+        certificates = tuple(Path(p).read_bytes() for p in (cfg.ca_file, cfg.cert_file, cfg.key_file))
+    start_server(server_address=address or cfg.server_address, server=server, certificates=certificates,
+                 config=ServerConfig(num_rounds=cfg.rounds, round_timeout=cfg.round_timeout_s))
+    final = parameters_to_ndarrays(server.parameters) if server.parameters.tensors else weights
+    return FleetResult(weights=spec.check(final), report=_report(cfg, record))
+
+
+def fleet_client_manager(cfg: FleetConfig) -> FleetClientManager:
+    """The client manager both runtimes sample through (join, rejoin and ``min_results`` waits)."""
+    return FleetClientManager(cfg.clients, cfg.min_results, cfg.join_timeout_s, cfg.rejoin_timeout_s)
+
+
+def fleet_strategy(cfg: FleetConfig, spec: ModelSpec, weights: Sequence[np.ndarray], record: RunRecord) -> Strategy:
+    """The fleet's strategy from ``weights`` (FedAvg/FedProx, DP wrapper, released-round record).
+
+    One code path for the one-process server and the SuperLink's ServerApp
+    (:mod:`appliance.fleet.apps`), so what bounds aggregation here bounds both.
+    """
     base = FedProx if cfg.strategy == "fedprox" else FedAvg
     kw = dict(fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=cfg.min_results,
               min_evaluate_clients=cfg.min_results, min_available_clients=cfg.min_results, accept_failures=True,
@@ -209,16 +232,12 @@ def run_server(cfg: FleetConfig, spec: ModelSpec, weights: Sequence[np.ndarray],
         strategy = DifferentialPrivacyClientSideFixedClipping(strategy, noise_multiplier=cfg.dp.noise_multiplier,
                                                               clipping_norm=cfg.dp.clipping_norm,
                                                               num_sampled_clients=cfg.clients)
-    strategy = _Released(strategy, record)
-    manager = FleetClientManager(cfg.clients, cfg.min_results, cfg.join_timeout_s, cfg.rejoin_timeout_s)
-    server = Server(client_manager=manager, strategy=strategy)
-    certificates = None
-    if cfg.cert_file is not None:
-        certificates = tuple(Path(p).read_bytes() for p in (cfg.ca_file, cfg.cert_file, cfg.key_file))
-    start_server(server_address=address or cfg.server_address, server=server, certificates=certificates,
-                 config=ServerConfig(num_rounds=cfg.rounds, round_timeout=cfg.round_timeout_s))
-    final = parameters_to_ndarrays(server.parameters) if server.parameters.tensors else weights
-    return FleetResult(weights=spec.check(final), report=_report(cfg, record))
+    return _Released(strategy, record)
+
+
+def report_of(cfg: FleetConfig, record: RunRecord) -> dict:
+    """The run report (JSON-able) of what ``record`` saw."""
+    return _report(cfg, record)
 
 
 def _report(cfg: FleetConfig, record: RunRecord) -> dict:
