@@ -1,7 +1,7 @@
 """What a finished fleet run leaves: the fleet model as a bundle (or why none) and the run report.
 
 Shared by both runtimes (``appliance fleet server``, the one-process mode, and
-the SuperLink's ServerApp in :mod:`appliance.fleet.apps`), so either writes the
+the SuperLink's ServerApp in :mod:`appliance.fleet.server_app`), so either writes the
 same bundle and report. The bundle then goes out only through the signed
 release path (``appliance release add/publish``), like any other. Nothing here
 imports flwr.

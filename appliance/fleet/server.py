@@ -219,7 +219,7 @@ def fleet_strategy(cfg: FleetConfig, spec: ModelSpec, weights: Sequence[np.ndarr
     """The fleet's strategy from ``weights`` (FedAvg/FedProx, DP wrapper, released-round record).
 
     One code path for the one-process server and the SuperLink's ServerApp
-    (:mod:`appliance.fleet.apps`), so what bounds aggregation here bounds both.
+    (:mod:`appliance.fleet.server_app`), so what bounds aggregation here bounds both.
     """
     base = FedProx if cfg.strategy == "fedprox" else FedAvg
     kw = dict(fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=cfg.min_results,
