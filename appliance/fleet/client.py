@@ -14,8 +14,11 @@ left out). A SIGTERM makes the client leave the run at once, mid-round too
 (:class:`WindowClosed`): the appliance sends it when the connectivity window
 closes (:mod:`appliance.fleet.participant`).
 
-Transport: Flower's one-process client (``flwr.compat``), over gRPC; why not the
-SuperNode deployment Flower now recommends: ``docs/fleet.md``.
+:class:`GatewayClient` is what each gateway's SuperNode runs (the ClientApp of
+:mod:`appliance.fleet.client_app`). :func:`run_client` is the one-process mode
+(``appliance fleet client``: Flower's ``flwr.compat`` client over gRPC, for the
+CSV benchmark and hand runs), which the appliance's participant no longer uses
+(``docs/fleet.md``).
 """
 
 from __future__ import annotations
