@@ -23,6 +23,7 @@ import pytest
 
 from appliance.core import Alarm, AlarmState, Level
 from tests.support.detector import SENSORS, normal_rows, record_rows
+from tests.support.ports import free_port
 from tests.support.wait import wait_until_async
 
 # Several processes per gateway (SuperNode, SuperExec, a ClientApp per message) on two shared cores: the
@@ -62,6 +63,8 @@ class Gateway:
                             "store": {"path": str(db)}, "outputs": {"sync": {"enabled": True}},
                             "fleet": {"participate": True, "asset": ASSET, "server_address": rig.address,
                                       "ca_file": str(rig.tls.ca_file), "node_key": str(rig.new_node(name).key),
+                                      # three gateways on one machine: each SuperNode's own API on its own port
+                                      "node_runtime_port": free_port(),
                                       "alarm_margin_s": 10.0, "recent_s": 86400.0}}, name)
         self.clock = ManualClock()
         self.windows = ConnectivityWindows([], monotonic=self.clock)

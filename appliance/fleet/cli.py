@@ -303,7 +303,7 @@ def cmd_node(args) -> int:
         print(f"appliance fleet node: {e}", file=sys.stderr)
         return 2
     argv = supernode_argv(args.server or f.server_address, values, ca_file=ca_file, key_file=key_file,
-                          runtime_port=args.runtime_port, max_wait_s=args.max_wait)
+                          runtime_port=args.runtime_port or f.node_runtime_port, max_wait_s=args.max_wait)
     return _exec(argv, flower_env())
 
 
@@ -366,8 +366,8 @@ def _add_deployment_commands(fsub) -> None:
     n.add_argument("--ca-file", help="PEM CA of the SuperLink's certificate (default: fleet.ca_file)")
     n.add_argument("--key", help="this gateway's private key (default: fleet.node_key)")
     n.add_argument("--max-wait", type=float, metavar="S", help="give up reaching the SuperLink after S seconds")
-    n.add_argument("--runtime-port", type=int, default=9094,
-                   help="loopback port of the SuperNode's own runtime API (default 9094)")
+    n.add_argument("--runtime-port", type=int,
+                   help="loopback port of the SuperNode's own runtime API (default: fleet.node_runtime_port, 9094)")
     n.add_argument("--allow-plain", action="store_true",
                    help="also take fit rounds without SecAgg+ (default: refuse them)")
     n.add_argument("--traffic-file", help="append the payload bytes of each message (the benchmark)")

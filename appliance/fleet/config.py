@@ -96,6 +96,8 @@ class FleetConfig(Section):
     node_key: str | None = Field(None, min_length=1, description="gateway: its SuperNode private key (OpenSSH "
                                                                  "EC; appliance fleet keygen); the SuperLink "
                                                                  "admits only registered keys")
+    node_runtime_port: int = Field(9094, ge=1, le=65535, description="gateway: loopback port of its SuperNode's "
+                                                                     "own runtime API (Flower's default 9094)")
 
     @model_validator(mode="after")
     def _counts(self):

@@ -162,7 +162,8 @@ def client_command(cfg) -> Callable[[float], list[str]]:
     base = [sys.executable, "-m", "appliance.cli", "fleet", "node", "--from-store", f.asset,
             "--store", str(cfg.path(cfg.store.path)), "--name", f.name or cfg.site, "--server", f.server_address,
             "--recent", repr(f.recent_s), "--alarm-margin", repr(f.alarm_margin_s),
-            "--staleness", repr(cfg.windows.staleness_s), "--lateness", repr(cfg.windows.lateness_s)]
+            "--staleness", repr(cfg.windows.staleness_s), "--lateness", repr(cfg.windows.lateness_s),
+            "--runtime-port", str(f.node_runtime_port)]
     if f.ca_file is not None:
         base += ["--ca-file", f.ca_file]
     if f.node_key is not None:
