@@ -295,9 +295,10 @@ def deployment_run(rig, name: str, nodes, seed: Path, reference: Path, fleet: di
                     node.stop(signal.SIGKILL)  # mid-round 1: after its first message of the round
                     left.append(node)
             time.sleep(0.2)
-        # They come back once the others finished round 1 (round 2 waits for them: rejoin_timeout_s).
-        while run.poll() is None and not any(m["group"] == "1" and m["type"] == "evaluate"
-                                             for n in nodes[:-leave] for m in traffic(n)):
+        # They come back once every other gateway answered another message of round 1 without them (the
+        # round went on); not after round 1's evaluation: the server's rejoin wait holds that for them.
+        seen = {n.name: len(traffic(n)) for n in nodes[:-leave]}
+        while run.poll() is None and not all(len(traffic(n)) > seen[n.name] for n in nodes[:-leave]):
             time.sleep(0.5)
         for node in left:
             rig.start_node(node, [csvs[node.name]], secagg_required=False)
