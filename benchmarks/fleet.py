@@ -21,7 +21,20 @@ privacy spent. ``--source sim``: the same on the pump simulator (firmware-sim), 
 gateway's pump at its own speed, held-back runs with bearing wear, cavitation and
 a valve blockage.
 
+``--runtime deployment``: Flower's deployment runtime at scale (pump simulator
+only): one SuperLink (``appliance fleet superlink``, TLS and node
+authentication) and one SuperNode process per gateway (``appliance fleet
+node``, each with its own key), N = 20 by default, each pump at its own speed;
+runs with SecAgg+ on, off, and on with ``--leave`` gateways killed mid-round 1
+that come back for round 2. Reported per run: rounds to converge, seconds per
+round, payload bytes per round per gateway each way (the ClientApp's
+``traffic-file``: arrays and config values, HTTP/TLS framing not counted), the
+SuperLink's peak RSS (alone and with its SuperExec and ServerApp), and each
+model's F1/FAR/MAR on every gateway's held-back faults against local and
+central models. JSON to ``benchmarks/results/fleet_deploy.json``.
+
 Usage:
+  .venv/bin/python benchmarks/fleet.py --runtime deployment --gateways 20 --rounds 3
   .venv/bin/python benchmarks/fleet.py                 # N=3, 5 rounds; JSON to benchmarks/results/fleet.json
                                                        # (machine and library versions in front)
   .venv/bin/python benchmarks/fleet.py --gateways 4 --rounds 8 --noise 1.0 --clip 0.5
@@ -33,6 +46,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -181,6 +195,218 @@ def summary(report: dict) -> dict:
             "privacy": report.get("privacy"), "bundle_error": report.get("bundle_error")}
 
 
+# -- the deployment runtime: SuperLink + one SuperNode process per gateway (--runtime deployment) ------------------
+
+
+class RssSampler:
+    """Peak resident memory of a process and of its whole tree (the SuperLink, its SuperExec and ServerApp)."""
+
+    def __init__(self, pid: int, interval_s: float = 1.0):
+        import threading
+
+        self.pid, self.interval_s = pid, interval_s
+        self.peak_kb = self.peak_tree_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _rss_kb(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    @staticmethod
+    def _children() -> dict[int, list[int]]:
+        kids: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            kids.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        return kids
+
+    def _tree(self) -> list[int]:
+        kids, out, todo = self._children(), [], [self.pid]
+        while todo:
+            p = todo.pop()
+            out.append(p)
+            todo += kids.get(p, [])
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak_kb = max(self.peak_kb, self._rss_kb(self.pid))
+            self.peak_tree_kb = max(self.peak_tree_kb, sum(self._rss_kb(p) for p in self._tree()))
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {"superlink_peak_rss_mb": round(self.peak_kb / 1024, 1),
+                "superlink_tree_peak_rss_mb": round(self.peak_tree_kb / 1024, 1)}
+
+
+def traffic_by_round(nodes) -> dict:
+    """Per round: payload bytes per gateway each way (mean over the gateways that took part) and when it ended."""
+    from rigs.fleet import traffic
+
+    rounds: dict[int, dict] = {}
+    for node in nodes:
+        per: dict[int, dict] = {}
+        for m in traffic(node):
+            r = per.setdefault(int(m["group"]), {"down": 0, "up": 0, "messages": 0, "end": 0.0})
+            r["down"] += m["down"]
+            r["up"] += m["up"]
+            r["messages"] += 1
+            r["end"] = max(r["end"], m["t"])
+        for k, v in per.items():
+            rounds.setdefault(k, []).append(v)
+    out = {}
+    for k, vs in sorted(rounds.items()):
+        out[k] = {"gateways": len(vs), "down_bytes": int(np.mean([v["down"] for v in vs])),
+                  "up_bytes": int(np.mean([v["up"] for v in vs])),
+                  "messages": int(np.mean([v["messages"] for v in vs])), "ended_at": max(v["end"] for v in vs)}
+    return out
+
+
+def deployment_run(rig, name: str, nodes, seed: Path, reference: Path, fleet: dict, leave: int = 0,
+                   csvs=None) -> dict:
+    """One ``appliance fleet run`` on the rig's SuperLink; ``leave`` gateways drop in round 1 and come back."""
+    from rigs.fleet import traffic
+
+    for node in nodes:
+        if node.traffic.exists():
+            node.traffic.unlink()
+    rig.write_config(fleet)
+    sampler = RssSampler(rig.superlink.pid)
+    started = time.time()
+    run = rig.run(seed, [reference], name=name)
+    left = []
+    if leave:
+        leavers = nodes[-leave:]
+        while run.poll() is None and len(left) < leave:
+            for node in leavers:
+                if node not in left and any(m["group"] == "1" for m in traffic(node)):
+                    node.stop(signal.SIGKILL)  # mid-round 1: after its first message of the round
+                    left.append(node)
+            time.sleep(0.2)
+        # They come back once every other gateway answered another message of round 1 without them (the
+        # round went on); not after round 1's evaluation: the server's rejoin wait holds that for them.
+        seen = {n.name: len(traffic(n)) for n in nodes[:-leave]}
+        while run.poll() is None and not all(len(traffic(n)) > seen[n.name] for n in nodes[:-leave]):
+            time.sleep(0.5)
+        for node in left:
+            rig.start_node(node, [csvs[node.name]], secagg_required=False)
+    code = run.wait()
+    seconds = time.time() - started
+    memory = sampler.stop()
+    report_path = rig.folder / name / "report.json"
+    if not report_path.exists():
+        raise SystemExit(f"run {name} failed ({code}): {(rig.folder / name / 'run.log').read_text()[-3000:]}")
+    report = json.loads(report_path.read_text())
+    per_round = traffic_by_round(nodes)
+    ends = [started] + [per_round[k]["ended_at"] for k in sorted(per_round)]
+    s = summary_deploy(report)
+    s.update(memory, seconds=round(seconds, 1), left_mid_round=[n.name for n in left],
+             seconds_per_round=[round(b - a, 1) for a, b in zip(ends, ends[1:])],
+             per_round_traffic={k: {kk: vv for kk, vv in v.items() if kk != "ended_at"}
+                                for k, v in per_round.items()},
+             clients_per_round=[len(r["clients"]) for r in report["rounds"]],
+             failures_per_round=[r["failures"] for r in report["rounds"]])
+    return {"summary": s, "bundle": Path(report["bundle"]) if "bundle" in report else None}
+
+
+def summary_deploy(report: dict) -> dict:
+    rounds = report["rounds"]
+    losses = [r["eval_loss"] for r in rounds if r["eval_loss"] is not None]
+    best = min(losses) if losses else None
+    converged = next((i + 1 for i, v in enumerate(losses) if v <= 1.02 * best), None) if losses else None
+    return {"rounds_released": report["rounds_released"], "eval_loss": [round(v, 5) for v in losses],
+            "rounds_to_converge": converged, "parameter_bytes": rounds[0]["bytes_down_per_client"],
+            "bundle_error": report.get("bundle_error")}
+
+
+def deployment_main(args) -> int:
+    """``--runtime deployment``: N gateways as SuperNode processes on one SuperLink (TLS, node auth)."""
+    from rigs.fleet import FleetRig
+    from rigs.tls_server import make_tls
+
+    started = time.monotonic()
+    gateways = load_sim_gateways(args.gateways, args.spread, args.train_rows or 600)
+    settings = TrainSettings(window=10, hidden=(16, 4), max_iter=30, calibration="holdout", seed=0)
+    leave = min(args.leave, max(0, args.gateways - 2))
+    with tempfile.TemporaryDirectory(prefix="fleet-deploy-bench-") as tmp:
+        work = Path(tmp)
+        csvs = {g["name"]: write_csv(work / f"{g['name']}.csv", g["sensors"], g["ts"], g["rows"]) for g in gateways}
+        local = {g["name"]: train_bundle(g["rows"], g["sensors"], work / f"local-{g['name']}", settings, ts=g["ts"])
+                 for g in gateways}
+        order = np.argsort(np.concatenate([g["ts"] for g in gateways]), kind="stable")
+        central = train_bundle(np.concatenate([g["rows"] for g in gateways])[order], gateways[0]["sensors"],
+                               work / "central", settings, ts=np.concatenate([g["ts"] for g in gateways])[order])
+        seed, reference = local["gw0"], csvs["gw0"]
+        n = len(gateways)
+        base = {"strategy": "fedavg", "rounds": args.rounds, "clients": n, "min_results": max(2, n - leave),
+                "local_epochs": args.epochs, "batch_size": 64, "round_timeout_s": args.round_timeout, "join_timeout_s": 1800.0}
+        rig = FleetRig(work / "rig", make_tls(work / "tls"), base).start()
+        runs: dict[str, dict] = {}
+        try:
+            nodes = [rig.new_node(g["name"]) for g in gateways]
+            for node in nodes:
+                rig.start_node(node, [csvs[node.name]], secagg_required=False)
+            secagg = {"enabled": True, "num_shares": min(args.shares, n), "reconstruction_threshold":
+                      max(2, min(args.shares, n) * 2 // 3)}
+            plans = {"secagg": (dict(base, secagg=secagg), 0), "plain": (dict(base, secagg={"enabled": False}), 0),
+                     "secagg_leave": (dict(base, secagg=secagg, rejoin_timeout_s=1800.0), leave)}
+            for name in args.scenarios:
+                fleet, k = plans[name]
+                runs[name] = deployment_run(rig, name, nodes, seed, reference, fleet, leave=k, csvs=csvs)
+                print(f"{name}: {runs[name]['summary']}", flush=True)
+                # Written after every run: a long benchmark on a loaded machine keeps what completed.
+                write_deployment_result(args, gateways, local, central, runs, base, leave, started)
+        finally:
+            rig.stop()
+    return 0
+
+
+def write_deployment_result(args, gateways, local, central, runs, base, leave, started) -> dict:
+    n = len(gateways)
+    models = {"local": None, "central": central} | {k: v["bundle"] for k, v in runs.items()}
+    table = {g["name"]: {m: (evaluate(local[g["name"]], g) if m == "local" else
+                             evaluate(b, g) if b is not None else {"refused": True})
+                         for m, b in models.items()} for g in gateways}
+    means = {m: {k: round(float(np.mean([table[g][m][k] for g in table if k in table[g][m]])), 3)
+                 for k in ("f1", "far", "mar")} for m in models}
+    result = {"runtime": "deployment (flower-superlink + one flower-supernode process per gateway, TLS, node "
+                         "authentication)", "source": "sim", "spread": args.spread,
+              "gateways": [{"name": g["name"], "speed": g["factor"], "train_rows": int(len(g["rows"]))}
+                           for g in gateways],
+              "settings": {"window": 10, "hidden": [16, 4], "max_iter": 30, **base, "leave": leave},
+              "scenarios_planned": list(args.scenarios), "scenarios_done": list(runs),
+              "runs": {k: v["summary"] for k, v in runs.items()}, "scores": table, "mean_scores": means,
+              "seconds": round(time.monotonic() - started, 1)}
+    print(f"{'model':14} {'F1':>6} {'FAR':>6} {'MAR':>6}   (mean over {n} gateways, held-back pump faults)")
+    for m, s in means.items():
+        print(f"{m:14} {s.get('f1', float('nan')):6.3f} {s.get('far', float('nan')):6.3f} "
+              f"{s.get('mar', float('nan')):6.3f}")
+    for k, v in result["runs"].items():
+        t = v["per_round_traffic"]
+        first = t[min(t)] if t else {"down_bytes": 0, "up_bytes": 0}
+        print(f"{k}: {v['rounds_released']} rounds released, converged after {v['rounds_to_converge']}, "
+              f"s/round {v['seconds_per_round']}, bytes/round/gateway down {first['down_bytes']} up "
+              f"{first['up_bytes']}, SuperLink RSS {v['superlink_peak_rss_mb']} MB (tree "
+              f"{v['superlink_tree_peak_rss_mb']} MB), clients/round {v['clients_per_round']}")
+    m = machine(LIBRARIES)
+    print(f"{m['cpu']} ({m['machine']}, {m['cores']} cores, load average {m['load_average']}), "
+          f"flwr {m['libraries']['flwr']}")
+    print(f"written {write_results(args.out, result, libraries=LIBRARIES)} ({result['seconds']} s)", flush=True)
+    return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", choices=("skab", "sim"), default="skab",
@@ -194,8 +420,19 @@ def main() -> int:
     ap.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg")
     ap.add_argument("--noise", type=float, default=1.0)
     ap.add_argument("--clip", type=float, default=0.5)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fleet.json"))
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/fleet.json (fleet_deploy.json)")
+    ap.add_argument("--runtime", choices=("one-process", "deployment"), default="one-process",
+                    help="deployment: a SuperLink and one SuperNode process per gateway (pump simulator)")
+    ap.add_argument("--leave", type=int, default=3, help="deployment: gateways that drop in round 1 and come back")
+    ap.add_argument("--round-timeout", type=float, default=300.0, help="deployment: round_timeout_s")
+    ap.add_argument("--shares", type=int, default=5, help="deployment: SecAgg+ shares per gateway")
+    ap.add_argument("--scenarios", nargs="+", default=["secagg", "plain", "secagg_leave"],
+                    choices=("secagg", "plain", "secagg_leave"), help="deployment: the runs to make")
     args = ap.parse_args()
+    if args.runtime == "deployment":
+        args.out = args.out or str(ROOT / "benchmarks" / "results" / "fleet_deploy.json")
+        return deployment_main(args)
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / "fleet.json")
 
     started = time.monotonic()
     if args.source == "sim":

@@ -119,7 +119,8 @@ LIVE_ROOTS = ("appliance.runtime", "appliance.detector.windowing", "appliance.de
 TRAINING_SIDE = ("appliance.detector.train", "appliance.detector.calibration", "appliance.detector.quantize",
                  "appliance.detector.autoencoder",
                  "appliance.eval", "appliance.commission", "appliance.fleet.client", "appliance.fleet.server",
-                 "appliance.fleet.model", "appliance.fleet.export", "firmware_sim")
+                 "appliance.fleet.model", "appliance.fleet.export", "appliance.fleet.client_app",
+                 "appliance.fleet.server_app", "appliance.fleet.outcome", "firmware_sim")
 TRAINING_LIBRARIES = ("onnxruntime.quantization", "sklearn", "flwr")
 
 

@@ -31,6 +31,9 @@ def test_a_wildcard_bind_is_refused_without_an_explicit_opt_in():
             FleetConfig(server_address=address)
         assert FleetConfig(server_address=address, allow_unauthenticated_bind=True).server_address == address
     assert FleetConfig(server_address="10.8.0.1:9092").server_address == "10.8.0.1:9092"
+    # With TLS the SuperLink runtime admits only registered gateway keys: a wildcard is allowed there ...
+    tls = dict(ca_file="ca.pem", cert_file="server.pem", key_file="server.key")
+    assert FleetConfig(server_address="0.0.0.0:9092", **tls).server_address == "0.0.0.0:9092"
 
 
 def test_the_server_command_holds_address_to_the_same_rule():
@@ -41,6 +44,10 @@ def test_the_server_command_holds_address_to_the_same_rule():
         _bind_allowed("0.0.0.0:9092", FleetConfig())
     _bind_allowed("0.0.0.0:9092", FleetConfig(allow_unauthenticated_bind=True))
     _bind_allowed("127.0.0.1:9092", FleetConfig())
+    # ... but not for the one-process server, which authenticates no gateway, TLS or not.
+    tls = dict(ca_file="ca.pem", cert_file="server.pem", key_file="server.key")
+    with pytest.raises(ValueError, match="listens on every interface"):
+        _bind_allowed("0.0.0.0:9092", FleetConfig(server_address="0.0.0.0:9092", **tls))
     _bind_allowed(None, FleetConfig())
 
 

@@ -14,8 +14,11 @@ left out). A SIGTERM makes the client leave the run at once, mid-round too
 (:class:`WindowClosed`): the appliance sends it when the connectivity window
 closes (:mod:`appliance.fleet.participant`).
 
-Transport: Flower's one-process client (``flwr.compat``), over gRPC; why not the
-SuperNode deployment Flower now recommends: ``docs/fleet.md``.
+:class:`GatewayClient` is what each gateway's SuperNode runs (the ClientApp of
+:mod:`appliance.fleet.client_app`). :func:`run_client` is the one-process mode
+(``appliance fleet client``: Flower's ``flwr.compat`` client over gRPC, for the
+CSV benchmark and hand runs), which the appliance's participant no longer uses
+(``docs/fleet.md``).
 """
 
 from __future__ import annotations
@@ -101,7 +104,14 @@ class GatewayClient(NumPyClient):
         self.rounds += 1
         logger.info("fleet client %s: fit round=%s done loss=%.5g", self.name, config.get("round"), loss)
         _flush()
-        return new, len(X_train), metrics
+        return new, self._weight(len(X_train), config), metrics | {"train_windows": len(X_train)}
+
+    @staticmethod
+    def _weight(windows: int, config) -> int:
+        """The weight this update counts with: its windows, or the server's ``max_weight`` (SecAgg+: uniform)."""
+        if "max_weight" in config:
+            return max(1, int(min(windows, float(config["max_weight"]))))
+        return windows
 
     def evaluate(self, parameters, config):
         spec, _, X_held = self.windows(config)

@@ -51,6 +51,32 @@ def wildcard_host(address: str) -> bool:
     return host.strip("[]") in ("", "0.0.0.0", "::", "*")
 
 
+class FleetSecAggConfig(Section):
+    """SecAgg+ on the SuperLink runtime (``appliance fleet run``): the server sees only the sum of the updates.
+
+    Flower's ``SecAggPlusWorkflow`` with ``secaggplus_mod`` on the gateways. Each
+    gateway's parameters are clipped to ``[-clipping_range, clipping_range]`` per
+    coordinate and quantized to ``quantization_range`` levels before masking, and
+    its weight is ``num_examples / max_weight`` of one share; the fleet sends
+    every gateway a weight of ``max_weight`` (uniform average), so no gateway's
+    word on its window count weighs more (``docs/fleet.md``).
+    """
+
+    enabled: bool = Field(True, description="SecAgg+ for every fit round of the SuperLink runtime")
+    num_shares: int = Field(3, ge=3, le=100_000, description="shares each gateway's secrets are split into")
+    reconstruction_threshold: int = Field(2, ge=2, le=100_000, description="shares that reconstruct a secret "
+                                                                           "(of a gateway that dropped)")
+    clipping_range: float = Field(8.0, gt=0, le=1e6, description="each parameter clipped to +-this before masking")
+    quantization_range: int = Field(2**22, ge=2, le=2**30, description="levels a parameter is quantized to")
+    max_weight: float = Field(1.0, gt=0, le=1e9, description="the weight of one gateway's update (uniform)")
+
+    @model_validator(mode="after")
+    def _shares(self):
+        if self.reconstruction_threshold >= self.num_shares:
+            raise ValueError("secagg.reconstruction_threshold must be < num_shares")
+        return self
+
+
 class FleetConfig(Section):
     server_address: str = Field("127.0.0.1:9092", min_length=3, description="host:port the server listens on")
     strategy: Literal["fedavg", "fedprox"] = "fedavg"
@@ -93,6 +119,13 @@ class FleetConfig(Section):
     # reaches the port could send updates. Allowed only when the site says so explicitly.
     allow_unauthenticated_bind: bool = Field(False, description="server: listen on 0.0.0.0/:: although "
                                                                 "gateways are not authenticated")
+    secagg: FleetSecAggConfig = FleetSecAggConfig()
+    # The SuperLink runtime (appliance fleet superlink|run|node): node authentication.
+    node_key: str | None = Field(None, min_length=1, description="gateway: its SuperNode private key (OpenSSH "
+                                                                 "EC; appliance fleet keygen); the SuperLink "
+                                                                 "admits only registered keys")
+    node_runtime_port: int = Field(9094, ge=1, le=65535, description="gateway: loopback port of its SuperNode's "
+                                                                     "own runtime API (Flower's default 9094)")
 
     @model_validator(mode="after")
     def _counts(self):
@@ -102,12 +135,13 @@ class FleetConfig(Section):
             raise ValueError("cert_file and key_file go together (the server's TLS certificate and its key)")
         if self.cert_file is not None and self.ca_file is None:
             raise ValueError("a TLS server needs ca_file too (Flower hands it to gRPC with the certificate)")
-        if wildcard_host(self.server_address) and not self.allow_unauthenticated_bind:
+        if wildcard_host(self.server_address) and not (self.allow_unauthenticated_bind or self.cert_file):
             raise ValueError(
-                f"server_address {self.server_address!r} listens on every interface, but this fleet server cannot "
-                "authenticate gateways (Flower's one-process server has no client authentication): anyone who "
-                "reaches the port could send updates. Listen on the site VPN's or loopback address, or set "
-                "allow_unauthenticated_bind = true (with TLS, behind a firewall)")
+                f"server_address {self.server_address!r} listens on every interface, but without TLS the fleet "
+                "server cannot authenticate gateways: anyone who reaches the port could send updates. Give "
+                "cert_file/key_file/ca_file (the SuperLink runtime then admits only registered gateway keys; "
+                "`appliance fleet server`, the one-process mode, still refuses a wildcard without the opt-in), "
+                "listen on the site VPN's or loopback address, or set allow_unauthenticated_bind = true")
         if self.participate and self.asset is None:
             raise ValueError("participate = true needs asset (whose recorded normal rows the gateway trains on)")
         return self

@@ -153,15 +153,21 @@ class FleetParticipant(Output):
 
 
 def client_command(cfg) -> Callable[[float], list[str]]:
-    """The argv of this gateway's fleet client for a window with ``time_left_s`` to go (from the config)."""
+    """The argv of this gateway's SuperNode for a window with ``time_left_s`` to go (from the config).
+
+    ``appliance fleet node`` becomes Flower's ``flower-supernode`` with this
+    gateway's key (``fleet.node_key``), the fleet's CA and its store as node config.
+    """
     f = cfg.fleet
-    base = [sys.executable, "-m", "appliance.cli", "fleet", "client", "--from-store", f.asset,
+    base = [sys.executable, "-m", "appliance.cli", "fleet", "node", "--from-store", f.asset,
             "--store", str(cfg.path(cfg.store.path)), "--name", f.name or cfg.site, "--server", f.server_address,
             "--recent", repr(f.recent_s), "--alarm-margin", repr(f.alarm_margin_s),
             "--staleness", repr(cfg.windows.staleness_s), "--lateness", repr(cfg.windows.lateness_s),
-            "--log-level", cfg.log_level]
+            "--runtime-port", str(f.node_runtime_port)]
     if f.ca_file is not None:
         base += ["--ca-file", f.ca_file]
+    if f.node_key is not None:
+        base += ["--key", f.node_key]
 
     def command(time_left_s: float) -> list[str]:
         # Connecting is worth trying only while the window lasts.

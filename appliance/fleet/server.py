@@ -273,6 +273,30 @@ def run_server(cfg: FleetConfig, spec: ModelSpec, weights: Sequence[np.ndarray],
     """Run ``cfg.rounds`` Flower rounds from ``weights``; return the final weights and the run report."""
     weights = spec.check(weights)
     record = RunRecord()
+    strategy = fleet_strategy(cfg, spec, weights, record)
+    manager = fleet_client_manager(cfg)
+    server = Server(client_manager=manager, strategy=strategy)
+    certificates = None
+    if cfg.cert_file is not None:
+        certificates = tuple(Path(p).read_bytes() for p in (cfg.ca_file, cfg.cert_file, cfg.key_file))
+    start_server(server_address=address or cfg.server_address, server=server, certificates=certificates,
+                 config=ServerConfig(num_rounds=cfg.rounds, round_timeout=cfg.round_timeout_s))
+    final = parameters_to_ndarrays(server.parameters) if server.parameters.tensors else weights
+    report = _report(cfg, record)
+    return FleetResult(weights=with_final_check(cfg, spec, weights, final, report), report=report)
+
+
+def fleet_client_manager(cfg: FleetConfig) -> FleetClientManager:
+    """The client manager both runtimes sample through (join, rejoin and ``min_results`` waits)."""
+    return FleetClientManager(cfg.clients, cfg.min_results, cfg.join_timeout_s, cfg.rejoin_timeout_s)
+
+
+def fleet_strategy(cfg: FleetConfig, spec: ModelSpec, weights: Sequence[np.ndarray], record: RunRecord) -> Strategy:
+    """The fleet's strategy from ``weights`` (FedAvg/FedProx, DP wrapper, released-round record).
+
+    One code path for the one-process server and the SuperLink's ServerApp
+    (:mod:`appliance.fleet.server_app`), so what bounds aggregation here bounds both.
+    """
     base = FedProx if cfg.strategy == "fedprox" else FedAvg
     kw = dict(fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=cfg.min_results,
               min_evaluate_clients=cfg.min_results, min_available_clients=cfg.min_results, accept_failures=True,
@@ -284,21 +308,25 @@ def run_server(cfg: FleetConfig, spec: ModelSpec, weights: Sequence[np.ndarray],
         strategy = DifferentialPrivacyClientSideFixedClipping(strategy, noise_multiplier=cfg.dp.noise_multiplier,
                                                               clipping_norm=cfg.dp.clipping_norm,
                                                               num_sampled_clients=cfg.clients)
-    strategy = _Released(strategy, record)
-    manager = FleetClientManager(cfg.clients, cfg.min_results, cfg.join_timeout_s, cfg.rejoin_timeout_s)
-    server = Server(client_manager=manager, strategy=strategy)
-    certificates = None
-    if cfg.cert_file is not None:
-        certificates = tuple(Path(p).read_bytes() for p in (cfg.ca_file, cfg.cert_file, cfg.key_file))
-    start_server(server_address=address or cfg.server_address, server=server, certificates=certificates,
-                 config=ServerConfig(num_rounds=cfg.rounds, round_timeout=cfg.round_timeout_s))
-    final = parameters_to_ndarrays(server.parameters) if server.parameters.tensors else weights
-    report = _report(cfg, record)
-    # Checked before the weights can become a bundle: ``appliance fleet server`` writes none when it fails.
+    return _Released(strategy, record)
+
+
+def report_of(cfg: FleetConfig, record: RunRecord) -> dict:
+    """The run report (JSON-able) of what ``record`` saw."""
+    return _report(cfg, record)
+
+
+def with_final_check(cfg: FleetConfig, spec: ModelSpec, seed: Sequence[np.ndarray], final: Sequence[np.ndarray],
+                     report: dict) -> list[np.ndarray]:
+    """Record in ``report["final_check"]`` how far ``final`` moved from ``seed`` against the run's bound.
+
+    Checked before the weights can become a bundle (both runtimes): :func:`appliance.fleet.outcome.write_outcome`
+    writes none when it fails. Returns the weights to keep (unchecked when they are refused).
+    """
     bound = max_drift(cfg, spec, report["rounds_released"])
-    report["final_check"] = {"drift": update_norm(final, weights), "max_drift": bound,
-                             "problem": drift_problem(final, weights, bound)}
-    return FleetResult(weights=final if report["final_check"]["problem"] else spec.check(final), report=report)
+    problem = drift_problem(final, seed, bound)
+    report["final_check"] = {"drift": update_norm(final, seed), "max_drift": bound, "problem": problem}
+    return list(final) if problem else spec.check(final)
 
 
 def _report(cfg: FleetConfig, record: RunRecord) -> dict:

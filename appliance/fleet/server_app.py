@@ -1,0 +1,128 @@
+"""The fleet's Flower ServerApp: the SuperLink runs it for each run submitted with ``appliance fleet run``.
+
+Flower's deployment runtime (``docs/fleet.md``): the engineer's SuperLink
+(``appliance fleet superlink``) runs :data:`server_app` (``flwr run`` of
+``appliance/fleet/flower_app``). The strategy is
+:func:`appliance.fleet.server.fleet_strategy`, the same code path as the
+one-process server, so whatever bounds its aggregation bounds this runtime too;
+Flower's ``DefaultWorkflow`` drives it, with ``SecAggPlusWorkflow`` as the fit
+workflow when ``[fleet.secagg] enabled`` (the default). After the last round it
+writes the bundle and the run report (:mod:`appliance.fleet.outcome`) on the
+SuperLink's machine, for the signed release path. Only Flower's public API is
+used. Importing this module imports flwr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+from flwr.app import Context
+from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
+from flwr.server.strategy import Strategy
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+from appliance.fleet.config import FleetConfig
+
+logger = logging.getLogger(__name__)
+
+
+class _Delegating(Strategy):
+    """A strategy that hands every call to ``inner`` (subclasses change one call)."""
+
+    def __init__(self, inner: Strategy):
+        super().__init__()
+        self.inner = inner
+
+    def initialize_parameters(self, client_manager):
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round, results, failures):
+        return self.inner.aggregate_fit(server_round, results, failures)
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(self, server_round, parameters):
+        return self.inner.evaluate(server_round, parameters)
+
+
+class UniformWeights(_Delegating):
+    """Tells every gateway the weight its update counts with (SecAgg+ weighs on the client, before masking)."""
+
+    def __init__(self, inner: Strategy, max_weight: float):
+        super().__init__(inner)
+        self.max_weight = max_weight
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        instructions = self.inner.configure_fit(server_round, parameters, client_manager)
+        for _, ins in instructions:
+            ins.config["max_weight"] = self.max_weight
+        return instructions
+
+
+def fit_workflow(cfg: FleetConfig):
+    """SecAgg+ for the fit rounds (``[fleet.secagg]``), else Flower's default fit workflow."""
+    s = cfg.secagg
+    if not s.enabled:
+        return None
+    return SecAggPlusWorkflow(num_shares=s.num_shares, reconstruction_threshold=s.reconstruction_threshold,
+                              max_weight=s.max_weight, clipping_range=s.clipping_range,
+                              quantization_range=s.quantization_range, timeout=cfg.round_timeout_s)
+
+
+def _released_weights(record, seed: list[np.ndarray]) -> list[np.ndarray]:
+    """The weights of the last released round (the seed when none was)."""
+    for r in sorted(record.rounds, reverse=True):
+        w = record.rounds[r].get("released_weights")
+        if w is not None:
+            return list(w)
+    return list(seed)
+
+
+def run_fleet(grid: Grid, context: Context) -> dict:
+    """The ServerApp's run: rounds from the seed bundle, then the bundle and report; returns the report."""
+    from appliance.config import load_config
+    from appliance.detector.train import read_csv_rows
+    from appliance.fleet.model import seed_from_bundle
+    from appliance.fleet.outcome import write_outcome
+    from appliance.fleet.server import (RunRecord, fleet_client_manager, fleet_strategy, report_of,
+                                        with_final_check)
+
+    job = {k: str(context.run_config[k]) for k in ("fleet-config", "init", "reference", "out", "report")}
+    cfg = load_config(job["fleet-config"]).fleet
+    spec, weights = seed_from_bundle(job["init"])
+    reference = read_csv_rows(job["reference"].split(os.pathsep))
+    record = RunRecord()
+    strategy = fleet_strategy(cfg, spec, weights, record)
+    if cfg.secagg.enabled:
+        strategy = UniformWeights(strategy, cfg.secagg.max_weight)
+    legacy = LegacyContext(context=context, strategy=strategy, client_manager=fleet_client_manager(cfg),
+                           config=ServerConfig(num_rounds=cfg.rounds, round_timeout=cfg.round_timeout_s))
+    started = time.monotonic()
+    DefaultWorkflow(fit_workflow=fit_workflow(cfg))(grid, legacy)
+    final = _released_weights(record, weights)
+    report = report_of(cfg, record)
+    report["runtime"] = {"engine": "superlink", "run_id": int(context.run_id), "seconds": time.monotonic() - started,
+                         "secagg": cfg.secagg.model_dump() if cfg.secagg.enabled else None}
+    final = with_final_check(cfg, spec, weights, final, report)
+    outcome = write_outcome(cfg, spec, final, report, init=job["init"], reference=reference, out=job["out"],
+                            report_path=job["report"])
+    logger.info("fleet run %s: %s", context.run_id, outcome.message)
+    return report
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def _server_main(grid: Grid, context: Context) -> None:
+    run_fleet(grid, context)
