@@ -286,13 +286,6 @@ def _announce_dashboard(dcfg, port: int, name: str, password: str) -> None:
           f"a new password each run; more accounts: appliance user add NAME --role technician)", flush=True)
 
 
-def sparkplug_available() -> bool:
-    """Whether this build has the Sparkplug B input (``[inputs.sparkplug]``) that ``--sparkplug`` needs."""
-    from appliance.registry import INPUTS
-
-    return any(p.key == "sparkplug" for p in INPUTS)
-
-
 def _publish_bad_payloads(port: int, sparkplug: bool = False) -> int:
     """A few malformed messages, to show they are dead-lettered and change nothing."""
     import paho.mqtt.client as mqtt
@@ -315,10 +308,6 @@ def _publish_bad_payloads(port: int, sparkplug: bool = False) -> int:
 
 def run_demo(cfg, seconds: float | None = None, fault_at: float | None = None,
              fault: str = "bearing_wear", cloud: bool = True, sparkplug: bool = False) -> int:
-    if sparkplug and not sparkplug_available():
-        print("demo: ERROR: --sparkplug needs the Sparkplug B input ([inputs.sparkplug]), which this build "
-              "does not have", flush=True)
-        return 2
     if sparkplug and cfg.inputs.opcua.enabled:
         print("demo: ERROR: --sparkplug and [inputs.opcua] enabled exclude each other: the pump publishes "
               "either over MQTT as a Sparkplug edge node or through the PLC", flush=True)

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from appliance.accounts import Accounts
-from appliance.demo import sparkplug_available
 
 pytestmark = pytest.mark.integration  # the whole demo: broker, simulators, training, the appliance
 
@@ -109,8 +108,6 @@ def test_demo_switches_to_opcua_with_one_config_change(tmp_path):
     assert int(f["dead_letters"]) == 0
 
 
-@pytest.mark.skipif(not sparkplug_available(), reason="needs the Sparkplug B input ([inputs.sparkplug], issue 25 "
-                                                        "item 1), not in this build")
 def test_demo_with_sparkplug_reads_the_pump_as_an_edge_node(tmp_path):
     _reuse_model(tmp_path)
     proc, f = run_demo(tmp_path, args=("--sparkplug", "--no-cloud"))

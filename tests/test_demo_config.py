@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from appliance.config import parse_config
-from appliance.demo import _demo_config, run_demo, sparkplug_available
+from appliance.demo import _demo_config
 from appliance.demo_cloud import DemoCloud, sync_section
 
 
@@ -22,15 +20,6 @@ def test_the_demo_config_parses_with_the_default_relative_data_dir(tmp_path, mon
     assert demo.outputs.sync.updates.source == str(tmp_path / cfg.data_dir / "demo-cloud" / "usb")
 
 
-@pytest.mark.skipif(not sparkplug_available(), reason="needs the Sparkplug B input ([inputs.sparkplug]), not in "
-                                                        "this build")
 def test_the_sparkplug_demo_reads_the_pump_through_the_sparkplug_input_alone():
     demo = _demo_config(parse_config({}, "defaults"), 1883, None, sparkplug=True)
     assert demo.inputs.sparkplug.enabled and not demo.inputs.mqtt.enabled and not demo.inputs.opcua.enabled
-
-
-def test_without_the_sparkplug_input_the_sparkplug_demo_says_so(capsys):
-    if sparkplug_available():
-        pytest.skip("this build has the Sparkplug B input")
-    assert run_demo(parse_config({}, "defaults"), seconds=1, sparkplug=True) == 2
-    assert "--sparkplug needs the Sparkplug B input" in capsys.readouterr().out
