@@ -24,13 +24,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from appliance.connections.sparkplug.metrics import DataType
 from appliance.connections.sparkplug.schema import Payload
 from appliance.connections.sparkplug.topics import MessageType, node_topic
 
-from .publisher import MqttPublisher
+
+class Publisher(Protocol):
+    """What the edge node needs of :class:`~.publisher.MqttPublisher` (which starts it: no import back)."""
+
+    client: Any  # the paho client: the will, the NCMD subscription, the death's own publish
+    on_connected: list[Callable[[], None]]
+    on_lost: list[Callable[[], None]]
+
+    def publish(self, topic: str, payload: bytes) -> Any: ...
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +49,7 @@ NDEATH_WAIT_S = 5.0
 class SparkplugEdgeNode:
     """Publishes samples of one asset as a Sparkplug B edge node through ``pub`` (built, not yet connected)."""
 
-    def __init__(self, pub: MqttPublisher, group: str, edge_node: str, device: str, sensors: Sequence[str]):
+    def __init__(self, pub: Publisher, group: str, edge_node: str, device: str, sensors: Sequence[str]):
         for what, name in (("group", group), ("edge node", edge_node), ("asset", device)):
             if not name or any(c in name for c in "/+#"):
                 raise ValueError(f"Sparkplug {what} {name!r} must be one topic level (no '/', '+' or '#')")
