@@ -7,7 +7,7 @@ The simulators install as the package ``firmware_sim`` from the folder ``firmwar
 import (``from .pump import ...``) would fail to import. Here the doctests of that folder
 are collected from the module as installed, ``firmware_sim.pump``, like any user imports it.
 
-The fleet's Flower client and server import flwr at the top; without the fleet extra
+The fleet's Flower client and server (and its ServerApp and ClientApp) import flwr at the top; without the fleet extra
 (Python 3.10, where Flower does not install) their doctests cannot be collected, and the
 fleet tests skip themselves (``pytest.importorskip``).
 
@@ -27,7 +27,8 @@ from _pytest.doctest import DoctestModule
 FIRMWARE_SIM = Path(__file__).resolve().parent / "firmware-sim"
 PACKAGE = "firmware_sim"
 
-collect_ignore = [] if importlib.util.find_spec("flwr") else ["appliance/fleet/client.py", "appliance/fleet/server.py"]
+collect_ignore = [] if importlib.util.find_spec("flwr") else [
+    f"appliance/fleet/{name}.py" for name in ("client", "server", "client_app", "server_app")]
 
 
 class InstalledDoctestModule(DoctestModule):
