@@ -53,7 +53,7 @@ def test_clients_reach_a_wildcard_listener_on_this_machine():
 
 
 def test_the_flwr_cli_config_names_one_superlink_with_the_fleet_ca(tmp_path):
-    import tomllib
+    from appliance.core.compat import tomllib  # Python 3.10: tomli
 
     path = deploy.write_flwr_home(tmp_path / "home", "127.0.0.1:9092", str(tmp_path / "ca.pem"))
     cfg = tomllib.loads(path.read_text())
