@@ -28,6 +28,7 @@ come back in lock-step.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import logging
@@ -331,7 +332,9 @@ class _Burst:
 
 class MqttSession(Input):
     """An input on its own MQTT session; a subclass says what to subscribe to and how a message reads
-    (:meth:`subscriptions`, :meth:`_parse`): the JSON input, the Sparkplug B input."""
+    (:meth:`subscriptions`, :meth:`_parse`): the JSON input, the Sparkplug B input.
+
+    Abstract (``Input`` is an ``abc.ABC``): a subclass missing either hook cannot be made."""
 
     kind = "mqtt"
 
@@ -930,10 +933,10 @@ class MqttSession(Input):
 
     # -- what a subclass says ------------------------------------------------
 
+    @abc.abstractmethod
     def subscriptions(self) -> tuple[str, ...]:
         """The topic filters subscribed to on every connection."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _parse(self, topic: str | None, msg, now: float, oversize: int = 0) -> tuple[list, list]:
         """``(readings, dead letters)`` of one message (on the loop; must not block)."""
-        raise NotImplementedError
