@@ -10,14 +10,21 @@ from __future__ import annotations
 import math
 import re
 import time
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
 from playwright import sync_api
 
 from appliance.accounts import Accounts
+from appliance.actions.decide import Decider
 from appliance.core import DeadLetterCode
+from appliance.lifecycle.config import BacktestBounds
+from appliance.lifecycle.life import ModelLifecycle
+from appliance.lifecycle.shadow import ModelCommandError, ShadowBounds
 from appliance.store.store import StoreReader
+from tests.support.detector import StandIn
+from tests.support.loop import on_loop
 from tests.support.web import FAST_HASHER, PASSWORD, BookAppliance, FakeMitigation, make_user
 from web.app import create_app
 from web.server import serve
@@ -318,6 +325,7 @@ def test_model_and_system_pages(page, served, shots):
     sign_in(page, served, "eve", "/model")
     expect(page.locator("#m-version")).to_have_text("test-model-1")
     expect(page.locator("#m-promote")).to_be_disabled()  # no candidate in shadow
+    expect(page.locator("#m-backtest")).to_have_text("None since the gateway started.")
     page.goto(served.url + "/system")
     expect(page.locator("#s-rss")).to_have_text(re.compile(r"MiB"))
     expect(page.locator("#s-silent")).to_contain_text("pump2 / Temperature")
@@ -366,6 +374,53 @@ def test_gateway_gone_shows_offline(page, served):
     expect(page.locator("#offline")).to_be_visible()
     expect(page.locator("#offline")).to_contain_text("out of date")
     expect(page.locator("#link")).to_have_text("Offline")
+
+
+# -- the model page: the last back-test --------------------------------------------------------------------------
+class LiveStandIn(StandIn):
+    sensors = ("Current", "Pressure", "Temperature")
+    version = "test-model-1"
+
+
+class WithLifecycle(BookAppliance):
+    """The stand-in appliance with a real model lifecycle, whose status joins the ``model`` section as the
+    runtime's does."""
+
+    def __init__(self, store, models: ModelLifecycle):
+        super().__init__(store)
+        self.models = models
+
+    def status(self) -> dict:
+        st = super().status()
+        st["model"] = {**st["model"], **self.models.status()}
+        return st
+
+
+def test_the_model_page_shows_the_last_backtest_of_a_rejected_candidate(browser, store, tmp_path):
+    """A candidate the back-test rejects: the model page shows the back-test (candidate, running model, verdict,
+    reason), not only the refusal it led to."""
+    reason = ("back-test on 40 min of history, 5 labelled episodes: misses pump1 episode 4e7cd26fbe4bf0fb "
+              "(fault: bearing)")
+    changes = []
+    life = ModelLifecycle(current=LiveStandIn, swap=lambda d: None, publish=changes.append, spawn=lambda c: None,
+                          new_decider=Decider, held_rows=0, data_dir=tmp_path,
+                          history=lambda cand, cur, bounds: SimpleNamespace(ok=False, reason=reason))
+    candidate = LiveStandIn()
+    candidate.version = "cand-2"
+    with pytest.raises(ModelCommandError):
+        on_loop(life.consider(candidate, ShadowBounds(), BacktestBounds()))  # the lifecycle's loop, not Playwright's
+    assert [c.event for c in changes] == ["rejected"] and life.last_backtest["ok"] is False
+
+    served = _serve(WithLifecycle(store, life), store, tmp_path)
+    pg = new_page(browser, served)
+    try:
+        sign_in(pg, served, "eve", "/model")
+        expect(pg.locator("#m-backtest")).to_contain_text(f"cand-2 against test-model-1: rejected. {reason}")
+        expect(pg.locator("#m-refusal")).to_contain_text("in the back-test (backtest): cand-2: back-test on")
+        assert pg.problems == []
+    finally:
+        pg.context.close()
+        served.handle.stop()
 
 
 # -- the model page: a release refused before install ---------------------------------------------------------

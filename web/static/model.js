@@ -1,12 +1,16 @@
-// The model: what runs, how it was trained, INT8 against FP32, the candidate in shadow, the last update and
-// refusal, its history.
+// The model: what runs, how it was trained, INT8 against FP32, the candidate in shadow, the last update,
+// refusal and back-test, its history.
 "use strict";
 
 (function () {
   const { $, api, post, can, applyRoles, fmtTime, fmtBytes, setText, el, emptyRow, toast } = window.GW;
   let loop = null;
-  // Where a release was refused: by the updater before install, after install, or in its shadow run.
-  const STAGES = { updater: "before install", install: "after install", shadow: "in shadow" };
+  // Where a release was refused: by the updater before install, after install, by the back-test on the
+  // labelled history, or in its shadow run.
+  const STAGES = { updater: "before install", install: "after install", backtest: "in the back-test",
+    shadow: "in shadow" };
+  // A back-test's verdict: ok is null when it did not judge (too little labelled history, or it failed).
+  const BACKTEST = { true: "passed", false: "rejected", null: "not judged" };
 
   function facts(dl, pairs) {
     const items = [];
@@ -15,6 +19,12 @@
       items.push(el("dt", null, k), el("dd", null, typeof v === "number" ? String(+v.toPrecision(6)) : String(v)));
     }
     dl.replaceChildren(...(items.length ? items : [el("dd", "muted", "not known")]));
+  }
+
+  function backtestLine(bt) {
+    if (!bt) return "None since the gateway started.";
+    return fmtTime(bt.at) + ", " + bt.candidate + " against " + bt.current + ": " + BACKTEST[bt.ok] + ". "
+      + bt.reason;
   }
 
   async function refresh() {
@@ -57,6 +67,7 @@
     const no = model.last_refusal;
     setText($("m-refusal"), no ? fmtTime(no.at) + ", " + (STAGES[no.stage] || no.stage) + " (" + no.kind + "): "
       + no.reason : "None since the gateway started.");
+    setText($("m-backtest"), backtestLine(model.last_backtest));
     $("m-promote").disabled = $("m-reject").disabled = !can("engineer") || !sh;
     $("m-rollback").disabled = !can("engineer") || !model.previous;
     $("m-sync").disabled = !can("engineer") || !m.sync;
