@@ -152,6 +152,54 @@ def test_data_before_birth_asks_for_a_rebirth_at_a_bounded_rate():
     assert s["rebirth_requests_by_reason"] == {"data_before_birth": 2}
 
 
+BIG = [dbl(f"m{i}", i, 1.0) for i in range(10)]  # over max_metrics_per_birth = 5 below
+
+
+def rebirth_with_a_device_birth_too_many_metrics(h):
+    nbirth(h)
+    return dbirth(h, metrics=BIG)
+
+
+def rebirth_with_a_node_birth_too_many_bytes(h):
+    h.birth_too_large(f"spBv1.0/{G}/NBIRTH/{N}")  # what the session does with a birth refused from its header
+
+
+@pytest.mark.parametrize("rebirth", [rebirth_with_a_device_birth_too_many_metrics,
+                                     rebirth_with_a_node_birth_too_many_bytes])
+def test_a_birth_refused_for_its_size_backs_the_rebirth_requests_off_to_the_cap_until_one_is_taken(rebirth):
+    """An edge node answers every rebirth request with the same birth, refused for its size, then sends data
+    each second: without a backoff it would be asked every rebirth_interval_s for as long as it runs."""
+    clock = Clock()
+    h = host(clock, rebirth_interval_s=10.0, max_rebirth_backoff_s=80.0, max_metrics_per_birth=5)
+    start = clock.t
+    rebirth(h)
+    asked, seq = [], 1
+    for _ in range(600):
+        seq = (seq + 1) % 256
+        if h.handle(f"spBv1.0/{G}/DDATA/{N}/{D}", payload(seq, metrics=[dbl(alias=1)]), NOW).rebirths:
+            asked.append(clock.t - start)
+            rebirth(h)
+            seq = 1
+        clock.t += 1.0
+    assert asked == [0, 20, 60, 140, 220, 300, 380, 460, 540]  # 10 s, doubled per refusal, up to 80 s
+    s = h.status()
+    assert s["rebirth_requests"] == 9 and s["rebirths_backed_off"] == 10 + 30 + 70 * 6 + 50
+    # Its birth is fixed (a smaller one is taken): the next request waits rebirth_interval_s again (60 s since
+    # the last one, less than the 80 s the backoff had reached).
+    nbirth(h)
+    assert dbirth(h).dead == []
+    assert ddata(h, 2, [dbl(alias=1)], device="not-born").rebirths == [(G, N)]
+
+
+def test_a_birth_refused_from_its_header_is_only_a_birth_on_a_birth_topic():
+    h = host()
+    h.birth_too_large(f"spBv1.0/{G}/NDATA/{N}")
+    h.birth_too_large("not/sparkplug")
+    assert h.nodes == {}
+    h.birth_too_large(f"spBv1.0/{G}/DBIRTH/{N}/{D}")
+    assert h.nodes[(G, N)].too_big == {D}
+
+
 def test_rebirth_requests_to_all_nodes_together_are_bounded():
     h = host(max_rebirths_per_min=3)
     asked = [h.handle(f"spBv1.0/{G}/NDATA/node{i}", payload(1, metrics=[dbl(alias=1)]), NOW).rebirths

@@ -82,6 +82,9 @@ class SparkplugInputConfig(MqttSessionSettings):
                                      description="a missing seq may arrive this late before it counts as a gap")
     rebirth_interval_s: float = Field(10.0, ge=0.1, le=DAY_S,
                                       description="at most one rebirth request per edge node this often")
+    max_rebirth_backoff_s: float = Field(3600.0, ge=0.1, le=DAY_S,
+                                         description="a node whose birth is refused for its size is asked to "
+                                                     "rebirth ever less often, down to once this often")
     max_rebirths_per_min: int = Field(60, ge=1, le=100_000,
                                       description="rebirth requests to all edge nodes together")
     max_births_per_min: int = Field(120, ge=1, le=100_000,

@@ -89,6 +89,8 @@ class SparkplugConnector(MqttSession):
     def _parse(self, topic: str | None, msg, now: float, oversize: int = 0):
         unreadable = self._unreadable(topic, msg, now, oversize)
         if unreadable is not None:
+            if oversize and topic is not None:
+                self.host.birth_too_large(topic)  # a birth refused from its header backs off its node's rebirths
             return [], [unreadable]
         out = self.host.handle(topic, msg.payload, now)
         if out.rebirths or out.silenced:

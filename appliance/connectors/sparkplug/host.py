@@ -20,6 +20,9 @@ The rules (Eclipse Sparkplug 3.0, as a non-primary host application):
 * DATA before any birth, an alias no birth declared, or a gap: a rebirth
   request (NCMD ``Node Control/Rebirth`` = true), at most one per node every
   ``rebirth_interval_s`` and ``max_rebirths_per_min`` in all; each counted.
+  While a birth of the node stands refused for its size (it would send the same
+  one again), that wait doubles with each such refusal up to
+  ``max_rebirth_backoff_s`` (``rebirths_backed_off``), until the birth is taken.
 * NDEATH (with the ``bdSeq`` of the node's current birth; an older one is stale
   and ignored), DDEATH, or an NBIRTH under a new ``bdSeq`` while the old session
   was never declared dead: the sensors of that node or device go silent at once.
@@ -159,7 +162,7 @@ class Node:
     """One edge node: its current session (``bdSeq``), births, ``seq`` and how often it births."""
 
     __slots__ = ("group", "node", "bdseq", "birth", "devices", "seq", "births", "muted_until", "last_rebirth",
-                 "alive")
+                 "alive", "too_big", "refusals")
 
     def __init__(self, group: str, node: str):
         self.group = group
@@ -172,6 +175,8 @@ class Node:
         self.muted_until = 0.0
         self.last_rebirth = -math.inf
         self.alive = False
+        self.too_big: set[str | None] = set()  # whose births stand refused for their size (None: the node's)
+        self.refusals = 0  # births refused for their size since none stood refused: the backoff's exponent
 
     def metrics(self) -> int:
         return (len(self.birth) if self.birth is not None else 0) + sum(len(d) for d in self.devices.values())
@@ -368,8 +373,11 @@ class SparkplugHost:
             why = None
         if why is not None:
             self.counters.inc("births_refused")
+            self._refused_for_size(node, device)
             out.dead.append(self._dead(topic, payload, now, DeadLetterCode.BAD_BIRTH, why))
             return None
+        if node.too_big:
+            self._birth_taken(node, device)
         asset_t, sensor_t = self.map.rule(node.group, node.node, device)
         asset = self.map.asset(asset_t, node.group, node.node, device)
         birth = Birth(asset)
@@ -412,6 +420,8 @@ class SparkplugHost:
         self.counters.inc("deaths")
         self._kill(node, out, devices=True)
         node.alive = False
+        node.too_big.clear()  # its next session births afresh
+        node.refusals = 0
 
     def _ddeath(self, node: Node, device: str, out: Outcome) -> None:
         self.counters.inc("device_deaths")
@@ -475,11 +485,46 @@ class SparkplugHost:
         self.counters.inc("before_birth")
         self._request_rebirth(node, "data_before_birth", mono, out)
 
+    def _refused_for_size(self, node: Node, device: str | None) -> None:
+        """A birth of ``node`` (or of its ``device``) refused for its size: its rebirth requests back off."""
+        node.too_big.add(device)
+        node.refusals += 1
+
+    def birth_too_large(self, topic: str) -> None:
+        """The session refused a message on ``topic`` from its MQTT header (too many bytes): a birth's backs off
+        its node's rebirth requests; anything else is no birth."""
+        try:
+            t = parse_topic(topic)
+        except TopicError:
+            return
+        if t.kind in (MessageType.NBIRTH, MessageType.DBIRTH):
+            node = self._node(t.group, t.node)
+            if node is not None:
+                self._refused_for_size(node, t.device)
+
+    def _birth_taken(self, node: Node, device: str | None) -> None:
+        node.too_big.discard(device)
+        if not node.too_big:
+            node.refusals = 0
+
+    def _rebirth_wait(self, node: Node) -> float:
+        """How long after its last rebirth request the node may be asked again: ``rebirth_interval_s``, doubled
+        for each birth refused for its size after the first, up to ``max_rebirth_backoff_s``."""
+        cfg = self.cfg
+        if not node.too_big:
+            return cfg.rebirth_interval_s
+        doubled = cfg.rebirth_interval_s * 2.0 ** min(node.refusals - 1, 40)
+        return max(cfg.rebirth_interval_s, min(doubled, cfg.max_rebirth_backoff_s))
+
     def _request_rebirth(self, node: Node, reason: str, mono: float, out: Outcome) -> None:
         """Ask the node to rebirth, unless asked too recently (it, or all nodes together)."""
         cfg = self.cfg
-        if mono - node.last_rebirth < cfg.rebirth_interval_s or (node.group, node.node) in out.rebirths:
+        since = mono - node.last_rebirth
+        if since < cfg.rebirth_interval_s or (node.group, node.node) in out.rebirths:
             self.counters.inc("rebirths_held")
+            return
+        if since < self._rebirth_wait(node):
+            self.counters.inc("rebirths_backed_off")
             return
         req = self._requests
         while req and mono - req[0] >= 60.0:
