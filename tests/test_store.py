@@ -240,7 +240,45 @@ def test_a_clock_stepped_forward_does_not_age_the_rows_of_this_run(tmp_path):
 
     day = 86400.0
     assert kept(90 * day, 60.0) == 10  # a minute into the run: nothing it received is a week old
-    assert kept(98 * day, 8 * day) == 0  # eight days into the run (by the monotonic clock) the week is over
+    st.put_reading(Reading("p", "a", start + 8 * day, 0.0))  # eight days on by the data's own time too
+    st.flush()
+    assert kept(98 * day, 8 * day) == 1  # eight days into the run (by the monotonic clock) the week is over
+    conn.close()
+    st.close()
+
+
+def test_a_clock_stepped_forward_ages_no_row_whose_own_time_is_within_the_week_of_the_newest(tmp_path):
+    """A gateway restarted with its wall clock 90 days ahead (a bad time source, or an RTC-less board's
+    clock set wrong): the wall clock alone would call every row of earlier runs 90 days old; the data's
+    own times say a week of it is not, until newer data comes."""
+    day = 86400.0
+    db = tmp_path / "a.db"
+    start = time.time()
+    earlier = Store(db, retention_days=7)
+    earlier.start()
+    for i in range(10):
+        earlier.put_reading(Reading("p", "a", start - 3 * day + i, float(i)))
+        earlier.put_score(Score("p", start - 3 * day + i, 0.5, 1.0, {"a": 1.0}, "m1"))
+    assert earlier.flush()
+    earlier.close()
+
+    st = Store(db, retention_days=7)
+    st._age_cutoff = AgeCutoff(st.retention_s, wall=lambda: start + 90 * day, monotonic=lambda: 0.0)
+    st.start()
+    conn = sqlite3.connect(st.path, isolation_level=None)
+
+    def kept() -> tuple[int, int]:
+        st._retention(conn)
+        r = open_reader(st.path)
+        return (r.execute("SELECT COUNT(*) FROM readings").fetchone()[0],
+                r.execute("SELECT COUNT(*) FROM scores").fetchone()[0])
+
+    assert kept() == (10, 10)
+    # Data five days newer by its own time: the earlier rows are now eight days older than the newest.
+    st.put_reading(Reading("p", "a", start + 5 * day, 1.0))
+    st.put_score(Score("p", start + 5 * day, 0.5, 1.0, {"a": 1.0}, "m1"))
+    assert st.flush()
+    assert kept() == (1, 1)
     conn.close()
     st.close()
 

@@ -44,7 +44,14 @@ for bytes (``synchronous=NORMAL`` would, against a power cut).
 Readings are unique per (asset, sensor, ts) (keyed ts, asset, sensor): a message
 delivered twice (QoS 1 after a crash) is stored once. Retention keeps the newest
 ``max_readings`` rows and drops rows received more than ``retention_days`` ago (never, within a run's
-first ``retention_days``, a row received in it: see :class:`~appliance.core.clock.AgeCutoff`).
+first ``retention_days``, a row received in it: see :class:`~appliance.core.clock.AgeCutoff`) whose
+own time (a reading's ``ts``, a score's ``t_end``) is also more than ``retention_days`` before the
+newest stored: both clocks must say a row is old. The gateway's wall clock can jump: an RTC-less
+board boots in 1970 and is stepped forward by NTP, a bad time source sends it years ahead; by the
+wall clock alone a forward step ages every row received before it at once, those of earlier runs
+too. The data's own times do not move with the gateway's clock, and the newest of them only
+advances as new data comes, so a week of data survives any step, and a plant gone quiet keeps its
+last week. Dead letters (diagnostics, bounded by count) go by the wall clock alone.
 
 Dead letters are bounded at all times, not only at retention: every batch that
 adds some trims the table to the newest ``max_dead_letters`` in the same
@@ -670,17 +677,30 @@ class Store:
                      (m.asset, m.name, m.mode.value, m.previous.value, m.ts, m.user, m.note, m.shelved_until,
                       m.alarm.id if m.alarm is not None else None))
 
+    def _retained(self) -> tuple[tuple[str, str, str | None, int], ...]:
+        """The tables retention trims: (table, when a row was received, its own time or None, rows kept at most)."""
+        return (("readings", "received", "ts", self.max_readings), ("scores", "received", "t_end", self.max_readings),
+                ("dead_letters", "received_at", None, self.max_dead_letters))
+
     def _retention(self, conn: sqlite3.Connection) -> None:
         self._last_retention = time.monotonic()
         cutoff = self._age_cutoff()  # a clock stepped forward does not age this run's rows at once
         try:
-            for table, keep in (("readings", self.max_readings), ("scores", self.max_readings),
-                                ("dead_letters", self.max_dead_letters)):
-                col = "received_at" if table == "dead_letters" else "received"
-                conn.execute(f"DELETE FROM {table} WHERE {col} < ?", (cutoff,))
+            for table, received, own_time, keep in self._retained():
+                self._drop_aged(conn, table, received, own_time, cutoff)
                 conn.execute(f"DELETE FROM {table} WHERE id <= (SELECT MAX(id) FROM {table}) - ?", (keep,))
         except sqlite3.Error as exc:
             log.warning("store: retention failed error=%r", exc)
+
+    def _drop_aged(self, conn: sqlite3.Connection, table: str, received: str, own_time: str | None,
+                   cutoff: float) -> None:
+        """Rows received before ``cutoff`` and, when they carry a time of their own, ``retention_days`` older
+        than the newest by that time too (a step of the wall clock alone ages nothing: module doc)."""
+        if own_time is None:
+            conn.execute(f"DELETE FROM {table} WHERE {received} < ?", (cutoff,))
+            return
+        conn.execute(f"DELETE FROM {table} WHERE {received} < ? AND {own_time} < "
+                     f"(SELECT MAX({own_time}) FROM {table}) - ?", (cutoff, self.retention_s))
 
     # -- read side (any thread) -------------------------------------------------
     @property
