@@ -12,7 +12,7 @@ import pytest
 from appliance.connections.sparkplug import DataType, Payload
 from appliance.connectors.guard import Admission
 from appliance.connectors.sparkplug.config import MappingRule, SparkplugInputConfig
-from appliance.connectors.sparkplug.host import SparkplugHost
+from appliance.connectors.sparkplug.host import TOO_BIG_MAX, SparkplugHost
 from appliance.core import DeadLetterCode, Quality
 from appliance.ingest_health import GapDetector
 from appliance.watchdog import SensorWatchdog
@@ -198,6 +198,9 @@ def test_a_birth_refused_from_its_header_is_only_a_birth_on_a_birth_topic():
     assert h.nodes == {}
     h.birth_too_large(f"spBv1.0/{G}/DBIRTH/{N}/{D}")
     assert h.nodes[(G, N)].too_big == {D}
+    for i in range(1000):  # a publisher inventing device names: the node remembers a bounded few
+        h.birth_too_large(f"spBv1.0/{G}/DBIRTH/{N}/dev{i}")
+    assert len(h.nodes[(G, N)].too_big) == TOO_BIG_MAX and h.nodes[(G, N)].refusals == 1001
 
 
 def test_rebirth_requests_to_all_nodes_together_are_bounded():

@@ -61,6 +61,8 @@ REBIRTH_METRIC = "Node Control/Rebirth"
 DEATH_OFFSET_S = 0.001
 _SEQ_SPACE = 256
 TOPIC_CACHE_SIZE = 4096
+# Births of one node remembered as refused for their size (a publisher inventing device names costs no memory).
+TOO_BIG_MAX = 64
 _NO_TS = -math.inf
 
 
@@ -487,7 +489,8 @@ class SparkplugHost:
 
     def _refused_for_size(self, node: Node, device: str | None) -> None:
         """A birth of ``node`` (or of its ``device``) refused for its size: its rebirth requests back off."""
-        node.too_big.add(device)
+        if len(node.too_big) < TOO_BIG_MAX:
+            node.too_big.add(device)
         node.refusals += 1
 
     def birth_too_large(self, topic: str) -> None:
