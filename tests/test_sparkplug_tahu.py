@@ -3,8 +3,8 @@
 The appliance runs as ``appliance run`` builds it, with only ``[inputs.sparkplug]``
 enabled; the edge node is ``rigs/tahu/edge_node.js`` (Tahu 3.2.4), one process per
 session. Skipped, saying why, where Node.js or ``rigs/tahu/node_modules`` is missing
-(CI installs both: ``scripts/setup.sh --test``). The last test needs no Tahu (a QoS 1
-publisher of our own: Tahu publishes at QoS 0) and always runs. The state
+(CI installs both: ``scripts/setup.sh --test``). The last two tests need no Tahu (a QoS 1
+publisher of our own: Tahu publishes at QoS 0, and cannot send a birth too large) and always run. The state
 logic alone, with no broker: tests/test_sparkplug_host.py.
 """
 
@@ -230,6 +230,37 @@ def test_a_qos1_message_is_acknowledged_only_once_stored_and_comes_again_if_it_w
         wait_until(lambda: [r.value for r in stored.readings] == [1.0, 2.0], what="redelivered and read")
         wait_until(lambda: conn.status()["acks"] == 3, what="acknowledged once stored")
         assert "before_birth" not in conn.status()["sparkplug"]
+    finally:
+        on_loop(conn.stop())
+        pub.close()
+
+
+def test_a_birth_refused_from_its_header_backs_off_its_nodes_rebirth_requests(mosquitto):
+    # A birth over max_payload_bytes never reaches the host's parser: the session tells the host, so the
+    # node's rebirth requests back off as for a birth with too many metrics (tests/test_sparkplug_host.py).
+    broker = MqttBroker(host="127.0.0.1", port=mosquitto.port, keepalive_s=5,
+                        reconnect=BackoffConfig(initial_s=0.05, max_s=0.5))
+    cfg = SparkplugInputConfig(enabled=True, client_id="sp-big-birth-test", max_payload_bytes=1024)
+    sink = MemorySink(ack=True)
+    conn = SparkplugConnector(cfg, broker, known_sensors=SENSORS)
+    on_loop(conn.start(sink))
+    pub = Publisher(mosquitto.port, client_id="sp-big-node")
+    try:
+        wait_until(lambda: conn.status()["subscribed"], what="sparkplug input subscribed")
+        birth = Payload(timestamp=T0_MS, seq=0)
+        for i in range(3000):  # refused from the header past max_payload_bytes + the largest topic's bytes
+            birth.metrics.add(name=f"line3/pump/metric-{i:04d}", alias=i, datatype=DataType.Double, double_value=1.0)
+        assert len(birth.SerializeToString()) > cfg.max_payload_bytes + 65539
+        pub.publish("spBv1.0/plant1/NBIRTH/gw8", birth.SerializeToString())
+        data = Payload(timestamp=T0_MS + 1000, seq=1)
+        data.metrics.add(alias=1, datatype=DataType.Double, double_value=2.0)
+        pub.publish("spBv1.0/plant1/NDATA/gw8", data.SerializeToString())
+        pub.wait_all()
+        wait_until(lambda: conn.status()["sparkplug"].get("before_birth", 0) == 1, what="the data before a birth",
+                   detail=lambda: (conn.status(), sink.dead))
+        node = conn.host.nodes[("plant1", "gw8")]
+        assert node.too_big == {None} and node.refusals == 1
+        assert [d.code.value for d in sink.dead] == ["too_large"]
     finally:
         on_loop(conn.stop())
         pub.close()
