@@ -105,17 +105,58 @@ def test_scores_raw_and_rollup(local):
     assert agg[0]["max"] == pytest.approx(0.9) and agg[0]["max_ratio"] == pytest.approx(1.8)
 
 
+def _live_until(local, t: float) -> None:
+    """Data of another asset and sensor up to ``t``: the data's own clock moves on with the wall clock."""
+    local.insert([Reading("p9", "s", t, 1.0)], [Score("p9", t, 1.0, 2.0, {})], now=t, force=True)
+
+
 def test_retention_purges_raw_scores_after_a_day_and_rollups_after_a_month(local):
     local.insert([Reading("p1", "s", T0 + i, 1.0) for i in range(0, 120, 10)],
                  [Score("p1", T0, 1.0, 2.0, {})], now=T0 + 120)
+    _live_until(local, T0 + 86400 + 300)
     local.purge(now=T0 + 86400 + 300)
     assert local.query_scores("p1", 0, 2e9) == []
     assert len(local.query_scores("p1", 0, 2e9, "1m")) == 1
     assert len(local.query_readings("p1", "s", 0, 2e9, "1m")) == 2
-    assert local.stats()["raw_scores"] == 0 and local.stats()["rollup_rows"] == 2
+    assert local.stats()["raw_scores"] == 1 and local.stats()["rollup_rows"] == 3  # p9's newest stay
+    _live_until(local, T0 + 31 * 86400)
     local.purge(now=T0 + 31 * 86400)
     assert local.query_readings("p1", "s", 0, 2e9, "1m") == []
     assert local.query_scores("p1", 0, 2e9, "1m") == []
+
+
+def test_a_forward_step_of_the_wall_clock_purges_nothing_the_data_calls_recent(local):
+    """An RTC-less board stepped forward by NTP, or a bad time source a year ahead: by the wall clock
+    alone every row is old at once; by the data's own times (none newer came) they are not."""
+    local.insert([Reading("p1", "s", T0 + i, float(i)) for i in range(0, 120, 10)],
+                 [Score("p1", T0 + i, 1.0, 2.0, {}) for i in range(0, 120, 10)], now=T0 + 120, force=True)
+    stepped = T0 + 365 * 86400
+    assert local.purge(now=stepped) == 0
+    assert len(local.query_readings("p1", "s", 0, 2e9)) == 2 and len(local.query_scores("p1", 0, 2e9)) == 12
+    # Live data stamped by the plant's clocks is still taken after the step, not turned away as too old.
+    local.insert([Reading("p1", "s", T0 + 180, 5.0)], [Score("p1", T0 + 180, 1.0, 2.0, {})], now=stepped, force=True)
+    assert len(local.query_readings("p1", "s", 0, 2e9)) == 3 and len(local.query_scores("p1", 0, 2e9)) == 13
+    assert local.stats()["skipped_old"] == 0
+
+
+def test_a_file_reopened_after_a_forward_step_keeps_its_history(tmp_path):
+    lh = LocalHistory(tmp_path / "local.db", raw_retention_s=86400, rollup_retention_s=30 * 86400)
+    lh.insert([Reading("p1", "s", T0, 1.0)], [Score("p1", T0, 1.0, 2.0, {})], now=T0 + 1, force=True)
+    lh.close()
+    lh = LocalHistory(tmp_path / "local.db", raw_retention_s=86400, rollup_retention_s=30 * 86400)
+    try:
+        assert lh.purge(now=T0 + 10 * 365 * 86400) == 0  # the newest kept, read back from the file
+        assert lh.query_readings("p1", "s", 0, 2e9)[0]["mean"] == 1.0 and len(lh.query_scores("p1", 0, 2e9)) == 1
+    finally:
+        lh.close()
+
+
+def test_a_row_stamped_in_the_future_does_not_age_the_rest(local):
+    """A device with a bad clock: its far-future row cannot purge the others, the wall clock holds them."""
+    local.insert([Reading("p1", "s", T0, 1.0), Reading("p2", "s", T0 + 50 * 365 * 86400, 1.0)], [], now=T0,
+                 force=True)
+    local.purge(now=T0 + 60)
+    assert len(local.query_readings("p1", "s", 0, 2e9)) == 1
 
 
 def test_queries_validate_arguments(local):

@@ -108,3 +108,21 @@ class AgeCutoff:
         if self._mono() - self._born < self.keep_s:
             cutoff = min(cutoff, self._lowest_wall)
         return cutoff
+
+
+def both_clocks_cutoff(now: float, newest: float | None, keep_s: float) -> float:
+    """The own time before which a row is old by both clocks: ``keep_s`` before the wall clock's
+    ``now`` and ``keep_s`` before the ``newest`` own time kept (None: nothing kept, the wall clock alone).
+
+    For rows stamped only with their own time (a reading's ``ts``, a score's ``t_end``); the store,
+    whose rows also carry when they were received, applies the same rule as a condition on both
+    columns (``Store._drop_aged``). A forward step of the wall clock ages nothing that the data's own
+    times still call recent, and a plant gone quiet keeps its last ``keep_s``; a row stamped far in
+    the future (a device's bad clock) cannot age the rest either, the wall clock holds them.
+
+    >>> both_clocks_cutoff(now=1000.0 + 365 * 86400, newest=1000.0, keep_s=86400.0)  # clock a year ahead
+    -85400.0
+    >>> both_clocks_cutoff(now=1000.0, newest=9e9, keep_s=100.0), both_clocks_cutoff(1000.0, None, 100.0)
+    (900.0, 900.0)
+    """
+    return (now if newest is None else min(now, newest)) - keep_s

@@ -20,6 +20,17 @@ kept. A score's rollup is recomputed from the raw scores it covers, so a score
 delivered twice is one row; scores older than the raw retention on arrival are
 not kept, because their bucket could no longer be recomputed completely.
 
+"Older than the retention" means by both clocks (:func:`~appliance.core.clock.both_clocks_cutoff`),
+on arrival and at :meth:`LocalHistory.purge`: older than the retention before the wall
+clock's now and before the newest reading (for readings' minutes) or score (for scores
+and their minutes) kept. The gateway's wall clock can jump: an RTC-less board boots in
+1970 and is stepped forward by NTP, a bad time source sends it years ahead; by the wall
+clock alone a forward step would purge the whole history at once and turn every live
+reading away as too old. The data's own times do not move with that clock, and the
+newest of them only advances as new data comes, so the last retention's worth of data
+survives any step, and a plant gone quiet keeps its last month (its last day of raw
+scores). The extra kept is at most one retention's worth, so the file stays bounded.
+
 Only live data is kept: historical replays go to InfluxDB tagged
 ``historical=true`` but never mix into the dashboard's view of the plant now.
 Local history is a convenience copy: ``synchronous=NORMAL``, so a power cut may
@@ -38,6 +49,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from appliance.core import Quality, Reading, Score
+from appliance.core.clock import both_clocks_cutoff
 from appliance.core.sqlite_pages import set_page_size
 
 log = logging.getLogger(__name__)
@@ -110,6 +122,19 @@ def _finite(v) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _live_time(record, field: str) -> float | None:
+    """A live record's own time (``ts``, ``t_end``), or None for a replay or a malformed record."""
+    try:
+        return None if record.historical else _finite(getattr(record, field))
+    except AttributeError:
+        return None
+
+
+def _newest(current: float | None, times) -> float | None:
+    """The newest of ``current`` and ``times`` (Nones skipped), None if there is none."""
+    return max((t for t in (current, *times) if t is not None), default=None)
+
+
 def _check_range(since: float, until: float) -> tuple[float, float]:
     for name, v in (("since", since), ("until", until)):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
@@ -158,6 +183,8 @@ class LocalHistory:
         self._assets: dict[str, int] = {a: i for i, a in self._w.execute("SELECT id, asset FROM assets")}
         self.skipped_old = 0
         self._counts: dict[str, int] = {}
+        # The newest own times kept (waiting rows included): retention's data clock (module doc).
+        self._newest_reading, self._newest_score = self._newest_stored()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -165,6 +192,17 @@ class LocalHistory:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
         return db
+
+    def _newest_stored(self) -> tuple[float | None, float | None]:
+        """The newest reading minute and score time in the file, per series/asset (primary-key seeks,
+        not a scan of a month of minutes); a score's minute counts too, its raw scores may be gone."""
+        db = self._w
+        readings = [db.execute("SELECT MAX(bucket) FROM rollup WHERE series = ?", (sid,)).fetchone()[0]
+                    for sid in self._series.values()]
+        scores = [t for aid in self._assets.values() for t in (
+            db.execute("SELECT MAX(ts) FROM scores WHERE asset = ?", (aid,)).fetchone()[0],
+            db.execute("SELECT MAX(bucket) FROM score_rollup WHERE asset = ?", (aid,)).fetchone()[0])]
+        return _newest(None, readings), _newest(None, scores)
 
     def _drop_raw_readings(self) -> None:
         """A file from before raw readings moved out (the store has them) loses its copy, once."""
@@ -181,7 +219,9 @@ class LocalHistory:
         Call it with nothing to add to let due rows out. A copy for the dashboard, so a crash may lose
         what waits (the store has the readings)."""
         now = time.time() if now is None else now
-        self._add_to_minutes(readings, now - self.rollup_retention_s)
+        self._newest_reading = _newest(self._newest_reading, (_live_time(r, "ts") for r in readings))
+        self._newest_score = _newest(self._newest_score, (_live_time(s, "t_end") for s in scores))
+        self._add_to_minutes(readings, both_clocks_cutoff(now, self._newest_reading, self.rollup_retention_s))
         self._scores.extend(scores)
         due = time.monotonic() - self._last_write >= self.commit_interval_s
         if not (force or due or len(self._minutes) + len(self._scores) >= MAX_PENDING):
@@ -192,7 +232,8 @@ class LocalHistory:
         self._write(minutes, scores, now)
 
     def _write(self, minutes: list[tuple], scores: Sequence[Score], now: float) -> None:
-        srows, stouched = self._score_rows(scores, now - self.raw_retention_s + ROLLUP_S)
+        srows, stouched = self._score_rows(
+            scores, both_clocks_cutoff(now, self._newest_score, self.raw_retention_s) + ROLLUP_S)
         if not minutes and not srows:
             return
         db = self._w
@@ -260,10 +301,11 @@ class LocalHistory:
         return srows, stouched
 
     def purge(self, now: float | None = None) -> int:
-        """Apply retention; returns the number of rows deleted."""
+        """Apply retention, by both clocks (module doc); returns the number of rows deleted."""
         now = time.time() if now is None else now
-        raw_cut = now - self.raw_retention_s
-        roll_cut = now - self.rollup_retention_s
+        raw_cut = both_clocks_cutoff(now, self._newest_score, self.raw_retention_s)
+        roll_cut = both_clocks_cutoff(now, self._newest_reading, self.rollup_retention_s)
+        score_roll_cut = both_clocks_cutoff(now, self._newest_score, self.rollup_retention_s)
         n = 0
         db = self._w
         db.execute("BEGIN")
@@ -275,7 +317,7 @@ class LocalHistory:
             for aid in self._assets.values():
                 n += db.execute("DELETE FROM scores WHERE asset = ? AND ts < ?", (aid, raw_cut)).rowcount
                 n += db.execute("DELETE FROM score_rollup WHERE asset = ? AND bucket < ?",
-                                (aid, roll_cut)).rowcount
+                                (aid, score_roll_cut)).rowcount
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
