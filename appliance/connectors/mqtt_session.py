@@ -824,7 +824,7 @@ class MqttSession(Input):
         except UnicodeDecodeError:
             topic = None
         try:
-            readings, dead = self._parse(topic, msg, now, getattr(client, "oversize", 0))
+            readings, dead = self._parse(topic, msg, now, self._oversize(client, msg))
         except Exception as e:  # noqa: BLE001 - e.g. a known_sensors callback failing
             self._logs.log(logging.ERROR, ("message_failed", type(e)), "mqtt message_failed name=%s topic=%r: %r",
                            self.name, topic, e, exc_info=True)
@@ -920,12 +920,28 @@ class MqttSession(Input):
         source = topic if topic is not None else repr(msg._topic)
         return dead_letter(source, msg.payload, code, detail, now)
 
+    def _oversize(self, client, msg) -> int:
+        """A message's bytes if over ``max_payload_bytes``, else 0: every input refuses it (:meth:`_unreadable`).
+
+        The header check (:class:`_Client`) must leave room for a topic of up to 64 KiB, whose
+        length it cannot know yet, so a payload up to that much over the limit is read whole:
+        refused here all the same, by its length, as one refused from its header is by the length
+        the header announced."""
+        refused = getattr(client, "oversize", 0)
+        if refused:
+            return refused
+        size = len(msg.payload)
+        return size if size > self.cfg.max_payload_bytes else 0
+
     def _unreadable(self, topic: str | None, msg, now: float, oversize: int) -> DeadLetter | None:
         """The dead letter of a message no subclass can read (too large, topic not UTF-8), else ``None``."""
         if oversize:
-            self._inc("refused_from_header")
-            why = (f"the message is {oversize} bytes, limit is {self.cfg.max_payload_bytes} (refused from its "
-                   "header, not read)")
+            if msg.payload:  # read whole (see _oversize); one refused from its header comes without its payload
+                why = f"payload is {oversize} bytes, limit is {self.cfg.max_payload_bytes}"
+            else:
+                self._inc("refused_from_header")
+                why = (f"the message is {oversize} bytes, limit is {self.cfg.max_payload_bytes} (refused from "
+                       "its header, not read)")
             return self._dead(topic, msg, now, DeadLetterCode.TOO_LARGE, why)
         if topic is None:
             return self._dead(topic, msg, now, DeadLetterCode.BAD_TOPIC, "topic is not valid UTF-8")
@@ -939,4 +955,5 @@ class MqttSession(Input):
 
     @abc.abstractmethod
     def _parse(self, topic: str | None, msg, now: float, oversize: int = 0) -> tuple[list, list]:
-        """``(readings, dead letters)`` of one message (on the loop; must not block)."""
+        """``(readings, dead letters)`` of one message (on the loop; must not block); ``oversize``: its bytes
+        when over ``max_payload_bytes`` (:meth:`_oversize`), to be refused (:meth:`_unreadable`)."""

@@ -494,8 +494,8 @@ class SparkplugHost:
         node.refusals += 1
 
     def birth_too_large(self, topic: str) -> None:
-        """The session refused a message on ``topic`` from its MQTT header (too many bytes): a birth's backs off
-        its node's rebirth requests; anything else is no birth."""
+        """The session refused a message on ``topic`` for its size (over ``max_payload_bytes``, from its MQTT header
+        or once read): a birth's backs off its node's rebirth requests; anything else is no birth."""
         try:
             t = parse_topic(topic)
         except TopicError:
