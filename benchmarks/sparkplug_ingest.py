@@ -14,7 +14,10 @@ the rig's value generator, QoS 1 through a private Mosquitto on loopback), carri
 Each subject drains a backlog: its persistent session is made, ``--n`` messages are
 queued for it at QoS 1, then the subject process starts and reads them all; msg/s is
 messages over the time from its first message to its last one handled, CPU the
-subject's own over that span. Two depths: ``input`` (the input alone, its sink
+subject's own over that span. On a box shared with other jobs a subject gets the
+share of a core the scheduler gives it (the ``busy`` row: CPU over wall time), so
+msg/s follows the machine's load as much as the input's cost; CPU per message is
+the steadier figure. Two depths: ``input`` (the input alone, its sink
 acknowledging at once: what the input itself holds) and ``pipeline`` (what a
 deployment runs: the store, windows of 60 rows at 0.1 s, INT8 scoring of every
 window, decisions; a message counts once its readings are committed and its PUBACK
@@ -290,6 +293,8 @@ def one_run(kind: str, depth: str, args, bundle: Path, work: Path) -> dict:
             "readings_s": round(res["readings"] / seconds, 1) if ok else None,
             "cpu_ms_per_1k_msgs": round(1e6 * res["cpu_s"] / data_messages, 2) if ok else None,
             "cpu_us_per_reading": round(1e6 * res["cpu_s"] / res["readings"], 2) if ok else None,
+            # How much of one core the subject had while draining: on a shared box, other jobs set it.
+            "busy_pct_of_core": round(100 * res["cpu_s"] / seconds, 1) if ok else None,
             "load_average_before": os.getloadavg()[0], **{k: res[k] for k in ("readings", "dead_letters", "messages",
                                                                               "acks", "appliance", "sparkplug")}}
 
@@ -299,7 +304,8 @@ def table(runs: list[dict], depths: list[str], kinds: list[str]) -> str:
     lines = ["| median (min-max) | " + " | ".join(f"{k} ({d})" for d, k in cols) + " |", "|---|" + "---|" * len(cols)]
     for title, key, fmt in (("msg/s", "msg_s", "{:,.0f}"), ("readings/s", "readings_s", "{:,.0f}"),
                             ("CPU ms per 1k msgs", "cpu_ms_per_1k_msgs", "{:.1f}"),
-                            ("CPU µs per reading", "cpu_us_per_reading", "{:.2f}")):
+                            ("CPU µs per reading", "cpu_us_per_reading", "{:.2f}"),
+                            ("subject's CPU % of a core while draining", "busy_pct_of_core", "{:.0f}")):
         lines.append(f"| {title} | " + " | ".join(
             cell([r[key] for r in runs if (r["depth"], r["kind"]) == c], fmt) for c in cols) + " |")
     lines.append("| runs ok (every message, no dead letter) | " + " | ".join(

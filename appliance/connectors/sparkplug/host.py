@@ -45,6 +45,7 @@ from typing import Callable, Collection
 from google.protobuf.message import DecodeError
 
 from appliance.connections.sparkplug import MessageType, Payload, Topic, TopicError, parse_topic
+from appliance.connections.sparkplug.compression import COMPRESSED_UUID, CompressionError, inflate
 from appliance.connections.sparkplug.metrics import (VALUE_FIELD, DataType, quality_of, signed_bits,
                                                      twos_complement, value_as)
 from appliance.connectors.guard import Admission, DeadLetterBag, ValueRange, clip, dead_letter
@@ -284,6 +285,10 @@ class SparkplugHost:
             why = f"{t.kind.value} payload is not a Sparkplug B protobuf: {e or type(e).__name__}"
             out.dead.append(self._dead(topic, payload, now, DeadLetterCode.BAD_PROTOBUF, why))
             return out
+        if p.uuid == COMPRESSED_UUID:
+            p = self._inflated(t, p, topic, payload, now, out)
+            if p is None:
+                return out
         mono = self._clock()
         node = self._node(t.group, t.node)
         if node is None:
@@ -310,6 +315,25 @@ class SparkplugHost:
         else:
             self._data(node, t.device, node.devices.get(t.device), p, topic, payload, now, mono, out)
         return out
+
+    def _inflated(self, t: Topic, p, topic: str, payload: bytes, now: float, out: Outcome):
+        """The payload a compressed one carries (``connections/sparkplug/compression.py``), inflated no
+        further than ``max_payload_bytes``; None once dead-lettered (too large, corrupt, or compressed twice)."""
+        self.counters.inc("compressed_payloads")
+        try:
+            inner = Payload.FromString(inflate(p, self.cfg.max_payload_bytes))
+            if inner.uuid == COMPRESSED_UUID:
+                raise CompressionError("a compressed payload inside a compressed payload")
+            return inner
+        except CompressionError as e:
+            code = DeadLetterCode.TOO_LARGE if e.too_large else DeadLetterCode.BAD_PROTOBUF
+            why = f"{t.kind.value} compressed payload: {e} (max_payload_bytes)" if e.too_large else \
+                f"{t.kind.value} compressed payload: {e}"
+        except (DecodeError, ValueError) as e:
+            code, why = DeadLetterCode.BAD_PROTOBUF, (f"{t.kind.value} compressed payload's body is not a Sparkplug "
+                                                      f"B protobuf: {e or type(e).__name__}")
+        out.dead.append(self._dead(topic, payload, now, code, why))
+        return None
 
     def tick(self) -> Outcome:
         """Missing ``seq`` numbers whose reorder wait is over: the nodes to ask for a rebirth (call ~1/s)."""
