@@ -28,8 +28,9 @@ figures compare messages, not work: ``json8`` is the same work per message.
     .venv/bin/python benchmarks/sparkplug_ingest.py [--runs 3] [--n 50000] [--n-pipeline 10000] [--depth input pipeline]
 
 Prints the table and writes ``benchmarks/results/sparkplug_ingest.json`` with the
-machine, its load and the library versions (protobuf's implementation included: the
-Sparkplug decoder is protobuf's C one, upb).
+machine, its load and the library versions (protobuf's implementation included: births
+and DATA of a layout not seen yet are decoded by protobuf's C decoder, upb; DATA of a
+learned layout are read from their bytes, ``appliance/connectors/sparkplug/shape.py``).
 """
 
 from __future__ import annotations
