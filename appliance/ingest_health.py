@@ -31,6 +31,7 @@ import logging
 import statistics
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
@@ -138,9 +139,9 @@ class Gap:
 class _Series:
     __slots__ = ("last", "intervals", "period", "since_median", "gaps", "missing", "last_gap", "interrupted")
 
-    def __init__(self, ts: float, period: float | None):
+    def __init__(self, ts: float, period: float | None, history: int):
         self.last = ts
-        self.intervals: list[float] = []
+        self.intervals: deque[float] = deque(maxlen=history)  # the newest intervals, to learn the period from
         self.period = period
         self.since_median = 0
         self.gaps = 0
@@ -208,7 +209,7 @@ class GapDetector:
             if len(self._series) >= self.max_series:
                 self.untracked += 1
                 return None
-            self._series[key] = _Series(ts, self._configured(asset, sensor))
+            self._series[key] = _Series(ts, self._configured(asset, sensor), self.history)
             return None
         dt = ts - s.last
         if dt <= 0:
@@ -220,9 +221,13 @@ class GapDetector:
         learned = False
         if period is None or s.intervals:
             learned = True
-            period = self._learn(s, dt)
-            if period is None:
+            iv = s.intervals
+            iv.append(dt)  # _learn, inline: this runs for every reading of every sensor
+            if len(iv) < self.min_samples:
                 return None
+            s.since_median += 1
+            if period is None or s.since_median >= len(iv):
+                period = self._relearn(s)
         if dt < self.factor * period or dt < period + self.min_gap_s:
             return None
         gap = Gap(asset, sensor, ts - dt, ts, period, max(1, round(dt / period) - 1), learned)
@@ -249,19 +254,12 @@ class GapDetector:
         gap = Gap(key[0], key[1], ts - dt, ts, period, max(0, round(dt / period) - 1), s.period is None)
         return self._record(s, gap)
 
-    def _learn(self, s: _Series, dt: float) -> float | None:
-        """Record an interval; the learned period (None while too few are known)."""
-        iv = s.intervals
-        iv.append(dt)
-        if len(iv) > self.history:
-            del iv[0]
-        if len(iv) < self.min_samples:
-            return None
-        s.since_median += 1
-        if s.period is None or s.since_median >= len(iv):
-            # A median over a few dozen values, recomputed every history-length readings.
-            s.period = statistics.median(iv)
-            s.since_median = 0
+    @staticmethod
+    def _relearn(s: _Series) -> float:
+        """The period learned again from the intervals: a median over a few dozen values, recomputed every
+        history-length readings."""
+        s.period = statistics.median(s.intervals)
+        s.since_median = 0
         return s.period
 
     def series(self) -> int:

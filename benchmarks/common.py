@@ -72,3 +72,15 @@ def write_results(path: str | Path, doc: dict, libraries: tuple[str, ...] | list
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**machine(libraries), **doc}, indent=2, default=str) + "\n")
     return path
+
+
+def subject_or_side_by_side(ap: argparse.ArgumentParser, argv, run_subject, run_side_by_side) -> int:
+    """A benchmark's ``main`` tail: ``subject`` (the internal sub-command: one subject in a process of its
+    own, the coroutine ``run_subject(args)``) or the side-by-side run itself (``run_side_by_side(args)``)."""
+    import asyncio
+
+    args = ap.parse_args(argv)
+    if args.cmd == "subject":
+        asyncio.run(run_subject(args))
+        return 0
+    return run_side_by_side(args)

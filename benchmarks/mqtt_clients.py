@@ -239,7 +239,8 @@ def subscriber_main(args) -> None:
 
 # ============================================================================ publisher, broker, runs
 
-def _varint(n: int) -> bytes:
+def remaining_length(n: int) -> bytes:
+    """An MQTT packet's remaining length field (a varint of 7-bit groups)."""
     out = bytearray()
     while True:
         b, n = n % 128, n // 128
@@ -248,18 +249,36 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("broker closed the connection")
+        buf += chunk
+    return buf
+
+
+def connect_raw(port: int, client_id: str, clean: bool = True, keepalive_s: int = 0) -> socket.socket:
+    """An MQTT 3.1.1 connection to the loopback broker on ``port``, written by hand (CONNECT, CONNACK read);
+    ``clean`` False: the broker keeps (or resumes) the session of ``client_id``."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    cid = client_id.encode()
+    body = (struct.pack("!H", 4) + b"MQTT" + bytes([4, 0x02 if clean else 0x00]) + struct.pack("!H", keepalive_s)
+            + struct.pack("!H", len(cid)) + cid)
+    s.sendall(b"\x10" + remaining_length(len(body)) + body)
+    ack = recv_exactly(s, 4)
+    if ack[0] != 0x20 or ack[3] != 0:
+        raise RuntimeError(f"connection refused: {ack!r}")
+    return s
+
+
 class LeanPublisher:
     """Raw MQTT 3.1.1 QoS 1 publishing on a socket, a bounded number unacknowledged (the rig's publisher)."""
 
     def __init__(self, port: int, window: int = 1000):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        cid = f"lean-pub-{os.getpid()}".encode()
-        body = (struct.pack("!H", 4) + b"MQTT" + bytes([4, 0x02]) + struct.pack("!H", 0)  # 3.1.1, clean, no keepalive
-                + struct.pack("!H", len(cid)) + cid)
-        self.s.sendall(b"\x10" + _varint(len(body)) + body)
-        if self.s.recv(4)[:1] != b"\x20":
-            raise RuntimeError("CONNACK missing")
+        self.s = connect_raw(port, f"lean-pub-{os.getpid()}")
         self.s.settimeout(None)  # blocking sendall; acks are read with MSG_DONTWAIT
         self.window = window
         self.sent = 0
@@ -294,7 +313,7 @@ class LeanPublisher:
                 self._mid = self._mid % 65535 + 1
                 topic = TOPICS[j % len(TOPICS)].encode()
                 payload = b'{"ts":%.3f,"value":%.4f}' % (time.time() * 1000.0, VALUES[j & 4095])
-                packets.append(b"\x32" + _varint(2 + len(topic) + 2 + len(payload)) + struct.pack("!H", len(topic))
+                packets.append(b"\x32" + remaining_length(2 + len(topic) + 2 + len(payload)) + struct.pack("!H", len(topic))
                                + topic + struct.pack("!H", self._mid) + payload)
             self.s.sendall(b"".join(packets))
             self.sent += k

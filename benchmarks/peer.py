@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from appliance.core import Output  # noqa: E402
-from benchmarks.common import RESULTS, parser, write_results  # noqa: E402
+from benchmarks.common import RESULTS, parser, subject_or_side_by_side, write_results  # noqa: E402
 
 RIG = ROOT.parent / "shared" / "bench" / "peer_nodered"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-appliance-bench"
@@ -578,11 +578,7 @@ def main(argv=None) -> int:
     ap.add_argument("--subjects", nargs="+", default=["nodered", "appliance"], choices=["nodered", "appliance"])
     ap.add_argument("--nodered-dir", default=str(CACHE / "nodered"), help="where npm installs Node-RED")
     ap.add_argument("--work", help="where the rig's per-run output goes (default: a new temp dir)")
-    args = ap.parse_args(argv)
-    if args.cmd == "subject":
-        asyncio.run(run_subject(args))
-        return 0
-    return run_side_by_side(args)
+    return subject_or_side_by_side(ap, argv, run_subject, run_side_by_side)
 
 
 if __name__ == "__main__":

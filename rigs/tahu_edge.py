@@ -69,9 +69,10 @@ class TahuEdgeNode:
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
 
-    def data(self, device: str, values: dict[str, float], ts_ms: int) -> None:
+    def data(self, device: str, values: dict[str, float], ts_ms: int, compress: bool | str = False) -> None:
+        """One DDATA; ``compress``: True (Tahu's default, DEFLATE), "DEFLATE" or "GZIP" to have Tahu compress it."""
         n = self.count("sent")
-        self.send(cmd="data", device=device, values=values, ts=ts_ms)
+        self.send(cmd="data", device=device, values=values, ts=ts_ms, compress=compress)
         self.wait_event("sent", n + 1)
 
     def kill(self) -> None:

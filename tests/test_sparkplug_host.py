@@ -391,3 +391,39 @@ def test_the_gap_detector_shows_an_interruption_and_closes_it_with_a_gap_however
     assert gd.status()["interrupted"] == [{"asset": D, "sensor": "Current"}]
     gap = gd.observe(D, "Current", 10.5)  # shorter than a period: still a gap, the source said so
     assert gap is not None and gd.status()["interrupted_count"] == 0 and gd.gaps == 1
+
+
+@pytest.mark.parametrize("algo", ["DEFLATE", "GZIP"])
+def test_a_compressed_data_message_is_inflated_and_read_like_any_other(algo):
+    from appliance.connections.sparkplug.compression import compressed
+
+    h = born(known=("Current", "Voltage"))
+    inner = payload(2, metrics=[dbl(alias=1, value=3.5), dbl(alias=2, value=231.0)])
+    out = h.handle(f"spBv1.0/{G}/DDATA/{N}/{D}", compressed(inner, algo).SerializeToString(), NOW)
+    assert [(r.sensor, r.value) for r in out.readings] == [("Current", 3.5), ("Voltage", 231.0)]
+    assert not out.dead and h.counters.values["compressed_payloads"] == 1
+    assert not h.counters.values.get("seq_skip")  # its seq (inside the body) was read
+
+
+def test_a_compressed_payload_is_bounded_and_a_corrupt_one_dead_lettered_with_its_reason():
+    import zlib
+
+    from appliance.connections.sparkplug.compression import COMPRESSED_UUID, compressed
+
+    h = born(known=("Current", "Voltage"), max_payload_bytes=4096)
+    topic = f"spBv1.0/{G}/DDATA/{N}/{D}"
+    bomb = compressed(b"\x00" * 10_000_000)  # ~10 kB on the wire, 10 MB inflated
+    assert len(bomb.SerializeToString()) < 20_000
+    out = h.handle(topic, bomb.SerializeToString(), NOW)
+    assert [d.code for d in out.dead] == [DeadLetterCode.TOO_LARGE] and "past 4096 bytes" in out.dead[0].reason
+    corrupt = Payload(uuid=COMPRESSED_UUID, body=b"not deflate at all")
+    out = h.handle(topic, corrupt.SerializeToString(), NOW)
+    assert [d.code for d in out.dead] == [DeadLetterCode.BAD_PROTOBUF] and "does not inflate" in out.dead[0].reason
+    unknown = compressed(payload(3), "LZ4")
+    unknown.body = zlib.compress(payload(3))
+    out = h.handle(topic, unknown.SerializeToString(), NOW)
+    assert "'LZ4' is not one of DEFLATE, GZIP" in out.dead[0].reason
+    twice = compressed(compressed(payload(3)).SerializeToString())
+    out = h.handle(topic, twice.SerializeToString(), NOW)
+    assert "inside a compressed payload" in out.dead[0].reason
+    assert not any(o.readings for o in [out])

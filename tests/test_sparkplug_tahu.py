@@ -113,6 +113,21 @@ def test_readings_from_a_tahu_edge_node_arrive_in_the_store_under_the_mapped_ass
 
 
 @needs_tahu
+def test_data_tahu_compressed_is_inflated_and_stored(appliance, edge_nodes):
+    node = edge_nodes()
+    node.wait_event("birth")
+    appliance.wait_until(lambda: counters(appliance).get("device_births", 0) >= 1, what="the device birth")
+    for k, how in enumerate((True, "DEFLATE", "GZIP")):
+        node.data("pump3", {"a": 1.0 + k}, T0_MS + 1000 * k, compress=how)
+    sent = {T0_MS / 1000 + k: 1.0 + k for k in range(3)}
+    appliance.wait_until(lambda: sent.keys() <= values_at(appliance, "pump3", "a").keys(),
+                         what="three compressed DDATA stored")
+    assert {ts: v for ts, v in values_at(appliance, "pump3", "a").items() if ts in sent} == sent
+    assert counters(appliance)["compressed_payloads"] == 3 and sparkplug(appliance)["dead_letters_total"] == 0
+    assert "seq_skip" not in counters(appliance)  # the seq travels inside the compressed body
+
+
+@needs_tahu
 def test_data_before_any_birth_asks_for_a_rebirth_and_tahu_honours_it(tmp_path, mosquitto, bundle, edge_nodes):
     # The node was born before the appliance started (its births are QoS 0, not retained): the first
     # DATA the appliance sees comes before any birth it knows, as after the appliance's restart.

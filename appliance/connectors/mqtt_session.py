@@ -840,9 +840,10 @@ class MqttSession(Input):
             dead = []
         gaps = self.gaps
         if gaps is not None:
+            observe = gaps.observe  # looked up once: a Sparkplug or multi-value message brings several readings
             for r in readings:
                 if not r.historical and r.value == r.value:  # a valueless reading (NaN) is no sign of life
-                    gaps.observe(r.asset, r.sensor, r.ts)
+                    observe(r.asset, r.sensor, r.ts)
         burst = self._burst
         if burst is None:
             # The connection the burst arrived on: a burst read before a disconnect is never

@@ -45,6 +45,39 @@ class Reading:
     historical: bool = False
 
 
+def _reading_factory():
+    """:class:`Reading` built without its dataclass ``__init__``: a frozen dataclass sets each field
+    through ``object.__setattr__`` (about 0.4 µs a field); the slots' own descriptors set them for
+    half that. For the inputs' hot paths, where a Sparkplug or multi-value message makes eight
+    readings; anything else calls ``Reading(...)``.
+
+    >>> new_reading("p1", "T", 1.0, 2.0, Quality.BAD, "mqtt", True) == Reading("p1", "T", 1.0, 2.0, Quality.BAD,
+    ...                                                                           "mqtt", True)
+    True
+    """
+    new = object.__new__
+    set_asset, set_sensor, set_ts, set_value, set_quality, set_source, set_historical = (
+        Reading.__dict__[name].__set__ for name in ("asset", "sensor", "ts", "value", "quality", "source",
+                                                      "historical"))
+
+    def new_reading(asset: str, sensor: str, ts: float, value: float, quality: Quality = Quality.GOOD,
+                    source: str = "", historical: bool = False) -> Reading:
+        r = new(Reading)
+        set_asset(r, asset)
+        set_sensor(r, sensor)
+        set_ts(r, ts)
+        set_value(r, value)
+        set_quality(r, quality)
+        set_source(r, source)
+        set_historical(r, historical)
+        return r
+
+    return new_reading
+
+
+new_reading = _reading_factory()
+
+
 class DeadLetterCode(StrEnum):
     """Why input was refused: a stable code to count and filter by (the detail says the rest)."""
 

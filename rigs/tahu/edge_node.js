@@ -9,6 +9,7 @@
 // with an alias (device i, metric j: alias 100 * (i + 1) + j). Then it reads commands, one JSON object a
 // line, on stdin:
 //   {"cmd": "data", "device": "pump3", "values": {"Current": 2.5}, "ts": 1700000000000}  DDATA by alias
+//                                   ("compress": true, "DEFLATE" or "GZIP": compressed by Tahu)
 //   {"cmd": "burst", "device": "pump3", "count": 1000, "start": 1700000000000, "step": 10}  many DDATA
 //   {"cmd": "skip", "n": 3}          the next seq jumps by n (a gap: those numbers are never sent)
 //   {"cmd": "ddeath", "device": "pump3"}
@@ -98,7 +99,10 @@ function dataMetrics(device, values) {
 }
 
 function data(cmd) {
-  client.publishDeviceData(cmd.device, { timestamp: cmd.ts || Date.now(), metrics: dataMetrics(cmd.device, cmd.values) });
+  // "compress": true (Tahu's default, DEFLATE with no algorithm metric), "DEFLATE" or "GZIP": Tahu compresses it.
+  const options = cmd.compress ? { compress: true, algorithm: cmd.compress === true ? null : cmd.compress } : undefined;
+  client.publishDeviceData(cmd.device, { timestamp: cmd.ts || Date.now(), metrics: dataMetrics(cmd.device, cmd.values) },
+                           options);
   say({ event: "sent", n: 1, seq: client.seq });
 }
 

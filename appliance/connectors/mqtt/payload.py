@@ -32,6 +32,7 @@ from typing import Callable, Collection, Sequence
 from appliance.connectors.guard import DEAD_LETTER_MAX_BYTES, DeadLetterBag, ValueRange, dead_letter
 from appliance.core import DeadLetter, DeadLetterCode, Quality, Reading
 from appliance.core.compat import fromisoformat
+from appliance.core.records import new_reading
 
 try:  # a tenth of the standard library's decoding time on small payloads (measured: benchmarks/peer.py)
     from orjson import loads as _fast_loads
@@ -447,7 +448,7 @@ def parse_payload(
                 if out is not None:
                     why = (DeadLetterCode.OUT_OF_RANGE, f"sensor {sensor!r}: {out}")
             if why is None:
-                readings.append(Reading(asset, sensor, ts, value, quality, source, historical))
+                readings.append(new_reading(asset, sensor, ts, value, quality, source, historical))
                 continue
         if bag is None:
             bag = DeadLetterBag(topic, payload, now)

@@ -48,11 +48,14 @@ from typing import Callable, Collection
 from google.protobuf.message import DecodeError
 
 from appliance.connections.sparkplug import MessageType, Payload, Topic, TopicError, parse_topic
+from appliance.connections.sparkplug.compression import COMPRESSED_UUID, CompressionError, inflate
 from appliance.connections.sparkplug.metrics import (VALUE_FIELD, DataType, quality_of, signed_bits,
                                                      twos_complement, value_as)
 from appliance.connectors.guard import Admission, DeadLetterBag, ValueRange, clip, dead_letter
 from appliance.connectors.sparkplug.config import MappingRule, SparkplugInputConfig
+from appliance.connectors.sparkplug.shape import DataShape
 from appliance.core import Counters, DeadLetterCode, Quality, Reading
+from appliance.core.records import new_reading
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,11 @@ TOPIC_CACHE_SIZE = 4096
 # Births of one node remembered as refused for their size (a publisher inventing device names costs no memory).
 TOO_BIG_MAX = 64
 _NO_TS = -math.inf
+# DATA layouts learned per birth (shape.py): a few, since report by exception varies which metrics come;
+# learning one costs a regular expression, so it is tried at most once per this many DATA read the slow way.
+MAX_SHAPES = 4
+SHAPE_LEARN_EVERY = 32
+_DATA_KINDS = (MessageType.NDATA, MessageType.DDATA)
 
 
 def quality_from_code(code: int) -> Quality:
@@ -107,6 +115,9 @@ class Birth:
     alias0: bool = False  # alias 0 is declared: a DATA metric's alias 0 may then be "no alias" (proto2 default)
     readable: bool = False  # some metric is a number that feeds a sensor
     last_ts: float = _NO_TS  # the newest live reading's timestamp: a death silences the sensors just after it
+    shapes: list[DataShape] = field(default_factory=list)  # DATA layouts read without protobuf, newest first
+    slow_reads: int = 0  # DATA messages read through protobuf
+    shape_tries: int = 0
 
     def __len__(self) -> int:
         return len(self.by_name)
@@ -273,12 +284,18 @@ class SparkplugHost:
         if t.kind in (MessageType.STATE, MessageType.NCMD, MessageType.DCMD):
             self.counters.inc("commands_seen")  # other hosts' state and commands: not ours to read
             return out
+        if t.kind in _DATA_KINDS and self._fast_data(t, topic, payload, now, out):
+            return out
         try:
             p = Payload.FromString(payload)
         except (DecodeError, ValueError) as e:
             why = f"{t.kind.value} payload is not a Sparkplug B protobuf: {e or type(e).__name__}"
             out.dead.append(self._dead(topic, payload, now, DeadLetterCode.BAD_PROTOBUF, why))
             return out
+        if p.uuid == COMPRESSED_UUID:
+            p = self._inflated(t, p, topic, payload, now, out)
+            if p is None:
+                return out
         mono = self._clock()
         node = self._node(t.group, t.node)
         if node is None:
@@ -295,7 +312,7 @@ class SparkplugHost:
         if not node.alive:
             self._before_birth(node, out, mono)
             return out
-        self._sequence(node, p, mono, out)
+        self._sequence(node, p.seq if p.HasField("seq") else None, mono, out)
         if t.kind is MessageType.DBIRTH:
             self._dbirth(node, t.device, p, topic, payload, now, out)
         elif t.kind is MessageType.DDEATH:
@@ -305,6 +322,25 @@ class SparkplugHost:
         else:
             self._data(node, t.device, node.devices.get(t.device), p, topic, payload, now, mono, out)
         return out
+
+    def _inflated(self, t: Topic, p, topic: str, payload: bytes, now: float, out: Outcome):
+        """The payload a compressed one carries (``connections/sparkplug/compression.py``), inflated no
+        further than ``max_payload_bytes``; None once dead-lettered (too large, corrupt, or compressed twice)."""
+        self.counters.inc("compressed_payloads")
+        try:
+            inner = Payload.FromString(inflate(p, self.cfg.max_payload_bytes))
+            if inner.uuid == COMPRESSED_UUID:
+                raise CompressionError("a compressed payload inside a compressed payload")
+            return inner
+        except CompressionError as e:
+            code = DeadLetterCode.TOO_LARGE if e.too_large else DeadLetterCode.BAD_PROTOBUF
+            why = f"{t.kind.value} compressed payload: {e} (max_payload_bytes)" if e.too_large else \
+                f"{t.kind.value} compressed payload: {e}"
+        except (DecodeError, ValueError) as e:
+            code, why = DeadLetterCode.BAD_PROTOBUF, (f"{t.kind.value} compressed payload's body is not a Sparkplug "
+                                                      f"B protobuf: {e or type(e).__name__}")
+        out.dead.append(self._dead(topic, payload, now, code, why))
+        return None
 
     def tick(self) -> Outcome:
         """Missing ``seq`` numbers whose reorder wait is over: the nodes to ask for a rebirth (call ~1/s)."""
@@ -467,10 +503,10 @@ class SparkplugHost:
 
     # -- sequence and rebirth requests -------------------------------------------
 
-    def _sequence(self, node: Node, p, mono: float, out: Outcome) -> None:
-        if not p.HasField("seq"):
+    def _sequence(self, node: Node, seq: int | None, mono: float, out: Outcome) -> None:
+        if seq is None:
             return
-        verdict = node.seq.observe(p.seq % _SEQ_SPACE, mono)
+        verdict = node.seq.observe(seq % _SEQ_SPACE, mono)
         if verdict != "ok":
             self.counters.inc(f"seq_{verdict}")
         if verdict == "skip" and self.cfg.reorder_timeout_s == 0:
@@ -550,33 +586,70 @@ class SparkplugHost:
             return
         if self._data_metrics(node, device, birth, p, topic, payload, now, out):
             self._request_rebirth(node, "unknown_alias", mono, out)
+        elif birth.readable:
+            self._learn_shape(birth, payload)
 
-    def _data_metrics(self, node: Node, device: str | None, birth: Birth, p, topic: str, payload: bytes,
-                      now: float, out: Outcome) -> bool:
-        """The readings of a birth's or DATA's metrics; True when an alias was not known.
+    def _fast_data(self, t: Topic, topic: str, payload: bytes, now: float, out: Outcome) -> bool:
+        """A DATA message of a layout its birth learned (``shape.py``), read from its bytes: True once read;
+        False for anything else (no such node, device or layout): protobuf reads it, as before."""
+        node = self.nodes.get((t.group, t.node))
+        if node is None or not node.alive:
+            return False
+        birth = node.birth if t.kind is MessageType.NDATA else node.devices.get(t.device)
+        if birth is None or not birth.shapes:
+            return False
+        for shape in birth.shapes:
+            read = shape.read(payload)
+            if read is not None:
+                break
+        else:
+            return False
+        mono = self._clock()
+        if mono < node.muted_until:
+            return False
+        ts_ms, seq, items = read
+        self._sequence(node, seq, mono, out)
+        asset = self._admitted(birth, topic, payload, now, out)
+        if asset is not None:
+            self._readings(birth, asset, ts_ms, items, topic, payload, now, out)
+        return True
 
-        The hot path of the input (a plant's DATA, eight metrics a message in the benchmark): what can be
-        worked out at the birth was (:class:`MetricDef`), and a metric that needs a closer look (no alias,
-        a value in another field, a bound passed, properties) leaves the common path for the slow one.
-        """
+    def _learn_shape(self, birth: Birth, payload: bytes) -> None:
+        """After a DATA message was read through protobuf: learn its layout, at a bounded rate."""
+        birth.slow_reads += 1
+        if birth.slow_reads < birth.shape_tries * SHAPE_LEARN_EVERY:
+            return
+        birth.shape_tries += 1
+        shape = DataShape.learn(payload, birth.by_alias)
+        if shape is not None:
+            birth.shapes = [shape, *birth.shapes[:MAX_SHAPES - 1]]
+            self.counters.inc("data_shapes_learned")
+
+    def _admitted(self, birth: Birth, topic: str, payload: bytes, now: float, out: Outcome) -> str | None:
+        """The asset of a birth's readings, if it can have any and the admission lets it in."""
         asset = birth.asset
         if not asset or not birth.readable:
-            return False  # nothing in it can be a reading (a node's control metrics): no asset to admit
+            return None  # nothing in it can be a reading (a node's control metrics): no asset to admit
         why = self.admission.asset(asset)  # also tells the admission the asset is alive
         if why is not None:
             self.counters.inc("unadmitted_messages")
             out.dead.append(self._dead(topic, payload, now, DeadLetterCode.UNKNOWN_ASSET, why))
+            return None
+        return asset
+
+    def _data_metrics(self, node: Node, device: str | None, birth: Birth, p, topic: str, payload: bytes,
+                      now: float, out: Outcome) -> bool:
+        """The readings of a birth's or DATA's metrics, read through protobuf; True when an alias was not known.
+
+        What can be worked out at the birth was (:class:`MetricDef`), and a metric that needs a closer
+        look (no alias, a value in another field, properties) leaves the common path for the slow one.
+        """
+        asset = self._admitted(birth, topic, payload, now, out)
+        if asset is None:
             return False
         by_alias, alias0 = birth.by_alias, birth.alias0
-        base_ts = p.timestamp / 1000.0 if p.timestamp else now
-        readings = out.readings
-        source = self.source
-        min_ts = self.cfg.min_timestamp
-        limit: float | None = None  # the latest live timestamp accepted, once a live metric asks
-        bag: DeadLetterBag | None = None
+        items: list[tuple[MetricDef, float, int, bool, int | None]] = []
         unknown_alias = False
-        good = Quality.GOOD
-        newest = _NO_TS  # the newest live reading of this message: where a death would silence them
         for m in p.metrics:
             d = by_alias.get(m.alias)
             if d is None or (alias0 and not m.alias and not m.HasField("alias")):
@@ -596,9 +669,29 @@ class SparkplugHost:
                 if value is None:
                     self.ignored_by_type.inc(_type_name(d.datatype))
                     continue
-            mts = m.timestamp
+            items.append((d, value, m.timestamp, m.is_historical,
+                          quality_of(m) if m.HasField("properties") else None))
+        self._readings(birth, asset, p.timestamp, items, topic, payload, now, out)
+        return unknown_alias
+
+    def _readings(self, birth: Birth, asset: str, ts_ms: int | None, items, topic: str, payload: bytes,
+                  now: float, out: Outcome) -> None:
+        """Readings of the metrics of one message, ``(def, value, timestamp ms, historical, quality code)``
+        each (a timestamp 0 or None: the message's, else arrival; a quality code None: good): bounds checked,
+        refusals dead-lettered (one letter per reason), the birth's newest live timestamp kept.
+
+        The hot path of the input (a plant's DATA, eight metrics a message in the benchmark).
+        """
+        base_ts = ts_ms / 1000.0 if ts_ms else now
+        readings = out.readings
+        source = self.source
+        min_ts = self.cfg.min_timestamp
+        limit: float | None = None  # the latest live timestamp accepted, once a live metric asks
+        bag: DeadLetterBag | None = None
+        good = Quality.GOOD
+        newest = _NO_TS  # the newest live reading of this message: where a death would silence them
+        for d, value, mts, historical, code in items:
             ts = mts / 1000.0 if mts else base_ts
-            historical = m.is_historical
             if not historical and limit is None:
                 live_now = self._observe_ts(asset, ts) if self._observe_ts is not None else now
                 limit = live_now + self.cfg.max_future_skew_s
@@ -611,16 +704,15 @@ class SparkplugHost:
                     bag.add(refused[0], refused[1], subject=d.name)
                     continue
                 quality = Quality.BAD  # NaN: a null metric, a value that is missing
-            if m.HasField("properties") and quality is good:
-                quality = quality_from_code(quality_of(m))
-            readings.append(Reading(asset, d.sensor, ts, value, quality, source, historical))
+            elif code is not None:
+                quality = quality_from_code(code)
+            readings.append(new_reading(asset, d.sensor, ts, value, quality, source, historical))
             if not historical and ts > newest:
                 newest = ts
         if newest > birth.last_ts:
             birth.last_ts = newest
         if bag:
             out.dead.extend(bag.letters())
-        return unknown_alias
 
     def _resolve(self, birth: Birth, m) -> MetricDef | None:
         """A metric that is not found by its alias: by its name, else counted (unknown or ambiguous alias)."""
