@@ -236,6 +236,7 @@ def cmd_train(args) -> int:
     for name, member in bundle.meta.get("members", {}).items():
         what = (f"{member['components']} components of the {member['inputs']} "
                 f"({100 * member['explained_variance']:.1f} % of their variance)" if member["kind"] == "pca_q"
+                else f"each sensor's low-band energy over {member['span']} rows" if member["kind"] == "spread"
                 else f"whitened distance of the {member['inputs']}")
         print(f"{name} member: {what}, threshold {bundle.member_thresholds[name]:.4g}; "
               "the score is the largest ratio of a model to its own threshold")
