@@ -187,7 +187,7 @@ def cmd_train(args) -> int:
                               ("lateness_s", args.lateness), ("max_iter", args.max_epochs)) if v is not None}
     if args.early_stopping:
         opts["early_stopping"] = True
-    for member in ("pca_member", "distance_member"):
+    for member in ("pca_member", "distance_member", "spread_member"):
         if getattr(args, member) is not None:
             opts[member] = getattr(args, member)
     if args.settings:
@@ -516,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--distance-member", action=argparse.BooleanOptionalAction, default=None,
                    help="a member scoring the whitened distance of the row-to-row changes (a disturbance more "
                         "lively than in training; default: on where --pca-member is)")
+    t.add_argument("--spread-member", action=argparse.BooleanOptionalAction, default=None,
+                   help="a member scoring each sensor's low-band energy over the scored span (a disturbance "
+                        "that wanders further than in training; default: on where --pca-member is)")
     t.add_argument("--settings", metavar="JSON",
                    help='any other training settings as a JSON object, e.g. \'{"threshold_rule": "pooled"}\' '
                         "(fields of appliance.detector.train.TrainSettings; for ablations)")
