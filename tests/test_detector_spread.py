@@ -137,3 +137,15 @@ def test_loader_checks_the_span_members_shape(spread_bundle, tmp_path):
     (copy / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="model.spread.onnx: input 'x' has shape"):
         load_bundle(copy)
+
+
+def test_a_gap_inside_a_calibration_block_leaves_the_member_out_with_a_warning(tmp_path, caplog):
+    # Spans cannot straddle a gap, so a block with one no longer pairs its spans one to one with the
+    # other models' averaged windows; training says so and writes the bundle without the member.
+    sensors, ts, rows = read_csv_rows(write_process_csv(tmp_path / "normal.csv", 300, seed=1, regime="plant"))
+    ts = ts + np.where(np.arange(len(ts)) >= 200, 3600.0, 0.0)  # an hour without readings
+    settings = TrainSettings(period_s=180.0, hidden=[8, 4], max_iter=3)
+    with caplog.at_level("WARNING", logger="appliance.detector.train"):
+        b = load_bundle(train_bundle(rows, sensors, tmp_path / "B", settings, ts=ts))
+    assert "spread" not in b.members and {"pca", "distance"} <= set(b.members)
+    assert "spread member left out" in caplog.text
