@@ -182,7 +182,7 @@ class Detector:
             center_levels(chunk, self._level_free)  # chunk is a copy when h > 1, else a slice of x
             sensor_err[i:i + m] = _horizon_errors(chunk, reconstruct(self._session, chunk, self._flat), h)
             for (name, session, _), out in zip(self._members, member_err):
-                if name in SPAN_MEMBERS:  # the whole span, as scaled (no window's level removed)
+                if name in SPAN_MEMBERS:  # the whole scaled span (a level removed or not: its bands ignore it)
                     spans = np.ascontiguousarray(x[i:i + m]).reshape(m, -1)
                     out[i:i + m] = session.run([SPAN_MEMBERS[name]], {ONNX_INPUT: spans})[0]
                 else:
