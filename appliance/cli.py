@@ -187,7 +187,7 @@ def cmd_train(args) -> int:
                               ("lateness_s", args.lateness), ("max_iter", args.max_epochs)) if v is not None}
     if args.early_stopping:
         opts["early_stopping"] = True
-    for member in ("pca_member", "distance_member"):
+    for member in ("pca_member", "distance_member", "spread_member"):
         if getattr(args, member) is not None:
             opts[member] = getattr(args, member)
     if args.settings:
@@ -236,6 +236,7 @@ def cmd_train(args) -> int:
     for name, member in bundle.meta.get("members", {}).items():
         what = (f"{member['components']} components of the {member['inputs']} "
                 f"({100 * member['explained_variance']:.1f} % of their variance)" if member["kind"] == "pca_q"
+                else f"each sensor's low-band energy over {member['span']} rows" if member["kind"] == "spread"
                 else f"whitened distance of the {member['inputs']}")
         print(f"{name} member: {what}, threshold {bundle.member_thresholds[name]:.4g}; "
               "the score is the largest ratio of a model to its own threshold")
@@ -515,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--distance-member", action=argparse.BooleanOptionalAction, default=None,
                    help="a member scoring the whitened distance of the row-to-row changes (a disturbance more "
                         "lively than in training; default: on where --pca-member is)")
+    t.add_argument("--spread-member", action=argparse.BooleanOptionalAction, default=None,
+                   help="a member scoring each sensor's low-band energy over the scored span (a disturbance "
+                        "that wanders further than in training; default: on where --pca-member is)")
     t.add_argument("--settings", metavar="JSON",
                    help='any other training settings as a JSON object, e.g. \'{"threshold_rule": "pooled"}\' '
                         "(fields of appliance.detector.train.TrainSettings; for ablations)")

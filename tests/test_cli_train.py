@@ -135,7 +135,9 @@ def test_a_slow_process_gets_the_changes_members_averaged_over_the_horizon(tmp_p
 
     data = slow_process_csv(tmp_path / "normal.csv", n=300)
     out = tmp_path / "bundle"
-    assert main(["train", "--data", str(data), "--period", "180", "--out", str(out), "--max-epochs", "5"]) == 0
+    # The spread member (on by default here too) scores whole spans: tests/test_detector_spread.py.
+    assert main(["train", "--data", str(data), "--period", "180", "--out", str(out), "--max-epochs", "5",
+                 "--no-spread-member"]) == 0
     printed = capsys.readouterr().out
     assert "pca member:" in printed and "components of the changes" in printed
     assert "distance member: whitened distance of the changes" in printed
@@ -165,5 +167,5 @@ def test_a_slow_process_gets_the_changes_members_averaged_over_the_horizon(tmp_p
         ratios.append(moving_mean(errors / 1e30 * own, 20) / own)  # back from "AE threshold x ratio"
     np.testing.assert_allclose(combined, th * np.max(ratios, axis=0), rtol=1e-4)
     assert main(["train", "--data", str(data), "--period", "180", "--out", str(tmp_path / "alone"), "--max-epochs",
-                 "5", "--no-pca-member", "--no-distance-member"]) == 0
+                 "5", "--no-pca-member", "--no-distance-member", "--no-spread-member"]) == 0
     assert load_bundle(tmp_path / "alone").members == {}

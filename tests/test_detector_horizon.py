@@ -31,7 +31,7 @@ def rig(tmp_path_factory):
     out = work / "B"
     assert main(["train", "--data", str(normal), "--period", "180", "--horizon", str(HORIZON),
                  "--settings", '{"level_free": ["meas01"], "max_iter": 60, "pca_member": false, '
-                 '"distance_member": false}',
+                 '"distance_member": false, "spread_member": false}',
                  "--out", str(out)]) == 0
     return work, out
 

@@ -120,7 +120,7 @@ def slow_seed(tmp_path_factory):
     work = tmp_path_factory.mktemp("slow-fleet")
     sensors, ts, rows = read_csv_rows(write_process_csv(work / "normal.csv", 400, seed=3))
     bundle = train_bundle(rows, sensors, work / "seed", TrainSettings(
-        period_s=180.0, horizon=8, max_iter=40, pca_member=False, distance_member=False), ts=ts)
+        period_s=180.0, horizon=8, max_iter=40, pca_member=False, distance_member=False, spread_member=False), ts=ts)
     return bundle, sensors, ts, rows
 
 

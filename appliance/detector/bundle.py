@@ -8,6 +8,9 @@
                         (format 3: windows in and out flattened, [N, window * sensors])
       model.pca.onnx    formats 4-5: the linear PCA-Q member (FP32 in both precisions)
       model.distance.onnx  format 5: the whitened distance of the row-to-row changes (FP32)
+      model.spread.onnx    format 5: each sensor's low-band energy over the whole span (FP32; it takes
+                           [N, span * sensors] and gives per-sensor errors [N, sensors], see
+                           appliance.detector.spread)
       bundle.json       metadata below
 
 ``bundle.json`` keys: ``format_version``, ``model_version`` (UTC time + content
@@ -78,8 +81,12 @@ READABLE_VERSIONS = (1, 2, 3, 4, 5)
 META_FILE = "bundle.json"
 MODEL_FILES = {"int8": "model.int8.onnx", "fp32": "model.fp32.onnx"}
 # Members a bundle may carry, by name: their ONNX file (FP32, used by both precisions) and kinds.
-MEMBER_FILES = {"pca": "model.pca.onnx", "distance": "model.distance.onnx", "relation": "model.relation.onnx"}
-MEMBER_KINDS = {"pca": "pca_q", "distance": "mahalanobis", "relation": "relation"}
+MEMBER_FILES = {"pca": "model.pca.onnx", "distance": "model.distance.onnx", "relation": "model.relation.onnx",
+                "spread": "model.spread.onnx"}
+MEMBER_KINDS = {"pca": "pca_q", "distance": "mahalanobis", "relation": "relation", "spread": "spread"}
+# Members that take the whole scored span (``Bundle.span`` rows) and give per-sensor errors under this
+# output name, instead of a reconstruction of each model window.
+SPAN_MEMBERS = {"spread": "errors"}
 
 # Sanity bounds on the values that decide what alarms, for every bundle the appliance loads
 # (configured, commissioned or from a signed release) and every release the engineer's tool
@@ -281,7 +288,8 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
         _check_model_shape(p, [window * len(sensors)] if version >= 3 else [window, len(sensors)])
         models[precision] = p
     members, member_thresholds = _load_members(root, meta, version, th, files, window * len(sensors),
-                                               verify_hashes, where)
+                                               verify_hashes, where, ((window + horizon - 1) * len(sensors),
+                                                                      len(sensors)))
     return Bundle(path=root, meta=meta, sensors=tuple(sensors), window=window, stride=stride,
                   period_s=float(period_s), scaler=Scaler(center, scale, str(sc.get("kind", "robust"))),
                   thresholds=thresholds, model_version=model_version, models=models, level_free=level_free,
@@ -322,7 +330,8 @@ def _load_frozen(meta: dict, sensors: list[str], where: str) -> FrozenCheck:
 
 
 def _load_members(root: Path, meta: dict, version: int, th: dict, files: dict, per_window: int,
-                  verify_hashes: bool, where: str) -> tuple[dict[str, Path], dict[str, float]]:
+                  verify_hashes: bool, where: str,
+                  span_shapes: tuple[int, int] = (0, 0)) -> tuple[dict[str, Path], dict[str, float]]:
     """``members``, each with its file, kind and threshold checked: none before format 4, at least
     one in format 4, any number from format 5."""
     if version < MEMBERS_FORMAT_VERSION:
@@ -348,25 +357,33 @@ def _load_members(root: Path, meta: dict, version: int, th: dict, files: dict, p
             raise BundleError(f"{p}: missing member model file")
         if verify_hashes and files.get(p.name) != sha256_file(p):
             raise BundleError(f"{p}: sha256 does not match bundle.json (corrupt or replaced file)")
-        _check_model_shape(p, [per_window])
+        if name in SPAN_MEMBERS:  # the whole span in, per-sensor errors out
+            if version < HORIZON_FORMAT_VERSION:
+                raise BundleError(f"{where}: member {name!r} needs format_version >= {HORIZON_FORMAT_VERSION}")
+            _check_model_shape(p, [span_shapes[0]], (SPAN_MEMBERS[name], [span_shapes[1]]))
+        else:
+            _check_model_shape(p, [per_window])
         members[name], thresholds[name] = p, v
     return members, thresholds
 
 
-def _check_model_shape(path: Path, per_window: list[int]) -> None:
+def _check_model_shape(path: Path, per_window: list[int], output: tuple[str, list[int]] | None = None) -> None:
+    """Input ``x`` (and output ``recon``, or ``output``'s name) shaped ``[N, *per_window]``."""
+    out_name, out_dims = output or (ONNX_OUTPUT, per_window)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises several unrelated types for a damaged file
         raise BundleError(f"{path}: not a readable ONNX model ({e})") from None
-    for kind, vis, name in (("input", model.graph.input, ONNX_INPUT), ("output", model.graph.output, ONNX_OUTPUT)):
+    for kind, vis, name, want in (("input", model.graph.input, ONNX_INPUT, per_window),
+                                  ("output", model.graph.output, out_name, out_dims)):
         match = [v for v in vis if v.name == name]
         if not match:
             raise BundleError(f"{path}: no {kind} named {name!r}")
         dims = [d.dim_value if d.HasField("dim_value") else None
                 for d in match[0].type.tensor_type.shape.dim]
-        if dims[1:] != per_window:
+        if dims[1:] != want:
             raise BundleError(f"{path}: {kind} {name!r} has shape {dims}, bundle.json says "
-                              f"[N, {', '.join(map(str, per_window))}]")
+                              f"[N, {', '.join(map(str, want))}]")
 
 
 def write_bundle(out_dir: str | Path, meta: dict, model_files: dict[str, Path],

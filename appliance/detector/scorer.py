@@ -25,6 +25,10 @@ A bundle may also watch sensors for a frozen value (:mod:`appliance.detector.fro
 a watched sensor whose value has repeated at the end of the window for longer
 than its allowed run scores ``threshold x run / allowed`` when that is higher,
 and gets the contributions, so the alarm names it.
+
+A span member (``bundle.SPAN_MEMBERS``, e.g. :mod:`appliance.detector.spread`)
+takes the whole scaled window of ``window + horizon - 1`` rows at once and gives
+per-sensor errors itself; its ratio to its own threshold competes like any member's.
 The session is safe to share between threads (ONNX Runtime's ``run`` is).
 """
 
@@ -36,9 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from appliance.core import Score, Window
-from appliance.detector.bundle import Bundle, BundleError, load_bundle
+from appliance.detector.bundle import SPAN_MEMBERS, Bundle, BundleError, load_bundle
 from appliance.detector.features import center_levels
-from appliance.detector.session import make_session, reconstruct, takes_flat_windows
+from appliance.detector.session import ONNX_INPUT, make_session, reconstruct, takes_flat_windows
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +181,12 @@ class Detector:
             chunk = np.ascontiguousarray(chunk).reshape(m * h, w, -1)
             center_levels(chunk, self._level_free)  # chunk is a copy when h > 1, else a slice of x
             sensor_err[i:i + m] = _horizon_errors(chunk, reconstruct(self._session, chunk, self._flat), h)
-            for (_, session, _), out in zip(self._members, member_err):
-                out[i:i + m] = _horizon_errors(chunk, reconstruct(session, chunk, True), h)
+            for (name, session, _), out in zip(self._members, member_err):
+                if name in SPAN_MEMBERS:  # the whole scaled span (a level removed or not: its bands ignore it)
+                    spans = np.ascontiguousarray(x[i:i + m]).reshape(m, -1)
+                    out[i:i + m] = session.run([SPAN_MEMBERS[name]], {ONNX_INPUT: spans})[0]
+                else:
+                    out[i:i + m] = _horizon_errors(chunk, reconstruct(session, chunk, True), h)
         errors = sensor_err.mean(axis=1).astype(np.float64)
         sensor_err = sensor_err.astype(np.float64)
         if self._members:
