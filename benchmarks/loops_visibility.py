@@ -41,7 +41,11 @@ each pair of consecutive rows (104 values), its residual outside the first
 :data:`DYNAMIC_COMPONENTS` directions (the rig's structure fixes that count a
 priori: 10 states at two rows and 10 valves, less 10 state equations, plus 5
 disturbances), each residual direction standardized on the training record,
-averaged over ``HORIZON`` rows before squaring, as the parity.
+averaged over ``HORIZON`` rows before squaring, as the parity. And ``measured``: each
+valve regressed on what the rig does not export, the five disturbances (with their
+slow drift) as if feed analyzers measured them exactly, at the row and an hour
+before (a crude dynamic), standardized and scored as ``rows``: would measuring
+the loads be enough for a learned static relation?
 
 Usage:
   .venv/bin/python benchmarks/loops_visibility.py [--train-rows 500,2880,8640,20000] [--out FILE]
@@ -96,6 +100,51 @@ def anatomy(target: int, faulty: np.ndarray, twin: np.ndarray) -> dict:
             "measurements_shift_in_sd_mean": float(meas.mean()),
             "measurements_shift_in_sd_max": float(meas.max()),
             "measurement_most_moved": SENSORS[int(meas.argmax())]}
+
+
+def with_loads(seed: int, rows: int, fault: Fault | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A plant run and, per row, its true disturbances (with the slow drift), as a perfect feed analyzer
+    would read them (the rig keeps them inside; read from the model after each row)."""
+    model = ProcessModel(seed=seed, fault=fault, regime="plant")
+    out, loads = [], []
+    for _ in range(rows):
+        out.append(model._advance())
+        loads.append(model.dist + model.life.drift)
+    return np.array(out), np.array(loads)
+
+
+def load_features(loads: np.ndarray) -> np.ndarray:
+    """The loads at the row and ``HORIZON`` rows before (the first rows repeat the first load)."""
+    before = np.vstack([np.repeat(loads[:1], HORIZON, axis=0), loads[:-HORIZON]])
+    return np.concatenate([loads, before], axis=1)
+
+
+def score_measured(train: tuple[np.ndarray, np.ndarray], normals: list[tuple[np.ndarray, np.ndarray]],
+                   faults: list[tuple[int, tuple[np.ndarray, np.ndarray]]]) -> dict:
+    rows, loads = train
+    f = load_features(loads)
+    fm, fs, mu, sd = f.mean(axis=0), f.std(axis=0), rows.mean(axis=0), rows.std(axis=0)
+    x = (f - fm) / fs
+    maps = []
+    for v in VALVES:
+        y = (rows[:, v] - mu[v]) / sd[v]
+        gram = x.T @ x / len(x)
+        coef = np.linalg.solve(gram + RIDGE * np.trace(gram) / len(gram) * np.eye(len(gram)), x.T @ y / len(x))
+        maps.append((v, coef, float((y - x @ coef).std())))
+
+    def score(run: tuple[np.ndarray, np.ndarray], t: int) -> np.ndarray:
+        r, ld = run
+        v, coef, s = maps[t]
+        resid = ((r[:, v] - mu[v]) / sd[v] - ((load_features(ld) - fm) / fs) @ coef) / s
+        return moving_mean(resid ** 2, HORIZON)
+
+    train_p99 = float(np.quantile(np.concatenate([score(train, t) for t in range(N_CONTROLLED)]), 0.99))
+    oracle = float(np.quantile(np.concatenate([score(n, t) for n in normals for t in range(N_CONTROLLED)]), 0.999))
+    detected = [float((score(f, t)[SETTLED - HORIZON + 1:FAULT_END - HORIZON + 1] > oracle).mean())
+                for t, f in faults]
+    one = {"train_p99": train_p99, "unseen_normal_p999": oracle, "unseen_over_train": oracle / train_p99,
+           "detected_at_oracle": detected, "detected_at_oracle_mean": float(np.mean(detected))}
+    return {"faulted valve": one, "six valves": one}  # scored per valve only
 
 
 class Relation:
@@ -219,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-rows", default="500,2880,8640,20000")
     ap.add_argument("--train-seeds", default="1,7")
     ap.add_argument("--normal-runs", type=int, default=3, help="unseen normal runs of 2880 rows (seeds 1000+)")
-    ap.add_argument("--variants", default="rows,hourly,valves,dynamic")
+    ap.add_argument("--variants", default="rows,hourly,valves,dynamic,measured")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "loops_visibility.json"))
     a = ap.parse_args(argv)
     sizes = [int(v) for v in a.train_rows.split(",")]
@@ -244,14 +293,22 @@ def main(argv: list[str] | None = None) -> int:
         zip(faults, parity["detected_at_oracle"], parity["fault_median_over_oracle"])) +
         " of the settled fault rows at the unseen normal runs' p99.9")
     relation = []
+    if "measured" in variants:
+        loaded_normals = [with_loads(1000 + k, 2880) for k in range(a.normal_runs)]
+        loaded_faults = [(t, with_loads(2000 + 10 * t + kind, RUN_ROWS,
+                                        Fault("compensated_step", FAULT_AT, 1.0, target=t, end=FAULT_END)))
+                         for t in range(N_CONTROLLED)]
     print("\n| variant | training rows (days) | seed | faulted valve: unseen normal p99.9 / training p99 | "
           "detected at that p99.9 | six valves: ratio | detected |\n|---|---|---|---|---|---|---|")
     for variant in variants:
         for n in sizes:
             for seed in seeds:
-                train = ProcessModel(seed=seed, regime="plant").run(n)
-                one = (score_dynamic(train, normals, faults) if variant == "dynamic" else
-                       score_relation(variant, train, normals, faults))
+                if variant == "measured":
+                    one = score_measured(with_loads(seed, n), loaded_normals, loaded_faults)
+                else:
+                    train = ProcessModel(seed=seed, regime="plant").run(n)
+                    one = (score_dynamic(train, normals, faults) if variant == "dynamic" else
+                           score_relation(variant, train, normals, faults))
                 relation.append({"variant": variant, "train_rows": n, "train_seed": seed, **one})
                 f, s = one["faulted valve"], one["six valves"]
                 print(f"| {variant} | {n} ({n * 180 / 86400:.1f}) | {seed} | {f['unseen_over_train']:.1f} | "
