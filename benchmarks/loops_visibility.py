@@ -108,7 +108,7 @@ def with_loads(seed: int, rows: int, fault: Fault | None = None) -> tuple[np.nda
     model = ProcessModel(seed=seed, fault=fault, regime="plant")
     out, loads = [], []
     for _ in range(rows):
-        out.append(model._advance())
+        out.append(model.run(1)[0])
         loads.append(model.dist + model.life.drift)
     return np.array(out), np.array(loads)
 
