@@ -42,6 +42,7 @@ does not exist, the protocol is run and the traces are written there.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,6 +296,11 @@ ERROR_KINDS = {
     "d_normal_head": "(d) false alarms in the normal head (before the first anomaly)",
     "e_after_episode": "    false alarms raised again after an anomaly (not hang-over)",
 }
+# Kinds that one cause produces together: the window's memory delays the start and holds the end.
+COMBINED_KINDS = {
+    "b_hangover_all": ("b_hangover_window", "b_hangover_beyond"),
+    "a_b_start_and_end": ("a_start_delay", "b_hangover_window", "b_hangover_beyond"),
+}
 
 
 def error_kinds(label: np.ndarray, pred: np.ndarray, structural_hangover: int) -> dict[str, np.ndarray]:
@@ -330,11 +336,11 @@ def error_breakdown(traces: list[Trace], preds: list[np.ndarray], structural_han
     masks = [error_kinds(t.label, p, structural_hangover) for t, p in zip(traces, preds)]
     base = confusion(pred, labels)
     out = {}
-    for k in ERROR_KINDS:
-        m = np.concatenate([x[k] for x in masks])
+    for k, parts in {**{k: (k,) for k in ERROR_KINDS}, **COMBINED_KINDS}.items():
+        m = np.concatenate([np.logical_or.reduce([x[part] for part in parts]) for x in masks])
         fixed = np.where(m, labels.astype(bool), pred)  # only this kind's errors corrected
         c = confusion(fixed, labels)
-        files = sum(bool(x[k].any()) for x in masks)
+        files = sum(bool(any(x[part].any() for part in parts)) for x in masks)
         out[k] = {"rows": int(m.sum()), "files": files, "share_of_errors": round(m.sum() / (base["fp"] + base["fn"]), 4),
                   "if_corrected": scores_from(c)}
     return out
@@ -377,12 +383,20 @@ def variant_scores(traces: list[Trace]) -> dict:
 def analyse(traces: list[Trace], window: int) -> dict:
     rule = DecisionRule.default()
     base_preds = [t.decided() for t in traces]
-    same = [bool(np.array_equal(p, t.pred)) for t, p in zip(traces, base_preds) if t.pred is not None]
+    default = pooled(traces, base_preds)
+    protocol = RESULTS / "skab_protocol.json"
+    if window == 30 and protocol.exists():
+        # These traces replay the protocol run's INT8 path: the same confusion matrix, row for row in total.
+        ref = json.loads(protocol.read_text())["detectors"]["ae_int8"]
+        matches = all(ref[k] == default[k] for k in ("tp", "fp", "fn", "tn"))
+    else:
+        matches = None
     structural = window - 1 + rule.clear_n
     doc: dict = {"files": len(traces), "test_rows": int(sum(len(t.label) for t in traces)),
                  "window": window, "structural_hangover_rows": structural,
-                 "replay_matches_protocol_files": f"{sum(same)}/{len(same)}",
-                 "default": pooled(traces, base_preds)}
+                 "confusion_matches_skab_protocol_json": matches, "default": default,
+                 "missed_episode_files": [t.file for t, p in zip(traces, base_preds)
+                                          if t.label.any() and not (p.astype(bool) & (t.label > 0)).any()]}
     for name, raw in (("debounced", False), ("raw", True)):
         sweep = global_sweep(traces, raw)
         counts = per_file_counts(traces, raw)
@@ -423,7 +437,8 @@ def fmt(m: dict | None) -> str:
 
 def print_report(doc: dict, validation: dict | None) -> None:
     print(f"SKAB analysis (uses test labels: analysis only, chooses nothing): {doc['files']} files, "
-          f"{doc['test_rows']} test rows; replay = protocol on {doc['replay_matches_protocol_files']} files")
+          f"{doc['test_rows']} test rows; same confusion as skab_protocol.json: "
+          f"{doc['confusion_matches_skab_protocol_json']}")
     print(f"  default, label-free threshold (x1)          {fmt(doc['default'])}")
     for name in ("debounced", "raw"):
         o = doc[f"oracle_{name}"]
@@ -435,6 +450,7 @@ def print_report(doc: dict, validation: dict | None) -> None:
     q = lf["per_file_oracle_scale_quantiles"]
     print(f"  per-file oracle multiplier: median x{q[50]}, 10-90 % x{q[10]}-x{q[90]}; "
           f"{lf['files_oracle_above_1']} of {doc['files']} files above x1")
+    print(f"  files whose anomaly is never alarmed: {', '.join(doc['missed_episode_files']) or 'none'}")
     a = doc["auc"]
     print(f"  ROC AUC of the raw score: pooled {a['pooled']:.3f}, per file median {a['per_file_median']:.3f}, "
           f"min {a['per_file_min']:.3f}, {a['files_below_0.8']} files below 0.8")
@@ -443,7 +459,9 @@ def print_report(doc: dict, validation: dict | None) -> None:
           f"hang-over rows median {e['hangover_rows']['median']}, p90 {e['hangover_rows']['p90']} "
           f"(window-1+clear_n = {doc['structural_hangover_rows']})")
     print(f"  {'error kind (default)':66s} {'rows':>5s} {'files':>5s} {'share':>6s}  if only these were right")
-    for k, label in ERROR_KINDS.items():
+    labels = {**ERROR_KINDS, "b_hangover_all": "(b) all hang-over",
+              "a_b_start_and_end": "(a)+(b) start delay and all hang-over"}
+    for k, label in labels.items():
         m = doc["errors"][k]
         print(f"  {label:66s} {m['rows']:5d} {m['files']:5d} {m['share_of_errors']:6.1%}  {fmt(m['if_corrected'])}")
     print("  decision variants on the same traces (x1 threshold):")
