@@ -425,6 +425,9 @@ def analyse(traces: list[Trace], window: int) -> dict:
     doc["errors"] = error_breakdown(traces, base_preds, structural)
     doc["episodes"] = episode_stats(traces, base_preds)
     doc["variants"] = variant_scores(traces)
+    # The protocol's second operating point: thresholds raised by the drift allowance (label-free).
+    doc["drift_allowance_point"] = {"scale": DRIFT_ALLOWANCE,
+                                    **pooled(traces, [t.decided(DRIFT_ALLOWANCE) for t in traces])}
     return doc
 
 
@@ -440,6 +443,7 @@ def print_report(doc: dict, validation: dict | None) -> None:
           f"{doc['test_rows']} test rows; same confusion as skab_protocol.json: "
           f"{doc['confusion_matches_skab_protocol_json']}")
     print(f"  default, label-free threshold (x1)          {fmt(doc['default'])}")
+    print(f"  label-free drift allowance                  {fmt(doc['drift_allowance_point'])}")
     for name in ("debounced", "raw"):
         o = doc[f"oracle_{name}"]
         print(f"  [{name}] best global multiplier (oracle)   {fmt(o['global_best'])}")
