@@ -372,6 +372,27 @@ def episode_stats(traces: list[Trace], preds: list[np.ndarray]) -> dict:
             "hangover_rows": {"median": q(hang, 50), "p90": q(hang, 90), "n": len(hang)}}
 
 
+def missed_file_shifts(files: list[str], train_rows: int = 400) -> dict:
+    """For each never-alarmed file: how far its anomalous rows sit from its training rows, per sensor.
+
+    ``shift_sd``: (mean of the anomalous rows - training mean) / training sd; ``sd_ratio``: their sd over
+    the training sd. A fault that moves no sensor's level or spread is out of reach of any detector of
+    these sensors' values; one that moves only a level-free sensor's level is out of reach of this model.
+    """
+    from appliance.detector.train import read_csv
+    from appliance.eval.datasets import skab_dir
+    out = {}
+    for rel in files:
+        sensors, _, rows, labels = read_csv(Path(skab_dir()) / rel)
+        anomalous = rows[labels["anomaly"] > 0]
+        train = rows[:train_rows]
+        sd = train.std(axis=0) + 1e-12
+        out[rel] = {name: {"shift_sd": round(float((anomalous[:, i].mean() - train[:, i].mean()) / sd[i]), 2),
+                           "sd_ratio": round(float(anomalous[:, i].std() / sd[i]), 2)}
+                    for i, name in enumerate(sensors)}
+    return out
+
+
 # ---------------------------------------------------------------- decision variants
 
 VARIANTS = {
@@ -433,6 +454,7 @@ def analyse(traces: list[Trace], window: int) -> dict:
     doc["errors"] = error_breakdown(traces, base_preds, structural)
     doc["episodes"] = episode_stats(traces, base_preds)
     doc["variants"] = variant_scores(traces)
+    doc["missed_file_shifts"] = missed_file_shifts(doc["missed_episode_files"])
     # The protocol's second operating point: thresholds raised by the drift allowance (label-free),
     # measured for the default bundles only.
     doc["drift_allowance_point"] = ({"scale": DRIFT_ALLOWANCE,
@@ -466,6 +488,9 @@ def print_report(doc: dict, validation: dict | None) -> None:
     print(f"  per-file oracle multiplier: median x{q[50]}, 10-90 % x{q[10]}-x{q[90]}; "
           f"{lf['files_oracle_above_1']} of {doc['files']} files above x1")
     print(f"  files whose anomaly is never alarmed: {', '.join(doc['missed_episode_files']) or 'none'}")
+    for rel, shifts in doc["missed_file_shifts"].items():
+        print(f"    {rel}: anomalous rows vs training rows, mean shift in training sd (sd ratio): "
+              + ", ".join(f"{name} {v['shift_sd']:+.1f} ({v['sd_ratio']:.1f})" for name, v in shifts.items()))
     a = doc["auc"]
     print(f"  ROC AUC of the raw score: pooled {a['pooled']:.3f}, per file median {a['per_file_median']:.3f}, "
           f"min {a['per_file_min']:.3f}, {a['files_below_0.8']} files below 0.8")
