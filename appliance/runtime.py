@@ -346,20 +346,17 @@ class Appliance:
             self.latency.add(time.perf_counter() - t0)
 
     def _judge(self, score: Score) -> None:
-        """The operating point's status first, then the alarm point; a new anomaly is held (counted on the
-        status episode) while the point is unseen, unless an alarm raised before it is still active."""
+        """The operating point's status first, then the alarm point: while the point is unseen, the alarm
+        point judges the score against the threshold in force then (appliance/actions/operating_point.py)."""
         change = self.operating_points.update(score)
         if change is not None:
             self._emit_operating_point(change)
-        if self.cfg.decision.unseen_holds_alarms and not self._alarm_active(score.asset) \
-                and self.operating_points.holds(score):
-            self.counters.inc("windows_held_unseen_operating_point")
-            return
+        if self.cfg.decision.unseen_holds_alarms:
+            judged = self.operating_points.alarm_score(score)
+            if judged is not score and score.ratio >= 1.0 > judged.ratio:
+                self.counters.inc("windows_held_unseen_operating_point")
+            score = judged
         self._emit(self.alarms.on_score(score))
-
-    def _alarm_active(self, asset: str) -> bool:
-        alarm = self.alarms.current(asset)
-        return alarm is not None and alarm.active
 
     def _emit_operating_point(self, change: OperatingPointChange) -> None:
         self.counters.inc(f"operating_point_{change.event}")

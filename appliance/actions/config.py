@@ -19,8 +19,11 @@ class DecisionConfig(Section):
                                 "unseen_enter_n to enter the status")
     unseen_enter_n: int = Field(5, ge=1, le=10_000)
     unseen_leave_n: int = Field(30, ge=1, le=100_000, description="consecutive windows inside the envelope to leave")
-    unseen_holds_alarms: bool = Field(True, description="while the status is on, hold new anomaly alarms "
-                                      "(counted on the status episode) instead of raising them")
+    unseen_holds_alarms: bool = Field(True, description="while the status is on, judge anomalies against "
+                                      "unseen_rise x the episode's running score level instead of the bundle's "
+                                      "threshold alone (windows not raised are counted on the episode)")
+    unseen_rise: float = Field(2.0, gt=1, le=1e6, description="how many times the episode's running score level "
+                               "a window must reach to raise an anomaly while the operating point is unseen")
 
     @model_validator(mode="after")
     def _k_le_n(self):

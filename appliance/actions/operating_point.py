@@ -15,10 +15,18 @@ consecutive windows inside the envelope, so a level that hovers at the edge does
 not chatter: each episode is one ``entered`` and one ``left``
 (:class:`~appliance.core.OperatingPointChange`), stored and counted per day.
 
-While the status is on, a new anomaly alarm is *held* (:attr:`OperatingPointWatch.holds`):
-a window over the threshold there says "new operating point" more than "fault".
-An alarm already raised before the point became unseen is not touched: it clears
-by its own hysteresis. The held windows are counted on the episode.
+While the status is on, the alarm threshold follows the episode's own score
+level (:meth:`OperatingPointWatch.alarm_score`): a window is judged against
+``rise`` times the median score ratio of the episode's last ``leave_n`` windows
+(never below the bundle's threshold). The score level the new operating point
+explains (the model is far off everywhere, steadily) raises nothing; a fault on
+top of it, a score that rises fast to ``rise`` times that level, is still raised
+as an anomaly. An episode entered while the model still scored the point as
+normal (the median ratio of the entering windows under 1) keeps the bundle's own
+threshold for its whole length: the model copes with that point, so a fault
+that follows is judged exactly as without the status. What is given up: a fault that grows as slowly as the
+median follows, while the point is unseen. The windows over the bundle's threshold
+not raised are counted on the episode (``held_windows``).
 
 >>> from appliance.core import Score
 >>> w = OperatingPointWatch(enter_k=2, enter_n=3, leave_n=2)
@@ -26,11 +34,21 @@ by its own hysteresis. The held windows are counted on the episode.
 >>> [c.event if c else None for c in (w.update(s(t, u)) for t, u in enumerate(
 ...     [("a",), (), ("a",), ("a",), (), ("a",), (), ()]))]
 [None, None, 'entered', None, None, None, None, 'left']
+>>> w = OperatingPointWatch(enter_k=1, enter_n=1, leave_n=3, rise=2.0)
+>>> judged = []
+>>> for t, value in enumerate([5.0, 6.0, 5.0, 30.0]):  # a steady 5-6x, then a fault on top
+...     score = Score("p1", t, value, 1.0, {}, unseen=("a",))
+...     _ = w.update(score)
+...     judged.append(round(w.alarm_score(score).ratio, 2))
+>>> judged  # ratios against the threshold in force: under 1 while steady, over 1 for the fault
+[0.5, 0.6, 0.5, 3.0]
 """
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
+from dataclasses import replace
 
 from appliance.core import OperatingPointChange, Score
 
@@ -38,21 +56,26 @@ from appliance.core import OperatingPointChange, Score
 class OperatingPointWatch:
     """The status of one asset's operating point, with hysteresis to enter and to leave."""
 
-    def __init__(self, enter_k: int = 3, enter_n: int = 5, leave_n: int = 30):
+    def __init__(self, enter_k: int = 3, enter_n: int = 5, leave_n: int = 30, rise: float = 2.0):
         if not 1 <= enter_k <= enter_n:
             raise ValueError(f"need 1 <= enter_k <= enter_n, got {enter_k}, {enter_n}")
         if leave_n < 1:
             raise ValueError(f"leave_n must be >= 1, got {leave_n}")
-        self.enter_k, self.enter_n, self.leave_n = enter_k, enter_n, leave_n
+        if rise <= 1:
+            raise ValueError(f"rise must be > 1, got {rise}")
+        self.enter_k, self.enter_n, self.leave_n, self.rise = enter_k, enter_n, leave_n, rise
         self._recent: deque[bool] = deque(maxlen=enter_n)
+        # Score ratios of the last windows: the entering ones, then the episode's (its running level).
+        self._ratios: deque[float] = deque(maxlen=max(enter_n, leave_n))
         self._inside = 0
         self.since: float | None = None
         self.sensors: set[str] = set()
         self.held = 0
+        self.follows = False  # whether this episode's threshold follows its score level (see the module doc)
 
     @classmethod
     def from_config(cls, cfg) -> "OperatingPointWatch":
-        return cls(cfg.unseen_enter_k, cfg.unseen_enter_n, cfg.unseen_leave_n)
+        return cls(cfg.unseen_enter_k, cfg.unseen_enter_n, cfg.unseen_leave_n, cfg.unseen_rise)
 
     @property
     def active(self) -> bool:
@@ -63,8 +86,11 @@ class OperatingPointWatch:
         unseen = bool(score.unseen)
         self._recent.append(unseen)
         if not self.active:
+            self._ratios.append(score.ratio)
             if sum(self._recent) >= self.enter_k:
                 self.since, self.sensors, self.held, self._inside = score.t_end, set(score.unseen), 0, 0
+                entering = list(self._ratios)[-self.enter_n:]
+                self.follows = statistics.median(entering) >= 1.0
                 return OperatingPointChange(score.asset, "entered", score.t_end, score.t_end, tuple(score.unseen),
                                             score.model_version)
             return None
@@ -78,11 +104,24 @@ class OperatingPointWatch:
         self._recent.clear()
         return change
 
-    def holds(self, score: Score) -> bool:
-        """True if an anomaly this window would raise is held (counted, not raised): the status is on."""
-        if self.active and score.ratio >= 1.0:
+    def level(self) -> float:
+        """The factor on the bundle's threshold in force now: 1 outside the status or in an episode entered
+        with normal scores, else ``rise`` x the median ratio of the episode's recent windows, at least 1."""
+        if not self.active or not self.follows or not self._ratios:
+            return 1.0
+        return max(1.0, self.rise * statistics.median(self._ratios))
+
+    def alarm_score(self, score: Score) -> Score:
+        """The score as the alarm point judges it: against the threshold in force (:meth:`level`)."""
+        if not self.active:
+            return score
+        level = self.level()
+        self._ratios.append(score.ratio)
+        if level == 1.0:
+            return score
+        if score.ratio >= 1.0 and score.ratio < level:
             self.held += 1
-        return self.active
+        return replace(score, threshold=score.threshold * level)
 
 
 class OperatingPoints:
@@ -101,14 +140,16 @@ class OperatingPoints:
             w = self._watches[score.asset] = OperatingPointWatch.from_config(self._cfg)
         return w.update(score)
 
-    def holds(self, score: Score) -> bool:
+    def alarm_score(self, score: Score) -> Score:
+        """The score against the threshold in force for its asset (see :meth:`OperatingPointWatch.alarm_score`)."""
         w = self._watches.get(score.asset)
-        return w is not None and w.holds(score)
+        return score if w is None else w.alarm_score(score)
 
     def forget(self, asset: str) -> None:
         self._watches.pop(asset, None)
 
     def status(self) -> dict:
         """The assets in the status now: since when, which sensors, how many anomaly windows held."""
-        return {a: {"since": w.since, "sensors": sorted(w.sensors), "held_windows": w.held}
+        return {a: {"since": w.since, "sensors": sorted(w.sensors), "held_windows": w.held, "follows": w.follows,
+                    "threshold_factor": round(w.level(), 3)}
                 for a, w in self._watches.items() if w.active}

@@ -14,7 +14,7 @@ ended more than ``staleness_s`` before the row, i.e. before a gap) and whether
 the alarm is active (0 before the first window; an alarm stays active across a
 gap, as it does live), and whether the asset is in "operating point not seen in
 training" (``unseen``; :mod:`appliance.actions.operating_point`, as the runtime
-decides it: while it is on, a new anomaly is held, not raised). Several files are
+decides it: while it is on, anomalies are judged against the threshold in force then). Several files are
 separate recordings: each starts with a fresh builder and decider.
 
 Nothing here imports the training stack: a gateway can replay with what it
@@ -110,11 +110,9 @@ def replay_rows(detector: Detector, sensors: Sequence[str], ts: np.ndarray, rows
             over += score.value > score.threshold
             value.append(score.value)
             unseen.append(watch.active)
-            if hold_alarms and not decider.active and watch.holds(score):
-                held += score.ratio >= 1.0
-                active.append(False)
-                continue
-            decision = decider.update(score)
+            judged = watch.alarm_score(score) if hold_alarms else score
+            held += score.ratio >= 1.0 > judged.ratio
+            decision = decider.update(judged)
             raised += decision.change == "raised"
             active.append(decision.active)
     t_end_arr = np.asarray(t_end, dtype=np.float64)
