@@ -148,6 +148,16 @@ def test_an_episode_entered_with_normal_scores_keeps_the_bundles_threshold():
     assert raised_at and raised_at[0] == 52  # the third window over the threshold, as without the status
 
 
+def test_a_level_that_leaves_with_a_jump_of_the_score_is_raised_as_an_anomaly():
+    """A step (a fault, or a set point moved at once) moves the level and the score together: an alarm."""
+    cfg = DecisionConfig()
+    watch, book = OperatingPointWatch.from_config(cfg), AlarmBook(Decider.from_config(cfg), clock=lambda: T0)
+    ratios, unseen = [0.3] * 100 + [10.0] * 100, [False] * 100 + [True] * 100
+    kinds = [e.kind.value for s in scores(ratios, unseen) for e in judge(watch, book, s)[1]]
+    assert watch.active and not watch.follows
+    assert kinds == ["raised"]  # one alarm, held by its hysteresis: not a flood
+
+
 def test_the_status_leaves_only_after_leave_n_windows_back_inside():
     watch = OperatingPointWatch(enter_k=3, enter_n=5, leave_n=10)
     pattern = [True] * 20 + [False, True] * 20 + [False] * 10

@@ -21,10 +21,15 @@ level (:meth:`OperatingPointWatch.alarm_score`): a window is judged against
 (never below the bundle's threshold). The score level the new operating point
 explains (the model is far off everywhere, steadily) raises nothing; a fault on
 top of it, a score that rises fast to ``rise`` times that level, is still raised
-as an anomaly. An episode entered while the model still scored the point as
-normal (the median ratio of the entering windows under 1) keeps the bundle's own
-threshold for its whole length: the model copes with that point, so a fault
-that follows is judged exactly as without the status. What is given up: a fault that grows as slowly as the
+as an anomaly. The threshold follows only in an episode the model was already
+off for before the level left the envelope, or that the data starts in (a
+commissioned model started at a point it never saw): the median ratio of the
+entering windows at 1 or more, and that of the windows before them (when there
+are any) too. Otherwise the episode keeps the bundle's own threshold for its
+whole length: a level that leaves the envelope *together* with a jump of the
+score is a sudden move, which may be a fault (a step), and is raised as an
+anomaly as before; one that leaves while the model still scores normally is a
+point the model copes with, and a fault that follows is judged as without the status. What is given up: a fault that grows as slowly as the
 median follows, while the point is unseen. The windows over the bundle's threshold
 not raised are counted on the episode (``held_windows``).
 
@@ -89,8 +94,9 @@ class OperatingPointWatch:
             self._ratios.append(score.ratio)
             if sum(self._recent) >= self.enter_k:
                 self.since, self.sensors, self.held, self._inside = score.t_end, set(score.unseen), 0, 0
-                entering = list(self._ratios)[-self.enter_n:]
-                self.follows = statistics.median(entering) >= 1.0
+                seen = list(self._ratios)
+                entering, before = seen[-self.enter_n:], seen[:-self.enter_n]
+                self.follows = statistics.median(entering) >= 1.0 and (not before or statistics.median(before) >= 1.0)
                 return OperatingPointChange(score.asset, "entered", score.t_end, score.t_end, tuple(score.unseen),
                                             score.model_version)
             return None
