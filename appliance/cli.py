@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     sc = sub.add_parser("score", help="replay recorded data through a model bundle as the live appliance would")
     sc.add_argument("--bundle", required=True, help="model bundle directory")
     sc.add_argument("--data", nargs="+", required=True, help="CSV recordings (each replayed on its own)")
-    sc.add_argument("--out", help="CSV to write: timestamp,score,threshold,alarm per input row")
+    sc.add_argument("--out", help="CSV to write: timestamp,score,threshold,alarm,unseen per input row")
     sc.add_argument("--precision", choices=("int8", "fp32"), default="int8")
     sc.add_argument("--config", "-c",
                     help="appliance config whose [windows] and [decision] to use (default: the bundle's grid "

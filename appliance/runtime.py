@@ -39,10 +39,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 from appliance.actions.alarms import AlarmBook, AlarmCommandError
 from appliance.actions.decide import Decider
+from appliance.actions.operating_point import OperatingPoints
 from appliance.core.timebase import GatewayClock
 from appliance.core import (HOOKS, Alarm, AlarmEvent, Counters, DeadLetter, Detector, EventKind, Input,
-                            MitigationAction, ModeChange, ModelChange, Output, OutputContext, PluginEnv, Quality,
-                            Reading, overrides)
+                            MitigationAction, ModeChange, ModelChange, OperatingPointChange, Output, OutputContext,
+                            PluginEnv, Quality, Reading, Score, overrides)
 from appliance.detector.frozen import held_rows
 from appliance.detector.windowing import WindowBuilder
 from appliance.ingest_health import log_sensor_changes
@@ -150,6 +151,8 @@ class Appliance:
         # Alarm events and shelving run on the gateway's time, which is the data's while the clock is wrong.
         self.alarms = AlarmBook(lambda: Decider.from_config(cfg.decision), on_peak=self._on_peak,
                                 clock=self.clock.now)
+        # "Operating point not seen in training": a status of its own per asset, beside the alarm point.
+        self.operating_points = OperatingPoints(cfg.decision)
         self.watchdog = SensorWatchdog(detector.sensors, cfg.watchdog.silence_s, wall=self.clock.now)
         self.counters = Counters()
         self.dead_by_reason = Counters()
@@ -337,10 +340,33 @@ class Appliance:
             score = self.detector.score_one(w)
             self.counters.inc("windows_scored")
             self._call(self._hooks["on_score"], score)
-            self._emit(self.alarms.on_score(score))
+            self._judge(score)
             self.models.observe(w, score)
         if windows:
             self.latency.add(time.perf_counter() - t0)
+
+    def _judge(self, score: Score) -> None:
+        """The operating point's status first, then the alarm point: while the point is unseen, the alarm
+        point judges the score against the threshold in force then (appliance/actions/operating_point.py)."""
+        change = self.operating_points.update(score)
+        if change is not None:
+            self._emit_operating_point(change)
+        if self.cfg.decision.unseen_holds_alarms:
+            judged = self.operating_points.alarm_score(score)
+            if judged is not score and score.ratio >= 1.0 > judged.ratio:
+                self.counters.inc("windows_held_unseen_operating_point")
+            score = judged
+        self._emit(self.alarms.on_score(score))
+
+    def _emit_operating_point(self, change: OperatingPointChange) -> None:
+        self.counters.inc(f"operating_point_{change.event}")
+        if change.active:
+            log.warning("operating point not seen in training asset=%s sensors=%s model=%s", change.asset,
+                        ",".join(change.sensors), change.model_version)
+        else:
+            log.info("operating point back in training range asset=%s held_windows=%d", change.asset,
+                     change.held_windows)
+        self._call(self._hooks["on_operating_point"], change)
 
     def _call(self, hooks: list[Callable], record) -> None:
         for hook in hooks:
@@ -429,6 +455,7 @@ class Appliance:
             for asset in c.evicted_assets():
                 self.windows.forget(asset)
                 self.watchdog.forget(asset)
+                self.operating_points.forget(asset)
 
     # -- operator commands (call from any thread) -------------------------------
     def command(self, name: str, timeout: float = 10.0, **kwargs) -> Any:
@@ -489,6 +516,7 @@ class Appliance:
             "silent_sensors": self.watchdog.silent(),
             "alarms": [a.to_dict() for a in self.alarms.alarms()],
             "point_modes": {a: m.value for a, m in self.alarms.modes().items()},
+            "operating_points": self.operating_points.status(),
             "inputs": {c.name: c.status() for c in self.inputs},
             "outputs": {o.name: o.status() for o in self.outputs},
         }

@@ -50,7 +50,7 @@ def test_replay_writes_one_row_per_input_row_matching_an_independent_scoring(tmp
     assert len(summary) == 1 and "400 rows" in summary[0] and "rows/s" in summary[0]
 
     got = read_scores(out)
-    assert list(got[0]) == ["timestamp", "score", "threshold", "alarm"] and len(got) == len(rows)
+    assert list(got[0]) == ["timestamp", "score", "threshold", "alarm", "unseen"] and len(got) == len(rows)
     assert [g["timestamp"] for g in got] == [f"{T0 + i}" for i in range(len(rows))]
     # No full window before row WINDOW - 1: score empty, no alarm.
     assert all(g["score"] == "" and g["alarm"] == "0" for g in got[:WINDOW - 1])

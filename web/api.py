@@ -11,6 +11,7 @@ the signed-in user, and every POST needs the session's CSRF token):
     GET  /api/assets                         every asset with its state and latest severity  viewer
     GET  /api/assets/<asset>/trend?range=    score and sensor trends, alarm episodes          viewer
     GET  /api/assets/<asset>/modes?limit=N   an alarm point's stored mode changes            viewer
+    GET  /api/assets/<asset>/operating-point "operating point not seen in training": now, episodes, per day  viewer
     GET  /api/alarms?active=&asset=&limit=   stored alarm occurrences, latest first          viewer
     GET  /api/alarms/<id>/events             an alarm's stored transitions, oldest first     viewer
     GET  /api/alarms/<id>/journal            transitions, mode changes and comments, in order viewer
@@ -66,6 +67,7 @@ from flask_wtf.csrf import generate_csrf
 
 from appliance.actions.alarms import AlarmCommandError
 from appliance.actions.mitigation.mitigator import MitigationError
+from appliance.core.records import OPERATING_POINT_WORDING
 from appliance.core.severity import BANDS, EXPLANATION, band, severity
 from appliance.store import CommentError, StoreUnavailable
 from appliance.store.comments import MAX_COMMENT
@@ -253,6 +255,22 @@ def mode_changes(asset: str):
     limit = limit_arg(request.args, default=100)
     rows = _read(_ctx().store.mode_changes, asset, limit=limit)
     return jsonify({"asset": asset, "mode_changes": rows, "count": len(rows)})
+
+
+def operating_point_view(asset: str, limit: int = 20) -> dict:
+    """The asset's "operating point not seen in training": the current episode (None when the point is known),
+    the stored episodes (latest first) and the episodes begun per UTC day over the last week."""
+    store = _ctx().store
+    episodes = _read(store.operating_points, asset, limit=limit)
+    current = next((e for e in episodes if e["active"]), None)
+    return {"asset": asset, "status": OPERATING_POINT_WORDING if current else "operating point seen in training",
+            "current": current, "episodes": episodes, "per_day": _read(store.operating_points_per_day, asset)}
+
+
+@bp.get("/api/assets/<asset>/operating-point")
+@requires("viewer")
+def operating_point(asset: str):
+    return jsonify(operating_point_view(check_name(asset, "asset"), limit_arg(request.args, default=20)))
 
 
 # -- history from the store -------------------------------------------------------

@@ -150,6 +150,13 @@ class StatusCollector(Collector):
         yield state
         yield active
         yield peak
+        # "Operating point not seen in training": its own status, never an alarm state.
+        unseen = GaugeMetricFamily("appliance_operating_point_unseen",
+                                   "1 while the asset runs at an operating point its model's training never saw",
+                                   labels=["asset"])
+        for asset in sorted(set(s.get("point_modes") or {}) | set(s.get("operating_points") or {})):
+            unseen.add_metric([str(asset)], 1.0 if asset in (s.get("operating_points") or {}) else 0.0)
+        yield unseen
 
     @staticmethod
     def _ingest(s: dict) -> Iterator:

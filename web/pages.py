@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from flask import Blueprint, current_app, g, jsonify, redirect, render_template,
 
 from appliance.accounts import LoginRefused
 from appliance.core.severity import BANDS, EXPLANATION, severity
+from web.api import operating_point_view
 from web.auth import auth, client_addr, public, requires, safe_next
 from web.trends import DEFAULT_RANGE, RANGES
 from web.validation import MAX_NAME, ApiError, check_name, json_body
@@ -43,6 +45,15 @@ def static_url(filename: str) -> str:
     except OSError:
         version = "missing"
     return url_for("static", filename=filename, v=version)
+
+
+def _utc(ts: float | None) -> str:
+    """A stored instant as the pages print it.
+
+    >>> _utc(1700000000.0)
+    '2023-11-14 22:13:20 UTC'
+    """
+    return "–" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
 def _page(template: str, active: str, **kw):
@@ -119,7 +130,12 @@ def asset(asset: str):
     range_key = request.args.get("range", DEFAULT_RANGE)
     if range_key not in RANGES:
         range_key = DEFAULT_RANGE
-    return _page("asset.html", "pages.overview", asset=asset, ranges=list(RANGES), range_key=range_key)
+    try:
+        operating_point = operating_point_view(asset)
+    except ApiError:  # the store cannot be read now: the page still loads, its data from the API
+        operating_point = None
+    return _page("asset.html", "pages.overview", asset=asset, ranges=list(RANGES), range_key=range_key,
+                 operating_point=operating_point, utc=_utc)
 
 
 @bp.get("/alarms")

@@ -8,11 +8,12 @@ from appliance.core.detector import BundleInfo, Detector
 from appliance.core.plugins import (HOOKS, AckCallback, IngestSink, Input, ModelDesk, Output, OutputContext,
                                     PluginEnv, PluginError, overrides)
 from appliance.core.records import (Alarm, AlarmEvent, AlarmState, Counters, DeadLetter, DeadLetterCode,
-                                    EventKind, Level, MitigationAction, ModeChange, ModelChange, PointMode, Quality,
+                                    EventKind, Level, MitigationAction, ModeChange, ModelChange, OperatingPointChange,
+                                    PointMode, Quality,
                                     Reading, Score, SensorHealth, Window)
 
 __all__ = [
     "HOOKS", "AckCallback", "Alarm", "AlarmEvent", "AlarmState", "BundleInfo", "Counters", "DeadLetter",
     "DeadLetterCode", "Detector", "EventKind", "IngestSink", "Input", "Level", "MitigationAction", "ModeChange",
-    "ModelChange", "ModelDesk", "Output", "OutputContext", "PluginEnv", "PluginError", "PointMode", "Quality", "Reading", "Score", "SensorHealth", "Window", "overrides",
+    "ModelChange", "ModelDesk", "OperatingPointChange", "Output", "OutputContext", "PluginEnv", "PluginError", "PointMode", "Quality", "Reading", "Score", "SensorHealth", "Window", "overrides",
 ]

@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable, Collection, Coroutine, Mapping, Pro
 from appliance.core.detector import Detector
 from appliance.core.timebase import GatewayClock
 from appliance.core.records import (Alarm, AlarmEvent, DeadLetter, MitigationAction, ModeChange, ModelChange,
-                                    Reading, Score)
+                                    OperatingPointChange, Reading, Score)
 
 AckCallback = Callable[[], None]
 
@@ -156,6 +156,9 @@ class Output:
     def on_model_change(self, change: ModelChange) -> None:
         """The scoring model changed or a candidate was judged (shadow, promotion, rollback)."""
 
+    def on_operating_point(self, change: OperatingPointChange) -> None:
+        """An asset entered or left "operating point not seen in training" (a status, not an alarm)."""
+
     def commands(self) -> Mapping[str, Command]:
         """Operator commands this output answers (``approve_action`` ...), run on the event loop."""
         return {}
@@ -170,7 +173,7 @@ class Output:
 
 
 HOOKS = ("on_reading", "on_dead_letter", "on_score", "on_alarm_event", "on_alarm_peak", "on_mode_change",
-         "on_action", "on_model_change")
+         "on_action", "on_model_change", "on_operating_point")
 
 
 def overrides(output: Output, hook: str) -> bool:

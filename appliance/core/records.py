@@ -156,6 +156,8 @@ class Score:
 
     ``value`` is the reconstruction error, ``threshold`` the calibrated limit,
     ``contributions`` each sensor's share of the error (they sum to 1).
+    ``unseen`` names the sensors whose level in this window lies outside the
+    model's training operating envelope (:mod:`appliance.detector.envelope`).
     """
 
     asset: str
@@ -165,6 +167,7 @@ class Score:
     contributions: Mapping[str, float]
     model_version: str = ""
     historical: bool = False
+    unseen: tuple[str, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -319,6 +322,42 @@ class ModeChange:
                 "previous": self.previous.value, "ts": self.ts, "user": self.user, "note": self.note,
                 "shelved_until": self.shelved_until,
                 "alarm": self.alarm.to_dict() if self.alarm is not None else None}
+
+
+OPERATING_POINT_WORDING = "operating point not seen in training"
+
+
+@dataclass(frozen=True, slots=True)
+class OperatingPointChange:
+    """An asset entered or left "operating point not seen in training" (its own status, not an alarm).
+
+    ``since`` is when the episode began (the ``ts`` of its ``entered``), ``sensors``
+    the ones outside the training envelope when it began (``entered``) or, for
+    ``left``, over the episode.
+
+    >>> OperatingPointChange("p1", "entered", 10.0, 10.0, ("Temperature",)).to_dict()["status"]
+    'operating point not seen in training'
+    """
+
+    asset: str
+    event: str  # "entered" or "left"
+    ts: float
+    since: float
+    sensors: tuple[str, ...]
+    model_version: str = ""
+    held_windows: int = 0  # windows over the anomaly threshold not raised as anomalies during the episode
+
+    @property
+    def active(self) -> bool:
+        return self.event == "entered"
+
+    def to_dict(self) -> dict:
+        return {"event": f"operating_point_{self.event}", "asset": self.asset, "ts": self.ts, "since": self.since,
+                "status": OPERATING_POINT_WORDING if self.active else "operating point back in training range",
+                "active": self.active, "sensors": list(self.sensors), "model_version": self.model_version,
+                "held_windows": self.held_windows,
+                "advice": ("if this is the plant's new normal, re-commission the model on recent rows "
+                           "(appliance commission)") if self.active else ""}
 
 
 @dataclass(frozen=True, slots=True)

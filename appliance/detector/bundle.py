@@ -34,6 +34,10 @@ rows (:attr:`Bundle.span`) and the thresholds are calibrated on errors averaged
 the same way; ``members`` become optional; and an optional ``frozen``
 (``{"allowed_run": {sensor: rows}}``, see :mod:`appliance.detector.frozen`):
 sensors whose value may not repeat for longer than that.
+Any format may carry ``envelope`` (see :mod:`appliance.detector.envelope`): the
+window levels training saw; a live window outside it puts the asset in
+"operating point not seen in training". An appliance that ignores it only raises
+more alarms, so it needs no new format.
 
 :func:`load_bundle` validates all of it and fails with :class:`BundleError`
 naming the file and the problem, so a half-copied or hand-edited bundle is
@@ -60,6 +64,7 @@ import numpy as np
 import onnx
 
 from appliance.core.durable import fsync_dir
+from appliance.detector.envelope import OperatingEnvelope
 from appliance.detector.frozen import FrozenCheck
 from appliance.detector.session import ONNX_INPUT, ONNX_OUTPUT
 
@@ -190,6 +195,8 @@ class Bundle:
     horizon: int = 1
     # Format 5, optional: the sensors watched for a frozen value and their allowed runs.
     frozen: FrozenCheck | None = None
+    # Optional in any format: the training operating envelope (None: every operating point is judged).
+    envelope: OperatingEnvelope | None = None
 
     @property
     def span(self) -> int:
@@ -255,6 +262,7 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
             raise BundleError(f"{where}: key {key!r} needs format_version >= {HORIZON_FORMAT_VERSION} "
                               f"(this bundle says {version}; an older appliance would ignore it)")
     frozen = _load_frozen(meta, sensors, where) if "frozen" in meta else None
+    envelope = _load_envelope(meta["envelope"], sensors, where) if "envelope" in meta else None
     level_free = ()
     if version >= 2:
         level_free = tuple(_require(meta, "level_free", list, where, lambda v: all(
@@ -294,7 +302,7 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
                   period_s=float(period_s), scaler=Scaler(center, scale, str(sc.get("kind", "robust"))),
                   thresholds=thresholds, model_version=model_version, models=models, level_free=level_free,
                   members=members, member_thresholds=member_thresholds, horizon=horizon, frozen=frozen,
-                  **tolerances)
+                  envelope=envelope, **tolerances)
 
 
 def _threshold(v: Any, key: str, where: str) -> float:
@@ -327,6 +335,13 @@ def _load_frozen(meta: dict, sensors: list[str], where: str) -> FrozenCheck:
         raise BundleError(f"{where}: frozen.allowed_run must map the bundle's sensors to runs of at least 2 rows, "
                           f"got {allowed!r}")
     return FrozenCheck(dict(allowed))
+
+
+def _load_envelope(spec: Any, sensors: list[str], where: str) -> OperatingEnvelope:
+    try:
+        return OperatingEnvelope.from_dict(spec, sensors)
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{where}: {e}") from None
 
 
 def _load_members(root: Path, meta: dict, version: int, th: dict, files: dict, per_window: int,

@@ -12,7 +12,9 @@ Each input row gets the state after the latest window ending at or before its
 time: that window's score (empty if there is none yet, it was incomplete, or it
 ended more than ``staleness_s`` before the row, i.e. before a gap) and whether
 the alarm is active (0 before the first window; an alarm stays active across a
-gap, as it does live). Several files are
+gap, as it does live), and whether the asset is in "operating point not seen in
+training" (``unseen``; :mod:`appliance.actions.operating_point`, as the runtime
+decides it: while it is on, anomalies are judged against the threshold in force then). Several files are
 separate recordings: each starts with a fresh builder and decider.
 
 Nothing here imports the training stack: a gateway can replay with what it
@@ -31,13 +33,14 @@ from typing import Sequence
 import numpy as np
 
 from appliance.actions.decide import Decider
+from appliance.actions.operating_point import OperatingPointWatch
 from appliance.detector.bundle import load_bundle
 from appliance.detector.frozen import held_rows
 from appliance.detector.scorer import Detector
 from appliance.detector.tables import read_table
 from appliance.detector.windowing import WindowBuilder, rows_as_readings
 
-COLUMNS = ("timestamp", "score", "threshold", "alarm")
+COLUMNS = ("timestamp", "score", "threshold", "alarm", "unseen")
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,11 @@ class ReplayResult:
     windows_incomplete: int
     alarms_raised: int
     windows_over: int  # scored windows over the threshold, before debounce
+    # Per input row, 1 while the asset is in "operating point not seen in training"; its episodes and the
+    # windows over the threshold held (not raised) during them.
+    unseen: np.ndarray | None = None
+    unseen_episodes: int = 0
+    windows_held: int = 0
 
     @property
     def rows(self) -> int:
@@ -62,14 +70,16 @@ class ReplayResult:
 
 def replay_rows(detector: Detector, sensors: Sequence[str], ts: np.ndarray, rows: np.ndarray, decider: Decider, *,
                 period_s: float | None = None, stride: int | None = None, staleness_s: float | None = None,
-                lateness_s: float | None = None, source: str = "", time_text: list[str] | None = None
-                ) -> ReplayResult:
+                lateness_s: float | None = None, source: str = "", time_text: list[str] | None = None,
+                watch: OperatingPointWatch | None = None, hold_alarms: bool = True) -> ReplayResult:
     """Replay one recording (``rows[n, len(sensors)]`` at times ``ts``) through builder, detector and decider.
 
     Grid settings left None come from the bundle (``staleness_s`` and
     ``lateness_s`` from the grid it was trained on; 5 s and 2 s for bundles
-    older than that record).
+    older than that record). ``watch`` follows the operating point (None: a watch with the
+    default settings); ``hold_alarms`` holds new anomalies while it is unseen, as the runtime does.
     """
+    watch = watch if watch is not None else OperatingPointWatch()
     sensors = list(sensors)
     missing = [s for s in detector.sensors if s not in sensors]
     if missing:
@@ -82,8 +92,8 @@ def replay_rows(detector: Detector, sensors: Sequence[str], ts: np.ndarray, rows
                                                                         is not None else 2.0))
     detector.allow_held(held_rows(builder.staleness_s, builder.period_s))  # as the runtime does
     cols = [sensors.index(s) for s in detector.sensors]
-    t_end, value, active = [], [], []
-    scored = incomplete = raised = over = 0
+    t_end, value, active, unseen = [], [], [], []
+    scored = incomplete = raised = over = entered = held = 0
     for reading in rows_as_readings(source or "replay", detector.sensors, ts, rows[:, cols], source="replay"):
         for w in builder.add(reading):
             t_end.append(w.t_end)
@@ -91,13 +101,19 @@ def replay_rows(detector: Detector, sensors: Sequence[str], ts: np.ndarray, rows
                 incomplete += 1  # the runtime does not score incomplete windows either
                 value.append(math.nan)
                 active.append(active[-1] if active else False)
+                unseen.append(unseen[-1] if unseen else False)
                 continue
             score = detector.score_one(w)
-            decision = decider.update(score)
+            change = watch.update(score)
+            entered += change is not None and change.active
             scored += 1
-            raised += decision.change == "raised"
             over += score.value > score.threshold
             value.append(score.value)
+            unseen.append(watch.active)
+            judged = watch.alarm_score(score) if hold_alarms else score
+            held += score.ratio >= 1.0 > judged.ratio
+            decision = decider.update(judged)
+            raised += decision.change == "raised"
             active.append(decision.active)
     t_end_arr = np.asarray(t_end, dtype=np.float64)
     # The latest window ending at or before each row (a tiny margin absorbs float rounding of the grid).
@@ -112,11 +128,14 @@ def replay_rows(detector: Detector, sensors: Sequence[str], ts: np.ndarray, rows
                     else has)
     score_rows = np.where(recent, values[jj], np.nan) if len(values) else np.full(len(ts), np.nan)
     alarm_rows = (np.where(has, actives[jj], False) if len(actives) else np.zeros(len(ts), bool)).astype(np.uint8)
+    unseens = np.asarray(unseen, dtype=bool)
+    unseen_rows = (np.where(has, unseens[jj], False) if len(unseens) else np.zeros(len(ts), bool)).astype(np.uint8)
     text = time_text if time_text is not None else [repr(float(t)) for t in ts]
     return ReplayResult(source=source, time_text=list(text), ts=np.asarray(ts, dtype=np.float64),
                         score=score_rows, alarm=alarm_rows, threshold=detector.threshold,
                         windows_scored=scored, windows_incomplete=incomplete, alarms_raised=int(raised),
-                        windows_over=int(over))
+                        windows_over=int(over), unseen=unseen_rows, unseen_episodes=int(entered),
+                        windows_held=int(held))
 
 
 def replay_files(bundle_dir: str | Path, paths: Sequence[str | Path], *, precision: str = "int8",
@@ -139,19 +158,21 @@ def replay_files(bundle_dir: str | Path, paths: Sequence[str | Path], *, precisi
     for p in paths:
         sensors, ts, rows, _, time_text = read_table(p)
         results.append(replay_rows(detector, sensors, ts, rows, Decider.from_config(decision), source=str(p),
-                                   time_text=time_text, **grid))
+                                   time_text=time_text, watch=OperatingPointWatch.from_config(decision),
+                                   hold_alarms=decision.unseen_holds_alarms, **grid))
     return results
 
 
 def write_scores(results: Sequence[ReplayResult], out: str | Path) -> None:
-    """``timestamp,score,threshold,alarm`` per input row, recordings one after another."""
+    """``timestamp,score,threshold,alarm,unseen`` per input row, recordings one after another."""
     with open(out, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(COLUMNS)
         for r in results:
             th = f"{r.threshold:.6g}"
-            for text, s, a in zip(r.time_text, r.score, r.alarm):
-                w.writerow((text, "" if math.isnan(s) else f"{s:.6g}", th, int(a)))
+            unseen = r.unseen if r.unseen is not None else np.zeros(len(r.alarm), np.uint8)
+            for text, s, a, u in zip(r.time_text, r.score, r.alarm, unseen):
+                w.writerow((text, "" if math.isnan(s) else f"{s:.6g}", th, int(a), int(u)))
 
 
 def summary_line(results: Sequence[ReplayResult], seconds: float, precision: str = "int8",
@@ -164,6 +185,10 @@ def summary_line(results: Sequence[ReplayResult], seconds: float, precision: str
     scored = sum(r.windows_scored for r in results)
     incomplete = sum(r.windows_incomplete for r in results)
     raised = sum(r.alarms_raised for r in results)
+    unseen_eps = sum(r.unseen_episodes for r in results)
+    unseen_rows = sum(int(r.unseen.sum()) for r in results if r.unseen is not None)
+    unseen = (f", {unseen_eps} episode(s) of operating point not seen in training ({unseen_rows} rows, "
+              f"{sum(r.windows_held for r in results)} windows over the threshold held)" if unseen_eps else "")
     share = alarm_rows / rows if rows else 0.0
     over = sum(r.windows_over for r in results) / scored if scored else 0.0
     promise = ""
@@ -175,7 +200,7 @@ def summary_line(results: Sequence[ReplayResult], seconds: float, precision: str
     return (f"{len(results)} file(s), {rows} rows, {scored} windows scored ({incomplete} incomplete), "
             f"{over:.1%} of windows over the threshold{promise}, "
             f"{alarm_rows} rows in alarm ({share:.1%}), {raised} alarm(s) raised"
-            f"{f', first at {first}' if first is not None else ''}; threshold {results[0].threshold:.4g} "
+            f"{f', first at {first}' if first is not None else ''}{unseen}; threshold {results[0].threshold:.4g} "
             f"({precision}); {rows / max(seconds, 1e-9):,.0f} rows/s")
 
 

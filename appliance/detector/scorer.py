@@ -29,6 +29,10 @@ and gets the contributions, so the alarm names it.
 A span member (``bundle.SPAN_MEMBERS``, e.g. :mod:`appliance.detector.spread`)
 takes the whole scaled window of ``window + horizon - 1`` rows at once and gives
 per-sensor errors itself; its ratio to its own threshold competes like any member's.
+
+A bundle with an ``envelope`` (:mod:`appliance.detector.envelope`) also names, in
+``Score.unseen``, the sensors whose level in the window lies outside what training
+saw; what to make of it is the alarm side's (:mod:`appliance.actions.operating_point`).
 The session is safe to share between threads (ONNX Runtime's ``run`` is).
 """
 
@@ -94,6 +98,7 @@ class Detector:
         self._index = {s: i for i, s in enumerate(self.sensors)}
         self._level_free = np.array([self._index[s] for s in bundle.level_free], dtype=int)
         self._frozen = bundle.frozen
+        self._envelope = bundle.envelope
         self.held_rows = 0
         # Members are FP32 in both precisions; each scores against its own threshold.
         self._members = [(name, make_session(p, threads=threads), bundle.member_thresholds[name])
@@ -149,10 +154,19 @@ class Detector:
         if cols is not None:
             values = values[:, cols]
         errors, contrib = self.score_batch(values[None])
+        unseen = self.unseen_batch(values[None])[0]
         return Score(asset=window.asset, t_end=window.t_end, value=float(errors[0]),
                      threshold=self.threshold,
                      contributions={s: float(c) for s, c in zip(self.sensors, contrib[0])},
-                     model_version=self.version, historical=window.historical)
+                     model_version=self.version, historical=window.historical,
+                     unseen=tuple(s for s, out in zip(self.sensors, unseen) if out))
+
+    def unseen_batch(self, values: np.ndarray) -> np.ndarray:
+        """``(n, sensors)`` True where a raw window's level is outside the training envelope (none without one)."""
+        values = np.asarray(values)
+        if self._envelope is None:
+            return np.zeros((len(values), len(self.sensors)), dtype=bool)
+        return self._envelope.unseen(values, self.sensors)
 
     def scale(self, values: np.ndarray) -> np.ndarray:
         return ((values - self._center) * self._inv_scale).astype(np.float32, copy=False)

@@ -57,6 +57,7 @@ from appliance.detector.calibration import (BlockCalibrator, Calibration, Thresh
                                             calibrate_threshold, expected_exceedance, expected_false_episodes,
                                             matched_threshold,
                                             moving_mean, next_block_threshold)
+from appliance.detector.envelope import OperatingEnvelope
 from appliance.detector.features import TREND_LIMIT, center_levels, trending_sensors
 from appliance.detector.frozen import FrozenCheck, held_rows
 from appliance.detector.pca import PcaMember
@@ -984,6 +985,7 @@ def _bundle_meta(s: TrainSettings, grid: GridRows, w: _Windows, fitted: _Fitted,
         "window": s.window,
         **({"horizon": s.horizon} if fmt >= HORIZON_FORMAT_VERSION else {}),
         **({"frozen": frozen.to_dict()} if watched else {}),
+        **_envelope_meta(grid, w, s),
         "stride": s.stride,
         "period_s": float(s.period_s),
         "staleness_s": float(s.staleness_s),
@@ -1018,6 +1020,19 @@ def _frozen_check(grid: GridRows, s: TrainSettings) -> FrozenCheck | None:
         return None
     return FrozenCheck.fit(grid.values, list(grid.sensors), staleness_rows=held_rows(s.staleness_s, s.period_s),
                            span=s.window + s.horizon - 1, spans=list(grid.runs))
+
+
+def _envelope_meta(grid: GridRows, w: _Windows, s: TrainSettings) -> dict:
+    """``envelope``: the window levels of the whole record, with margins from as many time blocks as the
+    threshold's calibration uses; none when the record is too short for that many windows."""
+    try:
+        env = OperatingEnvelope.fit(grid.values, w.sensors, span=s.window + s.horizon - 1,
+                                    level_free=w.level_free.names, spans=list(grid.runs),
+                                    blocks=max(2, s.cv_folds - 1))
+    except ValueError as e:
+        logger.warning("no operating envelope: %s", e)
+        return {}
+    return {"envelope": env.to_dict()}
 
 
 def _score_description(members: dict[str, _Member]) -> str:

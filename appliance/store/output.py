@@ -13,8 +13,8 @@ import logging
 import time
 from typing import Callable, Mapping
 
-from appliance.core import (Alarm, AlarmEvent, DeadLetter, EventKind, ModeChange, ModelChange, Output, OutputContext,
-                            Reading, Score)
+from appliance.core import (Alarm, AlarmEvent, DeadLetter, EventKind, ModeChange, ModelChange,
+                            OperatingPointChange, Output, OutputContext, Reading, Score)
 from appliance.core.plugins import Command
 from appliance.store.comments import AlarmComment
 from appliance.store.store import Store
@@ -70,6 +70,9 @@ class StoreOutput(Output):
 
     def on_model_change(self, change: ModelChange) -> None:
         self.store.put_model_change(change)
+
+    def on_operating_point(self, change: OperatingPointChange) -> None:
+        self.store.put_operating_point(change)
 
     def commands(self) -> Mapping[str, Command]:
         return {"add_comment": self._add_comment, "set_verdict": self._set_verdict}

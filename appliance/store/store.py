@@ -85,8 +85,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from appliance.core import (Alarm, AlarmEvent, AlarmState, DeadLetter, Level, ModeChange, ModelChange, PointMode,
-                            Quality, Reading, Score)
+from appliance.core import (Alarm, AlarmEvent, AlarmState, DeadLetter, Level, ModeChange, ModelChange,
+                            OperatingPointChange, PointMode, Quality, Reading, Score)
 from appliance.core.clock import AgeCutoff
 from appliance.core.sqlite_pages import set_page_size
 from appliance.store.comments import AlarmComment
@@ -153,6 +153,17 @@ CREATE TABLE IF NOT EXISTS scores (
 );
 """
 
+# "Operating point not seen in training" episodes (appliance.actions.operating_point): one row per episode,
+# open (end NULL) while it lasts; counted per day by the dashboard and /metrics. A new table created if
+# missing on every open, so stores of earlier releases gain it without a migration step.
+_OPERATING_POINTS = """
+CREATE TABLE IF NOT EXISTS operating_points (
+    asset TEXT NOT NULL, since REAL NOT NULL, end REAL, sensors TEXT NOT NULL, model_version TEXT NOT NULL,
+    held_windows INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
+    PRIMARY KEY (asset, since)
+);
+"""
+
 # The schema's version, kept in SQLite's user_version; _migrate brings an older file up to it.
 SCHEMA_VERSION = 7
 # Bytes the WAL file is truncated to after a checkpoint (SQLite otherwise keeps its largest size).
@@ -160,7 +171,7 @@ JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Distinct refusals remembered for collapsing repeats (older ones are simply stored anew).
 _DEAD_RECENT_MAX = 1024
 
-SCHEMA = _MODE_CHANGES + _ALARM_COMMENTS + _ALARM_VERDICTS + _READINGS + _SCORES + """
+SCHEMA = _MODE_CHANGES + _ALARM_COMMENTS + _ALARM_VERDICTS + _READINGS + _SCORES + _OPERATING_POINTS + """
 CREATE TABLE IF NOT EXISTS alarms (
     id TEXT PRIMARY KEY, asset TEXT NOT NULL, level TEXT NOT NULL, state TEXT NOT NULL,
     active INTEGER NOT NULL, start REAL NOT NULL, end REAL, peak_ratio REAL NOT NULL,
@@ -436,6 +447,10 @@ class Store:
         """Record the change and the point's new mode (and the occurrence's new state, if any)."""
         self._q.put(("mode", m))
 
+    def put_operating_point(self, c: OperatingPointChange) -> None:
+        """Open (``entered``) or close (``left``) an asset's "operating point not seen in training" episode."""
+        self._q.put(("operating_point", c))
+
     def put_comment(self, c: AlarmComment) -> None:
         """Record a technician's comment on an alarm occurrence (see :mod:`appliance.store.comments`)."""
         self._q.put(("comment", c))
@@ -553,7 +568,7 @@ class Store:
         callbacks = []
         now = time.time()
         readings, scores, events, dead, modes, alarms, models, comments = [], [], [], [], [], [], [], []
-        verdicts = []
+        verdicts, op_points = [], []
         for kind, item in batch:
             if kind == "callback":
                 callbacks.append(item)
@@ -576,6 +591,8 @@ class Store:
                 models.append((item.ts, item.event, item.version, item.previous, item.reason, item.user))
             elif kind == "comment":
                 comments.append((item.alarm_id, item.asset, item.ts, item.user, item.text))
+            elif kind == "operating_point":
+                op_points.append(item)
             elif kind == "verdict":
                 verdicts.append((item.alarm_id, item.asset, item.ts, item.user, item.verdict.value, item.cause,
                                  item.note))
@@ -594,6 +611,8 @@ class Store:
                     self._write_event(conn, e, now)
                 for m in modes:
                     self._write_mode_change(conn, m, now)
+                for c in op_points:
+                    self._write_operating_point(conn, c, now)
                 conn.executemany("INSERT INTO model_changes (ts, event, version, previous, reason, user)"
                                  " VALUES (?,?,?,?,?,?)", models)
                 conn.executemany("INSERT OR IGNORE INTO alarm_comments (alarm_id, asset, ts, user, text)"
@@ -681,6 +700,23 @@ class Store:
         """The tables retention trims: (table, when a row was received, its own time or None, rows kept at most)."""
         return (("readings", "received", "ts", self.max_readings), ("scores", "received", "t_end", self.max_readings),
                 ("dead_letters", "received_at", None, self.max_dead_letters))
+
+    @staticmethod
+    def _write_operating_point(conn: sqlite3.Connection, c: OperatingPointChange, now: float) -> None:
+        sensors = json.dumps(list(c.sensors))
+        if c.active:
+            # An episode left open by a stop ends where the next one begins (the runtime starts without it).
+            conn.execute("UPDATE operating_points SET end = ?, updated = ? WHERE asset = ? AND end IS NULL"
+                         " AND since < ?", (c.since, now, c.asset, c.since))
+            conn.execute("INSERT OR IGNORE INTO operating_points (asset, since, end, sensors, model_version,"
+                         " held_windows, updated) VALUES (?,?,NULL,?,?,0,?)",
+                         (c.asset, c.since, sensors, c.model_version, now))
+        else:
+            conn.execute("INSERT INTO operating_points (asset, since, end, sensors, model_version, held_windows,"
+                         " updated) VALUES (?,?,?,?,?,?,?) ON CONFLICT (asset, since) DO UPDATE SET"
+                         " end = excluded.end, sensors = excluded.sensors, held_windows = excluded.held_windows,"
+                         " updated = excluded.updated",
+                         (c.asset, c.since, c.ts, sensors, c.model_version, c.held_windows, now))
 
     def _retention(self, conn: sqlite3.Connection) -> None:
         self._last_retention = time.monotonic()
@@ -845,6 +881,36 @@ class StoreReader:
         return [{"seq": r["seq"], "asset": r["asset"], "event": r["event"], "mode": r["mode"],
                  "previous": r["previous"], "ts": r["ts"], "user": r["user"], "note": r["note"],
                  "shelved_until": r["shelved_until"], "alarm_id": r["alarm_id"]} for r in rows]
+
+    def operating_points(self, asset: str | None = None, since: float | None = None, limit: int = 100) -> list[dict]:
+        """"Operating point not seen in training" episodes, latest first (``end`` None: still on)."""
+        sql, args = "SELECT * FROM operating_points WHERE 1 = 1", []
+        if asset is not None:
+            sql += " AND asset = ?"
+            args.append(asset)
+        if since is not None:
+            sql += " AND coalesce(end, 1e300) >= ?"
+            args.append(since)
+        sql += " ORDER BY since DESC LIMIT ?"
+        args.append(limit)
+        return [{"asset": r["asset"], "since": r["since"], "end": r["end"], "active": r["end"] is None,
+                 "sensors": json.loads(r["sensors"]), "model_version": r["model_version"],
+                 "held_windows": r["held_windows"]} for r in self._rows(sql, args)]
+
+    def operating_points_per_day(self, asset: str | None = None, days: int = 7,
+                                 now: float | None = None) -> list[dict]:
+        """Per UTC day of the last ``days`` (oldest first): episodes begun that day, per asset."""
+        now = time.time() if now is None else now
+        first = (int(now // 86400) - days + 1) * 86400.0
+        sql = ("SELECT asset, CAST(since / 86400 AS INTEGER) AS day, COUNT(*) AS n FROM operating_points"
+               " WHERE since >= ?")
+        args: list = [first]
+        if asset is not None:
+            sql += " AND asset = ?"
+            args.append(asset)
+        sql += " GROUP BY asset, day ORDER BY day, asset"
+        return [{"asset": r["asset"], "day": time.strftime("%Y-%m-%d", time.gmtime(r["day"] * 86400)),
+                 "episodes": r["n"]} for r in self._rows(sql, args)]
 
     def alarm_comments(self, alarm_id: str, limit: int = 500) -> list[dict]:
         """The comments on one alarm occurrence, oldest first.

@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 from appliance.actions.mqtt_alarm.config import MqttAlarmConfig
 from appliance.connections.config import MqttBroker
 from appliance.connections.mqtt import configure_paho
-from appliance.core import AlarmEvent, ModeChange, Output, OutputContext
+from appliance.core import AlarmEvent, ModeChange, OperatingPointChange, Output, OutputContext
 from appliance.core.severity import band, severity
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class MqttAlarmNotifier(Output):
         self.broker = broker
         self.prefix = cfg.topic_prefix.rstrip("/")
         self._states: dict[str, bytes] = {}
+        self._op_states: dict[str, bytes] = {}  # each asset's operating-point status, republished on reconnect
         self._lock = threading.Lock()
         self.published = 0
         self.connected = False
@@ -86,6 +87,17 @@ class MqttAlarmNotifier(Output):
         state |= {"event": change.name, "mode": change.mode.value, "ts": change.ts}
         self._publish(change.asset, change.to_dict(), state)
 
+    def on_operating_point(self, change: OperatingPointChange) -> None:
+        """Its own topics, so a panel never reads the status as an alarm: an event on
+        ``{prefix}/{asset}/operating_point/events`` and the status retained on ``.../operating_point/state``."""
+        payload = json.dumps(change.to_dict())
+        base = f"{self.prefix}/{change.asset}/operating_point"
+        self.client.publish(f"{base}/events", payload, qos=1)
+        self.client.publish(f"{base}/state", payload, qos=1, retain=True)
+        with self._lock:
+            self._op_states[change.asset] = payload.encode()
+        self.published += 1
+
     def _publish(self, asset: str, event: dict, state: dict) -> None:
         retained = json.dumps(state).encode()
         with self._lock:
@@ -102,8 +114,11 @@ class MqttAlarmNotifier(Output):
         log.info("alarm notifier: connected host=%s port=%s", self.broker.host, self.broker.port)
         with self._lock:
             states = dict(self._states)
+            op_states = dict(self._op_states)
         for asset, state in states.items():
             client.publish(f"{self.prefix}/{asset}/state", state, qos=1, retain=True)
+        for asset, state in op_states.items():
+            client.publish(f"{self.prefix}/{asset}/operating_point/state", state, qos=1, retain=True)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         if self.connected and not self._stopping:
