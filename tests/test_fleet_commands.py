@@ -28,7 +28,10 @@ def test_the_superlink_runs_with_tls_and_node_authentication(tmp_path):
     assert argv[argv.index("--ssl-certfile") + 1] == "/sl.pem" and argv[argv.index("--ssl-keyfile") + 1] == "/sl.key"
     assert "--enable-supernode-auth" in argv and "--insecure" not in argv
     assert "--disable-runtime-dependency-installation" in argv  # nothing installed at run time
-    assert argv[argv.index("--database") + 1] == str(tmp_path / "superlink.db")  # registered keys persist
+    # Flower's in-memory state by default (a SQLite file locked up under 20 SuperNodes); a file on request.
+    assert argv[argv.index("--database") + 1] == deploy.IN_MEMORY_STATE
+    kept = deploy.superlink_argv("0.0.0.0:9092", tmp_path, tls, persist=True)
+    assert kept[kept.index("--database") + 1] == str(tmp_path / "superlink.db")  # registered keys survive a restart
     plain = deploy.superlink_argv("127.0.0.1:9092", tmp_path, None, node_auth=False)
     assert "--insecure" in plain and "--enable-supernode-auth" not in plain
 

@@ -135,7 +135,8 @@ def test_a_gateway_that_drops_mid_round_does_not_stall_the_round(rig_factory, da
     gw3.stop(signal.SIGKILL)
     report = finished(rig, run)
     rounds = report["rounds"]
-    assert len(rounds) == 2
-    # Round 1 went on without it; round 2 ran with the two left.
-    assert report["rounds_released"] >= 1, rounds
-    assert sorted(c["name"] for c in rounds[-1]["clients"]) == ["gw1", "gw2"], rounds[-1]
+    # The product's SecAgg+ settings (3 shares, 2 reconstruct): round 1 is aggregated from the two that stayed,
+    # whether gw3 went before sharing its keys (it masked nothing) or after (its neighbours' shares unmask it).
+    assert report["runtime"]["secagg"]["num_shares"] == 3
+    assert report["rounds_released"] == 2, rounds
+    assert [sorted(c["name"] for c in r["clients"]) for r in rounds] == [["gw1", "gw2"], ["gw1", "gw2"]], rounds

@@ -69,14 +69,47 @@ class UniformWeights(_Delegating):
         return instructions
 
 
+class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
+    """Flower's ``SecAggPlusWorkflow``, which also survives a gateway lost before it shared its keys.
+
+    In flwr 1.42 the unmask stage asks for ``reconstruction_threshold`` shares of
+    every gateway sampled for the round, also of one that dropped during the
+    setup or share-keys stage: nobody holds shares of it, so the round halted
+    ("Not enough shares to recover secret in unmask vectors stage") although
+    that gateway never added a mask to anyone's vector (a gateway masks only
+    with the neighbours whose key shares reached it). After the share-keys
+    stage the round's participants are those that distributed their shares;
+    a gateway lost later is unmasked from its neighbours' shares as Flower
+    does. Uses the workflow's documented stage methods and its state's
+    ``sampled_node_ids``/``active_node_ids`` (flwr pinned in constraints.txt).
+    """
+
+    def setup_stage(self, grid, context, state) -> bool:
+        super().setup_stage(grid, context, state)
+        return self._forget_the_lost(state)
+
+    def share_keys_stage(self, grid, context, state) -> bool:
+        super().share_keys_stage(grid, context, state)
+        return self._forget_the_lost(state)
+
+    def _forget_the_lost(self, state) -> bool:
+        """The round's participants are those still there; enough of them hold each one's shares?"""
+        lost = state.sampled_node_ids - state.active_node_ids
+        if lost:
+            logger.warning("SecAgg+: %d gateway(s) left before sharing their keys; the round goes on without "
+                           "them", len(lost))
+        state.sampled_node_ids = set(state.active_node_ids)
+        return bool(state.active_node_ids) and self._check_threshold(state)
+
+
 def fit_workflow(cfg: FleetConfig):
     """SecAgg+ for the fit rounds (``[fleet.secagg]``), else Flower's default fit workflow."""
     s = cfg.secagg
     if not s.enabled:
         return None
-    return SecAggPlusWorkflow(num_shares=s.num_shares, reconstruction_threshold=s.reconstruction_threshold,
-                              max_weight=s.max_weight, clipping_range=s.clipping_range,
-                              quantization_range=s.quantization_range, timeout=cfg.round_timeout_s)
+    return DropoutTolerantSecAggPlus(num_shares=s.num_shares, reconstruction_threshold=s.reconstruction_threshold,
+                                     max_weight=s.max_weight, clipping_range=s.clipping_range,
+                                     quantization_range=s.quantization_range, timeout=cfg.round_timeout_s)
 
 
 def _released_weights(record, seed: list[np.ndarray]) -> list[np.ndarray]:
