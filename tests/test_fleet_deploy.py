@@ -16,10 +16,10 @@ import json
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.support.detector import SENSORS, normal_rows
+from tests.support.detector import normal_rows
+from tests.support.fleet import write_csv
 from tests.support.wait import wait_until
 
 # Several processes per gateway (SuperNode, SuperExec, a ClientApp per message) on two shared cores: the
@@ -31,13 +31,6 @@ flwr = pytest.importorskip("flwr", reason="the fleet extra (pip install .[fleet]
 RUN_TIMEOUT_S = 1800.0  # bounds a broken run only (two shared cores, a process per Flower message)
 BASE = {"rounds": 1, "clients": 3, "min_results": 2, "local_epochs": 2, "batch_size": 64,
         "round_timeout_s": 120.0, "join_timeout_s": 600.0}
-
-
-def write_csv(path: Path, rows: np.ndarray, t0: float = 1_700_000_000.0) -> Path:
-    lines = ["ts," + ",".join(SENSORS)]
-    lines += [f"{t0 + i:.1f}," + ",".join(f"{v:.6f}" for v in row) for i, row in enumerate(rows)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")

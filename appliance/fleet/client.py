@@ -1,8 +1,8 @@
 """A gateway in the fleet: a Flower client training the detector's autoencoder on its own normal windows.
 
 Raw rows never leave the gateway: the client sends back the autoencoder's weights
-after ``epochs`` local passes (clipped by Flower's ``fixedclipping_mod`` when the
-server runs with DP) and, when asked to evaluate, the mean held-back error and
+after ``epochs`` local passes (its update clipped to the norm the server's DP
+wrapper asks for, :func:`clipped_when_asked`) and, when asked to evaluate, the mean held-back error and
 the threshold it would calibrate on its own held-back windows (their errors
 averaged over the model's horizon, as the live score is). Importing this
 module imports flwr.
@@ -16,8 +16,8 @@ closes (:mod:`appliance.fleet.participant`).
 
 :class:`GatewayClient` is what each gateway's SuperNode runs (the ClientApp of
 :mod:`appliance.fleet.client_app`). :func:`run_client` is the one-process mode
-(``appliance fleet client``: Flower's ``flwr.compat`` client over gRPC, for the
-CSV benchmark and hand runs), which the appliance's participant no longer uses
+(``appliance fleet client``: Flower's public, deprecated ``flwr.client.start_client``
+over gRPC, for the CSV benchmark and hand runs), which the appliance's participant no longer uses
 (``docs/fleet.md``).
 """
 

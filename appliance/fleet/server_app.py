@@ -25,37 +25,12 @@ from flwr.server.strategy import Strategy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from appliance.fleet.config import FleetConfig
+from appliance.fleet.server import Delegating
 
 logger = logging.getLogger(__name__)
 
 
-class _Delegating(Strategy):
-    """A strategy that hands every call to ``inner`` (subclasses change one call)."""
-
-    def __init__(self, inner: Strategy):
-        super().__init__()
-        self.inner = inner
-
-    def initialize_parameters(self, client_manager):
-        return self.inner.initialize_parameters(client_manager)
-
-    def configure_fit(self, server_round, parameters, client_manager):
-        return self.inner.configure_fit(server_round, parameters, client_manager)
-
-    def aggregate_fit(self, server_round, results, failures):
-        return self.inner.aggregate_fit(server_round, results, failures)
-
-    def configure_evaluate(self, server_round, parameters, client_manager):
-        return self.inner.configure_evaluate(server_round, parameters, client_manager)
-
-    def aggregate_evaluate(self, server_round, results, failures):
-        return self.inner.aggregate_evaluate(server_round, results, failures)
-
-    def evaluate(self, server_round, parameters):
-        return self.inner.evaluate(server_round, parameters)
-
-
-class UniformWeights(_Delegating):
+class UniformWeights(Delegating):
     """Tells every gateway the weight its update counts with (SecAgg+ weighs on the client, before masking)."""
 
     def __init__(self, inner: Strategy, max_weight: float):
