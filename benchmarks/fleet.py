@@ -360,8 +360,11 @@ def deployment_main(args) -> int:
             nodes = [rig.new_node(g["name"]) for g in gateways]
             for node in nodes:
                 rig.start_node(node, [csvs[node.name]], secagg_required=False)
-            secagg = {"enabled": True, "num_shares": min(args.shares, n), "reconstruction_threshold":
-                      max(2, min(args.shares, n) * 2 // 3)}
+            shares = min(args.shares, n)
+            # Survives `leave` gateways lost next to each other on the round's ring (each gateway then still
+            # has shares - leave holders), but never fewer than 2/3 of the shares (what it takes to unmask one).
+            secagg = {"enabled": True, "num_shares": shares,
+                      "reconstruction_threshold": max(2, min(shares - leave, shares * 2 // 3))}
             plans = {"secagg": (dict(base, secagg=secagg), 0), "plain": (dict(base, secagg={"enabled": False}), 0),
                      "secagg_leave": (dict(base, secagg=secagg, rejoin_timeout_s=1800.0), leave)}
             for name in args.scenarios:
@@ -427,7 +430,7 @@ def main() -> int:
                     help="deployment: a SuperLink and one SuperNode process per gateway (pump simulator)")
     ap.add_argument("--leave", type=int, default=3, help="deployment: gateways that drop in round 1 and come back")
     ap.add_argument("--round-timeout", type=float, default=300.0, help="deployment: round_timeout_s")
-    ap.add_argument("--shares", type=int, default=5, help="deployment: SecAgg+ shares per gateway")
+    ap.add_argument("--shares", type=int, default=7, help="deployment: SecAgg+ shares per gateway")
     ap.add_argument("--scenarios", nargs="+", default=["secagg", "plain", "secagg_leave"],
                     choices=("secagg", "plain", "secagg_leave"), help="deployment: the runs to make")
     args = ap.parse_args()
