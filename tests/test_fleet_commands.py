@@ -75,3 +75,23 @@ def test_a_gateway_key_pair_is_openssh_ec_and_its_private_half_stays_private(tmp
     assert public_key_line(private) == public_key_line(public)
     with pytest.raises(FileExistsError):
         write_node_key(private)  # a new key would be a new gateway identity
+
+
+def test_secagg_goes_on_without_a_gateway_lost_before_it_shared_its_keys():
+    pytest.importorskip("flwr", reason="the fleet extra (pip install .[fleet]) is not installed")
+    from types import SimpleNamespace
+
+    from appliance.fleet.server_app import DropoutTolerantSecAggPlus
+
+    workflow = DropoutTolerantSecAggPlus(num_shares=3, reconstruction_threshold=2)
+    ring = [1, 2, 3, 4, 5]  # each gateway's shares: itself and its two neighbours on the round's ring
+    neighbours = {n: {ring[i - 1], n, ring[(i + 1) % 5]} for i, n in enumerate(ring)}
+    state = SimpleNamespace(sampled_node_ids=set(ring), active_node_ids={1, 2, 3, 4}, nid_to_neighbours=neighbours,
+                            threshold=2)
+    # Gateway 5 left before sharing its keys: the round goes on with the four, each with >= 2 share holders.
+    assert workflow._forget_the_lost(state) is True and state.sampled_node_ids == {1, 2, 3, 4}
+    # Two more lost next to each other: gateway 2 keeps a single holder (itself), the round halts.
+    state.active_node_ids = {2, 4}
+    assert workflow._forget_the_lost(state) is False
+    state.sampled_node_ids, state.active_node_ids = {1, 2}, set()
+    assert workflow._forget_the_lost(state) is False  # nobody left: no round

@@ -56,7 +56,8 @@ class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
     stage the round's participants are those that distributed their shares;
     a gateway lost later is unmasked from its neighbours' shares as Flower
     does. Uses the workflow's documented stage methods and its state's
-    ``sampled_node_ids``/``active_node_ids`` (flwr pinned in constraints.txt).
+    ``sampled_node_ids``/``active_node_ids``/``nid_to_neighbours``/``threshold``
+    (flwr pinned in constraints.txt).
     """
 
     def setup_stage(self, grid, context, state) -> bool:
@@ -74,7 +75,17 @@ class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
             logger.warning("SecAgg+: %d gateway(s) left before sharing their keys; the round goes on without "
                            "them", len(lost))
         state.sampled_node_ids = set(state.active_node_ids)
-        return bool(state.active_node_ids) and self._check_threshold(state)
+        return bool(state.active_node_ids) and enough_share_holders(state)
+
+
+def enough_share_holders(state) -> bool:
+    """Every participant's secrets still have ``threshold`` holders among those left (Flower's own check)."""
+    for nid in state.sampled_node_ids:
+        if len(state.nid_to_neighbours[nid] & state.active_node_ids) < state.threshold:
+            logger.error("SecAgg+: gateway %s has fewer than %d share holders left; the round halts", nid,
+                         state.threshold)
+            return False
+    return True
 
 
 def fit_workflow(cfg: FleetConfig):
