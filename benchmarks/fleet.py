@@ -64,6 +64,7 @@ from appliance.detector.train import TrainSettings, read_csv, sliding_windows, t
 from appliance.eval.datasets import skab_dir  # noqa: E402
 from appliance.fleet.model import seed_from_bundle  # noqa: E402
 from benchmarks.common import machine, write_results  # noqa: E402
+from rigs.fleet_run import fleet_toml  # noqa: E402
 
 SKAB = skab_dir()
 LIBRARIES = ("flwr", "grpcio", "onnxruntime", "scikit-learn")  # the rounds, their transport, the models
@@ -133,6 +134,17 @@ def write_csv(path: Path, sensors, ts, rows) -> Path:
     return path
 
 
+def baselines(work: Path, gateways, settings: TrainSettings) -> tuple[dict, dict, Path]:
+    """Each gateway's rows as CSV, its own (local) model, and one model trained on all rows pooled (central)."""
+    csvs = {g["name"]: write_csv(work / f"{g['name']}.csv", g["sensors"], g["ts"], g["rows"]) for g in gateways}
+    local = {g["name"]: train_bundle(g["rows"], g["sensors"], work / f"local-{g['name']}", settings, ts=g["ts"])
+             for g in gateways}
+    order = np.argsort(np.concatenate([g["ts"] for g in gateways]), kind="stable")
+    central = train_bundle(np.concatenate([g["rows"] for g in gateways])[order], gateways[0]["sensors"],
+                           work / "central", settings, ts=np.concatenate([g["ts"] for g in gateways])[order])
+    return csvs, local, central
+
+
 def evaluate(bundle: Path, gw: dict) -> dict:
     det = Detector.load(bundle)
     tp = fp = tn = fn = 0
@@ -153,13 +165,8 @@ def evaluate(bundle: Path, gw: dict) -> dict:
 def run_fleet(work: Path, name: str, gateways, seed: Path, reference: Path, csvs, fleet: dict) -> tuple[Path, dict]:
     folder = work / name
     folder.mkdir()
-    lines = ['log_level = "WARNING"', "[fleet]"] + [f"{k} = {json.dumps(v)}" for k, v in fleet.items()
-                                                    if not isinstance(v, dict)]
-    for k, v in fleet.items():
-        if isinstance(v, dict):
-            lines += [f"[fleet.{k}]"] + [f"{kk} = {json.dumps(vv)}" for kk, vv in v.items()]
     cfg = folder / "fleet.toml"
-    cfg.write_text("\n".join(lines) + "\n")
+    cfg.write_text(fleet_toml(fleet, log_level="WARNING"))
     port = free_port()
     cmd = [sys.executable, "-m", "appliance.cli", "fleet"]
     out, report = folder / "bundle", folder / "report.json"
@@ -342,12 +349,7 @@ def deployment_main(args) -> int:
     leave = min(args.leave, max(0, args.gateways - 2))
     with tempfile.TemporaryDirectory(prefix="fleet-deploy-bench-") as tmp:
         work = Path(tmp)
-        csvs = {g["name"]: write_csv(work / f"{g['name']}.csv", g["sensors"], g["ts"], g["rows"]) for g in gateways}
-        local = {g["name"]: train_bundle(g["rows"], g["sensors"], work / f"local-{g['name']}", settings, ts=g["ts"])
-                 for g in gateways}
-        order = np.argsort(np.concatenate([g["ts"] for g in gateways]), kind="stable")
-        central = train_bundle(np.concatenate([g["rows"] for g in gateways])[order], gateways[0]["sensors"],
-                               work / "central", settings, ts=np.concatenate([g["ts"] for g in gateways])[order])
+        csvs, local, central = baselines(work, gateways, settings)
         seed, reference = local["gw0"], csvs["gw0"]
         n = len(gateways)
         base = {"strategy": "fedavg", "rounds": args.rounds, "clients": n, "min_results": max(2, n - leave),
@@ -358,8 +360,11 @@ def deployment_main(args) -> int:
             nodes = [rig.new_node(g["name"]) for g in gateways]
             for node in nodes:
                 rig.start_node(node, [csvs[node.name]], secagg_required=False)
-            secagg = {"enabled": True, "num_shares": min(args.shares, n), "reconstruction_threshold":
-                      max(2, min(args.shares, n) * 2 // 3)}
+            shares = min(args.shares, n)
+            # Survives `leave` gateways lost next to each other on the round's ring (each gateway then still
+            # has shares - leave holders), but never fewer than 2/3 of the shares (what it takes to unmask one).
+            secagg = {"enabled": True, "num_shares": shares,
+                      "reconstruction_threshold": max(2, min(shares - leave, shares * 2 // 3))}
             plans = {"secagg": (dict(base, secagg=secagg), 0), "plain": (dict(base, secagg={"enabled": False}), 0),
                      "secagg_leave": (dict(base, secagg=secagg, rejoin_timeout_s=1800.0), leave)}
             for name in args.scenarios:
@@ -425,7 +430,7 @@ def main() -> int:
                     help="deployment: a SuperLink and one SuperNode process per gateway (pump simulator)")
     ap.add_argument("--leave", type=int, default=3, help="deployment: gateways that drop in round 1 and come back")
     ap.add_argument("--round-timeout", type=float, default=300.0, help="deployment: round_timeout_s")
-    ap.add_argument("--shares", type=int, default=5, help="deployment: SecAgg+ shares per gateway")
+    ap.add_argument("--shares", type=int, default=7, help="deployment: SecAgg+ shares per gateway")
     ap.add_argument("--scenarios", nargs="+", default=["secagg", "plain", "secagg_leave"],
                     choices=("secagg", "plain", "secagg_leave"), help="deployment: the runs to make")
     args = ap.parse_args()
@@ -442,12 +447,7 @@ def main() -> int:
     settings = TrainSettings(window=10, hidden=(32, 8), max_iter=60, calibration="holdout", seed=0)
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         work = Path(tmp)
-        csvs = {g["name"]: write_csv(work / f"{g['name']}.csv", g["sensors"], g["ts"], g["rows"]) for g in gateways}
-        local = {g["name"]: train_bundle(g["rows"], g["sensors"], work / f"local-{g['name']}", settings, ts=g["ts"])
-                 for g in gateways}
-        order = np.argsort(np.concatenate([g["ts"] for g in gateways]), kind="stable")
-        central = train_bundle(np.concatenate([g["rows"] for g in gateways])[order], gateways[0]["sensors"],
-                               work / "central", settings, ts=np.concatenate([g["ts"] for g in gateways])[order])
+        csvs, local, central = baselines(work, gateways, settings)
         base = {"strategy": args.strategy, "rounds": args.rounds, "clients": len(gateways),
                 "min_results": len(gateways), "local_epochs": args.epochs, "batch_size": 64,
                 "round_timeout_s": 3600.0, "join_timeout_s": 3600.0}

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rigs.fleet_run import fleet_toml
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -86,12 +88,7 @@ class FleetRig:
     def write_config(self, fleet: dict) -> None:
         fleet = dict(fleet, server_address=self.address, ca_file=str(self.tls.ca_file),
                      cert_file=str(self.tls.cert_file), key_file=str(self.tls.key_file))
-        lines = ['log_level = "INFO"', "[fleet]"] + [f"{k} = {json.dumps(v)}" for k, v in fleet.items()
-                                                     if not isinstance(v, dict)]
-        for k, v in fleet.items():
-            if isinstance(v, dict):
-                lines += [f"[fleet.{k}]"] + [f"{kk} = {json.dumps(vv)}" for kk, vv in v.items()]
-        self.config.write_text("\n".join(lines) + "\n")
+        self.config.write_text(fleet_toml(fleet))
 
     # -- the engineer's side --------------------------------------------------------------------
     def start(self, timeout_s: float = 300.0) -> "FleetRig":

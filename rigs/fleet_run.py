@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 900.0
 
 
-def fleet_toml(fleet: dict) -> str:
+def fleet_toml(fleet: dict, log_level: str = "INFO") -> str:
     """``[fleet]`` (and its ``[fleet.x]`` tables for dict values) as TOML."""
-    lines = ['log_level = "INFO"', "[fleet]"] + [f"{k} = {json.dumps(v)}" for k, v in fleet.items()
+    lines = [f'log_level = "{log_level}"', "[fleet]"] + [f"{k} = {json.dumps(v)}" for k, v in fleet.items()
                                                  if not isinstance(v, dict)]
     for k, v in fleet.items():
         if isinstance(v, dict):

@@ -14,105 +14,38 @@ is promoted where the gateway's data agrees and refused where it does not.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.support.detector import SENSORS, normal_rows
-from tests.support.ports import free_port
+from tests.support.fleet import FleetRun, operating_point, write_csv
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
 flwr = pytest.importorskip("flwr", reason="the fleet extra (pip install .[fleet]) is not installed")
 
-ROOT = Path(__file__).resolve().parents[1]
 # Bounds for a broken run only; a healthy one ends long before (two shared cores).
 RUN_TIMEOUT_S = 900.0
 
 
-def write_csv(path: Path, rows: np.ndarray, t0: float = 1_700_000_000.0) -> Path:
-    lines = ["ts," + ",".join(SENSORS)]
-    lines += [f"{t0 + i:.1f}," + ",".join(f"{v:.6f}" for v in row) for i, row in enumerate(rows)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def operating_point(rows: np.ndarray, load: float) -> np.ndarray:
-    """The same pump at another load: current, pressure and flow scale, temperature rises with it."""
-    out = rows.copy()
-    out[:, [0, 1, 3]] *= load
-    out[:, 2] += 8.0 * (load - 1.0)
-    return out
-
-
-class Fleet:
-    """A server and its clients as processes, their logs in ``folder``."""
-
-    def __init__(self, folder: Path, fleet: dict, seed_bundle: Path, reference: Path):
-        self.folder, self.port = folder, free_port()
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = ['log_level = "INFO"', "[fleet]"] + [f"{k} = {json.dumps(v)}" for k, v in fleet.items()
-                                                     if not isinstance(v, dict)]
-        for k, v in fleet.items():
-            if isinstance(v, dict):
-                lines += [f"[fleet.{k}]"] + [f"{kk} = {json.dumps(vv)}" for kk, vv in v.items()]
-        self.config = folder / "fleet.toml"
-        self.config.write_text("\n".join(lines) + "\n")
-        self.out, self.report_path = folder / "fleet-bundle", folder / "report.json"
-        self.server = self._spawn("server", ["fleet", "server", "--config", str(self.config), "--init",
-                                             str(seed_bundle), "--reference", str(reference), "--out", str(self.out),
-                                             "--report", str(self.report_path),
-                                             "--address", f"127.0.0.1:{self.port}"])
-        self.clients: dict[str, subprocess.Popen] = {}
-
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = open(self.folder / f"{name}.log", "w")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        return subprocess.Popen([sys.executable, "-m", "appliance.cli", *args], cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
-
-    def client(self, name: str, data: Path) -> subprocess.Popen:
-        self.clients[name] = p = self._spawn(name, ["fleet", "client", "--config", str(self.config), "--data",
-                                                    str(data), "--name", name,
-                                                    "--server", f"127.0.0.1:{self.port}"])
-        return p
-
-    def log(self, name: str) -> str:
-        return (self.folder / f"{name}.log").read_text(errors="replace")
-
-    def wait(self) -> dict:
-        wait_until(lambda: self.server.poll() is not None, timeout=RUN_TIMEOUT_S, what="the fleet server to end",
-                   interval=0.5, detail=lambda: self.log("server")[-3000:])
-        assert self.server.returncode == 0, self.log("server")[-5000:]
-        for name, p in self.clients.items():
-            if p.poll() is None:
-                wait_until(lambda: p.poll() is not None, timeout=RUN_TIMEOUT_S, what=f"client {name} to end",
-                           interval=0.2, detail=lambda: self.log(name)[-2000:])
-        return json.loads(self.report_path.read_text())
-
-    def stop(self) -> None:
-        for p in [self.server, *self.clients.values()]:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+def finished(fleet: FleetRun) -> dict:
+    """The run report, once the server and every client ended; the server must have succeeded."""
+    assert fleet.wait() == 0, fleet.log("server")[-5000:]
+    return fleet.report()
 
 
 @pytest.fixture
 def fleet_factory(tmp_path):
-    started: list[Fleet] = []
+    started: list[FleetRun] = []
 
-    def make(name: str, fleet: dict, seed_bundle: Path, reference: Path) -> Fleet:
-        f = Fleet(tmp_path / name, fleet, seed_bundle, reference)
-        started.append(f)
-        return f
+    def make(name: str, fleet: dict, seed_bundle: Path, reference: Path) -> FleetRun:
+        started.append(FleetRun(tmp_path / name, fleet, seed_bundle, reference))
+        return started[-1]
 
     yield make
     for f in started:
@@ -141,7 +74,7 @@ def test_rounds_complete_and_the_fleet_model_is_a_bundle(fleet_factory, release_
                           gateway_data["reference"])
     for name in ("gw1", "gw2", "gw3"):
         fleet.client(name, gateway_data[name])
-    report = fleet.wait()
+    report = finished(fleet)
     assert report["strategy"] == "fedprox" and report["rounds_released"] == 2
     for r in report["rounds"]:
         assert sorted(c["name"] for c in r["clients"]) == ["gw1", "gw2", "gw3"], r
@@ -172,7 +105,7 @@ def test_a_gateway_killed_mid_round_does_not_stall_the_fleet(fleet_factory, rele
     wait_until(lambda: "fit round=2 begins" in fleet.log("slow"), timeout=RUN_TIMEOUT_S,
                what="the slow gateway to start round 2", interval=0.05, detail=lambda: fleet.log("server")[-2000:])
     slow.send_signal(signal.SIGKILL)
-    report = fleet.wait()
+    report = finished(fleet)
     assert report["rounds_released"] == 3, report
     names = [sorted(c["name"] for c in r["clients"]) for r in report["rounds"]]
     assert names[0] == ["gw1", "gw2", "slow"]
@@ -193,7 +126,7 @@ def test_dp_clips_every_update_and_noises_the_aggregate(fleet_factory, release_b
                           gateway_data["reference"])
     fleet.client("gw1", gateway_data["gw1"])
     fleet.client("gw2", gateway_data["gw2"])
-    report = fleet.wait()
+    report = finished(fleet)
     assert report["rounds_released"] == 2
     sigma = 0.8 * 0.05 / 2
     for r in report["rounds"]:
@@ -279,7 +212,7 @@ def test_the_fleet_model_is_released_signed_and_each_gateway_decides_in_shadow(
                           gateway_data["reference"])
     fleet.client("gw1", gateway_data["gw1"])
     fleet.client("gw2", gateway_data["gw2"])
-    fleet.wait()
+    finished(fleet)
 
     # The engineer signs and publishes it as any other release (appliance release add / publish).
     pub = Publisher(tmp_path / "engineer", www=tuf_server.root)

@@ -28,7 +28,10 @@ def test_the_superlink_runs_with_tls_and_node_authentication(tmp_path):
     assert argv[argv.index("--ssl-certfile") + 1] == "/sl.pem" and argv[argv.index("--ssl-keyfile") + 1] == "/sl.key"
     assert "--enable-supernode-auth" in argv and "--insecure" not in argv
     assert "--disable-runtime-dependency-installation" in argv  # nothing installed at run time
-    assert argv[argv.index("--database") + 1] == str(tmp_path / "superlink.db")  # registered keys persist
+    # Flower's in-memory state by default (a SQLite file locked up under 20 SuperNodes); a file on request.
+    assert argv[argv.index("--database") + 1] == deploy.IN_MEMORY_STATE
+    kept = deploy.superlink_argv("0.0.0.0:9092", tmp_path, tls, persist=True)
+    assert kept[kept.index("--database") + 1] == str(tmp_path / "superlink.db")  # registered keys survive a restart
     plain = deploy.superlink_argv("127.0.0.1:9092", tmp_path, None, node_auth=False)
     assert "--insecure" in plain and "--enable-supernode-auth" not in plain
 
@@ -72,3 +75,23 @@ def test_a_gateway_key_pair_is_openssh_ec_and_its_private_half_stays_private(tmp
     assert public_key_line(private) == public_key_line(public)
     with pytest.raises(FileExistsError):
         write_node_key(private)  # a new key would be a new gateway identity
+
+
+def test_secagg_goes_on_without_a_gateway_lost_before_it_shared_its_keys():
+    pytest.importorskip("flwr", reason="the fleet extra (pip install .[fleet]) is not installed")
+    from types import SimpleNamespace
+
+    from appliance.fleet.server_app import DropoutTolerantSecAggPlus
+
+    workflow = DropoutTolerantSecAggPlus(num_shares=3, reconstruction_threshold=2)
+    ring = [1, 2, 3, 4, 5]  # each gateway's shares: itself and its two neighbours on the round's ring
+    neighbours = {n: {ring[i - 1], n, ring[(i + 1) % 5]} for i, n in enumerate(ring)}
+    state = SimpleNamespace(sampled_node_ids=set(ring), active_node_ids={1, 2, 3, 4}, nid_to_neighbours=neighbours,
+                            threshold=2)
+    # Gateway 5 left before sharing its keys: the round goes on with the four, each with >= 2 share holders.
+    assert workflow._forget_the_lost(state) is True and state.sampled_node_ids == {1, 2, 3, 4}
+    # Two more lost next to each other: gateway 2 keeps a single holder (itself), the round halts.
+    state.active_node_ids = {2, 4}
+    assert workflow._forget_the_lost(state) is False
+    state.sampled_node_ids, state.active_node_ids = {1, 2}, set()
+    assert workflow._forget_the_lost(state) is False  # nobody left: no round

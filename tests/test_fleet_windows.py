@@ -109,7 +109,7 @@ def test_a_gateway_takes_part_only_inside_its_windows_and_rejoins_in_the_next(tm
            "away": record(data / "away.db", normal_rows(900, 104))}
     rig = FleetRig(tmp_path / "superlink", tls_files,
                    {"rounds": 2, "clients": 3, "min_results": 2, "local_epochs": 2, "batch_size": 64,
-                    "round_timeout_s": 90.0, "join_timeout_s": 600.0, "rejoin_timeout_s": 900.0})
+                    "round_timeout_s": 180.0, "join_timeout_s": 600.0, "rejoin_timeout_s": 900.0})
 
     async def scenario():
         gateways = {name: Gateway(tmp_path / name, name, db, rig) for name, db in dbs.items()}
@@ -152,7 +152,7 @@ def test_a_gateway_takes_part_only_inside_its_windows_and_rejoins_in_the_next(tm
     report = json.loads((rig.folder / "run" / "report.json").read_text())
     rounds = report["rounds"]
     names = [sorted(c["name"] for c in r["clients"]) for r in rounds]
-    # Round 1 did not wait for it (SecAgg+ recovered its masks from the others); round 2 had it back.
+    # Round 1 did not wait for it (SecAgg+ went on without it); round 2 had it back.
     assert names[1] == ["away", "gw1", "gw2"], names
     assert "away" not in names[0], names
     assert report["rounds_released"] >= 1

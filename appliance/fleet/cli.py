@@ -181,7 +181,8 @@ def cmd_superlink(args) -> int:
         return 2
     state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
-    argv = superlink_argv(args.address or f.server_address, state, tls, node_auth=tls is not None)
+    argv = superlink_argv(args.address or f.server_address, state, tls, node_auth=tls is not None,
+                          persist=args.persist_state)
     return _exec(argv, flower_env(state / "flwr-home"))
 
 
@@ -329,7 +330,11 @@ def _add_deployment_commands(fsub) -> None:
     sl = fsub.add_parser("superlink", help="the engineer: run Flower's SuperLink with the fleet's TLS and "
                                            "node authentication")
     sl.add_argument("--config", "-c", help="TOML with [fleet] (server_address, ca_file, cert_file, key_file)")
-    sl.add_argument("--state", required=True, help="folder of the SuperLink's state (registered gateway keys)")
+    sl.add_argument("--state", required=True, help="folder of the SuperLink's files (flwr home; with "
+                                                   "--persist-state its database)")
+    sl.add_argument("--persist-state", action="store_true",
+                    help="keep the state (registered gateway keys) in STATE/superlink.db across restarts "
+                         "(SQLite; default: in memory, the keys registered again after a restart)")
     sl.add_argument("--address", help="host:port to listen on (default: fleet.server_address)")
     sl.add_argument("--insecure", action="store_true",
                     help="no TLS and no node authentication (a loopback test only)")

@@ -1,8 +1,8 @@
 """A gateway in the fleet: a Flower client training the detector's autoencoder on its own normal windows.
 
 Raw rows never leave the gateway: the client sends back the autoencoder's weights
-after ``epochs`` local passes (clipped by Flower's ``fixedclipping_mod`` when the
-server runs with DP) and, when asked to evaluate, the mean held-back error and
+after ``epochs`` local passes (its update clipped to the norm the server's DP
+wrapper asks for, :func:`clipped_when_asked`) and, when asked to evaluate, the mean held-back error and
 the threshold it would calibrate on its own held-back windows (their errors
 averaged over the model's horizon, as the live score is). Importing this
 module imports flwr.
@@ -16,8 +16,8 @@ closes (:mod:`appliance.fleet.participant`).
 
 :class:`GatewayClient` is what each gateway's SuperNode runs (the ClientApp of
 :mod:`appliance.fleet.client_app`). :func:`run_client` is the one-process mode
-(``appliance fleet client``: Flower's ``flwr.compat`` client over gRPC, for the
-CSV benchmark and hand runs), which the appliance's participant no longer uses
+(``appliance fleet client``: Flower's public, deprecated ``flwr.client.start_client``
+over gRPC, for the CSV benchmark and hand runs), which the appliance's participant no longer uses
 (``docs/fleet.md``).
 """
 
@@ -32,17 +32,18 @@ import time
 from typing import Sequence
 
 import numpy as np
-from flwr.client import ClientApp, NumPyClient
-from flwr.client.mod import fixedclipping_mod
-from flwr.compat.client.app import start_client_internal
-from flwr.compat.common import recorddict_compat as compat
-from flwr.app.message_type import MessageType
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+import flwr.client
+from flwr.client import NumPyClient
 
 from appliance.detector.train import calibrate_threshold
 from appliance.fleet.data import DATA_COUNTS, StoreSource
 from appliance.fleet.model import (ModelSpec, autoencoder, averaged, client_windows, run_windows, train_local,
                                    update_norm)
+from appliance.fleet.robust import clip_update
+
+# The fit config key of the clipping norm that Flower's client-side DP wrapper
+# (DifferentialPrivacyClientSideFixedClipping) sends (flwr 1.42, pinned in constraints.txt).
+CLIPPING_NORM_KEY = "clipping_norm"
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class GatewayClient(NumPyClient):
                                 batch_size=int(config["batch_size"]), seed=int(config["seed"]))
         metrics = {"name": self.name, "train_loss": loss, "update_norm": update_norm(new, spec.check(parameters)),
                    "peak_rss_kb": peak_rss_kb()}
+        new = clipped_when_asked(new, parameters, config)
         if self.data_info:
             metrics |= {k: int(self.data_info[k]) for k in DATA_COUNTS}
         self.rounds += 1
@@ -120,17 +122,19 @@ class GatewayClient(NumPyClient):
         return float(np.mean(errors)), len(X_held), {"name": self.name, "threshold": float(threshold)}
 
 
-def clip_when_asked(msg, ctxt, call_next):
-    """Flower's ``fixedclipping_mod`` on the rounds the server asks for clipping (its DP wrapper is on).
+def clipped_when_asked(new, start, config) -> list[np.ndarray]:
+    """The update clipped to the norm the server's DP asks for (its config carries it when DP is on).
 
-    The server decides whether DP is on, so a client configured differently can
-    neither skip clipping nor fail a round that has none.
+    Done here, in the gateway's own fit, on both runtimes: the server decides
+    whether DP is on, so a gateway configured differently can neither skip the
+    clipping nor fail a round that has none; under SecAgg+ the reply is masked
+    after this (``secaggplus_mod`` wraps the fit), so the update is clipped
+    before it is masked.
     """
-    if msg.metadata.message_type == MessageType.TRAIN:
-        config = compat.recorddict_to_fitins(msg.content, keep_input=True).config
-        if KEY_CLIPPING_NORM in config:
-            return fixedclipping_mod(msg, ctxt, call_next)
-    return call_next(msg, ctxt)
+    if CLIPPING_NORM_KEY not in config:
+        return new
+    out, _ = clip_update(new, start, float(config[CLIPPING_NORM_KEY]))
+    return [o.astype(np.asarray(n).dtype) for o, n in zip(out, new)]
 
 
 def _flush() -> None:
@@ -157,15 +161,16 @@ def run_client(client: GatewayClient, server_address: str, *, root_certificates:
 
     if leave_on_sigterm:
         _leave_on_sigterm()
-    app = ClientApp(client_fn=lambda context: client.to_client(), mods=[clip_when_asked])
     deadline = None if max_wait_s is None else time.monotonic() + max_wait_s
     try:
         while True:
             try:
-                start_client_internal(server_address=server_address, node_config={},
-                                      load_client_app_fn=lambda *_: app, root_certificates=root_certificates,
-                                      insecure=root_certificates is None, max_wait_time=max_wait_s,
-                                      max_retries=None if max_wait_s is None else max(1, math.ceil(max_wait_s)))
+                # Flower's public one-process client (flwr.client.start_client, deprecated since flwr 1.13 in
+                # favour of flower-supernode, which cannot reach this server's gRPC): no Flower internal.
+                flwr.client.start_client(server_address=server_address, client_fn=lambda context: client.to_client(),
+                                         root_certificates=root_certificates, insecure=root_certificates is None,
+                                         max_wait_time=max_wait_s,
+                                         max_retries=None if max_wait_s is None else max(1, math.ceil(max_wait_s)))
                 return "ended"
             except grpc.RpcError as e:
                 # A gateway may open its window before the server listens: wait for it. Once this

@@ -4,9 +4,10 @@ The gateway's :class:`~appliance.fleet.client.GatewayClient` (rows from its
 store, or CSV files for the benchmark, as the node config says) behind Flower's
 mods: ``secaggplus_mod`` on SecAgg+ rounds (a gateway whose node config says
 ``secagg="required"``, the default, refuses a fit round without it, so its
-update never leaves unmasked), ``fixedclipping_mod`` inside it when the server
-runs DP (the update is clipped before it is masked), and a mod counting the
-payload bytes each way (``traffic-file``, for the benchmark). Flower starts a
+update never leaves unmasked) and a mod counting the payload bytes each way
+(``traffic-file``, for the benchmark). When the server runs DP the gateway's
+own fit clips its update (``client.clipped_when_asked``), inside
+``secaggplus_mod``: clipped before it is masked. Flower starts a
 ClientApp process per message, so this module imports little: the training
 code only when a message needs the model. Only Flower's public API is used.
 """
@@ -20,13 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message, MessageType
-from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
-# Where Flower's messages carry what the mods look for (config-record keys of flwr 1.42, pinned):
-# SecAggPlusWorkflow's stage configs, and the clipping norm the DP wrapper adds to a fit instruction.
+# Where Flower's messages carry SecAggPlusWorkflow's stage configs (a config-record key of flwr 1.42, pinned).
 SECAGG_RECORD = "secaggplus_configs"
-CLIPPING_NORM_KEY = "clipping_norm"
 
 
 class SecAggRequired(RuntimeError):
@@ -64,10 +63,6 @@ def _client_fn(context: Context):
     return gateway_of(dict(context.node_config)).to_client()
 
 
-def _asks(msg: Message, key: str) -> bool:
-    return any(key in rec for rec in msg.content.config_records.values())
-
-
 def secagg_when_asked(msg: Message, ctxt: Context, call_next):
     """Flower's ``secaggplus_mod`` on SecAgg+ rounds; a plain fit round is refused unless the node allows it."""
     if msg.metadata.message_type == MessageType.TRAIN:
@@ -76,16 +71,6 @@ def secagg_when_asked(msg: Message, ctxt: Context, call_next):
         if str(ctxt.node_config.get("secagg", "required")) == "required":
             raise SecAggRequired("a fit round without SecAgg+: this gateway sends its update only masked "
                                  "(node config secagg=\"required\")")
-    return call_next(msg, ctxt)
-
-
-def clip_when_asked(msg: Message, ctxt: Context, call_next):
-    """Flower's ``fixedclipping_mod`` on the rounds the server asks for clipping (its DP wrapper is on).
-
-    Inside ``secaggplus_mod``: the update is clipped before it is masked.
-    """
-    if msg.metadata.message_type == MessageType.TRAIN and _asks(msg, CLIPPING_NORM_KEY):
-        return fixedclipping_mod(msg, ctxt, call_next)
     return call_next(msg, ctxt)
 
 
@@ -117,4 +102,4 @@ def count_traffic(msg: Message, ctxt: Context, call_next):
     return reply
 
 
-client_app = ClientApp(client_fn=_client_fn, mods=[count_traffic, secagg_when_asked, clip_when_asked])
+client_app = ClientApp(client_fn=_client_fn, mods=[count_traffic, secagg_when_asked])

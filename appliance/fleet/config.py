@@ -60,6 +60,10 @@ class FleetSecAggConfig(Section):
     its weight is ``num_examples / max_weight`` of one share; the fleet sends
     every gateway a weight of ``max_weight`` (uniform average), so no gateway's
     word on its window count weighs more (``docs/fleet.md``).
+
+    Dropouts: a round survives ``k`` gateways lost next to each other on its
+    ring when ``reconstruction_threshold <= num_shares - k``; the defaults (3, 2)
+    survive one, (5, 3) two, (7, 4) three (``docs/fleet.md``).
     """
 
     enabled: bool = Field(True, description="SecAgg+ for every fit round of the SuperLink runtime")

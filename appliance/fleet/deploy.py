@@ -57,17 +57,27 @@ class SuperLinkTls:
     key_file: str
 
 
-def superlink_argv(address: str, state_dir: str | Path, tls: SuperLinkTls | None, *, node_auth: bool = True
-                   ) -> list[str]:
+# Flower's in-memory state (``flower-superlink`` without ``--database``). A file database puts the LinkState and
+# every message's payload (the ObjectStore) in one SQLite file behind a 5 s busy timeout (flwr 1.42): with 20
+# SuperNodes polling on two loaded cores, writers waited longer and requests failed with HTTP 500 "database is
+# locked", which cost SecAgg+ its shares (docs/fleet.md).
+IN_MEMORY_STATE = ":flwr-in-memory:"
+
+
+def superlink_argv(address: str, state_dir: str | Path, tls: SuperLinkTls | None, *, node_auth: bool = True,
+                   persist: bool = False) -> list[str]:
     """``flower-superlink`` on ``address`` (Fleet, Control and Runtime APIs: one HTTPS port in flwr 1.42).
 
     ``tls`` None is plain HTTP: only for a test on loopback (Flower's node
-    authentication needs TLS, so ``node_auth`` goes with it). The state database
-    in ``state_dir`` keeps the registered gateway keys across restarts.
+    authentication needs TLS, so ``node_auth`` goes with it). The state (runs,
+    messages, registered gateway keys) is held in memory, Flower's default;
+    ``persist`` keeps it in ``state_dir/superlink.db`` instead, so registered
+    keys survive a restart, at the price of SQLite lock contention under load.
     """
     host, port = split_address(address)
+    database = str(Path(state_dir) / "superlink.db") if persist else IN_MEMORY_STATE
     argv = [tool("flower-superlink"), "--host", host, "--port", str(port),
-            "--database", str(Path(state_dir) / "superlink.db"), "--disable-runtime-dependency-installation"]
+            "--database", database, "--disable-runtime-dependency-installation"]
     if tls is None:
         argv.append("--insecure")
     else:

@@ -231,12 +231,12 @@ def _strategy_class(base: type):
     return FleetStrategy
 
 
-class _Released(Strategy):
-    """Delegates to the real strategy and keeps what each round released (after any DP noise)."""
+class Delegating(Strategy):
+    """A strategy that hands every call to ``inner`` (subclasses change one call)."""
 
-    def __init__(self, inner: Strategy, record: RunRecord):
+    def __init__(self, inner: Strategy):
         super().__init__()
-        self.inner, self.record = inner, record
+        self.inner = inner
 
     def initialize_parameters(self, client_manager):
         return self.inner.initialize_parameters(client_manager)
@@ -245,12 +245,7 @@ class _Released(Strategy):
         return self.inner.configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(self, server_round, results, failures):
-        params, metrics = self.inner.aggregate_fit(server_round, results, failures)
-        rec = self.record.round(server_round)
-        rec["released"] = params is not None
-        if params is not None:
-            rec["released_weights"] = parameters_to_ndarrays(params)
-        return params, metrics
+        return self.inner.aggregate_fit(server_round, results, failures)
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         return self.inner.configure_evaluate(server_round, parameters, client_manager)
@@ -260,6 +255,22 @@ class _Released(Strategy):
 
     def evaluate(self, server_round, parameters):
         return self.inner.evaluate(server_round, parameters)
+
+
+class _Released(Delegating):
+    """Delegates to the real strategy and keeps what each round released (after any DP noise)."""
+
+    def __init__(self, inner: Strategy, record: RunRecord):
+        super().__init__(inner)
+        self.record = record
+
+    def aggregate_fit(self, server_round, results, failures):
+        params, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        rec = self.record.round(server_round)
+        rec["released"] = params is not None
+        if params is not None:
+            rec["released_weights"] = parameters_to_ndarrays(params)
+        return params, metrics
 
 
 @dataclass

@@ -25,37 +25,12 @@ from flwr.server.strategy import Strategy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from appliance.fleet.config import FleetConfig
+from appliance.fleet.server import Delegating
 
 logger = logging.getLogger(__name__)
 
 
-class _Delegating(Strategy):
-    """A strategy that hands every call to ``inner`` (subclasses change one call)."""
-
-    def __init__(self, inner: Strategy):
-        super().__init__()
-        self.inner = inner
-
-    def initialize_parameters(self, client_manager):
-        return self.inner.initialize_parameters(client_manager)
-
-    def configure_fit(self, server_round, parameters, client_manager):
-        return self.inner.configure_fit(server_round, parameters, client_manager)
-
-    def aggregate_fit(self, server_round, results, failures):
-        return self.inner.aggregate_fit(server_round, results, failures)
-
-    def configure_evaluate(self, server_round, parameters, client_manager):
-        return self.inner.configure_evaluate(server_round, parameters, client_manager)
-
-    def aggregate_evaluate(self, server_round, results, failures):
-        return self.inner.aggregate_evaluate(server_round, results, failures)
-
-    def evaluate(self, server_round, parameters):
-        return self.inner.evaluate(server_round, parameters)
-
-
-class UniformWeights(_Delegating):
+class UniformWeights(Delegating):
     """Tells every gateway the weight its update counts with (SecAgg+ weighs on the client, before masking)."""
 
     def __init__(self, inner: Strategy, max_weight: float):
@@ -69,14 +44,58 @@ class UniformWeights(_Delegating):
         return instructions
 
 
+class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
+    """Flower's ``SecAggPlusWorkflow``, which also survives a gateway lost before it shared its keys.
+
+    In flwr 1.42 the unmask stage asks for ``reconstruction_threshold`` shares of
+    every gateway sampled for the round, also of one that dropped during the
+    setup or share-keys stage: nobody holds shares of it, so the round halted
+    ("Not enough shares to recover secret in unmask vectors stage") although
+    that gateway never added a mask to anyone's vector (a gateway masks only
+    with the neighbours whose key shares reached it). After the share-keys
+    stage the round's participants are those that distributed their shares;
+    a gateway lost later is unmasked from its neighbours' shares as Flower
+    does. Uses the workflow's documented stage methods and its state's
+    ``sampled_node_ids``/``active_node_ids``/``nid_to_neighbours``/``threshold``
+    (flwr pinned in constraints.txt).
+    """
+
+    def setup_stage(self, grid, context, state) -> bool:
+        super().setup_stage(grid, context, state)
+        return self._forget_the_lost(state)
+
+    def share_keys_stage(self, grid, context, state) -> bool:
+        super().share_keys_stage(grid, context, state)
+        return self._forget_the_lost(state)
+
+    def _forget_the_lost(self, state) -> bool:
+        """The round's participants are those still there; enough of them hold each one's shares?"""
+        lost = state.sampled_node_ids - state.active_node_ids
+        if lost:
+            logger.warning("SecAgg+: %d gateway(s) left before sharing their keys; the round goes on without "
+                           "them", len(lost))
+        state.sampled_node_ids = set(state.active_node_ids)
+        return bool(state.active_node_ids) and enough_share_holders(state)
+
+
+def enough_share_holders(state) -> bool:
+    """Every participant's secrets still have ``threshold`` holders among those left (Flower's own check)."""
+    for nid in state.sampled_node_ids:
+        if len(state.nid_to_neighbours[nid] & state.active_node_ids) < state.threshold:
+            logger.error("SecAgg+: gateway %s has fewer than %d share holders left; the round halts", nid,
+                         state.threshold)
+            return False
+    return True
+
+
 def fit_workflow(cfg: FleetConfig):
     """SecAgg+ for the fit rounds (``[fleet.secagg]``), else Flower's default fit workflow."""
     s = cfg.secagg
     if not s.enabled:
         return None
-    return SecAggPlusWorkflow(num_shares=s.num_shares, reconstruction_threshold=s.reconstruction_threshold,
-                              max_weight=s.max_weight, clipping_range=s.clipping_range,
-                              quantization_range=s.quantization_range, timeout=cfg.round_timeout_s)
+    return DropoutTolerantSecAggPlus(num_shares=s.num_shares, reconstruction_threshold=s.reconstruction_threshold,
+                                     max_weight=s.max_weight, clipping_range=s.clipping_range,
+                                     quantization_range=s.quantization_range, timeout=cfg.round_timeout_s)
 
 
 def _released_weights(record, seed: list[np.ndarray]) -> list[np.ndarray]:
